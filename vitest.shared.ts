@@ -1,0 +1,21 @@
+import { defaultServerConditions } from 'vite';
+import type { UserWorkspaceConfig } from 'vitest/config';
+
+/**
+ * Settings every package's vitest project shares. The `@dirtytrack/source` export condition
+ * points sibling packages at their `src/`, so tests never need a build first.
+ */
+export function sharedProject(name: string): UserWorkspaceConfig {
+  const conditions = ['@dirtytrack/source', ...defaultServerConditions];
+  return {
+    resolve: { conditions },
+    ssr: { resolve: { conditions, externalConditions: ['@dirtytrack/source'] } },
+    test: {
+      name,
+      environment: 'node',
+      include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
+      testTimeout: 60_000,
+      hookTimeout: 60_000,
+    },
+  };
+}
