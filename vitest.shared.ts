@@ -1,4 +1,3 @@
-import { defaultServerConditions } from 'vite';
 import type { UserWorkspaceConfig } from 'vitest/config';
 
 /**
@@ -6,7 +5,8 @@ import type { UserWorkspaceConfig } from 'vitest/config';
  * points sibling packages at their `src/`, so tests never need a build first.
  */
 export function sharedProject(name: string): UserWorkspaceConfig {
-  const conditions = ['@dirtytrack/source', ...defaultServerConditions];
+  // Vite's default server conditions, with ours first.
+  const conditions = ['@dirtytrack/source', 'module', 'node', 'development|production'];
   return {
     resolve: { conditions },
     ssr: { resolve: { conditions, externalConditions: ['@dirtytrack/source'] } },

@@ -1,0 +1,168 @@
+import type { Bitmap } from './bitmap.js';
+import type { Clock } from './clock.js';
+
+/**
+ * The contracts between dirtytrack's components (ARCHITECTURE §2). A component talks to its
+ * neighbour only through these interfaces, so any tracker works with any reporter and any
+ * reporter feeds any layer stack. Every contract has a conformance suite in
+ * `@dirtytrack/testkit`.
+ *
+ * All per-page data crosses these interfaces in batches (typed arrays), never one call per page.
+ * Page numbers are offsets inside a memslot (KVM's `gfn - base_gfn`).
+ *
+ * Status: these are the first versions (foundation issue). The MMU, ring and live-plane issues
+ * will refine them; each refinement is noted here when it lands.
+ */
+
+/** A memslot as trackers and reporters see it (`KVM_SET_USER_MEMORY_REGION`'s view). */
+export interface MemslotInfo {
+  /** Slot id (bits 0–15 of KVM's `slot` field). */
+  readonly id: number;
+  /** Address space (bits 16–31; x86 uses 1 for SMM). */
+  readonly asId: number;
+  /** First guest frame number. */
+  readonly baseGfn: number;
+  /** Pages in the slot (4 KiB each). */
+  readonly pages: number;
+}
+
+/**
+ * What trackers feed: "these pages of this slot were written". KVM's single funnel,
+ * `mark_page_dirty_in_slot`, in batch form. Implemented by reporters (bitmap, ring).
+ */
+export interface DirtySink {
+  /**
+   * Records pages `offsets[0..count)` of slot `slot` as dirty, written by vCPU `vcpu`
+   * (-1 for a write without vCPU context: device emulation, the hypervisor itself).
+   */
+  markDirty(slot: number, offsets: Uint32Array, count: number, vcpu: number): void;
+}
+
+/**
+ * Something that can make pages trap again: KVM's `kvm_arch_mmu_enable_log_dirty_pt_masked`.
+ * Reporters call it when a harvest hands pages to userspace. Implemented by trackers.
+ */
+export interface Rearmer {
+  /**
+   * Re-arms every page whose bit is set in `mask` (a bitmap covering the whole slot). Returns
+   * the number of pages re-armed. The caller owns the TLB flush that makes it effective.
+   */
+  rearm(slot: number, mask: Bitmap): number;
+}
+
+/**
+ * What reporters (and, later, the real KVM backend) offer the QEMU layers: the dirty log of
+ * each slot, like `KVM_GET_DIRTY_LOG` / `KVM_CLEAR_DIRTY_LOG`.
+ */
+export interface DirtyLogSource {
+  /** A short name for messages and results, e.g. `bitmap`. */
+  readonly kind: string;
+  /**
+   * `KVM_GET_DIRTY_LOG`: writes the slot's dirty bits into `out` (same size as the slot).
+   * Without manual protect this also clears them and re-arms exactly the reported pages, so a
+   * page written after the call appears in the next one. Returns the number of pages reported.
+   */
+  getDirtyLog(slot: number, out: Bitmap): number;
+  /** What the last `getDirtyLog` cost, for the model plane to charge. */
+  lastHarvestCost(): HarvestCost;
+}
+
+/** Work done by one harvest, in units the {@link CostModel} prices. */
+export interface HarvestCost {
+  /** 64-bit words read with an atomic exchange. */
+  readonly xchgWords: number;
+  /** 64-bit words copied or scanned plainly. */
+  readonly copyWords: number;
+  /** Pages re-armed. */
+  readonly rearmedPages: number;
+  /** Remote TLB flushes issued. */
+  readonly tlbFlushes: number;
+}
+
+/** A reporter both receives dirty pages from trackers and reports them to the layers above. */
+export interface Reporter extends DirtySink, DirtyLogSource {}
+
+/** Counters every tracker keeps. */
+export interface TrackerStats {
+  /** Writes the tracker saw. */
+  readonly writes: number;
+  /** Writes that trapped (write-protect faults, PML exits, uffd faults). */
+  readonly faults: number;
+  /** Pages reported to the sink. */
+  readonly reported: number;
+  /** Pages re-armed by harvests. */
+  readonly rearmed: number;
+}
+
+/**
+ * Traps guest writes and reports the written pages to a {@link DirtySink}: write-protect, PML,
+ * uffd-wp. A tracker also implements {@link Rearmer}, so reporters can make pages trap again.
+ */
+export interface Tracker extends Rearmer {
+  readonly kind: string;
+  /** Starts dirty logging on a slot, as setting `KVM_MEM_LOG_DIRTY_PAGES` does. */
+  enableLogging(slot: MemslotInfo): void;
+  /** Stops dirty logging on a slot; its pages no longer trap. */
+  disableLogging(slot: number): void;
+  /**
+   * Guest writes by vCPU `vcpu` to pages `offsets[0..count)` of slot `slot`, in order.
+   * Returns how many of them trapped.
+   */
+  write(vcpu: number, slot: number, offsets: Uint32Array, count: number): number;
+  stats(): TrackerStats;
+}
+
+/** One vCPU's writes in one quantum. The arrays are reused: consume before returning. */
+export interface WriteBatch {
+  readonly vcpu: number;
+  readonly slot: number;
+  readonly offsets: Uint32Array;
+  readonly count: number;
+}
+
+/** A guest workload: which pages the vCPUs write, and when. */
+export interface Workload {
+  readonly kind: string;
+  readonly vcpus: number;
+  /**
+   * Emits the writes the guest makes in virtual time `[fromNs, toNs)`, one batch per vCPU that
+   * wrote. `speed` in [0, 1] scales the write rate (1 = full speed; a throttled or paused guest
+   * writes less). Deterministic for a given seed and sequence of calls.
+   */
+  generate(fromNs: number, toNs: number, speed: number, emit: (batch: WriteBatch) => void): void;
+}
+
+/**
+ * A link as the model plane sees it: bytes take time. (The live plane's byte-stream transport
+ * over TCP arrives with the live-plane issue and will extend this contract.)
+ */
+export interface Transport {
+  readonly kind: string;
+  /** Bytes per second the link carries. */
+  readonly bandwidth: number;
+  /** One-way latency in ns. */
+  readonly latencyNs: number;
+  /**
+   * Sends `bytes` starting no earlier than `atNs` (and not before the link is free). Returns
+   * the time the last byte has left the sender; it arrives `latencyNs` later.
+   */
+  transmit(bytes: number, atNs: number): number;
+  /** Total bytes carried so far. */
+  readonly bytesSent: number;
+}
+
+/**
+ * Who drives time and where writes come from. The planes differ only here: the model engine
+ * advances a virtual clock and pulls write batches from a {@link Workload}; the live engine
+ * (later issue) runs vCPUs as worker threads in real time.
+ */
+export interface Engine {
+  readonly plane: 'model' | 'live';
+  readonly clock: Clock;
+  /** Runs the guest from now until `untilNs` on the engine's clock. */
+  runGuestUntil(untilNs: number): void;
+  /** Stops the vCPUs (no more writes) — the start of downtime. */
+  pause(): void;
+  resume(): void;
+  readonly running: boolean;
+}
