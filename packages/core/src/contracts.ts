@@ -80,7 +80,59 @@ export interface HarvestCost {
 }
 
 /** A reporter both receives dirty pages from trackers and reports them to the layers above. */
-export interface Reporter extends DirtySink, DirtyLogSource {}
+export interface Reporter extends DirtySink, DirtyLogSource {
+  /** Starts keeping a dirty log for `slot` (allocates its bitmap or ring space). */
+  addSlot(slot: MemslotInfo): void;
+}
+
+/**
+ * Turning dirty logging on and off for a slot, as setting and clearing
+ * `KVM_MEM_LOG_DIRTY_PAGES` with `KVM_SET_USER_MEMORY_REGION` does. Trackers implement it; the
+ * QEMU layers call it when migration starts and ends (`memory_global_dirty_log_start/stop`).
+ */
+export interface LoggingControl {
+  /** Starts dirty logging on a slot. Returns the pages write-protected (or otherwise armed) now. */
+  enableLogging(slot: MemslotInfo): number;
+  /** Stops dirty logging on a slot; its pages no longer trap. */
+  disableLogging(slot: number): void;
+}
+
+/** The result of one `migration_bitmap_sync`. */
+export interface SyncResult {
+  /** Pages that went from clean to dirty in the migration bitmap. */
+  readonly newDirty: number;
+  /** Pages the producers reported (some may already have been dirty in the migration bitmap). */
+  readonly reported: number;
+  /** Migration-thread time the sync took, priced by the cost model (ns). */
+  readonly costNs: number;
+}
+
+/**
+ * QEMU's migration bitmap (layer C) and the layers under it, as the migration engine sees them:
+ * which pages still need sending, and a sync that pulls fresh dirty bits up from the producers.
+ */
+export interface MigrationBitmap {
+  /** Pages covered (target pages of the RAM being migrated). */
+  readonly pages: number;
+  /** 1 = the page must be (re)sent. The migration engine clears bits as it sends pages. */
+  readonly bmap: Bitmap;
+  /** `migration_dirty_pages`: always equal to `bmap.popcount()`. */
+  readonly dirtyPages: number;
+  /**
+   * Migration setup (`ram_init_bitmaps`): starts dirty logging below, sets every bmap bit.
+   * Returns the time it took (ns).
+   */
+  setup(): number;
+  /** `migration_bitmap_sync`: pulls dirty bits from every producer into `bmap`. */
+  sync(): SyncResult;
+  /**
+   * Marks pages as sent: clears `mask` bits of 32-bit word `word` of `bmap` (they must be set)
+   * and updates `dirtyPages`.
+   */
+  clearSent(word: number, mask: number): void;
+  /** Migration end: stops dirty logging below. */
+  cleanup(): void;
+}
 
 /** Counters every tracker keeps. */
 export interface TrackerStats {
@@ -98,12 +150,10 @@ export interface TrackerStats {
  * Traps guest writes and reports the written pages to a {@link DirtySink}: write-protect, PML,
  * uffd-wp. A tracker also implements {@link Rearmer}, so reporters can make pages trap again.
  */
-export interface Tracker extends Rearmer {
+export interface Tracker extends Rearmer, LoggingControl {
   readonly kind: string;
-  /** Starts dirty logging on a slot, as setting `KVM_MEM_LOG_DIRTY_PAGES` does. */
-  enableLogging(slot: MemslotInfo): void;
-  /** Stops dirty logging on a slot; its pages no longer trap. */
-  disableLogging(slot: number): void;
+  /** Where trapped writes are reported (usually a reporter). Must be set before writes arrive. */
+  attach(sink: DirtySink): void;
   /**
    * Guest writes by vCPU `vcpu` to pages `offsets[0..count)` of slot `slot`, in order.
    * Returns how many of them trapped.

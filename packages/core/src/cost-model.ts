@@ -52,8 +52,9 @@ export const DEFAULT_COST_MODEL: CostModel = Object.freeze({
 });
 
 /** A cost model with `overrides` applied over the defaults; every cost must be finite and ≥ 0. */
-export function createCostModel(overrides: Partial<CostModel> = {}): CostModel {
-  const model: CostModel = { ...DEFAULT_COST_MODEL, ...overrides };
+export function createCostModel(overrides: { readonly [K in keyof CostModel]?: number | undefined } = {}): CostModel {
+  const given = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
+  const model: CostModel = { ...DEFAULT_COST_MODEL, ...given };
   for (const [key, value] of Object.entries(model)) {
     if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
       throw new DirtytrackError('invalid-argument', `${key}: cost ${String(value)} must be a finite number >= 0`, {

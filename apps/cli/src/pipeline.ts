@@ -1,0 +1,67 @@
+import { createCostModel, createRng, createVirtualClock, NS_PER_MS, NS_PER_S, PAGE_SIZE, type MemslotInfo } from '@dirtytrack/core';
+import { createModelEngine, createModelMemory, createSweepWorkload, createUniformWorkload } from '@dirtytrack/guest';
+import { createSimLink, runPrecopy, type PrecopyOutcome, type PrecopyProgress } from '@dirtytrack/migration';
+import { createSingleHopSync } from '@dirtytrack/qemu-layers';
+import { createBitmapReporter } from '@dirtytrack/reporters';
+import { createWriteProtectTracker } from '@dirtytrack/trackers';
+import type { Scenario } from './scenario.js';
+
+/** What `simulate` prints: QEMU's query-migrate fields plus what dirtytrack adds. */
+export interface SimulateResult extends Record<string, unknown> {
+  dirtytrack: {
+    scenario: string;
+    seed: number;
+    'stop-reason': PrecopyOutcome['stopReason'];
+    pipeline: { workload: string; tracker: string; reporter: string; layers: string };
+    vcpu: { writes: number; faults: number; 'fault-time': number };
+  };
+}
+
+/**
+ * Assembles the model-plane pipeline a scenario describes — workload → write-protect tracker →
+ * bitmap reporter → single-hop sync → precopy over a simulated link — and runs it.
+ */
+export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) => void): SimulateResult {
+  const pages = scenario.memory / PAGE_SIZE;
+  const costModel = createCostModel(scenario['cost-model']);
+  const clock = createVirtualClock();
+  const rng = createRng(scenario.seed);
+  const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
+  const w = scenario.workload;
+  const workloadOptions = {
+    vcpus: scenario.vcpus,
+    pages,
+    bytesPerSecond: w.rate,
+    offset: w.offset / PAGE_SIZE,
+    workingSet: (w['working-set'] ?? scenario.memory - w.offset) / PAGE_SIZE,
+  };
+  const workload =
+    w.kind === 'uniform' ? createUniformWorkload({ ...workloadOptions, rng }) : createSweepWorkload(workloadOptions);
+  const tracker = createWriteProtectTracker();
+  const reporter = createBitmapReporter({ rearmer: tracker, slots: [slot] });
+  tracker.attach(reporter);
+  const memory = createModelMemory(pages, Math.round(pages * scenario.populated));
+  const engine = createModelEngine({ clock, workload, tracker, memory, costModel });
+  const bitmap = createSingleHopSync({ source: reporter, logging: tracker, slot, costModel });
+  const link = createSimLink({ bandwidth: scenario.link.bandwidth, latencyNs: scenario.link.latency * NS_PER_MS });
+  const outcome = runPrecopy({
+    engine,
+    bitmap,
+    link,
+    nonzero: memory.nonzero,
+    parameters: scenario.migration.parameters,
+    timeLimitNs: scenario['time-limit'] * NS_PER_S,
+    ...(onProgress ? { onProgress } : {}),
+  });
+  const vcpu = engine.stats();
+  return {
+    ...outcome.info,
+    dirtytrack: {
+      scenario: scenario.name,
+      seed: scenario.seed,
+      'stop-reason': outcome.stopReason,
+      pipeline: { workload: w.kind, tracker: tracker.kind, reporter: reporter.kind, layers: scenario.layers },
+      vcpu: { writes: vcpu.writes, faults: vcpu.faults, 'fault-time': Math.round(vcpu.faultTimeNs / 1000) / 1000 },
+    },
+  };
+}

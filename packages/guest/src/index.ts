@@ -1,0 +1,9 @@
+export { createUniformWorkload, createSweepWorkload, type WorkloadOptions } from './workloads.js';
+export {
+  createModelEngine,
+  createModelMemory,
+  type ModelEngine,
+  type ModelEngineOptions,
+  type ModelEngineStats,
+  type ModelMemory,
+} from './model-engine.js';

@@ -1,0 +1,121 @@
+import {
+  Bitmap,
+  DEFAULT_COST_MODEL,
+  DirtytrackError,
+  type CostModel,
+  type Engine,
+  type Tracker,
+  type VirtualClock,
+  type Workload,
+} from '@dirtytrack/core';
+
+/**
+ * The model plane's guest memory: no bytes, only which pages hold data. A page that was never
+ * written and was not populated at start is a zero page (QEMU sends it as a ZERO record and
+ * counts it in `ram.duplicate`).
+ */
+export interface ModelMemory {
+  readonly pages: number;
+  /** 1 = the page holds non-zero data. */
+  readonly nonzero: Bitmap;
+}
+
+/** Guest memory of `pages` pages whose first `populatedPages` hold data at start. */
+export function createModelMemory(pages: number, populatedPages = pages): ModelMemory {
+  if (!(Number.isInteger(populatedPages) && populatedPages >= 0 && populatedPages <= pages)) {
+    throw new DirtytrackError('invalid-argument', `populated: ${populatedPages} pages is not in [0, ${pages}]`, {
+      component: 'model-memory',
+      field: 'populated',
+    });
+  }
+  const nonzero = Bitmap.create(pages);
+  nonzero.setRange(0, populatedPages);
+  return { pages, nonzero };
+}
+
+export interface ModelEngineOptions {
+  clock: VirtualClock;
+  workload: Workload;
+  tracker: Tracker;
+  memory: ModelMemory;
+  /** Prices vCPU-side work (write faults). Default: {@link DEFAULT_COST_MODEL}. */
+  costModel?: CostModel;
+}
+
+/** vCPU-side counters of the model engine. */
+export interface ModelEngineStats {
+  /** Page writes the vCPUs made. */
+  readonly writes: number;
+  /** Writes that trapped into the tracker. */
+  readonly faults: number;
+  /** vCPU time spent in write faults, priced by the cost model (ns, summed over vCPUs). */
+  readonly faultTimeNs: number;
+}
+
+export interface ModelEngine extends Engine {
+  readonly plane: 'model';
+  readonly clock: VirtualClock;
+  /** Fraction of full speed the vCPUs run at (auto-converge and dirty-limit lower it). */
+  speed: number;
+  stats(): ModelEngineStats;
+}
+
+/**
+ * The model plane's engine: advances a virtual clock and, while the guest runs, pulls each
+ * quantum's write batches from the workload and passes them through the tracker. Writes are
+ * batches of typed arrays, never one call per page.
+ */
+export function createModelEngine(options: ModelEngineOptions): ModelEngine {
+  const { clock, workload, tracker, memory } = options;
+  const costs = options.costModel ?? DEFAULT_COST_MODEL;
+  const nz = memory.nonzero.words;
+  let running = true;
+  let writes = 0;
+  let faults = 0;
+  let speed = 1;
+  return {
+    plane: 'model',
+    clock,
+    get running() {
+      return running;
+    },
+    get speed() {
+      return speed;
+    },
+    set speed(value: number) {
+      if (!(value >= 0 && value <= 1)) {
+        throw new DirtytrackError('invalid-argument', `speed ${value} is not in [0, 1]`, { component: 'model-engine' });
+      }
+      speed = value;
+    },
+    runGuestUntil(untilNs) {
+      const from = clock.now();
+      if (untilNs < from) {
+        throw new DirtytrackError('invalid-argument', `runGuestUntil: ${untilNs} ns is before now (${from} ns)`, {
+          component: 'model-engine',
+        });
+      }
+      if (running && untilNs > from) {
+        workload.generate(from, untilNs, speed, (batch) => {
+          const { offsets, count } = batch;
+          for (let i = 0; i < count; i++) {
+            const p = offsets[i] as number;
+            nz[p >>> 5] = (nz[p >>> 5] as number) | (1 << (p & 31));
+          }
+          writes += count;
+          faults += tracker.write(batch.vcpu, batch.slot, offsets, count);
+        });
+      }
+      clock.advanceTo(untilNs);
+    },
+    pause() {
+      running = false;
+    },
+    resume() {
+      running = true;
+    },
+    stats() {
+      return { writes, faults, faultTimeNs: faults * costs.writeFaultNs };
+    },
+  };
+}

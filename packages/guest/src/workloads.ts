@@ -1,0 +1,128 @@
+import { DirtytrackError, NS_PER_S, PAGE_SIZE, type Rng, type WriteBatch, type Workload } from '@dirtytrack/core';
+
+/** Options every workload shares. */
+export interface WorkloadOptions {
+  /** vCPUs writing; each writes at `bytesPerSecond`. */
+  vcpus: number;
+  /** Pages in the slot the workload writes to. */
+  pages: number;
+  /** Slot id the writes go to. Default 0. */
+  slot?: number;
+  /** Bytes of page writes per second per vCPU; each write dirties one 4 KiB page. */
+  bytesPerSecond: number;
+  /** First page of the working set. Default 0. */
+  offset?: number;
+  /** Pages in the working set. Default: from `offset` to the end of the slot. */
+  workingSet?: number;
+}
+
+/**
+ * Every vCPU writes pages drawn uniformly at random from the working set, at a fixed rate.
+ * Draws come from `rng` forked per vCPU, so a run is reproducible from its seed.
+ */
+export function createUniformWorkload(options: WorkloadOptions & { rng: Rng }): Workload {
+  const shape = checkShape(options, 'uniform');
+  const rngs = Array.from({ length: shape.vcpus }, (_, v) => options.rng.fork(v));
+  return makeWorkload('uniform', shape, (vcpu, out, count) => {
+    const rng = rngs[vcpu] as Rng;
+    rng.fillInts(out, count, shape.workingSet);
+    if (shape.offset !== 0) for (let i = 0; i < count; i++) out[i] = (out[i] as number) + shape.offset;
+  });
+}
+
+/**
+ * Every vCPU sweeps its share of the working set in ascending order and wraps around, like the
+ * guest QEMU's migration tests boot (it increments one byte of every page, page after page).
+ * vCPU v owns pages `[offset + v·share, offset + (v+1)·share)`; the last vCPU also takes the
+ * remainder. Deterministic, no randomness.
+ */
+export function createSweepWorkload(options: WorkloadOptions): Workload {
+  const shape = checkShape(options, 'sweep');
+  const share = Math.floor(shape.workingSet / shape.vcpus);
+  if (share === 0) {
+    throw new DirtytrackError('invalid-argument', `workload.working-set: ${shape.workingSet} pages cannot be shared by ${shape.vcpus} vCPUs`, {
+      component: 'workload',
+      field: 'workload.working-set',
+    });
+  }
+  const cursors = new Float64Array(shape.vcpus);
+  return makeWorkload('sweep', shape, (vcpu, out, count) => {
+    const base = shape.offset + vcpu * share;
+    const span = vcpu === shape.vcpus - 1 ? shape.workingSet - vcpu * share : share;
+    let cursor = cursors[vcpu] as number;
+    for (let i = 0; i < count; i++) {
+      out[i] = base + cursor;
+      cursor = cursor + 1 === span ? 0 : cursor + 1;
+    }
+    cursors[vcpu] = cursor;
+  });
+}
+
+interface Shape {
+  vcpus: number;
+  pages: number;
+  slot: number;
+  offset: number;
+  workingSet: number;
+  writesPerSecond: number;
+}
+
+function makeWorkload(
+  kind: string,
+  shape: Shape,
+  fill: (vcpu: number, out: Uint32Array, count: number) => void,
+): Workload {
+  // Fractional writes carry over between quanta so the long-run rate is exact.
+  const carry = new Float64Array(shape.vcpus);
+  let scratch = new Uint32Array(1024);
+  const batch = { vcpu: 0, slot: shape.slot, offsets: scratch, count: 0 };
+  return {
+    kind,
+    vcpus: shape.vcpus,
+    generate(fromNs, toNs, speed, emit) {
+      if (!(toNs >= fromNs) || !(speed >= 0 && speed <= 1)) {
+        throw new DirtytrackError('invalid-argument', `generate: need fromNs <= toNs and speed in [0, 1], got ${fromNs}, ${toNs}, ${speed}`, {
+          component: 'workload',
+        });
+      }
+      const perVcpu = (shape.writesPerSecond * speed * (toNs - fromNs)) / NS_PER_S;
+      for (let v = 0; v < shape.vcpus; v++) {
+        const due = (carry[v] as number) + perVcpu;
+        const count = Math.floor(due);
+        carry[v] = due - count;
+        if (count === 0) continue;
+        if (count > scratch.length) {
+          scratch = new Uint32Array(Math.max(count, scratch.length * 2));
+          batch.offsets = scratch;
+        }
+        fill(v, scratch, count);
+        batch.vcpu = v;
+        batch.count = count;
+        emit(batch as WriteBatch);
+      }
+    },
+  };
+}
+
+function checkShape(o: WorkloadOptions, kind: string): Shape {
+  const fail = (field: string, what: string): never => {
+    throw new DirtytrackError('invalid-argument', `workload.${field}: ${what}`, { component: `workload-${kind}`, field: `workload.${field}` });
+  };
+  if (!(Number.isInteger(o.vcpus) && o.vcpus >= 1)) fail('vcpus', `${o.vcpus} is not an integer >= 1`);
+  if (!(Number.isInteger(o.pages) && o.pages >= 1 && o.pages <= 2 ** 32)) fail('pages', `${o.pages} is not an integer in [1, 2^32]`);
+  if (!(Number.isFinite(o.bytesPerSecond) && o.bytesPerSecond >= 0)) fail('rate', `${o.bytesPerSecond} B/s is not a finite number >= 0`);
+  const offset = o.offset ?? 0;
+  const workingSet = o.workingSet ?? o.pages - offset;
+  if (!(Number.isInteger(offset) && offset >= 0 && offset < o.pages)) fail('offset', `page ${offset} is outside the slot's ${o.pages} pages`);
+  if (!(Number.isInteger(workingSet) && workingSet >= 1 && offset + workingSet <= o.pages)) {
+    fail('working-set', `${workingSet} pages from page ${offset} do not fit the slot's ${o.pages} pages`);
+  }
+  return {
+    vcpus: o.vcpus,
+    pages: o.pages,
+    slot: o.slot ?? 0,
+    offset,
+    workingSet,
+    writesPerSecond: o.bytesPerSecond / PAGE_SIZE,
+  };
+}

@@ -1,0 +1,1 @@
+export { createSingleHopSync, type SingleHopSyncOptions } from './single-hop-sync.js';

@@ -1,0 +1,1 @@
+export { createBitmapReporter, type BitmapReporterOptions } from './bitmap-reporter.js';

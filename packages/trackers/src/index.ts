@@ -1,0 +1,1 @@
+export { createWriteProtectTracker } from './write-protect-tracker.js';

@@ -1,0 +1,105 @@
+import {
+  Bitmap,
+  DirtytrackError,
+  type DirtySink,
+  type MemslotInfo,
+  type Tracker,
+  type TrackerStats,
+} from '@dirtytrack/core';
+
+/**
+ * The write-protect tracker: how KVM traps writes without PML (on AMD hosts, and for huge pages
+ * everywhere). Enabling logging write-protects every page of the slot; the first write to a
+ * protected page faults, the fault handler reports the page (`mark_page_dirty_in_slot`) and
+ * makes it writable again (`fast_page_fault`, reference/kvm.md §3), so later writes run at full
+ * speed until a harvest re-arms the page.
+ *
+ * Rule kept exactly: every writable 0→1 transition of a page in a logging slot reports the page
+ * once. Until `@dirtytrack/mmu` lands, the protection state is a bitmap per slot here (1 =
+ * write-protected); the MMU issue moves it into SPTEs with the TLB protocol.
+ */
+export function createWriteProtectTracker(): Tracker {
+  const slots = new Map<number, { info: MemslotInfo; protectedPages: Bitmap }>();
+  let sink: DirtySink | undefined;
+  let faulted = new Uint32Array(1024);
+  let writes = 0;
+  let faults = 0;
+  let reported = 0;
+  let rearmed = 0;
+
+  const slotOf = (id: number, op: string) => {
+    const s = slots.get(id);
+    if (s === undefined) {
+      throw new DirtytrackError('invalid-state', `${op}: slot ${id} is not logging`, { component: 'wp-tracker' });
+    }
+    return s;
+  };
+
+  return {
+    kind: 'wp',
+    attach(target) {
+      sink = target;
+    },
+    enableLogging(info) {
+      if (slots.has(info.id)) {
+        throw new DirtytrackError('invalid-state', `enableLogging: slot ${info.id} is already logging`, {
+          component: 'wp-tracker',
+        });
+      }
+      const protectedPages = Bitmap.create(info.pages);
+      protectedPages.setAll();
+      slots.set(info.id, { info, protectedPages });
+      return info.pages;
+    },
+    disableLogging(id) {
+      slots.delete(id);
+    },
+    write(vcpu, slot, offsets, count) {
+      writes += count;
+      const s = slots.get(slot);
+      if (s === undefined) return 0; // Not logging: writes never trap.
+      if (sink === undefined) {
+        throw new DirtytrackError('invalid-state', 'write: no sink attached (call attach(reporter) first)', {
+          component: 'wp-tracker',
+        });
+      }
+      if (count > faulted.length) faulted = new Uint32Array(Math.max(count, faulted.length * 2));
+      const words = s.protectedPages.words;
+      const pages = s.info.pages;
+      let n = 0;
+      for (let i = 0; i < count; i++) {
+        const p = offsets[i] as number;
+        if (!(p < pages)) {
+          throw new DirtytrackError('out-of-range', `write: page ${p} is outside slot ${slot} (${pages} pages)`, {
+            component: 'wp-tracker',
+          });
+        }
+        const w = words[p >>> 5] as number;
+        const bit = 1 << (p & 31);
+        if ((w & bit) !== 0) {
+          words[p >>> 5] = w & ~bit; // The fault made the page writable again.
+          faulted[n++] = p;
+        }
+      }
+      if (n > 0) sink.markDirty(slot, faulted, n, vcpu);
+      faults += n;
+      reported += n;
+      return n;
+    },
+    rearm(slot, mask) {
+      const s = slotOf(slot, 'rearm');
+      if (mask.bits !== s.info.pages) {
+        throw new DirtytrackError('invalid-argument', `rearm: mask covers ${mask.bits} pages, slot ${slot} has ${s.info.pages}`, {
+          component: 'wp-tracker',
+        });
+      }
+      s.protectedPages.or(mask);
+      const n = mask.popcount();
+      rearmed += n;
+      return n;
+    },
+    stats(): TrackerStats {
+      return { writes, faults, reported, rearmed };
+    },
+  };
+}
