@@ -1,0 +1,3 @@
+export { describeTracker } from './describe-tracker.js';
+export { describeReporter } from './describe-reporter.js';
+export { propertyRuns } from './runs.js';
