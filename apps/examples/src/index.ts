@@ -1,0 +1,1 @@
+export { migrateSweepingGuest } from './precopy-slice.js';
