@@ -31,7 +31,10 @@ export function loadScenario(sources: ScenarioSources): Scenario {
   const presetName = sources.preset ?? (sources.scenarioFile === undefined ? 'small' : undefined);
   if (presetName !== undefined) {
     if (!Object.hasOwn(PRESETS, presetName)) {
-      throw new UsageError('--preset', `unknown preset ${JSON.stringify(presetName)} (accepted: ${Object.keys(PRESETS).join(', ')})`);
+      throw new UsageError(
+        '--preset',
+        `unknown preset ${JSON.stringify(presetName)} (accepted: ${Object.keys(PRESETS).join(', ')})`,
+      );
     }
     raw = structuredClone(PRESETS[presetName as keyof typeof PRESETS]) as Record<string, unknown>;
   }
@@ -47,27 +50,38 @@ function readScenarioFile(path: string): Record<string, unknown> {
   try {
     text = readFileSync(path, 'utf8');
   } catch (cause) {
-    throw new UsageError('--scenario', `cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`);
+    throw new UsageError(
+      '--scenario',
+      `cannot read ${path}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
+    );
   }
   let doc: unknown;
   try {
     doc = parseYaml(text, { uniqueKeys: true });
   } catch (cause) {
     const first = String((cause as Error).message).split('\n')[0];
-    throw new UsageError('--scenario', `${path} is not valid YAML or JSON: ${first} (accepted: a YAML or JSON mapping of scenario keys)`);
+    throw new UsageError(
+      '--scenario',
+      `${path} is not valid YAML or JSON: ${first} (accepted: a YAML or JSON mapping of scenario keys)`,
+    );
   }
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
-    throw new UsageError('--scenario', `${path} holds ${Array.isArray(doc) ? 'a list' : doc === null ? 'nothing' : `a ${typeof doc}`}, not a mapping (accepted: a YAML or JSON mapping of scenario keys)`);
+    throw new UsageError(
+      '--scenario',
+      `${path} holds ${Array.isArray(doc) ? 'a list' : doc === null ? 'nothing' : `a ${typeof doc}`}, not a mapping (accepted: a YAML or JSON mapping of scenario keys)`,
+    );
   }
   return doc as Record<string, unknown>;
 }
 
 function applySet(target: Record<string, unknown>, assignment: string): void {
   const eq = assignment.indexOf('=');
-  if (eq <= 0) throw new UsageError('--set', `${JSON.stringify(assignment)} is not key=value (e.g. --set memory=8G)`);
+  if (eq <= 0)
+    throw new UsageError('--set', `${JSON.stringify(assignment)} is not key=value (e.g. --set memory=8G)`);
   const path = assignment.slice(0, eq).split('.');
   const text = assignment.slice(eq + 1);
-  if (path.some((k) => k === '')) throw new UsageError('--set', `${JSON.stringify(assignment.slice(0, eq))} is not a dotted key`);
+  if (path.some((k) => k === ''))
+    throw new UsageError('--set', `${JSON.stringify(assignment.slice(0, eq))} is not a dotted key`);
   let value: unknown;
   try {
     value = parseYaml(text);
@@ -88,7 +102,12 @@ function merge(base: Record<string, unknown>, over: Record<string, unknown>): Re
   for (const [k, v] of Object.entries(over)) {
     const b = out[k];
     out[k] =
-      v !== null && typeof v === 'object' && !Array.isArray(v) && b !== null && typeof b === 'object' && !Array.isArray(b)
+      v !== null &&
+      typeof v === 'object' &&
+      !Array.isArray(v) &&
+      b !== null &&
+      typeof b === 'object' &&
+      !Array.isArray(b)
         ? merge(b as Record<string, unknown>, v as Record<string, unknown>)
         : v;
   }
@@ -106,7 +125,10 @@ function toUsageError(error: z.ZodError): UsageError {
   }
   const field = issue.path.join('.') || 'scenario';
   if (issue.code === 'invalid_enum_value') {
-    return new UsageError(field, `${JSON.stringify(issue.received)} is not accepted (accepted: ${issue.options.join(', ')})`);
+    return new UsageError(
+      field,
+      `${JSON.stringify(issue.received)} is not accepted (accepted: ${issue.options.join(', ')})`,
+    );
   }
   if (issue.code === 'invalid_union') {
     return new UsageError(field, 'expected a number or a string');

@@ -37,15 +37,29 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
     .description('Run a migration scenario in the model plane (virtual time, deterministic per seed).')
     .addOption(new Option('--preset <name>', 'a built-in scenario').choices(Object.keys(PRESETS)))
     .option('--scenario <file>', 'a YAML or JSON scenario file, laid over the preset')
-    .option('--set <key=value>', 'override a scenario key (dotted, repeatable), e.g. --set migration.parameters.downtime-limit=500', collect, [])
+    .option(
+      '--set <key=value>',
+      'override a scenario key (dotted, repeatable), e.g. --set migration.parameters.downtime-limit=500',
+      collect,
+      [],
+    )
     .option('--json', 'print the result as one JSON object on stdout')
     .option('--out <file>', 'also write the JSON result to a file')
     .action((opts: { preset?: string; scenario?: string; set: string[]; json?: boolean; out?: string }) => {
       const scenario = loadScenario({ preset: opts.preset, scenarioFile: opts.scenario, sets: opts.set });
-      const bar = io.progress ? new SingleBar({ stream: process.stderr, format: 'simulate {bar} {percentage}% of RAM sent once | {syncs} syncs | t={t}s', hideCursor: true }) : undefined;
+      const bar = io.progress
+        ? new SingleBar({
+            stream: process.stderr,
+            format: 'simulate {bar} {percentage}% of RAM sent once | {syncs} syncs | t={t}s',
+            hideCursor: true,
+          })
+        : undefined;
       bar?.start(100, 0, { syncs: 0, t: 0 });
       const result = simulate(scenario, (p) =>
-        bar?.update(Math.min(100, Math.floor((100 * p.transferred) / p.total)), { syncs: p.syncs, t: (p.timeNs / 1e9).toFixed(1) }),
+        bar?.update(Math.min(100, Math.floor((100 * p.transferred) / p.total)), {
+          syncs: p.syncs,
+          t: (p.timeNs / 1e9).toFixed(1),
+        }),
       );
       bar?.stop();
       const json = JSON.stringify(result, null, 2) + '\n';
@@ -67,7 +81,12 @@ function collect(value: string, previous: string[]): string[] {
 
 function report(error: unknown, io: Io): number {
   if (error instanceof CommanderError) {
-    if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.exitCode === 0) return 0;
+    if (
+      error.code === 'commander.helpDisplayed' ||
+      error.code === 'commander.version' ||
+      error.exitCode === 0
+    )
+      return 0;
     io.stderr(`dirtytrack: ${error.message.replace(/^error: /, '').split('\n')[0]}\n`);
     return 2;
   }
@@ -79,6 +98,8 @@ function report(error: unknown, io: Io): number {
     io.stderr(`dirtytrack: ${error.field !== undefined ? '' : ''}${error.message}\n`);
     return 2;
   }
-  io.stderr(`dirtytrack: internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  io.stderr(
+    `dirtytrack: internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+  );
   return 1;
 }

@@ -1,5 +1,18 @@
-import { createCostModel, createRng, createVirtualClock, NS_PER_MS, NS_PER_S, PAGE_SIZE, type MemslotInfo } from '@dirtytrack/core';
-import { createModelEngine, createModelMemory, createSweepWorkload, createUniformWorkload } from '@dirtytrack/guest';
+import {
+  createCostModel,
+  createRng,
+  createVirtualClock,
+  NS_PER_MS,
+  NS_PER_S,
+  PAGE_SIZE,
+  type MemslotInfo,
+} from '@dirtytrack/core';
+import {
+  createModelEngine,
+  createModelMemory,
+  createSweepWorkload,
+  createUniformWorkload,
+} from '@dirtytrack/guest';
 import { createSimLink, runPrecopy, type PrecopyOutcome, type PrecopyProgress } from '@dirtytrack/migration';
 import { createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter } from '@dirtytrack/reporters';
@@ -36,14 +49,19 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
     workingSet: (w['working-set'] ?? scenario.memory - w.offset) / PAGE_SIZE,
   };
   const workload =
-    w.kind === 'uniform' ? createUniformWorkload({ ...workloadOptions, rng }) : createSweepWorkload(workloadOptions);
+    w.kind === 'uniform'
+      ? createUniformWorkload({ ...workloadOptions, rng })
+      : createSweepWorkload(workloadOptions);
   const tracker = createWriteProtectTracker();
   const reporter = createBitmapReporter({ rearmer: tracker, slots: [slot] });
   tracker.attach(reporter);
   const memory = createModelMemory(pages, Math.round(pages * scenario.populated));
   const engine = createModelEngine({ clock, workload, tracker, memory, costModel });
   const bitmap = createSingleHopSync({ source: reporter, logging: tracker, slot, costModel });
-  const link = createSimLink({ bandwidth: scenario.link.bandwidth, latencyNs: scenario.link.latency * NS_PER_MS });
+  const link = createSimLink({
+    bandwidth: scenario.link.bandwidth,
+    latencyNs: scenario.link.latency * NS_PER_MS,
+  });
   const outcome = runPrecopy({
     engine,
     bitmap,
@@ -61,7 +79,11 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
       seed: scenario.seed,
       'stop-reason': outcome.stopReason,
       pipeline: { workload: w.kind, tracker: tracker.kind, reporter: reporter.kind, layers: scenario.layers },
-      vcpu: { writes: vcpu.writes, faults: vcpu.faults, 'fault-time': Math.round(vcpu.faultTimeNs / 1000) / 1000 },
+      vcpu: {
+        writes: vcpu.writes,
+        faults: vcpu.faults,
+        'fault-time': Math.round(vcpu.faultTimeNs / 1000) / 1000,
+      },
     },
   };
 }

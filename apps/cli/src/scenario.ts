@@ -25,7 +25,10 @@ const size = (what: { min?: number; pageAligned?: boolean } = {}) =>
       return z.NEVER;
     }
     if (what.pageAligned && bytes % PAGE_SIZE !== 0) {
-      ctx.addIssue({ code: 'custom', message: `${bytes} bytes is not a multiple of the ${PAGE_SIZE}-byte page` });
+      ctx.addIssue({
+        code: 'custom',
+        message: `${bytes} bytes is not a multiple of the ${PAGE_SIZE}-byte page`,
+      });
       return z.NEVER;
     }
     return bytes;
@@ -41,7 +44,10 @@ const rate = (what: { positive: boolean }) =>
       return z.NEVER;
     }
     if (!Number.isFinite(bps) || bps < 0 || (what.positive && bps === 0)) {
-      ctx.addIssue({ code: 'custom', message: `${v} must be ${what.positive ? '> 0' : '>= 0'} (accepted: ${RATE_HINT})` });
+      ctx.addIssue({
+        code: 'custom',
+        message: `${v} must be ${what.positive ? '> 0' : '>= 0'} (accepted: ${RATE_HINT})`,
+      });
       return z.NEVER;
     }
     return bps;
@@ -94,7 +100,9 @@ export const scenarioSchema = z
         parameters: z
           .object({
             'max-bandwidth': rate({ positive: false }).default(DEFAULT_PRECOPY_PARAMETERS['max-bandwidth']),
-            'downtime-limit': number(0, 2_000_000, true).default(DEFAULT_PRECOPY_PARAMETERS['downtime-limit']),
+            'downtime-limit': number(0, 2_000_000, true).default(
+              DEFAULT_PRECOPY_PARAMETERS['downtime-limit'],
+            ),
             'zero-page-detection': z
               .enum(['none', 'legacy', 'multifd'])
               .default(DEFAULT_PRECOPY_PARAMETERS['zero-page-detection']),
@@ -112,7 +120,11 @@ export const scenarioSchema = z
   .superRefine((s, ctx) => {
     const w = s.workload;
     if (w.offset >= s.memory) {
-      ctx.addIssue({ code: 'custom', path: ['workload', 'offset'], message: `must be below memory (${s.memory} bytes)` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['workload', 'offset'],
+        message: `must be below memory (${s.memory} bytes)`,
+      });
     } else if (w['working-set'] !== undefined && w.offset + w['working-set'] > s.memory) {
       ctx.addIssue({
         code: 'custom',

@@ -22,7 +22,8 @@ export function formatSummary(scenario: Scenario, r: SimulateResult): string {
     lines.push(
       `  ${String(t['sync']).padStart(4)}  ${fmtMs(t['time'] ?? 0).padStart(14)}  ${bytes(t['remaining'] ?? 0).padStart(10)}  ${String(t['new-dirty-pages']).padStart(15)}`,
     );
-    if (shown.length < trajectory.length && t === shown[3]) lines.push(`  …     (${trajectory.length - 8} more)`);
+    if (shown.length < trajectory.length && t === shown[3])
+      lines.push(`  …     (${trajectory.length - 8} more)`);
   }
   return lines.join('\n');
 }

@@ -26,8 +26,20 @@ describe('model engine', () => {
     const clock = createVirtualClock();
     const tracker = recordingTracker();
     const memory = createModelMemory(64, 8);
-    const workload = createSweepWorkload({ vcpus: 1, pages: 64, bytesPerSecond: 4096 * 4, offset: 16, workingSet: 8 });
-    const engine = createModelEngine({ clock, workload, tracker, memory, costModel: { ...defaults(), writeFaultNs: 1000 } });
+    const workload = createSweepWorkload({
+      vcpus: 1,
+      pages: 64,
+      bytesPerSecond: 4096 * 4,
+      offset: 16,
+      workingSet: 8,
+    });
+    const engine = createModelEngine({
+      clock,
+      workload,
+      tracker,
+      memory,
+      costModel: { ...defaults(), writeFaultNs: 1000 },
+    });
     engine.runGuestUntil(NS_PER_S);
     expect(clock.now()).toBe(NS_PER_S);
     expect(tracker.seen).toEqual([16, 17, 18, 19]);

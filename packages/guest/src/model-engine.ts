@@ -23,10 +23,14 @@ export interface ModelMemory {
 /** Guest memory of `pages` pages whose first `populatedPages` hold data at start. */
 export function createModelMemory(pages: number, populatedPages = pages): ModelMemory {
   if (!(Number.isInteger(populatedPages) && populatedPages >= 0 && populatedPages <= pages)) {
-    throw new DirtytrackError('invalid-argument', `populated: ${populatedPages} pages is not in [0, ${pages}]`, {
-      component: 'model-memory',
-      field: 'populated',
-    });
+    throw new DirtytrackError(
+      'invalid-argument',
+      `populated: ${populatedPages} pages is not in [0, ${pages}]`,
+      {
+        component: 'model-memory',
+        field: 'populated',
+      },
+    );
   }
   const nonzero = Bitmap.create(pages);
   nonzero.setRange(0, populatedPages);
@@ -84,16 +88,22 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
     },
     set speed(value: number) {
       if (!(value >= 0 && value <= 1)) {
-        throw new DirtytrackError('invalid-argument', `speed ${value} is not in [0, 1]`, { component: 'model-engine' });
+        throw new DirtytrackError('invalid-argument', `speed ${value} is not in [0, 1]`, {
+          component: 'model-engine',
+        });
       }
       speed = value;
     },
     runGuestUntil(untilNs) {
       const from = clock.now();
       if (untilNs < from) {
-        throw new DirtytrackError('invalid-argument', `runGuestUntil: ${untilNs} ns is before now (${from} ns)`, {
-          component: 'model-engine',
-        });
+        throw new DirtytrackError(
+          'invalid-argument',
+          `runGuestUntil: ${untilNs} ns is before now (${from} ns)`,
+          {
+            component: 'model-engine',
+          },
+        );
       }
       if (running && untilNs > from) {
         workload.generate(from, untilNs, speed, (batch) => {

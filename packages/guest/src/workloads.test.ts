@@ -4,7 +4,9 @@ import { createSweepWorkload, createUniformWorkload } from './workloads.js';
 
 function collect(w: ReturnType<typeof createSweepWorkload>, from: number, to: number, speed = 1) {
   const out: { vcpu: number; slot: number; offsets: number[] }[] = [];
-  w.generate(from, to, speed, (b: WriteBatch) => out.push({ vcpu: b.vcpu, slot: b.slot, offsets: [...b.offsets.subarray(0, b.count)] }));
+  w.generate(from, to, speed, (b: WriteBatch) =>
+    out.push({ vcpu: b.vcpu, slot: b.slot, offsets: [...b.offsets.subarray(0, b.count)] }),
+  );
   return out;
 }
 
@@ -39,10 +41,12 @@ describe('sweep workload', () => {
 
   it('rejects bad shapes with the field named', () => {
     expect(() => createSweepWorkload({ vcpus: 0, pages: 10, bytesPerSecond: 1 })).toThrow(/workload\.vcpus/);
-    expect(() => createSweepWorkload({ vcpus: 1, pages: 10, bytesPerSecond: 1, offset: 8, workingSet: 4 })).toThrow(
-      /workload\.working-set/,
+    expect(() =>
+      createSweepWorkload({ vcpus: 1, pages: 10, bytesPerSecond: 1, offset: 8, workingSet: 4 }),
+    ).toThrow(/workload\.working-set/);
+    expect(() => createSweepWorkload({ vcpus: 8, pages: 10, bytesPerSecond: 1, workingSet: 4 })).toThrow(
+      /cannot be shared/,
     );
-    expect(() => createSweepWorkload({ vcpus: 8, pages: 10, bytesPerSecond: 1, workingSet: 4 })).toThrow(/cannot be shared/);
     expect(() => createSweepWorkload({ vcpus: 1, pages: 10, bytesPerSecond: -1 })).toThrow(/workload\.rate/);
   });
 });
@@ -50,7 +54,14 @@ describe('sweep workload', () => {
 describe('uniform workload', () => {
   it('draws within the working set, reproducibly per seed', () => {
     const make = (seed: number) =>
-      createUniformWorkload({ vcpus: 3, pages: 1 << 20, bytesPerSecond: 4096 * 1000, offset: 4096, workingSet: 512, rng: createRng(seed) });
+      createUniformWorkload({
+        vcpus: 3,
+        pages: 1 << 20,
+        bytesPerSecond: 4096 * 1000,
+        offset: 4096,
+        workingSet: 512,
+        rng: createRng(seed),
+      });
     const a = collect(make(7), 0, NS_PER_S);
     const b = collect(make(7), 0, NS_PER_S);
     const c = collect(make(8), 0, NS_PER_S);

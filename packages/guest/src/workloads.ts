@@ -1,4 +1,11 @@
-import { DirtytrackError, NS_PER_S, PAGE_SIZE, type Rng, type WriteBatch, type Workload } from '@dirtytrack/core';
+import {
+  DirtytrackError,
+  NS_PER_S,
+  PAGE_SIZE,
+  type Rng,
+  type WriteBatch,
+  type Workload,
+} from '@dirtytrack/core';
 
 /** Options every workload shares. */
 export interface WorkloadOptions {
@@ -40,10 +47,14 @@ export function createSweepWorkload(options: WorkloadOptions): Workload {
   const shape = checkShape(options, 'sweep');
   const share = Math.floor(shape.workingSet / shape.vcpus);
   if (share === 0) {
-    throw new DirtytrackError('invalid-argument', `workload.working-set: ${shape.workingSet} pages cannot be shared by ${shape.vcpus} vCPUs`, {
-      component: 'workload',
-      field: 'workload.working-set',
-    });
+    throw new DirtytrackError(
+      'invalid-argument',
+      `workload.working-set: ${shape.workingSet} pages cannot be shared by ${shape.vcpus} vCPUs`,
+      {
+        component: 'workload',
+        field: 'workload.working-set',
+      },
+    );
   }
   const cursors = new Float64Array(shape.vcpus);
   return makeWorkload('sweep', shape, (vcpu, out, count) => {
@@ -81,9 +92,13 @@ function makeWorkload(
     vcpus: shape.vcpus,
     generate(fromNs, toNs, speed, emit) {
       if (!(toNs >= fromNs) || !(speed >= 0 && speed <= 1)) {
-        throw new DirtytrackError('invalid-argument', `generate: need fromNs <= toNs and speed in [0, 1], got ${fromNs}, ${toNs}, ${speed}`, {
-          component: 'workload',
-        });
+        throw new DirtytrackError(
+          'invalid-argument',
+          `generate: need fromNs <= toNs and speed in [0, 1], got ${fromNs}, ${toNs}, ${speed}`,
+          {
+            component: 'workload',
+          },
+        );
       }
       const perVcpu = (shape.writesPerSecond * speed * (toNs - fromNs)) / NS_PER_S;
       for (let v = 0; v < shape.vcpus; v++) {
@@ -106,14 +121,20 @@ function makeWorkload(
 
 function checkShape(o: WorkloadOptions, kind: string): Shape {
   const fail = (field: string, what: string): never => {
-    throw new DirtytrackError('invalid-argument', `workload.${field}: ${what}`, { component: `workload-${kind}`, field: `workload.${field}` });
+    throw new DirtytrackError('invalid-argument', `workload.${field}: ${what}`, {
+      component: `workload-${kind}`,
+      field: `workload.${field}`,
+    });
   };
   if (!(Number.isInteger(o.vcpus) && o.vcpus >= 1)) fail('vcpus', `${o.vcpus} is not an integer >= 1`);
-  if (!(Number.isInteger(o.pages) && o.pages >= 1 && o.pages <= 2 ** 32)) fail('pages', `${o.pages} is not an integer in [1, 2^32]`);
-  if (!(Number.isFinite(o.bytesPerSecond) && o.bytesPerSecond >= 0)) fail('rate', `${o.bytesPerSecond} B/s is not a finite number >= 0`);
+  if (!(Number.isInteger(o.pages) && o.pages >= 1 && o.pages <= 2 ** 32))
+    fail('pages', `${o.pages} is not an integer in [1, 2^32]`);
+  if (!(Number.isFinite(o.bytesPerSecond) && o.bytesPerSecond >= 0))
+    fail('rate', `${o.bytesPerSecond} B/s is not a finite number >= 0`);
   const offset = o.offset ?? 0;
   const workingSet = o.workingSet ?? o.pages - offset;
-  if (!(Number.isInteger(offset) && offset >= 0 && offset < o.pages)) fail('offset', `page ${offset} is outside the slot's ${o.pages} pages`);
+  if (!(Number.isInteger(offset) && offset >= 0 && offset < o.pages))
+    fail('offset', `page ${offset} is outside the slot's ${o.pages} pages`);
   if (!(Number.isInteger(workingSet) && workingSet >= 1 && offset + workingSet <= o.pages)) {
     fail('working-set', `${workingSet} pages from page ${offset} do not fit the slot's ${o.pages} pages`);
   }

@@ -5,7 +5,12 @@ import {
   type MigrationBitmap,
   type Workload,
 } from '@dirtytrack/core';
-import { createModelEngine, createModelMemory, createSweepWorkload, createUniformWorkload } from '@dirtytrack/guest';
+import {
+  createModelEngine,
+  createModelMemory,
+  createSweepWorkload,
+  createUniformWorkload,
+} from '@dirtytrack/guest';
 import { createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
@@ -32,7 +37,8 @@ function run(s: Setup) {
   const reporter = createBitmapReporter({ rearmer: tracker, slots: [slot] });
   tracker.attach(reporter);
   const memory = createModelMemory(s.pages, s.populated ?? s.pages);
-  const workload = s.workload?.(s.pages) ?? createSweepWorkload({ vcpus: 1, pages: s.pages, bytesPerSecond: 0 });
+  const workload =
+    s.workload?.(s.pages) ?? createSweepWorkload({ vcpus: 1, pages: s.pages, bytesPerSecond: 0 });
   const engine = createModelEngine({ clock, workload, tracker, memory });
   let bitmap: MigrationBitmap = createSingleHopSync({ source: reporter, logging: tracker, slot });
   if (s.wrap) bitmap = s.wrap(bitmap, () => clock.now());
@@ -121,8 +127,12 @@ describe('precopy, exact values', () => {
   });
 
   it('rejects bad parameters naming the field', () => {
-    expect(() => run({ pages: 64, parameters: { 'downtime-limit': -1 } })).toThrow(/migration\.parameters\.downtime-limit/);
-    expect(() => run({ pages: 64, parameters: { 'max-bandwidth': Number.NaN } })).toThrow(/migration\.parameters\.max-bandwidth/);
+    expect(() => run({ pages: 64, parameters: { 'downtime-limit': -1 } })).toThrow(
+      /migration\.parameters\.downtime-limit/,
+    );
+    expect(() => run({ pages: 64, parameters: { 'max-bandwidth': Number.NaN } })).toThrow(
+      /migration\.parameters\.max-bandwidth/,
+    );
     expect(() => run({ pages: 64, timeLimitS: 0 })).toThrow(/time-limit/);
   });
 });
@@ -148,7 +158,9 @@ describe('precopy invariant: every page reaches the destination after its last w
           const workload = (pages: number): Workload => {
             const opts = { vcpus: c.vcpus, pages, bytesPerSecond: c.rateKiB * 1024 };
             const inner =
-              c.kind === 'uniform' ? createUniformWorkload({ ...opts, rng: createRng(c.seed) }) : createSweepWorkload(opts);
+              c.kind === 'uniform'
+                ? createUniformWorkload({ ...opts, rng: createRng(c.seed) })
+                : createSweepWorkload(opts);
             return {
               kind: inner.kind,
               vcpus: inner.vcpus,
@@ -188,7 +200,8 @@ describe('precopy invariant: every page reaches the destination after its last w
           if (info.status !== 'completed') return; // Non-convergence is allowed; loss is not.
           for (let p = 0; p < c.pages; p++) {
             if (lastSend[p] === -1) throw new Error(`page ${p} was never sent`);
-            if ((lastSend[p] as number) < (lastWrite[p] as number)) throw new Error(`page ${p} written after its last send`);
+            if ((lastSend[p] as number) < (lastWrite[p] as number))
+              throw new Error(`page ${p} written after its last send`);
           }
           expect(info.ram.remaining).toBe(0);
           expect(info.ram.normal + info.ram.duplicate).toBeGreaterThanOrEqual(c.pages);
@@ -211,4 +224,3 @@ describe('sim link', () => {
     expect(() => createSimLink({ bandwidth: 1, latencyNs: -1 })).toThrow(/link\.latency/);
   });
 });
-

@@ -77,9 +77,13 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   const params = checkParameters({ ...DEFAULT_PRECOPY_PARAMETERS, ...options.parameters });
   const { engine, bitmap, link, nonzero } = options;
   if (nonzero.bits !== bitmap.pages) {
-    throw new DirtytrackError('invalid-argument', `nonzero map covers ${nonzero.bits} pages, RAM has ${bitmap.pages}`, {
-      component: 'precopy',
-    });
+    throw new DirtytrackError(
+      'invalid-argument',
+      `nonzero map covers ${nonzero.bits} pages, RAM has ${bitmap.pages}`,
+      {
+        component: 'precopy',
+      },
+    );
   }
   if (!(options.timeLimitNs > 0)) {
     throw new DirtytrackError('invalid-argument', `time-limit: ${options.timeLimitNs} ns must be > 0`, {
@@ -189,7 +193,13 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     const now = clock.now();
     if (options.onProgress && now >= nextProgress) {
       nextProgress = now + 1000 * NS_PER_MS;
-      options.onProgress({ timeNs: now - start, transferred, remaining: bitmap.dirtyPages * PAGE_SIZE, total: bitmap.pages * PAGE_SIZE, syncs });
+      options.onProgress({
+        timeNs: now - start,
+        transferred,
+        remaining: bitmap.dirtyPages * PAGE_SIZE,
+        total: bitmap.pages * PAGE_SIZE,
+        syncs,
+      });
     }
     if (now - start >= options.timeLimitNs) break;
     if (bitmap.dirtyPages * PAGE_SIZE < threshold) sync();
@@ -207,7 +217,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       break;
     }
     const windowEnd = windowStart + RATE_LIMIT_WINDOW_NS;
-    const budget = params['max-bandwidth'] > 0 ? (params['max-bandwidth'] / 10) - windowBytes : Infinity;
+    const budget = params['max-bandwidth'] > 0 ? params['max-bandwidth'] / 10 - windowBytes : Infinity;
     const linkRoom = (link.bandwidth * Math.max(0, windowEnd - clock.now())) / 1e9;
     const cap = Math.min(budget, linkRoom);
     let exhausted = true;
@@ -225,7 +235,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     bandwidth = windowBytes / elapsedMs;
     threshold = bandwidth * params['downtime-limit'];
     mbps = (windowBytes * 8) / (elapsedMs / 1000) / 1e6;
-    if (dirtyPagesRate !== 0 && windowBytes > 10_000 && bandwidth > 0) expectedDowntime = dirtyBytesLastSync / bandwidth;
+    if (dirtyPagesRate !== 0 && windowBytes > 10_000 && bandwidth > 0)
+      expectedDowntime = dirtyBytesLastSync / bandwidth;
     windowStart = clock.now();
     windowBytes = 0;
   }
@@ -268,8 +279,13 @@ function checkParameters(p: PrecopyParameters): PrecopyParameters {
       field: `migration.parameters.${field}`,
     });
   };
-  if (!(Number.isFinite(p['max-bandwidth']) && p['max-bandwidth'] >= 0)) fail('max-bandwidth', `${p['max-bandwidth']} must be >= 0 B/s (0 = unlimited)`);
-  if (!(Number.isFinite(p['downtime-limit']) && p['downtime-limit'] >= 0 && p['downtime-limit'] <= 2_000_000)) {
+  if (!(Number.isFinite(p['max-bandwidth']) && p['max-bandwidth'] >= 0))
+    fail('max-bandwidth', `${p['max-bandwidth']} must be >= 0 B/s (0 = unlimited)`);
+  if (!(
+    Number.isFinite(p['downtime-limit']) &&
+    p['downtime-limit'] >= 0 &&
+    p['downtime-limit'] <= 2_000_000
+  )) {
     fail('downtime-limit', `${p['downtime-limit']} must be in 0..2000000 ms`);
   }
   if (!['none', 'legacy', 'multifd'].includes(p['zero-page-detection'])) {

@@ -16,16 +16,24 @@ export function createSimLink(options: SimLinkOptions): Transport {
   const { bandwidth } = options;
   const latencyNs = options.latencyNs ?? 0;
   if (!(Number.isFinite(bandwidth) && bandwidth > 0)) {
-    throw new DirtytrackError('invalid-argument', `link.bandwidth: ${bandwidth} B/s must be a finite number > 0`, {
-      component: 'sim-link',
-      field: 'link.bandwidth',
-    });
+    throw new DirtytrackError(
+      'invalid-argument',
+      `link.bandwidth: ${bandwidth} B/s must be a finite number > 0`,
+      {
+        component: 'sim-link',
+        field: 'link.bandwidth',
+      },
+    );
   }
   if (!(Number.isFinite(latencyNs) && latencyNs >= 0)) {
-    throw new DirtytrackError('invalid-argument', `link.latency: ${latencyNs} ns must be a finite number >= 0`, {
-      component: 'sim-link',
-      field: 'link.latency',
-    });
+    throw new DirtytrackError(
+      'invalid-argument',
+      `link.latency: ${latencyNs} ns must be a finite number >= 0`,
+      {
+        component: 'sim-link',
+        field: 'link.latency',
+      },
+    );
   }
   let freeAt = 0;
   let bytesSent = 0;

@@ -1,4 +1,11 @@
-import { Bitmap, createCostModel, type DirtyLogSource, type HarvestCost, type LoggingControl } from '@dirtytrack/core';
+import type {
+  Bitmap} from '@dirtytrack/core';
+import {
+  createCostModel,
+  type DirtyLogSource,
+  type HarvestCost,
+  type LoggingControl,
+} from '@dirtytrack/core';
 import { describe, expect, it } from 'vitest';
 import { createSingleHopSync } from './single-hop-sync.js';
 
@@ -22,11 +29,21 @@ function scripted(): DirtyLogSource & { next: number[]; cost: HarvestCost } {
 
 const logging = (): LoggingControl & { on: number[] } => {
   const on: number[] = [];
-  return { on, enableLogging: (s) => (on.push(s.id), s.pages), disableLogging: (id) => void on.splice(on.indexOf(id), 1) };
+  return {
+    on,
+    enableLogging: (s) => (on.push(s.id), s.pages),
+    disableLogging: (id) => void on.splice(on.indexOf(id), 1),
+  };
 };
 
 describe('single-hop sync', () => {
-  const costModel = createCostModel({ bitmapXchgNsPerWord: 10, bitmapCopyNsPerWord: 1, rearmNsPerPage: 100, tlbFlushNs: 1000, enableLoggingNsPerPage: 2 });
+  const costModel = createCostModel({
+    bitmapXchgNsPerWord: 10,
+    bitmapCopyNsPerWord: 1,
+    rearmNsPerPage: 100,
+    tlbFlushNs: 1000,
+    enableLoggingNsPerPage: 2,
+  });
 
   it('setup enables logging and sets every bit; sync counts only 0→1 transitions', () => {
     const source = scripted();

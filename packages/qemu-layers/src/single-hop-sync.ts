@@ -48,7 +48,9 @@ export function createSingleHopSync(options: SingleHopSyncOptions): MigrationBit
     },
     setup() {
       if (active) {
-        throw new DirtytrackError('invalid-state', 'setup: migration bitmap already set up', { component: 'single-hop-sync' });
+        throw new DirtytrackError('invalid-state', 'setup: migration bitmap already set up', {
+          component: 'single-hop-sync',
+        });
       }
       const armed = logging.enableLogging(slot);
       active = true;
@@ -58,7 +60,9 @@ export function createSingleHopSync(options: SingleHopSyncOptions): MigrationBit
     },
     sync(): SyncResult {
       if (!active) {
-        throw new DirtytrackError('invalid-state', 'sync: call setup() first', { component: 'single-hop-sync' });
+        throw new DirtytrackError('invalid-state', 'sync: call setup() first', {
+          component: 'single-hop-sync',
+        });
       }
       const reported = source.getDirtyLog(slot.id, scratch);
       const harvest = source.lastHarvestCost();
@@ -77,9 +81,13 @@ export function createSingleHopSync(options: SingleHopSyncOptions): MigrationBit
     clearSent(word, mask) {
       const w = bmap.words[word];
       if (w === undefined || (w & mask) >>> 0 !== mask >>> 0) {
-        throw new DirtytrackError('internal', `clearSent: word ${word} does not hold all of mask 0x${(mask >>> 0).toString(16)}`, {
-          component: 'single-hop-sync',
-        });
+        throw new DirtytrackError(
+          'internal',
+          `clearSent: word ${word} does not hold all of mask 0x${(mask >>> 0).toString(16)}`,
+          {
+            component: 'single-hop-sync',
+          },
+        );
       }
       bmap.words[word] = w & ~mask;
       dirtyPages -= popcount32(mask);

@@ -17,7 +17,9 @@ describe('bitmap reporter', () => {
     const live = r.liveBitmap(1);
     expect(live.byteLength).toBe(24); // ALIGN(130, 64) / 8
     expect([...live.words]).toEqual([0x1, 0x2, 0x1, 0x0, 0x2, 0x0]);
-    expect([...new Uint8Array(live.buffer)]).toEqual([1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    expect([...new Uint8Array(live.buffer)]).toEqual([
+      1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0,
+    ]);
   });
 
   it('GET_DIRTY_LOG copies, clears and re-arms exactly the reported pages, then flushes once', () => {

@@ -58,9 +58,13 @@ export function createBitmapReporter(options: BitmapReporterOptions): Reporter &
       for (let i = 0; i < count; i++) {
         const p = offsets[i] as number;
         if (!(p < b.bits)) {
-          throw new DirtytrackError('out-of-range', `markDirty: page ${p} is outside slot ${slot} (${b.bits} pages)`, {
-            component: 'bitmap-reporter',
-          });
+          throw new DirtytrackError(
+            'out-of-range',
+            `markDirty: page ${p} is outside slot ${slot} (${b.bits} pages)`,
+            {
+              component: 'bitmap-reporter',
+            },
+          );
         }
         words[p >>> 5] = (words[p >>> 5] as number) | (1 << (p & 31));
       }
@@ -68,9 +72,13 @@ export function createBitmapReporter(options: BitmapReporterOptions): Reporter &
     getDirtyLog(slot: number, out: Bitmap) {
       const b = live(slot, 'getDirtyLog');
       if (out.bits !== b.bits) {
-        throw new DirtytrackError('invalid-argument', `getDirtyLog: buffer covers ${out.bits} pages, slot ${slot} has ${b.bits}`, {
-          component: 'bitmap-reporter',
-        });
+        throw new DirtytrackError(
+          'invalid-argument',
+          `getDirtyLog: buffer covers ${out.bits} pages, slot ${slot} has ${b.bits}`,
+          {
+            component: 'bitmap-reporter',
+          },
+        );
       }
       const src = b.words;
       const dst = out.words;

@@ -9,7 +9,10 @@ import { propertyRuns } from './runs.js';
  * are re-armed, and a harvest with nothing dirty re-arms nothing. (The ring reporter's ordering
  * and soft-limit rules join with the reporters issue.)
  */
-export function describeReporter(name: string, create: (rearmer: Rearmer, slot: MemslotInfo) => Reporter): void {
+export function describeReporter(
+  name: string,
+  create: (rearmer: Rearmer, slot: MemslotInfo) => Reporter,
+): void {
   describe(`reporter conformance: ${name}`, () => {
     it('returns exactly the pages marked since the previous harvest and re-arms exactly them', () => {
       fc.assert(
@@ -19,7 +22,10 @@ export function describeReporter(name: string, create: (rearmer: Rearmer, slot: 
           (pages, ops) => {
             const slot: MemslotInfo = { id: 2, asId: 0, baseGfn: 0x1000, pages };
             const rearmed: number[][] = [];
-            const reporter = create({ rearm: (_s, mask) => (rearmed.push([...mask.setBits()]), mask.popcount()) }, slot);
+            const reporter = create(
+              { rearm: (_s, mask) => (rearmed.push([...mask.setBits()]), mask.popcount()) },
+              slot,
+            );
             const out = Bitmap.create(pages);
             let expected = new Set<number>();
             const harvest = (): void => {

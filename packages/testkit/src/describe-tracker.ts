@@ -17,7 +17,11 @@ export function describeTracker(name: string, create: () => Tracker): void {
           fc.integer({ min: 1, max: 300 }),
           fc.array(
             fc.oneof(
-              fc.record({ op: fc.constant('write' as const), vcpu: fc.nat(7), pages: fc.array(fc.nat(), { maxLength: 40 }) }),
+              fc.record({
+                op: fc.constant('write' as const),
+                vcpu: fc.nat(7),
+                pages: fc.array(fc.nat(), { maxLength: 40 }),
+              }),
               fc.record({ op: fc.constant('harvest' as const) }),
             ),
             { maxLength: 60 },

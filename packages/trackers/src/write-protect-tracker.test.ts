@@ -7,7 +7,11 @@ const slot = { id: 3, asId: 0, baseGfn: 0x100000, pages: 100 };
 
 function sinkLog(): DirtySink & { calls: { slot: number; pages: number[]; vcpu: number }[] } {
   const calls: { slot: number; pages: number[]; vcpu: number }[] = [];
-  return { calls, markDirty: (s, offsets, count, vcpu) => calls.push({ slot: s, pages: [...offsets.subarray(0, count)], vcpu }) };
+  return {
+    calls,
+    markDirty: (s, offsets, count, vcpu) =>
+      calls.push({ slot: s, pages: [...offsets.subarray(0, count)], vcpu }),
+  };
 }
 
 describe('write-protect tracker', () => {

@@ -30,7 +30,9 @@ export function createWriteProtectTracker(): Tracker {
   const slotOf = (id: number, op: string) => {
     const s = slots.get(id);
     if (s === undefined) {
-      throw new DirtytrackError('invalid-state', `${op}: slot ${id} is not logging`, { component: 'wp-tracker' });
+      throw new DirtytrackError('invalid-state', `${op}: slot ${id} is not logging`, {
+        component: 'wp-tracker',
+      });
     }
     return s;
   };
@@ -70,9 +72,13 @@ export function createWriteProtectTracker(): Tracker {
       for (let i = 0; i < count; i++) {
         const p = offsets[i] as number;
         if (!(p < pages)) {
-          throw new DirtytrackError('out-of-range', `write: page ${p} is outside slot ${slot} (${pages} pages)`, {
-            component: 'wp-tracker',
-          });
+          throw new DirtytrackError(
+            'out-of-range',
+            `write: page ${p} is outside slot ${slot} (${pages} pages)`,
+            {
+              component: 'wp-tracker',
+            },
+          );
         }
         const w = words[p >>> 5] as number;
         const bit = 1 << (p & 31);
@@ -89,9 +95,13 @@ export function createWriteProtectTracker(): Tracker {
     rearm(slot, mask) {
       const s = slotOf(slot, 'rearm');
       if (mask.bits !== s.info.pages) {
-        throw new DirtytrackError('invalid-argument', `rearm: mask covers ${mask.bits} pages, slot ${slot} has ${s.info.pages}`, {
-          component: 'wp-tracker',
-        });
+        throw new DirtytrackError(
+          'invalid-argument',
+          `rearm: mask covers ${mask.bits} pages, slot ${slot} has ${s.info.pages}`,
+          {
+            component: 'wp-tracker',
+          },
+        );
       }
       s.protectedPages.or(mask);
       const n = mask.popcount();
