@@ -88,6 +88,9 @@ function applySet(target: Record<string, unknown>, assignment: string): void {
   } catch {
     value = text;
   }
+  const forbidden = path.find((k) => FORBIDDEN_KEYS.has(k));
+  if (forbidden !== undefined)
+    throw new UsageError(path.join('.'), `${JSON.stringify(forbidden)} is not a scenario key`);
   let node = target;
   for (const key of path.slice(0, -1)) {
     const next = node[key];
@@ -97,9 +100,18 @@ function applySet(target: Record<string, unknown>, assignment: string): void {
   node[path[path.length - 1] as string] = value ?? text;
 }
 
-function merge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+/** Keys that would reach `Object.prototype` if assigned: never scenario keys. */
+const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
+function merge(
+  base: Record<string, unknown>,
+  over: Record<string, unknown>,
+  path: string[] = [],
+): Record<string, unknown> {
   const out: Record<string, unknown> = { ...base };
   for (const [k, v] of Object.entries(over)) {
+    if (FORBIDDEN_KEYS.has(k))
+      throw new UsageError([...path, k].join('.'), `${JSON.stringify(k)} is not a scenario key`);
     const b = out[k];
     out[k] =
       v !== null &&
@@ -108,7 +120,7 @@ function merge(base: Record<string, unknown>, over: Record<string, unknown>): Re
       b !== null &&
       typeof b === 'object' &&
       !Array.isArray(b)
-        ? merge(b as Record<string, unknown>, v as Record<string, unknown>)
+        ? merge(b as Record<string, unknown>, v as Record<string, unknown>, [...path, k])
         : v;
   }
   return out;
@@ -128,6 +140,12 @@ function toUsageError(error: z.ZodError): UsageError {
     return new UsageError(
       field,
       `${JSON.stringify(issue.received)} is not accepted (accepted: ${issue.options.join(', ')})`,
+    );
+  }
+  if (issue.code === 'invalid_type' && issue.expected === 'object') {
+    return new UsageError(
+      field,
+      `expected a mapping (accepted keys: ${acceptedKeys(issue.path).join(', ')})`,
     );
   }
   if (issue.code === 'invalid_union') {

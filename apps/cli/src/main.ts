@@ -63,7 +63,16 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       );
       bar?.stop();
       const json = JSON.stringify(result, null, 2) + '\n';
-      if (opts.out !== undefined) writeFileSync(opts.out, json);
+      if (opts.out !== undefined) {
+        try {
+          writeFileSync(opts.out, json);
+        } catch (cause) {
+          throw new UsageError(
+            '--out',
+            `cannot write ${opts.out}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
+          );
+        }
+      }
       io.stdout(opts.json ? json : formatSummary(scenario, result) + '\n');
     });
 
@@ -85,9 +94,22 @@ function report(error: unknown, io: Io): number {
       error.code === 'commander.helpDisplayed' ||
       error.code === 'commander.version' ||
       error.exitCode === 0
-    )
+    ) {
       return 0;
-    io.stderr(`dirtytrack: ${error.message.replace(/^error: /, '').split('\n')[0]}\n`);
+    }
+    // No command given: commander has already printed the help on stderr.
+    if (error.code === 'commander.help') return 2;
+    // One line: commander's message plus its "(Did you mean …?)" suggestion, if any.
+    const message = error.message
+      .replace(/^error: /, '')
+      .split('\n')
+      .map((line) => line.trim())
+      .filter(Boolean)
+      .join(' ');
+    const hint = /unknownOption|unknownCommand|excessArguments/.test(error.code)
+      ? ' (see dirtytrack --help)'
+      : '';
+    io.stderr(`dirtytrack: ${message}${hint}\n`);
     return 2;
   }
   if (error instanceof UsageError) {
@@ -95,7 +117,7 @@ function report(error: unknown, io: Io): number {
     return 2;
   }
   if (isDirtytrackError(error, 'invalid-argument') || isDirtytrackError(error, 'invalid-config')) {
-    io.stderr(`dirtytrack: ${error.field !== undefined ? '' : ''}${error.message}\n`);
+    io.stderr(`dirtytrack: ${error.message}\n`);
     return 2;
   }
   io.stderr(

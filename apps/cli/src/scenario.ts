@@ -56,8 +56,8 @@ const rate = (what: { positive: boolean }) =>
 const number = (min: number, max: number, integer = false) => {
   const base = z.number({ invalid_type_error: `expected a number in [${min}, ${max}]` });
   return (integer ? base.int(`expected an integer in [${min}, ${max}]`) : base)
-    .min(min, `must be >= ${min}`)
-    .max(max, `must be <= ${max}`);
+    .min(min, `must be in [${min}, ${max}]`)
+    .max(max, `must be in [${min}, ${max}]`);
 };
 
 const costModelShape = Object.fromEntries(

@@ -1,0 +1,98 @@
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { main } from '../main.js';
+
+/** What one `dirtytrack` invocation produced. */
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `dirtytrack …argv` in-process through `main`, capturing stdout and stderr (no progress bar). */
+export async function run(...argv: string[]): Promise<RunResult> {
+  let stdout = '';
+  let stderr = '';
+  const code = await main(argv, {
+    stdout: (text) => {
+      stdout += text;
+    },
+    stderr: (text) => {
+      stderr += text;
+    },
+    progress: false,
+  });
+  return { code, stdout, stderr };
+}
+
+/** Runs `dirtytrack …argv` in-process and parses its stdout as the `--json` result. */
+export async function runJson(...argv: string[]): Promise<{ result: SimulateJson; stdout: string }> {
+  const r = await run(...argv, '--json');
+  if (r.code !== 0 || r.stderr !== '') {
+    throw new Error(`dirtytrack ${argv.join(' ')} --json exited ${r.code}: ${r.stderr}`);
+  }
+  return { result: JSON.parse(r.stdout) as SimulateJson, stdout: r.stdout };
+}
+
+/** The package directory (apps/cli), where `src/bin.ts` lives. */
+export const CLI_DIR = fileURLToPath(new URL('../../', import.meta.url));
+
+/** Runs the real process, `node --conditions=@dirtytrack/source --import tsx src/bin.ts …argv`. */
+export function spawnCli(...argv: string[]): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      ['--conditions=@dirtytrack/source', '--import', 'tsx', 'src/bin.ts', ...argv],
+      { cwd: CLI_DIR, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk;
+    });
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+      stderr += chunk;
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+/** The shape of `simulate --json` that the tests read (QEMU's query-migrate names). */
+export interface SimulateJson {
+  status: string;
+  'total-time': number;
+  downtime?: number;
+  'setup-time': number;
+  'expected-downtime': number;
+  ram: {
+    total: number;
+    transferred: number;
+    remaining: number;
+    normal: number;
+    duplicate: number;
+    'normal-bytes': number;
+    'dirty-sync-count': number;
+    'dirty-pages-rate': number;
+    mbps: number;
+    'page-size': number;
+    'precopy-bytes': number;
+    'downtime-bytes': number;
+  };
+  trajectory: {
+    sync: number;
+    time: number;
+    remaining: number;
+    'new-dirty-pages': number;
+    'dirty-rate': number;
+    transferred: number;
+    'sync-time': number;
+  }[];
+  dirtytrack: {
+    scenario: string;
+    seed: number;
+    'stop-reason': string;
+    pipeline: { workload: string; tracker: string; reporter: string; layers: string };
+    vcpu: { writes: number; faults: number; 'fault-time': number };
+  };
+}

@@ -1,0 +1,24 @@
+import { describe, expect, it } from 'vitest';
+import { run, spawnCli } from './__fixtures__/run.js';
+
+// The real process: proves bin.ts hands main's code to the shell via process.exitCode. Each
+// spawn costs about a second (tsx compiles the sources), so there are only two.
+describe('bin.ts as a process', () => {
+  it('exits 0 and prints the same JSON as main() in-process', async () => {
+    const [child, inProcess] = await Promise.all([
+      spawnCli('simulate', '--preset', 'small', '--json'),
+      run('simulate', '--preset', 'small', '--json'),
+    ]);
+    expect(child.code).toBe(0);
+    expect(child.stderr).toBe('');
+    expect(child.stdout).toBe(inProcess.stdout);
+    expect((JSON.parse(child.stdout) as { status: string }).status).toBe('completed');
+  });
+
+  it('exits 2 on bad input with one stderr line and nothing on stdout', async () => {
+    const child = await spawnCli('simulate', '--set', 'memory=abc', '--json');
+    expect(child.code).toBe(2);
+    expect(child.stdout).toBe('');
+    expect(child.stderr).toMatch(/^dirtytrack: memory: [^\n]*accepted[^\n]*\n$/);
+  });
+});

@@ -1,0 +1,299 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { run, runJson, type SimulateJson } from './__fixtures__/run.js';
+import { PRESETS } from './presets.js';
+
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+const PAGE = 4096;
+/** Wire record sizes: an 8-byte header, then the page (normal) or one fill byte (zero page). */
+const NORMAL_RECORD = 8 + PAGE;
+const ZERO_RECORD = 8 + 1;
+
+const tmp = mkdtempSync(join(tmpdir(), 'dirtytrack-cli-main-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+describe('simulate --preset small --json', () => {
+  let stdout = '';
+  let r: SimulateJson;
+  beforeAll(async () => {
+    const out = await run('simulate', '--preset', 'small', '--json');
+    expect(out.code).toBe(0);
+    expect(out.stderr).toBe('');
+    stdout = out.stdout;
+    r = JSON.parse(stdout) as SimulateJson;
+  });
+
+  it('prints exactly one JSON object, newline-terminated', () => {
+    expect(stdout.startsWith('{\n')).toBe(true);
+    expect(stdout.endsWith('}\n')).toBe(true);
+    const parsed: unknown = JSON.parse(stdout);
+    expect(typeof parsed).toBe('object');
+    expect(Array.isArray(parsed)).toBe(false);
+    expect(parsed).not.toBeNull();
+  });
+
+  it("has query-migrate's fields, with number values", () => {
+    expect(r).toMatchObject({
+      status: expect.any(String),
+      'total-time': expect.any(Number),
+      downtime: expect.any(Number),
+      'setup-time': expect.any(Number),
+      'expected-downtime': expect.any(Number),
+      ram: {
+        total: expect.any(Number),
+        transferred: expect.any(Number),
+        remaining: expect.any(Number),
+        normal: expect.any(Number),
+        duplicate: expect.any(Number),
+        'dirty-sync-count': expect.any(Number),
+        'dirty-pages-rate': expect.any(Number),
+        mbps: expect.any(Number),
+      },
+      trajectory: expect.any(Array),
+    });
+    for (const entry of r.trajectory) {
+      expect(entry).toMatchObject({
+        time: expect.any(Number),
+        remaining: expect.any(Number),
+        'dirty-rate': expect.any(Number),
+        transferred: expect.any(Number),
+      });
+    }
+  });
+
+  it('completes with the whole 4 GiB sent and nothing remaining', () => {
+    expect(r.status).toBe('completed');
+    expect(r.ram.total).toBe(4 * GiB);
+    expect(r.ram.remaining).toBe(0);
+    expect(r.ram['page-size']).toBe(PAGE);
+    // Every page goes at least once.
+    expect(r.ram.normal + r.ram.duplicate).toBeGreaterThanOrEqual(r.ram.total / PAGE);
+    expect(r.dirtytrack).toEqual({
+      scenario: 'small',
+      seed: 1,
+      'stop-reason': 'converged',
+      pipeline: { workload: 'uniform', tracker: 'wp', reporter: 'bitmap', layers: 'single-hop' },
+      vcpu: expect.any(Object),
+    });
+  });
+
+  it('counts transferred bytes as wire records: normal × (4096 + 8) + duplicate × (8 + 1)', () => {
+    expect(r.ram.transferred).toBe(r.ram.normal * NORMAL_RECORD + r.ram.duplicate * ZERO_RECORD);
+    expect(r.ram['normal-bytes']).toBe(r.ram.normal * PAGE);
+    expect(r.ram['precopy-bytes'] + r.ram['downtime-bytes']).toBe(r.ram.transferred);
+  });
+
+  it('times add up: setup < total, downtime < total', () => {
+    const downtime = r.downtime ?? Number.NaN;
+    expect(r['setup-time']).toBeGreaterThan(0);
+    expect(r['total-time']).toBeGreaterThan(r['setup-time']);
+    expect(downtime).toBeGreaterThan(0);
+    expect(downtime).toBeLessThan(r['total-time']);
+  });
+
+  it('has one trajectory entry per dirty sync, in strictly increasing time', () => {
+    const t = r.trajectory;
+    expect(r.ram['dirty-sync-count']).toBeGreaterThanOrEqual(2);
+    expect(t).toHaveLength(r.ram['dirty-sync-count']);
+    expect(t.map((e) => e.sync)).toEqual(t.map((_, i) => i + 1));
+    for (let i = 1; i < t.length; i++) {
+      const [prev, cur] = [t[i - 1], t[i]];
+      expect(cur?.time).toBeGreaterThan(prev?.time ?? Number.POSITIVE_INFINITY);
+      expect(cur?.transferred).toBeGreaterThanOrEqual(prev?.transferred ?? Number.POSITIVE_INFINITY);
+    }
+    // The first sync ends setup with every page dirty and nothing sent yet.
+    expect(t[0]).toMatchObject({ sync: 1, time: r['setup-time'], remaining: r.ram.total, transferred: 0 });
+    // The last sync is the one at switchover: after it only the downtime bytes go.
+    expect(t.at(-1)?.transferred).toBe(r.ram['precopy-bytes']);
+  });
+
+  it('is the default: `simulate --json` without --preset prints the same bytes', async () => {
+    const out = await run('simulate', '--json');
+    expect(out.code).toBe(0);
+    expect(out.stdout).toBe(stdout);
+  });
+
+  describe('determinism', () => {
+    it('prints byte-identical stdout when run twice', async () => {
+      const again = await run('simulate', '--preset', 'small', '--json');
+      expect(again.code).toBe(0);
+      expect(again.stdout).toBe(stdout);
+    });
+
+    it('prints something else for --set seed=2', async () => {
+      const { result, stdout: seeded } = await runJson('simulate', '--preset', 'small', '--set', 'seed=2');
+      expect(seeded).not.toBe(stdout);
+      expect(result.dirtytrack.seed).toBe(2);
+      expect(result.status).toBe('completed');
+      expect(result.ram.total).toBe(4 * GiB);
+    });
+
+    it('writes the --json stdout, byte for byte, to --out FILE', async () => {
+      const file = join(tmp, 'small.json');
+      const out = await run('simulate', '--preset', 'small', '--json', '--out', file);
+      expect(out.code).toBe(0);
+      expect(out.stdout).toBe(stdout);
+      expect(readFileSync(file, 'utf8')).toBe(stdout);
+    });
+
+    it('writes the JSON to --out FILE also when stdout gets the human summary', async () => {
+      const file = join(tmp, 'small-summary.json');
+      const out = await run('simulate', '--preset', 'small', '--out', file);
+      expect(out.code).toBe(0);
+      expect(out.stdout).not.toBe(stdout);
+      expect(out.stdout).toContain('status    completed');
+      expect(readFileSync(file, 'utf8')).toBe(stdout);
+    });
+  });
+});
+
+describe('non-convergence', () => {
+  it('--preset no-converge stops `active` at the time limit, with no downtime', async () => {
+    const { result } = await runJson('simulate', '--preset', 'no-converge');
+    const timeLimitS = PRESETS['no-converge']['time-limit'];
+    expect(timeLimitS).toBe(120);
+    expect(result.status).toBe('active');
+    expect(Object.hasOwn(result, 'downtime')).toBe(false);
+    expect(result.dirtytrack['stop-reason']).toBe('time-limit');
+    expect(result.dirtytrack.scenario).toBe('no-converge');
+    expect(result['total-time']).toBeGreaterThanOrEqual(timeLimitS * 1000);
+    expect(result.ram.remaining).toBeGreaterThan(0);
+    expect(result.ram.total).toBe(4 * GiB);
+    expect(result.ram['downtime-bytes']).toBe(0);
+    expect(result.ram.transferred).toBe(
+      result.ram.normal * NORMAL_RECORD + result.ram.duplicate * ZERO_RECORD,
+    );
+    expect(result.trajectory).toHaveLength(result.ram['dirty-sync-count']);
+  });
+
+  it('honours --set time-limit on a non-converging run', async () => {
+    const { result } = await runJson('simulate', '--preset', 'no-converge', '--set', 'time-limit=7.5');
+    expect(result.status).toBe('active');
+    expect(result.dirtytrack['stop-reason']).toBe('time-limit');
+    expect(result['total-time']).toBeGreaterThanOrEqual(7500);
+    expect(result['total-time']).toBeLessThan(120_000);
+  });
+
+  it('a tiny 1 MiB guest converges quickly: completed, stop-reason converged', async () => {
+    const { result } = await runJson('simulate', '--set', 'memory=1M', '--set', 'workload.working-set=1M');
+    expect(result.status).toBe('completed');
+    expect(result.dirtytrack['stop-reason']).toBe('converged');
+    expect(result.ram.total).toBe(MiB);
+    expect(result.ram.remaining).toBe(0);
+    expect(result.downtime).toEqual(expect.any(Number));
+    expect(result['total-time']).toBeLessThan(1000);
+    expect(result.ram['dirty-sync-count']).toBeGreaterThanOrEqual(2);
+    expect(result.trajectory).toHaveLength(result.ram['dirty-sync-count']);
+  });
+});
+
+describe('--scenario files', () => {
+  const yamlFile = join(tmp, 'scenario.yaml');
+  const jsonFile = join(tmp, 'scenario.json');
+  writeFileSync(yamlFile, '# a 512 MiB guest\nmemory: 512M\nvcpus: 2\n');
+  writeFileSync(jsonFile, JSON.stringify({ memory: '512M', vcpus: 2 }, null, 2));
+
+  it('runs a YAML scenario: ram.total is 512 MiB', async () => {
+    const { result } = await runJson('simulate', '--scenario', yamlFile);
+    expect(result.ram.total).toBe(512 * MiB);
+    expect(result.status).toBe('completed');
+    expect(result.ram.remaining).toBe(0);
+    // No --preset with a file: the schema's defaults, not the `small` preset, fill the rest.
+    expect(result.dirtytrack.scenario).toBe('custom');
+  });
+
+  it('runs the same scenario as JSON, printing the same bytes', async () => {
+    const fromJson = await runJson('simulate', '--scenario', jsonFile);
+    const fromYaml = await runJson('simulate', '--scenario', yamlFile);
+    expect(fromJson.result.ram.total).toBe(512 * MiB);
+    expect(fromJson.stdout).toBe(fromYaml.stdout);
+  });
+
+  it('lays the file over --preset and --set over the file', async () => {
+    const { result } = await runJson(
+      'simulate',
+      '--preset',
+      'small',
+      '--scenario',
+      yamlFile,
+      '--set',
+      'seed=7',
+      '--set',
+      'workload.working-set=256M', // the preset's 1G no longer fits in 512M
+    );
+    expect(result.ram.total).toBe(512 * MiB);
+    expect(result.dirtytrack.scenario).toBe('small');
+    expect(result.dirtytrack.seed).toBe(7);
+  });
+});
+
+describe('human summary (no --json)', () => {
+  const TRAJECTORY_HEADER = '  sync  time            remaining        new dirty';
+
+  it('prints the status and the trajectory table for --preset small, exit 0', async () => {
+    const out = await run('simulate', '--preset', 'small');
+    expect(out.code).toBe(0);
+    expect(out.stderr).toBe('');
+    expect(out.stdout.endsWith('\n')).toBe(true);
+    expect(() => JSON.parse(out.stdout) as unknown).toThrow();
+    const lines = out.stdout.trimEnd().split('\n');
+    expect(lines[0]).toBe('dirtytrack simulate: small (seed 1)');
+    expect(lines).toContain('  status    completed');
+    expect(out.stdout).toContain('status    completed');
+    const header = lines.indexOf(TRAJECTORY_HEADER);
+    expect(header).toBeGreaterThan(0);
+    // One row per sync (no more than 8 of them here), numbered from 1.
+    const { result } = await runJson('simulate', '--preset', 'small');
+    const rows = lines.slice(header + 1);
+    expect(result.ram['dirty-sync-count']).toBeLessThanOrEqual(8);
+    expect(rows).toHaveLength(result.ram['dirty-sync-count']);
+    expect(rows.map((row) => Number(row.trim().split(/\s+/)[0]))).toEqual(
+      result.trajectory.map((e) => e.sync),
+    );
+    expect(out.stdout).toContain(`  syncs     ${result.ram['dirty-sync-count']}, `);
+  });
+
+  it('explains an active run as stopped at the time limit', async () => {
+    const out = await run('simulate', '--preset', 'no-converge');
+    expect(out.code).toBe(0);
+    expect(out.stdout).toContain('  status    active (stopped at the 120 s time limit');
+    expect(out.stdout).not.toContain('downtime ');
+    expect(out.stdout).toContain(TRAJECTORY_HEADER);
+  });
+
+  it('shows the first and last 4 syncs of a long trajectory and counts the rest', async () => {
+    const argv = [
+      'simulate',
+      '--set',
+      'memory=256M',
+      '--set',
+      'workload.working-set=256M',
+      '--set',
+      'vcpus=8',
+      '--set',
+      'workload.rate=16M',
+      '--set',
+      'link.bandwidth=1Gbit',
+      '--set',
+      'migration.parameters.max-bandwidth=0',
+      '--set',
+      'migration.parameters.downtime-limit=100',
+      '--set',
+      'time-limit=30',
+    ];
+    const { result } = await runJson(...argv);
+    const n = result.ram['dirty-sync-count'];
+    expect(n).toBeGreaterThan(8);
+    const out = await run(...argv);
+    expect(out.code).toBe(0);
+    const lines = out.stdout.trimEnd().split('\n');
+    const rows = lines.slice(lines.indexOf(TRAJECTORY_HEADER) + 1);
+    expect(rows).toHaveLength(9);
+    expect(rows[4]).toBe(`  …     (${n - 8} more)`);
+    const numbers = rows.filter((_, i) => i !== 4).map((row) => Number(row.trim().split(/\s+/)[0]));
+    expect(numbers).toEqual([1, 2, 3, 4, n - 3, n - 2, n - 1, n]);
+  });
+});
