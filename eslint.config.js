@@ -26,7 +26,7 @@ export default tseslint.config(
   {
     // Components take a Clock and an Rng; only tests and apps may touch the real ones directly.
     files: ['packages/*/src/**/*.ts'],
-    ignores: ['**/*.test.ts', 'packages/core/src/clock.ts'],
+    ignores: ['**/*.test.ts', '**/__fixtures__/**', 'packages/core/src/clock.ts'],
     rules: {
       'no-restricted-properties': [
         'error',
