@@ -21,7 +21,12 @@ const rows: BenchRow[] = [
   measure('collect plain (OR into dst, zero src)', reps, () => src.collectInto(dst, 'plain'), fill),
   measure('collect xchg (Atomics.exchange per word)', reps, () => src.collectInto(dst, 'xchg'), fill),
   measure('popcount', reps, () => void src.popcount(), fill),
-  measure('findNextSet over an empty bitmap', reps, () => void src.findNextSet(0), () => src.clearAll()),
+  measure(
+    'findNextSet over an empty bitmap',
+    reps,
+    () => void src.findNextSet(0),
+    () => src.clearAll(),
+  ),
 ];
 
 // Cache-resident: a 4 KiB bitmap copied / exchanged many times (the slides' L1 case).
@@ -29,9 +34,14 @@ const small = Bitmap.create(4096 * 8, { shared: true });
 const smallDst = Bitmap.create(4096 * 8, { shared: true });
 const loops = Math.max(1, Math.floor(src.words.length / small.words.length));
 rows.push(
-  measure('L1: memcpy 4 KiB × n', reps, () => {
-    for (let i = 0; i < loops; i++) smallDst.copyFrom(small);
-  }, () => small.words.fill(0x5555_5555)),
+  measure(
+    'L1: memcpy 4 KiB × n',
+    reps,
+    () => {
+      for (let i = 0; i < loops; i++) smallDst.copyFrom(small);
+    },
+    () => small.words.fill(0x5555_5555),
+  ),
   measure('L1: collect xchg 4 KiB × n', reps, () => {
     for (let i = 0; i < loops; i++) {
       small.words.fill(0x5555_5555);

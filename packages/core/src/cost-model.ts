@@ -43,8 +43,8 @@ export interface CostModel {
 
 /** The defaults documented on {@link CostModel}. */
 export const DEFAULT_COST_MODEL: CostModel = Object.freeze({
-  bitmapXchgNsPerWord: 240e6 / (256 * 2 ** 20 / 8),
-  bitmapCopyNsPerWord: 80e6 / (256 * 2 ** 20 / 8),
+  bitmapXchgNsPerWord: 240e6 / ((256 * 2 ** 20) / 8),
+  bitmapCopyNsPerWord: 80e6 / ((256 * 2 ** 20) / 8),
   rearmNsPerPage: 40,
   enableLoggingNsPerPage: 2,
   tlbFlushNs: 20_000,
@@ -52,21 +52,31 @@ export const DEFAULT_COST_MODEL: CostModel = Object.freeze({
 });
 
 /** A cost model with `overrides` applied over the defaults; every cost must be finite and ≥ 0. */
-export function createCostModel(overrides: { readonly [K in keyof CostModel]?: number | undefined } = {}): CostModel {
+export function createCostModel(
+  overrides: { readonly [K in keyof CostModel]?: number | undefined } = {},
+): CostModel {
   const given = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined));
   const model: CostModel = { ...DEFAULT_COST_MODEL, ...given };
   for (const [key, value] of Object.entries(model)) {
     if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
-      throw new DirtytrackError('invalid-argument', `${key}: cost ${String(value)} must be a finite number >= 0`, {
-        component: 'cost-model',
-        field: key,
-      });
+      throw new DirtytrackError(
+        'invalid-argument',
+        `${key}: cost ${String(value)} must be a finite number >= 0`,
+        {
+          component: 'cost-model',
+          field: key,
+        },
+      );
     }
     if (!(key in DEFAULT_COST_MODEL)) {
-      throw new DirtytrackError('invalid-argument', `${key}: unknown cost (accepted: ${Object.keys(DEFAULT_COST_MODEL).join(', ')})`, {
-        component: 'cost-model',
-        field: key,
-      });
+      throw new DirtytrackError(
+        'invalid-argument',
+        `${key}: unknown cost (accepted: ${Object.keys(DEFAULT_COST_MODEL).join(', ')})`,
+        {
+          component: 'cost-model',
+          field: key,
+        },
+      );
     }
   }
   return Object.freeze(model);

@@ -51,5 +51,23 @@ export function isDirtytrackError(value: unknown, code?: DirtytrackErrorCode): v
 
 function normaliseCause(cause: unknown): unknown {
   if (cause === undefined || cause instanceof Error) return cause;
-  return new Error(typeof cause === 'string' ? cause : JSON.stringify(cause));
+  return new Error(typeof cause === 'string' ? cause : describeValue(cause));
+}
+
+/**
+ * JSON where possible, else `String()`, else the `[object Tag]` form: building an error must
+ * never throw (JSON.stringify throws on BigInts and cycles and yields undefined for symbols).
+ */
+function describeValue(value: unknown): string {
+  try {
+    const json = JSON.stringify(value);
+    if (json !== undefined) return json;
+  } catch {
+    // fall through
+  }
+  try {
+    return String(value);
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
 }

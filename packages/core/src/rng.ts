@@ -69,7 +69,7 @@ function sfc32(seed: number, a0: number, b0: number, c0: number, d0: number): Rn
       });
     }
     if (n <= 0x1_0000_0000) {
-      // Lemire's multiply-and-reject on 32 bits: exact, no modulo bias.
+      // Reject the top partial copy of [0, n) in 2^32, then reduce: exact, no modulo bias.
       const limit = 0x1_0000_0000 - (0x1_0000_0000 % n);
       for (;;) {
         const x = nextU32();
@@ -84,10 +84,19 @@ function sfc32(seed: number, a0: number, b0: number, c0: number, d0: number): Rn
     nextFloat,
     nextInt,
     fillInts(out, count, n) {
-      if (count > out.length) {
-        throw new DirtytrackError('out-of-range', `fillInts: count ${count} exceeds buffer length ${out.length}`, {
+      if (!(Number.isInteger(count) && count >= 0)) {
+        throw new DirtytrackError('invalid-argument', `fillInts: count ${count} is not an integer >= 0`, {
           component: 'rng',
         });
+      }
+      if (count > out.length) {
+        throw new DirtytrackError(
+          'out-of-range',
+          `fillInts: count ${count} exceeds buffer length ${out.length}`,
+          {
+            component: 'rng',
+          },
+        );
       }
       if (n === 0x1_0000_0000) {
         for (let i = 0; i < count; i++) out[i] = nextU32();

@@ -49,15 +49,21 @@ export function attachRWLock(buffer: SharedArrayBuffer, byteOffset = 0): RWLock 
     throw new DirtytrackError('unsupported', 'an RWLock needs a SharedArrayBuffer', { component: 'rwlock' });
   }
   if (byteOffset % 4 !== 0 || byteOffset < 0 || byteOffset + RWLOCK_BYTES > buffer.byteLength) {
-    throw new DirtytrackError('out-of-range', `lock offset ${byteOffset} is not a 4-byte-aligned slot of the buffer`, {
-      component: 'rwlock',
-    });
+    throw new DirtytrackError(
+      'out-of-range',
+      `lock offset ${byteOffset} is not a 4-byte-aligned slot of the buffer`,
+      {
+        component: 'rwlock',
+      },
+    );
   }
   const state = new Int32Array(buffer, byteOffset, 1);
 
   const deadline = (timeoutMs: number): number => {
     if (!(timeoutMs >= 0)) {
-      throw new DirtytrackError('invalid-argument', `timeout ${timeoutMs} ms must be >= 0`, { component: 'rwlock' });
+      throw new DirtytrackError('invalid-argument', `timeout ${timeoutMs} ms must be >= 0`, {
+        component: 'rwlock',
+      });
     }
     return timeoutMs === Infinity ? Infinity : performanceNow() + timeoutMs;
   };
@@ -98,10 +104,18 @@ export function attachRWLock(buffer: SharedArrayBuffer, byteOffset = 0): RWLock 
       }
     },
     readUnlock() {
-      const prev = Atomics.sub(state, 0, READER);
-      if ((prev & READER_MASK) === 0) {
-        Atomics.add(state, 0, READER);
-        throw new DirtytrackError('invalid-state', 'readUnlock without a read lock held', { component: 'rwlock' });
+      // Check and decrement in one compare-exchange: a blind `Atomics.sub` on a word with no
+      // readers would borrow into the waiter and writer bits, and other threads could see that
+      // garbage before it was undone (spurious errors, a write lock nobody can release).
+      let prev: number;
+      for (;;) {
+        prev = Atomics.load(state, 0);
+        if ((prev & READER_MASK) === 0) {
+          throw new DirtytrackError('invalid-state', 'readUnlock without a read lock held', {
+            component: 'rwlock',
+          });
+        }
+        if (Atomics.compareExchange(state, 0, prev, prev - READER) === prev) break;
       }
       // The last reader out lets a waiting writer in.
       if ((prev & READER_MASK) === READER && (prev & WAITER_MASK) !== 0) Atomics.notify(state, 0);
@@ -138,7 +152,9 @@ export function attachRWLock(buffer: SharedArrayBuffer, byteOffset = 0): RWLock 
       for (;;) {
         const s = Atomics.load(state, 0);
         if ((s & WRITER) === 0) {
-          throw new DirtytrackError('invalid-state', 'writeUnlock without the write lock held', { component: 'rwlock' });
+          throw new DirtytrackError('invalid-state', 'writeUnlock without the write lock held', {
+            component: 'rwlock',
+          });
         }
         if (Atomics.compareExchange(state, 0, s, s & ~WRITER) === s) break;
       }
@@ -146,7 +162,11 @@ export function attachRWLock(buffer: SharedArrayBuffer, byteOffset = 0): RWLock 
     },
     inspect() {
       const s = Atomics.load(state, 0);
-      return { readers: s & READER_MASK, waitingWriters: (s & WAITER_MASK) >>> 16, writer: (s & WRITER) !== 0 };
+      return {
+        readers: s & READER_MASK,
+        waitingWriters: (s & WAITER_MASK) >>> 16,
+        writer: (s & WRITER) !== 0,
+      };
     },
   };
   return lock;

@@ -61,7 +61,8 @@ export function parseRate(input: string | number, field = 'rate'): number {
     if (m) return (Number(m[1]) * (DECIMAL[m[2] ?? ''] ?? 1)) / 8;
   }
   try {
-    return parseSize(input, field);
+    // A size per second: "128M", "128MiB/s", "10GB/s" (IEC, like every size here).
+    return parseSize(typeof input === 'string' ? input.replace(/\s*\/\s*s\s*$/, '') : input, field);
   } catch (cause) {
     throw new DirtytrackError(
       'invalid-argument',
@@ -72,10 +73,14 @@ export function parseRate(input: string | number, field = 'rate'): number {
 }
 
 function sizeError(input: string, field: string): DirtytrackError {
-  return new DirtytrackError('invalid-argument', `${field}: invalid size ${JSON.stringify(input)} (accepted: ${ACCEPTED_SIZE})`, {
-    component: 'units',
-    field,
-  });
+  return new DirtytrackError(
+    'invalid-argument',
+    `${field}: invalid size ${JSON.stringify(input)} (accepted: ${ACCEPTED_SIZE})`,
+    {
+      component: 'units',
+      field,
+    },
+  );
 }
 
 /** Bytes in one target page (x86: 4 KiB), the unit of every bitmap and ring. */

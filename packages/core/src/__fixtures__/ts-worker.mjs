@@ -6,6 +6,8 @@ import { tsImport } from 'tsx/esm/api';
 
 const entry = process.argv.at(-1);
 if (entry === undefined || !entry.startsWith('file:')) {
-  throw new Error(`ts-worker.mjs: expected the worker entry's file: URL as the last argv element, got ${entry}`);
+  throw new Error(
+    `ts-worker.mjs: expected the worker entry's file: URL as the last argv element, got ${entry}`,
+  );
 }
 await tsImport(entry, import.meta.url);
