@@ -12,7 +12,13 @@ export interface BenchRow {
 }
 
 /** Runs `fn` `reps` times after one warm-up (with `prepare` outside the timing) and summarises. */
-export function measure(name: string, reps: number, fn: () => void, prepare: () => void = () => {}, note?: string): BenchRow {
+export function measure(
+  name: string,
+  reps: number,
+  fn: () => void,
+  prepare: () => void = () => {},
+  note?: string,
+): BenchRow {
   prepare();
   fn();
   const times: number[] = [];
@@ -34,7 +40,13 @@ export function measure(name: string, reps: number, fn: () => void, prepare: () 
 }
 
 /** Writes `<dir>/bench-results/<name>.json` and `.md` (a table generated from the JSON). */
-export function writeReport(dir: string, name: string, title: string, rows: BenchRow[], extra: Record<string, unknown>): void {
+export function writeReport(
+  dir: string,
+  name: string,
+  title: string,
+  rows: BenchRow[],
+  extra: Record<string, unknown>,
+): void {
   const out = join(dir, 'bench-results');
   mkdirSync(out, { recursive: true });
   const json = { bench: name, node: process.version, date: new Date().toISOString(), ...extra, rows };
@@ -42,11 +54,15 @@ export function writeReport(dir: string, name: string, title: string, rows: Benc
   const lines = [
     `# ${title}`,
     '',
-    ...Object.entries(extra).map(([k, v]) => `- ${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`),
+    ...Object.entries(extra).map(
+      ([k, v]) => `- ${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`,
+    ),
     '',
     '| case | median ms | min ms | max ms | reps | note |',
     '|---|---:|---:|---:|---:|---|',
-    ...rows.map((r) => `| ${r.name} | ${r.medianMs} | ${r.minMs} | ${r.maxMs} | ${r.reps} | ${r.note ?? ''} |`),
+    ...rows.map(
+      (r) => `| ${r.name} | ${r.medianMs} | ${r.minMs} | ${r.maxMs} | ${r.reps} | ${r.note ?? ''} |`,
+    ),
     '',
   ];
   writeFileSync(join(out, `${name}.md`), lines.join('\n'));

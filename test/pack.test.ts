@@ -43,27 +43,39 @@ describe('packing', () => {
     ]);
   });
 
-  it.each(publishable.map((m) => [m.pkg.name, m] as const))('%s packs without workspace: ranges', (_name, m) => {
-    expect(existsSync(join(m.dir, 'dist', 'index.js')), `${m.pkg.name} is not built: run pnpm build first`).toBe(true);
-    const pnpm = join(root, 'node_modules', '.bin', 'pnpm');
-    const printed = execFileSync(pnpm, ['pack', '--pack-destination', out], { cwd: m.dir, encoding: 'utf8' });
-    const tarball = printed.trim().split('\n').pop() as string;
-    const listing = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).split('\n');
-    const packed = JSON.parse(execFileSync('tar', ['-xzOf', tarball, 'package/package.json'], { encoding: 'utf8' })) as Manifest;
-    const raw = JSON.stringify(packed);
-    expect(raw).not.toContain('workspace:');
-    for (const deps of [packed.dependencies, packed.peerDependencies, packed.devDependencies]) {
-      for (const [dep, range] of Object.entries(deps ?? {})) {
-        if (dep.startsWith('@dirtytrack/')) {
-          const sibling = manifests.find((x) => x.pkg.name === dep);
-          expect(range, `${dep} in ${m.pkg.name}`).toBe(`^${sibling?.pkg.version}`);
+  it.each(publishable.map((m) => [m.pkg.name, m] as const))(
+    '%s packs without workspace: ranges',
+    (_name, m) => {
+      expect(
+        existsSync(join(m.dir, 'dist', 'index.js')),
+        `${m.pkg.name} is not built: run pnpm build first`,
+      ).toBe(true);
+      const pnpm = join(root, 'node_modules', '.bin', 'pnpm');
+      const printed = execFileSync(pnpm, ['pack', '--pack-destination', out], {
+        cwd: m.dir,
+        encoding: 'utf8',
+      });
+      const tarball = printed.trim().split('\n').pop() as string;
+      const listing = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).split('\n');
+      const packed = JSON.parse(
+        execFileSync('tar', ['-xzOf', tarball, 'package/package.json'], { encoding: 'utf8' }),
+      ) as Manifest;
+      const raw = JSON.stringify(packed);
+      expect(raw).not.toContain('workspace:');
+      for (const deps of [packed.dependencies, packed.peerDependencies, packed.devDependencies]) {
+        for (const [dep, range] of Object.entries(deps ?? {})) {
+          if (dep.startsWith('@dirtytrack/')) {
+            const sibling = manifests.find((x) => x.pkg.name === dep);
+            expect(range, `${dep} in ${m.pkg.name}`).toBe(`^${sibling?.pkg.version}`);
+          }
         }
       }
-    }
-    expect(listing).toContain('package/dist/index.js');
-    expect(listing).toContain('package/dist/index.d.ts');
-    expect(listing).toContain('package/README.md');
-    expect(listing.filter((f) => f.endsWith('.test.ts'))).toEqual([]);
-    for (const bin of Object.values(packed.bin ?? {})) expect(listing).toContain(`package/${bin.replace(/^\.\//, '')}`);
-  });
+      expect(listing).toContain('package/dist/index.js');
+      expect(listing).toContain('package/dist/index.d.ts');
+      expect(listing).toContain('package/README.md');
+      expect(listing.filter((f) => f.endsWith('.test.ts'))).toEqual([]);
+      for (const bin of Object.values(packed.bin ?? {}))
+        expect(listing).toContain(`package/${bin.replace(/^\.\//, '')}`);
+    },
+  );
 });

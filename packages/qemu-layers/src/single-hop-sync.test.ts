@@ -1,5 +1,4 @@
-import type {
-  Bitmap} from '@dirtytrack/core';
+import type { Bitmap } from '@dirtytrack/core';
 import {
   createCostModel,
   type DirtyLogSource,
