@@ -43,6 +43,19 @@ describe('packing', () => {
     ]);
   });
 
+  it('the leak check catches a tarball packed without rewriting (npm pack keeps workspace: ranges)', () => {
+    const trackers = publishable.find((m) => m.pkg.name === '@dirtytrack/trackers');
+    if (trackers === undefined) throw new Error('trackers not found');
+    const printed = execFileSync('npm', ['pack', '--pack-destination', out, '--silent'], {
+      cwd: trackers.dir,
+      encoding: 'utf8',
+    });
+    const tarball = join(out, printed.trim().split('\n').pop() as string);
+    const packed = execFileSync('tar', ['-xzOf', tarball, 'package/package.json'], { encoding: 'utf8' });
+    expect(packed).toContain('workspace:');
+    rmSync(tarball);
+  });
+
   it.each(publishable.map((m) => [m.pkg.name, m] as const))(
     '%s packs without workspace: ranges',
     (_name, m) => {
