@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+/* global process, console, URL */
 // Runs the pnpm version pinned in package.json's "packageManager" through npx, so a machine
 // with only Node and npm can install and test the monorepo (no global pnpm, no corepack).
 import { spawnSync } from 'node:child_process';
