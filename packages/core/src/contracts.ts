@@ -63,6 +63,12 @@ export interface DirtyLogSource {
    * page written after the call appears in the next one. Returns the number of pages reported.
    */
   getDirtyLog(slot: number, out: Bitmap): number;
+  /**
+   * `KVM_CLEAR_DIRTY_LOG` (manual protect only): clears and re-arms the pages of `mask` (bit 0
+   * = `firstPage`) that are still dirty, with KVM's alignment rules. Returns the pages re-armed.
+   * Absent on sources without manual protect.
+   */
+  clearDirtyLog?(slot: number, firstPage: number, numPages: number, mask: Bitmap): number;
   /** What the last `getDirtyLog` cost, for the model plane to charge. */
   lastHarvestCost(): HarvestCost;
 }
@@ -77,6 +83,25 @@ export interface HarvestCost {
   readonly rearmedPages: number;
   /** Remote TLB flushes issued. */
   readonly tlbFlushes: number;
+  /** Dirty-ring entries harvested and reset (0 for bitmaps). */
+  readonly ringEntries: number;
+}
+
+/**
+ * A sink with bounded room per vCPU: the dirty ring. KVM exits a vCPU with
+ * `KVM_EXIT_DIRTY_RING_FULL` once its ring reaches the soft limit, and a ring must never go
+ * completely full (entries would be lost), so an engine never feeds a vCPU more writes than
+ * `room(vcpu)` (each write dirties at most one page) before the ring has been harvested and reset.
+ * (Added with the reporters issue.)
+ */
+export interface BoundedDirtySink extends DirtySink {
+  /** Entries vCPU `vcpu` may still push before it reaches the soft limit and must exit. */
+  room(vcpu: number): number;
+}
+
+/** True when `sink` bounds its room per vCPU (a dirty ring). */
+export function isBoundedDirtySink(sink: DirtySink): sink is BoundedDirtySink {
+  return typeof (sink as Partial<BoundedDirtySink>).room === 'function';
 }
 
 /** A reporter both receives dirty pages from trackers and reports them to the layers above. */

@@ -9,6 +9,7 @@ const KEYS = [
   'enableLoggingNsPerPage',
   'tlbFlushNs',
   'writeFaultNs',
+  'ringEntryNs',
 ];
 
 function expectRejected(overrides: Record<string, unknown>, field: string): DirtytrackError {
@@ -43,6 +44,7 @@ describe('DEFAULT_COST_MODEL', () => {
       enableLoggingNsPerPage: 2,
       tlbFlushNs: 20_000,
       writeFaultNs: 1_500,
+      ringEntryNs: 10,
     });
     expect(Object.keys(DEFAULT_COST_MODEL)).toEqual(KEYS);
   });

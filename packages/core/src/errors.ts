@@ -26,6 +26,8 @@ export interface DirtytrackErrorOptions {
   component: string;
   /** The scenario field or argument at fault, when there is one (used by the CLI's one-line errors). */
   field?: string;
+  /** The errno the kernel would return for the same mistake (e.g. `EINVAL`, `ENOENT`, `ENXIO`). */
+  errno?: string;
   /** The underlying error or value that caused this one. */
   cause?: unknown;
 }
@@ -35,12 +37,14 @@ export class DirtytrackError extends Error {
   readonly code: DirtytrackErrorCode;
   readonly component: string;
   readonly field: string | undefined;
+  readonly errno: string | undefined;
 
   constructor(code: DirtytrackErrorCode, message: string, options: DirtytrackErrorOptions) {
     super(`[dirtytrack] [${options.component}] ${message}`, { cause: normaliseCause(options.cause) });
     this.code = code;
     this.component = options.component;
     this.field = options.field;
+    this.errno = options.errno;
   }
 }
 

@@ -8,7 +8,9 @@ export {
   type VirtualClock,
   type ScheduledEvent,
 } from './clock.js';
+export { isBoundedDirtySink } from './contracts.js';
 export type {
+  BoundedDirtySink,
   MemslotInfo,
   DirtySink,
   Rearmer,

@@ -73,5 +73,6 @@ function defaults() {
     enableLoggingNsPerPage: 0,
     tlbFlushNs: 0,
     writeFaultNs: 0,
+    ringEntryNs: 0,
   };
 }

@@ -15,7 +15,7 @@ function scripted(): DirtyLogSource & { next: number[]; cost: HarvestCost } {
   const src = {
     kind: 'scripted',
     next: [] as number[],
-    cost: { xchgWords: 0, copyWords: 4, rearmedPages: 0, tlbFlushes: 0 } as HarvestCost,
+    cost: { xchgWords: 0, copyWords: 4, rearmedPages: 0, tlbFlushes: 0, ringEntries: 0 } as HarvestCost,
     getDirtyLog(_slot: number, out: Bitmap) {
       out.clearAll();
       for (const p of src.next) out.set(p);
@@ -58,7 +58,7 @@ describe('single-hop sync', () => {
     m.clearSent(2, 1);
     expect(m.dirtyPages).toBe(223);
     source.next = [3, 64, 65, 200];
-    source.cost = { xchgWords: 3, copyWords: 4, rearmedPages: 4, tlbFlushes: 1 };
+    source.cost = { xchgWords: 3, copyWords: 4, rearmedPages: 4, tlbFlushes: 1, ringEntries: 0 };
     const r = m.sync();
     // 3 and 64 were sent (clean) → new; 65 and 200 still dirty → not new.
     expect(r).toEqual({

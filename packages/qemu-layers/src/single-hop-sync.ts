@@ -75,7 +75,8 @@ export function createSingleHopSync(options: SingleHopSyncOptions): MigrationBit
         (harvest.xchgWords + hopXchg) * costs.bitmapXchgNsPerWord +
         (harvest.copyWords + words.length / 2) * costs.bitmapCopyNsPerWord +
         harvest.rearmedPages * costs.rearmNsPerPage +
-        harvest.tlbFlushes * costs.tlbFlushNs;
+        harvest.tlbFlushes * costs.tlbFlushNs +
+        harvest.ringEntries * costs.ringEntryNs;
       return { newDirty, reported, costNs };
     },
     clearSent(word, mask) {

@@ -32,11 +32,23 @@ describe('bitmap reporter', () => {
     expect([...out.setBits()]).toEqual([5, 70, 71]);
     expect(rearmer.masks).toEqual([[5, 70, 71]]);
     expect(r.liveBitmap(1).popcount()).toBe(0);
-    expect(r.lastHarvestCost()).toEqual({ xchgWords: 2, copyWords: 3, rearmedPages: 3, tlbFlushes: 1 });
+    expect(r.lastHarvestCost()).toEqual({
+      xchgWords: 2,
+      copyWords: 3,
+      rearmedPages: 3,
+      tlbFlushes: 1,
+      ringEntries: 0,
+    });
     // Nothing dirty: nothing re-armed, no flush.
     expect(r.getDirtyLog(1, out)).toBe(0);
     expect(out.popcount()).toBe(0);
-    expect(r.lastHarvestCost()).toEqual({ xchgWords: 0, copyWords: 3, rearmedPages: 0, tlbFlushes: 0 });
+    expect(r.lastHarvestCost()).toEqual({
+      xchgWords: 0,
+      copyWords: 3,
+      rearmedPages: 0,
+      tlbFlushes: 0,
+      ringEntries: 0,
+    });
     expect(rearmer.masks.length).toBe(1);
   });
 

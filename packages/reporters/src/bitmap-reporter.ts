@@ -29,7 +29,7 @@ export function createBitmapReporter(options: BitmapReporterOptions): Reporter &
 } {
   const { rearmer } = options;
   const bitmaps = new Map<number, Bitmap>();
-  let last: HarvestCost = { xchgWords: 0, copyWords: 0, rearmedPages: 0, tlbFlushes: 0 };
+  let last: HarvestCost = { xchgWords: 0, copyWords: 0, rearmedPages: 0, tlbFlushes: 0, ringEntries: 0 };
 
   const live = (slot: number, op: string): Bitmap => {
     const b = bitmaps.get(slot);
@@ -98,7 +98,13 @@ export function createBitmapReporter(options: BitmapReporterOptions): Reporter &
       }
       const reported = out.popcount();
       const rearmedPages = reported > 0 ? rearmer.rearm(slot, out) : 0;
-      last = { xchgWords, copyWords: src.length / 2, rearmedPages, tlbFlushes: reported > 0 ? 1 : 0 };
+      last = {
+        xchgWords,
+        copyWords: src.length / 2,
+        rearmedPages,
+        tlbFlushes: reported > 0 ? 1 : 0,
+        ringEntries: 0,
+      };
       return reported;
     },
     lastHarvestCost() {
