@@ -44,7 +44,7 @@ describe('model engine', () => {
     expect(clock.now()).toBe(NS_PER_S);
     expect(tracker.seen).toEqual([16, 17, 18, 19]);
     expect([...memory.nonzero.setBits()]).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19]);
-    expect(engine.stats()).toEqual({ writes: 4, faults: 4, faultTimeNs: 4000 });
+    expect(engine.stats()).toEqual({ writes: 4, faults: 4, faultTimeNs: 4000, ringFullExits: 0 });
   });
 
   it('writes nothing while paused but time still moves', () => {
@@ -76,3 +76,52 @@ function defaults() {
     ringEntryNs: 0,
   };
 }
+
+describe('model engine with a dirty ring', () => {
+  it('never feeds a vCPU past its ring room: exits at the soft limit and resumes after the reap', () => {
+    const clock = createVirtualClock();
+    const tracker = recordingTracker();
+    const used = [0, 0];
+    const events: string[] = [];
+    const sink = {
+      room: (vcpu: number) => 3 - (used[vcpu] as number),
+      markDirty: () => {},
+    };
+    // The recording tracker traps every write; count them against the ring as KVM pushes would.
+    const write = tracker.write.bind(tracker);
+    tracker.write = (vcpu, slot, offsets, count) => {
+      used[vcpu] = (used[vcpu] as number) + count;
+      if ((used[vcpu] as number) > 3) throw new Error('ring overflow');
+      events.push(`v${vcpu}:${count}`);
+      return write(vcpu, slot, offsets, count);
+    };
+    const workload = createSweepWorkload({ vcpus: 2, pages: 64, bytesPerSecond: 4096 * 7 });
+    const engine = createModelEngine({
+      clock,
+      workload,
+      tracker,
+      memory: createModelMemory(64),
+      ring: {
+        sink,
+        onRingFull: (vcpu) => {
+          events.push(`full${vcpu}`);
+          used[vcpu] = 0;
+        },
+      },
+    });
+    engine.runGuestUntil(NS_PER_S);
+    expect(events).toEqual([
+      'v0:3',
+      'full0',
+      'v0:3',
+      'full0',
+      'v0:1',
+      'v1:3',
+      'full1',
+      'v1:3',
+      'full1',
+      'v1:1',
+    ]);
+    expect(engine.stats()).toMatchObject({ writes: 14, faults: 14, ringFullExits: 4 });
+  });
+});

@@ -2,6 +2,7 @@ import {
   Bitmap,
   DEFAULT_COST_MODEL,
   DirtytrackError,
+  type BoundedDirtySink,
   type CostModel,
   type Engine,
   type Tracker,
@@ -44,6 +45,12 @@ export interface ModelEngineOptions {
   memory: ModelMemory;
   /** Prices vCPU-side work (write faults). Default: {@link DEFAULT_COST_MODEL}. */
   costModel?: CostModel;
+  /**
+   * The dirty ring the tracker reports into, if any. A vCPU is never fed more writes than its
+   * ring has room for; at the soft limit it exits (`KVM_EXIT_DIRTY_RING_FULL`) and `onRingFull`
+   * must make room (QEMU's vCPU thread reaps the rings) before it runs on.
+   */
+  ring?: { sink: BoundedDirtySink; onRingFull: (vcpu: number) => void };
 }
 
 /** vCPU-side counters of the model engine. */
@@ -54,6 +61,8 @@ export interface ModelEngineStats {
   readonly faults: number;
   /** vCPU time spent in write faults, priced by the cost model (ns, summed over vCPUs). */
   readonly faultTimeNs: number;
+  /** `KVM_EXIT_DIRTY_RING_FULL` exits (0 without a ring). */
+  readonly ringFullExits: number;
 }
 
 export interface ModelEngine extends Engine {
@@ -77,6 +86,31 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
   let writes = 0;
   let faults = 0;
   let speed = 1;
+  let ringFullExits = 0;
+  const ring = options.ring;
+  const feed = (vcpu: number, slot: number, offsets: Uint32Array, count: number): void => {
+    if (ring === undefined) {
+      faults += tracker.write(vcpu, slot, offsets, count);
+      return;
+    }
+    // Each write dirties at most one page, so `room` writes can never overflow the ring.
+    for (let done = 0; done < count;) {
+      let room = ring.sink.room(vcpu);
+      if (room === 0) {
+        ringFullExits++;
+        ring.onRingFull(vcpu);
+        room = ring.sink.room(vcpu);
+        if (room === 0) {
+          throw new DirtytrackError('internal', `vCPU ${vcpu}: onRingFull left its dirty ring full`, {
+            component: 'model-engine',
+          });
+        }
+      }
+      const take = Math.min(room, count - done);
+      faults += tracker.write(vcpu, slot, offsets.subarray(done, done + take), take);
+      done += take;
+    }
+  };
   return {
     plane: 'model',
     clock,
@@ -113,7 +147,7 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
             nz[p >>> 5] = (nz[p >>> 5] as number) | (1 << (p & 31));
           }
           writes += count;
-          faults += tracker.write(batch.vcpu, batch.slot, offsets, count);
+          feed(batch.vcpu, batch.slot, offsets, count);
         });
       }
       clock.advanceTo(untilNs);
@@ -125,7 +159,7 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
       running = true;
     },
     stats() {
-      return { writes, faults, faultTimeNs: faults * costs.writeFaultNs };
+      return { writes, faults, faultTimeNs: faults * costs.writeFaultNs, ringFullExits };
     },
   };
 }
