@@ -46,8 +46,18 @@ export interface Rearmer {
   /**
    * Re-arms every page whose bit is set in `mask` (a bitmap covering the whole slot). Returns
    * the number of pages re-armed. The caller owns the TLB flush that makes it effective.
+   *
+   * `touched`, when given, lists the indices of the only 32-bit words of `mask` that may be
+   * non-zero, so the work is O(dirty words) instead of O(slot) — what the dirty ring's reset
+   * needs (KVM re-arms per 64-page batch). (Added with the reporters issue.)
    */
-  rearm(slot: number, mask: Bitmap): number;
+  rearm(slot: number, mask: Bitmap, touched?: TouchedWords): number;
+}
+
+/** Indices of the 32-bit words of a bitmap that may be non-zero: `words[0..count)`. */
+export interface TouchedWords {
+  readonly words: Uint32Array;
+  readonly count: number;
 }
 
 /**

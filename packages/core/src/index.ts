@@ -22,6 +22,7 @@ export type {
   MigrationBitmap,
   Tracker,
   TrackerStats,
+  TouchedWords,
   WriteBatch,
   Workload,
   Transport,

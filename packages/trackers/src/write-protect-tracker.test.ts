@@ -60,3 +60,19 @@ describe('write-protect tracker', () => {
 });
 
 describeTracker('write-protect', createWriteProtectTracker);
+
+describe('write-protect tracker: sparse re-arm', () => {
+  it('re-arms only the listed words when given a touched-word hint', () => {
+    const t = createWriteProtectTracker();
+    const sink = sinkLog();
+    t.attach(sink);
+    t.enableLogging(slot);
+    t.write(0, 3, Uint32Array.of(1, 40, 70), 3); // all three now writable
+    const mask = Bitmap.create(100);
+    mask.set(40);
+    mask.set(70);
+    expect(t.rearm(3, mask, { words: Uint32Array.of(1, 2), count: 2 })).toBe(2);
+    expect(t.write(0, 3, Uint32Array.of(1, 40, 70), 3)).toBe(2); // 40 and 70 trap again, 1 does not
+    expect(sink.calls[1]?.pages).toEqual([40, 70]);
+  });
+});

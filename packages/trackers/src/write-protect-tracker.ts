@@ -1,6 +1,7 @@
 import {
   Bitmap,
   DirtytrackError,
+  popcount32,
   type DirtySink,
   type MemslotInfo,
   type Tracker,
@@ -92,7 +93,7 @@ export function createWriteProtectTracker(): Tracker {
       reported += n;
       return n;
     },
-    rearm(slot, mask) {
+    rearm(slot, mask, touched) {
       const s = slotOf(slot, 'rearm');
       if (mask.bits !== s.info.pages) {
         throw new DirtytrackError(
@@ -103,8 +104,23 @@ export function createWriteProtectTracker(): Tracker {
           },
         );
       }
-      s.protectedPages.or(mask);
-      const n = mask.popcount();
+      let n: number;
+      if (touched === undefined) {
+        s.protectedPages.or(mask);
+        n = mask.popcount();
+      } else {
+        // Only the listed words can hold bits: O(dirty words), as the ring's reset needs.
+        const prot = s.protectedPages.words;
+        const m = mask.words;
+        n = 0;
+        for (let k = 0; k < touched.count; k++) {
+          const i = touched.words[k] as number;
+          const w = m[i] as number;
+          if (w === 0) continue;
+          prot[i] = (prot[i] as number) | w;
+          n += popcount32(w);
+        }
+      }
       rearmed += n;
       return n;
     },
