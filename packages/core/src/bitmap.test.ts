@@ -1,7 +1,9 @@
+import { expectError as expectDirtytrackError } from './__fixtures__/expect-error.js';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Bitmap, ctz32, popcount32 } from './bitmap.js';
-import { DirtytrackError, type DirtytrackErrorCode } from './errors.js';
+import type { DirtytrackError } from './errors.js';
+import { type DirtytrackErrorCode } from './errors.js';
 import { createRng } from './rng.js';
 import { SETTER_CONTROL, type SetterData } from './__fixtures__/layouts.js';
 import { propertyParams } from './__fixtures__/property.js';
@@ -22,21 +24,6 @@ function bitmapOf(bits: number, pages: Iterable<number>, shared = false): Bitmap
 
 function sorted(set: Iterable<number>): number[] {
   return [...set].sort((a, b) => a - b);
-}
-
-function expectError(fn: () => unknown, code: DirtytrackErrorCode, component = 'bitmap'): DirtytrackError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(DirtytrackError);
-  const error = caught as DirtytrackError;
-  expect(error.code).toBe(code);
-  expect(error.component).toBe(component);
-  expect(error.message.startsWith(`[dirtytrack] [${component}] `)).toBe(true);
-  return error;
 }
 
 describe('Bitmap layout (KVM)', () => {
@@ -528,3 +515,7 @@ describe('collectInto xchg against concurrent setAtomic (worker_threads)', () =>
     }
   });
 });
+
+function expectError(fn: () => unknown, code: DirtytrackErrorCode, component = 'bitmap'): DirtytrackError {
+  return expectDirtytrackError(fn, code, component);
+}

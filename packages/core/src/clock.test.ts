@@ -1,21 +1,12 @@
+import { expectError } from './__fixtures__/expect-error.js';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { NS_PER_MS, NS_PER_S, createRealClock, createVirtualClock } from './clock.js';
-import { DirtytrackError } from './errors.js';
+import type { DirtytrackError } from './errors.js';
 import { propertyParams } from './__fixtures__/property.js';
 
 function expectInvalid(fn: () => unknown): DirtytrackError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(DirtytrackError);
-  const error = caught as DirtytrackError;
-  expect(error.code).toBe('invalid-argument');
-  expect(error.component).toBe('clock');
-  return error;
+  return expectError(fn, 'invalid-argument', 'clock');
 }
 
 describe('virtual clock', () => {

@@ -1,22 +1,10 @@
 import fc from 'fast-check';
+import { expectError as expectDirtytrackError } from './__fixtures__/expect-error.js';
 import { describe, expect, it } from 'vitest';
-import { DirtytrackError, type DirtytrackErrorCode } from './errors.js';
+import type { DirtytrackError } from './errors.js';
+import { type DirtytrackErrorCode } from './errors.js';
 import { createRng, type Rng } from './rng.js';
 import { propertyParams } from './__fixtures__/property.js';
-
-function expectError(fn: () => unknown, code: DirtytrackErrorCode): DirtytrackError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(DirtytrackError);
-  const error = caught as DirtytrackError;
-  expect(error.code).toBe(code);
-  expect(error.component).toBe('rng');
-  return error;
-}
 
 /** A mixed draw sequence touching every generator method. */
 function drawMixed(rng: Rng): number[] {
@@ -189,3 +177,7 @@ describe('createRng', () => {
     expect(chiSquareUniform(skewedCounts)).toBeGreaterThan(CHI2_9DF_P999);
   });
 });
+
+function expectError(fn: () => unknown, code: DirtytrackErrorCode): DirtytrackError {
+  return expectDirtytrackError(fn, code, 'rng');
+}

@@ -1,6 +1,8 @@
 import type { Worker } from 'node:worker_threads';
+import { expectError as expectDirtytrackError } from './__fixtures__/expect-error.js';
 import { describe, expect, it } from 'vitest';
-import { DirtytrackError, isDirtytrackError, type DirtytrackErrorCode } from './errors.js';
+import type { DirtytrackError } from './errors.js';
+import { isDirtytrackError, type DirtytrackErrorCode } from './errors.js';
 import { RWLOCK_BYTES, attachRWLock, createRWLock, type RWLock } from './rwlock.js';
 import { ACTOR, STRESS, type ActorData, type StressData, type StressMode } from './__fixtures__/layouts.js';
 import { startWorker, terminateAll, waitUntil } from './__fixtures__/workers.js';
@@ -8,20 +10,6 @@ import { startWorker, terminateAll, waitUntil } from './__fixtures__/workers.js'
 const STRESS_WORKER = new URL('./__fixtures__/rwlock-stress.worker.ts', import.meta.url);
 const ACTOR_WORKER = new URL('./__fixtures__/rwlock-actor.worker.ts', import.meta.url);
 const FREE = { readers: 0, waitingWriters: 0, writer: false };
-
-function expectError(fn: () => unknown, code: DirtytrackErrorCode): DirtytrackError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(DirtytrackError);
-  const error = caught as DirtytrackError;
-  expect(error.code).toBe(code);
-  expect(error.component).toBe('rwlock');
-  return error;
-}
 
 function elapsedMs(since: bigint): number {
   return Number(process.hrtime.bigint() - since) / 1e6;
@@ -388,3 +376,7 @@ describe('RWLock stress (worker_threads)', () => {
     });
   });
 });
+
+function expectError(fn: () => unknown, code: DirtytrackErrorCode): DirtytrackError {
+  return expectDirtytrackError(fn, code, 'rwlock');
+}

@@ -1,3 +1,4 @@
+import { expectError } from './__fixtures__/expect-error.js';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DirtytrackError } from './errors.js';
@@ -8,16 +9,7 @@ const ACCEPTED_SIZE = 'a byte count or a number with an IEC suffix (K, M, G, T, 
 const ACCEPTED_RATE = 'bytes per second, a size per second such as 128M, or bits such as 25Gbit';
 
 function expectInvalid(fn: () => unknown, field: string): DirtytrackError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(DirtytrackError);
-  const error = caught as DirtytrackError;
-  expect(error.code).toBe('invalid-argument');
-  expect(error.component).toBe('units');
+  const error = expectError(fn, 'invalid-argument', 'units');
   expect(error.field).toBe(field);
   return error;
 }
