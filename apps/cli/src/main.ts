@@ -1,5 +1,6 @@
 import { writeFileSync } from 'node:fs';
-import { isDirtytrackError } from '@dirtytrack/core';
+import { isDirtytrackError, parseSize } from '@dirtytrack/core';
+import { benchReporters, DEFAULT_FRACTIONS, formatReportersBench } from './bench-reporters.js';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, Option } from 'commander';
 import { loadScenario, UsageError } from './load-scenario.js';
@@ -63,18 +64,75 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       );
       bar?.stop();
       const json = JSON.stringify(result, null, 2) + '\n';
-      if (opts.out !== undefined) {
-        try {
-          writeFileSync(opts.out, json);
-        } catch (cause) {
-          throw new UsageError(
-            '--out',
-            `cannot write ${opts.out}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
-          );
-        }
-      }
+      writeOut('--out', opts.out, json);
       io.stdout(opts.json ? json : formatSummary(scenario, result) + '\n');
     });
+
+  const bench = program
+    .command('bench')
+    .description('Benchmarks: components side by side in one run, medians of several repetitions, ratios.');
+  bench
+    .command('reporters')
+    .description(
+      'Harvest the same dirty sets through the KVM dirty bitmap and the dirty ring, 0.01% to 100% dirty.',
+    )
+    .option('--memory <size>', 'guest memory (IEC size)', '64G')
+    .option('--reps <n>', 'repetitions per case (the median is reported)', '5')
+    .option('--fractions <list>', 'comma-separated dirty fractions in (0, 1]', DEFAULT_FRACTIONS.join(','))
+    .option('--seed <n>', 'seed of the dirty sets', '1')
+    .option('--json', 'print the result as one JSON object on stdout')
+    .option('--out <file>', 'also write the JSON result to a file')
+    .option('--markdown <file>', 'also write the Markdown table to a file')
+    .action(
+      (opts: {
+        memory: string;
+        reps: string;
+        fractions: string;
+        seed: string;
+        json?: boolean;
+        out?: string;
+        markdown?: string;
+      }) => {
+        const memory = usage('--memory', () => parseSize(opts.memory, '--memory'));
+        if (memory < 64 * 4096 || memory % (64 * 4096) !== 0) {
+          throw new UsageError(
+            '--memory',
+            `${opts.memory} must be a multiple of 256K (64 pages) and at least 256K`,
+          );
+        }
+        const reps = Number(opts.reps);
+        if (!Number.isInteger(reps) || reps < 1 || reps > 1000) {
+          throw new UsageError('--reps', `${JSON.stringify(opts.reps)} is not an integer in [1, 1000]`);
+        }
+        const fractions = opts.fractions.split(',').map(Number);
+        if (fractions.some((f) => !(f > 0 && f <= 1))) {
+          throw new UsageError(
+            '--fractions',
+            `${JSON.stringify(opts.fractions)} must be numbers in (0, 1], comma-separated`,
+          );
+        }
+        const seed = Number(opts.seed);
+        if (!Number.isInteger(seed) || seed < 0 || seed > 0xffff_ffff) {
+          throw new UsageError('--seed', `${JSON.stringify(opts.seed)} is not an integer in [0, 2^32)`);
+        }
+        const bar = io.progress
+          ? new SingleBar({
+              stream: process.stderr,
+              format: 'bench reporters {bar} {value}/{total} fractions',
+              hideCursor: true,
+            })
+          : undefined;
+        bar?.start(fractions.length, 0);
+        const result = benchReporters({ memory, fractions, reps, seed, onFraction: (i) => bar?.update(i) });
+        bar?.update(fractions.length);
+        bar?.stop();
+        const json = JSON.stringify(result, null, 2) + '\n';
+        const table = formatReportersBench(result);
+        writeOut('--out', opts.out, json);
+        writeOut('--markdown', opts.markdown, table);
+        io.stdout(opts.json ? json : table);
+      },
+    );
 
   try {
     await program.parseAsync([...argv], { from: 'user' });
@@ -82,6 +140,30 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
     code = report(error, io);
   }
   return code;
+}
+
+/** Writes a result file; a failure is the user's path, reported as bad input on `flag`. */
+function writeOut(flag: string, path: string | undefined, text: string): void {
+  if (path === undefined) return;
+  try {
+    writeFileSync(path, text);
+  } catch (cause) {
+    throw new UsageError(
+      flag,
+      `cannot write ${path}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
+    );
+  }
+}
+
+/** Runs `parse`, turning a DirtytrackError about the value into a one-line usage error. */
+function usage<T>(flag: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (error) {
+    if (isDirtytrackError(error))
+      throw new UsageError(flag, error.message.replace(/^\[dirtytrack\] \[[^\]]*\] [^:]*: /, ''));
+    throw error;
+  }
 }
 
 function collect(value: string, previous: string[]): string[] {

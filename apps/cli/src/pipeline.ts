@@ -15,7 +15,7 @@ import {
 } from '@dirtytrack/guest';
 import { createSimLink, runPrecopy, type PrecopyOutcome, type PrecopyProgress } from '@dirtytrack/migration';
 import { createSingleHopSync } from '@dirtytrack/qemu-layers';
-import { createBitmapReporter } from '@dirtytrack/reporters';
+import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
 import type { Scenario } from './scenario.js';
 
@@ -26,7 +26,7 @@ export interface SimulateResult extends Record<string, unknown> {
     seed: number;
     'stop-reason': PrecopyOutcome['stopReason'];
     pipeline: { workload: string; tracker: string; reporter: string; layers: string };
-    vcpu: { writes: number; faults: number; 'fault-time': number };
+    vcpu: { writes: number; faults: number; 'fault-time': number; 'ring-full-exits': number };
   };
 }
 
@@ -53,10 +53,27 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
       ? createUniformWorkload({ ...workloadOptions, rng })
       : createSweepWorkload(workloadOptions);
   const tracker = createWriteProtectTracker();
-  const reporter = createBitmapReporter({ rearmer: tracker, slots: [slot] });
+  const ring =
+    scenario.reporter === 'ring'
+      ? createRingReporter({
+          vcpus: scenario.vcpus,
+          entries: scenario['ring-size'],
+          rearmer: tracker,
+          slots: [slot],
+        })
+      : undefined;
+  const reporter = ring ?? createBitmapReporter({ rearmer: tracker, slots: [slot] });
   tracker.attach(reporter);
   const memory = createModelMemory(pages, Math.round(pages * scenario.populated));
-  const engine = createModelEngine({ clock, workload, tracker, memory, costModel });
+  // On KVM_EXIT_DIRTY_RING_FULL, QEMU's vCPU thread reaps every ring into the slot bitmaps.
+  const engine = createModelEngine({
+    clock,
+    workload,
+    tracker,
+    memory,
+    costModel,
+    ...(ring ? { ring: { sink: ring, onRingFull: () => void ring.reap() } } : {}),
+  });
   const bitmap = createSingleHopSync({ source: reporter, logging: tracker, slot, costModel });
   const link = createSimLink({
     bandwidth: scenario.link.bandwidth,
@@ -83,6 +100,7 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
         writes: vcpu.writes,
         faults: vcpu.faults,
         'fault-time': Math.round(vcpu.faultTimeNs / 1000) / 1000,
+        'ring-full-exits': vcpu.ringFullExits,
       },
     },
   };

@@ -73,7 +73,14 @@ export const scenarioSchema = z
     /** Only 4 KiB backing is modelled so far; 2m and 1g arrive with the MMU issue. */
     backing: z.enum(['4k']).default('4k'),
     tracker: z.enum(['wp']).default('wp'),
-    reporter: z.enum(['bitmap']).default('bitmap'),
+    /** `bitmap`: KVM's dirty log; `ring`: one dirty ring per vCPU (reaped on ring-full exits and at each sync). */
+    reporter: z.enum(['bitmap', 'ring']).default('bitmap'),
+    /** Dirty-ring entries per vCPU: a power of two in [256, 65536] (KVM's bounds without PML). */
+    'ring-size': z
+      .number({ invalid_type_error: 'expected a power of two in [256, 65536]' })
+      .int('expected a power of two in [256, 65536]')
+      .refine((n) => n >= 256 && n <= 65536 && (n & (n - 1)) === 0, 'expected a power of two in [256, 65536]')
+      .default(4096),
     layers: z.enum(['single-hop']).default('single-hop'),
     /** Fraction of memory holding data at start; the rest is zero pages until written. */
     populated: number(0, 1).default(1),

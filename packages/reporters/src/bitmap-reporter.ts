@@ -1,119 +1,478 @@
 import {
   Bitmap,
   DirtytrackError,
+  popcount32,
+  type DirtytrackErrorCode,
   type HarvestCost,
   type MemslotInfo,
   type Rearmer,
   type Reporter,
+  type RWLock,
 } from '@dirtytrack/core';
 
+/**
+ * How the bitmap's bits are updated and collected (seeds/kvm-dirty-tracking-slides.txt, "Bitmap
+ * Copy - KVM Side" and "Bitmap Copy - Summary"):
+ *
+ * - `'atomic'` — today's kernel. Setters use `set_bit_le` (`Atomics.or`) with no lock; the classic
+ *   `KVM_GET_DIRTY_LOG` takes each non-zero word with `xchg` (`Atomics.exchange`) and
+ *   `KVM_CLEAR_DIRTY_LOG` uses `atomic_long_fetch_andnot` (`Atomics.and`, returning the old
+ *   word), so a racing set lands either in the snapshot or in the live word — never lost.
+ * - `'locked'` — the slides' proposal. Setters take `mmu_lock` for **read** once per batch and
+ *   still set bits with `Atomics.or` (several readers hold the lock at once and race each other
+ *   on the same word: patch (a) keeps `set_bit_le`); collectors take it for **write** and use
+ *   plain loads and stores (patches (b) and (c): `mask = bitmap[i]; bitmap[i] = 0` and
+ *   `tmp = bitmap[i]; bitmap[i] &= ~mask`). That is correct only because no setter can run while
+ *   the write lock is held — every reporter attached to the same bitmaps must therefore use the
+ *   same mode and the same lock.
+ */
+export type BitmapUpdates = 'atomic' | 'locked';
+
 export interface BitmapReporterOptions {
-  /** Re-arms harvested pages (the tracker). */
+  /** Re-arms harvested pages (the tracker). In either mode it is called with the write lock held, if there is a lock. */
   rearmer: Rearmer;
   /** Slots to log from the start; more can be added with `addSlot`. */
   slots?: readonly MemslotInfo[];
-  /** Back the bitmaps with `SharedArrayBuffer`s so other threads can set bits. Default false. */
+  /**
+   * Back the bitmaps with `SharedArrayBuffer`s so other threads can set bits. Default false, or
+   * true when `buffers` is given (which requires it).
+   */
   shared?: boolean;
+  /**
+   * `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2` with `ENABLE` (reference/kvm.md §1.5). Default false, as
+   * in KVM. With it `getDirtyLog` only copies the live bitmap, and `clearDirtyLog` clears and
+   * re-arms; without it the reporter has no `clearDirtyLog` at all (contracts.ts: absent on
+   * sources without manual protect), so callers test for the method as QEMU tests
+   * `manual_dirty_log_protect`.
+   */
+  manualProtect?: boolean;
+  /**
+   * `KVM_DIRTY_LOG_INITIALLY_SET`: a new slot's bitmap starts with every page set (padding bits
+   * stay 0) and nothing is re-armed; pages are protected lazily by `clearDirtyLog` (§1.5, §5).
+   * Default false. Valid only with `manualProtect` (KVM rejects it alone with EINVAL).
+   */
+  initiallySet?: boolean;
+  /** See {@link BitmapUpdates}. Default `'atomic'`. */
+  updates?: BitmapUpdates;
+  /**
+   * KVM's `mmu_lock` (§4). Required for `'locked'`. In `'atomic'` mode it is optional: when given,
+   * the classic `getDirtyLog` and `clearDirtyLog` hold it for write while they clear and re-arm,
+   * as KVM does (`KVM_MMU_LOCK`); setters never take it.
+   */
+  lock?: RWLock;
+  /**
+   * Existing slot bitmaps to attach to instead of allocating (a worker attaching to the main
+   * thread's reporter, which hands them out with `bitmapBuffers()`), keyed by slot id. The
+   * bitmap of slot `id` lives at offset 0 of `buffers.get(id)`. Attaching never initialises the
+   * bits (`initiallySet` applies only to bitmaps this reporter allocates). Requires shared memory.
+   */
+  buffers?: ReadonlyMap<number, SharedArrayBuffer>;
 }
 
-/**
- * KVM's dirty log: one bitmap per slot (KVM layout, reference/kvm.md §1.2), set by the fault
- * path, harvested by `KVM_GET_DIRTY_LOG` in classic mode: every non-zero word is taken with an
- * atomic exchange, copied out, and exactly the reported pages are re-armed, followed by one TLB
- * flush (§1.4). Manual protect (`KVM_CLEAR_DIRTY_LOG`) and initially-set come with the reporters
- * issue.
- */
-export function createBitmapReporter(options: BitmapReporterOptions): Reporter & {
-  /** The live bitmap of a slot (read-only use: tests and diagnostics). */
+/** The bitmap reporter: a {@link Reporter} over KVM-layout slot bitmaps. */
+export interface BitmapReporter extends Reporter {
+  readonly kind: 'bitmap';
+  readonly manualProtect: boolean;
+  readonly initiallySet: boolean;
+  readonly updates: BitmapUpdates;
+  /** The live bitmap of a slot (tests, diagnostics and benchmarks; do not clear it behind the reporter's back). */
   liveBitmap(slot: number): Bitmap;
-} {
-  const { rearmer } = options;
-  const bitmaps = new Map<number, Bitmap>();
-  let last: HarvestCost = { xchgWords: 0, copyWords: 0, rearmedPages: 0, tlbFlushes: 0, ringEntries: 0 };
+  /** The shared memory holding a slot's bitmap, to post to a worker (`options.buffers` there). */
+  bitmapBuffer(slot: number): SharedArrayBuffer;
+  /** Every slot's shared bitmap memory, keyed by slot id: pass it to workers as `options.buffers`. */
+  bitmapBuffers(): Map<number, SharedArrayBuffer>;
+}
 
-  const live = (slot: number, op: string): Bitmap => {
-    const b = bitmaps.get(slot);
-    if (b === undefined) {
-      // KVM answers ENOENT for a slot that does not exist or does not log.
-      throw new DirtytrackError('invalid-state', `${op}: slot ${slot} has no dirty log (ENOENT)`, {
-        component: 'bitmap-reporter',
-      });
+/** A bitmap reporter with manual protect: `clearDirtyLog` is always there. */
+export interface ManualProtectBitmapReporter extends BitmapReporter {
+  readonly manualProtect: true;
+  clearDirtyLog(slot: number, firstPage: number, numPages: number, mask: Bitmap): number;
+}
+
+const COMPONENT = 'bitmap-reporter';
+
+/**
+ * KVM's dirty log: one bitmap per slot in KVM's layout (reference/kvm.md §1.2), set by the fault
+ * path (`markDirty` = `mark_page_dirty_in_slot`, §1.3) and harvested like the ioctls:
+ *
+ * - `getDirtyLog` (`KVM_GET_DIRTY_LOG`, §1.4). Classic: every non-zero 64-bit word is taken and
+ *   zeroed (atomic exchange, or a plain load and store under the write lock), copied out, exactly
+ *   the reported pages are re-armed, then one TLB flush if anything was reported. With manual
+ *   protect: a plain copy of the live bitmap — no clear, no re-arm, no flush, and no lock in
+ *   either mode, as in KVM (the slides: "with CLEAR_LOG, we do copy_to_user(bitmap) without
+ *   xchg()"): nothing is cleared, so a racing set is either in the copy or still in the live
+ *   bitmap for the next call.
+ * - `clearDirtyLog` (`KVM_CLEAR_DIRTY_LOG`, §1.6, manual protect only) with KVM's checks in KVM's
+ *   order; per 64-bit word `m &= fetch_andnot(live[i], m)`, then the surviving pages are re-armed
+ *   and one TLB flush issued.
+ *
+ * `lastHarvestCost()` describes the last `getDirtyLog` or `clearDirtyLog`: `xchgWords` counts
+ * 64-bit words exchanged / fetch-and-not'ed atomically, `copyWords` the 64-bit words scanned or
+ * copied plainly (the whole slot for a GET; the mask's words for a CLEAR).
+ */
+export function createBitmapReporter(
+  options: BitmapReporterOptions & { manualProtect: true },
+): ManualProtectBitmapReporter;
+export function createBitmapReporter(options: BitmapReporterOptions): BitmapReporter;
+export function createBitmapReporter(options: BitmapReporterOptions): BitmapReporter {
+  const { rearmer, lock, buffers } = options;
+  const manualProtect = options.manualProtect ?? false;
+  const initiallySet = options.initiallySet ?? false;
+  const updates = options.updates ?? 'atomic';
+  const shared = options.shared ?? buffers !== undefined;
+
+  if (initiallySet && !manualProtect) {
+    // KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2) accepts INITIALLY_SET only together with ENABLE.
+    throw fail(
+      'invalid-argument',
+      'initiallySet requires manualProtect (KVM: EINVAL)',
+      'EINVAL',
+      'initiallySet',
+    );
+  }
+  if (updates !== 'atomic' && updates !== 'locked') {
+    throw fail(
+      'invalid-argument',
+      `updates must be 'atomic' or 'locked', got ${String(updates)}`,
+      undefined,
+      'updates',
+    );
+  }
+  if (updates === 'locked' && lock === undefined) {
+    throw fail(
+      'invalid-argument',
+      "updates 'locked' needs the mmu_lock: pass options.lock",
+      undefined,
+      'lock',
+    );
+  }
+  if (buffers !== undefined) {
+    if (!shared) {
+      throw fail(
+        'invalid-argument',
+        'buffers are shared memory: they cannot be used with shared: false',
+        undefined,
+        'buffers',
+      );
     }
-    return b;
-  };
-
-  const reporter = {
-    kind: 'bitmap',
-    addSlot(slot: MemslotInfo) {
-      if (bitmaps.has(slot.id)) {
-        throw new DirtytrackError('invalid-state', `addSlot: slot ${slot.id} already has a dirty log`, {
-          component: 'bitmap-reporter',
-        });
-      }
-      bitmaps.set(slot.id, Bitmap.create(slot.pages, { shared: options.shared ?? false }));
-    },
-    markDirty(slot: number, offsets: Uint32Array, count: number) {
-      const b = live(slot, 'markDirty');
-      const words = b.words;
-      for (let i = 0; i < count; i++) {
-        const p = offsets[i] as number;
-        if (!(p < b.bits)) {
-          throw new DirtytrackError(
-            'out-of-range',
-            `markDirty: page ${p} is outside slot ${slot} (${b.bits} pages)`,
-            {
-              component: 'bitmap-reporter',
-            },
-          );
-        }
-        words[p >>> 5] = (words[p >>> 5] as number) | (1 << (p & 31));
-      }
-    },
-    getDirtyLog(slot: number, out: Bitmap) {
-      const b = live(slot, 'getDirtyLog');
-      if (out.bits !== b.bits) {
-        throw new DirtytrackError(
+    for (const [id, buffer] of buffers) {
+      if (!isSharedArrayBuffer(buffer)) {
+        throw fail(
           'invalid-argument',
-          `getDirtyLog: buffer covers ${out.bits} pages, slot ${slot} has ${b.bits}`,
-          {
-            component: 'bitmap-reporter',
-          },
+          `buffers: slot ${id}'s bitmap is not a SharedArrayBuffer`,
+          undefined,
+          'buffers',
         );
       }
-      const src = b.words;
-      const dst = out.words;
-      let xchgWords = 0;
-      for (let i = 0; i < src.length; i += 2) {
-        // KVM walks unsigned longs: one 64-bit word = two of our 32-bit words.
-        if (src[i] === 0 && src[i + 1] === 0) {
-          dst[i] = 0;
-          dst[i + 1] = 0;
-          continue;
+    }
+  }
+  if (shared && typeof SharedArrayBuffer === 'undefined') {
+    throw fail('unsupported', 'shared bitmaps need SharedArrayBuffer', undefined, 'shared');
+  }
+  const locked = updates === 'locked';
+
+  interface Slot {
+    readonly live: Bitmap;
+    /** KVM's second bitmap (`kvm_second_dirty_bitmap`): the re-arm mask of a CLEAR, all-zero between calls. */
+    scratch: Bitmap | undefined;
+  }
+  const slots = new Map<number, Slot>();
+  let last: HarvestCost = cost(0, 0, 0, 0);
+
+  const slotOf = (slot: number, op: string): Slot => {
+    const s = slots.get(slot);
+    if (s === undefined) {
+      // KVM answers ENOENT for a slot that does not exist or does not log.
+      throw fail('invalid-state', `${op}: slot ${slot} has no dirty log (ENOENT)`, 'ENOENT', 'slot');
+    }
+    return s;
+  };
+
+  const writeLocked = <T>(run: () => T): T => {
+    if (lock === undefined) return run();
+    lock.writeLock();
+    try {
+      return run();
+    } finally {
+      lock.writeUnlock();
+    }
+  };
+
+  /** The CLEAR loop, with the write lock (if any) held. */
+  const clear = (slot: number, s: Slot, firstPage: number, numPages: number, mask: Bitmap): number => {
+    const live = s.live.words;
+    const user = mask.words;
+    const scratch = (s.scratch ??= Bitmap.create(s.live.bits));
+    const marks = scratch.words;
+    const base = firstPage / 32; // first 32-bit word of the window (firstPage is 64-aligned)
+    const n32 = Math.ceil(numPages / 64) * 2;
+    // The span of scratch words this call sets, zeroed again before returning (a memset over at
+    // most the window, which the loop walks anyway): the scratch stays all-zero between calls.
+    let firstTouched = -1;
+    let lastTouched = -1;
+    let xchgWords = 0;
+    let pages = 0;
+    try {
+      for (let j = 0; j < n32; j += 2) {
+        let lo = user[j] as number;
+        let hi = user[j + 1] as number;
+        if (lo === 0 && hi === 0) continue;
+        const i = base + j;
+        if (locked) {
+          // Patch (c): tmp = bitmap[i]; bitmap[i] &= ~mask; mask &= tmp — under the write lock.
+          const tlo = live[i] as number;
+          const thi = live[i + 1] as number;
+          live[i] = tlo & ~lo;
+          live[i + 1] = thi & ~hi;
+          lo &= tlo;
+          hi &= thi;
+        } else {
+          xchgWords++;
+          // m &= atomic_long_fetch_andnot(m, &live[i]): only bits that really were set survive.
+          if (lo !== 0) lo &= Atomics.and(live, i, ~lo);
+          if (hi !== 0) hi &= Atomics.and(live, i + 1, ~hi);
         }
-        xchgWords++;
-        const lo = Atomics.exchange(src, i, 0);
-        const hi = Atomics.exchange(src, i + 1, 0);
-        dst[i] = lo;
-        dst[i + 1] = hi;
+        if (lo === 0 && hi === 0) continue;
+        marks[i] = lo;
+        marks[i + 1] = hi;
+        if (firstTouched < 0) firstTouched = i;
+        lastTouched = i;
+        pages += popcount32(lo) + popcount32(hi);
       }
-      const reported = out.popcount();
-      const rearmedPages = reported > 0 ? rearmer.rearm(slot, out) : 0;
-      last = {
-        xchgWords,
-        copyWords: src.length / 2,
-        rearmedPages,
-        tlbFlushes: reported > 0 ? 1 : 0,
-        ringEntries: 0,
-      };
-      return reported;
+      const rearmedPages = pages > 0 ? rearmer.rearm(slot, scratch) : 0;
+      last = cost(xchgWords, n32 / 2, rearmedPages, pages > 0 ? 1 : 0);
+      return pages;
+    } finally {
+      if (firstTouched >= 0) marks.fill(0, firstTouched, lastTouched + 2);
+    }
+  };
+
+  const reporter: BitmapReporter & {
+    clearDirtyLog?: (slot: number, firstPage: number, numPages: number, mask: Bitmap) => number;
+  } = {
+    kind: 'bitmap',
+    manualProtect,
+    initiallySet,
+    updates,
+
+    addSlot(slot: MemslotInfo) {
+      if (slots.has(slot.id)) {
+        throw fail('invalid-state', `addSlot: slot ${slot.id} already has a dirty log`, 'EEXIST', 'slot');
+      }
+      const buffer = buffers?.get(slot.id);
+      let live: Bitmap;
+      if (buffer !== undefined) {
+        const need = Bitmap.byteLength(slot.pages);
+        if (buffer.byteLength < need) {
+          throw fail(
+            'invalid-argument',
+            `addSlot: the buffer for slot ${slot.id} has ${buffer.byteLength} bytes, its ${slot.pages} pages need ${need}`,
+            'EINVAL',
+            'buffers',
+          );
+        }
+        live = Bitmap.wrap(buffer, slot.pages);
+      } else {
+        live = Bitmap.create(slot.pages, { shared });
+        if (initiallySet) live.setAll();
+      }
+      slots.set(slot.id, { live, scratch: undefined });
     },
+
+    markDirty(slot: number, offsets: Uint32Array, count: number) {
+      const { live } = slotOf(slot, 'markDirty');
+      if (!(Number.isInteger(count) && count >= 0 && count <= offsets.length)) {
+        throw fail(
+          'invalid-argument',
+          `markDirty: count ${count} is outside [0, ${offsets.length}]`,
+          undefined,
+          'count',
+        );
+      }
+      if (count === 0) return;
+      // Patch (a) of the slides: set_bit_le under mmu_lock held for read, once per batch.
+      if (locked) (lock as RWLock).readLock();
+      try {
+        const words = live.words;
+        const bits = live.bits;
+        for (let i = 0; i < count; i++) {
+          const p = offsets[i] as number;
+          if (!(p < bits)) {
+            throw fail(
+              'out-of-range',
+              `markDirty: page ${p} is outside slot ${slot} (${bits} pages)`,
+              undefined,
+              'offsets',
+            );
+          }
+          Atomics.or(words, p >>> 5, 1 << (p & 31));
+        }
+      } finally {
+        if (locked) (lock as RWLock).readUnlock();
+      }
+    },
+
+    getDirtyLog(slot: number, out: Bitmap) {
+      const { live } = slotOf(slot, 'getDirtyLog');
+      if (out.bits !== live.bits) {
+        throw fail(
+          'invalid-argument',
+          `getDirtyLog: buffer covers ${out.bits} pages, slot ${slot} has ${live.bits}`,
+          'EINVAL',
+          'out',
+        );
+      }
+      const src = live.words;
+      const dst = out.words;
+      const words64 = src.length / 2;
+      if (manualProtect) {
+        dst.set(src);
+        last = cost(0, words64, 0, 0);
+        return out.popcount();
+      }
+      return writeLocked(() => {
+        let xchgWords = 0;
+        let reported = 0;
+        for (let i = 0; i < src.length; i += 2) {
+          // KVM walks unsigned longs: one 64-bit word = two of our 32-bit words.
+          let lo = src[i] as number;
+          let hi = src[i + 1] as number;
+          if (lo !== 0 || hi !== 0) {
+            if (locked) {
+              // Patch (b): plain load and store; no setter runs while we hold the write lock.
+              src[i] = 0;
+              src[i + 1] = 0;
+            } else {
+              xchgWords++;
+              // A half read as 0 is left alone: a set racing with that read stays for the next call.
+              if (lo !== 0) lo = Atomics.exchange(src, i, 0);
+              if (hi !== 0) hi = Atomics.exchange(src, i + 1, 0);
+            }
+            reported += popcount32(lo) + popcount32(hi);
+          }
+          dst[i] = lo;
+          dst[i + 1] = hi;
+        }
+        const rearmedPages = reported > 0 ? rearmer.rearm(slot, out) : 0;
+        last = cost(xchgWords, words64, rearmedPages, reported > 0 ? 1 : 0);
+        return reported;
+      });
+    },
+
     lastHarvestCost() {
       return last;
     },
+
     liveBitmap(slot: number) {
-      return live(slot, 'liveBitmap');
+      return slotOf(slot, 'liveBitmap').live;
+    },
+
+    bitmapBuffer(slot: number) {
+      const { live } = slotOf(slot, 'bitmapBuffer');
+      if (!isSharedArrayBuffer(live.buffer)) {
+        throw fail(
+          'invalid-state',
+          `bitmapBuffer: slot ${slot}'s bitmap is not shared (create the reporter with shared: true)`,
+          undefined,
+          'shared',
+        );
+      }
+      return live.buffer;
+    },
+
+    bitmapBuffers() {
+      return new Map([...slots.keys()].map((id) => [id, reporter.bitmapBuffer(id)] as const));
     },
   };
+
+  if (manualProtect) {
+    reporter.clearDirtyLog = (slot, firstPage, numPages, mask) => {
+      // The checks of kvm_clear_dirty_log_protect, in its order (reference/kvm.md §1.6). The
+      // ioctl's fields are u64/u32, so a negative or fractional value is EINVAL here first.
+      if (!isU64(firstPage) || !isU64(numPages)) {
+        throw fail(
+          'invalid-argument',
+          `clearDirtyLog: first_page ${firstPage} and num_pages ${numPages} must be integers >= 0 (EINVAL)`,
+          'EINVAL',
+          isU64(firstPage) ? 'numPages' : 'firstPage',
+        );
+      }
+      if (firstPage % 64 !== 0) {
+        throw fail(
+          'invalid-argument',
+          `clearDirtyLog: first_page ${firstPage} is not a multiple of 64 (EINVAL)`,
+          'EINVAL',
+          'firstPage',
+        );
+      }
+      const s = slotOf(slot, 'clearDirtyLog');
+      const npages = s.live.bits;
+      if (firstPage > npages) {
+        throw fail(
+          'out-of-range',
+          `clearDirtyLog: first_page ${firstPage} is beyond slot ${slot}'s ${npages} pages (EINVAL)`,
+          'EINVAL',
+          'firstPage',
+        );
+      }
+      if (numPages > npages - firstPage) {
+        throw fail(
+          'out-of-range',
+          `clearDirtyLog: num_pages ${numPages} from first_page ${firstPage} exceeds slot ${slot}'s ${npages} pages (EINVAL)`,
+          'EINVAL',
+          'numPages',
+        );
+      }
+      if (numPages % 64 !== 0 && firstPage + numPages < npages) {
+        throw fail(
+          'invalid-argument',
+          `clearDirtyLog: num_pages ${numPages} is not a multiple of 64 and [${firstPage}, ${firstPage + numPages}) stops short of the slot's end ${npages} (EINVAL)`,
+          'EINVAL',
+          'numPages',
+        );
+      }
+      if (numPages === 0) {
+        last = cost(0, 0, 0, 0);
+        return 0;
+      }
+      if (mask.bits < numPages) {
+        // KVM copies ALIGN(num_pages, 64) / 8 bytes from the user's bitmap: too short = EFAULT.
+        throw fail(
+          'invalid-argument',
+          `clearDirtyLog: the mask covers ${mask.bits} pages, num_pages is ${numPages} (EFAULT)`,
+          'EFAULT',
+          'mask',
+        );
+      }
+      return writeLocked(() => clear(slot, s, firstPage, numPages, mask));
+    };
+  }
+
   for (const slot of options.slots ?? []) reporter.addSlot(slot);
   return reporter;
+}
+
+function cost(xchgWords: number, copyWords: number, rearmedPages: number, tlbFlushes: number): HarvestCost {
+  return { xchgWords, copyWords, rearmedPages, tlbFlushes, ringEntries: 0 };
+}
+
+function fail(
+  code: DirtytrackErrorCode,
+  message: string,
+  errno: string | undefined,
+  field: string,
+): DirtytrackError {
+  return new DirtytrackError(code, message, {
+    component: COMPONENT,
+    field,
+    ...(errno === undefined ? {} : { errno }),
+  });
+}
+
+function isU64(x: number): boolean {
+  return Number.isSafeInteger(x) && x >= 0;
+}
+
+function isSharedArrayBuffer(buffer: unknown): buffer is SharedArrayBuffer {
+  return typeof SharedArrayBuffer !== 'undefined' && buffer instanceof SharedArrayBuffer;
 }

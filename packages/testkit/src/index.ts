@@ -1,3 +1,9 @@
 export { describeTracker } from './describe-tracker.js';
 export { describeReporter } from './describe-reporter.js';
+export {
+  describeDirtyLogSource,
+  kvmClearErrno,
+  type DescribeDirtyLogSourceOptions,
+  type ManualDirtyLogSource,
+} from './describe-dirty-log-source.js';
 export { propertyRuns } from './runs.js';

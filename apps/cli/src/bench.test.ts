@@ -1,0 +1,113 @@
+import { describe, expect, it } from 'vitest';
+import { run } from './__fixtures__/run.js';
+
+interface BenchJson {
+  memory: string;
+  pages: number;
+  'bitmap-bytes': number;
+  reps: number;
+  rows: {
+    'dirty-fraction': number;
+    'dirty-pages': number;
+    'bitmap-ms': number;
+    'bitmap-locked-ms': number;
+    'ring-ms': number;
+    'ring-vs-bitmap': number;
+    'atomic-vs-locked': number;
+    rings: number;
+  }[];
+  crossover: number | null;
+}
+
+describe('dirtytrack bench reporters', () => {
+  it('harvests the same dirty sets through bitmap and ring and prints one row per fraction', async () => {
+    const out = await run(
+      'bench',
+      'reporters',
+      '--memory',
+      '64M',
+      '--reps',
+      '1',
+      '--fractions',
+      '0.01,0.5,1',
+      '--json',
+    );
+    expect(out.stderr).toBe('');
+    expect(out.code).toBe(0);
+    const r = JSON.parse(out.stdout) as BenchJson;
+    expect(r.memory).toBe('64M');
+    expect(r.pages).toBe(16384);
+    expect(r['bitmap-bytes']).toBe(2048);
+    expect(r.rows.map((x) => [x['dirty-fraction'], x['dirty-pages'], x.rings])).toEqual([
+      [0.01, 164, 1],
+      [0.5, 8192, 1],
+      [1, 16384, 1],
+    ]);
+    for (const row of r.rows) {
+      for (const k of ['bitmap-ms', 'bitmap-locked-ms', 'ring-ms'] as const)
+        expect(row[k]).toBeGreaterThan(0);
+      expect(row['ring-vs-bitmap']).toBeCloseTo(row['ring-ms'] / row['bitmap-ms'], 2);
+    }
+  });
+
+  it('prints a Markdown table without --json', async () => {
+    const out = await run('bench', 'reporters', '--memory', '16M', '--reps', '1', '--fractions', '0.1');
+    expect(out.code).toBe(0);
+    expect(out.stdout).toContain(
+      '| dirty | pages | bitmap ms | bitmap locked ms | ring ms | ring/bitmap | atomic/locked |',
+    );
+    expect(out.stdout).toContain('| 10% | 410 |');
+  });
+
+  it.each([
+    [['--memory', 'abc'], '--memory'],
+    [['--memory', '100K'], '--memory'],
+    [['--reps', '0'], '--reps'],
+    [['--fractions', '0.5,2'], '--fractions'],
+    [['--seed', '-1'], '--seed'],
+  ])('rejects %j naming %s', async (args, field) => {
+    const out = await run('bench', 'reporters', ...args);
+    expect(out.code).toBe(2);
+    expect(out.stdout).toBe('');
+    expect(out.stderr).toMatch(/^dirtytrack: [^\n]+\n$/);
+    expect(out.stderr).toContain(field);
+  });
+});
+
+describe('simulate with the dirty ring', () => {
+  it('migrates through per-vCPU rings, exiting at the soft limit, and agrees with the bitmap on bytes', async () => {
+    const common = ['--set', 'memory=256M', '--set', 'workload.working-set=256M', '--set', 'vcpus=2'];
+    const json = (stdout: string) =>
+      JSON.parse(stdout) as {
+        status: string;
+        dirtytrack: { pipeline: { reporter: string }; vcpu: { writes: number; 'ring-full-exits': number } };
+      };
+    const ring = await run(
+      'simulate',
+      ...common,
+      '--set',
+      'reporter=ring',
+      '--set',
+      'ring-size=256',
+      '--json',
+    );
+    const bitmap = await run('simulate', ...common, '--json');
+    expect(ring.stderr).toBe('');
+    expect(ring.code).toBe(0);
+    const r = json(ring.stdout);
+    const b = json(bitmap.stdout);
+    expect(r.status).toBe('completed');
+    expect(r.dirtytrack.pipeline.reporter).toBe('ring');
+    expect(r.dirtytrack.vcpu['ring-full-exits']).toBeGreaterThan(0);
+    expect(b.dirtytrack.vcpu['ring-full-exits']).toBe(0);
+    // Same workload, same seed: the vCPUs make the same writes whichever reporter logs them.
+    expect(r.dirtytrack.vcpu.writes).toBe(b.dirtytrack.vcpu.writes);
+  });
+
+  it('rejects a ring size that is not a power of two in KVM bounds', async () => {
+    const out = await run('simulate', '--set', 'reporter=ring', '--set', 'ring-size=1000', '--json');
+    expect(out.code).toBe(2);
+    expect(out.stderr).toContain('ring-size');
+    expect(out.stderr).toContain('power of two');
+  });
+});
