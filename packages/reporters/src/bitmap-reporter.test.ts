@@ -1,7 +1,7 @@
+import type { DirtytrackError } from '@dirtytrack/core';
 import {
   Bitmap,
   createRWLock,
-  DirtytrackError,
   popcount32,
   type Bitmap as BitmapType,
   type MemslotInfo,
@@ -9,17 +9,19 @@ import {
   type RWLock,
 } from '@dirtytrack/core';
 import { describe, expect, it } from 'vitest';
-import { describeDirtyLogSource, describeReporter } from '@dirtytrack/testkit';
 import { createBitmapReporter, type BitmapUpdates } from './bitmap-reporter.js';
 import { PRODUCER, epochPages, type ProducerData } from './__fixtures__/bitmap-layouts.js';
 import {
   blockUntil,
+  describeDirtyLogSource,
+  describeReporter,
+  expectDirtytrackError,
   exitCodes,
   sleepSync,
   startWorker,
   terminateAll,
   waitUntil,
-} from './__fixtures__/bitmap-workers.js';
+} from '@dirtytrack/testkit';
 
 const slot = { id: 1, asId: 0, baseGfn: 0, pages: 130 };
 const MODES: readonly BitmapUpdates[] = ['atomic', 'locked'];
@@ -32,16 +34,7 @@ function rearmLog(): Rearmer & { masks: number[][] } {
 
 /** The error `fn` throws, checked to be a DirtytrackError of the bitmap reporter. */
 function caught(fn: () => unknown): DirtytrackError {
-  let error: unknown;
-  try {
-    fn();
-  } catch (e) {
-    error = e;
-  }
-  expect(error).toBeInstanceOf(DirtytrackError);
-  const e = error as DirtytrackError;
-  expect(e.component).toBe('bitmap-reporter');
-  return e;
+  return expectDirtytrackError(fn, 'bitmap-reporter');
 }
 
 /** A mask of `bits` pages with `pages` set. */

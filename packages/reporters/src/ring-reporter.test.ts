@@ -1,12 +1,12 @@
+import type { DirtytrackError } from '@dirtytrack/core';
 import {
   Bitmap,
-  DirtytrackError,
   type DirtytrackErrorCode,
   type MemslotInfo,
   type Rearmer,
   type TouchedWords,
 } from '@dirtytrack/core';
-import { describeReporter, propertyRuns } from '@dirtytrack/testkit';
+import { describeReporter, expectDirtytrackError, propertyRuns } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { runRingStress } from './__fixtures__/ring-stress.js';
@@ -37,18 +37,7 @@ function rearmLog(): Rearmer & { calls: RearmCall[] } {
 }
 
 function expectError(fn: () => unknown, code: DirtytrackErrorCode, pattern: RegExp): DirtytrackError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(DirtytrackError);
-  const error = caught as DirtytrackError;
-  expect(error.code).toBe(code);
-  expect(error.component).toBe('ring-reporter');
-  expect(error.message).toMatch(pattern);
-  return error;
+  return expectDirtytrackError(fn, 'ring-reporter', code, pattern);
 }
 
 /** One `struct kvm_dirty_gfn`, little-endian, byte by byte. */

@@ -7,3 +7,5 @@ export {
   type ManualDirtyLogSource,
 } from './describe-dirty-log-source.js';
 export { propertyRuns } from './runs.js';
+export { expectDirtytrackError } from './expect-error.js';
+export { blockUntil, exitCodes, exited, sleepSync, startWorker, terminateAll, waitUntil } from './workers.js';

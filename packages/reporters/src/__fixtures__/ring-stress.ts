@@ -8,7 +8,7 @@ import {
   type ProducerData,
   type ProducerMode,
 } from './ring-stress-layout.js';
-import { exited, startWorker, terminateAll, waitUntil } from './workers.js';
+import { exited, startWorker, terminateAll, waitUntil } from '@dirtytrack/testkit';
 
 /**
  * The ring stress harness: `producers` worker threads (vCPUs) push into their own rings of one

@@ -1,11 +1,12 @@
 import { Worker } from 'node:worker_threads';
 
 /**
- * Starts `entry` (a .ts worker module) in a worker thread with `workerData`. Node 20 workers do
- * not apply `execArgv: ['--import', 'tsx']` to their entry file, so the worker boots from a
- * one-line CommonJS eval that loads the entry through tsx's `tsImport` (resolved from the current
- * directory, anywhere in the repository), with the `@dirtytrack/source` condition so sibling
- * packages resolve to their `src/` as in the tests.
+ * Helpers for tests that run real worker threads (producer vCPUs, lock contenders).
+ *
+ * Node 20 workers do not apply `execArgv: ['--import', 'tsx']` to their entry file, so a worker
+ * boots from a one-line eval that loads the .ts entry through tsx's `tsImport`, with the
+ * `@dirtytrack/source` condition so sibling packages resolve to their `src/` as in the tests.
+ * (`@dirtytrack/core` keeps its own copy in its fixtures: it cannot depend on testkit.)
  */
 export function startWorker(entry: URL, workerData: unknown): Worker {
   const boot = `import('tsx/esm/api').then((api) => api.tsImport(process.argv.at(-1), ${JSON.stringify(entry.href)}))`;
@@ -17,17 +18,17 @@ export function startWorker(entry: URL, workerData: unknown): Worker {
   });
 }
 
+/** Resolves with the worker's exit code; rejects if the worker throws. */
+export function exited(worker: Worker): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    worker.once('error', reject);
+    worker.once('exit', resolve);
+  });
+}
+
 /** Resolves with each worker's exit code; a worker that throws rejects with its error. */
 export function exitCodes(workers: readonly Worker[]): Promise<number[]> {
-  return Promise.all(
-    workers.map(
-      (w) =>
-        new Promise<number>((resolve, reject) => {
-          w.once('error', reject);
-          w.once('exit', resolve);
-        }),
-    ),
-  );
+  return Promise.all(workers.map(exited));
 }
 
 /** Polls `condition` (without blocking the event loop) until it holds; throws after `timeoutMs`. */
