@@ -111,3 +111,83 @@ describe('simulate with the dirty ring', () => {
     expect(out.stderr).toContain('power of two');
   });
 });
+
+describe('dirtytrack bench bitmap', () => {
+  it('measures memcpy, xchg and the three sync strategies side by side, with the issue’s field names', async () => {
+    const out = await run('bench', 'bitmap', '--memory', '64M', '--reps', '1', '--json');
+    expect(out.stderr).toBe('');
+    expect(out.code).toBe(0);
+    const r = JSON.parse(out.stdout) as {
+      memory: string;
+      'bitmap-bytes': number;
+      'memcpy-ms': number;
+      'xchg-ms': number;
+      'xchg-vs-memcpy': number;
+      strategies: Record<string, { ms: number }>;
+      'l1-xchg-vs-memcpy': number;
+    };
+    expect(r.memory).toBe('64M');
+    expect(r['bitmap-bytes']).toBe(2048);
+    expect(Object.keys(r.strategies).sort()).toEqual(['fused', 'fused-1pct', 'rwlock-memcpy', 'xchg']);
+    for (const s of Object.values(r.strategies)) expect(s.ms).toBeGreaterThan(0);
+    expect(r['xchg-vs-memcpy']).toBeCloseTo(r['xchg-ms'] / r['memcpy-ms'], 2);
+    expect(r['l1-xchg-vs-memcpy']).toBeGreaterThan(0);
+  });
+
+  it('rejects a bad --memory naming it', async () => {
+    const out = await run('bench', 'bitmap', '--memory', 'lots');
+    expect(out.code).toBe(2);
+    expect(out.stderr).toMatch(/^dirtytrack: --memory: [^\n]+\n$/);
+  });
+});
+
+describe('simulate through QEMU’s three layers', () => {
+  const base = ['--set', 'memory=256M', '--set', 'workload.working-set=256M', '--set', 'vcpus=2', '--json'];
+  const json = (stdout: string) =>
+    JSON.parse(stdout) as {
+      status: string;
+      ram: { total: number; remaining: number; 'dirty-sync-count': number };
+    };
+
+  it.each([['xchg'], ['rwlock-memcpy'], ['fused']])(
+    'layers=%s completes with nothing remaining',
+    async (layers) => {
+      const r = await run('simulate', ...base, '--set', `layers=${layers}`);
+      expect(r.stderr).toBe('');
+      const j = json(r.stdout);
+      expect(j.status).toBe('completed');
+      expect(j.ram.remaining).toBe(0);
+      expect(j.ram.total).toBe(256 * 2 ** 20);
+    },
+  );
+
+  it('manual protect with a lazy clear_bmap completes, and is refused where it cannot work', async () => {
+    const ok = await run(
+      'simulate',
+      ...base,
+      '--set',
+      'layers=xchg',
+      '--set',
+      'manual-protect=true',
+      '--set',
+      'clear-bitmap-shift=10',
+    );
+    expect(ok.stderr).toBe('');
+    expect(json(ok.stdout).status).toBe('completed');
+    const bad = await run('simulate', ...base, '--set', 'manual-protect=true');
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('manual-protect');
+    const ring = await run(
+      'simulate',
+      ...base,
+      '--set',
+      'layers=fused',
+      '--set',
+      'reporter=ring',
+      '--set',
+      'manual-protect=true',
+    );
+    expect(ring.code).toBe(2);
+    expect(ring.stderr).toContain('reporter: bitmap');
+  });
+});

@@ -1,5 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { isDirtytrackError, parseSize } from '@dirtytrack/core';
+import { benchBitmap, formatBitmapBench } from './bench-bitmap.js';
 import { benchReporters, DEFAULT_FRACTIONS, formatReportersBench } from './bench-reporters.js';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, Option } from 'commander';
@@ -133,6 +134,40 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         io.stdout(opts.json ? json : table);
       },
     );
+
+  bench
+    .command('bitmap')
+    .description(
+      "QEMU's bitmap sync strategies side by side: memcpy, xchg, three-layer xchg, rwlock-memcpy, fused.",
+    )
+    .option('--memory <size>', 'guest memory (IEC size); 3T is a 96 MiB bitmap, 8T 256 MiB', '3T')
+    .option('--reps <n>', 'repetitions per case (the median is reported)', '5')
+    .option('--json', 'print the result as one JSON object on stdout')
+    .option('--out <file>', 'also write the JSON result to a file')
+    .option('--markdown <file>', 'also write the Markdown table to a file')
+    .action((opts: { memory: string; reps: string; json?: boolean; out?: string; markdown?: string }) => {
+      const memory = usage('--memory', () => parseSize(opts.memory, '--memory'));
+      if (memory < 64 * 4096 || memory % (64 * 4096) !== 0) {
+        throw new UsageError(
+          '--memory',
+          `${opts.memory} must be a multiple of 256K (64 pages) and at least 256K`,
+        );
+      }
+      const reps = Number(opts.reps);
+      if (!Number.isInteger(reps) || reps < 1 || reps > 1000) {
+        throw new UsageError('--reps', `${JSON.stringify(opts.reps)} is not an integer in [1, 1000]`);
+      }
+      const result = benchBitmap({
+        memory,
+        reps,
+        onStep: (s) => io.progress && io.stderr(`bench bitmap: ${s}\n`),
+      });
+      const json = JSON.stringify(result, null, 2) + '\n';
+      const table = formatBitmapBench(result);
+      writeOut('--out', opts.out, json);
+      writeOut('--markdown', opts.markdown, table);
+      io.stdout(opts.json ? json : table);
+    });
 
   try {
     await program.parseAsync([...argv], { from: 'user' });

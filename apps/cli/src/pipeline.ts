@@ -14,7 +14,7 @@ import {
   createUniformWorkload,
 } from '@dirtytrack/guest';
 import { createSimLink, runPrecopy, type PrecopyOutcome, type PrecopyProgress } from '@dirtytrack/migration';
-import { createSingleHopSync } from '@dirtytrack/qemu-layers';
+import { createQemuLayers, createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
 import type { Scenario } from './scenario.js';
@@ -62,7 +62,11 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
           slots: [slot],
         })
       : undefined;
-  const reporter = ring ?? createBitmapReporter({ rearmer: tracker, slots: [slot] });
+  const reporter =
+    ring ??
+    (scenario['manual-protect']
+      ? createBitmapReporter({ rearmer: tracker, slots: [slot], manualProtect: true })
+      : createBitmapReporter({ rearmer: tracker, slots: [slot] }));
   tracker.attach(reporter);
   const memory = createModelMemory(pages, Math.round(pages * scenario.populated));
   // On KVM_EXIT_DIRTY_RING_FULL, QEMU's vCPU thread reaps every ring into the slot bitmaps.
@@ -74,7 +78,16 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
     costModel,
     ...(ring ? { ring: { sink: ring, onRingFull: () => void ring.reap() } } : {}),
   });
-  const bitmap = createSingleHopSync({ source: reporter, logging: tracker, slot, costModel });
+  const kvm = { source: reporter, logging: tracker, slot };
+  const bitmap =
+    scenario.layers === 'single-hop'
+      ? createSingleHopSync({ ...kvm, costModel })
+      : createQemuLayers({
+          kvm,
+          strategy: scenario.layers,
+          clearBitmapShift: scenario['clear-bitmap-shift'],
+          costModel,
+        });
   const link = createSimLink({
     bandwidth: scenario.link.bandwidth,
     latencyNs: scenario.link.latency * NS_PER_MS,

@@ -81,7 +81,16 @@ export const scenarioSchema = z
       .int('expected a power of two in [256, 65536]')
       .refine((n) => n >= 256 && n <= 65536 && (n & (n - 1)) === 0, 'expected a power of two in [256, 65536]')
       .default(4096),
-    layers: z.enum(['single-hop']).default('single-hop'),
+    /**
+     * How dirty bits reach the migration bitmap: `single-hop` (slot bitmap straight into it), or
+     * QEMU's three layers with a sync strategy: `xchg` (QEMU today), `rwlock-memcpy` (the slides),
+     * `fused` (one hop with a summary).
+     */
+    layers: z.enum(['single-hop', 'xchg', 'rwlock-memcpy', 'fused']).default('single-hop'),
+    /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (bitmap reporter): GET copies, the layers' lazy clear_bmap re-arms. */
+    'manual-protect': z.boolean({ invalid_type_error: 'expected true or false' }).default(false),
+    /** `x-clear-bitmap-shift` (three-layer stacks with manual protect): log2 pages per clear chunk, 6..31. */
+    'clear-bitmap-shift': number(6, 31, true).default(18),
     /** Fraction of memory holding data at start; the rest is zero pages until written. */
     populated: number(0, 1).default(1),
     workload: z
@@ -137,6 +146,20 @@ export const scenarioSchema = z
         code: 'custom',
         path: ['workload', 'working-set'],
         message: `offset + working-set (${w.offset + w['working-set']} bytes) exceeds memory (${s.memory} bytes)`,
+      });
+    }
+    if (s['manual-protect'] && s.reporter !== 'bitmap') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['manual-protect'],
+        message: 'needs reporter: bitmap (rings have no CLEAR_DIRTY_LOG)',
+      });
+    }
+    if (s['manual-protect'] && s.layers === 'single-hop') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['manual-protect'],
+        message: 'needs layers xchg, rwlock-memcpy or fused (their lazy clear_bmap re-arms pages)',
       });
     }
     if (s.memory / PAGE_SIZE > 2 ** 32) {

@@ -8,3 +8,68 @@ export {
   type KernelMemory,
 } from './kernels/bitmap-kernels.js';
 export { BITMAP_KERNELS_WASM_BASE64 } from './kernels/bitmap-kernels.wasm.js';
+export {
+  createRamListDirtyMemory,
+  DIRTY_MEMORY_BLOCK_SIZE,
+  DIRTY_MEMORY_CODE,
+  DIRTY_MEMORY_MIGRATION,
+  DIRTY_MEMORY_NUM,
+  DIRTY_MEMORY_VGA,
+  type DirtyMemoryClient,
+  type RamListDirtyMemory,
+} from './dirty-memory.js';
+export {
+  createQemuLayers,
+  CLEAR_BITMAP_SHIFT_DEFAULT,
+  CLEAR_BITMAP_SHIFT_MAX,
+  CLEAR_BITMAP_SHIFT_MIN,
+  SYNC_STRATEGIES,
+  type QemuLayers,
+  type QemuLayersOptions,
+  type QemuLayersStats,
+  type SyncStrategy,
+} from './qemu-layers.js';
+export {
+  attachVhostLog,
+  createVhostLog,
+  VHOST_LOG_CHUNK,
+  VHOST_LOG_PAGE,
+  type VhostLog,
+  type VhostLogOptions,
+} from './vhost-log.js';
+export {
+  createVfioTracker,
+  VFIO_MAX_RANGES,
+  type VfioRange,
+  type VfioRangeLog,
+  type VfioTracker,
+  type VfioTrackerOptions,
+} from './vfio-tracker.js';
+export {
+  createDirtyRateMeter,
+  createVersionedMemory,
+  pagesDirtyRate,
+  samplingDirtyRate,
+  DIRTY_RING_PUSHED_LAYOUT,
+  DIRTYRATE_DEFAULT_SAMPLE_PAGES,
+  DIRTYRATE_MAX_CALC_TIME_MS,
+  DIRTYRATE_MAX_SAMPLE_PAGES,
+  DIRTYRATE_MIN_CALC_TIME_MS,
+  DIRTYRATE_MIN_RAMBLOCK_BYTES,
+  DIRTYRATE_MIN_SAMPLE_PAGES,
+  type DirtyRateCalcOptions,
+  type DirtyRateCounters,
+  type DirtyRateInfo,
+  type DirtyRateKvm,
+  type DirtyRateMeasureMode,
+  type DirtyRateMeter,
+  type DirtyRateMeterOptions,
+  type DirtyRateResult,
+  type DirtyRateStatus,
+  type DirtyRateTimeUnit,
+  type DirtyRateVcpu,
+  type DirtyRingView,
+  type PageContent,
+  type SampledBlock,
+  type VersionedMemory,
+} from './dirty-rate.js';

@@ -1,0 +1,555 @@
+import {
+  Bitmap,
+  createRWLock,
+  DEFAULT_COST_MODEL,
+  DirtytrackError,
+  popcount32,
+  type CostModel,
+  type DirtyLogSource,
+  type HarvestCost,
+  type LoggingControl,
+  type MemslotInfo,
+  type MigrationBitmap,
+  type RWLock,
+  type SyncResult,
+} from '@dirtytrack/core';
+import { createRamListDirtyMemory, DIRTY_MEMORY_MIGRATION, type RamListDirtyMemory } from './dirty-memory.js';
+import type { VfioTracker } from './vfio-tracker.js';
+import type { VhostLog } from './vhost-log.js';
+
+/**
+ * How dirty bits travel from the producers (layer A) to the migration bitmap (layer C):
+ *
+ * - `'xchg'` — QEMU today (reference/qemu.md §1.2–1.4): slot bitmap → `ram_list.dirty_memory`
+ *   MIGRATION client by atomic OR (`set_dirty_lebitmap`), vhost/VFIO logs taken with `xchg` per
+ *   64-bit word and ORed into the same client, then client → `bmap` with one `xchg` per non-zero
+ *   word (`bits = xchg(w, 0); new = bits & ~bmap; bmap |= bits`).
+ * - `'rwlock-memcpy'` — the slides' proposal ("Bitmap Copy - Summary"): the same three layers,
+ *   but collected under an {@link RWLock} held for write with plain loads, stores and zeroing (no
+ *   atomics). Correct only because every producer that shares memory with another thread (vhost,
+ *   VFIO device logs) sets bits under the same lock held for read.
+ * - `'fused'` — one hop: layer-A words (and vhost/VFIO words) straight into `bmap`, skipping zero
+ *   64-bit words, with a one-bit-per-64-bit-word summary of which `bmap` words hold bits so the
+ *   search for dirty pages skips clean words. Layer B is not touched.
+ *
+ * All three leave identical `bmap` contents and `migration_dirty_pages` for the same writes.
+ */
+export type SyncStrategy = 'xchg' | 'rwlock-memcpy' | 'fused';
+
+export const SYNC_STRATEGIES: readonly SyncStrategy[] = ['xchg', 'rwlock-memcpy', 'fused'];
+
+/** `x-clear-bitmap-shift` default and QEMU's clamp range. */
+export const CLEAR_BITMAP_SHIFT_DEFAULT = 18;
+export const CLEAR_BITMAP_SHIFT_MIN = 6;
+export const CLEAR_BITMAP_SHIFT_MAX = 31;
+
+export interface QemuLayersOptions {
+  /** The KVM producer: its dirty log, logging switch, and the slot mapping the one RAMBlock. */
+  kvm: { source: DirtyLogSource; logging: LoggingControl; slot: MemslotInfo };
+  /** Default `'xchg'`. */
+  strategy?: SyncStrategy;
+  /** `x-clear-bitmap-shift`: log2 of pages per clear_bmap chunk. Default 18, clamped to 6..31. */
+  clearBitmapShift?: number;
+  vhost?: VhostLog;
+  vfio?: VfioTracker;
+  /** Default {@link DEFAULT_COST_MODEL}. */
+  costModel?: CostModel;
+  /**
+   * The lock of `'rwlock-memcpy'`. Default: the vhost/VFIO log's lock if they have one, else a new
+   * one. Every shared producer must use this same lock.
+   */
+  lock?: RWLock;
+}
+
+export interface QemuLayersStats {
+  readonly syncs: number;
+  /** 64-bit words exchanged or atomically ORed by the hops (not the harvest below). */
+  readonly xchgWords: number;
+  /** 64-bit words copied or scanned plainly by the hops. */
+  readonly copiedWords: number;
+  /** Chunks whose producer bits were cleared lazily (one `clearDirtyLog` each). */
+  readonly lazyClears: number;
+  /** Pages those clears re-armed. */
+  readonly clearedPages: number;
+  /** What the lazy clears cost the sending thread (ns), priced from their HarvestCost. */
+  readonly clearCostNs: number;
+}
+
+export interface QemuLayers extends MigrationBitmap {
+  readonly strategy: SyncStrategy;
+  /** Layer B. */
+  readonly dirtyMemory: RamListDirtyMemory;
+  /** 1 bit per 2^clearBitmapShift pages: the chunk's producer bits still need clearing. */
+  readonly clearBmap: Bitmap;
+  /** The shift after QEMU's clamp. */
+  readonly clearBitmapShift: number;
+  /** The `'rwlock-memcpy'` lock (undefined for the other strategies). */
+  readonly lock: RWLock | undefined;
+  /** `'fused'` only: bit k set iff 64-bit word k of `bmap` is non-zero. */
+  readonly summary: Uint32Array | undefined;
+  /** First dirty page at or after `from`, or -1 (uses the summary under `'fused'`). */
+  findNextDirty(from?: number): number;
+  stats(): QemuLayersStats;
+}
+
+const COMPONENT = 'qemu-layers';
+
+/** A producer log other than KVM's: bits `[0, pages)` of `words` = RAM pages `start + i`. */
+interface DeviceLog {
+  readonly words: Uint32Array;
+  readonly start: number;
+  readonly pages: number;
+  /** Scratch for the xchg strategy's hop into layer B. */
+  readonly taken: Uint32Array;
+}
+
+/**
+ * QEMU's three dirty-bitmap layers (reference/qemu.md §1) for one RAMBlock mapped by one KVM slot,
+ * as a {@link MigrationBitmap}. The RAMBlock sits at ram_addr page 0 of layer B; the code keeps
+ * the ram_addr offset explicit so more blocks can be added later.
+ *
+ * Lazy clear (§1.3): with a manual-protect source (one with `clearDirtyLog`) every sync sets all
+ * of `clearBmap` (`clear_bmap_set` after the sync into layer C — so after `setup()` alone it is
+ * still all zero, as in QEMU where the first sync sets it), and `clearSent` clears a chunk's
+ * producer bits — only the pages the last sync reported — just before the first page of that
+ * chunk is sent. Without manual protect `getDirtyLog` already cleared them and `clearBmap` stays 0.
+ *
+ * `sync().costNs` = the harvest's own HarvestCost, priced, + the hops: xchg/atomic-OR 64-bit words
+ * × `bitmapXchgNsPerWord` + scanned/copied 64-bit words × `bitmapCopyNsPerWord`:
+ * - xchg: slot words scanned + non-zero slot words ORed; per device log its words scanned +
+ *   non-zero words exchanged + the same words ORed into layer B; the RAMBlock's layer-B words
+ *   scanned + non-zero ones exchanged.
+ * - rwlock-memcpy: the same words scanned, nothing atomic (copy and zero are part of the scan).
+ * - fused: slot words scanned; device-log words scanned + non-zero ones exchanged (the device
+ *   sets them concurrently); no layer-B pass. VFIO 'none' costs one scan of the RAM's words
+ *   (fused, rwlock) or of its words ORed atomically (xchg).
+ */
+export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
+  const { source, logging, slot } = options.kvm;
+  const strategy = options.strategy ?? 'xchg';
+  if (!SYNC_STRATEGIES.includes(strategy)) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `strategy must be one of ${SYNC_STRATEGIES.join(', ')}, got ${String(strategy)}`,
+      { component: COMPONENT, field: 'strategy' },
+    );
+  }
+  const shiftGiven = options.clearBitmapShift ?? CLEAR_BITMAP_SHIFT_DEFAULT;
+  if (!Number.isInteger(shiftGiven)) {
+    throw new DirtytrackError('invalid-argument', `clearBitmapShift ${shiftGiven} is not an integer`, {
+      component: COMPONENT,
+      field: 'clearBitmapShift',
+    });
+  }
+  const shift = Math.min(CLEAR_BITMAP_SHIFT_MAX, Math.max(CLEAR_BITMAP_SHIFT_MIN, shiftGiven));
+  const chunkPages = 2 ** shift;
+  const costs = options.costModel ?? DEFAULT_COST_MODEL;
+  const { vhost, vfio } = options;
+  const pages = slot.pages;
+  const manualProtect = typeof source.clearDirtyLog === 'function';
+
+  const lock =
+    strategy === 'rwlock-memcpy'
+      ? (options.lock ?? vhost?.lock ?? (vfio?.kind === 'device' ? vfio.lock : undefined) ?? createRWLock())
+      : undefined;
+
+  const deviceLogs: DeviceLog[] = [];
+  const addLog = (
+    words: Uint32Array,
+    start: number,
+    n: number,
+    what: string,
+    producerLock: RWLock | undefined,
+  ) => {
+    if (start + n > pages) {
+      throw new DirtytrackError(
+        'out-of-range',
+        `${what}: pages [${start}, ${start + n}) exceed the RAM's ${pages}`,
+        {
+          component: COMPONENT,
+          field: what,
+        },
+      );
+    }
+    if (lock !== undefined && producerLock !== lock) {
+      throw new DirtytrackError(
+        'invalid-argument',
+        `${what}: 'rwlock-memcpy' collects with plain copies, so the producer must set bits under the layers' lock (create it with { lock })`,
+        { component: COMPONENT, field: 'lock' },
+      );
+    }
+    deviceLogs.push({ words, start, pages: n, taken: new Uint32Array(words.length) });
+  };
+  if (vhost !== undefined) addLog(vhost.words, 0, vhost.pages, 'vhost', vhost.lock);
+  if (vfio?.kind === 'device')
+    for (const r of vfio.ranges) addLog(r.words, r.start, r.pages, 'vfio', vfio.lock);
+  const vfioNone = vfio?.kind === 'none';
+
+  // The RAMBlock (one for now) and its layer-C state.
+  const ramOffset = 0; // ram_addr page of the block; 64-aligned by construction
+  const dirtyMemory = createRamListDirtyMemory(ramOffset + pages);
+  const bmap = Bitmap.create(pages);
+  /** The slot's `dirty_bmap`: what the last getDirtyLog reported, minus what has been cleared. */
+  const slotBmap = Bitmap.create(pages);
+  const clearBmap = Bitmap.create(pages === 0 ? 0 : Math.ceil(pages / chunkPages));
+  const clearMask = Bitmap.create(Math.min(chunkPages, pages));
+  const words64 = bmap.words.length / 2;
+  const summary = strategy === 'fused' ? new Uint32Array(Math.ceil(words64 / 32)) : undefined;
+  const allOnes = vfioNone ? Bitmap.create(pages) : undefined;
+  allOnes?.setAll();
+  const n32 = Math.ceil(pages / 32);
+  const tail = pages % 32 === 0 ? 0xffffffff : (1 << (pages % 32)) - 1;
+
+  let dirtyPages = 0;
+  let active = false;
+  let syncs = 0;
+  let xchgTotal = 0;
+  let copyTotal = 0;
+  let lazyClears = 0;
+  let clearedPages = 0;
+  let clearCostNs = 0;
+  // Per-sync counters.
+  let xchg = 0;
+  let copy = 0;
+
+  const price = (h: HarvestCost): number =>
+    h.xchgWords * costs.bitmapXchgNsPerWord +
+    h.copyWords * costs.bitmapCopyNsPerWord +
+    h.rearmedPages * costs.rearmNsPerPage +
+    h.tlbFlushes * costs.tlbFlushNs +
+    h.ringEntries * costs.ringEntryNs;
+
+  const fail = (message: string): DirtytrackError =>
+    new DirtytrackError('invalid-state', message, { component: COMPONENT });
+
+  // ---- layer C helpers ----------------------------------------------------------------------
+
+  /** `bmap[t] |= bits`; returns the 0→1 transitions and keeps the summary. */
+  const orBmap = (t: number, bits: number): number => {
+    const b = bmap.words;
+    const old = b[t] as number;
+    const fresh = bits & ~old;
+    if (fresh === 0) return 0;
+    b[t] = old | bits;
+    if (summary !== undefined) {
+      const k = t >>> 1;
+      summary[k >>> 5] = (summary[k >>> 5] as number) | (1 << (k & 31));
+    }
+    return popcount32(fresh);
+  };
+  /** ORs a 32-bit word whose bit 0 is RAM page `page0` (any alignment) into bmap. */
+  const orBmapAt = (page0: number, bits: number): number => {
+    const s = page0 & 31;
+    const t = page0 >>> 5;
+    if (s === 0) return orBmap(t, bits);
+    let n = orBmap(t, bits << s);
+    const hi = bits >>> (32 - s);
+    if (hi !== 0) n += orBmap(t + 1, hi);
+    return n;
+  };
+
+  // ---- layer B helpers (MIGRATION client) -------------------------------------------------------
+  const BLOCK_SHIFT = 16;
+  const BLOCK_MASK = (1 << BLOCK_SHIFT) - 1;
+
+  /** Plain OR of a 32-bit word whose bit 0 is ram_addr page `page0` into the MIGRATION client. */
+  const orLayerBPlain = (blocks: readonly Uint32Array[], page0: number, bits: number): void => {
+    const s = page0 & 31;
+    const g = page0 >>> 5;
+    const lo = s === 0 ? bits : bits << s;
+    if (lo !== 0) {
+      const blk = blocks[g >>> BLOCK_SHIFT] as Uint32Array;
+      blk[g & BLOCK_MASK] = (blk[g & BLOCK_MASK] as number) | lo;
+    }
+    if (s !== 0) {
+      const hi = bits >>> (32 - s);
+      if (hi !== 0) {
+        const blk = blocks[(g + 1) >>> BLOCK_SHIFT] as Uint32Array;
+        blk[(g + 1) & BLOCK_MASK] = (blk[(g + 1) & BLOCK_MASK] as number) | hi;
+      }
+    }
+  };
+
+  /** MIGRATION client → bmap for the RAMBlock: xchg (atomic) or plain copy + zero. */
+  const layerBToBmap = (atomic: boolean): number => {
+    const blocks = dirtyMemory.blocks(DIRTY_MEMORY_MIGRATION);
+    const base = ramOffset >>> 5;
+    let fresh = 0;
+    for (let i = 0; i < n32; i += 2) {
+      copy++;
+      const g0 = base + i;
+      const b0 = blocks[g0 >>> BLOCK_SHIFT] as Uint32Array;
+      const j0 = g0 & BLOCK_MASK;
+      const has1 = i + 1 < n32;
+      const g1 = g0 + 1;
+      const b1 = has1 ? (blocks[g1 >>> BLOCK_SHIFT] as Uint32Array) : b0;
+      const j1 = g1 & BLOCK_MASK;
+      const lo0 = b0[j0] as number;
+      const hi0 = has1 ? (b1[j1] as number) : 0;
+      if (lo0 === 0 && hi0 === 0) continue;
+      const loMask = i === n32 - 1 ? tail : 0xffffffff;
+      const hiMask = i + 1 === n32 - 1 ? tail : 0xffffffff;
+      let lo = 0;
+      let hi = 0;
+      if (atomic) {
+        xchg++;
+        if (lo0 !== 0)
+          lo = (loMask === 0xffffffff ? Atomics.exchange(b0, j0, 0) : Atomics.and(b0, j0, ~loMask)) & loMask;
+        if (hi0 !== 0)
+          hi = (hiMask === 0xffffffff ? Atomics.exchange(b1, j1, 0) : Atomics.and(b1, j1, ~hiMask)) & hiMask;
+      } else {
+        lo = lo0 & loMask;
+        hi = hi0 & hiMask;
+        b0[j0] = lo0 & ~loMask;
+        if (has1) b1[j1] = hi0 & ~hiMask;
+      }
+      if (lo !== 0) fresh += orBmap(i, lo);
+      if (hi !== 0) fresh += orBmap(i + 1, hi);
+    }
+    return fresh;
+  };
+
+  // ---- the strategies -------------------------------------------------------------------------
+
+  /** Takes a device log's non-zero 64-bit words: `Atomics.exchange` or a plain read + zero. */
+  const takeLog = (
+    log: DeviceLog,
+    atomic: boolean,
+    each: (i: number, lo: number, hi: number) => void,
+  ): number => {
+    const w = log.words;
+    let reported = 0;
+    for (let i = 0; i < w.length; i += 2) {
+      copy++;
+      let lo = w[i] as number;
+      let hi = w[i + 1] as number;
+      if (lo === 0 && hi === 0) continue;
+      if (atomic) {
+        xchg++;
+        if (lo !== 0) lo = Atomics.exchange(w, i, 0);
+        if (hi !== 0) hi = Atomics.exchange(w, i + 1, 0);
+      } else {
+        w[i] = 0;
+        w[i + 1] = 0;
+      }
+      reported += popcount32(lo) + popcount32(hi);
+      each(i, lo, hi);
+    }
+    return reported;
+  };
+
+  const syncXchg = (): { fresh: number; reported: number } => {
+    const words = slotBmap.words;
+    copy += words.length / 2;
+    xchg += dirtyMemory.setDirtyLebitmap(words, ramOffset, pages, [DIRTY_MEMORY_MIGRATION]);
+    let reported = 0;
+    for (const log of deviceLogs) {
+      const taken = log.taken;
+      reported += takeLog(log, true, (i, lo, hi) => {
+        taken[i] = lo;
+        taken[i + 1] = hi;
+      });
+      xchg += dirtyMemory.setDirtyLebitmap(taken, ramOffset + log.start, log.pages, [DIRTY_MEMORY_MIGRATION]);
+      taken.fill(0);
+    }
+    if (allOnes !== undefined) {
+      reported += pages;
+      copy += words64;
+      xchg += dirtyMemory.setDirtyLebitmap(allOnes.words, ramOffset, pages, [DIRTY_MEMORY_MIGRATION]);
+    }
+    return { fresh: layerBToBmap(true), reported };
+  };
+
+  const syncRwlock = (): { fresh: number; reported: number } => {
+    const l = lock as RWLock;
+    l.writeLock();
+    try {
+      const blocks = dirtyMemory.blocks(DIRTY_MEMORY_MIGRATION);
+      const words = slotBmap.words;
+      for (let i = 0; i < words.length; i += 2) {
+        copy++;
+        const lo = words[i] as number;
+        const hi = words[i + 1] as number;
+        if (lo !== 0) orLayerBPlain(blocks, ramOffset + i * 32, lo);
+        if (hi !== 0) orLayerBPlain(blocks, ramOffset + (i + 1) * 32, hi);
+      }
+      let reported = 0;
+      for (const log of deviceLogs) {
+        const base = ramOffset + log.start;
+        reported += takeLog(log, false, (i, lo, hi) => {
+          if (lo !== 0) orLayerBPlain(blocks, base + i * 32, lo);
+          if (hi !== 0) orLayerBPlain(blocks, base + (i + 1) * 32, hi);
+        });
+      }
+      if (allOnes !== undefined) {
+        reported += pages;
+        const ones = allOnes.words;
+        for (let i = 0; i < ones.length; i += 2) {
+          copy++;
+          orLayerBPlain(blocks, ramOffset + i * 32, ones[i] as number);
+          orLayerBPlain(blocks, ramOffset + (i + 1) * 32, ones[i + 1] as number);
+        }
+      }
+      return { fresh: layerBToBmap(false), reported };
+    } finally {
+      l.writeUnlock();
+    }
+  };
+
+  const syncFused = (): { fresh: number; reported: number } => {
+    const words = slotBmap.words;
+    let fresh = 0;
+    for (let i = 0; i < words.length; i += 2) {
+      copy++;
+      const lo = words[i] as number;
+      const hi = words[i + 1] as number;
+      if (lo === 0 && hi === 0) continue;
+      if (lo !== 0) fresh += orBmap(i, lo);
+      if (hi !== 0) fresh += orBmap(i + 1, hi);
+    }
+    let reported = 0;
+    for (const log of deviceLogs) {
+      const start = log.start;
+      reported += takeLog(log, true, (i, lo, hi) => {
+        if (lo !== 0) fresh += orBmapAt(start + i * 32, lo);
+        if (hi !== 0) fresh += orBmapAt(start + (i + 1) * 32, hi);
+      });
+    }
+    if (allOnes !== undefined) {
+      reported += pages;
+      const ones = allOnes.words;
+      for (let i = 0; i < ones.length; i += 2) {
+        copy++;
+        fresh += orBmap(i, ones[i] as number) + orBmap(i + 1, ones[i + 1] as number);
+      }
+    }
+    return { fresh, reported };
+  };
+
+  const layers: QemuLayers = {
+    pages,
+    bmap,
+    strategy,
+    dirtyMemory,
+    clearBmap,
+    clearBitmapShift: shift,
+    lock,
+    summary,
+    get dirtyPages() {
+      return dirtyPages;
+    },
+    setup() {
+      if (active) throw fail('setup: migration bitmap already set up');
+      const armed = logging.enableLogging(slot);
+      active = true;
+      bmap.setAll();
+      dirtyPages = pages;
+      if (summary !== undefined) {
+        summary.fill(0);
+        for (let k = 0; k < words64; k++) summary[k >>> 5] = (summary[k >>> 5] as number) | (1 << (k & 31));
+      }
+      return armed * costs.enableLoggingNsPerPage;
+    },
+    sync(): SyncResult {
+      if (!active) throw fail('sync: call setup() first');
+      xchg = 0;
+      copy = 0;
+      // Layer A: KVM_GET_DIRTY_LOG into the slot's dirty_bmap.
+      let reported = source.getDirtyLog(slot.id, slotBmap);
+      const harvest = source.lastHarvestCost();
+      const moved = strategy === 'xchg' ? syncXchg() : strategy === 'fused' ? syncFused() : syncRwlock();
+      reported += moved.reported;
+      dirtyPages += moved.fresh;
+      // clear_bmap_set over the block: the producer bits just synced still need clearing.
+      if (manualProtect) clearBmap.setAll();
+      syncs++;
+      xchgTotal += xchg;
+      copyTotal += copy;
+      const costNs = price(harvest) + xchg * costs.bitmapXchgNsPerWord + copy * costs.bitmapCopyNsPerWord;
+      return { newDirty: moved.fresh, reported, costNs };
+    },
+    clearSent(word, mask) {
+      const w = bmap.words[word];
+      if (w === undefined || (w & mask) >>> 0 !== mask >>> 0) {
+        throw new DirtytrackError(
+          'internal',
+          `clearSent: word ${word} does not hold all of mask 0x${(mask >>> 0).toString(16)}`,
+          { component: COMPONENT },
+        );
+      }
+      if (mask === 0) return;
+      // migration_clear_memory_region_dirty_bitmap: must precede reading any page of the chunk.
+      const chunk = Math.floor((word * 32) / chunkPages);
+      if (manualProtect && clearBmap.testAndClear(chunk)) clearChunk(chunk);
+      const nw = w & ~mask;
+      bmap.words[word] = nw;
+      dirtyPages -= popcount32(mask);
+      if (summary !== undefined) {
+        const other = bmap.words[word ^ 1] ?? 0;
+        if (nw === 0 && other === 0) {
+          const k = word >>> 1;
+          summary[k >>> 5] = (summary[k >>> 5] as number) & ~(1 << (k & 31));
+        }
+      }
+    },
+    cleanup() {
+      if (active) logging.disableLogging(slot.id);
+      active = false;
+    },
+    findNextDirty(from = 0) {
+      if (summary === undefined) return bmap.findNextSet(from);
+      if (!(from >= 0) || from >= pages) return -1;
+      let k = Math.floor(from / 64);
+      // Finish the partial 64-bit word first, then jump through the summary.
+      for (;;) {
+        const sw = k >>> 5;
+        if (sw >= summary.length) return -1;
+        const bits = (summary[sw] as number) & (0xffffffff << (k & 31));
+        if (bits === 0) {
+          k = (sw + 1) * 32;
+          continue;
+        }
+        k = sw * 32 + (31 - Math.clz32(bits & -bits));
+        const p = bmap.findNextSet(Math.max(from, k * 64));
+        if (p >= 0 && p < (k + 1) * 64) return p;
+        k++;
+      }
+    },
+    stats() {
+      return {
+        syncs,
+        xchgWords: xchgTotal,
+        copiedWords: copyTotal,
+        lazyClears,
+        clearedPages,
+        clearCostNs,
+      };
+    },
+  };
+
+  /**
+   * `migration_clear_memory_region_dirty_bitmap` → `kvm_log_clear_one_slot`: clear, in the
+   * producer, only the pages the last sync reported in this chunk (64-aligned; the last chunk
+   * stops at the slot end), then drop them from the slot's dirty_bmap.
+   */
+  const clearChunk = (chunk: number): void => {
+    const clear = source.clearDirtyLog;
+    if (clear === undefined) return;
+    const first = chunk * chunkPages;
+    const n = Math.min(chunkPages, pages - first);
+    const src = slotBmap.words;
+    const dst = clearMask.words;
+    const w0 = first / 32;
+    const nw = Math.ceil(n / 64) * 2;
+    for (let j = 0; j < nw; j++) dst[j] = src[w0 + j] as number;
+    const rearmed = clear.call(source, slot.id, first, n, clearMask);
+    src.fill(0, w0, w0 + nw);
+    dst.fill(0, 0, nw);
+    const h = source.lastHarvestCost();
+    lazyClears++;
+    clearedPages += rearmed;
+    clearCostNs += price(h);
+  };
+
+  return layers;
+}
