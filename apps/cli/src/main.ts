@@ -94,17 +94,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         out?: string;
         markdown?: string;
       }) => {
-        const memory = usage('--memory', () => parseSize(opts.memory, '--memory'));
-        if (memory < 64 * 4096 || memory % (64 * 4096) !== 0) {
-          throw new UsageError(
-            '--memory',
-            `${opts.memory} must be a multiple of 256K (64 pages) and at least 256K`,
-          );
-        }
-        const reps = Number(opts.reps);
-        if (!Number.isInteger(reps) || reps < 1 || reps > 1000) {
-          throw new UsageError('--reps', `${JSON.stringify(opts.reps)} is not an integer in [1, 1000]`);
-        }
+        const { memory, reps } = benchSize(opts);
         const fractions = opts.fractions.split(',').map(Number);
         if (fractions.some((f) => !(f > 0 && f <= 1))) {
           throw new UsageError(
@@ -146,17 +136,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
     .option('--out <file>', 'also write the JSON result to a file')
     .option('--markdown <file>', 'also write the Markdown table to a file')
     .action((opts: { memory: string; reps: string; json?: boolean; out?: string; markdown?: string }) => {
-      const memory = usage('--memory', () => parseSize(opts.memory, '--memory'));
-      if (memory < 64 * 4096 || memory % (64 * 4096) !== 0) {
-        throw new UsageError(
-          '--memory',
-          `${opts.memory} must be a multiple of 256K (64 pages) and at least 256K`,
-        );
-      }
-      const reps = Number(opts.reps);
-      if (!Number.isInteger(reps) || reps < 1 || reps > 1000) {
-        throw new UsageError('--reps', `${JSON.stringify(opts.reps)} is not an integer in [1, 1000]`);
-      }
+      const { memory, reps } = benchSize(opts);
       const result = benchBitmap({
         memory,
         reps,
@@ -175,6 +155,22 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
     code = report(error, io);
   }
   return code;
+}
+
+/** The `--memory` and `--reps` every bench takes, validated. */
+function benchSize(opts: { memory: string; reps: string }): { memory: number; reps: number } {
+  const memory = usage('--memory', () => parseSize(opts.memory, '--memory'));
+  if (memory < 64 * 4096 || memory % (64 * 4096) !== 0) {
+    throw new UsageError(
+      '--memory',
+      `${opts.memory} must be a multiple of 256K (64 pages) and at least 256K`,
+    );
+  }
+  const reps = Number(opts.reps);
+  if (!Number.isInteger(reps) || reps < 1 || reps > 1000) {
+    throw new UsageError('--reps', `${JSON.stringify(opts.reps)} is not an integer in [1, 1000]`);
+  }
+  return { memory, reps };
 }
 
 /** Writes a result file; a failure is the user's path, reported as bad input on `flag`. */

@@ -1,8 +1,7 @@
+import { expectDirtytrackError } from '@dirtytrack/testkit';
 import {
   createRng,
   createVirtualClock,
-  DirtytrackError,
-  type DirtytrackErrorCode,
   NS_PER_MS,
   NS_PER_S,
   type LoggingControl,
@@ -33,26 +32,6 @@ import {
 
 const MiB = 2 ** 20;
 
-/** Runs `fn`, checks it throws a DirtytrackError from `component` (with `code`, matching `pattern`). */
-function expectDirtytrackError(
-  fn: () => unknown,
-  component: string,
-  code: DirtytrackErrorCode,
-  pattern?: RegExp,
-): DirtytrackError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(DirtytrackError);
-  const error = caught as DirtytrackError;
-  expect(error.component).toBe(component);
-  expect(error.code).toBe(code);
-  if (pattern !== undefined) expect(error.message).toMatch(pattern);
-  return error;
-}
 const C = 'dirty-rate';
 
 interface GuestOptions {
