@@ -1,7 +1,7 @@
 import { DirtytrackError } from './errors.js';
 
 /**
- * A seeded pseudo-random generator. Components never call `Math.random()`: they take an `Rng`,
+ * A seeded pseudo-random generator. Components never use the global random source: they take an `Rng`,
  * so the same seed gives the same run, byte for byte.
  */
 export interface Rng {
