@@ -1,23 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { run } from './__fixtures__/run.js';
-
-interface BenchJson {
-  memory: string;
-  pages: number;
-  'bitmap-bytes': number;
-  reps: number;
-  rows: {
-    'dirty-fraction': number;
-    'dirty-pages': number;
-    'bitmap-ms': number;
-    'bitmap-locked-ms': number;
-    'ring-ms': number;
-    'ring-vs-bitmap': number;
-    'atomic-vs-locked': number;
-    rings: number;
-  }[];
-  crossover: number | null;
-}
+import type { BitmapBenchResult } from './bench-bitmap.js';
+import type { ReportersBenchResult } from './bench-reporters.js';
 
 describe('dirtytrack bench reporters', () => {
   it('harvests the same dirty sets through bitmap and ring and prints one row per fraction', async () => {
@@ -34,7 +18,7 @@ describe('dirtytrack bench reporters', () => {
     );
     expect(out.stderr).toBe('');
     expect(out.code).toBe(0);
-    const r = JSON.parse(out.stdout) as BenchJson;
+    const r = JSON.parse(out.stdout) as ReportersBenchResult;
     expect(r.memory).toBe('64M');
     expect(r.pages).toBe(16384);
     expect(r['bitmap-bytes']).toBe(2048);
@@ -117,15 +101,7 @@ describe('dirtytrack bench bitmap', () => {
     const out = await run('bench', 'bitmap', '--memory', '64M', '--reps', '1', '--json');
     expect(out.stderr).toBe('');
     expect(out.code).toBe(0);
-    const r = JSON.parse(out.stdout) as {
-      memory: string;
-      'bitmap-bytes': number;
-      'memcpy-ms': number;
-      'xchg-ms': number;
-      'xchg-vs-memcpy': number;
-      strategies: Record<string, { ms: number }>;
-      'l1-xchg-vs-memcpy': number;
-    };
+    const r = JSON.parse(out.stdout) as BitmapBenchResult;
     expect(r.memory).toBe('64M');
     expect(r['bitmap-bytes']).toBe(2048);
     expect(Object.keys(r.strategies).sort()).toEqual(['fused', 'fused-1pct', 'rwlock-memcpy', 'xchg']);

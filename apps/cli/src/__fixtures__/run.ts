@@ -1,6 +1,8 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import type { MigrationInfo } from '@dirtytrack/migration';
 import { main } from '../main.js';
+import type { SimulateResult } from '../pipeline.js';
 
 /** What one `dirtytrack` invocation produced. */
 export interface RunResult {
@@ -58,41 +60,5 @@ export function spawnCli(...argv: string[]): Promise<RunResult> {
   });
 }
 
-/** The shape of `simulate --json` that the tests read (QEMU's query-migrate names). */
-export interface SimulateJson {
-  status: string;
-  'total-time': number;
-  downtime?: number;
-  'setup-time': number;
-  'expected-downtime': number;
-  ram: {
-    total: number;
-    transferred: number;
-    remaining: number;
-    normal: number;
-    duplicate: number;
-    'normal-bytes': number;
-    'dirty-sync-count': number;
-    'dirty-pages-rate': number;
-    mbps: number;
-    'page-size': number;
-    'precopy-bytes': number;
-    'downtime-bytes': number;
-  };
-  trajectory: {
-    sync: number;
-    time: number;
-    remaining: number;
-    'new-dirty-pages': number;
-    'dirty-rate': number;
-    transferred: number;
-    'sync-time': number;
-  }[];
-  dirtytrack: {
-    scenario: string;
-    seed: number;
-    'stop-reason': string;
-    pipeline: { workload: string; tracker: string; reporter: string; layers: string };
-    vcpu: { writes: number; faults: number; 'fault-time': number };
-  };
-}
+/** The shape of `simulate --json` (QEMU's query-migrate names plus dirtytrack's section). */
+export type SimulateJson = MigrationInfo & Pick<SimulateResult, 'dirtytrack'>;
