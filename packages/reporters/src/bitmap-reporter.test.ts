@@ -727,3 +727,32 @@ describe('worker threads: producers mark while this thread harvests (classic GET
     }
   });
 });
+
+describe('bitmap reporter: re-arm hint', () => {
+  it('hands the rearmer a touched-word list that covers every word of the mask, for GET and CLEAR', () => {
+    const pages = 4096;
+    const hints: { covered: boolean; count: number }[] = [];
+    const rearmer: Rearmer = {
+      rearm(_slot, mask, touched) {
+        const listed = new Set(touched ? [...touched.words.subarray(0, touched.count)] : []);
+        const covered = mask.words.every((w, i) => w === 0 || listed.has(i));
+        hints.push({ covered, count: touched?.count ?? -1 });
+        return mask.popcount();
+      },
+    };
+    const big = { id: 0, asId: 0, baseGfn: 0, pages };
+    const classic = createBitmapReporter({ rearmer, slots: [big] });
+    classic.markDirty(0, Uint32Array.of(1, 40, 70, 3000, 4095), 5, 0);
+    expect(classic.getDirtyLog(0, Bitmap.create(pages))).toBe(5);
+    const manual = createBitmapReporter({ rearmer, slots: [big], manualProtect: true });
+    manual.markDirty(0, Uint32Array.of(1, 40, 70, 3000, 4095), 5, 0);
+    const mask = Bitmap.create(pages);
+    mask.setAll();
+    expect(manual.clearDirtyLog(0, 0, pages, mask)).toBe(5);
+    // Four dirty 64-bit words (pages 1+40, 70, 3000, 4095): 8 listed 32-bit words each time.
+    expect(hints).toEqual([
+      { covered: true, count: 8 },
+      { covered: true, count: 8 },
+    ]);
+  });
+});

@@ -175,8 +175,21 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
     readonly live: Bitmap;
     /** KVM's second bitmap (`kvm_second_dirty_bitmap`): the re-arm mask of a CLEAR, all-zero between calls. */
     scratch: Bitmap | undefined;
+    /** Indices of the 32-bit words a re-arm mask may hold bits in (grown on demand, reused). */
+    touched: Uint32Array;
   }
   const slots = new Map<number, Slot>();
+  /** Appends 32-bit words `i` and `i + 1` to the slot's touched list at `n`; returns the new count. */
+  const touch = (s: Slot, n: number, i: number): number => {
+    if (n + 2 > s.touched.length) {
+      const grown = new Uint32Array(Math.min(s.live.words.length, s.touched.length * 2) + 2);
+      grown.set(s.touched.subarray(0, n));
+      s.touched = grown;
+    }
+    s.touched[n] = i;
+    s.touched[n + 1] = i + 1;
+    return n + 2;
+  };
   let last: HarvestCost = cost(0, 0, 0, 0);
 
   const slotOf = (slot: number, op: string): Slot => {
@@ -212,6 +225,7 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
     let lastTouched = -1;
     let xchgWords = 0;
     let pages = 0;
+    let nTouched = 0;
     try {
       for (let j = 0; j < n32; j += 2) {
         let lo = user[j] as number;
@@ -237,9 +251,12 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
         marks[i + 1] = hi;
         if (firstTouched < 0) firstTouched = i;
         lastTouched = i;
+        nTouched = touch(s, nTouched, i);
         pages += popcount32(lo) + popcount32(hi);
       }
-      const rearmedPages = pages > 0 ? rearmer.rearm(slot, scratch) : 0;
+      // The touched hint keeps the re-arm O(window), not O(slot).
+      const rearmedPages =
+        pages > 0 ? rearmer.rearm(slot, scratch, { words: s.touched, count: nTouched }) : 0;
       last = cost(xchgWords, n32 / 2, rearmedPages, pages > 0 ? 1 : 0);
       return pages;
     } finally {
@@ -276,7 +293,7 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
         live = Bitmap.create(slot.pages, { shared });
         if (initiallySet) live.setAll();
       }
-      slots.set(slot.id, { live, scratch: undefined });
+      slots.set(slot.id, { live, scratch: undefined, touched: new Uint32Array(64) });
     },
 
     markDirty(slot: number, offsets: Uint32Array, count: number) {
@@ -313,7 +330,8 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
     },
 
     getDirtyLog(slot: number, out: Bitmap) {
-      const { live } = slotOf(slot, 'getDirtyLog');
+      const s = slotOf(slot, 'getDirtyLog');
+      const { live } = s;
       if (out.bits !== live.bits) {
         throw fail(
           'invalid-argument',
@@ -333,6 +351,7 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
       return writeLocked(() => {
         let xchgWords = 0;
         let reported = 0;
+        let nTouched = 0;
         for (let i = 0; i < src.length; i += 2) {
           // KVM walks unsigned longs: one 64-bit word = two of our 32-bit words.
           let lo = src[i] as number;
@@ -349,11 +368,14 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
               if (hi !== 0) hi = Atomics.exchange(src, i + 1, 0);
             }
             reported += popcount32(lo) + popcount32(hi);
+            nTouched = touch(s, nTouched, i);
           }
           dst[i] = lo;
           dst[i + 1] = hi;
         }
-        const rearmedPages = reported > 0 ? rearmer.rearm(slot, out) : 0;
+        // The touched hint: the re-arm visits only the words just taken, not the whole slot again.
+        const rearmedPages =
+          reported > 0 ? rearmer.rearm(slot, out, { words: s.touched, count: nTouched }) : 0;
         last = cost(xchgWords, words64, rearmedPages, reported > 0 ? 1 : 0);
         return reported;
       });
