@@ -519,3 +519,19 @@ describe('collectInto xchg against concurrent setAtomic (worker_threads)', () =>
 function expectError(fn: () => unknown, code: DirtytrackErrorCode, component = 'bitmap'): DirtytrackError {
   return expectDirtytrackError(fn, code, component);
 }
+
+describe('collectInto stats', () => {
+  it('counts each non-zero 64-bit word once, whichever half holds bits', () => {
+    const src = Bitmap.create(256); // four 64-bit words
+    const dst = Bitmap.create(256);
+    src.set(0); // word 0, low half
+    src.set(40); // word 0, high half: same 64-bit word
+    src.set(100); // word 1, high half only
+    src.set(200); // word 3, low half
+    const stats = { words64: 5 };
+    expect(src.collectInto(dst, 'plain', stats)).toBe(4);
+    expect(stats.words64).toBe(5 + 3);
+    expect(src.popcount()).toBe(0);
+    expect([...dst.setBits()]).toEqual([0, 40, 100, 200]);
+  });
+});

@@ -152,14 +152,29 @@ export class Bitmap {
    * concurrent `setAtomic` on another thread lands either in this collection or stays for the
    * next one — never lost. `mode: 'plain'` uses ordinary loads and stores: correct only while
    * no other thread can set bits (the slides' rwlock proposal, with the write lock held).
+   *
+   * `stats.words64`, when given, is increased by the number of non-zero 64-bit (KVM) words
+   * taken, so callers that price the pass need not scan the bitmap a second time.
    */
-  collectInto(dst: Bitmap, mode: 'xchg' | 'plain' = 'xchg'): number {
+  collectInto(dst: Bitmap, mode: 'xchg' | 'plain' = 'xchg', stats?: { words64: number }): number {
     this.same(dst, 'collectInto');
     const src = this.words;
     const out = dst.words;
     let fresh = 0;
+    let words64 = 0;
+    let lowTaken = false;
     for (let i = 0; i < src.length; i++) {
-      if (src[i] === 0) continue;
+      if (src[i] === 0) {
+        if ((i & 1) === 0) lowTaken = false;
+        continue;
+      }
+      // A 64-bit word counts once: at its low half, or at its high half if the low one was zero.
+      if ((i & 1) === 0) {
+        lowTaken = true;
+        words64++;
+      } else if (!lowTaken) {
+        words64++;
+      }
       let w: number;
       if (mode === 'xchg') {
         w = Atomics.exchange(src, i, 0);
@@ -171,6 +186,7 @@ export class Bitmap {
       fresh += popcount32(w & ~old);
       out[i] = old | w;
     }
+    if (stats !== undefined) stats.words64 += words64;
     return fresh;
   }
 

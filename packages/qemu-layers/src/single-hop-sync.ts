@@ -66,10 +66,10 @@ export function createSingleHopSync(options: SingleHopSyncOptions): MigrationBit
       }
       const reported = source.getDirtyLog(slot.id, scratch);
       const harvest = source.lastHarvestCost();
-      let hopXchg = 0;
+      const hop = { words64: 0 };
+      const newDirty = scratch.collectInto(bmap, 'xchg', hop);
+      const hopXchg = hop.words64;
       const words = scratch.words;
-      for (let i = 0; i < words.length; i += 2) if (words[i] !== 0 || words[i + 1] !== 0) hopXchg++;
-      const newDirty = scratch.collectInto(bmap, 'xchg');
       dirtyPages += newDirty;
       const costNs =
         (harvest.xchgWords + hopXchg) * costs.bitmapXchgNsPerWord +
