@@ -1,48 +1,14 @@
 import type { Bitmap } from '@dirtytrack/core';
-import {
-  createCostModel,
-  createRWLock,
-  isDirtytrackError,
-  type DirtyLogSource,
-  type HarvestCost,
-  type LoggingControl,
-  type MemslotInfo,
-} from '@dirtytrack/core';
+import { createCostModel, createRWLock, isDirtytrackError, type MemslotInfo } from '@dirtytrack/core';
 import { createBitmapReporter } from '@dirtytrack/reporters';
 import { describe, expect, it } from 'vitest';
+import { logging, scripted } from './__fixtures__/scripted.js';
 import { DIRTY_MEMORY_MIGRATION } from './dirty-memory.js';
 import { createQemuLayers, SYNC_STRATEGIES, type SyncStrategy } from './qemu-layers.js';
 import { createVfioTracker } from './vfio-tracker.js';
 import { createVhostLog } from './vhost-log.js';
 
 const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 256 };
-
-/** A dirty-log source without manual protect that reports a scripted set of pages. */
-function scripted(): DirtyLogSource & { next: number[]; cost: HarvestCost } {
-  const src = {
-    kind: 'scripted',
-    next: [] as number[],
-    cost: { xchgWords: 0, copyWords: 4, rearmedPages: 0, tlbFlushes: 0, ringEntries: 0 } as HarvestCost,
-    getDirtyLog(_slot: number, out: Bitmap) {
-      out.clearAll();
-      for (const p of src.next) out.set(p);
-      const n = src.next.length;
-      src.next = [];
-      return n;
-    },
-    lastHarvestCost: () => src.cost,
-  };
-  return src;
-}
-
-const logging = (): LoggingControl & { on: number[] } => {
-  const on: number[] = [];
-  return {
-    on,
-    enableLogging: (s) => (on.push(s.id), s.pages),
-    disableLogging: (id) => void on.splice(on.indexOf(id), 1),
-  };
-};
 
 const costModel = createCostModel({
   bitmapXchgNsPerWord: 10,

@@ -1,39 +1,9 @@
-import type { Bitmap } from '@dirtytrack/core';
-import {
-  createCostModel,
-  type DirtyLogSource,
-  type HarvestCost,
-  type LoggingControl,
-} from '@dirtytrack/core';
+import { createCostModel } from '@dirtytrack/core';
 import { describe, expect, it } from 'vitest';
+import { logging, scripted } from './__fixtures__/scripted.js';
 import { createSingleHopSync } from './single-hop-sync.js';
 
 const slot = { id: 0, asId: 0, baseGfn: 0, pages: 256 };
-
-/** A dirty-log source that reports a scripted set of pages with a scripted cost. */
-function scripted(): DirtyLogSource & { next: number[]; cost: HarvestCost } {
-  const src = {
-    kind: 'scripted',
-    next: [] as number[],
-    cost: { xchgWords: 0, copyWords: 4, rearmedPages: 0, tlbFlushes: 0, ringEntries: 0 } as HarvestCost,
-    getDirtyLog(_slot: number, out: Bitmap) {
-      out.clearAll();
-      for (const p of src.next) out.set(p);
-      return src.next.length;
-    },
-    lastHarvestCost: () => src.cost,
-  };
-  return src;
-}
-
-const logging = (): LoggingControl & { on: number[] } => {
-  const on: number[] = [];
-  return {
-    on,
-    enableLogging: (s) => (on.push(s.id), s.pages),
-    disableLogging: (id) => void on.splice(on.indexOf(id), 1),
-  };
-};
 
 describe('single-hop sync', () => {
   const costModel = createCostModel({
