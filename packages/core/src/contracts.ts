@@ -213,8 +213,33 @@ export interface Workload {
    * Emits the writes the guest makes in virtual time `[fromNs, toNs)`, one batch per vCPU that
    * wrote. `speed` in [0, 1] scales the write rate (1 = full speed; a throttled or paused guest
    * writes less). Deterministic for a given seed and sequence of calls.
+   *
+   * `vcpuSpeeds`, when given, scales each vCPU's rate further (`vcpuSpeeds[v]` in [0, 1]): the
+   * per-vCPU throttle dirty-limit applies. (Added with the migration issue.)
    */
-  generate(fromNs: number, toNs: number, speed: number, emit: (batch: WriteBatch) => void): void;
+  generate(
+    fromNs: number,
+    toNs: number,
+    speed: number,
+    emit: (batch: WriteBatch) => void,
+    vcpuSpeeds?: Float64Array,
+  ): void;
+}
+
+/**
+ * What auto-converge and dirty-limit act on (reference/qemu.md §2.3, §2.4): the guest's vCPU
+ * speed, globally and per vCPU, and each vCPU's count of dirtied pages (QEMU's
+ * `cpu->dirty_pages`, which the dirty ring feeds). The model engine implements it; in virtual
+ * time a vCPU throttled by p % runs at (100 − p) % of its speed. (Added with the migration issue.)
+ */
+export interface VcpuThrottle {
+  readonly vcpus: number;
+  /** Fraction of full speed every vCPU runs at, in [0, 1] (auto-converge sets 1 − p/100). */
+  speed: number;
+  /** Sets vCPU `vcpu`'s own speed factor in [0, 1] (dirty-limit), applied on top of `speed`. */
+  setVcpuSpeed(vcpu: number, speed: number): void;
+  /** Pages vCPU `vcpu` has dirtied so far (writes that trapped into the tracker). */
+  vcpuDirtyPages(vcpu: number): number;
 }
 
 /**

@@ -10,6 +10,8 @@ const KEYS = [
   'tlbFlushNs',
   'writeFaultNs',
   'ringEntryNs',
+  'pageSendCopyNs',
+  'pageSendZeroCopyNs',
 ];
 
 function expectRejected(overrides: Record<string, unknown>, field: string): DirtytrackError {
@@ -45,6 +47,8 @@ describe('DEFAULT_COST_MODEL', () => {
       tlbFlushNs: 20_000,
       writeFaultNs: 1_500,
       ringEntryNs: 10,
+      pageSendCopyNs: 2_000,
+      pageSendZeroCopyNs: 500,
     });
     expect(Object.keys(DEFAULT_COST_MODEL)).toEqual(KEYS);
   });

@@ -45,6 +45,19 @@ export interface CostModel {
    * (a few cache-line touches, sequential in the ring).
    */
   readonly ringEntryNs: number;
+  /**
+   * Sending one 4 KiB page through a socket with a plain `sendmsg`: the user-to-kernel copy of
+   * the page plus the TCP stack's per-byte work, paid by the sending thread (the migration
+   * thread, or a multifd sender thread). Estimate: 2 µs, i.e. one thread tops out near 2 GB/s
+   * (≈16 Gbit/s) — the slides' "data copy bottleneck" that multifd and MSG_ZEROCOPY address.
+   */
+  readonly pageSendCopyNs: number;
+  /**
+   * Sending one 4 KiB page with `MSG_ZEROCOPY` (multifd `zero-copy-send`): no user-space copy,
+   * only pinning the page and reaping its completion from the socket's error queue. Estimate:
+   * 0.5 µs.
+   */
+  readonly pageSendZeroCopyNs: number;
 }
 
 /** The defaults documented on {@link CostModel}. */
@@ -56,6 +69,8 @@ export const DEFAULT_COST_MODEL: CostModel = Object.freeze({
   tlbFlushNs: 20_000,
   writeFaultNs: 1_500,
   ringEntryNs: 10,
+  pageSendCopyNs: 2_000,
+  pageSendZeroCopyNs: 500,
 });
 
 /** A cost model with `overrides` applied over the defaults; every cost must be finite and ≥ 0. */

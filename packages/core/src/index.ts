@@ -27,6 +27,7 @@ export type {
   Workload,
   Transport,
   Engine,
+  VcpuThrottle,
 } from './contracts.js';
 export { createCostModel, DEFAULT_COST_MODEL, type CostModel } from './cost-model.js';
 export {
