@@ -1,4 +1,10 @@
-export { createUniformWorkload, createSweepWorkload, type WorkloadOptions } from './workloads.js';
+export {
+  createUniformWorkload,
+  createSweepWorkload,
+  createHotSetWorkload,
+  type HotSetOptions,
+  type WorkloadOptions,
+} from './workloads.js';
 export {
   createModelEngine,
   createModelMemory,

@@ -63,6 +63,29 @@ describe('model engine', () => {
     expect(() => engine.runGuestUntil(0)).toThrow(/before now/);
     expect(() => (engine.speed = 2)).toThrow(/speed/);
   });
+
+  it("throttles vCPUs one by one (dirty-limit) and counts each one's dirtied pages", () => {
+    const clock = createVirtualClock();
+    const tracker = recordingTracker();
+    // 3 vCPUs × 10 pages/s each.
+    const workload = createSweepWorkload({ vcpus: 3, pages: 300, bytesPerSecond: 4096 * 10 });
+    const engine = createModelEngine({ clock, workload, tracker, memory: createModelMemory(300) });
+    expect(engine.vcpus).toBe(3);
+    engine.setVcpuSpeed(1, 0.5);
+    engine.setVcpuSpeed(2, 0);
+    engine.speed = 0.8;
+    engine.runGuestUntil(10 * NS_PER_S);
+    // 100 pages × 0.8 global × the vCPU's own factor.
+    expect([0, 1, 2].map((v) => engine.vcpuDirtyPages(v))).toEqual([80, 40, 0]);
+    expect(engine.vcpuSpeed(1)).toBe(0.5);
+    engine.setVcpuSpeed(1, 1);
+    engine.setVcpuSpeed(2, 1);
+    engine.speed = 1;
+    engine.runGuestUntil(11 * NS_PER_S);
+    expect([0, 1, 2].map((v) => engine.vcpuDirtyPages(v))).toEqual([90, 50, 10]);
+    expect(() => engine.setVcpuSpeed(3, 1)).toThrow(/vCPU 3/);
+    expect(() => engine.setVcpuSpeed(0, 1.5)).toThrow(/speed 1\.5/);
+  });
 });
 
 function defaults() {
@@ -74,6 +97,8 @@ function defaults() {
     tlbFlushNs: 0,
     writeFaultNs: 0,
     ringEntryNs: 0,
+    pageSendCopyNs: 0,
+    pageSendZeroCopyNs: 0,
   };
 }
 

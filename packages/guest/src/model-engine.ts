@@ -6,8 +6,10 @@ import {
   type CostModel,
   type Engine,
   type Tracker,
+  type VcpuThrottle,
   type VirtualClock,
   type Workload,
+  type WriteBatch,
 } from '@dirtytrack/core';
 
 /**
@@ -65,11 +67,13 @@ export interface ModelEngineStats {
   readonly ringFullExits: number;
 }
 
-export interface ModelEngine extends Engine {
+export interface ModelEngine extends Engine, VcpuThrottle {
   readonly plane: 'model';
   readonly clock: VirtualClock;
-  /** Fraction of full speed the vCPUs run at (auto-converge and dirty-limit lower it). */
+  /** Fraction of full speed every vCPU runs at (auto-converge lowers it). Default 1. */
   speed: number;
+  /** vCPU `vcpu`'s own speed factor, applied on top of `speed` (dirty-limit lowers it). Default 1. */
+  vcpuSpeed(vcpu: number): number;
   stats(): ModelEngineStats;
 }
 
@@ -88,9 +92,22 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
   let speed = 1;
   let ringFullExits = 0;
   const ring = options.ring;
+  const vcpus = workload.vcpus;
+  const vcpuSpeeds = new Float64Array(vcpus).fill(1);
+  let anyVcpuSlowed = false;
+  const vcpuFaults = new Float64Array(vcpus);
+  const checkVcpu = (vcpu: number): void => {
+    if (!(Number.isInteger(vcpu) && vcpu >= 0 && vcpu < vcpus)) {
+      throw new DirtytrackError('out-of-range', `vCPU ${vcpu} is not in [0, ${vcpus})`, {
+        component: 'model-engine',
+      });
+    }
+  };
   const feed = (vcpu: number, slot: number, offsets: Uint32Array, count: number): void => {
     if (ring === undefined) {
-      faults += tracker.write(vcpu, slot, offsets, count);
+      const trapped = tracker.write(vcpu, slot, offsets, count);
+      faults += trapped;
+      vcpuFaults[vcpu] = (vcpuFaults[vcpu] as number) + trapped;
       return;
     }
     // Each write dirties at most one page, so `room` writes can never overflow the ring.
@@ -107,7 +124,9 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
         }
       }
       const take = Math.min(room, count - done);
-      faults += tracker.write(vcpu, slot, offsets.subarray(done, done + take), take);
+      const trapped = tracker.write(vcpu, slot, offsets.subarray(done, done + take), take);
+      faults += trapped;
+      vcpuFaults[vcpu] = (vcpuFaults[vcpu] as number) + trapped;
       done += take;
     }
   };
@@ -128,6 +147,25 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
       }
       speed = value;
     },
+    vcpus,
+    vcpuSpeed(vcpu) {
+      checkVcpu(vcpu);
+      return vcpuSpeeds[vcpu] as number;
+    },
+    setVcpuSpeed(vcpu, value) {
+      checkVcpu(vcpu);
+      if (!(value >= 0 && value <= 1)) {
+        throw new DirtytrackError('invalid-argument', `vCPU ${vcpu} speed ${value} is not in [0, 1]`, {
+          component: 'model-engine',
+        });
+      }
+      vcpuSpeeds[vcpu] = value;
+      anyVcpuSlowed = vcpuSpeeds.some((x) => x !== 1);
+    },
+    vcpuDirtyPages(vcpu) {
+      checkVcpu(vcpu);
+      return vcpuFaults[vcpu] as number;
+    },
     runGuestUntil(untilNs) {
       const from = clock.now();
       if (untilNs < from) {
@@ -140,7 +178,7 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
         );
       }
       if (running && untilNs > from) {
-        workload.generate(from, untilNs, speed, (batch) => {
+        const emit = (batch: WriteBatch): void => {
           const { offsets, count } = batch;
           for (let i = 0; i < count; i++) {
             const p = offsets[i] as number;
@@ -148,7 +186,9 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
           }
           writes += count;
           feed(batch.vcpu, batch.slot, offsets, count);
-        });
+        };
+        if (anyVcpuSlowed) workload.generate(from, untilNs, speed, emit, vcpuSpeeds);
+        else workload.generate(from, untilNs, speed, emit);
       }
       clock.advanceTo(untilNs);
     },

@@ -1,6 +1,10 @@
 import { createRng, NS_PER_MS, NS_PER_S, type WriteBatch } from '@dirtytrack/core';
 import { describe, expect, it } from 'vitest';
-import { createSweepWorkload, createUniformWorkload } from './workloads.js';
+import fc from 'fast-check';
+import { createHotSetWorkload, createSweepWorkload, createUniformWorkload } from './workloads.js';
+
+const PROPERTY_SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261125);
+const HOT_COUNT_SEED_3 = 36_014;
 
 function collect(w: ReturnType<typeof createSweepWorkload>, from: number, to: number, speed = 1) {
   const out: { vcpu: number; slot: number; offsets: number[] }[] = [];
@@ -69,5 +73,113 @@ describe('uniform workload', () => {
     expect(a).not.toEqual(c);
     expect(a.map((x) => x.offsets.length)).toEqual([1000, 1000, 1000]);
     for (const batch of a) for (const p of batch.offsets) expect(p >= 4096 && p < 4096 + 512).toBe(true);
+  });
+});
+
+describe('per-vCPU speeds', () => {
+  it('scale each vCPU on top of the global speed, and the carry keeps the rate exact', () => {
+    const w = createSweepWorkload({ vcpus: 3, pages: 300, bytesPerSecond: 4096 * 100 });
+    const speeds = Float64Array.of(1, 0.5, 0);
+    const counts = [0, 0, 0];
+    for (let t = 0; t < 10; t++) {
+      w.generate(
+        t * 100 * NS_PER_MS,
+        (t + 1) * 100 * NS_PER_MS,
+        0.5,
+        (b) => (counts[b.vcpu] = (counts[b.vcpu] as number) + b.count),
+        speeds,
+      );
+    }
+    // 1 s at 100 pages/s × 0.5 global: 50, 25 and 0 writes.
+    expect(counts).toEqual([50, 25, 0]);
+    expect(() => w.generate(0, 1, 1, () => {}, Float64Array.of(1))).toThrow(/3 vCPUs/);
+  });
+});
+
+describe('hot-set workload', () => {
+  const make = (seed: number, extra: { hotFraction?: number; hotWriteFraction?: number } = {}) =>
+    createHotSetWorkload({
+      vcpus: 2,
+      pages: 1 << 16,
+      bytesPerSecond: 4096 * 20_000,
+      offset: 1000,
+      workingSet: 10_000,
+      rng: createRng(seed),
+      ...extra,
+    });
+
+  it('sends the hot write fraction to the first hot-fraction pages of the working set', () => {
+    // Defaults: 10 % hot (pages 1000..1999), 90 % of writes there.
+    const batches = collect(make(3), 0, NS_PER_S);
+    expect(batches.map((b) => b.offsets.length)).toEqual([20_000, 20_000]);
+    let hot = 0;
+    let total = 0;
+    for (const b of batches) {
+      for (const p of b.offsets) {
+        expect(p >= 1000 && p < 11_000).toBe(true);
+        if (p < 2000) hot++;
+        total++;
+      }
+    }
+    // Binomial(40000, 0.9): mean 36000, sd 60; the seeded draw gives exactly this count.
+    expect(hot).toBe(HOT_COUNT_SEED_3);
+    expect(Math.abs(hot - 36_000)).toBeLessThan(300);
+    expect(total).toBe(40_000);
+  });
+
+  it('is reproducible per seed and differs across seeds', () => {
+    expect(collect(make(5), 0, NS_PER_S)).toEqual(collect(make(5), 0, NS_PER_S));
+    expect(collect(make(5), 0, NS_PER_S)).not.toEqual(collect(make(6), 0, NS_PER_S));
+  });
+
+  it('all-hot and never-hot extremes stay in their sets', () => {
+    const allHot = collect(make(1, { hotFraction: 1 }), 0, NS_PER_MS * 10);
+    for (const b of allHot) for (const p of b.offsets) expect(p >= 1000 && p < 11_000).toBe(true);
+    const cold = collect(make(1, { hotWriteFraction: 0 }), 0, NS_PER_MS * 10);
+    for (const b of cold) for (const p of b.offsets) expect(p >= 2000 && p < 11_000).toBe(true);
+    const hotOnly = collect(make(1, { hotWriteFraction: 1, hotFraction: 0.0001 }), 0, NS_PER_MS * 10);
+    for (const b of hotOnly) for (const p of b.offsets) expect(p).toBe(1000);
+  });
+
+  it('rejects fractions outside their ranges, naming the field', () => {
+    expect(() => make(1, { hotFraction: 0 })).toThrow(/workload\.hot-fraction/);
+    expect(() => make(1, { hotWriteFraction: 1.5 })).toThrow(/workload\.hot-write-fraction/);
+  });
+
+  it('property: every write lands in the working set, hot writes in the hot set (seed printed on failure)', () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          seed: fc.nat(),
+          ws: fc.integer({ min: 1, max: 5000 }),
+          hf: fc.double({ min: 0.001, max: 1, noNaN: true }),
+          hw: fc.double({ min: 0, max: 1, noNaN: true }),
+        }),
+        (c) => {
+          const w = createHotSetWorkload({
+            vcpus: 1,
+            pages: 10_000,
+            bytesPerSecond: 4096 * 500,
+            offset: 7,
+            workingSet: c.ws,
+            hotFraction: c.hf,
+            hotWriteFraction: c.hw,
+            rng: createRng(c.seed),
+          });
+          const hotPages = Math.min(c.ws, Math.max(1, Math.round(c.ws * c.hf)));
+          let n = 0;
+          w.generate(0, NS_PER_S, 1, (b) => {
+            for (let i = 0; i < b.count; i++) {
+              const p = b.offsets[i] as number;
+              if (!(p >= 7 && p < 7 + c.ws)) throw new Error(`page ${p} outside the working set`);
+              if (c.hw === 1 && p >= 7 + hotPages) throw new Error(`page ${p} outside the hot set`);
+              n++;
+            }
+          });
+          expect(n).toBe(500);
+        },
+      ),
+      { numRuns: 60, seed: PROPERTY_SEED },
+    );
   });
 });
