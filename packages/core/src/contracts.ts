@@ -259,6 +259,11 @@ export interface Transport {
   transmit(bytes: number, atNs: number): number;
   /** Total bytes carried so far. */
   readonly bytesSent: number;
+  /**
+   * Model plane: when the link drops (ns). A transmission still in flight then fails with a
+   * `DirtytrackError` whose errno is `EPIPE`. Absent = never. (Added with the migration issue.)
+   */
+  readonly downAtNs?: number;
 }
 
 /**
