@@ -14,12 +14,38 @@ export interface MigrationInfo {
   'setup-time': number;
   /** `dirty_bytes_last_sync / bandwidth`: what the downtime would be if switching over now (ms). */
   'expected-downtime': number;
+  /**
+   * Auto-converge's current throttle, % (only with the capability). 0 once the migration has
+   * ended, as in QEMU; each sync's value is in the trajectory.
+   */
+  'cpu-throttle-percentage'?: number;
+  /** Dirty-limit: the largest per-vCPU sleep per ring-full exit, µs (only with the capability). */
+  'dirty-limit-throttle-time-per-round'?: number;
+  /** Dirty-limit: µs to fill a ring at the vCPUs' mean measured rate (only with the capability). */
+  'dirty-limit-ring-full-time'?: number;
+  /** Why the migration failed (only when `failed`). */
+  'error-desc'?: string;
   ram: RamInfo;
   /** One entry per dirty sync, in order (`ram.dirty-sync-count` entries). */
   trajectory: TrajectoryEntry[];
 }
 
-export type MigrationStatus = 'setup' | 'active' | 'completed' | 'failed' | 'cancelled';
+/** QEMU's MigrationStatus values this model reaches (reference/qemu.md §7). */
+export type MigrationStatus =
+  'setup' | 'active' | 'pre-switchover' | 'device' | 'completed' | 'cancelling' | 'cancelled' | 'failed';
+
+/** A status change (QEMU's MIGRATION event), with what a test checks at that point. */
+export interface StatusEvent {
+  status: MigrationStatus;
+  /** Milliseconds since the start of migration. */
+  time: number;
+  /** `ram.remaining` at that moment (bytes). */
+  remaining: number;
+  /** With auto-converge: the throttle at that moment. */
+  'cpu-throttle-percentage'?: number;
+  /** With dirty-limit: the largest per-vCPU sleep at that moment (µs). */
+  'dirty-limit-throttle-time-per-round'?: number;
+}
 
 export interface RamInfo {
   /** Bytes put on the wire, all record headers included. */
@@ -44,6 +70,10 @@ export interface RamInfo {
   'precopy-bytes': number;
   /** Bytes sent while the guest was stopped. */
   'downtime-bytes': number;
+  /** Bytes the multifd channels sent: handshakes, packet headers, payload, SYNC packets (multifd only). */
+  'multifd-bytes'?: number;
+  /** Zero-copy sends that fell back to copying (zero-copy-send only; the model never falls back). */
+  'dirty-sync-missed-zero-copy'?: number;
 }
 
 export interface TrajectoryEntry {
@@ -61,4 +91,8 @@ export interface TrajectoryEntry {
   transferred: number;
   /** Migration-thread time this sync took (ms). */
   'sync-time': number;
+  /** With auto-converge: the throttle right after this sync (%). */
+  'cpu-throttle-percentage'?: number;
+  /** With dirty-limit: the largest per-vCPU sleep right after this sync (µs). */
+  'dirty-limit-throttle-time-per-round'?: number;
 }

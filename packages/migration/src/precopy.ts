@@ -1,29 +1,82 @@
 import {
+  DEFAULT_COST_MODEL,
   DirtytrackError,
+  isDirtytrackError,
   NS_PER_MS,
   PAGE_SIZE,
   popcount32,
   type Bitmap,
+  type CostModel,
   type Engine,
   type MigrationBitmap,
   type Transport,
+  type VcpuThrottle,
 } from '@dirtytrack/core';
-import type { MigrationInfo, MigrationStatus, TrajectoryEntry } from './migration-info.js';
+import {
+  createThrottleTrigger,
+  DEFAULT_AUTO_CONVERGE_PARAMETERS,
+  nextThrottle,
+  type AutoConvergeParameters,
+} from './auto-converge.js';
+import {
+  createDirtyLimiter,
+  DEFAULT_DIRTY_LIMIT_PARAMETERS,
+  type DirtyLimiter,
+  type DirtyLimitParameters,
+} from './dirty-limit.js';
+import type { MigrationInfo, MigrationStatus, StatusEvent, TrajectoryEntry } from './migration-info.js';
+import {
+  MULTIFD_FLUSH_RECORD,
+  MULTIFD_INIT_BYTES,
+  queuePages,
+  syncChannels,
+  type MultifdBatch,
+} from './multifd.js';
 
 /** `migrate-set-parameters` that precopy honours, with QEMU's names and defaults. */
-export interface PrecopyParameters {
+export interface PrecopyParameters extends AutoConvergeParameters, DirtyLimitParameters {
   /** B/s; QEMU's default 134,217,728 (128 MiB/s); 0 = unlimited (the link decides). */
   'max-bandwidth': number;
   /** ms the guest may be stopped at switchover; QEMU's default 300, range 0..2,000,000. */
   'downtime-limit': number;
-  /** `none` sends zero pages in full; anything else sends ZERO records. QEMU's default `multifd`. */
+  /**
+   * `none` sends zero pages in full; `legacy` sends ZERO records from the migration thread;
+   * `multifd` (QEMU's default) lets multifd put zero pages in its packets (legacy without multifd).
+   */
   'zero-page-detection': 'none' | 'legacy' | 'multifd';
+  /** Multifd sender channels (and threads). QEMU's default 2, range 1..255. */
+  'multifd-channels': number;
 }
 
 export const DEFAULT_PRECOPY_PARAMETERS: Readonly<PrecopyParameters> = Object.freeze({
   'max-bandwidth': 134_217_728,
   'downtime-limit': 300,
   'zero-page-detection': 'multifd',
+  'multifd-channels': 2,
+  ...DEFAULT_AUTO_CONVERGE_PARAMETERS,
+  ...DEFAULT_DIRTY_LIMIT_PARAMETERS,
+});
+
+/** `migrate-set-capabilities` that precopy honours; all off by default, as in QEMU. */
+export interface PrecopyCapabilities {
+  /** Throttle every vCPU when the guest dirties faster than the link drains (§2.3). */
+  'auto-converge': boolean;
+  /** Throttle each vCPU to `vcpu-dirty-limit` through its dirty ring (§2.4; needs the ring). */
+  'dirty-limit': boolean;
+  /** Send pages over `multifd-channels` channels in packets (§4). */
+  multifd: boolean;
+  /** Multifd pages go with MSG_ZEROCOPY: no user-space copy, pages pinned until the sync (§4). */
+  'zero-copy-send': boolean;
+  /** Stop at `pre-switchover` before the final copy; the model issues `migrate-continue` at once. */
+  'pause-before-switchover': boolean;
+}
+
+export const DEFAULT_PRECOPY_CAPABILITIES: Readonly<PrecopyCapabilities> = Object.freeze({
+  'auto-converge': false,
+  'dirty-limit': false,
+  multifd: false,
+  'zero-copy-send': false,
+  'pause-before-switchover': false,
 });
 
 /** Progress, reported about once per second of migration time. */
@@ -45,15 +98,49 @@ export interface PrecopyOptions {
   /** Which pages hold data; the rest go as ZERO records when zero-page detection is on. */
   nonzero: Bitmap;
   parameters?: Partial<PrecopyParameters>;
+  capabilities?: Partial<PrecopyCapabilities>;
+  /** What auto-converge and dirty-limit slow down (usually the engine itself). Needed by both. */
+  throttle?: VcpuThrottle;
+  /** The KVM dirty ring the guest's writes go through, if any; dirty-limit needs it. */
+  dirtyRing?: { entries: number };
+  /** Prices the page sends (copy vs zero-copy). Default {@link DEFAULT_COST_MODEL}. */
+  costModel?: CostModel;
+  /**
+   * Bytes the process may lock (`ulimit -l`). With zero-copy-send, the pages sent since the last
+   * multifd sync stay pinned until its flush; pinning more fails the migration with ENOBUFS.
+   * Default unlimited.
+   */
+  lockedMemory?: number;
+  /** `migrate_cancel` at this migration time (ns since the start); no effect once finished. */
+  cancelAtNs?: number;
   /** Give up (status stays `active`) after this much migration time (ns). */
   timeLimitNs: number;
   onProgress?: (progress: PrecopyProgress) => void;
+  /** Called at each status change (QEMU's MIGRATION event). */
+  onStatus?: (event: StatusEvent) => void;
 }
 
 /** Why the run stopped, beyond the QEMU status. */
 export interface PrecopyOutcome {
   info: MigrationInfo;
-  stopReason: 'converged' | 'time-limit';
+  stopReason: 'converged' | 'time-limit' | 'cancelled' | 'failed';
+  /** Every status change, in order, starting with `setup`. */
+  events: StatusEvent[];
+  /** Model-plane figures QEMU does not report. */
+  stats: PrecopyStats;
+}
+
+export interface PrecopyStats {
+  /** Sending threads' CPU time for pages (copy or zero-copy), ms, summed over threads. */
+  'send-cpu-time': number;
+  /** Multifd packets carrying pages (SYNC packets not included). */
+  'multifd-packets': number;
+  /** `multifd_ram_flush_and_sync` calls: setup, each round wrap, completion. */
+  'multifd-syncs': number;
+  /** Largest pinned memory zero-copy needed between two syncs (bytes). */
+  'zero-copy-peak-pinned': number;
+  /** Throttle steps auto-converge took, in order (%). */
+  'throttle-steps': number[];
 }
 
 /** QEMU's rate-limit window (BUFFER_DELAY). */
@@ -62,8 +149,20 @@ export const RATE_LIMIT_WINDOW_NS = 100 * NS_PER_MS;
 const RECORD_HEADER = 8;
 const NORMAL_RECORD = RECORD_HEADER + PAGE_SIZE;
 const ZERO_RECORD = RECORD_HEADER + 1;
-/** QEMU recomputes the dirty-page rate once a sync period exceeds 1 s. */
+/** QEMU recomputes the dirty-page rate (and runs the throttle trigger) once a sync period exceeds 1 s. */
 const DIRTY_RATE_PERIOD_NS = 1000 * NS_PER_MS;
+/** With auto-converge, a timer forces a sync when none happened for 5 s (9.2+). */
+const PERIODIC_SYNC_NS = 5000 * NS_PER_MS;
+
+/** A write to the link failed (the link dropped): the migration fails. */
+class LinkFailure extends Error {
+  constructor(
+    readonly atNs: number,
+    readonly desc: string,
+  ) {
+    super(desc);
+  }
+}
 
 /**
  * QEMU's precopy (reference/qemu.md §2): setup (enable logging, set every bit, first sync), then
@@ -71,18 +170,19 @@ const DIRTY_RATE_PERIOD_NS = 1000 * NS_PER_MS;
  * bandwidth estimate sets `threshold = bandwidth × downtime-limit`. When pending < threshold the
  * bitmap is synced exactly, and once pending ≤ threshold the guest stops, a final sync runs and
  * the rest is sent: that time is the downtime. A guest that dirties faster than the link stays
- * `active` until the time limit, as QEMU's non-converging migrations do.
+ * `active` until the time limit, as QEMU's non-converging migrations do — unless auto-converge
+ * or dirty-limit slow it down. Multifd sends pages in packets over several channels; a cancel
+ * or a dropped link ends the run `cancelled` or `failed` with the guest still running.
  */
 export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   const params = checkParameters({ ...DEFAULT_PRECOPY_PARAMETERS, ...options.parameters });
+  const caps = checkCapabilities({ ...DEFAULT_PRECOPY_CAPABILITIES, ...options.capabilities }, options);
   const { engine, bitmap, link, nonzero } = options;
   if (nonzero.bits !== bitmap.pages) {
     throw new DirtytrackError(
       'invalid-argument',
       `nonzero map covers ${nonzero.bits} pages, RAM has ${bitmap.pages}`,
-      {
-        component: 'precopy',
-      },
+      { component: 'precopy' },
     );
   }
   if (!(options.timeLimitNs > 0)) {
@@ -91,27 +191,141 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       field: 'time-limit',
     });
   }
+  const lockedMemory = options.lockedMemory ?? Infinity;
+  if (!(lockedMemory >= 0)) {
+    throw new DirtytrackError('invalid-argument', `locked-memory: ${lockedMemory} bytes must be >= 0`, {
+      component: 'precopy',
+      field: 'locked-memory',
+    });
+  }
+  const costs = options.costModel ?? DEFAULT_COST_MODEL;
   const clock = engine.clock;
-  const detectZero = params['zero-page-detection'] !== 'none';
+  const multifd = caps.multifd;
+  const channels = multifd ? params['multifd-channels'] : 1;
+  const zeroCopy = caps['zero-copy-send'];
+  // Who spots zero pages: the migration thread (ZERO records), multifd's senders, or nobody.
+  const zeroMode: 'record' | 'packet' | 'none' =
+    params['zero-page-detection'] === 'none'
+      ? 'none'
+      : multifd && params['zero-page-detection'] === 'multifd'
+        ? 'packet'
+        : 'record';
+  const pageSendNs = zeroCopy ? costs.pageSendZeroCopyNs : costs.pageSendCopyNs;
+  // The sending threads' page rate caps throughput: one migration thread, or one per channel.
+  const cpuBandwidth = pageSendNs > 0 ? (channels * PAGE_SIZE * 1e9) / pageSendNs : Infinity;
+  const effectiveBandwidth = Math.min(link.bandwidth, cpuBandwidth);
   const words = bitmap.bmap.words;
   const nz = nonzero.words;
   const start = clock.now();
+  const cancelAt = options.cancelAtNs === undefined ? Infinity : start + options.cancelAtNs;
   const trajectory: TrajectoryEntry[] = [];
+  const events: StatusEvent[] = [];
+  const throttle = options.throttle;
 
+  let status: MigrationStatus = 'setup';
   let transferred = 0;
   let precopyBytes = 0;
+  let multifdBytes = 0;
   let normal = 0;
   let duplicate = 0;
   let syncs = 0;
   let lastSyncEnd = start;
   let periodStart = start;
   let periodDirty = 0;
+  let bytesXferPrev = 0;
   let dirtyPagesRate = 0;
   let dirtyBytesLastSync = 0;
   let cursor = 0;
+  let sendCpuNs = 0;
+  let multifdSyncs = 0;
+  let pinned = 0;
+  let peakPinned = 0;
+  let throttlePct = 0;
+  const throttleSteps: number[] = [];
+  const batch: MultifdBatch = { fill: 0, packets: 0 };
+  const trigger = createThrottleTrigger(params['throttle-trigger-threshold']);
+  let limiter: DirtyLimiter | undefined;
+  let nextLimitTick = Infinity;
+  const limitPeriodNs = params['x-vcpu-dirty-limit-period'] * NS_PER_MS;
 
-  // The guest runs while the migration thread works for `ns`.
-  const work = (ns: number): void => engine.runGuestUntil(clock.now() + ns);
+  const setStatus = (next: MigrationStatus): void => {
+    status = next;
+    const event: StatusEvent = {
+      status: next,
+      time: ms(clock.now() - start),
+      remaining: bitmap.dirtyPages * PAGE_SIZE,
+      ...(caps['auto-converge'] ? { 'cpu-throttle-percentage': throttlePct } : {}),
+      ...(caps['dirty-limit']
+        ? { 'dirty-limit-throttle-time-per-round': limiter?.throttleTimePerRound() ?? 0 }
+        : {}),
+    };
+    events.push(event);
+    options.onStatus?.(event);
+  };
+
+  /** Runs the guest until `untilNs`, firing the dirty-limit thread's periods on the way. */
+  const advance = (untilNs: number): void => {
+    while (limiter !== undefined && nextLimitTick <= untilNs) {
+      engine.runGuestUntil(Math.max(clock.now(), nextLimitTick));
+      const l = limiter;
+      const t = throttle as VcpuThrottle;
+      l.tick((v) => t.vcpuDirtyPages(v), params['x-vcpu-dirty-limit-period']);
+      for (let v = 0; v < t.vcpus; v++) t.setVcpuSpeed(v, l.speedOf(v));
+      nextLimitTick += limitPeriodNs;
+    }
+    engine.runGuestUntil(Math.max(clock.now(), untilNs));
+  };
+  // The migration thread works for `ns` while the guest runs.
+  const work = (ns: number): void => advance(clock.now() + ns);
+
+  /** Puts `bytes` on the link now; returns when the last byte has left (link or CPU bound). */
+  const transmit = (bytes: number, normalPages: number): number => {
+    const now = clock.now();
+    const cpuNs = normalPages * pageSendNs;
+    sendCpuNs += cpuNs;
+    let linkDone: number;
+    try {
+      linkDone = link.transmit(bytes, now);
+    } catch (error) {
+      if (isDirtytrackError(error) && error.errno === 'EPIPE') {
+        throw new LinkFailure(
+          Math.max(now, link.downAtNs ?? now),
+          error.message.replace(/^\[[^\]]*\] \[[^\]]*\] /, ''),
+        );
+      }
+      throw error;
+    }
+    return Math.max(linkDone, now + cpuNs / channels);
+  };
+
+  const startThrottling = (dirtyBytes: number, dirtyThreshold: number): void => {
+    if (caps['auto-converge'] && throttle !== undefined) {
+      throttlePct = nextThrottle(throttlePct, params, dirtyBytes, dirtyThreshold);
+      throttleSteps.push(throttlePct);
+      throttle.speed = 1 - throttlePct / 100;
+    } else if (caps['dirty-limit'] && throttle !== undefined && limiter === undefined) {
+      // migration_dirty_limit_guest → set-vcpu-dirty-limit for every vCPU; the quota never
+      // changes during a run, so later triggers find it in service and do nothing.
+      const t = throttle;
+      limiter = createDirtyLimiter(
+        t.vcpus,
+        (options.dirtyRing as { entries: number }).entries,
+        params['vcpu-dirty-limit'],
+        (v) => t.vcpuDirtyPages(v),
+      );
+      nextLimitTick = clock.now() + limitPeriodNs;
+    }
+  };
+
+  const stopThrottling = (): void => {
+    throttlePct = 0;
+    if (throttle !== undefined && (caps['auto-converge'] || caps['dirty-limit'])) {
+      throttle.speed = 1;
+      for (let v = 0; v < throttle.vcpus; v++) throttle.setVcpuSpeed(v, 1);
+    }
+    limiter = undefined;
+    nextLimitTick = Infinity;
+  };
 
   const sync = (): void => {
     const r = bitmap.sync();
@@ -120,9 +334,15 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     const now = clock.now();
     periodDirty += r.newDirty;
     if (now - periodStart > DIRTY_RATE_PERIOD_NS) {
+      if (caps['auto-converge'] || caps['dirty-limit']) {
+        const dirtyBytes = periodDirty * PAGE_SIZE;
+        const fired = trigger({ dirtyBytes, xferBytes: transferred - bytesXferPrev });
+        if (fired !== undefined) startThrottling(dirtyBytes, fired);
+      }
       dirtyPagesRate = (periodDirty * 1e9) / (now - periodStart);
       periodStart = now;
       periodDirty = 0;
+      bytesXferPrev = transferred;
     }
     dirtyBytesLastSync = bitmap.dirtyPages * PAGE_SIZE;
     trajectory.push({
@@ -133,126 +353,258 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       'dirty-rate': now > lastSyncEnd ? round3((r.newDirty * 1e9) / (now - lastSyncEnd)) : 0,
       transferred,
       'sync-time': ms(r.costNs),
+      ...(caps['auto-converge'] ? { 'cpu-throttle-percentage': throttlePct } : {}),
+      ...(caps['dirty-limit']
+        ? { 'dirty-limit-throttle-time-per-round': limiter?.throttleTimePerRound() ?? 0 }
+        : {}),
     });
     lastSyncEnd = now;
   };
 
-  /** Sends dirty pages from the cursor on, clearing their bits, until `cap` bytes are reached. */
+  /** `multifd_ram_flush_and_sync` plus the main stream's MULTIFD_FLUSH: bytes to send. */
+  const multifdSync = (): number => {
+    multifdSyncs++;
+    const m = syncChannels(batch, channels);
+    multifdBytes += m;
+    // The zero-copy error queue is flushed at the sync: the pinned pages are released.
+    pinned = 0;
+    return m + MULTIFD_FLUSH_RECORD;
+  };
+
+  /** Bytes of `n` normal and `z` zero pages on the wire, queuing multifd packets. */
+  const pageBytes = (n: number, z: number): number => {
+    if (!multifd) return n * NORMAL_RECORD + z * ZERO_RECORD;
+    if (zeroMode === 'packet') {
+      const b = queuePages(batch, n, z);
+      multifdBytes += b;
+      return b;
+    }
+    const b = queuePages(batch, n, 0);
+    multifdBytes += b;
+    return b + z * ZERO_RECORD;
+  };
+
+  /**
+   * Sends dirty pages from the cursor on, clearing their bits, until `cap` bytes are reached.
+   * Returns the bytes and the normal pages (which cost the sending threads CPU).
+   */
+  let sentNormalPages = 0;
   const send = (cap: number): number => {
     let bytes = 0;
+    sentNormalPages = 0;
     while (bytes < cap && bitmap.dirtyPages > 0) {
       const w = words[cursor] as number;
       if (w === 0) {
-        cursor = cursor + 1 === words.length ? 0 : cursor + 1;
+        bytes += nextWord();
         continue;
       }
-      const data = detectZero ? w & (nz[cursor] as number) : w;
-      const full = popcount32(data) * NORMAL_RECORD + popcount32(w & ~data) * ZERO_RECORD;
+      const data = zeroMode === 'none' ? w : w & (nz[cursor] as number);
       let take = w;
-      if (bytes + full > cap) {
-        // Take pages one by one, lowest first, while under the cap (a page may overshoot it).
+      const fullN = popcount32(data);
+      const fullZ = popcount32(w & ~data);
+      let sentN = fullN;
+      let sentZ = fullZ;
+      let b: number;
+      if (cap === Infinity) {
+        b = pageBytes(fullN, fullZ);
+      } else {
+        // Page by page, lowest first, while under the cap (a page may overshoot it).
         take = 0;
+        sentN = 0;
+        sentZ = 0;
+        b = 0;
         let rest = w;
-        let b = bytes;
-        while (rest !== 0 && b < cap) {
+        while (rest !== 0 && bytes + b < cap) {
           const bit = rest & -rest;
           rest ^= bit;
           take |= bit;
-          b += (data & bit) !== 0 ? NORMAL_RECORD : ZERO_RECORD;
+          if ((data & bit) !== 0) {
+            sentN++;
+            b += pageBytes(1, 0);
+          } else {
+            sentZ++;
+            b += pageBytes(0, 1);
+          }
         }
       }
-      const sentNormal = popcount32(take & data);
-      const sentZero = popcount32(take & ~data);
-      bytes += sentNormal * NORMAL_RECORD + sentZero * ZERO_RECORD;
-      normal += sentNormal;
-      duplicate += sentZero;
+      bytes += b;
+      normal += sentN;
+      duplicate += sentZ;
+      sentNormalPages += sentN;
       bitmap.clearSent(cursor, take);
-      if (take === w) cursor = cursor + 1 === words.length ? 0 : cursor + 1;
+      if (zeroCopy) {
+        pinned += sentN * PAGE_SIZE;
+        if (pinned > peakPinned) peakPinned = pinned;
+        if (pinned > lockedMemory) {
+          transferred += bytes;
+          throw new LinkFailure(
+            clock.now(),
+            "Process can't lock enough memory for using MSG_ZEROCOPY (ENOBUFS)",
+          );
+        }
+      }
+      if (take === w) bytes += nextWord();
     }
     transferred += bytes;
     return bytes;
   };
 
-  // Setup: enable dirty logging and set every bit, then the first sync.
-  work(bitmap.setup());
-  sync();
-  const setupEnd = clock.now();
+  /** Moves the cursor to the next word; wrapping past the end of RAM ends a round. */
+  const nextWord = (): number => {
+    cursor++;
+    if (cursor < words.length) return 0;
+    cursor = 0;
+    return multifd ? multifdSync() : 0;
+  };
 
-  let windowStart = setupEnd;
-  let windowBytes = 0;
-  let threshold = 0;
-  let bandwidth = 0; // bytes per ms, QEMU's `bw`
-  let expectedDowntime = 0;
-  let mbps = 0;
-  let nextProgress = start;
-  let status: MigrationStatus = 'active';
+  const finish = (): void => {
+    bitmap.cleanup();
+    stopThrottling();
+  };
+
+  let setupEnd = start;
   let downtime: number | undefined;
   let downtimeBytes = 0;
+  let errorDesc: string | undefined;
+  let stopReason: PrecopyOutcome['stopReason'] = 'time-limit';
+  let expectedDowntime = 0;
+  let mbps = 0;
 
-  for (;;) {
-    const now = clock.now();
-    if (options.onProgress && now >= nextProgress) {
-      nextProgress = now + 1000 * NS_PER_MS;
-      options.onProgress({
-        timeNs: now - start,
-        transferred,
-        remaining: bitmap.dirtyPages * PAGE_SIZE,
-        total: bitmap.pages * PAGE_SIZE,
-        syncs,
-      });
+  setStatus('setup');
+  try {
+    // Setup: enable dirty logging and set every bit, then the first sync; multifd channels
+    // send their handshake and the first flush-and-sync.
+    work(bitmap.setup());
+    sync();
+    if (multifd) {
+      multifdBytes += channels * MULTIFD_INIT_BYTES;
+      const b = channels * MULTIFD_INIT_BYTES + multifdSync();
+      transferred += b;
+      precopyBytes += b;
+      advance(transmit(b, 0));
     }
-    if (now - start >= options.timeLimitNs) break;
-    if (bitmap.dirtyPages * PAGE_SIZE < threshold) sync();
-    if (bitmap.dirtyPages * PAGE_SIZE <= threshold) {
-      // Completion: stop the guest, final sync, send the rest.
-      const downtimeStart = clock.now();
-      engine.pause();
-      sync();
-      const bytes = send(Infinity);
-      downtimeBytes = bytes;
-      const lastByteOut = link.transmit(bytes, clock.now());
-      engine.runGuestUntil(lastByteOut + link.latencyNs);
-      downtime = clock.now() - downtimeStart;
-      status = 'completed';
-      break;
+    setupEnd = clock.now();
+    setStatus('active');
+
+    let windowStart = setupEnd;
+    let windowBytes = 0;
+    let threshold = 0;
+    let bandwidth = 0; // bytes per ms, QEMU's `bw`
+    let nextProgress = start;
+    let nextPeriodicSync = setupEnd + PERIODIC_SYNC_NS;
+    let syncsAtLastTick = 2;
+
+    for (;;) {
+      const now = clock.now();
+      if (options.onProgress && now >= nextProgress) {
+        nextProgress = now + 1000 * NS_PER_MS;
+        options.onProgress({
+          timeNs: now - start,
+          transferred,
+          remaining: bitmap.dirtyPages * PAGE_SIZE,
+          total: bitmap.pages * PAGE_SIZE,
+          syncs,
+        });
+      }
+      if (now >= cancelAt) {
+        setStatus('cancelling');
+        finish();
+        setStatus('cancelled');
+        stopReason = 'cancelled';
+        break;
+      }
+      if (now - start >= options.timeLimitNs) break;
+      if (bitmap.dirtyPages * PAGE_SIZE < threshold) sync();
+      if (bitmap.dirtyPages * PAGE_SIZE <= threshold) {
+        // Completion: stop the guest, [pre-switchover → device], final sync, send the rest.
+        const downtimeStart = clock.now();
+        engine.pause();
+        if (caps['pause-before-switchover']) {
+          setStatus('pre-switchover');
+          setStatus('device');
+        }
+        try {
+          sync();
+          let bytes = send(Infinity);
+          const pages = sentNormalPages;
+          if (multifd) {
+            const b = multifdSync();
+            transferred += b;
+            bytes += b;
+          }
+          downtimeBytes = bytes;
+          const lastByteOut = transmit(bytes, pages);
+          advance(lastByteOut + link.latencyNs);
+        } catch (error) {
+          // On failure the VM is restarted if it was running.
+          engine.resume();
+          throw error;
+        }
+        downtime = clock.now() - downtimeStart;
+        finish();
+        const end = clock.now();
+        const activeMs = (end - setupEnd) / NS_PER_MS;
+        mbps = activeMs > 0 ? (transferred * 8) / activeMs / 1000 : 0;
+        setStatus('completed');
+        stopReason = 'converged';
+        break;
+      }
+      const windowEnd = windowStart + RATE_LIMIT_WINDOW_NS;
+      const budget = params['max-bandwidth'] > 0 ? params['max-bandwidth'] / 10 - windowBytes : Infinity;
+      const room = (effectiveBandwidth * Math.max(0, windowEnd - clock.now())) / 1e9;
+      const cap = Math.min(budget, room);
+      let exhausted = true;
+      if (cap > 0) {
+        const bytes = send(cap);
+        windowBytes += bytes;
+        precopyBytes += bytes;
+        advance(transmit(bytes, sentNormalPages));
+        exhausted = bytes >= cap;
+      }
+      if (!exhausted && clock.now() < windowEnd) continue; // Round done early: sync next.
+      // Rate limit: wait out the window, then update the counters as migration_update_counters.
+      advance(Math.min(Math.max(clock.now(), windowEnd), Math.max(clock.now(), cancelAt)));
+      if (clock.now() < windowEnd) continue; // Cancelled inside the window.
+      const elapsedMs = (clock.now() - windowStart) / NS_PER_MS;
+      bandwidth = windowBytes / elapsedMs;
+      threshold = bandwidth * params['downtime-limit'];
+      mbps = (windowBytes * 8) / (elapsedMs / 1000) / 1e6;
+      if (dirtyPagesRate !== 0 && windowBytes > 10_000 && bandwidth > 0)
+        expectedDowntime = dirtyBytesLastSync / bandwidth;
+      windowStart = clock.now();
+      windowBytes = 0;
+      if (caps['auto-converge'] && clock.now() >= nextPeriodicSync) {
+        // cpu_throttle_dirty_sync_timer_tick: force a sync if none happened since the last tick.
+        if (syncs > 1 && syncs === syncsAtLastTick) sync();
+        syncsAtLastTick = syncs;
+        nextPeriodicSync += PERIODIC_SYNC_NS;
+      }
     }
-    const windowEnd = windowStart + RATE_LIMIT_WINDOW_NS;
-    const budget = params['max-bandwidth'] > 0 ? params['max-bandwidth'] / 10 - windowBytes : Infinity;
-    const linkRoom = (link.bandwidth * Math.max(0, windowEnd - clock.now())) / 1e9;
-    const cap = Math.min(budget, linkRoom);
-    let exhausted = true;
-    if (cap > 0) {
-      const bytes = send(cap);
-      windowBytes += bytes;
-      precopyBytes += bytes;
-      engine.runGuestUntil(link.transmit(bytes, clock.now()));
-      exhausted = bytes >= cap;
-    }
-    if (!exhausted && clock.now() < windowEnd) continue; // Round done early: sync next.
-    // Rate limit: wait out the window, then update the counters as migration_update_counters.
-    engine.runGuestUntil(Math.max(clock.now(), windowEnd));
-    const elapsedMs = (clock.now() - windowStart) / NS_PER_MS;
-    bandwidth = windowBytes / elapsedMs;
-    threshold = bandwidth * params['downtime-limit'];
-    mbps = (windowBytes * 8) / (elapsedMs / 1000) / 1e6;
-    if (dirtyPagesRate !== 0 && windowBytes > 10_000 && bandwidth > 0)
-      expectedDowntime = dirtyBytesLastSync / bandwidth;
-    windowStart = clock.now();
-    windowBytes = 0;
+  } catch (error) {
+    if (!(error instanceof LinkFailure)) throw error;
+    advance(error.atNs);
+    engine.resume();
+    finish();
+    errorDesc = error.desc;
+    setStatus('failed');
+    stopReason = 'failed';
   }
 
   const end = clock.now();
-  if (status === 'completed') {
-    bitmap.cleanup();
-    const activeMs = (end - setupEnd) / NS_PER_MS;
-    mbps = activeMs > 0 ? (transferred * 8) / activeMs / 1000 : 0;
-  }
   const info: MigrationInfo = {
     status,
     'total-time': ms(end - start),
     ...(downtime === undefined ? {} : { downtime: ms(downtime) }),
     'setup-time': ms(setupEnd - start),
     'expected-downtime': round3(expectedDowntime),
+    ...(caps['auto-converge'] ? { 'cpu-throttle-percentage': throttlePct } : {}),
+    ...(caps['dirty-limit']
+      ? {
+          'dirty-limit-throttle-time-per-round': limiter?.throttleTimePerRound() ?? 0,
+          'dirty-limit-ring-full-time': limiter?.ringFullTime() ?? 0,
+        }
+      : {}),
+    ...(errorDesc === undefined ? {} : { 'error-desc': errorDesc }),
     ram: {
       transferred,
       remaining: bitmap.dirtyPages * PAGE_SIZE,
@@ -266,10 +618,23 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       'page-size': PAGE_SIZE,
       'precopy-bytes': precopyBytes,
       'downtime-bytes': downtimeBytes,
+      ...(multifd ? { 'multifd-bytes': multifdBytes } : {}),
+      ...(zeroCopy ? { 'dirty-sync-missed-zero-copy': 0 } : {}),
     },
     trajectory,
   };
-  return { info, stopReason: status === 'completed' ? 'converged' : 'time-limit' };
+  return {
+    info,
+    stopReason,
+    events,
+    stats: {
+      'send-cpu-time': ms(sendCpuNs),
+      'multifd-packets': batch.packets,
+      'multifd-syncs': multifdSyncs,
+      'zero-copy-peak-pinned': peakPinned,
+      'throttle-steps': throttleSteps,
+    },
+  };
 }
 
 function checkParameters(p: PrecopyParameters): PrecopyParameters {
@@ -278,6 +643,11 @@ function checkParameters(p: PrecopyParameters): PrecopyParameters {
       component: 'precopy',
       field: `migration.parameters.${field}`,
     });
+  };
+  const intIn = (field: keyof PrecopyParameters, min: number, max: number): void => {
+    const v = p[field] as number;
+    if (!(Number.isInteger(v) && v >= min && v <= max))
+      fail(field, `${v} must be an integer in ${min}..${max}`);
   };
   if (!(Number.isFinite(p['max-bandwidth']) && p['max-bandwidth'] >= 0))
     fail('max-bandwidth', `${p['max-bandwidth']} must be >= 0 B/s (0 = unlimited)`);
@@ -291,7 +661,37 @@ function checkParameters(p: PrecopyParameters): PrecopyParameters {
   if (!['none', 'legacy', 'multifd'].includes(p['zero-page-detection'])) {
     fail('zero-page-detection', `${String(p['zero-page-detection'])} (accepted: none, legacy, multifd)`);
   }
+  intIn('multifd-channels', 1, 255);
+  intIn('throttle-trigger-threshold', 1, 100);
+  intIn('cpu-throttle-initial', 1, 99);
+  intIn('cpu-throttle-increment', 1, 99);
+  intIn('max-cpu-throttle', p['cpu-throttle-initial'], 99);
+  if (typeof p['cpu-throttle-tailslow'] !== 'boolean')
+    fail('cpu-throttle-tailslow', `${String(p['cpu-throttle-tailslow'])} (accepted: true, false)`);
+  intIn('x-vcpu-dirty-limit-period', 1, 1000);
+  if (!(Number.isInteger(p['vcpu-dirty-limit']) && p['vcpu-dirty-limit'] >= 1))
+    fail('vcpu-dirty-limit', `${p['vcpu-dirty-limit']} must be an integer >= 1 MB/s`);
   return p;
+}
+
+/** `migrate_caps_check`'s rules for the capabilities modelled here. */
+function checkCapabilities(c: PrecopyCapabilities, o: PrecopyOptions): PrecopyCapabilities {
+  const fail = (field: string, what: string): never => {
+    throw new DirtytrackError('invalid-config', `migration.capabilities.${field}: ${what}`, {
+      component: 'precopy',
+      field: `migration.capabilities.${field}`,
+    });
+  };
+  if (c['auto-converge'] && c['dirty-limit']) fail('dirty-limit', 'conflicts with auto-converge');
+  if (c['dirty-limit'] && o.dirtyRing === undefined)
+    fail('dirty-limit', 'needs the KVM dirty ring (reporter: ring)');
+  if ((c['auto-converge'] || c['dirty-limit']) && o.throttle === undefined)
+    fail(
+      c['auto-converge'] ? 'auto-converge' : 'dirty-limit',
+      'needs an engine whose vCPUs can be throttled',
+    );
+  if (c['zero-copy-send'] && !c.multifd) fail('zero-copy-send', 'needs multifd');
+  return c;
 }
 
 function ms(ns: number): number {

@@ -5,12 +5,15 @@ export interface SimLinkOptions {
   bandwidth: number;
   /** One-way latency in ns. Default 0. */
   latencyNs?: number;
+  /** The link drops at this time (ns): a transmission not finished by then fails (EPIPE). Default never. */
+  dropAtNs?: number;
 }
 
 /**
  * The model plane's link: a FIFO pipe of fixed bandwidth and latency. A transmission starts when
  * both the caller is ready and the previous one has left, and occupies the link for
- * `bytes / bandwidth`. Loss and scheduled drops arrive with the migration issue.
+ * `bytes / bandwidth`. With `dropAtNs` the link goes down then, and a transmission that has
+ * not finished by then fails with `EPIPE`, as a write to a dead socket does.
  */
 export function createSimLink(options: SimLinkOptions): Transport {
   const { bandwidth } = options;
@@ -35,12 +38,20 @@ export function createSimLink(options: SimLinkOptions): Transport {
       },
     );
   }
+  const dropAtNs = options.dropAtNs;
+  if (dropAtNs !== undefined && !(dropAtNs >= 0)) {
+    throw new DirtytrackError('invalid-argument', `link.drop-at: ${dropAtNs} ns must be >= 0`, {
+      component: 'sim-link',
+      field: 'link.drop-at',
+    });
+  }
   let freeAt = 0;
   let bytesSent = 0;
   return {
     kind: 'sim',
     bandwidth,
     latencyNs,
+    ...(dropAtNs === undefined ? {} : { downAtNs: dropAtNs }),
     get bytesSent() {
       return bytesSent;
     },
@@ -49,7 +60,15 @@ export function createSimLink(options: SimLinkOptions): Transport {
         throw new DirtytrackError('invalid-argument', `transmit: ${bytes} bytes`, { component: 'sim-link' });
       }
       const start = Math.max(atNs, freeAt);
-      freeAt = start + (bytes * NS_PER_S) / bandwidth;
+      const end = start + (bytes * NS_PER_S) / bandwidth;
+      if (dropAtNs !== undefined && end > dropAtNs) {
+        throw new DirtytrackError(
+          'invalid-state',
+          `Unable to write to socket: Broken pipe (link dropped at ${dropAtNs / 1e6} ms)`,
+          { component: 'sim-link', errno: 'EPIPE' },
+        );
+      }
+      freeAt = end;
       bytesSent += bytes;
       return freeAt;
     },
