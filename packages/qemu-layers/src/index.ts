@@ -30,6 +30,16 @@ export {
   type SyncStrategy,
 } from './qemu-layers.js';
 export {
+  createDirtyLogBuffer,
+  createSwapDirtyLog,
+  isSwappableDirtyLog,
+  zeroBuffer,
+  type DirtyLogBuffer,
+  type SwapDirtyLog,
+  type SwapDirtyLogOptions,
+  type SwappableDirtyLog,
+} from './swap-dirty-log.js';
+export {
   attachVhostLog,
   createVhostLog,
   VHOST_LOG_CHUNK,

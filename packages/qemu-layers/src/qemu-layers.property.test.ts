@@ -2,7 +2,8 @@ import { createRWLock, type Bitmap, type LoggingControl, type MemslotInfo } from
 import { createBitmapReporter } from '@dirtytrack/reporters';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { createQemuLayers, SYNC_STRATEGIES, type QemuLayers } from './qemu-layers.js';
+import { createQemuLayers, SYNC_STRATEGIES, type QemuLayers, type SyncStrategy } from './qemu-layers.js';
+import { createSwapDirtyLog } from './swap-dirty-log.js';
 import { createVfioTracker } from './vfio-tracker.js';
 import { createVhostLog } from './vhost-log.js';
 
@@ -53,9 +54,16 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 const noLogging: LoggingControl = { enableLogging: (s) => s.pages, disableLogging: () => undefined };
 const rearmer = { rearm: (_slot: number, mask: Bitmap) => mask.popcount() };
 
-function world(strategy: (typeof SYNC_STRATEGIES)[number], manualProtect: boolean) {
+/**
+ * One stack. `kvm: 'swap'` puts the double-buffered producer (createSwapDirtyLog, no manual
+ * protect) under the layers: `'fused'` then takes the swap path, the others its getDirtyLog.
+ */
+function world(strategy: SyncStrategy, manualProtect: boolean, kvm: 'bitmap' | 'swap' = 'bitmap') {
   const lock = createRWLock();
-  const reporter = createBitmapReporter({ rearmer, slots: [slot], manualProtect });
+  const reporter =
+    kvm === 'swap'
+      ? createSwapDirtyLog({ rearmer, slots: [slot], lock })
+      : createBitmapReporter({ rearmer, slots: [slot], manualProtect });
   const vhost = createVhostLog(PAGES, { lock });
   const vfio = createVfioTracker({ kind: 'device', ranges: VFIO_RANGES, lock });
   if (vfio.kind !== 'device') throw new Error('unreachable');
@@ -75,18 +83,24 @@ function world(strategy: (typeof SYNC_STRATEGIES)[number], manualProtect: boolea
   };
   const pending = (producer: Producer, page: number): boolean =>
     producer === 'kvm'
-      ? reporter.liveBitmap(0).test(page)
+      ? 'liveBitmap' in reporter
+        ? reporter.liveBitmap(0).test(page)
+        : reporter.active(0).bitmap.test(page)
       : producer === 'vhost'
         ? vhost.test(page)
         : vfio.test(page);
-  return { layers, write, pending };
+  return { layers, write, pending, kvm };
 }
 
 describe('QEMU layers: the three strategies agree and lose no write (property)', () => {
   it('identical bmap and dirtyPages after every step; producer bits cleared only after reaching layer C', () => {
     fc.assert(
       fc.property(fc.boolean(), fc.array(opArb, { maxLength: 40 }), (manualProtect, ops) => {
-        const worlds = SYNC_STRATEGIES.map((s) => world(s, manualProtect));
+        // The swap producer has no manual protect: its worlds join only the classic runs.
+        const worlds = [
+          ...SYNC_STRATEGIES.map((s) => world(s, manualProtect)),
+          ...(manualProtect ? [] : (['fused', 'xchg'] as const).map((s) => world(s, false, 'swap'))),
+        ];
         const ref = worlds[0] as (typeof worlds)[number];
         const bmapOf = (w: { layers: QemuLayers }) => [...w.layers.bmap.words];
         // The reference model: writes made while their page was clean in bmap, not yet seen there
@@ -105,7 +119,7 @@ describe('QEMU layers: the three strategies agree and lose no write (property)',
               for (const p of unsynced[producer]) {
                 if (!w.pending(producer, p)) {
                   throw new Error(
-                    `${w.layers.strategy}: ${producer} bit of page ${p} cleared before it reached bmap`,
+                    `${w.layers.strategy}/${w.kvm}: ${producer} bit of page ${p} cleared before it reached bmap`,
                   );
                 }
               }

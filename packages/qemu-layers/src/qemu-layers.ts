@@ -14,6 +14,13 @@ import {
   type SyncResult,
 } from '@dirtytrack/core';
 import { createRamListDirtyMemory, DIRTY_MEMORY_MIGRATION, type RamListDirtyMemory } from './dirty-memory.js';
+import {
+  createDirtyLogBuffer,
+  isSwappableDirtyLog,
+  zeroBuffer,
+  type DirtyLogBuffer,
+  type SwappableDirtyLog,
+} from './swap-dirty-log.js';
 import type { VfioTracker } from './vfio-tracker.js';
 import type { VhostLog } from './vhost-log.js';
 
@@ -30,7 +37,10 @@ import type { VhostLog } from './vhost-log.js';
  *   VFIO device logs) sets bits under the same lock held for read.
  * - `'fused'` — one hop: layer-A words (and vhost/VFIO words) straight into `bmap`, skipping zero
  *   64-bit words, with a one-bit-per-64-bit-word summary of which `bmap` words hold bits so the
- *   search for dirty pages skips clean words. Layer B is not touched.
+ *   search for dirty pages skips clean words. Layer B is not touched. When the KVM source is a
+ *   {@link SwappableDirtyLog} (a double-buffered producer with its own summary and page count,
+ *   `createSwapDirtyLog`), the harvest is an O(1) buffer swap and the hop visits only the words
+ *   the producer's summary names: see {@link createQemuLayers}.
  *
  * All three leave identical `bmap` contents and `migration_dirty_pages` for the same writes.
  */
@@ -122,7 +132,26 @@ interface DeviceLog {
  * - rwlock-memcpy: the same words scanned, nothing atomic (copy and zero are part of the scan).
  * - fused: slot words scanned; device-log words scanned + non-zero ones exchanged (the device
  *   sets them concurrently); no layer-B pass. VFIO 'none' costs one scan of the RAM's words
- *   (fused, rwlock) or of its words ORed atomically (xchg).
+ *   (fused, rwlock) or of its words ORed atomically (xchg). With a swappable source: the
+ *   summaries scanned (one 64-bit word per 64 summary bits) + the words they name.
+ *
+ * **`'fused'` over a {@link SwappableDirtyLog}** — the sync never copies the slot bitmap:
+ * 1. The collector keeps one zeroed spare buffer. It swaps it for the producer's active buffer
+ *    (`swapDirtyLog`, O(1) under the producer's write lock); from then on no producer can write
+ *    the returned buffer T (see `createSwapDirtyLog` for why), so it is read with plain loads.
+ * 2. T is merged into `bmap` through T's summary: where `bmap`'s own summary says a region of
+ *    32 64-bit words is empty and T's says all 32 are dirty, the region is copied with one
+ *    `TypedArray.set` (a memcpy); elsewhere word by word, `bmap |= T`. `migration_dirty_pages`
+ *    grows by T's page count (the producer counts the bits it newly set) minus the pages already
+ *    set in `bmap` — counted only in words where `bmap` was non-zero — so nothing is popcounted
+ *    in the common case of a sync after a finished round.
+ * 3. T is not zeroed: it becomes the next spare. It is a subset of `bmap` (bmap |= T), and
+ *    `clearSent` clears a sent page in both, so when the round has sent everything the spare is
+ *    already zero; otherwise the next sync zeroes only the words its summary still names,
+ *    which are a subset of `bmap`'s unsent words. A 100%-dirty sync after a finished round thus
+ *    costs one memcpy of the bitmap, and any sync O(summary + dirty words).
+ * Producer bits are never cleared before they reach `bmap`: the producer never clears, and T
+ * leaves the producer only to be ORed into `bmap` in the same sync.
  */
 export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   const { source, logging, slot } = options.kvm;
@@ -147,6 +176,8 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   const { vhost, vfio } = options;
   const pages = slot.pages;
   const manualProtect = typeof source.clearDirtyLog === 'function';
+  const swapSource: SwappableDirtyLog | undefined =
+    strategy === 'fused' && isSwappableDirtyLog(source) ? source : undefined;
 
   const lock =
     strategy === 'rwlock-memcpy'
@@ -195,11 +226,15 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   const clearMask = Bitmap.create(Math.min(chunkPages, pages));
   const words64 = bmap.words.length / 2;
   const summary = strategy === 'fused' ? new Uint32Array(Math.ceil(words64 / 32)) : undefined;
+  /** The swap path's spare: a subset of bmap between syncs (clearSent clears both). */
+  let spare: DirtyLogBuffer | undefined = swapSource === undefined ? undefined : createDirtyLogBuffer(pages);
   const allOnes = vfioNone ? Bitmap.create(pages) : undefined;
   allOnes?.setAll();
   const n32 = Math.ceil(pages / 32);
   const tail = pages % 32 === 0 ? 0xffffffff : (1 << (pages % 32)) - 1;
 
+  /** The swap path's buffer taken from the producer during the current sync. */
+  let taken: DirtyLogBuffer | undefined;
   let dirtyPages = 0;
   let active = false;
   let syncs = 0;
@@ -396,16 +431,63 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     }
   };
 
+  /**
+   * `bmap |= T` through T's summary (the swap path); returns the 0→1 transitions, from T's page
+   * count minus the overlap counted where `bmap` was non-zero.
+   */
+  const mergeTaken = (t: DirtyLogBuffer): number => {
+    const tw = t.bitmap.words;
+    const ts = t.summary;
+    const bw = bmap.words;
+    const bs = summary as Uint32Array;
+    let overlap = 0;
+    copy += Math.ceil(ts.length / 2);
+    for (let j = 0; j < ts.length; j++) {
+      const tb = ts[j] as number;
+      if (tb === 0) continue;
+      if (tb === 0xffffffff && (bs[j] as number) === 0) {
+        // 32 dirty 64-bit words over 32 clean ones: copy the whole run in one memcpy.
+        let e = j + 1;
+        while (e < ts.length && (ts[e] as number) === 0xffffffff && (bs[e] as number) === 0) e++;
+        const end = Math.min(tw.length, e * 64);
+        bw.set(tw.subarray(j * 64, end), j * 64);
+        bs.fill(0xffffffff, j, e);
+        copy += (end - j * 64) / 2;
+        j = e - 1;
+        continue;
+      }
+      bs[j] = (bs[j] as number) | tb;
+      let bits = tb;
+      while (bits !== 0) {
+        const low = bits & -bits;
+        bits ^= low;
+        const i = (j * 32 + (31 - Math.clz32(low))) * 2;
+        copy++;
+        const lo = tw[i] as number;
+        const hi = tw[i + 1] as number;
+        const blo = bw[i] as number;
+        const bhi = bw[i + 1] as number;
+        if (blo !== 0 || bhi !== 0) overlap += popcount32(lo & blo) + popcount32(hi & bhi);
+        bw[i] = blo | lo;
+        bw[i + 1] = bhi | hi;
+      }
+    }
+    return (t.counts[0] as number) - overlap;
+  };
+
   const syncFused = (): { fresh: number; reported: number } => {
-    const words = slotBmap.words;
     let fresh = 0;
-    for (let i = 0; i < words.length; i += 2) {
-      copy++;
-      const lo = words[i] as number;
-      const hi = words[i + 1] as number;
-      if (lo === 0 && hi === 0) continue;
-      if (lo !== 0) fresh += orBmap(i, lo);
-      if (hi !== 0) fresh += orBmap(i + 1, hi);
+    if (taken !== undefined) fresh += mergeTaken(taken);
+    else {
+      const words = slotBmap.words;
+      for (let i = 0; i < words.length; i += 2) {
+        copy++;
+        const lo = words[i] as number;
+        const hi = words[i + 1] as number;
+        if (lo === 0 && hi === 0) continue;
+        if (lo !== 0) fresh += orBmap(i, lo);
+        if (hi !== 0) fresh += orBmap(i + 1, hi);
+      }
     }
     let reported = 0;
     for (const log of deviceLogs) {
@@ -454,10 +536,26 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
       if (!active) throw fail('sync: call setup() first');
       xchg = 0;
       copy = 0;
-      // Layer A: KVM_GET_DIRTY_LOG into the slot's dirty_bmap.
-      let reported = source.getDirtyLog(slot.id, slotBmap);
+      let reported: number;
+      if (swapSource !== undefined) {
+        // Layer A by swap: the spare must be zero; it is a subset of bmap's unsent words.
+        const s = spare as DirtyLogBuffer;
+        if ((s.counts[0] as number) !== 0) {
+          copy += Math.ceil(s.summary.length / 2);
+          zeroBuffer(s);
+        }
+        taken = swapSource.swapDirtyLog(slot.id, s);
+        reported = taken.counts[0] as number;
+      } else {
+        // Layer A: KVM_GET_DIRTY_LOG into the slot's dirty_bmap.
+        reported = source.getDirtyLog(slot.id, slotBmap);
+      }
       const harvest = source.lastHarvestCost();
       const moved = strategy === 'xchg' ? syncXchg() : strategy === 'fused' ? syncFused() : syncRwlock();
+      if (taken !== undefined) {
+        spare = taken;
+        taken = undefined;
+      }
       reported += moved.reported;
       dirtyPages += moved.fresh;
       // clear_bmap_set over the block: the producer bits just synced still need clearing.
@@ -489,6 +587,21 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         if (nw === 0 && other === 0) {
           const k = word >>> 1;
           summary[k >>> 5] = (summary[k >>> 5] as number) & ~(1 << (k & 31));
+        }
+      }
+      if (spare !== undefined) {
+        // Keep the spare a subset of bmap: a sent page leaves both.
+        const sw = spare.bitmap.words;
+        const old = sw[word] as number;
+        const hit = old & mask;
+        if (hit !== 0) {
+          const left = old & ~hit;
+          sw[word] = left;
+          spare.counts[0] = (spare.counts[0] as number) - popcount32(hit);
+          if (left === 0 && (sw[word ^ 1] as number) === 0) {
+            const k = word >>> 1;
+            spare.summary[k >>> 5] = (spare.summary[k >>> 5] as number) & ~(1 << (k & 31));
+          }
         }
       }
     },

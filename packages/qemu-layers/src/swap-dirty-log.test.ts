@@ -1,0 +1,198 @@
+import { Bitmap, createRWLock, type MemslotInfo } from '@dirtytrack/core';
+import { createBitmapReporter } from '@dirtytrack/reporters';
+import { expectDirtytrackError } from '@dirtytrack/testkit';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { logging } from './__fixtures__/scripted.js';
+import { createQemuLayers } from './qemu-layers.js';
+import { createDirtyLogBuffer, createSwapDirtyLog, zeroBuffer } from './swap-dirty-log.js';
+
+const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 200 };
+const pagesOf = (b: Bitmap): number[] => [...b.setBits()];
+
+describe('createSwapDirtyLog', () => {
+  it('markDirty keeps the summary (bit per 64-bit word) and the count of pages newly set', () => {
+    const log = createSwapDirtyLog({ slots: [slot] });
+    log.markDirty(0, Uint32Array.of(3, 3, 64, 130, 199), 5, 0);
+    const a = log.active(0);
+    expect(pagesOf(a.bitmap)).toEqual([3, 64, 130, 199]);
+    expect([...a.summary]).toEqual([0b1111]);
+    expect(a.counts[0]).toBe(4);
+    const src = Bitmap.create(200);
+    src.setRange(60, 10); // 60..69: 64 is already set
+    expect(log.markDirtyBitmap(0, src)).toBe(9);
+    expect(a.counts[0]).toBe(13);
+    expect([...a.summary]).toEqual([0b1111]);
+  });
+
+  it('swapDirtyLog installs the spare in O(1), returns the filled buffer and re-arms exactly its pages', () => {
+    const rearmed: number[][] = [];
+    const log = createSwapDirtyLog({
+      slots: [slot],
+      lock: createRWLock(),
+      rearmer: {
+        rearm: (_s, mask, touched) => {
+          rearmed.push([...mask.setBits(), touched?.count ?? -1]);
+          return mask.popcount();
+        },
+      },
+    });
+    log.markDirty(0, Uint32Array.of(5, 150), 2, 0);
+    const spare = createDirtyLogBuffer(200, { shared: true });
+    const first = log.active(0);
+    const taken = log.swapDirtyLog(0, spare);
+    expect(taken).toBe(first);
+    expect(log.active(0)).toBe(spare);
+    expect(pagesOf(taken.bitmap)).toEqual([5, 150]);
+    expect(taken.counts[0]).toBe(2);
+    // The touched hint names the two 64-bit words (four 32-bit words).
+    expect(rearmed).toEqual([[5, 150, 4]]);
+    expect(log.lastHarvestCost()).toEqual({
+      xchgWords: 0,
+      copyWords: 0.5,
+      rearmedPages: 2,
+      tlbFlushes: 1,
+      ringEntries: 0,
+    });
+    // Writes after the swap land in the new active buffer only.
+    log.markDirty(0, Uint32Array.of(6), 1, 0);
+    expect(pagesOf(taken.bitmap)).toEqual([5, 150]);
+    expect(pagesOf(log.active(0).bitmap)).toEqual([6]);
+  });
+
+  it('rejects a spare that is the active buffer, the wrong size or not empty', () => {
+    const log = createSwapDirtyLog({ slots: [slot] });
+    expectDirtytrackError(
+      () => log.swapDirtyLog(0, log.active(0)),
+      'swap-dirty-log',
+      'invalid-argument',
+      /active buffer/,
+    );
+    expectDirtytrackError(
+      () => log.swapDirtyLog(0, createDirtyLogBuffer(100)),
+      'swap-dirty-log',
+      'invalid-argument',
+      /covers 100/,
+    );
+    const full = createDirtyLogBuffer(200);
+    full.bitmap.set(1);
+    full.counts[0] = 1;
+    expectDirtytrackError(
+      () => log.swapDirtyLog(0, full),
+      'swap-dirty-log',
+      'invalid-argument',
+      /still holds 1/,
+    );
+    expectDirtytrackError(() => log.swapDirtyLog(7, full), 'swap-dirty-log', 'invalid-state', /ENOENT/);
+    expectDirtytrackError(
+      () => log.markDirty(0, Uint32Array.of(200), 1, 0),
+      'swap-dirty-log',
+      'out-of-range',
+      /page 200/,
+    );
+  });
+
+  it('getDirtyLog is swap + copy + zero: the classic GET the other strategies read', () => {
+    const log = createSwapDirtyLog({ slots: [slot] });
+    log.markDirty(0, Uint32Array.of(0, 63, 199), 3, 0);
+    const out = Bitmap.create(200);
+    expect(log.getDirtyLog(0, out)).toBe(3);
+    expect(pagesOf(out)).toEqual([0, 63, 199]);
+    expect(log.getDirtyLog(0, out)).toBe(0);
+    expect(pagesOf(out)).toEqual([]);
+  });
+
+  it('zeroBuffer clears the words its summary names, full runs with one fill', () => {
+    const b = createDirtyLogBuffer(64 * 32 * 3 + 64);
+    b.bitmap.setRange(64 * 32, 64 * 32 * 2 + 10); // two full summary words and one bit past them
+    b.bitmap.set(5);
+    b.summary.set([1, 0xffffffff, 0xffffffff, 1]);
+    b.counts[0] = b.bitmap.popcount();
+    zeroBuffer(b);
+    expect(b.bitmap.popcount()).toBe(0);
+    expect([...b.summary]).toEqual([0, 0, 0, 0]);
+    expect(b.counts[0]).toBe(0);
+  });
+});
+
+describe("'fused' over the swap log", () => {
+  it('a sync after a finished round copies the dirty run and leaves the spare a subset of bmap', () => {
+    const pages = 64 * 32 * 2; // two summary words: one all dirty, one with a single page
+    const s: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
+    const log = createSwapDirtyLog({ slots: [s] });
+    const layers = createQemuLayers({ kvm: { source: log, logging: logging(), slot: s }, strategy: 'fused' });
+    layers.setup();
+    // Send every page: the round finished.
+    for (let w = 0; w < layers.bmap.words.length; w++) layers.clearSent(w, layers.bmap.words[w] as number);
+    expect(layers.dirtyPages).toBe(0);
+    const dense = Bitmap.create(pages);
+    dense.setRange(0, 2048);
+    dense.set(3000);
+    log.markDirtyBitmap(0, dense);
+    const r = layers.sync();
+    expect(r.newDirty).toBe(2049);
+    expect(r.reported).toBe(2049);
+    expect(layers.dirtyPages).toBe(2049);
+    expect([...(layers.summary ?? [])]).toEqual([0xffffffff, 1 << ((3000 >>> 6) % 32)]);
+    // summary scan (1) + 32 words of the run + 1 word
+    expect(layers.stats().copiedWords).toBe(1 + 32 + 1);
+    // Send page 3000 and half the run; the next sync zeroes the spare's remaining run words only.
+    layers.clearSent(3000 >>> 5, 1 << (3000 & 31));
+    for (let w = 0; w < 32; w++) layers.clearSent(w, 0xffffffff);
+    log.markDirty(0, Uint32Array.of(0, 3000), 2, 0);
+    const r2 = layers.sync();
+    expect(r2.newDirty).toBe(2); // page 0 was sent, 3000 too
+    expect(layers.dirtyPages).toBe(1024 + 2);
+    expect(layers.bmap.test(0)).toBe(true);
+    expect(layers.bmap.test(1)).toBe(false);
+    expect(layers.bmap.test(3000)).toBe(true);
+  });
+
+  it('dense writes: identical bmap and dirtyPages to xchg over the bitmap reporter (property)', () => {
+    // 3 summary words and a tail: dense ranges make the memcpy-run path and the word path meet.
+    const pages = 64 * 32 * 3 + 100;
+    const s: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
+    const rearmer = { rearm: (_slot: number, mask: Bitmap) => mask.popcount() };
+    const op = fc.oneof(
+      fc.record({ t: fc.constant('write' as const), start: fc.nat(pages - 1), len: fc.nat(3000) }),
+      fc.record({ t: fc.constant('send' as const), start: fc.nat(pages - 1), len: fc.nat(3000) }),
+      fc.constant({ t: 'sync' as const }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 30 }), (ops) => {
+        const swap = createSwapDirtyLog({ rearmer, slots: [s] });
+        const ref = createBitmapReporter({ rearmer, slots: [s] });
+        const a = createQemuLayers({ kvm: { source: swap, logging: logging(), slot: s }, strategy: 'fused' });
+        const b = createQemuLayers({ kvm: { source: ref, logging: logging(), slot: s }, strategy: 'xchg' });
+        a.setup();
+        b.setup();
+        const scratch = Bitmap.create(pages);
+        for (const o of ops) {
+          if (o.t === 'write') {
+            scratch.clearAll();
+            scratch.setRange(o.start, Math.min(o.len, pages - o.start));
+            swap.markDirtyBitmap(0, scratch);
+            const offs = Uint32Array.from(scratch.setBits());
+            ref.markDirty(0, offs, offs.length, 0);
+          } else if (o.t === 'send') {
+            const end = Math.min(pages, o.start + o.len);
+            for (let p = o.start; p < end; p++) {
+              if (!b.bmap.test(p)) continue;
+              a.clearSent(p >>> 5, 1 << (p & 31));
+              b.clearSent(p >>> 5, 1 << (p & 31));
+            }
+          } else {
+            const ra = a.sync();
+            const rb = b.sync();
+            expect(ra.newDirty).toBe(rb.newDirty);
+            expect(ra.reported).toBe(rb.reported);
+          }
+          expect([...a.bmap.words]).toEqual([...b.bmap.words]);
+          expect(a.dirtyPages).toBe(b.dirtyPages);
+          expect(a.findNextDirty(0)).toBe(b.bmap.findNextSet(0));
+        }
+      }),
+      { numRuns: Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 100) },
+    );
+  });
+});

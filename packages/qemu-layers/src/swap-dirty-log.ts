@@ -1,0 +1,385 @@
+import {
+  Bitmap,
+  DirtytrackError,
+  popcount32,
+  type DirtyLogSource,
+  type HarvestCost,
+  type MemslotInfo,
+  type Rearmer,
+  type Reporter,
+  type RWLock,
+} from '@dirtytrack/core';
+
+const COMPONENT = 'swap-dirty-log';
+
+/**
+ * One buffer of a double-buffered dirty log: the bits, a summary with one bit per 64-bit (KVM)
+ * word, and the number of pages set.
+ *
+ * Summary rule, kept by every writer: a non-zero 64-bit word always has its summary bit set.
+ * Producers only set bits, so in a buffer they filled the summary is exact (bit set ⇔ word
+ * non-zero); the collector keeps it exact when it clears bits.
+ */
+export interface DirtyLogBuffer {
+  readonly bitmap: Bitmap;
+  /** Bit k ⇔ 64-bit word k of `bitmap` is non-zero. */
+  readonly summary: Uint32Array;
+  /** `counts[0]`: pages set in `bitmap`. A typed array so a shared buffer can carry it. */
+  readonly counts: Uint32Array;
+}
+
+/** A zeroed {@link DirtyLogBuffer} for `pages` pages (`shared` backs it with shared memory). */
+export function createDirtyLogBuffer(pages: number, options: { shared?: boolean } = {}): DirtyLogBuffer {
+  const bitmap = Bitmap.create(pages, options);
+  const n = Math.ceil(bitmap.words.length / 2 / 32);
+  const mk = (len: number): Uint32Array =>
+    new Uint32Array(options.shared ? new SharedArrayBuffer(len * 4) : new ArrayBuffer(len * 4));
+  return { bitmap, summary: mk(n), counts: mk(1) };
+}
+
+/**
+ * What the `'fused'` strategy looks for on a dirty-log source: hand over the slot's whole
+ * producer buffer in O(1) (a pointer swap) instead of copying it out, so a sync never pays
+ * for clean words.
+ */
+export interface SwappableDirtyLog {
+  /**
+   * Installs `spare` (all zero, summary zero, count 0, same size as the slot) as the slot's
+   * active buffer and returns the buffer that was active, with every page written before the call.
+   * The caller owns the returned buffer from then on (no producer writes it again); the source
+   * re-arms exactly its pages, as a classic `KVM_GET_DIRTY_LOG` would.
+   */
+  swapDirtyLog(slot: number, spare: DirtyLogBuffer): DirtyLogBuffer;
+}
+
+/** True when `source` offers {@link SwappableDirtyLog}. */
+export function isSwappableDirtyLog(source: DirtyLogSource): source is DirtyLogSource & SwappableDirtyLog {
+  return typeof (source as Partial<SwappableDirtyLog>).swapDirtyLog === 'function';
+}
+
+export interface SwapDirtyLogOptions {
+  /**
+   * Re-arms harvested pages (a write-protect tracker), called with the reported buffer. Omit it
+   * for producers that set a bit on every write and need nothing restored (a reaped dirty ring
+   * filling QEMU's slot bitmap, a device log).
+   */
+  rearmer?: Rearmer;
+  slots?: readonly MemslotInfo[];
+  /**
+   * When producers run on other threads: they set bits under this lock held for read, and the
+   * swap takes it for write. Without it, producers and collector must run on one thread.
+   */
+  lock?: RWLock;
+  /** Back the buffers with shared memory. Default: true when `lock` is given. */
+  shared?: boolean;
+}
+
+/** A dirty log (classic, no manual protect) with a summary and an O(1) double-buffered harvest. */
+export interface SwapDirtyLog extends Reporter, SwappableDirtyLog {
+  readonly kind: 'swap';
+  /** The buffer producers write now (tests and diagnostics; do not clear it behind the log's back). */
+  active(slot: number): DirtyLogBuffer;
+  /**
+   * ORs `src` (a whole-slot bitmap) into the active buffer word-wise, keeping summary and count:
+   * the bulk producer path (`set_dirty_lebitmap` of a reaped ring into the slot bitmap). Returns
+   * the pages newly set.
+   */
+  markDirtyBitmap(slot: number, src: Bitmap): number;
+}
+
+/**
+ * A slot dirty log that keeps, per buffer, a one-bit-per-64-bit-word summary and a count of the
+ * pages set, and harvests by swapping buffers instead of copying them
+ * (`../../shared/reference/qemu.md` §1.1, layer A; the `'fused'` strategy of §5 of the
+ * architecture).
+ *
+ * **Why the swap is safe under concurrency — who may write a buffer while it is swapped:**
+ * exactly one buffer per slot is *active*. A producer reads which buffer is active *inside* its
+ * read-locked section and sets bits only there ({@link markDirty}: `Atomics.or` of the bit, then
+ * of the summary bit when its 32-bit word was zero, then `Atomics.add` of the count — producers
+ * race only each other, on the same buffer). {@link swapDirtyLog} takes the same lock for write,
+ * installs the caller's zeroed spare as active and returns the old buffer. When the write lock is
+ * released no producer is inside a read section that looked up the old buffer, and every later
+ * producer finds the spare — so from that instant **nobody but the collector can write the
+ * returned buffer**, and the collector may read, merge and zero it with plain loads and stores.
+ * A write that raced the swap is in exactly one of the two buffers: the old one (harvested now)
+ * if its read section ended before the swap, the new one (next harvest) otherwise. Without a
+ * lock there is no other thread, and the same argument holds trivially.
+ *
+ * `getDirtyLog` is the same swap followed by a copy into `out` and a zeroing of the old buffer
+ * (which becomes the internal spare), so the `'xchg'` and `'rwlock-memcpy'` strategies read it
+ * like any source. `lastHarvestCost()` counts the 64-bit words visited through the summary as
+ * copied words, and nothing as exchanged: the swap replaces the per-word `xchg`.
+ */
+export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirtyLog {
+  const { rearmer, lock } = options;
+  const shared = options.shared ?? lock !== undefined;
+  interface Slot {
+    readonly info: MemslotInfo;
+    active: DirtyLogBuffer;
+    /** getDirtyLog's own spare (the collector's, for the swap path, lives with the collector). */
+    spare: DirtyLogBuffer | undefined;
+    touched: Uint32Array;
+  }
+  const slots = new Map<number, Slot>();
+  let last: HarvestCost = { xchgWords: 0, copyWords: 0, rearmedPages: 0, tlbFlushes: 0, ringEntries: 0 };
+
+  const slotOf = (slot: number, op: string): Slot => {
+    const s = slots.get(slot);
+    if (s === undefined) {
+      throw new DirtytrackError('invalid-state', `${op}: slot ${slot} has no dirty log (ENOENT)`, {
+        component: COMPONENT,
+        field: 'slot',
+        errno: 'ENOENT',
+      });
+    }
+    return s;
+  };
+  const readLocked = <T>(run: () => T): T => {
+    if (lock === undefined) return run();
+    lock.readLock();
+    try {
+      return run();
+    } finally {
+      lock.readUnlock();
+    }
+  };
+
+  /** The O(1) part of every harvest: under the write lock, `spare` becomes active. */
+  const swap = (s: Slot, spare: DirtyLogBuffer): DirtyLogBuffer => {
+    if (lock === undefined) {
+      const old = s.active;
+      s.active = spare;
+      return old;
+    }
+    lock.writeLock();
+    try {
+      const old = s.active;
+      s.active = spare;
+      return old;
+    } finally {
+      lock.writeUnlock();
+    }
+  };
+
+  /** Re-arms the pages of a harvested buffer; returns the pages re-armed. */
+  const rearm = (s: Slot, taken: DirtyLogBuffer): number => {
+    if (rearmer === undefined || (taken.counts[0] as number) === 0) return 0;
+    // The touched hint (O(dirty words)) pays off only while the buffer is sparse; past 1/8 of
+    // the words a whole-slot pass costs no more than writing the list.
+    const words32 = taken.bitmap.words.length;
+    const sum = taken.summary;
+    let n = 0;
+    const cap = Math.max(64, Math.ceil(words32 / 8));
+    for (let j = 0; j < sum.length && n <= cap; j++) {
+      let bits = sum[j] as number;
+      while (bits !== 0) {
+        const low = bits & -bits;
+        bits ^= low;
+        const i = (j * 32 + (31 - Math.clz32(low))) * 2;
+        if (n + 2 > s.touched.length) {
+          const grown = new Uint32Array(Math.min(cap + 2, s.touched.length * 2 + 2));
+          grown.set(s.touched.subarray(0, n));
+          s.touched = grown;
+        }
+        s.touched[n++] = i;
+        s.touched[n++] = i + 1;
+        if (n > cap) break;
+      }
+    }
+    return n > cap
+      ? rearmer.rearm(s.info.id, taken.bitmap)
+      : rearmer.rearm(s.info.id, taken.bitmap, { words: s.touched, count: n });
+  };
+
+  const log: SwapDirtyLog = {
+    kind: 'swap',
+    addSlot(info) {
+      if (slots.has(info.id)) {
+        throw new DirtytrackError(
+          'invalid-state',
+          `addSlot: slot ${info.id} already has a dirty log (EEXIST)`,
+          {
+            component: COMPONENT,
+            field: 'slot',
+            errno: 'EEXIST',
+          },
+        );
+      }
+      slots.set(info.id, {
+        info,
+        active: createDirtyLogBuffer(info.pages, { shared }),
+        spare: undefined,
+        touched: new Uint32Array(64),
+      });
+    },
+    markDirty(slot, offsets, count) {
+      const s = slotOf(slot, 'markDirty');
+      if (!(Number.isInteger(count) && count >= 0 && count <= offsets.length)) {
+        throw new DirtytrackError(
+          'invalid-argument',
+          `markDirty: count ${count} is outside [0, ${offsets.length}]`,
+          {
+            component: COMPONENT,
+            field: 'count',
+          },
+        );
+      }
+      if (count === 0) return;
+      readLocked(() => {
+        // Looked up inside the read section: see the concurrency note above.
+        const { bitmap, summary, counts } = s.active;
+        const words = bitmap.words;
+        const bits = bitmap.bits;
+        let fresh = 0;
+        for (let i = 0; i < count; i++) {
+          const p = offsets[i] as number;
+          if (!(p < bits)) {
+            throw new DirtytrackError(
+              'out-of-range',
+              `markDirty: page ${p} is outside slot ${slot} (${bits} pages)`,
+              {
+                component: COMPONENT,
+                field: 'offsets',
+              },
+            );
+          }
+          const bit = 1 << (p & 31);
+          const old = Atomics.or(words, p >>> 5, bit);
+          if ((old & bit) !== 0) continue;
+          fresh++;
+          if (old === 0) {
+            const k = p >>> 6;
+            Atomics.or(summary, k >>> 5, 1 << (k & 31));
+          }
+        }
+        if (fresh > 0) Atomics.add(counts, 0, fresh);
+      });
+    },
+    markDirtyBitmap(slot, src) {
+      const s = slotOf(slot, 'markDirtyBitmap');
+      if (src.bits !== s.info.pages) {
+        throw new DirtytrackError(
+          'invalid-argument',
+          `markDirtyBitmap: bitmap covers ${src.bits} pages, slot ${slot} has ${s.info.pages}`,
+          { component: COMPONENT, field: 'src' },
+        );
+      }
+      return readLocked(() => {
+        const { bitmap, summary, counts } = s.active;
+        const dst = bitmap.words;
+        const w = src.words;
+        let fresh = 0;
+        for (let i = 0; i < w.length; i += 2) {
+          const lo = w[i] as number;
+          const hi = w[i + 1] as number;
+          if (lo === 0 && hi === 0) continue;
+          const olo = lo === 0 ? (dst[i] as number) : Atomics.or(dst, i, lo);
+          const ohi = hi === 0 ? (dst[i + 1] as number) : Atomics.or(dst, i + 1, hi);
+          fresh += popcount32(lo & ~olo) + popcount32(hi & ~ohi);
+          const k = i >>> 1;
+          Atomics.or(summary, k >>> 5, 1 << (k & 31));
+        }
+        if (fresh > 0) Atomics.add(counts, 0, fresh);
+        return fresh;
+      });
+    },
+    active(slot) {
+      return slotOf(slot, 'active').active;
+    },
+    swapDirtyLog(slot, spare) {
+      const s = slotOf(slot, 'swapDirtyLog');
+      checkSpare(spare, s.info, s.active);
+      const taken = swap(s, spare);
+      const rearmedPages = rearm(s, taken);
+      const reported = taken.counts[0] as number;
+      last = {
+        xchgWords: 0,
+        copyWords: taken.summary.length / 2,
+        rearmedPages,
+        tlbFlushes: reported > 0 && rearmer !== undefined ? 1 : 0,
+        ringEntries: 0,
+      };
+      return taken;
+    },
+    getDirtyLog(slot, out) {
+      const s = slotOf(slot, 'getDirtyLog');
+      if (out.bits !== s.info.pages) {
+        throw new DirtytrackError(
+          'invalid-argument',
+          `getDirtyLog: buffer covers ${out.bits} pages, slot ${slot} has ${s.info.pages}`,
+          { component: COMPONENT, field: 'out', errno: 'EINVAL' },
+        );
+      }
+      const taken = log.swapDirtyLog(slot, s.spare ?? createDirtyLogBuffer(s.info.pages, { shared }));
+      const reported = taken.counts[0] as number;
+      out.words.set(taken.bitmap.words);
+      zeroBuffer(taken);
+      s.spare = taken;
+      last = { ...last, copyWords: out.words.length / 2 };
+      return reported;
+    },
+    lastHarvestCost() {
+      return last;
+    },
+  };
+  for (const slot of options.slots ?? []) log.addSlot(slot);
+  return log;
+}
+
+/**
+ * Zeroes a buffer the caller owns, visiting only the words its summary names; runs of full
+ * summary words are cleared with one `fill` (a memset).
+ */
+export function zeroBuffer(buf: DirtyLogBuffer): void {
+  const w = buf.bitmap.words;
+  const sum = buf.summary;
+  for (let j = 0; j < sum.length; j++) {
+    let bits = sum[j] as number;
+    if (bits === 0) continue;
+    if (bits === 0xffffffff) {
+      let e = j + 1;
+      while (e < sum.length && (sum[e] as number) === 0xffffffff) e++;
+      w.fill(0, j * 64, Math.min(w.length, e * 64));
+      sum.fill(0, j, e);
+      j = e - 1;
+      continue;
+    }
+    sum[j] = 0;
+    while (bits !== 0) {
+      const low = bits & -bits;
+      bits ^= low;
+      const i = (j * 32 + (31 - Math.clz32(low))) * 2;
+      w[i] = 0;
+      w[i + 1] = 0;
+    }
+  }
+  buf.counts[0] = 0;
+}
+
+function checkSpare(spare: DirtyLogBuffer, info: MemslotInfo, active: DirtyLogBuffer): void {
+  if (spare === active) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `swapDirtyLog: the spare is slot ${info.id}'s active buffer`,
+      {
+        component: COMPONENT,
+        field: 'spare',
+      },
+    );
+  }
+  if (spare.bitmap.bits !== info.pages || spare.summary.length !== active.summary.length) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `swapDirtyLog: the spare covers ${spare.bitmap.bits} pages, slot ${info.id} has ${info.pages}`,
+      { component: COMPONENT, field: 'spare' },
+    );
+  }
+  if ((spare.counts[0] as number) !== 0) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `swapDirtyLog: the spare still holds ${spare.counts[0]} pages; hand over a zeroed buffer`,
+      { component: COMPONENT, field: 'spare' },
+    );
+  }
+}
