@@ -1,0 +1,81 @@
+import { createRng, createVirtualClock, NS_PER_S, type CostModel, type Workload } from '@dirtytrack/core';
+import {
+  createHotSetWorkload,
+  createModelEngine,
+  createModelMemory,
+  createSweepWorkload,
+  createUniformWorkload,
+} from '@dirtytrack/guest';
+import { createSingleHopSync } from '@dirtytrack/qemu-layers';
+import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
+import { createWriteProtectTracker } from '@dirtytrack/trackers';
+import { runPrecopy, type PrecopyOptions } from '../precopy.js';
+import { createSimLink } from '../sim-link.js';
+
+export interface Setup {
+  pages: number;
+  populated?: number;
+  vcpus?: number;
+  /** Per-vCPU B/s. */
+  rate?: number;
+  kind?: 'sweep' | 'uniform' | 'hotset';
+  workload?: (pages: number) => Workload;
+  bandwidth?: number;
+  latencyNs?: number;
+  dropAtNs?: number;
+  ring?: number;
+  costModel?: CostModel;
+  seed?: number;
+  timeLimitS?: number;
+  precopy?: Omit<Partial<PrecopyOptions>, 'engine' | 'bitmap' | 'link' | 'nonzero'>;
+}
+
+/** One model-plane migration: sweep/uniform/hot-set guest → write-protect → bitmap or ring → single hop. */
+export function migrate(s: Setup) {
+  const clock = createVirtualClock();
+  const slot = { id: 0, asId: 0, baseGfn: 0, pages: s.pages };
+  const vcpus = s.vcpus ?? 1;
+  const tracker = createWriteProtectTracker();
+  const ring =
+    s.ring === undefined
+      ? undefined
+      : createRingReporter({ vcpus, entries: s.ring, rearmer: tracker, slots: [slot] });
+  const reporter = ring ?? createBitmapReporter({ rearmer: tracker, slots: [slot] });
+  tracker.attach(reporter);
+  const memory = createModelMemory(s.pages, s.populated ?? s.pages);
+  const opts = { vcpus, pages: s.pages, bytesPerSecond: s.rate ?? 0 };
+  const rng = createRng(s.seed ?? 1);
+  const workload =
+    s.workload?.(s.pages) ??
+    (s.kind === 'uniform'
+      ? createUniformWorkload({ ...opts, rng })
+      : s.kind === 'hotset'
+        ? createHotSetWorkload({ ...opts, rng })
+        : createSweepWorkload(opts));
+  const engine = createModelEngine({
+    clock,
+    workload,
+    tracker,
+    memory,
+    ...(ring ? { ring: { sink: ring, onRingFull: () => void ring.reap() } } : {}),
+  });
+  const bitmap = createSingleHopSync({ source: reporter, logging: tracker, slot });
+  const link = createSimLink({
+    bandwidth: s.bandwidth ?? 1e9,
+    latencyNs: s.latencyNs ?? 0,
+    ...(s.dropAtNs === undefined ? {} : { dropAtNs: s.dropAtNs }),
+  });
+  const outcome = runPrecopy({
+    engine,
+    bitmap,
+    link,
+    nonzero: memory.nonzero,
+    throttle: engine,
+    ...(s.ring === undefined ? {} : { dirtyRing: { entries: s.ring } }),
+    ...(s.costModel ? { costModel: s.costModel } : {}),
+    timeLimitNs: (s.timeLimitS ?? 600) * NS_PER_S,
+    ...s.precopy,
+    parameters: { 'max-bandwidth': 0, ...s.precopy?.parameters },
+  });
+  return { ...outcome, engine, clock };
+}
