@@ -443,7 +443,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
           );
         }
       }
-      if (take === w) bytes += nextWord();
+      if (take >>> 0 === w) bytes += nextWord();
     }
     transferred += bytes;
     return bytes;
