@@ -1,6 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { isDirtytrackError, parseSize } from '@dirtytrack/core';
 import { benchBitmap, formatBitmapBench } from './bench-bitmap.js';
+import { benchMmu, formatMmuBench } from './bench-mmu.js';
 import { benchReporters, DEFAULT_FRACTIONS, formatReportersBench } from './bench-reporters.js';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, Option } from 'commander';
@@ -148,6 +149,52 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       writeOut('--markdown', opts.markdown, table);
       io.stdout(opts.json ? json : table);
     });
+
+  bench
+    .command('mmu')
+    .description('Enabling dirty logging in the MMU: eager split + write-protect against lazy initially-set.')
+    .option('--memory <size>', 'guest memory (IEC size)', '128G')
+    .option('--backing <size>', 'backing page size: 4K, 2M or 1G', '1G')
+    .option('--reps <n>', 'repetitions per case (the median is reported)', '5')
+    .option('--json', 'print the result as one JSON object on stdout')
+    .option('--out <file>', 'also write the JSON result to a file')
+    .option('--markdown <file>', 'also write the Markdown table to a file')
+    .action(
+      (opts: {
+        memory: string;
+        backing: string;
+        reps: string;
+        json?: boolean;
+        out?: string;
+        markdown?: string;
+      }) => {
+        const { memory, reps } = benchSize(opts);
+        const backing = opts.backing.toUpperCase();
+        if (backing !== '4K' && backing !== '2M' && backing !== '1G') {
+          throw new UsageError('--backing', `${JSON.stringify(opts.backing)} is not one of 4K, 2M, 1G`);
+        }
+        const unit = backing === '1G' ? 2 ** 30 : backing === '2M' ? 2 ** 21 : 4096;
+        if (memory % unit !== 0) {
+          throw new UsageError(
+            '--memory',
+            `${opts.memory} is not a whole number of ${backing} backing pages`,
+          );
+        }
+        if (memory > 16 * 2 ** 40 - 4096) {
+          throw new UsageError(
+            '--memory',
+            `${opts.memory} is past the MMU model's 16 TiB guest-physical limit`,
+          );
+        }
+        if (io.progress) io.stderr(`bench mmu: ${reps} + 2 warm-up repetitions on ${opts.memory}\n`);
+        const result = benchMmu({ memory, backing, reps });
+        const json = JSON.stringify(result, null, 2) + '\n';
+        const table = formatMmuBench(result);
+        writeOut('--out', opts.out, json);
+        writeOut('--markdown', opts.markdown, table);
+        io.stdout(opts.json ? json : table);
+      },
+    );
 
   try {
     await program.parseAsync([...argv], { from: 'user' });
