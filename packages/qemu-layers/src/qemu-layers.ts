@@ -456,7 +456,8 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         j = e - 1;
         continue;
       }
-      bs[j] = (bs[j] as number) | tb;
+      const bsj = bs[j] as number;
+      bs[j] = bsj | tb;
       let bits = tb;
       while (bits !== 0) {
         const low = bits & -bits;
@@ -465,9 +466,15 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         copy++;
         const lo = tw[i] as number;
         const hi = tw[i + 1] as number;
+        if ((bsj & low) === 0) {
+          // bmap's word is zero (its summary bit is clear): a copy, nothing to count.
+          bw[i] = lo;
+          bw[i + 1] = hi;
+          continue;
+        }
         const blo = bw[i] as number;
         const bhi = bw[i + 1] as number;
-        if (blo !== 0 || bhi !== 0) overlap += popcount32(lo & blo) + popcount32(hi & bhi);
+        overlap += popcount32(lo & blo) + popcount32(hi & bhi);
         bw[i] = blo | lo;
         bw[i + 1] = bhi | hi;
       }

@@ -113,6 +113,8 @@ describe.each([
     const c = k.alloc(300);
     k.copy(b, c);
     expect([...c.words]).toEqual([...b.words]);
+    expectCode(() => k.copyRepeat(b, c, -1), 'invalid-argument');
+    expectCode(() => k.xchgInto(b, c, 1.5), 'invalid-argument');
   });
 
   it('rejects foreign, mismatched and overlapping bitmaps, and allocation past maxBytes', () => {
@@ -179,8 +181,8 @@ describe('bitmap kernels: WASM = JS twin = core Bitmap (property)', () => {
   it('every kernel gives the same words and return values', () => {
     fc.assert(
       fc.property(caseArb, ({ bits, src, dst, summary, from }) => {
-        const wasm = createBitmapKernels({ maxBytes: 8 * 1024 });
-        const js = createJsBitmapKernels({ maxBytes: 8 * 1024 });
+        const wasm = createBitmapKernels({ maxBytes: 16 * 1024 });
+        const js = createJsBitmapKernels({ maxBytes: 16 * 1024 });
         expect(wasm.kind).toBe('wasm-simd');
         const sBits = summaryBits(bits);
 
@@ -207,6 +209,17 @@ describe('bitmap kernels: WASM = JS twin = core Bitmap (property)', () => {
           const c = k.alloc(bits);
           k.copy(s, c);
           expect(c.words).toEqual(s.words);
+          const c2 = k.alloc(bits);
+          k.copyRepeat(s, c2, 3);
+          expect(c2.words).toEqual(s.words);
+          // xchgInto: one pass moves src into dst and zeroes src; a second pass moves the zeros.
+          const x = load(k, bits, src);
+          const xd = load(k, bits, dst);
+          k.xchgInto(x, xd);
+          expect([...xd.words]).toEqual([...plain(bits, src).words]);
+          expect(x.words.every((w) => w === 0)).toBe(true);
+          k.xchgInto(load(k, bits, src), xd, 2);
+          expect(xd.words.every((w) => w === 0)).toBe(true);
 
           // plain orAndZero
           expect(k.orAndZero(s, d)).toBe(cFresh);

@@ -61,6 +61,15 @@ export interface BitmapKernels {
   findNextSet(b: Bitmap, from?: number): number;
   /** `dst = src`. */
   copy(src: Bitmap, dst: Bitmap): void;
+  /** `reps` times `dst = src`, looping inside the kernel (for timing small, cache-resident copies). */
+  copyRepeat(src: Bitmap, dst: Bitmap, reps: number): void;
+  /**
+   * `reps` times, per 64-bit word: `dst[i] = xchg(src[i], 0)`, every word, zero or not — KVM's
+   * `KVM_GET_DIRTY_LOG` loop as an atomic exchange (WASM `i64.atomic.rmw.xchg`; the JS twin
+   * uses two `Atomics.exchange` per 64-bit word). `src` ends zero; `dst` holds `src` after one
+   * pass, zero after more.
+   */
+  xchgInto(src: Bitmap, dst: Bitmap, reps?: number): void;
 }
 
 const COMPONENT = 'bitmap-kernels';
@@ -74,6 +83,8 @@ interface WasmExports {
   popcount(ptr: number, words: number): number;
   find_next_set(ptr: number, words: number, from: number): number;
   copy(src: number, dst: number, words: number): void;
+  copy_repeat(src: number, dst: number, words: number, reps: number): void;
+  xchg_into(src: number, dst: number, words: number, reps: number): void;
 }
 
 /** The slice of the `WebAssembly` global used here (the project's lib has no DOM/wasm types). */
@@ -164,7 +175,26 @@ export function createBitmapKernels(options: BitmapKernelsOptions): BitmapKernel
       sameSize(src, dst, 'copy');
       k.copy(src.words.byteOffset, dst.words.byteOffset, dst.words.length);
     },
+    copyRepeat(src, dst, reps) {
+      region.pair(src, dst, 'copyRepeat');
+      checkReps(reps);
+      k.copy_repeat(src.words.byteOffset, dst.words.byteOffset, dst.words.length, reps);
+    },
+    xchgInto(src, dst, reps = 1) {
+      region.pair(src, dst, 'xchgInto');
+      checkReps(reps);
+      k.xchg_into(src.words.byteOffset, dst.words.byteOffset, dst.words.length, reps);
+    },
   };
+}
+
+function checkReps(reps: number): void {
+  if (!(Number.isSafeInteger(reps) && reps >= 0 && reps < 2 ** 31)) {
+    throw new DirtytrackError('invalid-argument', `reps ${reps} is not an integer in [0, 2^31)`, {
+      component: COMPONENT,
+      field: 'reps',
+    });
+  }
 }
 
 /**
@@ -219,6 +249,18 @@ export function createJsBitmapKernels(options: BitmapKernelsOptions): BitmapKern
       region.own(src, 'copy');
       region.own(dst, 'copy');
       dst.copyFrom(src);
+    },
+    copyRepeat(src, dst, reps) {
+      region.pair(src, dst, 'copyRepeat');
+      checkReps(reps);
+      for (let r = 0; r < reps; r++) dst.copyFrom(src);
+    },
+    xchgInto(src, dst, reps = 1) {
+      region.pair(src, dst, 'xchgInto');
+      checkReps(reps);
+      const s = src.words;
+      const d = dst.words;
+      for (let r = 0; r < reps; r++) for (let i = 0; i < s.length; i++) d[i] = Atomics.exchange(s, i, 0);
     },
   };
 }

@@ -186,4 +186,34 @@
 
   ;; dst = src (regions may overlap).
   (func (export "copy") (param $src i32) (param $dst i32) (param $words i32)
-    (memory.copy (local.get $dst) (local.get $src) (i32.shl (local.get $words) (i32.const 2)))))
+    (memory.copy (local.get $dst) (local.get $src) (i32.shl (local.get $words) (i32.const 2))))
+
+  ;; `reps` times: dst = src (memory.copy). With xchg_into, the slides' cache-resident comparison
+  ;; of a copy against per-word xchg, both looping inside WebAssembly (no JS call per pass).
+  (func (export "copy_repeat") (param $src i32) (param $dst i32) (param $words i32) (param $reps i32)
+    (block $rdone
+      (loop $rloop
+        (br_if $rdone (i32.eqz (local.get $reps)))
+        (memory.copy (local.get $dst) (local.get $src) (i32.shl (local.get $words) (i32.const 2)))
+        (local.set $reps (i32.sub (local.get $reps) (i32.const 1)))
+        (br $rloop))))
+
+  ;; `reps` times, per 64-bit word i: dst[i] = xchg(src[i], 0) — KVM's GET_DIRTY_LOG loop
+  ;; (`mask = xchg(&dirty_bitmap[i], 0)`) with i64.atomic.rmw.xchg, a locked exchange on x86.
+  ;; Every word is exchanged, zero or not. `words` counts 32-bit words (even; 8-byte aligned).
+  (func (export "xchg_into") (param $src i32) (param $dst i32) (param $words i32) (param $reps i32)
+    (local $i i32) (local $end i32)
+    (local.set $end (i32.shl (i32.shr_u (local.get $words) (i32.const 1)) (i32.const 3)))
+    (block $rdone
+      (loop $rloop
+        (br_if $rdone (i32.eqz (local.get $reps)))
+        (local.set $i (i32.const 0))
+        (block $done
+          (loop $loop
+            (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+            (i64.store (i32.add (local.get $dst) (local.get $i))
+              (i64.atomic.rmw.xchg (i32.add (local.get $src) (local.get $i)) (i64.const 0)))
+            (local.set $i (i32.add (local.get $i) (i32.const 8)))
+            (br $loop)))
+        (local.set $reps (i32.sub (local.get $reps) (i32.const 1)))
+        (br $rloop)))))
