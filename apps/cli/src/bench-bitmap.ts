@@ -7,7 +7,13 @@ import {
   type LoggingControl,
   type MemslotInfo,
 } from '@dirtytrack/core';
-import { createBitmapKernels, createQemuLayers, type SyncStrategy } from '@dirtytrack/qemu-layers';
+import {
+  createBitmapKernels,
+  createQemuLayers,
+  createSwapDirtyLog,
+  type QemuLayers,
+  type SyncStrategy,
+} from '@dirtytrack/qemu-layers';
 
 /**
  * `dirtytrack bench bitmap`: the slides' bitmap-sync cost for huge VMs, measured side by side in
@@ -16,6 +22,14 @@ import { createBitmapKernels, createQemuLayers, type SyncStrategy } from '@dirty
  * `rwlock-memcpy` = the slides' proposal, `fused` = one hop with a summary) at 100% and, for
  * `fused`, 1% of words dirty; the WebAssembly SIMD OR-and-zero kernel; and the slides'
  * cache-resident case (a 4 KiB bitmap, xchg vs copy). Medians of `reps` after warm-up.
+ *
+ * Every sync is timed whole (`layers.sync()`: harvest, hops, bookkeeping) from the state QEMU
+ * syncs in: the round has sent every page (bmap empty), then the guest dirtied the share under
+ * test. `xchg` and `rwlock-memcpy` harvest with `KVM_GET_DIRTY_LOG`'s whole-bitmap copy; `fused`
+ * harvests a double-buffered producer (`createSwapDirtyLog`) by swapping buffers. Sending the
+ * round and the guest's writes are set up untimed; KVM's re-protection of the pages is not
+ * counted for any strategy (the bench's producers need none). `fused-full-bmap` is the worst
+ * case for `fused`: a 100%-dirty sync into a bmap still full (nothing sent since the last sync).
  */
 export interface BitmapBenchOptions {
   memory: number;
@@ -30,11 +44,24 @@ export interface BitmapBenchResult {
   'memcpy-ms': number;
   'xchg-ms': number;
   'xchg-vs-memcpy': number;
-  strategies: Record<SyncStrategy | 'fused-1pct', { ms: number; 'vs-memcpy': number }>;
+  /**
+   * Each sync case, with a memcpy of the bitmap timed just before every repetition
+   * (`memcpy-ms`, its median), so `vs-memcpy` compares the two under the same machine load.
+   */
+  strategies: Record<
+    SyncStrategy | 'fused-1pct' | 'fused-full-bmap',
+    { ms: number; 'memcpy-ms': number; 'vs-memcpy': number }
+  >;
+  /** `fused` at 1% over `fused` at 100% (the acceptance wants < 0.1). */
+  'fused-1pct-vs-fused': number;
   /** The WebAssembly SIMD OR-and-zero kernel over the same bitmap (or the JS twin where SIMD is missing). */
   'wasm-or-and-zero': { ms: number; 'vs-memcpy': number; kind: string };
   'rwlock-memcpy-vs-xchg': number;
+  /** In L1 (4 KiB), per-word xchg over a copy, both inside the kernel of `l1-kind`. */
   'l1-xchg-vs-memcpy': number;
+  'l1-kind': string;
+  /** The same in plain JS (`Atomics.exchange` per 32-bit word vs `TypedArray.set`): call overhead, not the CPU. */
+  'l1-js-xchg-vs-set': number;
 }
 
 export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
@@ -67,22 +94,40 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     () => void src.collectInto(dst, 'xchg'),
   );
 
-  const strategyMs = (strategy: SyncStrategy, dirty: Bitmap): number => {
+  const logging: LoggingControl = { enableLogging: (s) => s.pages, disableLogging: () => {} };
+  const copyBitmap = (): void => dst.copyFrom(full);
+  const strategyMs = (strategy: Exclude<SyncStrategy, 'fused'>, dirty: Bitmap): SideBySide => {
     step(`sync ${strategy}`);
     const source = scriptedSource(dirty);
-    const logging: LoggingControl = { enableLogging: (s) => s.pages, disableLogging: () => {} };
     const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy });
     layers.setup();
-    return median(
+    return sideBySide(
       reps,
-      () => {},
+      () => sendRound(layers),
+      copyBitmap,
+      () => void layers.sync(),
+    );
+  };
+  const fusedMs = (dirty: Bitmap, drain: boolean): SideBySide => {
+    step(`sync fused${drain ? '' : ' (bmap full)'}`);
+    const source = createSwapDirtyLog({ slots: [slot] });
+    const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused' });
+    layers.setup();
+    return sideBySide(
+      reps,
+      () => {
+        if (drain) sendRound(layers);
+        source.markDirtyBitmap(slot.id, dirty);
+      },
+      copyBitmap,
       () => void layers.sync(),
     );
   };
   const xchgSync = strategyMs('xchg', full);
   const rwlockSync = strategyMs('rwlock-memcpy', full);
-  const fusedSync = strategyMs('fused', full);
-  const fused1 = strategyMs('fused', onePct);
+  const fusedSync = fusedMs(full, true);
+  const fused1 = fusedMs(onePct, true);
+  const fusedFull = fusedMs(full, false);
 
   step('wasm');
   const kernels = createBitmapKernels({ maxBytes: 2 * Bitmap.byteLength(pages) + 64 });
@@ -95,18 +140,34 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   );
 
   step('L1');
-  const l1 = Bitmap.create(4096 * 8);
-  const l1dst = Bitmap.create(4096 * 8);
+  // The slides' cache-resident case: a 4 KiB bitmap, per-word xchg against a copy, both looping
+  // inside the WebAssembly kernel (i64.atomic.rmw.xchg vs memory.copy) so no JS call is timed;
+  // repeated to cover as many words as the big bitmap.
+  const l1Bits = 4096 * 8;
+  const lk = createBitmapKernels({ maxBytes: 2 * Bitmap.byteLength(l1Bits) + 64 });
+  const l1 = lk.alloc(l1Bits);
+  const l1dst = lk.alloc(l1Bits);
   const loops = Math.max(1, Math.floor(full.words.length / l1.words.length));
   l1.setAll();
   const l1Copy = median(
+    reps,
+    () => {},
+    () => lk.copyRepeat(l1, l1dst, loops),
+  );
+  const l1Xchg = median(
+    reps,
+    () => l1.setAll(),
+    () => lk.xchgInto(l1, l1dst, loops),
+  );
+  // The same in plain JS: a 4 KiB TypedArray.set against one Atomics.exchange call per 32-bit word.
+  const l1JsCopy = median(
     reps,
     () => {},
     () => {
       for (let i = 0; i < loops; i++) l1dst.copyFrom(l1);
     },
   );
-  const l1Xchg = median(
+  const l1JsXchg = median(
     reps,
     () => {},
     () => {
@@ -116,6 +177,11 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   );
 
   const vs = (ms: number) => ({ ms, 'vs-memcpy': round(ms / memcpyMs) });
+  const vs2 = (r: SideBySide) => ({
+    ms: r.ms,
+    'memcpy-ms': r.memcpyMs,
+    'vs-memcpy': round(r.ms / r.memcpyMs),
+  });
   return {
     memory: formatSize(options.memory),
     'bitmap-bytes': full.byteLength,
@@ -124,14 +190,18 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     'xchg-ms': xchgMs,
     'xchg-vs-memcpy': round(xchgMs / memcpyMs),
     strategies: {
-      xchg: vs(xchgSync),
-      'rwlock-memcpy': vs(rwlockSync),
-      fused: vs(fusedSync),
-      'fused-1pct': vs(fused1),
+      xchg: vs2(xchgSync),
+      'rwlock-memcpy': vs2(rwlockSync),
+      fused: vs2(fusedSync),
+      'fused-1pct': vs2(fused1),
+      'fused-full-bmap': vs2(fusedFull),
     },
+    'fused-1pct-vs-fused': round(fused1.ms / fusedSync.ms),
     'wasm-or-and-zero': { ...vs(wasmMs), kind: kernels.kind },
-    'rwlock-memcpy-vs-xchg': round(xchgSync / rwlockSync),
+    'rwlock-memcpy-vs-xchg': round(xchgSync.ms / rwlockSync.ms),
     'l1-xchg-vs-memcpy': round(l1Xchg / l1Copy),
+    'l1-kind': lk.kind,
+    'l1-js-xchg-vs-set': round(l1JsXchg / l1JsCopy),
   };
 }
 
@@ -148,11 +218,22 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
     `| sync, rwlock-memcpy (the slides), 100% dirty | ${s['rwlock-memcpy'].ms} | ${s['rwlock-memcpy']['vs-memcpy']} |`,
     `| sync, fused, 100% dirty | ${s.fused.ms} | ${s.fused['vs-memcpy']} |`,
     `| sync, fused, 1% dirty | ${s['fused-1pct'].ms} | ${s['fused-1pct']['vs-memcpy']} |`,
+    `| sync, fused, 100% dirty into a full bmap | ${s['fused-full-bmap'].ms} | ${s['fused-full-bmap']['vs-memcpy']} |`,
     `| ${r['wasm-or-and-zero'].kind} OR-and-zero kernel | ${r['wasm-or-and-zero'].ms} | ${r['wasm-or-and-zero']['vs-memcpy']} |`,
     '',
-    `rwlock-memcpy is ${r['rwlock-memcpy-vs-xchg']}× faster than the three-layer xchg sync; in L1, xchg is ${r['l1-xchg-vs-memcpy']}× a copy.`,
+    `rwlock-memcpy is ${r['rwlock-memcpy-vs-xchg']}× faster than the three-layer xchg sync; fused at 1% takes ${r['fused-1pct-vs-fused']}× its 100% time.`,
+    `In L1 (4 KiB, ${r['l1-kind']}), per-word xchg is ${r['l1-xchg-vs-memcpy']}× a copy (plain JS Atomics.exchange vs TypedArray.set: ${r['l1-js-xchg-vs-set']}×).`,
     '',
   ].join('\n');
+}
+
+/** The migration thread sent every dirty page: clears all of bmap (untimed set-up). */
+function sendRound(layers: QemuLayers): void {
+  const w = layers.bmap.words;
+  for (let i = 0; i < w.length; i++) {
+    const m = w[i] as number;
+    if (m !== 0) layers.clearSent(i, m);
+  }
 }
 
 /** KVM's side as QEMU sees it: GET_DIRTY_LOG copies the slot's dirty words out (copy_to_user). */
@@ -173,6 +254,36 @@ function scriptedSource(dirty: Bitmap): DirtyLogSource {
     },
     lastHarvestCost: () => cost,
   };
+}
+
+interface SideBySide {
+  ms: number;
+  memcpyMs: number;
+}
+
+/** Medians of `run` and of `reference`, timed one after the other in every repetition. */
+function sideBySide(reps: number, prepare: () => void, reference: () => void, run: () => void): SideBySide {
+  const a: number[] = [];
+  const b: number[] = [];
+  const warmups = 2;
+  for (let i = 0; i < warmups + reps; i++) {
+    prepare();
+    const t0 = process.hrtime.bigint();
+    reference();
+    const t1 = process.hrtime.bigint();
+    run();
+    const t2 = process.hrtime.bigint();
+    if (i >= warmups) {
+      a.push(Number(t1 - t0) / 1e6);
+      b.push(Number(t2 - t1) / 1e6);
+    }
+  }
+  return { ms: mid(b), memcpyMs: mid(a) };
+}
+
+function mid(times: number[]): number {
+  times.sort((x, y) => x - y);
+  return round(times[Math.floor(times.length / 2)] as number);
 }
 
 function median(reps: number, prepare: () => void, run: () => void): number {

@@ -104,9 +104,16 @@ describe('dirtytrack bench bitmap', () => {
     const r = JSON.parse(out.stdout) as BitmapBenchResult;
     expect(r.memory).toBe('64M');
     expect(r['bitmap-bytes']).toBe(2048);
-    expect(Object.keys(r.strategies).sort()).toEqual(['fused', 'fused-1pct', 'rwlock-memcpy', 'xchg']);
+    expect(Object.keys(r.strategies).sort()).toEqual([
+      'fused',
+      'fused-1pct',
+      'fused-full-bmap',
+      'rwlock-memcpy',
+      'xchg',
+    ]);
     for (const s of Object.values(r.strategies)) expect(s.ms).toBeGreaterThan(0);
     expect(r['xchg-vs-memcpy']).toBeCloseTo(r['xchg-ms'] / r['memcpy-ms'], 2);
+    expect(r['fused-1pct-vs-fused']).toBeCloseTo(r.strategies['fused-1pct'].ms / r.strategies.fused.ms, 2);
     expect(r['l1-xchg-vs-memcpy']).toBeGreaterThan(0);
   });
 
