@@ -1,5 +1,6 @@
 import type { Bitmap } from './bitmap.js';
 import type { Clock } from './clock.js';
+import type { CostModel } from './cost-model.js';
 
 /**
  * The contracts between dirtytrack's components (ARCHITECTURE §2). A component talks to its
@@ -195,6 +196,12 @@ export interface Tracker extends Rearmer, LoggingControl {
    */
   write(vcpu: number, slot: number, offsets: Uint32Array, count: number): number;
   stats(): TrackerStats;
+  /**
+   * vCPU time the tracker's work has cost so far, summed over vCPUs and priced by `costs` (ns):
+   * fast and slow faults, huge-page splits, measured lock waits. Optional: engines charge
+   * `faults × writeFaultNs` for trackers without a finer model. (Added with the MMU issue.)
+   */
+  vcpuCostNs?(costs: CostModel): number;
 }
 
 /** One vCPU's writes in one quantum. The arrays are reused: consume before returning. */

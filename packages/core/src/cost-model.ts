@@ -40,6 +40,17 @@ export interface CostModel {
    */
   readonly writeFaultNs: number;
   /**
+   * A write fault that takes the slow path: the `mmu_lock` for read, a full walk, and a cmpxchg
+   * that maps the page or restores W on a page that is not MMU-writable (or huge, in a logging
+   * slot). Estimate: 3 µs (twice the fast path: the lock's cache line and a longer walk).
+   */
+  readonly slowFaultNs: number;
+  /**
+   * Splitting one huge SPTE into a table of 512 smaller ones (allocate a 4 KiB page table, fill
+   * it, publish it with cmpxchg): on enable with eager splitting, or in a fault. Estimate: 2 µs.
+   */
+  readonly hugePageSplitNs: number;
+  /**
    * Harvesting one dirty-ring entry and resetting it: an acquire load of its flags, two reads, a
    * release store of RESET, and at reset a re-arm batched per 64-page window. Estimate: 10 ns
    * (a few cache-line touches, sequential in the ring).
@@ -68,6 +79,8 @@ export const DEFAULT_COST_MODEL: CostModel = Object.freeze({
   enableLoggingNsPerPage: 2,
   tlbFlushNs: 20_000,
   writeFaultNs: 1_500,
+  slowFaultNs: 3_000,
+  hugePageSplitNs: 2_000,
   ringEntryNs: 10,
   pageSendCopyNs: 2_000,
   pageSendZeroCopyNs: 500,

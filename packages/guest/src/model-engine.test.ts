@@ -96,6 +96,8 @@ function defaults() {
     enableLoggingNsPerPage: 0,
     tlbFlushNs: 0,
     writeFaultNs: 0,
+    slowFaultNs: 0,
+    hugePageSplitNs: 0,
     ringEntryNs: 0,
     pageSendCopyNs: 0,
     pageSendZeroCopyNs: 0,

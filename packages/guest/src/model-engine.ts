@@ -199,7 +199,12 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
       running = true;
     },
     stats() {
-      return { writes, faults, faultTimeNs: faults * costs.writeFaultNs, ringFullExits };
+      return {
+        writes,
+        faults,
+        faultTimeNs: tracker.vcpuCostNs?.(costs) ?? faults * costs.writeFaultNs,
+        ringFullExits,
+      };
     },
   };
 }

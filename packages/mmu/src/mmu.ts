@@ -4,11 +4,12 @@ import {
   DirtytrackError,
   RWLOCK_BYTES,
   type Clock,
+  type CostModel,
   type DirtySink,
-  type LoggingControl,
   type MemslotInfo,
-  type Rearmer,
   type TouchedWords,
+  type Tracker,
+  type TrackerStats,
 } from '@dirtytrack/core';
 import { Arena, CTL_EPOCH, CTL_WORDS, TABLE_BYTES } from './arena.js';
 import {
@@ -84,7 +85,7 @@ export interface MmuOptions {
 }
 
 /** Counters a user can read; sums over every vCPU and the owner thread. */
-export interface MmuStats {
+export interface MmuStats extends TrackerStats {
   /** Guest writes checked. */
   readonly writes: number;
   /** Writes that hit a cached writable translation (no SPTE walk). */
@@ -101,6 +102,8 @@ export interface MmuStats {
   readonly reported: number;
   /** Huge SPTEs replaced by a table of smaller ones (a 1G → 4K split counts 2). */
   readonly splits: number;
+  /** Pages harvests asked to re-arm (`rearm` calls: the set bits of their masks). */
+  readonly rearmed: number;
   /** Leaves whose W was cleared by enabling logging, re-arming or gfn write-protect. */
   readonly wrprotected: number;
   /** SPTEs zapped (slot delete or move). */
@@ -113,7 +116,7 @@ export interface MmuStats {
   readonly lockWaits: number;
   /** Nanoseconds spent waiting for the `mmu_lock` (needs `clock`). */
   readonly lockWaitNs: number;
-  /** Page tables in use, and the bytes they take. */
+  /** Page tables in use, and the bytes they take (whole-MMU stats only; 0 in `statsOf`). */
   readonly tables: number;
   readonly tableBytes: number;
 }
@@ -133,8 +136,13 @@ export interface MmuDescriptor {
   }[];
 }
 
-/** The software TDP MMU. See the package README for the model and its rules. */
-export interface Mmu extends Rearmer, LoggingControl {
+/**
+ * The software TDP MMU. See the package README for the model and its rules. It is a
+ * {@link Tracker} in its own right — write-protect tracking as KVM does it, through SPTEs — so
+ * engines and reporters plug into it directly.
+ */
+export interface Mmu extends Tracker {
+  readonly kind: 'mmu';
   readonly vcpus: number;
   readonly logging: LoggingMode;
   /** `KVM_SET_USER_MEMORY_REGION`. Owner thread only. */
@@ -150,6 +158,11 @@ export interface Mmu extends Rearmer, LoggingControl {
   populate(slotId: number): number;
   /** Where W 0→1 transitions in logging slots are reported (`mark_page_dirty_in_slot`). */
   attach(sink: DirtySink): void;
+  /**
+   * vCPU time spent in the MMU so far, priced by `costs`: fast faults × `writeFaultNs`, slow
+   * faults × `slowFaultNs`, splits made by faults × `hugePageSplitNs`, plus measured lock waits.
+   */
+  vcpuCostNs(costs: CostModel): number;
   /**
    * Guest writes by vCPU `vcpu` to pages `offsets[0..count)` of slot `slotId`, in order, each
    * through the vCPU's TLB, the SPTE walk, and the fault paths. Returns how many trapped.
@@ -169,6 +182,8 @@ export interface Mmu extends Rearmer, LoggingControl {
   /** The SPTE mapping page `page` of the slot and its level, for tests and diagnostics. */
   inspect(slotId: number, page: number): { spte: number; level: PageLevel };
   stats(): MmuStats;
+  /** The same counters for vCPU `vcpu` alone (or the owner thread's, for `-1`). */
+  statsOf(vcpu: number): MmuStats;
   /** The shared state for {@link attachMmu} (live plane; needs `sharedTables`). */
   descriptor(): MmuDescriptor;
 }
@@ -187,6 +202,7 @@ const C_RECOVERED = 9;
 const C_FLUSHES = 10;
 const C_LOCK_WAITS = 11;
 const C_LOCK_WAIT_NS = 12;
+const C_REARMED = 13;
 const COUNTERS = 16;
 
 const VCPU_OUTSIDE = 0;
@@ -778,6 +794,7 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
         }
       }
       counters[ownerRow + C_WRPROT] = (counters[ownerRow + C_WRPROT] as number) + wp;
+      counters[ownerRow + C_REARMED] = (counters[ownerRow + C_REARMED] as number) + requested;
       if (wp > 0) flushRemoteTlbs();
     } finally {
       lock.writeUnlock();
@@ -877,13 +894,38 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
     return installed;
   }
 
-  const sumCounter = (c: number) => {
-    let total = 0;
-    for (let r = 0; r <= vcpus; r++) total += counters[r * COUNTERS + c] as number;
-    return total;
-  };
+  /** Counters summed over rows `first..last` (vCPU rows, then the owner's row `vcpus`). */
+  function statsOver(first: number, last: number): MmuStats {
+    const sum = (c: number) => {
+      let total = 0;
+      for (let r = first; r <= last; r++) total += counters[r * COUNTERS + c] as number;
+      return total;
+    };
+    const whole = first === 0 && last === vcpus;
+    const tables = whole ? arena.inUse() : 0;
+    return {
+      writes: sum(C_WRITES),
+      tlbHits: sum(C_TLB_HITS),
+      faults: sum(C_FAST) + sum(C_SLOW),
+      fastFaults: sum(C_FAST),
+      slowFaults: sum(C_SLOW),
+      readonlyExits: sum(C_READONLY),
+      reported: sum(C_REPORTED),
+      rearmed: sum(C_REARMED),
+      splits: sum(C_SPLITS),
+      wrprotected: sum(C_WRPROT),
+      zaps: sum(C_ZAPS),
+      recovered: sum(C_RECOVERED),
+      tlbFlushes: sum(C_FLUSHES),
+      lockWaits: sum(C_LOCK_WAITS),
+      lockWaitNs: sum(C_LOCK_WAIT_NS),
+      tables,
+      tableBytes: tables * TABLE_BYTES,
+    };
+  }
 
   const mmu: Mmu = {
+    kind: 'mmu',
     vcpus,
     logging: mode,
     setUserMemoryRegion(region) {
@@ -993,26 +1035,22 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
       const spte = walk(s, s.info.baseGfn + page);
       return { spte, level: wLevel };
     },
-    stats() {
-      const tables = arena.inUse();
-      return {
-        writes: sumCounter(C_WRITES),
-        tlbHits: sumCounter(C_TLB_HITS),
-        faults: sumCounter(C_FAST) + sumCounter(C_SLOW),
-        fastFaults: sumCounter(C_FAST),
-        slowFaults: sumCounter(C_SLOW),
-        readonlyExits: sumCounter(C_READONLY),
-        reported: sumCounter(C_REPORTED),
-        splits: sumCounter(C_SPLITS),
-        wrprotected: sumCounter(C_WRPROT),
-        zaps: sumCounter(C_ZAPS),
-        recovered: sumCounter(C_RECOVERED),
-        tlbFlushes: sumCounter(C_FLUSHES),
-        lockWaits: sumCounter(C_LOCK_WAITS),
-        lockWaitNs: sumCounter(C_LOCK_WAIT_NS),
-        tables,
-        tableBytes: tables * TABLE_BYTES,
-      };
+    stats: () => statsOver(0, vcpus),
+    statsOf(vcpu) {
+      if (!(vcpu >= -1 && vcpu < vcpus)) throw fail('out-of-range', `statsOf: vCPU ${vcpu} does not exist`);
+      return vcpu === -1 ? statsOver(vcpus, vcpus) : statsOver(vcpu, vcpu);
+    },
+    vcpuCostNs(costs) {
+      let ns = 0;
+      for (let v = 0; v < vcpus; v++) {
+        const r = v * COUNTERS;
+        ns +=
+          (counters[r + C_FAST] as number) * costs.writeFaultNs +
+          (counters[r + C_SLOW] as number) * costs.slowFaultNs +
+          (counters[r + C_SPLITS] as number) * costs.hugePageSplitNs +
+          (counters[r + C_LOCK_WAIT_NS] as number);
+      }
+      return ns;
     },
     descriptor() {
       requireOwner('descriptor');
