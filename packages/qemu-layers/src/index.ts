@@ -40,6 +40,15 @@ export {
   type SwappableDirtyLog,
 } from './swap-dirty-log.js';
 export {
+  createRingReaper,
+  RING_REAPER_INTERVAL_MS_DEFAULT,
+  type ReapableRings,
+  type RingReaper,
+  type RingReaperOptions,
+  type RingReaperStats,
+} from './ring-reaper.js';
+export { createReceivedMap, type ReceivedMap, type ReceivedMapOptions } from './received-map.js';
+export {
   attachVhostLog,
   createVhostLog,
   VHOST_LOG_CHUNK,
