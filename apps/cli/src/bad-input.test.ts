@@ -59,7 +59,7 @@ const cases: BadCase[] = [
   {
     what: 'an unknown workload kind',
     argv: ['--set', 'workload.kind=random'],
-    says: ['workload.kind', '"random"', 'accepted', 'uniform', 'sweep'],
+    says: ['workload.kind', '"random"', 'accepted', 'uniform', 'sweep', 'hotset'],
   },
   { what: 'a fractional vCPU count', argv: ['--set', 'vcpus=2.5'], says: ['vcpus', 'integer', '[1, 512]'] },
   { what: 'memory below 64 pages', argv: ['--set', 'memory=1000'], says: ['memory', 'minimum'] },
@@ -118,6 +118,85 @@ const cases: BadCase[] = [
     what: 'an unwritable --out',
     argv: ['--out', join(tmp, 'no-such-dir', 'x.json')],
     says: ['--out', 'ENOENT'],
+  },
+  {
+    what: 'a capability that is not a boolean',
+    argv: ['--set', 'migration.capabilities.auto-converge=maybe'],
+    says: ['migration.capabilities.auto-converge', 'expected true or false'],
+  },
+  {
+    what: 'an unknown capability',
+    argv: ['--set', 'migration.capabilities.postcopy-rom=true'],
+    says: [
+      'migration.capabilities.postcopy-rom',
+      'unknown key',
+      'auto-converge',
+      'dirty-limit',
+      'multifd',
+      'zero-copy-send',
+    ],
+  },
+  {
+    what: 'a throttle below QEMU’s range',
+    argv: ['--set', 'migration.parameters.cpu-throttle-initial=0'],
+    says: ['migration.parameters.cpu-throttle-initial', '[1, 99]'],
+  },
+  {
+    what: 'max-cpu-throttle below cpu-throttle-initial',
+    argv: [
+      '--set',
+      'migration.parameters.cpu-throttle-initial=50',
+      '--set',
+      'migration.parameters.max-cpu-throttle=40',
+    ],
+    says: ['migration.parameters.max-cpu-throttle', 'below cpu-throttle-initial', '50..99'],
+  },
+  {
+    what: 'zero multifd channels',
+    argv: ['--set', 'migration.parameters.multifd-channels=0'],
+    says: ['migration.parameters.multifd-channels', '[1, 255]'],
+  },
+  {
+    what: 'a dirty-limit period above 1000 ms',
+    argv: ['--set', 'migration.parameters.x-vcpu-dirty-limit-period=1001'],
+    says: ['migration.parameters.x-vcpu-dirty-limit-period', '[1, 1000]'],
+  },
+  {
+    what: 'dirty-limit without the dirty ring',
+    argv: ['--set', 'migration.capabilities.dirty-limit=true'],
+    says: ['migration.capabilities.dirty-limit', 'needs reporter: ring'],
+  },
+  {
+    what: 'dirty-limit together with auto-converge',
+    argv: [
+      '--set',
+      'reporter=ring',
+      '--set',
+      'migration.capabilities.dirty-limit=true',
+      '--set',
+      'migration.capabilities.auto-converge=true',
+    ],
+    says: ['migration.capabilities.dirty-limit', 'conflicts with auto-converge'],
+  },
+  {
+    what: 'zero-copy-send without multifd',
+    argv: ['--set', 'migration.capabilities.zero-copy-send=true'],
+    says: ['migration.capabilities.zero-copy-send', 'needs migration.capabilities.multifd'],
+  },
+  {
+    what: 'a hot fraction of 0',
+    argv: ['--set', 'workload.kind=hotset', '--set', 'workload.hot-fraction=0'],
+    says: ['workload.hot-fraction', '(0, 1]'],
+  },
+  {
+    what: 'a negative cancel time',
+    argv: ['--set', 'migration.cancel-at=-1'],
+    says: ['migration.cancel-at', '[0, 10000000]'],
+  },
+  {
+    what: 'a link drop time that is not a number',
+    argv: ['--set', 'link.drop-at=soon'],
+    says: ['link.drop-at', 'expected a number'],
   },
   {
     what: '--set with an empty dotted segment',

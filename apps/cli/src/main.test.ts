@@ -77,6 +77,12 @@ describe('simulate --preset small --json', () => {
       'stop-reason': 'converged',
       pipeline: { workload: 'uniform', tracker: 'wp', reporter: 'bitmap', layers: 'single-hop' },
       vcpu: expect.any(Object),
+      events: [
+        { status: 'setup', time: 0, remaining: 0 },
+        { status: 'active', time: r['setup-time'], remaining: r.ram.total },
+        { status: 'completed', time: r['total-time'], remaining: 0 },
+      ],
+      migration: expect.any(Object),
     });
   });
 
@@ -295,5 +301,144 @@ describe('human summary (no --json)', () => {
     expect(rows[4]).toBe(`  …     (${n - 8} more)`);
     const numbers = rows.filter((_, i) => i !== 4).map((row) => Number(row.trim().split(/\s+/)[0]));
     expect(numbers).toEqual([1, 2, 3, 4, n - 3, n - 2, n - 1, n]);
+  });
+});
+
+describe('simulate: migration capabilities and status paths (issue 8)', () => {
+  /** A 256 MiB guest whose vCPUs sweep all of it at `rate` each, over a `link` link, no cap. */
+  const sweep = (vcpus: string, rate: string, link: string) =>
+    [
+      'memory=256M',
+      `vcpus=${vcpus}`,
+      'workload.kind=sweep',
+      `workload.rate=${rate}`,
+      'workload.working-set=256M',
+      `link.bandwidth=${link}`,
+      'migration.parameters.max-bandwidth=0',
+      'time-limit=120',
+    ].flatMap((kv) => ['--set', kv]);
+  /** A 1 MiB idle guest on a 1 GB/s link: 256 pages, one round. */
+  const tiny = [
+    '--set',
+    'memory=1M',
+    '--set',
+    'workload.working-set=1M',
+    '--set',
+    'workload.rate=0',
+    '--set',
+    'link.bandwidth=1G',
+    '--set',
+    'migration.parameters.max-bandwidth=0',
+  ];
+
+  it('multifd on 4 channels: handshakes, 2 packets, a SYNC on every channel at setup, wrap and completion', async () => {
+    const { result } = await runJson(
+      'simulate',
+      ...tiny,
+      '--set',
+      'migration.capabilities.multifd=true',
+      '--set',
+      'migration.parameters.multifd-channels=4',
+    );
+    expect(result.status).toBe('completed');
+    const header = 1344;
+    expect(result.ram['multifd-bytes']).toBe(4 * 64 + 3 * 4 * header + 2 * header + 256 * PAGE);
+    expect(result.ram['multifd-bytes']).toBe(1_067_648);
+    expect(result.ram.transferred).toBe(1_067_648 + 3 * 8);
+    expect(result.dirtytrack.migration).toMatchObject({ 'multifd-packets': 2, 'multifd-syncs': 3 });
+  });
+
+  it('auto-converge makes a 100 MB/s sweep over a 50 MB/s link complete: steps 20, 30, …, 0 at the end', async () => {
+    const { result } = await runJson(
+      'simulate',
+      ...sweep('1', '100M', '400Mbit'),
+      '--set',
+      'migration.capabilities.auto-converge=true',
+    );
+    expect(result.status).toBe('completed');
+    expect(result.dirtytrack.migration['throttle-steps']).toEqual([20, 30, 40, 50, 60, 70, 80]);
+    expect(result['total-time']).toBe(67_601.195);
+    expect(result['cpu-throttle-percentage']).toBe(0);
+    expect(result.dirtytrack.events.map((e) => e.status)).toEqual(['setup', 'active', 'completed']);
+    const alone = await runJson('simulate', ...sweep('1', '100M', '400Mbit'));
+    expect(alone.result.status).toBe('active');
+  });
+
+  it('dirty-limit through the ring throttles each vCPU and the migration completes', async () => {
+    const { result } = await runJson(
+      'simulate',
+      ...sweep('2', '300M', '400M'),
+      '--set',
+      'reporter=ring',
+      '--set',
+      'migration.parameters.downtime-limit=250',
+      '--set',
+      'migration.parameters.vcpu-dirty-limit=50',
+      '--set',
+      'migration.capabilities.dirty-limit=true',
+    );
+    expect(result.status).toBe('completed');
+    expect(result.trajectory.map((t) => t['dirty-limit-throttle-time-per-round'])).toEqual([
+      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 260_390, 260_390, 260_390, 260_390,
+    ]);
+    expect(result['dirty-limit-throttle-time-per-round']).toBe(0); // removed at the end
+  });
+
+  it('cancel-at: setup → active → cancelling → cancelled at that time', async () => {
+    const { result } = await runJson(
+      'simulate',
+      '--preset',
+      'no-converge',
+      '--set',
+      'migration.cancel-at=2.5',
+    );
+    expect(result.status).toBe('cancelled');
+    expect(result.dirtytrack['stop-reason']).toBe('cancelled');
+    expect(result.dirtytrack.events.map((e) => [e.status, e.time])).toEqual([
+      ['setup', 0],
+      ['active', result['setup-time']],
+      // Requested at 2500 ms; the migration thread sees it when the window's send returns.
+      ['cancelling', 2502.374],
+      ['cancelled', 2502.374],
+    ]);
+  });
+
+  it('link.drop-at: the migration fails with an error-desc', async () => {
+    const { result } = await runJson('simulate', '--preset', 'no-converge', '--set', 'link.drop-at=1');
+    expect(result.status).toBe('failed');
+    expect(result['error-desc']).toBe('Unable to write to socket: Broken pipe (link dropped at 1000 ms)');
+    expect(result.dirtytrack.events.at(-1)).toMatchObject({ status: 'failed', time: 1000 });
+  });
+
+  it('a hot-set workload with every feature on prints byte-identical JSON for the same seed', async () => {
+    const argv = [
+      'simulate',
+      '--set',
+      'memory=256M',
+      '--set',
+      'workload.working-set=256M',
+      '--set',
+      'workload.kind=hotset',
+      '--set',
+      'workload.rate=64M',
+      '--set',
+      'link.bandwidth=1Gbit',
+      '--set',
+      'migration.capabilities.auto-converge=true',
+      '--set',
+      'migration.capabilities.multifd=true',
+      '--set',
+      'migration.capabilities.zero-copy-send=true',
+      '--set',
+      'migration.capabilities.pause-before-switchover=true',
+      '--set',
+      'time-limit=60',
+    ];
+    const a = await runJson(...argv);
+    const b = await runJson(...argv);
+    expect(a.stdout).toBe(b.stdout);
+    expect(a.result.dirtytrack.pipeline.workload).toBe('hotset');
+    const c = await runJson(...argv, '--set', 'seed=9');
+    expect(c.stdout).not.toBe(a.stdout);
   });
 });

@@ -8,6 +8,7 @@ import {
   type MemslotInfo,
 } from '@dirtytrack/core';
 import {
+  createHotSetWorkload,
   createModelEngine,
   createModelMemory,
   createSweepWorkload,
@@ -27,12 +28,18 @@ export interface SimulateResult extends Record<string, unknown> {
     'stop-reason': PrecopyOutcome['stopReason'];
     pipeline: { workload: string; tracker: string; reporter: string; layers: string };
     vcpu: { writes: number; faults: number; 'fault-time': number; 'ring-full-exits': number };
+    /** Every status change (QEMU's MIGRATION events), with the time and what remained. */
+    events: PrecopyOutcome['events'];
+    /** Model-plane figures QEMU does not report (send CPU time, multifd packets and syncs, …). */
+    migration: PrecopyOutcome['stats'];
   };
 }
 
 /**
- * Assembles the model-plane pipeline a scenario describes — workload → write-protect tracker →
- * bitmap reporter → single-hop sync → precopy over a simulated link — and runs it.
+ * Assembles the model-plane pipeline a scenario describes — workload (uniform, sweep, hot-set) →
+ * write-protect tracker → bitmap or ring reporter → QEMU layers → precopy (with auto-converge,
+ * dirty-limit, multifd, zero-copy as the scenario's capabilities say) over a simulated link — and
+ * runs it.
  */
 export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) => void): SimulateResult {
   const pages = scenario.memory / PAGE_SIZE;
@@ -51,7 +58,14 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
   const workload =
     w.kind === 'uniform'
       ? createUniformWorkload({ ...workloadOptions, rng })
-      : createSweepWorkload(workloadOptions);
+      : w.kind === 'hotset'
+        ? createHotSetWorkload({
+            ...workloadOptions,
+            rng,
+            hotFraction: w['hot-fraction'],
+            hotWriteFraction: w['hot-write-fraction'],
+          })
+        : createSweepWorkload(workloadOptions);
   const tracker = createWriteProtectTracker();
   const ring =
     scenario.reporter === 'ring'
@@ -88,16 +102,25 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
           clearBitmapShift: scenario['clear-bitmap-shift'],
           costModel,
         });
+  const dropAt = scenario.link['drop-at'];
   const link = createSimLink({
     bandwidth: scenario.link.bandwidth,
     latencyNs: scenario.link.latency * NS_PER_MS,
+    ...(dropAt === undefined ? {} : { dropAtNs: Math.round(dropAt * NS_PER_S) }),
   });
+  const m = scenario.migration;
   const outcome = runPrecopy({
     engine,
     bitmap,
     link,
     nonzero: memory.nonzero,
-    parameters: scenario.migration.parameters,
+    parameters: m.parameters,
+    capabilities: m.capabilities,
+    throttle: engine,
+    costModel,
+    ...(ring ? { dirtyRing: { entries: scenario['ring-size'] } } : {}),
+    ...(m['locked-memory'] === undefined ? {} : { lockedMemory: m['locked-memory'] }),
+    ...(m['cancel-at'] === undefined ? {} : { cancelAtNs: Math.round(m['cancel-at'] * NS_PER_S) }),
     timeLimitNs: scenario['time-limit'] * NS_PER_S,
     ...(onProgress ? { onProgress } : {}),
   });
@@ -115,6 +138,8 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
         'fault-time': Math.round(vcpu.faultTimeNs / 1000) / 1000,
         'ring-full-exits': vcpu.ringFullExits,
       },
+      events: outcome.events,
+      migration: outcome.stats,
     },
   };
 }

@@ -1,5 +1,5 @@
 import { DEFAULT_COST_MODEL, PAGE_SIZE, parseRate, parseSize } from '@dirtytrack/core';
-import { DEFAULT_PRECOPY_PARAMETERS } from '@dirtytrack/migration';
+import { DEFAULT_PRECOPY_CAPABILITIES, DEFAULT_PRECOPY_PARAMETERS } from '@dirtytrack/migration';
 import { z } from 'zod';
 
 /**
@@ -60,6 +60,8 @@ const number = (min: number, max: number, integer = false) => {
     .max(max, `must be in [${min}, ${max}]`);
 };
 
+const bool = z.boolean({ invalid_type_error: 'expected true or false' });
+
 const costModelShape = Object.fromEntries(
   Object.keys(DEFAULT_COST_MODEL).map((k) => [k, number(0, Number.MAX_VALUE).optional()]),
 ) as Record<keyof typeof DEFAULT_COST_MODEL, z.ZodOptional<z.ZodNumber>>;
@@ -95,11 +97,19 @@ export const scenarioSchema = z
     populated: number(0, 1).default(1),
     workload: z
       .object({
-        kind: z.enum(['uniform', 'sweep']).default('uniform'),
+        kind: z.enum(['uniform', 'sweep', 'hotset']).default('uniform'),
         /** Bytes of page writes per second, per vCPU. */
         rate: rate({ positive: false }).default('8M'),
         'working-set': size({ min: PAGE_SIZE, pageAligned: true }).optional(),
         offset: size({ pageAligned: true }).default(0),
+        /** hotset: fraction of the working set that is hot, (0, 1]. */
+        'hot-fraction': z
+          .number({ invalid_type_error: 'expected a number in (0, 1]' })
+          .gt(0, 'must be in (0, 1]')
+          .max(1, 'must be in (0, 1]')
+          .default(0.1),
+        /** hotset: fraction of the writes that go to the hot pages, [0, 1]. */
+        'hot-write-fraction': number(0, 1).default(0.9),
       })
       .strict()
       .default({}),
@@ -108,6 +118,8 @@ export const scenarioSchema = z
         bandwidth: rate({ positive: true }).default('10Gbit'),
         /** One-way latency, ms. */
         latency: number(0, 60_000).default(0),
+        /** Seconds of migration time after which the link drops (the migration fails). */
+        'drop-at': number(0, 1e7).optional(),
       })
       .strict()
       .default({}),
@@ -122,9 +134,42 @@ export const scenarioSchema = z
             'zero-page-detection': z
               .enum(['none', 'legacy', 'multifd'])
               .default(DEFAULT_PRECOPY_PARAMETERS['zero-page-detection']),
+            'multifd-channels': number(1, 255, true).default(DEFAULT_PRECOPY_PARAMETERS['multifd-channels']),
+            'throttle-trigger-threshold': number(1, 100, true).default(
+              DEFAULT_PRECOPY_PARAMETERS['throttle-trigger-threshold'],
+            ),
+            'cpu-throttle-initial': number(1, 99, true).default(
+              DEFAULT_PRECOPY_PARAMETERS['cpu-throttle-initial'],
+            ),
+            'cpu-throttle-increment': number(1, 99, true).default(
+              DEFAULT_PRECOPY_PARAMETERS['cpu-throttle-increment'],
+            ),
+            'cpu-throttle-tailslow': bool.default(DEFAULT_PRECOPY_PARAMETERS['cpu-throttle-tailslow']),
+            'max-cpu-throttle': number(1, 99, true).default(DEFAULT_PRECOPY_PARAMETERS['max-cpu-throttle']),
+            'x-vcpu-dirty-limit-period': number(1, 1000, true).default(
+              DEFAULT_PRECOPY_PARAMETERS['x-vcpu-dirty-limit-period'],
+            ),
+            /** MB/s per vCPU. */
+            'vcpu-dirty-limit': number(1, Number.MAX_SAFE_INTEGER, true).default(
+              DEFAULT_PRECOPY_PARAMETERS['vcpu-dirty-limit'],
+            ),
           })
           .strict()
           .default({}),
+        capabilities: z
+          .object({
+            'auto-converge': bool.default(DEFAULT_PRECOPY_CAPABILITIES['auto-converge']),
+            'dirty-limit': bool.default(DEFAULT_PRECOPY_CAPABILITIES['dirty-limit']),
+            multifd: bool.default(DEFAULT_PRECOPY_CAPABILITIES.multifd),
+            'zero-copy-send': bool.default(DEFAULT_PRECOPY_CAPABILITIES['zero-copy-send']),
+            'pause-before-switchover': bool.default(DEFAULT_PRECOPY_CAPABILITIES['pause-before-switchover']),
+          })
+          .strict()
+          .default({}),
+        /** Seconds of migration time at which `migrate_cancel` is issued. */
+        'cancel-at': number(0, 1e7).optional(),
+        /** Bytes the process may lock (`ulimit -l`); zero-copy-send pins the pages in flight. Default unlimited. */
+        'locked-memory': size().optional(),
       })
       .strict()
       .default({}),
@@ -160,6 +205,36 @@ export const scenarioSchema = z
         code: 'custom',
         path: ['manual-protect'],
         message: 'needs layers xchg, rwlock-memcpy or fused (their lazy clear_bmap re-arms pages)',
+      });
+    }
+    const caps = s.migration.capabilities;
+    const params = s.migration.parameters;
+    if (caps['auto-converge'] && caps['dirty-limit']) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['migration', 'capabilities', 'dirty-limit'],
+        message: 'conflicts with auto-converge (accepted: only one of them true)',
+      });
+    }
+    if (caps['dirty-limit'] && s.reporter !== 'ring') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['migration', 'capabilities', 'dirty-limit'],
+        message: 'needs reporter: ring (dirty-limit works through the KVM dirty ring)',
+      });
+    }
+    if (caps['zero-copy-send'] && !caps.multifd) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['migration', 'capabilities', 'zero-copy-send'],
+        message: 'needs migration.capabilities.multifd: true',
+      });
+    }
+    if (params['max-cpu-throttle'] < params['cpu-throttle-initial']) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['migration', 'parameters', 'max-cpu-throttle'],
+        message: `${params['max-cpu-throttle']} is below cpu-throttle-initial (accepted: ${params['cpu-throttle-initial']}..99)`,
       });
     }
     if (s.memory / PAGE_SIZE > 2 ** 32) {

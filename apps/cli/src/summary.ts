@@ -11,11 +11,28 @@ export function formatSummary(scenario: Scenario, r: SimulateResult): string {
     `dirtytrack simulate: ${scenario.name} (seed ${scenario.seed})`,
     `  guest     ${bytes(scenario.memory)}, ${scenario.vcpus} vCPUs, ${w.kind} writes at ${bytes(w.rate * scenario.vcpus)}/s over ${bytes(w['working-set'] ?? scenario.memory - w.offset)}`,
     `  link      ${(scenario.link.bandwidth * 8e-9).toFixed(3).replace(/\.?0+$/, '')} Gbit/s, max-bandwidth ${scenario.migration.parameters['max-bandwidth'] === 0 ? 'unlimited' : `${bytes(scenario.migration.parameters['max-bandwidth'])}/s`}, downtime-limit ${scenario.migration.parameters['downtime-limit']} ms`,
-    `  status    ${String(r['status'])}${r['status'] === 'completed' ? '' : ` (stopped at the ${scenario['time-limit']} s time limit: the guest dirties memory faster than the link drains it)`}`,
+    `  status    ${String(r['status'])}${statusNote(scenario, r)}`,
     `  time      total ${fmtMs(r['total-time'] as number)}, setup ${fmtMs(r['setup-time'] as number)}${r['downtime'] === undefined ? '' : `, downtime ${fmtMs(r['downtime'] as number)}`} (expected ${fmtMs(r['expected-downtime'] as number)})`,
     `  ram       transferred ${bytes(ram['transferred'] ?? 0)} of ${bytes(ram['total'] ?? 0)}, ${ram['normal']} normal + ${ram['duplicate']} zero pages, remaining ${bytes(ram['remaining'] ?? 0)}`,
     `  syncs     ${ram['dirty-sync-count']}, dirty-pages-rate ${ram['dirty-pages-rate']} pages/s, ${ram['mbps']} Mbit/s`,
   ];
+  const m = r.dirtytrack.migration;
+  const caps = scenario.migration.capabilities;
+  if (caps['auto-converge']) {
+    lines.push(
+      `  throttle  auto-converge steps ${m['throttle-steps'].length === 0 ? 'none' : m['throttle-steps'].join(', ')} %; now ${String(r['cpu-throttle-percentage'])} %`,
+    );
+  }
+  if (caps['dirty-limit']) {
+    lines.push(
+      `  limit     dirty-limit ${scenario.migration.parameters['vcpu-dirty-limit']} MB/s per vCPU; throttle ${String(r['dirty-limit-throttle-time-per-round'])} µs per ring-full, ring-full time ${String(r['dirty-limit-ring-full-time'])} µs`,
+    );
+  }
+  if (caps.multifd) {
+    lines.push(
+      `  multifd   ${scenario.migration.parameters['multifd-channels']} channels${caps['zero-copy-send'] ? ', zero-copy' : ''}: ${m['multifd-packets']} packets, ${m['multifd-syncs']} syncs, ${bytes(ram['multifd-bytes'] ?? 0)}; send CPU ${fmtMs(m['send-cpu-time'])}`,
+    );
+  }
   const shown = trajectory.length <= 8 ? trajectory : [...trajectory.slice(0, 4), ...trajectory.slice(-4)];
   lines.push('  sync  time            remaining        new dirty');
   for (const t of shown) {
@@ -36,4 +53,17 @@ function bytes(n: number): string {
 
 function fmtMs(ms: number): string {
   return ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${ms.toFixed(1)} ms`;
+}
+
+function statusNote(scenario: Scenario, r: SimulateResult): string {
+  switch (r['status']) {
+    case 'completed':
+      return '';
+    case 'failed':
+      return ` (${String(r['error-desc'])}; the source keeps running)`;
+    case 'cancelled':
+      return ' (migrate_cancel; the source keeps running)';
+    default:
+      return ` (stopped at the ${scenario['time-limit']} s time limit: the guest dirties memory faster than the link drains it)`;
+  }
 }
