@@ -15,7 +15,6 @@ import {
 } from '@dirtytrack/core';
 import { createRamListDirtyMemory, DIRTY_MEMORY_MIGRATION, type RamListDirtyMemory } from './dirty-memory.js';
 import {
-  createDirtyLogBuffer,
   isSwappableDirtyLog,
   zeroBuffer,
   type DirtyLogBuffer,
@@ -227,7 +226,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   const words64 = bmap.words.length / 2;
   const summary = strategy === 'fused' ? new Uint32Array(Math.ceil(words64 / 32)) : undefined;
   /** The swap path's spare: a subset of bmap between syncs (clearSent clears both). */
-  let spare: DirtyLogBuffer | undefined = swapSource === undefined ? undefined : createDirtyLogBuffer(pages);
+  let spare: DirtyLogBuffer | undefined = swapSource?.spareBuffer(slot.id);
   const allOnes = vfioNone ? Bitmap.create(pages) : undefined;
   allOnes?.setAll();
   const n32 = Math.ceil(pages / 32);

@@ -38,7 +38,8 @@ describe('createSwapDirtyLog', () => {
       },
     });
     log.markDirty(0, Uint32Array.of(5, 150), 2, 0);
-    const spare = createDirtyLogBuffer(200, { shared: true });
+    const spare = log.spareBuffer(0);
+    expect(spare).not.toBe(log.active(0));
     const first = log.active(0);
     const taken = log.swapDirtyLog(0, spare);
     expect(taken).toBe(first);
@@ -60,35 +61,29 @@ describe('createSwapDirtyLog', () => {
     expect(pagesOf(log.active(0).bitmap)).toEqual([6]);
   });
 
-  it('rejects a spare that is the active buffer, the wrong size or not empty', () => {
+  it('rejects a spare that is the active buffer, not the slot’s other buffer or not empty, and mixed harvests', () => {
     const log = createSwapDirtyLog({ slots: [slot] });
-    expectDirtytrackError(
-      () => log.swapDirtyLog(0, log.active(0)),
-      'swap-dirty-log',
+    const err = (
+      fn: () => unknown,
+      code: 'invalid-argument' | 'invalid-state' | 'out-of-range',
+      re: RegExp,
+    ) => expectDirtytrackError(fn, 'swap-dirty-log', code, re);
+    err(() => log.swapDirtyLog(0, log.active(0)), 'invalid-argument', /active buffer/);
+    err(() => log.swapDirtyLog(0, createDirtyLogBuffer(200)), 'invalid-argument', /other buffer/);
+    const spare = log.spareBuffer(0);
+    spare.bitmap.set(1);
+    spare.counts[0] = 1;
+    err(() => log.swapDirtyLog(0, spare), 'invalid-argument', /still holds 1/);
+    err(() => log.swapDirtyLog(7, spare), 'invalid-state', /ENOENT/);
+    err(() => log.markDirty(0, Uint32Array.of(200), 1, 0), 'out-of-range', /page 200/);
+    err(() => log.getDirtyLog(0, Bitmap.create(200)), 'invalid-state', /do not mix/);
+    const other = createSwapDirtyLog({ slots: [slot] });
+    other.getDirtyLog(0, Bitmap.create(200));
+    err(() => other.spareBuffer(0), 'invalid-state', /do not mix/);
+    err(
+      () => createSwapDirtyLog({ slots: [slot], buffers: new Map([[0, new SharedArrayBuffer(8)]]) }),
       'invalid-argument',
-      /active buffer/,
-    );
-    expectDirtytrackError(
-      () => log.swapDirtyLog(0, createDirtyLogBuffer(100)),
-      'swap-dirty-log',
-      'invalid-argument',
-      /covers 100/,
-    );
-    const full = createDirtyLogBuffer(200);
-    full.bitmap.set(1);
-    full.counts[0] = 1;
-    expectDirtytrackError(
-      () => log.swapDirtyLog(0, full),
-      'swap-dirty-log',
-      'invalid-argument',
-      /still holds 1/,
-    );
-    expectDirtytrackError(() => log.swapDirtyLog(7, full), 'swap-dirty-log', 'invalid-state', /ENOENT/);
-    expectDirtytrackError(
-      () => log.markDirty(0, Uint32Array.of(200), 1, 0),
-      'swap-dirty-log',
-      'out-of-range',
-      /page 200/,
+      /has 8 bytes/,
     );
   });
 

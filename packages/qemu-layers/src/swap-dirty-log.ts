@@ -44,10 +44,16 @@ export function createDirtyLogBuffer(pages: number, options: { shared?: boolean 
  */
 export interface SwappableDirtyLog {
   /**
-   * Installs `spare` (all zero, summary zero, count 0, same size as the slot) as the slot's
+   * The slot's inactive buffer, zeroed: what the caller passes to its first `swapDirtyLog`. (A
+   * shared log has exactly two buffers per slot, both visible to producers in other threads.)
+   */
+  spareBuffer(slot: number): DirtyLogBuffer;
+  /**
+   * Installs `spare` (the slot's inactive buffer, all zero: summary zero, count 0) as the slot's
    * active buffer and returns the buffer that was active, with every page written before the call.
-   * The caller owns the returned buffer from then on (no producer writes it again); the source
-   * re-arms exactly its pages, as a classic `KVM_GET_DIRTY_LOG` would.
+   * The caller owns the returned buffer from then on (no producer writes it again) and hands it
+   * back, zeroed, as the next call's `spare`; the source re-arms exactly its pages, as a classic
+   * `KVM_GET_DIRTY_LOG` would.
    */
   swapDirtyLog(slot: number, spare: DirtyLogBuffer): DirtyLogBuffer;
 }
@@ -70,8 +76,13 @@ export interface SwapDirtyLogOptions {
    * swap takes it for write. Without it, producers and collector must run on one thread.
    */
   lock?: RWLock;
-  /** Back the buffers with shared memory. Default: true when `lock` is given. */
+  /** Back the buffers with shared memory. Default: true when `lock` or `buffers` is given. */
   shared?: boolean;
+  /**
+   * Attach to another log's slots (a producer worker): `log.slotBuffer(id)` of the creating
+   * thread, keyed by slot id. Requires the same `lock`.
+   */
+  buffers?: ReadonlyMap<number, SharedArrayBuffer>;
 }
 
 /** A dirty log (classic, no manual protect) with a summary and an O(1) double-buffered harvest. */
@@ -79,6 +90,8 @@ export interface SwapDirtyLog extends Reporter, SwappableDirtyLog {
   readonly kind: 'swap';
   /** The buffer producers write now (tests and diagnostics; do not clear it behind the log's back). */
   active(slot: number): DirtyLogBuffer;
+  /** The memory holding a slot's two buffers and its active index: post it to producer workers. */
+  slotBuffer(slot: number): ArrayBufferLike;
   /**
    * ORs `src` (a whole-slot bitmap) into the active buffer word-wise, keeping summary and count:
    * the bulk producer path (`set_dirty_lebitmap` of a reaped ring into the slot bitmap). Returns
@@ -106,19 +119,36 @@ export interface SwapDirtyLog extends Reporter, SwappableDirtyLog {
  * if its read section ended before the swap, the new one (next harvest) otherwise. Without a
  * lock there is no other thread, and the same argument holds trivially.
  *
+ * Each slot has exactly two buffers and an active index in one memory ({@link SwapDirtyLog.slotBuffer}),
+ * so producer workers attach with `buffers` and find the active buffer by index.
+ *
  * `getDirtyLog` is the same swap followed by a copy into `out` and a zeroing of the old buffer
- * (which becomes the internal spare), so the `'xchg'` and `'rwlock-memcpy'` strategies read it
- * like any source. `lastHarvestCost()` counts the 64-bit words visited through the summary as
+ * (the inactive one is zero between GETs), so the `'xchg'` and `'rwlock-memcpy'` strategies read
+ * it like any source. A slot is harvested either with `getDirtyLog` or with `spareBuffer` +
+ * `swapDirtyLog`, never both: the swap collector keeps the inactive buffer as its spare. `lastHarvestCost()` counts the 64-bit words visited through the summary as
  * copied words, and nothing as exchanged: the swap replaces the per-word `xchg`.
  */
 export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirtyLog {
-  const { rearmer, lock } = options;
-  const shared = options.shared ?? lock !== undefined;
+  const { rearmer, lock, buffers } = options;
+  const shared = options.shared ?? (lock !== undefined || buffers !== undefined);
+  if (buffers !== undefined && !shared) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      'buffers are shared memory: they cannot be used with shared: false',
+      {
+        component: COMPONENT,
+        field: 'buffers',
+      },
+    );
+  }
   interface Slot {
     readonly info: MemslotInfo;
-    active: DirtyLogBuffer;
-    /** getDirtyLog's own spare (the collector's, for the swap path, lives with the collector). */
-    spare: DirtyLogBuffer | undefined;
+    readonly memory: ArrayBufferLike;
+    /** `index[0]`: which of `bufs` is active (read and flipped with Atomics). */
+    readonly index: Int32Array;
+    readonly bufs: readonly [DirtyLogBuffer, DirtyLogBuffer];
+    /** Who harvests this slot: one collector style per slot (see getDirtyLog). */
+    harvester: 'get' | 'swap' | undefined;
     touched: Uint32Array;
   }
   const slots = new Map<number, Slot>();
@@ -135,6 +165,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
     }
     return s;
   };
+  const activeOf = (s: Slot): DirtyLogBuffer => s.bufs[Atomics.load(s.index, 0) & 1] as DirtyLogBuffer;
   const readLocked = <T>(run: () => T): T => {
     if (lock === undefined) return run();
     lock.readLock();
@@ -144,21 +175,28 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       lock.readUnlock();
     }
   };
-
-  /** The O(1) part of every harvest: under the write lock, `spare` becomes active. */
-  const swap = (s: Slot, spare: DirtyLogBuffer): DirtyLogBuffer => {
-    if (lock === undefined) {
-      const old = s.active;
-      s.active = spare;
-      return old;
+  const harvester = (s: Slot, style: 'get' | 'swap'): void => {
+    s.harvester ??= style;
+    if (s.harvester !== style) {
+      // The swap collector keeps the inactive buffer (non-zero) as its spare between syncs; a GET
+      // in between would hand it to producers.
+      throw new DirtytrackError(
+        'invalid-state',
+        `slot ${s.info.id} is harvested with ${s.harvester === 'get' ? 'getDirtyLog' : 'swapDirtyLog'}; do not mix the two`,
+        { component: COMPONENT, field: 'slot' },
+      );
     }
-    lock.writeLock();
+  };
+
+  /** The O(1) part of every harvest: under the write lock, the other buffer becomes active. */
+  const swap = (s: Slot): DirtyLogBuffer => {
+    if (lock !== undefined) lock.writeLock();
     try {
-      const old = s.active;
-      s.active = spare;
-      return old;
+      const i = Atomics.load(s.index, 0) & 1;
+      Atomics.store(s.index, 0, i ^ 1);
+      return s.bufs[i] as DirtyLogBuffer;
     } finally {
-      lock.writeUnlock();
+      if (lock !== undefined) lock.writeUnlock();
     }
   };
 
@@ -206,10 +244,33 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
           },
         );
       }
+      const l = slotLayout(info.pages);
+      const given = buffers?.get(info.id);
+      if (buffers !== undefined && given === undefined) {
+        throw new DirtytrackError('invalid-argument', `addSlot: no buffer for slot ${info.id} in buffers`, {
+          component: COMPONENT,
+          field: 'buffers',
+        });
+      }
+      if (given !== undefined && given.byteLength < l.bytes) {
+        throw new DirtytrackError(
+          'invalid-argument',
+          `addSlot: the buffer for slot ${info.id} has ${given.byteLength} bytes, its ${info.pages} pages need ${l.bytes}`,
+          { component: COMPONENT, field: 'buffers' },
+        );
+      }
+      const memory = given ?? (shared ? new SharedArrayBuffer(l.bytes) : new ArrayBuffer(l.bytes));
+      const buf = (b: 0 | 1): DirtyLogBuffer => ({
+        bitmap: Bitmap.wrap(memory, info.pages, l.bitmap[b]),
+        summary: new Uint32Array(memory, l.summary[b], l.summaryWords),
+        counts: new Uint32Array(memory, l.counts[b], 1),
+      });
       slots.set(info.id, {
         info,
-        active: createDirtyLogBuffer(info.pages, { shared }),
-        spare: undefined,
+        memory,
+        index: new Int32Array(memory, 0, 1),
+        bufs: [buf(0), buf(1)],
+        harvester: undefined,
         touched: new Uint32Array(64),
       });
     },
@@ -228,7 +289,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       if (count === 0) return;
       readLocked(() => {
         // Looked up inside the read section: see the concurrency note above.
-        const { bitmap, summary, counts } = s.active;
+        const { bitmap, summary, counts } = activeOf(s);
         const words = bitmap.words;
         const bits = bitmap.bits;
         let fresh = 0;
@@ -266,7 +327,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
         );
       }
       return readLocked(() => {
-        const { bitmap, summary, counts } = s.active;
+        const { bitmap, summary, counts } = activeOf(s);
         const dst = bitmap.words;
         const w = src.words;
         let fresh = 0;
@@ -285,12 +346,23 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       });
     },
     active(slot) {
-      return slotOf(slot, 'active').active;
+      return activeOf(slotOf(slot, 'active'));
+    },
+    slotBuffer(slot) {
+      return slotOf(slot, 'slotBuffer').memory;
+    },
+    spareBuffer(slot) {
+      const s = slotOf(slot, 'spareBuffer');
+      harvester(s, 'swap');
+      const spare = s.bufs[(Atomics.load(s.index, 0) & 1) ^ 1] as DirtyLogBuffer;
+      zeroBuffer(spare);
+      return spare;
     },
     swapDirtyLog(slot, spare) {
       const s = slotOf(slot, 'swapDirtyLog');
-      checkSpare(spare, s.info, s.active);
-      const taken = swap(s, spare);
+      harvester(s, 'swap');
+      checkSpare(spare, s.info, s.bufs[(Atomics.load(s.index, 0) & 1) ^ 1] as DirtyLogBuffer, activeOf(s));
+      const taken = swap(s);
       const rearmedPages = rearm(s, taken);
       const reported = taken.counts[0] as number;
       last = {
@@ -311,12 +383,19 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
           { component: COMPONENT, field: 'out', errno: 'EINVAL' },
         );
       }
-      const taken = log.swapDirtyLog(slot, s.spare ?? createDirtyLogBuffer(s.info.pages, { shared }));
+      harvester(s, 'get');
+      const taken = swap(s);
+      const rearmedPages = rearm(s, taken);
       const reported = taken.counts[0] as number;
       out.words.set(taken.bitmap.words);
-      zeroBuffer(taken);
-      s.spare = taken;
-      last = { ...last, copyWords: out.words.length / 2 };
+      zeroBuffer(taken); // the inactive buffer is zero between GETs
+      last = {
+        xchgWords: 0,
+        copyWords: out.words.length / 2,
+        rearmedPages,
+        tlbFlushes: reported > 0 && rearmer !== undefined ? 1 : 0,
+        ringEntries: 0,
+      };
       return reported;
     },
     lastHarvestCost() {
@@ -357,7 +436,12 @@ export function zeroBuffer(buf: DirtyLogBuffer): void {
   buf.counts[0] = 0;
 }
 
-function checkSpare(spare: DirtyLogBuffer, info: MemslotInfo, active: DirtyLogBuffer): void {
+function checkSpare(
+  spare: DirtyLogBuffer,
+  info: MemslotInfo,
+  inactive: DirtyLogBuffer,
+  active: DirtyLogBuffer,
+): void {
   if (spare === active) {
     throw new DirtytrackError(
       'invalid-argument',
@@ -368,10 +452,10 @@ function checkSpare(spare: DirtyLogBuffer, info: MemslotInfo, active: DirtyLogBu
       },
     );
   }
-  if (spare.bitmap.bits !== info.pages || spare.summary.length !== active.summary.length) {
+  if (spare !== inactive) {
     throw new DirtytrackError(
       'invalid-argument',
-      `swapDirtyLog: the spare covers ${spare.bitmap.bits} pages, slot ${info.id} has ${info.pages}`,
+      `swapDirtyLog: the spare is not slot ${info.id}'s other buffer (get it from spareBuffer, then pass back what each swap returned)`,
       { component: COMPONENT, field: 'spare' },
     );
   }
@@ -382,4 +466,26 @@ function checkSpare(spare: DirtyLogBuffer, info: MemslotInfo, active: DirtyLogBu
       { component: COMPONENT, field: 'spare' },
     );
   }
+}
+
+/** Byte offsets of a slot's active index and its two buffers in one memory (8-byte aligned). */
+function slotLayout(pages: number): {
+  bytes: number;
+  summaryWords: number;
+  bitmap: [number, number];
+  summary: [number, number];
+  counts: [number, number];
+} {
+  const bitmapBytes = Bitmap.byteLength(pages);
+  const summaryWords = Math.ceil(bitmapBytes / 8 / 32);
+  const summaryBytes = Math.ceil((summaryWords * 4) / 8) * 8;
+  const one = bitmapBytes + summaryBytes + 8;
+  const at = (b: number): number => 8 + b * one;
+  return {
+    bytes: 8 + 2 * one,
+    summaryWords,
+    bitmap: [at(0), at(1)],
+    summary: [at(0) + bitmapBytes, at(1) + bitmapBytes],
+    counts: [at(0) + bitmapBytes + summaryBytes, at(1) + bitmapBytes + summaryBytes],
+  };
 }
