@@ -53,6 +53,13 @@ export interface Rearmer {
    * needs (KVM re-arms per 64-page batch). (Added with the reporters issue.)
    */
   rearm(slot: number, mask: Bitmap, touched?: TouchedWords): number;
+  /**
+   * `kvm_arch_sync_dirty_log`: makes dirty state buffered in the CPU reach the sink before a
+   * harvest reads the log — with PML, kicks every vCPU so its buffer is drained. Reporters call
+   * it at the start of `KVM_GET_DIRTY_LOG` and of a ring reap. Optional: trackers that report at
+   * fault time have nothing buffered. (Added with the MMU issue.)
+   */
+  syncDirtyLog?(slot?: number): void;
 }
 
 /** Indices of the 32-bit words of a bitmap that may be non-zero: `words[0..count)`. */

@@ -322,3 +322,59 @@ describe('faults, READONLY slots and the TLB protocol', () => {
     expectDirtytrackError(() => mmu.descriptor(), 'mmu', 'invalid-state', /sharedTables/);
   });
 });
+
+describe('PML (Intel page-modification logging)', () => {
+  it('re-arms by clearing D; writes log gfns without exiting; a harvest kick drains them in write order', () => {
+    const { mmu, info, write, sink, mask } = guest({ pml: true }, 4 * MiB, '2M');
+    expect(mmu.enableLogging(info)).toBe(1024);
+    expect(mmu.stats()).toMatchObject({ splits: 2, dirtyCleared: 1024, wrprotected: 0, tlbFlushes: 1 });
+    expect(describeSpte(mmu.inspect(0, 5).spte)).toBe('P|W|MW|HW');
+    expect(write(0, 6, 5, 6, 700)).toBe(0); // No exits: the CPU logs.
+    expect(sink.pages).toEqual([]);
+    expect(mmu.stats()).toMatchObject({ pmlLogged: 3, faults: 0, pmlFullExits: 0 });
+    mmu.syncDirtyLog();
+    expect(sink.pages).toEqual([6, 5, 700]);
+    expect(mmu.stats().reported).toBe(3);
+
+    mmu.rearm(0, mask(5)); // D cleared again, TLBs flushed: the next write logs again.
+    write(0, 5, 6);
+    mmu.syncDirtyLog();
+    expect(sink.pages).toEqual([6, 5, 700, 5]);
+    expect(mmu.stats()).toMatchObject({ dirtyCleared: 1025, pmlLogged: 4 });
+  });
+
+  it('a full buffer exits before the 513th logged write; exits are writes-to-new-pages / 512', () => {
+    const { mmu, info, write, sink } = guest({ pml: true }, 8 * MiB, '4K');
+    mmu.enableLogging(info);
+    expect(write(1, ...range(0, 512))).toBe(0);
+    expect(mmu.stats().pmlFullExits).toBe(0);
+    expect(write(1, 512)).toBe(1); // The PML-full exit drains 512 entries, then the write logs.
+    expect(sink.pages).toEqual(range(0, 512));
+    expect(write(1, ...range(513, 1535))).toBe(2);
+    expect(mmu.stats()).toMatchObject({ pmlFullExits: 3, pmlLogged: 2048, reported: 1536 });
+    mmu.syncDirtyLog();
+    expect(sink.pages).toEqual(range(0, 2048));
+  });
+
+  it('huge pages are still write-protected under PML; a fault reports directly', () => {
+    const { mmu, info, write, sink } = guest({ pml: true, logging: 'write-protect' }, GiB, '1G');
+    expect(mmu.enableLogging(info)).toBe(1);
+    expect(mmu.stats()).toMatchObject({ wrprotected: 1, dirtyCleared: 0 });
+    expect(write(0, 3)).toBe(1);
+    expect(sink.pages).toEqual([3]);
+    expect(mmu.stats()).toMatchObject({ slowFaults: 1, splits: 2, pmlLogged: 0 });
+  });
+
+  it('a stale TLB entry skips the D-bit walk when the flush is skipped: the write is lost', () => {
+    for (const skipTlbFlush of [false, true]) {
+      const { mmu, info, write, sink, mask } = guest({ pml: true, skipTlbFlush }, 4 * MiB, '4K');
+      mmu.enableLogging(info);
+      write(0, 9);
+      mmu.syncDirtyLog();
+      mmu.rearm(0, mask(9));
+      write(0, 9);
+      mmu.syncDirtyLog();
+      expect(sink.pages).toEqual(skipTlbFlush ? [9] : [9, 9]);
+    }
+  });
+});

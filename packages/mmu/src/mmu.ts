@@ -65,6 +65,15 @@ export interface MmuOptions {
    * next write's fault splits them.
    */
   readonly splitOnClear?: boolean;
+  /**
+   * Intel PML (reference/kvm.md §3): logging slots are re-armed by clearing the D bit of their
+   * 4 KiB SPTEs instead of W; the first write to such a page sets D and logs its gfn into the
+   * vCPU's 512-entry PML buffer (index counting down from 511) without an exit. A write that
+   * finds the buffer full exits first (PML-full), and the buffer is drained into the sink on
+   * every exit and when a harvest kicks the vCPUs (`syncDirtyLog`). Huge pages are still
+   * write-protected. Default false (AMD: write-protect only).
+   */
+  readonly pml?: boolean;
   /** Entries of each vCPU's TLB (direct-mapped by gfn, power of two). Default 1024. */
   readonly tlbEntries?: number;
   /**
@@ -110,6 +119,12 @@ export interface MmuStats extends TrackerStats {
   readonly zaps: number;
   /** Tables collapsed back into huge SPTEs when logging was turned off. */
   readonly recovered: number;
+  /** Leaves whose D bit was cleared (PML re-arm) by enabling logging or re-arming. */
+  readonly dirtyCleared: number;
+  /** gfns the CPU logged into PML buffers (D 0→1 on a writable 4 KiB page of a logging slot). */
+  readonly pmlLogged: number;
+  /** PML-full VM exits (a write found its vCPU's buffer full). */
+  readonly pmlFullExits: number;
   /** Remote TLB flushes requested. */
   readonly tlbFlushes: number;
   /** Times a thread found the `mmu_lock` taken and had to wait. */
@@ -129,6 +144,7 @@ export interface MmuDescriptor {
   readonly counters: SharedArrayBuffer;
   readonly chunks: readonly SharedArrayBuffer[];
   readonly freeRing: SharedArrayBuffer;
+  readonly pml: SharedArrayBuffer;
   readonly slots: readonly {
     readonly slot: Memslot;
     readonly root: SharedArrayBuffer;
@@ -179,6 +195,12 @@ export interface Mmu extends Tracker {
    * dropped its cached translations. Owner only. Returns false when `skipTlbFlush` skipped it.
    */
   flushRemoteTlbs(): boolean;
+  /**
+   * `kvm_arch_sync_dirty_log`: with PML, kicks every vCPU out of guest mode so its PML buffer is
+   * drained into the sink before a harvest reads the log (waits for vCPUs in guest mode). No-op
+   * without PML. Reporters call it at the start of `KVM_GET_DIRTY_LOG` and ring harvests.
+   */
+  syncDirtyLog(slot?: number): void;
   /** The SPTE mapping page `page` of the slot and its level, for tests and diagnostics. */
   inspect(slotId: number, page: number): { spte: number; level: PageLevel };
   stats(): MmuStats;
@@ -203,7 +225,10 @@ const C_FLUSHES = 10;
 const C_LOCK_WAITS = 11;
 const C_LOCK_WAIT_NS = 12;
 const C_REARMED = 13;
-const COUNTERS = 16;
+const C_DCLEAR = 14;
+const C_PML_LOGGED = 15;
+const C_PML_FULL = 16;
+const COUNTERS = 17;
 
 const VCPU_OUTSIDE = 0;
 const VCPU_IN_GUEST = 1;
@@ -221,10 +246,19 @@ interface SlotState {
   ctl: Int32Array;
 }
 
+/** Per-vCPU shared words: [state, observed TLB epoch, observed kick]. */
+const VW = 3;
+/** PML log per vCPU: [index, 512 gfns]. */
+const PML_STRIDE = 513;
+const PML_ENTRIES = 512;
+/** A shared control word after the arena's: the kick counter `syncDirtyLog` bumps. */
+const CTL_KICK = CTL_WORDS;
+const CTL_ALL = CTL_WORDS + 1;
+
 interface Shared {
   ctl: Int32Array;
-  /** Per vCPU: [state, observed epoch]. */
   vcpuWords: Int32Array;
+  pmlLog: Int32Array;
   lockBuffer: SharedArrayBuffer;
   counters: Float64Array;
   arena: Arena;
@@ -238,7 +272,8 @@ export function createMmu(options: MmuOptions): Mmu {
   validateOptions(options);
   const sharedTables = options.sharedTables;
   const live = sharedTables !== undefined;
-  const ctlWords = CTL_WORDS + options.vcpus * 2;
+  const ctlWords = CTL_ALL + options.vcpus * VW;
+  const pmlBytes = options.vcpus * PML_STRIDE * 4;
   const ctlAll = new Int32Array(live ? new SharedArrayBuffer(ctlWords * 4) : new ArrayBuffer(ctlWords * 4));
   const counters = new Float64Array(
     live
@@ -247,7 +282,8 @@ export function createMmu(options: MmuOptions): Mmu {
   );
   const shared: Shared = {
     ctl: ctlAll,
-    vcpuWords: ctlAll.subarray(CTL_WORDS),
+    vcpuWords: ctlAll.subarray(CTL_ALL),
+    pmlLog: new Int32Array(live ? new SharedArrayBuffer(pmlBytes) : new ArrayBuffer(pmlBytes)),
     lockBuffer: new SharedArrayBuffer(RWLOCK_BYTES),
     counters,
     arena: new Arena(ctlAll, live ? sharedTables : Infinity),
@@ -260,7 +296,8 @@ export function attachMmu(descriptor: MmuDescriptor, clock?: Clock): Mmu {
   const ctl = new Int32Array(descriptor.ctl);
   const shared: Shared = {
     ctl,
-    vcpuWords: ctl.subarray(CTL_WORDS),
+    vcpuWords: ctl.subarray(CTL_ALL),
+    pmlLog: new Int32Array(descriptor.pml),
     lockBuffer: descriptor.lock,
     counters: new Float64Array(descriptor.counters),
     arena: new Arena(
@@ -312,7 +349,11 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
   const clock = options.clock;
   const timeoutMs = options.timeoutMs ?? 10_000;
   const live = options.sharedTables !== undefined;
-  const { ctl, vcpuWords, counters, arena } = shared;
+  const { ctl, vcpuWords, counters, arena, pmlLog } = shared;
+  const pml = options.pml ?? false;
+  /** What a re-arm clears on 4 KiB leaves: D under PML, W otherwise. */
+  const rearmBit = pml ? SPTE_DIRTY : SPTE_WRITABLE;
+  if (owner) for (let v = 0; v < vcpus; v++) pmlLog[v * PML_STRIDE] = PML_ENTRIES - 1;
   const lock = attachRWLock(shared.lockBuffer, 0);
   const slots = new Map<number, SlotState>(attachedSlots.map((s) => [s.info.id, s]));
   let descriptorTaken = false;
@@ -321,6 +362,8 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
   // Per-thread state: TLBs (only their own vCPU thread touches them) and the epoch each saw.
   const tlbs = Array.from({ length: vcpus }, () => new Uint32Array(tlbEntries));
   const seenEpoch = new Int32Array(vcpus);
+  const seenKick = new Int32Array(vcpus);
+  const drainBuf = new Uint32Array(PML_ENTRIES);
   const inGuest = new Uint8Array(vcpus);
   let report = new Uint32Array(1024);
   let reportCount = 0;
@@ -444,35 +487,100 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
 
   // --- TLB and flush protocol -----------------------------------------------------------------
 
+  /** Drains vCPU `vcpu`'s PML buffer into the sink, oldest entry first (what KVM does on exit). */
+  function drainPml(vcpu: number): void {
+    const at = vcpu * PML_STRIDE;
+    const index = pmlLog[at] as number;
+    const n = PML_ENTRIES - 1 - index;
+    if (n <= 0) return;
+    let run = 0;
+    let runSlot: SlotState | undefined;
+    const emit = () => {
+      if (run === 0 || runSlot === undefined) return;
+      if (logging(runSlot)) {
+        if (sink === undefined) throw fail('invalid-state', 'PML drain with no sink attached');
+        sink.markDirty(runSlot.info.id, drainBuf, run, vcpu);
+        counters[vcpu * COUNTERS + C_REPORTED] = (counters[vcpu * COUNTERS + C_REPORTED] as number) + run;
+      }
+      run = 0;
+    };
+    for (let i = PML_ENTRIES - 1; i > index; i--) {
+      const gfn = (pmlLog[at + 1 + i] as number) >>> 0;
+      if (
+        runSlot === undefined ||
+        gfn < runSlot.info.baseGfn ||
+        gfn >= runSlot.info.baseGfn + runSlot.info.pages
+      ) {
+        emit();
+        runSlot = slotOfGfn(gfn);
+        if (runSlot === undefined) continue; // The slot went away: its dirty state is gone.
+      }
+      if (run === drainBuf.length) emit();
+      drainBuf[run++] = gfn - runSlot.info.baseGfn;
+    }
+    emit();
+    pmlLog[at] = PML_ENTRIES - 1;
+  }
+
+  function slotOfGfn(gfn: number): SlotState | undefined {
+    for (const s of slots.values()) {
+      if (gfn >= s.info.baseGfn && gfn < s.info.baseGfn + s.info.pages) return s;
+    }
+    return undefined;
+  }
+
+  /** A kick (`syncDirtyLog`) reached this vCPU: it exits, which drains its PML buffer. */
+  function observeKick(vcpu: number): void {
+    const kick = Atomics.load(ctl, CTL_KICK);
+    if (kick === seenKick[vcpu]) return;
+    drainPml(vcpu);
+    seenKick[vcpu] = kick;
+    Atomics.store(vcpuWords, vcpu * VW + 2, kick);
+    Atomics.notify(vcpuWords, vcpu * VW + 2);
+  }
+
+  function syncDirtyLog(): void {
+    if (!pml) return;
+    if (!live) {
+      // Model plane: the vCPUs are not running concurrently; their exits drain them now.
+      for (let v = 0; v < vcpus; v++) drainPml(v);
+      return;
+    }
+    const kick = Atomics.add(ctl, CTL_KICK, 1) + 1;
+    awaitAck(kick, 2, 'kick');
+  }
+
+  /** Waits until every vCPU in guest mode has acknowledged `value` in its word `word`. */
+  function awaitAck(value: number, word: number, what: string): void {
+    for (let v = 0; v < vcpus; v++) {
+      let waitedMs = 0;
+      for (;;) {
+        if (Atomics.load(vcpuWords, v * VW) !== VCPU_IN_GUEST) break;
+        const seen = Atomics.load(vcpuWords, v * VW + word);
+        if (seen - value >= 0) break;
+        if (waitedMs >= timeoutMs) {
+          throw fail('timeout', `${what}: vCPU ${v} did not acknowledge ${value} within ${timeoutMs} ms`);
+        }
+        Atomics.wait(vcpuWords, v * VW + word, seen, 1);
+        waitedMs += 1;
+      }
+    }
+  }
+
   function observeFlush(vcpu: number): void {
     const epoch = Atomics.load(ctl, CTL_EPOCH);
     if (epoch === seenEpoch[vcpu]) return;
     (tlbs[vcpu] as Uint32Array).fill(0);
     seenEpoch[vcpu] = epoch;
-    Atomics.store(vcpuWords, vcpu * 2 + 1, epoch);
-    Atomics.notify(vcpuWords, vcpu * 2 + 1);
+    Atomics.store(vcpuWords, vcpu * VW + 1, epoch);
+    Atomics.notify(vcpuWords, vcpu * VW + 1);
   }
 
   function flushRemoteTlbs(): boolean {
     counters[ownerRow + C_FLUSHES] = (counters[ownerRow + C_FLUSHES] as number) + 1;
     if (skipFlush) return false;
     const epoch = Atomics.add(ctl, CTL_EPOCH, 1) + 1;
-    for (let v = 0; v < vcpus; v++) {
-      let waitedMs = 0;
-      for (;;) {
-        if (Atomics.load(vcpuWords, v * 2) !== VCPU_IN_GUEST) break;
-        const seen = Atomics.load(vcpuWords, v * 2 + 1);
-        if (seen - epoch >= 0) break;
-        if (waitedMs >= timeoutMs) {
-          throw fail(
-            'timeout',
-            `TLB flush: vCPU ${v} did not acknowledge epoch ${epoch} within ${timeoutMs} ms`,
-          );
-        }
-        Atomics.wait(vcpuWords, v * 2 + 1, seen, 1);
-        waitedMs += 1;
-      }
-    }
+    awaitAck(epoch, 1, 'TLB flush');
     return true;
   }
 
@@ -498,8 +606,27 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
       if (e === SPTE_FROZEN) continue; // A split is in flight: re-walk (KVM re-faults).
       if ((e & SPTE_PRESENT) === 0) break; // Not mapped: slow path.
       if ((e & SPTE_WRITABLE) !== 0) {
+        let exited = 0;
+        if ((e & SPTE_DIRTY) === 0) {
+          // The CPU sets D; with PML on in a logging slot it logs the gfn first — or, when the
+          // buffer is full, exits (PML-full), the exit drains the buffer, and the write retries.
+          const log = pml && (e & SPTE_HUGE) === 0 && logging(s);
+          const at = vcpu * PML_STRIDE;
+          if (log && (pmlLog[at] as number) < 0) {
+            counters[row + C_PML_FULL] = (counters[row + C_PML_FULL] as number) + 1;
+            drainPml(vcpu);
+            exited = 1;
+          }
+          if (Atomics.compareExchange(wArr, wIdx, e, e | SPTE_DIRTY) !== e) continue;
+          if (log) {
+            const index = pmlLog[at] as number;
+            pmlLog[at + 1 + index] = gfn | 0;
+            pmlLog[at] = index - 1;
+            counters[row + C_PML_LOGGED] = (counters[row + C_PML_LOGGED] as number) + 1;
+          }
+        }
         (tlbs[vcpu] as Uint32Array)[gfn & tlbMask] = gfn + 1;
-        return 0;
+        return exited;
       }
       if ((e & SPTE_MMU_WRITABLE) === 0 || ((e & SPTE_HUGE) !== 0 && logging(s))) break;
       // fast_page_fault: only dirty logging blocked the write; fix it lock-free.
@@ -525,7 +652,8 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
   /** The fault path under the `mmu_lock` (read): map, split, or restore W, with cmpxchg. */
   function slowFault(vcpu: number, row: number, s: SlotState, gfn: number, page: number): void {
     const wasInGuest = inGuest[vcpu] === 1;
-    if (wasInGuest) Atomics.store(vcpuWords, vcpu * 2, VCPU_OUTSIDE); // A VM exit: flushes need not wait.
+    if (wasInGuest) Atomics.store(vcpuWords, vcpu * VW, VCPU_OUTSIDE); // A VM exit: flushes need not wait.
+    if (pml) drainPml(vcpu); // KVM drains the PML buffer on every exit.
     lockFor(row, false);
     try {
       counters[row + C_SLOW] = (counters[row + C_SLOW] as number) + 1;
@@ -563,7 +691,7 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
     } finally {
       lock.readUnlock();
       if (wasInGuest) {
-        Atomics.store(vcpuWords, vcpu * 2, VCPU_IN_GUEST);
+        Atomics.store(vcpuWords, vcpu * VW, VCPU_IN_GUEST);
         observeFlush(vcpu);
       }
     }
@@ -586,11 +714,13 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
         if ((e & SPTE_PRESENT) === 0 || (e & SPTE_TABLE) !== 0) break;
         if ((e & bits) === 0) break;
         if (Atomics.compareExchange(arr, i, e, e & ~bits) === e) {
-          if ((e & SPTE_WRITABLE) !== 0) n++;
+          if ((e & bits & (SPTE_WRITABLE | SPTE_DIRTY)) !== 0) n++;
           break;
         }
       }
     }
+    const c = ownerRow + ((bits & SPTE_WRITABLE) !== 0 ? C_WRPROT : C_DCLEAR);
+    counters[c] = (counters[c] as number) + n;
     return n;
   }
 
@@ -611,15 +741,15 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
         const id = e >>> SPTE_CHILD_SHIFT;
         const child = arena.chunk(id);
         const base = arena.base(id);
-        if (level === LEVEL_2M) return protectLeaves(child, base, base + TABLE_ENTRIES, SPTE_WRITABLE);
+        if (level === LEVEL_2M) return protectLeaves(child, base, base + TABLE_ENTRIES, rearmBit);
         let wp = 0;
         for (let j = 0; j < TABLE_ENTRIES; j++) wp += eagerSplitEntry(child, base + j, LEVEL_2M);
         return wp;
       }
-      if (level === LEVEL_4K) return protectLeaves(arr, idx, idx + 1, SPTE_WRITABLE);
+      if (level === LEVEL_4K) return protectLeaves(arr, idx, idx + 1, rearmBit);
       // A huge leaf: split it; 4 KiB children are built write-protected (no second pass).
-      const wasWritable = (e & SPTE_WRITABLE) !== 0;
-      const clear = level === LEVEL_2M ? SPTE_WRITABLE : 0;
+      const armed = (e & rearmBit) !== 0;
+      const clear = level === LEVEL_2M ? rearmBit : 0;
       if (!split(ownerRow, arr, idx, level, e, clear)) {
         if (Atomics.load(arr, idx) === e) {
           // No table free: leave it huge but write-protected; the fault path splits it later.
@@ -627,7 +757,12 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
         }
         continue;
       }
-      if (level === LEVEL_2M) return wasWritable ? TABLE_ENTRIES : 0;
+      if (level === LEVEL_2M) {
+        if (!armed) return 0;
+        const c = ownerRow + (pml ? C_DCLEAR : C_WRPROT);
+        counters[c] = (counters[c] as number) + TABLE_ENTRIES;
+        return TABLE_ENTRIES;
+      }
       // 1G split into 2M children: handle each child (split to 4 KiB).
     }
   }
@@ -636,8 +771,8 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
 
   function enableWriteProtect(s: SlotState): number {
     let wp = 0;
-    forEachLeafTable(s.root, 0, s.root.length, LEVEL_1G, (arr, from, to) => {
-      wp += protectLeaves(arr, from, to, SPTE_WRITABLE);
+    forEachLeafTable(s.root, 0, s.root.length, LEVEL_1G, (arr, from, to, level) => {
+      wp += protectLeaves(arr, from, to, level === LEVEL_4K ? rearmBit : SPTE_WRITABLE);
     });
     return wp;
   }
@@ -648,19 +783,19 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
     from: number,
     to: number,
     level: PageLevel,
-    visit: (arr: Int32Array, from: number, to: number) => void,
+    visit: (arr: Int32Array, from: number, to: number, level: PageLevel) => void,
   ): void {
     let runStart = from;
     for (let i = from; i < to; i++) {
       const e = Atomics.load(arr, i);
       if ((e & SPTE_TABLE) === 0 || level === LEVEL_4K) continue;
-      if (i > runStart) visit(arr, runStart, i);
+      if (i > runStart) visit(arr, runStart, i, level);
       runStart = i + 1;
       const id = e >>> SPTE_CHILD_SHIFT;
       const base = arena.base(id);
       forEachLeafTable(arena.chunk(id), base, base + TABLE_ENTRIES, (level - 1) as PageLevel, visit);
     }
-    if (to > runStart) visit(arr, runStart, to);
+    if (to > runStart) visit(arr, runStart, to, level);
   }
 
   /** Collapses tables whose 512 children are all present leaves back into huge SPTEs. */
@@ -778,7 +913,7 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
             const gfn = base + 64 * k + 32 * half + (Math.clz32(bit) ^ 31);
             const e = walk(s, gfn);
             if (wLevel === LEVEL_4K && (e & SPTE_PRESENT) !== 0)
-              wp += protectLeaves(wArr, wIdx, wIdx + 1, SPTE_WRITABLE);
+              wp += protectLeaves(wArr, wIdx, wIdx + 1, rearmBit);
           }
         }
       };
@@ -793,7 +928,6 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
           previous = k;
         }
       }
-      counters[ownerRow + C_WRPROT] = (counters[ownerRow + C_WRPROT] as number) + wp;
       counters[ownerRow + C_REARMED] = (counters[ownerRow + C_REARMED] as number) + requested;
       if (wp > 0) flushRemoteTlbs();
     } finally {
@@ -820,7 +954,6 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
       } finally {
         lock.readUnlock();
       }
-      counters[ownerRow + C_WRPROT] = (counters[ownerRow + C_WRPROT] as number) + wp;
       if (wp > 0) flushRemoteTlbs();
     } else {
       // Recovery under the write lock (KVM's TDP MMU uses the read lock and cmpxchg; the shadow
@@ -914,6 +1047,9 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
       rearmed: sum(C_REARMED),
       splits: sum(C_SPLITS),
       wrprotected: sum(C_WRPROT),
+      dirtyCleared: sum(C_DCLEAR),
+      pmlLogged: sum(C_PML_LOGGED),
+      pmlFullExits: sum(C_PML_FULL),
       zaps: sum(C_ZAPS),
       recovered: sum(C_RECOVERED),
       tlbFlushes: sum(C_FLUSHES),
@@ -991,6 +1127,7 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
             throw fail('out-of-range', `write: page ${page} is outside slot ${slotId} (${pages} pages)`);
           }
           if (Atomics.load(ctl, CTL_EPOCH) !== seenEpoch[vcpu]) observeFlush(vcpu);
+          if (pml && Atomics.load(ctl, CTL_KICK) !== seenKick[vcpu]) observeKick(vcpu);
           const gfn = base + page;
           if (tlb[gfn & tlbMask] === gfn + 1) {
             hits++;
@@ -1007,13 +1144,15 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
     },
     enterGuest(vcpu) {
       inGuest[vcpu] = 1;
-      Atomics.store(vcpuWords, vcpu * 2, VCPU_IN_GUEST);
+      Atomics.store(vcpuWords, vcpu * VW, VCPU_IN_GUEST);
       observeFlush(vcpu);
+      if (pml) observeKick(vcpu);
     },
     exitGuest(vcpu) {
+      if (pml) drainPml(vcpu); // Every exit drains the PML buffer.
       inGuest[vcpu] = 0;
-      Atomics.store(vcpuWords, vcpu * 2, VCPU_OUTSIDE);
-      Atomics.notify(vcpuWords, vcpu * 2 + 1);
+      Atomics.store(vcpuWords, vcpu * VW, VCPU_OUTSIDE);
+      Atomics.notify(vcpuWords, vcpu * VW + 1);
     },
     flushRemoteTlbs() {
       requireOwner('flushRemoteTlbs');
@@ -1028,6 +1167,10 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
       setLogging(slotOf(id, 'disableLogging'), false);
     },
     rearm,
+    syncDirtyLog() {
+      requireOwner('syncDirtyLog');
+      syncDirtyLog();
+    },
     inspect(slotId, page) {
       const s = slotOf(slotId, 'inspect');
       if (!(page >= 0 && page < s.info.pages))
@@ -1068,6 +1211,7 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
         counters: counters.buffer as SharedArrayBuffer,
         chunks: parts.chunks.map((c) => c.buffer as SharedArrayBuffer),
         freeRing: parts.freeRing.buffer as SharedArrayBuffer,
+        pml: pmlLog.buffer as SharedArrayBuffer,
         slots: [...slots.values()].map((s) => ({
           slot: s.info,
           root: s.root.buffer as SharedArrayBuffer,

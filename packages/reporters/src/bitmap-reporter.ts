@@ -331,6 +331,7 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
 
     getDirtyLog(slot: number, out: Bitmap) {
       const s = slotOf(slot, 'getDirtyLog');
+      rearmer.syncDirtyLog?.(slot); // Kick vCPUs: CPU-buffered dirty state (PML) reaches the bitmap.
       const { live } = s;
       if (out.bits !== live.bits) {
         throw fail(

@@ -669,6 +669,7 @@ export function createRingReporter(options: RingReporterOptions): RingReporter {
       return n;
     },
     reap() {
+      rearmer.syncDirtyLog?.(); // QEMU kicks every vCPU first: PML buffers drain into the rings.
       let n = 0;
       for (let v = 0; v < vcpus; v++) n += harvestRing(v, Infinity, recordPending);
       reporter.reset();
