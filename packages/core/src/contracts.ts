@@ -211,6 +211,44 @@ export interface Tracker extends Rearmer, LoggingControl {
   vcpuCostNs?(costs: CostModel): number;
 }
 
+/**
+ * How a worker thread rebuilds its view of a component that lives in shared memory (live
+ * plane): it imports `module` (a package name such as `@dirtytrack/mmu`), calls the export named
+ * `factory` with `data`, and gets the worker-side view. `data` must survive `postMessage`
+ * (numbers, strings, plain objects, `SharedArrayBuffer`s). (Added with the trackers issue.)
+ */
+export interface AttachSpec {
+  readonly module: string;
+  readonly factory: string;
+  readonly data: unknown;
+}
+
+/**
+ * The vCPU side of a tracker, as a worker thread sees it: it reports trapped writes to the sink
+ * it is attached to (a reporter's worker view). `write` returns only when the guest's store may
+ * proceed — a synchronous uffd-wp fault blocks until the page's old content was saved — so the
+ * caller performs the store right after it returns. (Added with the trackers issue.)
+ */
+export interface VcpuTracker {
+  attach(sink: DirtySink): void;
+  write(vcpu: number, slot: number, offsets: Uint32Array, count: number): number;
+  /** The vCPU starts or stops running guest code (TLB-flush and kick acknowledgements). */
+  enterGuest?(vcpu: number): void;
+  exitGuest?(vcpu: number): void;
+}
+
+/** A tracker whose vCPU side can run in worker threads. (Added with the trackers issue.) */
+export interface SharedTracker extends Tracker {
+  /** What a worker passes to `module[factory](data)` to get a {@link VcpuTracker}. */
+  share(): AttachSpec;
+}
+
+/** A reporter whose producer side (`markDirty`) can run in worker threads. */
+export interface SharedReporter extends Reporter {
+  /** What a worker passes to `module[factory](data)` to get a {@link DirtySink}. */
+  share(): AttachSpec;
+}
+
 /** One vCPU's writes in one quantum. The arrays are reused: consume before returning. */
 export interface WriteBatch {
   readonly vcpu: number;

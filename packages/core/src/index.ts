@@ -28,6 +28,10 @@ export type {
   Transport,
   Engine,
   VcpuThrottle,
+  AttachSpec,
+  VcpuTracker,
+  SharedTracker,
+  SharedReporter,
 } from './contracts.js';
 export { createCostModel, DEFAULT_COST_MODEL, type CostModel } from './cost-model.js';
 export {
