@@ -3,12 +3,13 @@ import {
   attachRWLock,
   DirtytrackError,
   RWLOCK_BYTES,
+  type AttachSpec,
   type Clock,
   type CostModel,
   type DirtySink,
   type MemslotInfo,
   type TouchedWords,
-  type Tracker,
+  type SharedTracker,
   type TrackerStats,
 } from '@dirtytrack/core';
 import { Arena, CTL_EPOCH, CTL_WORDS, TABLE_BYTES } from './arena.js';
@@ -157,7 +158,7 @@ export interface MmuDescriptor {
  * {@link Tracker} in its own right — write-protect tracking as KVM does it, through SPTEs — so
  * engines and reporters plug into it directly.
  */
-export interface Mmu extends Tracker {
+export interface Mmu extends SharedTracker {
   readonly kind: 'mmu';
   readonly vcpus: number;
   readonly logging: LoggingMode;
@@ -208,6 +209,8 @@ export interface Mmu extends Tracker {
   statsOf(vcpu: number): MmuStats;
   /** The shared state for {@link attachMmu} (live plane; needs `sharedTables`). */
   descriptor(): MmuDescriptor;
+  /** `{ module: '@dirtytrack/mmu', factory: 'attachMmu', data: descriptor() }` for worker vCPUs. */
+  share(): AttachSpec;
 }
 
 // Counter rows: one per vCPU plus one for the owner thread, so every row has a single writer.
@@ -1194,6 +1197,9 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
           (counters[r + C_LOCK_WAIT_NS] as number);
       }
       return ns;
+    },
+    share() {
+      return { module: '@dirtytrack/mmu', factory: 'attachMmu', data: mmu.descriptor() };
     },
     descriptor() {
       requireOwner('descriptor');
