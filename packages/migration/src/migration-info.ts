@@ -8,7 +8,7 @@ export interface MigrationInfo {
   status: MigrationStatus;
   /** Milliseconds from the start of setup to completion (or to the time limit). */
   'total-time': number;
-  /** Milliseconds the guest was stopped (only when completed). */
+  /** Milliseconds the guest was stopped (completed; with postcopy, the switch's stop). */
   downtime?: number;
   /** Milliseconds spent in setup (enable logging, first sync). */
   'setup-time': number;
@@ -32,7 +32,16 @@ export interface MigrationInfo {
 
 /** QEMU's MigrationStatus values this model reaches (reference/qemu.md §7). */
 export type MigrationStatus =
-  'setup' | 'active' | 'pre-switchover' | 'device' | 'completed' | 'cancelling' | 'cancelled' | 'failed';
+  | 'setup'
+  | 'active'
+  | 'pre-switchover'
+  | 'device'
+  | 'postcopy-active'
+  | 'postcopy-paused'
+  | 'completed'
+  | 'cancelling'
+  | 'cancelled'
+  | 'failed';
 
 /** A status change (QEMU's MIGRATION event), with what a test checks at that point. */
 export interface StatusEvent {
@@ -70,6 +79,10 @@ export interface RamInfo {
   'precopy-bytes': number;
   /** Bytes sent while the guest was stopped. */
   'downtime-bytes': number;
+  /** Bytes sent while in postcopy (postcopy-ram only). */
+  'postcopy-bytes'?: number;
+  /** Page requests the destination's faults made (postcopy-ram only). */
+  'postcopy-requests'?: number;
   /** Bytes the multifd channels sent: handshakes, packet headers, payload, SYNC packets (multifd only). */
   'multifd-bytes'?: number;
   /** Zero-copy sends that fell back to copying (zero-copy-send only; the model never falls back). */

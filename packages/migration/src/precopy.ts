@@ -1,16 +1,17 @@
 import {
+  Bitmap,
   DEFAULT_COST_MODEL,
   DirtytrackError,
   isDirtytrackError,
   NS_PER_MS,
   PAGE_SIZE,
   popcount32,
-  type Bitmap,
   type CostModel,
   type Engine,
   type MigrationBitmap,
   type Transport,
   type VcpuThrottle,
+  type Workload,
 } from '@dirtytrack/core';
 import {
   createThrottleTrigger,
@@ -25,6 +26,7 @@ import {
   type DirtyLimitParameters,
 } from './dirty-limit.js';
 import type { MigrationInfo, MigrationStatus, StatusEvent, TrajectoryEntry } from './migration-info.js';
+import { planDiscard } from './postcopy.js';
 import {
   MULTIFD_FLUSH_RECORD,
   MULTIFD_INIT_BYTES,
@@ -46,6 +48,8 @@ export interface PrecopyParameters extends AutoConvergeParameters, DirtyLimitPar
   'zero-page-detection': 'none' | 'legacy' | 'multifd';
   /** Multifd sender channels (and threads). QEMU's default 2, range 1..255. */
   'multifd-channels': number;
+  /** B/s once in postcopy; QEMU's default 0 = unlimited. */
+  'max-postcopy-bandwidth': number;
 }
 
 export const DEFAULT_PRECOPY_PARAMETERS: Readonly<PrecopyParameters> = Object.freeze({
@@ -53,6 +57,7 @@ export const DEFAULT_PRECOPY_PARAMETERS: Readonly<PrecopyParameters> = Object.fr
   'downtime-limit': 300,
   'zero-page-detection': 'multifd',
   'multifd-channels': 2,
+  'max-postcopy-bandwidth': 0,
   ...DEFAULT_AUTO_CONVERGE_PARAMETERS,
   ...DEFAULT_DIRTY_LIMIT_PARAMETERS,
 });
@@ -69,6 +74,8 @@ export interface PrecopyCapabilities {
   'zero-copy-send': boolean;
   /** Stop at `pre-switchover` before the final copy; the model issues `migrate-continue` at once. */
   'pause-before-switchover': boolean;
+  /** Allow switching to postcopy on `migrate-start-postcopy` (`startPostcopyAtNs`) (§3). */
+  'postcopy-ram': boolean;
 }
 
 export const DEFAULT_PRECOPY_CAPABILITIES: Readonly<PrecopyCapabilities> = Object.freeze({
@@ -77,6 +84,7 @@ export const DEFAULT_PRECOPY_CAPABILITIES: Readonly<PrecopyCapabilities> = Objec
   multifd: false,
   'zero-copy-send': false,
   'pause-before-switchover': false,
+  'postcopy-ram': false,
 });
 
 /** Progress, reported about once per second of migration time. */
@@ -113,6 +121,15 @@ export interface PrecopyOptions {
   lockedMemory?: number;
   /** `migrate_cancel` at this migration time (ns since the start); no effect once finished. */
   cancelAtNs?: number;
+  /** `migrate-start-postcopy` at this migration time (ns since the start); needs `postcopy-ram`. */
+  startPostcopyAtNs?: number;
+  /**
+   * The guest's writes once it runs on the destination (postcopy): usually the same workload
+   * object, which carries on where the source stopped. Needed with `postcopy-ram`.
+   */
+  destinationWorkload?: Workload;
+  /** Called when the destination places a page during postcopy (a test hook: each page once). */
+  onPlace?: (page: number, timeNs: number) => void;
   /** Give up (status stays `active`) after this much migration time (ns). */
   timeLimitNs: number;
   onProgress?: (progress: PrecopyProgress) => void;
@@ -141,6 +158,16 @@ export interface PrecopyStats {
   'zero-copy-peak-pinned': number;
   /** Throttle steps auto-converge took, in order (%). */
   'throttle-steps': number[];
+  /** Pages the destination placed while in postcopy (each once). */
+  'postcopy-placed': number;
+  /** RAM_DISCARD ranges sent at the switch to postcopy. */
+  'postcopy-discard-ranges': number;
+  /**
+   * Mean time from a destination fault to its page's arrival (ms): the request's trip, the
+   * queue on the link, the page's transmission and its trip back. The faulting vCPUs wait: the
+   * destination guest runs only while the link keeps up.
+   */
+  'postcopy-request-latency': number;
 }
 
 /** QEMU's rate-limit window (BUFFER_DELAY). */
@@ -153,6 +180,10 @@ const ZERO_RECORD = RECORD_HEADER + 1;
 const DIRTY_RATE_PERIOD_NS = 1000 * NS_PER_MS;
 /** With auto-converge, a timer forces a sync when none happened for 5 s (9.2+). */
 const PERIODIC_SYNC_NS = 5000 * NS_PER_MS;
+/** The model's postcopy step: destination faults are collected and served per 10 ms. */
+export const POSTCOPY_QUANTUM_NS = 10 * NS_PER_MS;
+/** The RAMBlock name RAM_DISCARD commands carry. */
+const RAM_BLOCK_NAME = 'pc.ram';
 
 /** A write to the link failed (the link dropped): the migration fails. */
 class LinkFailure extends Error {
@@ -241,6 +272,16 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   let pinned = 0;
   let peakPinned = 0;
   let throttlePct = 0;
+  let postcopyBytes = 0;
+  let postcopyRequests = 0;
+  let postcopyPlaced = 0;
+  let discardRanges = 0;
+  let faultWaitNs = 0;
+  let inPostcopy = false;
+  /** Set while in postcopy: the background scan's sent pages are placed at the destination. */
+  let onSentWord: ((word: number, mask: number) => void) | undefined;
+  const startPostcopyAt =
+    options.startPostcopyAtNs === undefined ? Infinity : start + options.startPostcopyAtNs;
   const throttleSteps: number[] = [];
   const batch: MultifdBatch = { fill: 0, packets: 0 };
   const trigger = createThrottleTrigger(params['throttle-trigger-threshold']);
@@ -432,6 +473,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       duplicate += sentZ;
       sentNormalPages += sentN;
       bitmap.clearSent(cursor, take);
+      onSentWord?.(cursor, take);
       if (zeroCopy) {
         pinned += sentN * PAGE_SIZE;
         if (pinned > peakPinned) peakPinned = pinned;
@@ -455,6 +497,109 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     if (cursor < words.length) return 0;
     cursor = 0;
     return multifd ? multifdSync() : 0;
+  };
+
+  /**
+   * `postcopy_start` and the postcopy phase (reference/qemu.md §3): stop the guest, final sync,
+   * send the discard ranges, and let the guest run on the destination. Its writes to pages it
+   * does not have yet fault; each missing page is requested once and sent urgently, ahead of the
+   * background scan, which goes on sending what is left. The destination places every page
+   * exactly once. Returns false if the time limit came first.
+   */
+  const postcopy = (): boolean => {
+    const stopAt = clock.now();
+    engine.pause();
+    stopThrottling();
+    sync();
+    const plan = planDiscard(bitmap.bmap, RAM_BLOCK_NAME);
+    discardRanges = plan.ranges;
+    transferred += plan.bytes;
+    downtimeBytes += plan.bytes;
+    advance(transmit(plan.bytes, 0) + link.latencyNs);
+    downtime = clock.now() - stopAt;
+    inPostcopy = true;
+    setStatus('postcopy-active');
+
+    // The destination has every page not dirty now; the rest were discarded.
+    const pages = bitmap.pages;
+    const received = Bitmap.create(pages);
+    const bw = bitmap.bmap.words;
+    const rw = received.words;
+    for (let i = 0; i < bw.length; i++) rw[i] = ~(bw[i] as number);
+    const tail = pages & 31;
+    if (tail !== 0) rw[bw.length - 1] = (rw[bw.length - 1] as number) & ((1 << tail) - 1);
+    const requested = Bitmap.create(pages);
+    let queue = new Uint32Array(1024);
+    let queued = 0;
+    const place = (page: number): void => {
+      if (received.test(page)) {
+        throw new DirtytrackError('internal', `page ${page} placed twice`, { component: 'postcopy' });
+      }
+      received.set(page);
+      postcopyPlaced++;
+      options.onPlace?.(page, clock.now());
+    };
+    onSentWord = (word, mask) => {
+      let rest = mask >>> 0;
+      while (rest !== 0) {
+        const bit = rest & -rest;
+        rest = (rest ^ bit) >>> 0;
+        place(word * 32 + (31 - Math.clz32(bit)));
+      }
+    };
+    const workload = options.destinationWorkload as Workload;
+    const cap = params['max-postcopy-bandwidth'];
+    const rate = cap > 0 ? Math.min(effectiveBandwidth, cap) : effectiveBandwidth;
+    while (bitmap.dirtyPages > 0) {
+      const t0 = clock.now();
+      if (t0 - start >= options.timeLimitNs) return false;
+      // The destination's vCPUs run; a write to a missing page faults and is requested once.
+      workload.generate(t0, t0 + POSTCOPY_QUANTUM_NS, 1, (b) => {
+        for (let i = 0; i < b.count; i++) {
+          const p = b.offsets[i] as number;
+          if (received.test(p) || requested.test(p)) continue;
+          requested.set(p);
+          if (queued === queue.length) {
+            const bigger = new Uint32Array(queue.length * 2);
+            bigger.set(queue);
+            queue = bigger;
+          }
+          queue[queued++] = p;
+          postcopyRequests++;
+        }
+      });
+      // Requests arrive over the return path and go first (they post the urgent semaphore).
+      let bytes = 0;
+      let normalPages = 0;
+      const urgent = queued;
+      for (let q = 0; q < queued; q++) {
+        const p = queue[q] as number;
+        if (received.test(p)) continue; // the background scan sent it meanwhile
+        const word = p >>> 5;
+        const bit = 1 << (p & 31);
+        const isData = zeroMode === 'none' || ((nz[word] as number) & bit) !== 0;
+        bytes += isData ? NORMAL_RECORD : ZERO_RECORD;
+        if (isData) {
+          normal++;
+          normalPages++;
+        } else duplicate++;
+        bitmap.clearSent(word, bit);
+        place(p);
+      }
+      queued = 0;
+      const background = send(Math.max(0, (rate * POSTCOPY_QUANTUM_NS) / 1e9 - bytes));
+      normalPages += sentNormalPages;
+      transferred += bytes;
+      bytes += background;
+      postcopyBytes += bytes;
+      const out = transmit(bytes, normalPages);
+      // Each request waited a trip there, its turn on the link and a trip back.
+      if (urgent > 0) faultWaitNs += urgent * (out + 2 * link.latencyNs - t0);
+      advance(Math.max(t0 + POSTCOPY_QUANTUM_NS, out));
+    }
+    onSentWord = undefined;
+    advance(clock.now() + link.latencyNs);
+    return true;
   };
 
   const finish = (): void => {
@@ -505,6 +650,15 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
           total: bitmap.pages * PAGE_SIZE,
           syncs,
         });
+      }
+      if (caps['postcopy-ram'] && now >= startPostcopyAt) {
+        // 10.1: RAM is all postcopiable, so must_precopy (0) ≤ threshold: switch at once.
+        if (postcopy()) {
+          finish();
+          setStatus('completed');
+          stopReason = 'converged';
+        }
+        break;
       }
       if (now >= cancelAt) {
         setStatus('cancelling');
@@ -583,11 +737,17 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   } catch (error) {
     if (!(error instanceof LinkFailure)) throw error;
     advance(error.atNs);
-    engine.resume();
-    finish();
     errorDesc = error.desc;
-    setStatus('failed');
     stopReason = 'failed';
+    if (inPostcopy) {
+      // The destination owns the guest now: both sides pause (recovery is not modelled yet).
+      onSentWord = undefined;
+      setStatus('postcopy-paused');
+    } else {
+      engine.resume();
+      finish();
+      setStatus('failed');
+    }
   }
 
   const end = clock.now();
@@ -618,6 +778,9 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       'page-size': PAGE_SIZE,
       'precopy-bytes': precopyBytes,
       'downtime-bytes': downtimeBytes,
+      ...(caps['postcopy-ram']
+        ? { 'postcopy-bytes': postcopyBytes, 'postcopy-requests': postcopyRequests }
+        : {}),
       ...(multifd ? { 'multifd-bytes': multifdBytes } : {}),
       ...(zeroCopy ? { 'dirty-sync-missed-zero-copy': 0 } : {}),
     },
@@ -633,6 +796,9 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       'multifd-syncs': multifdSyncs,
       'zero-copy-peak-pinned': peakPinned,
       'throttle-steps': throttleSteps,
+      'postcopy-placed': postcopyPlaced,
+      'postcopy-discard-ranges': discardRanges,
+      'postcopy-request-latency': postcopyRequests > 0 ? ms(faultWaitNs / postcopyRequests) : 0,
     },
   };
 }
@@ -662,6 +828,8 @@ function checkParameters(p: PrecopyParameters): PrecopyParameters {
     fail('zero-page-detection', `${String(p['zero-page-detection'])} (accepted: none, legacy, multifd)`);
   }
   intIn('multifd-channels', 1, 255);
+  if (!(Number.isFinite(p['max-postcopy-bandwidth']) && p['max-postcopy-bandwidth'] >= 0))
+    fail('max-postcopy-bandwidth', `${p['max-postcopy-bandwidth']} must be >= 0 B/s (0 = unlimited)`);
   intIn('throttle-trigger-threshold', 1, 100);
   intIn('cpu-throttle-initial', 1, 99);
   intIn('cpu-throttle-increment', 1, 99);
@@ -691,6 +859,11 @@ function checkCapabilities(c: PrecopyCapabilities, o: PrecopyOptions): PrecopyCa
       'needs an engine whose vCPUs can be throttled',
     );
   if (c['zero-copy-send'] && !c.multifd) fail('zero-copy-send', 'needs multifd');
+  if (c['postcopy-ram'] && c.multifd) fail('postcopy-ram', 'together with multifd is not modelled yet');
+  if (c['postcopy-ram'] && o.destinationWorkload === undefined)
+    fail('postcopy-ram', "needs the guest's workload on the destination (destinationWorkload)");
+  if (!c['postcopy-ram'] && o.startPostcopyAtNs !== undefined)
+    fail('postcopy-ram', 'migrate-start-postcopy needs the postcopy-ram capability');
   return c;
 }
 

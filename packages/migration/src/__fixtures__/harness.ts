@@ -28,6 +28,10 @@ export interface Setup {
   seed?: number;
   timeLimitS?: number;
   precopy?: Omit<Partial<PrecopyOptions>, 'engine' | 'bitmap' | 'link' | 'nonzero'>;
+  /** Switch to postcopy at this migration time; the same workload runs on the destination. */
+  postcopyAtNs?: number;
+  /** Wraps the workload (e.g. to watch the writes). */
+  wrapWorkload?: (w: Workload) => Workload;
 }
 
 /** One model-plane migration: sweep/uniform/hot-set guest → write-protect → bitmap or ring → single hop. */
@@ -45,13 +49,14 @@ export function migrate(s: Setup) {
   const memory = createModelMemory(s.pages, s.populated ?? s.pages);
   const opts = { vcpus, pages: s.pages, bytesPerSecond: s.rate ?? 0 };
   const rng = createRng(s.seed ?? 1);
-  const workload =
+  const made =
     s.workload?.(s.pages) ??
     (s.kind === 'uniform'
       ? createUniformWorkload({ ...opts, rng })
       : s.kind === 'hotset'
         ? createHotSetWorkload({ ...opts, rng })
         : createSweepWorkload(opts));
+  const workload = s.wrapWorkload ? s.wrapWorkload(made) : made;
   const engine = createModelEngine({
     clock,
     workload,
@@ -74,8 +79,15 @@ export function migrate(s: Setup) {
     ...(s.ring === undefined ? {} : { dirtyRing: { entries: s.ring } }),
     ...(s.costModel ? { costModel: s.costModel } : {}),
     timeLimitNs: (s.timeLimitS ?? 600) * NS_PER_S,
+    ...(s.postcopyAtNs === undefined
+      ? {}
+      : { startPostcopyAtNs: s.postcopyAtNs, destinationWorkload: workload }),
     ...s.precopy,
     parameters: { 'max-bandwidth': 0, ...s.precopy?.parameters },
+    capabilities: {
+      ...(s.postcopyAtNs === undefined ? {} : { 'postcopy-ram': true }),
+      ...s.precopy?.capabilities,
+    },
   });
   return { ...outcome, engine, clock };
 }

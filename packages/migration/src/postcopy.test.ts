@@ -1,0 +1,127 @@
+import { Bitmap, NS_PER_MS, NS_PER_S, type Workload } from '@dirtytrack/core';
+import { describe, expect, it } from 'vitest';
+import { migrate } from './__fixtures__/harness.js';
+import { planDiscard } from './postcopy.js';
+
+describe('postcopy discard plan (qemu.md §3)', () => {
+  it('counts runs of dirty pages word-wise, 12 ranges per RAM_DISCARD command', () => {
+    const b = Bitmap.create(256);
+    b.setRange(0, 40); // one run across a word boundary
+    b.set(63);
+    b.set(64); // one run across the next boundary
+    for (let p = 100; p < 150; p += 2) b.set(p); // 25 single-page runs
+    const plan = planDiscard(b, 'pc.ram');
+    expect(plan.ranges).toBe(27);
+    expect(plan.commands).toBe(3);
+    // 3 × (5 B command header + version + name length + "pc.ram" + NUL) + 27 × 16 B.
+    expect(plan.bytes).toBe(3 * 14 + 27 * 16);
+  });
+});
+
+describe('postcopy basic path (conformance check 10)', () => {
+  // A 64 MiB guest sweeping at 100 MB/s over a 50 MB/s link: precopy alone never converges.
+  const base = { pages: 16384, rate: 100e6, bandwidth: 50e6, timeLimitS: 120 };
+
+  /** Runs with postcopy at 3 s, recording placements and the destination's writes. */
+  function run(kind: 'sweep' | 'uniform') {
+    const placedAt = new Map<number, number>();
+    const duplicates: number[] = [];
+    const writes: { t: number; p: number }[] = [];
+    let inPostcopy = false;
+    const result = migrate({
+      ...base,
+      kind,
+      postcopyAtNs: 3 * NS_PER_S,
+      wrapWorkload: (w: Workload): Workload => ({
+        kind: w.kind,
+        vcpus: w.vcpus,
+        generate: (from, to, speed, emit, speeds) =>
+          w.generate(
+            from,
+            to,
+            speed,
+            (b) => {
+              if (inPostcopy)
+                for (let i = 0; i < b.count; i++) writes.push({ t: from, p: b.offsets[i] as number });
+              emit(b);
+            },
+            speeds,
+          ),
+      }),
+      precopy: {
+        onStatus: (e) => (inPostcopy = e.status === 'postcopy-active'),
+        onPlace: (page, t) => {
+          if (placedAt.has(page)) duplicates.push(page);
+          placedAt.set(page, t);
+        },
+      },
+    });
+    return { ...result, placedAt, duplicates, writes };
+  }
+
+  it('switches on request: active → postcopy-active → completed, with a small downtime', () => {
+    const precopyOnly = migrate(base);
+    expect(precopyOnly.info.status).toBe('active');
+    const { info, events, stats } = run('sweep');
+    expect(events.map((e) => [e.status, e.time])).toEqual([
+      ['setup', 0],
+      ['active', 0.034],
+      ['postcopy-active', 3002.428],
+      ['completed', 4355.092],
+    ]);
+    expect(info.status).toBe('completed');
+    // The stop: a final sync and one discard range (30 B), nothing else.
+    expect(info.downtime).toBe(0.681);
+    expect(info.ram['downtime-bytes']).toBe(30);
+    expect(stats['postcopy-discard-ranges']).toBe(1);
+    expect(info.ram['postcopy-bytes']).toBe(16384 * 4104);
+    expect(info.ram.remaining).toBe(0);
+  });
+
+  it('places every page missing at the switch exactly once', () => {
+    for (const kind of ['sweep', 'uniform'] as const) {
+      const { info, events, stats, placedAt, duplicates } = run(kind);
+      const missing = (events.find((e) => e.status === 'postcopy-active')?.remaining ?? -1) / 4096;
+      expect(info.status).toBe('completed');
+      expect(duplicates).toEqual([]);
+      expect(placedAt.size).toBe(missing);
+      expect(stats['postcopy-placed']).toBe(missing);
+    }
+  });
+
+  it('serves a fault in the step it happens, ahead of the background stream; received pages are never requested', () => {
+    const { info, placedAt, writes } = run('uniform');
+    const faulted = new Set<number>();
+    for (const { t, p } of writes) {
+      const placed = placedAt.get(p);
+      if (placed === undefined) continue; // received during precopy: no fault
+      if (placed >= t && !faulted.has(p)) {
+        // The first write to a missing page: its page is placed in this very step.
+        expect(placed).toBe(t);
+        faulted.add(p);
+      }
+    }
+    expect(info.ram['postcopy-requests']).toBe(faulted.size);
+    expect(faulted.size).toBe(7494);
+    expect(placedAt.size).toBeGreaterThan(faulted.size); // the rest came in the background
+  });
+
+  it('needs the capability, the destination workload, and no multifd (not modelled yet)', () => {
+    expect(() => migrate({ pages: 64, precopy: { startPostcopyAtNs: NS_PER_MS } })).toThrow(
+      /migration\.capabilities\.postcopy-ram: migrate-start-postcopy needs/,
+    );
+    expect(() => migrate({ pages: 64, precopy: { capabilities: { 'postcopy-ram': true } } })).toThrow(
+      /destinationWorkload/,
+    );
+    expect(() =>
+      migrate({ pages: 64, postcopyAtNs: NS_PER_MS, precopy: { capabilities: { multifd: true } } }),
+    ).toThrow(/not modelled yet/);
+  });
+
+  it('a link drop during postcopy pauses it (postcopy-paused) instead of failing back', () => {
+    const { info, events } = migrate({ ...base, postcopyAtNs: 3 * NS_PER_S, dropAtNs: 3.5 * NS_PER_S });
+    expect(events.map((e) => e.status)).toEqual(['setup', 'active', 'postcopy-active', 'postcopy-paused']);
+    expect(info.status).toBe('postcopy-paused');
+    expect(info['error-desc']).toMatch(/Broken pipe/);
+  });
+});
