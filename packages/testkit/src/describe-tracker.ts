@@ -40,6 +40,7 @@ export function describeTracker(name: string, create: () => Tracker): void {
             tracker.enableLogging(slot);
             let written = new Set<number>();
             const harvest = (): void => {
+              tracker.syncDirtyLog?.(0); // As GET_DIRTY_LOG does: kick vCPUs so PML buffers drain.
               for (const p of written) {
                 if (!reported.test(p)) throw new Error(`page ${p} was written but not reported`);
               }
