@@ -189,6 +189,21 @@ const cases: BadCase[] = [
     says: ['workload.hot-fraction', '(0, 1]'],
   },
   {
+    what: 'start-postcopy-at without postcopy-ram',
+    argv: ['--set', 'migration.start-postcopy-at=5'],
+    says: ['migration.start-postcopy-at', 'needs migration.capabilities.postcopy-ram'],
+  },
+  {
+    what: 'postcopy-ram with multifd',
+    argv: [
+      '--set',
+      'migration.capabilities.postcopy-ram=true',
+      '--set',
+      'migration.capabilities.multifd=true',
+    ],
+    says: ['migration.capabilities.postcopy-ram', 'not modelled yet'],
+  },
+  {
     what: 'a negative cancel time',
     argv: ['--set', 'migration.cancel-at=-1'],
     says: ['migration.cancel-at', '[0, 10000000]'],

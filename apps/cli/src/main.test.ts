@@ -441,4 +441,28 @@ describe('simulate: migration capabilities and status paths (issue 8)', () => {
     const c = await runJson(...argv, '--set', 'seed=9');
     expect(c.stdout).not.toBe(a.stdout);
   });
+
+  it('postcopy: the no-converge guest completes after migrate-start-postcopy at 10 s', async () => {
+    const { result } = await runJson(
+      'simulate',
+      '--preset',
+      'no-converge',
+      '--set',
+      'migration.capabilities.postcopy-ram=true',
+      '--set',
+      'migration.start-postcopy-at=10',
+    );
+    expect(result.status).toBe('completed');
+    expect(result.dirtytrack.events.map((e) => e.status)).toEqual([
+      'setup',
+      'active',
+      'postcopy-active',
+      'completed',
+    ]);
+    expect(result.downtime).toBeLessThan(300);
+    expect(result.ram['postcopy-requests']).toBeGreaterThan(0);
+    expect(result.dirtytrack.migration['postcopy-placed']).toBe(
+      (result.dirtytrack.events[2]?.remaining ?? 0) / PAGE,
+    );
+  });
 });

@@ -121,6 +121,11 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
     ...(ring ? { dirtyRing: { entries: scenario['ring-size'] } } : {}),
     ...(m['locked-memory'] === undefined ? {} : { lockedMemory: m['locked-memory'] }),
     ...(m['cancel-at'] === undefined ? {} : { cancelAtNs: Math.round(m['cancel-at'] * NS_PER_S) }),
+    // After the switch the same guest (the same workload) runs on the destination.
+    ...(m.capabilities['postcopy-ram'] ? { destinationWorkload: workload } : {}),
+    ...(m['start-postcopy-at'] === undefined
+      ? {}
+      : { startPostcopyAtNs: Math.round(m['start-postcopy-at'] * NS_PER_S) }),
     timeLimitNs: scenario['time-limit'] * NS_PER_S,
     ...(onProgress ? { onProgress } : {}),
   });

@@ -135,6 +135,9 @@ export const scenarioSchema = z
               .enum(['none', 'legacy', 'multifd'])
               .default(DEFAULT_PRECOPY_PARAMETERS['zero-page-detection']),
             'multifd-channels': number(1, 255, true).default(DEFAULT_PRECOPY_PARAMETERS['multifd-channels']),
+            'max-postcopy-bandwidth': rate({ positive: false }).default(
+              DEFAULT_PRECOPY_PARAMETERS['max-postcopy-bandwidth'],
+            ),
             'throttle-trigger-threshold': number(1, 100, true).default(
               DEFAULT_PRECOPY_PARAMETERS['throttle-trigger-threshold'],
             ),
@@ -163,9 +166,12 @@ export const scenarioSchema = z
             multifd: bool.default(DEFAULT_PRECOPY_CAPABILITIES.multifd),
             'zero-copy-send': bool.default(DEFAULT_PRECOPY_CAPABILITIES['zero-copy-send']),
             'pause-before-switchover': bool.default(DEFAULT_PRECOPY_CAPABILITIES['pause-before-switchover']),
+            'postcopy-ram': bool.default(DEFAULT_PRECOPY_CAPABILITIES['postcopy-ram']),
           })
           .strict()
           .default({}),
+        /** Seconds of migration time at which `migrate-start-postcopy` is issued (needs postcopy-ram). */
+        'start-postcopy-at': number(0, 1e7).optional(),
         /** Seconds of migration time at which `migrate_cancel` is issued. */
         'cancel-at': number(0, 1e7).optional(),
         /** Bytes the process may lock (`ulimit -l`); zero-copy-send pins the pages in flight. Default unlimited. */
@@ -228,6 +234,20 @@ export const scenarioSchema = z
         code: 'custom',
         path: ['migration', 'capabilities', 'zero-copy-send'],
         message: 'needs migration.capabilities.multifd: true',
+      });
+    }
+    if (caps['postcopy-ram'] && caps.multifd) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['migration', 'capabilities', 'postcopy-ram'],
+        message: 'together with multifd is not modelled yet (accepted: one of them)',
+      });
+    }
+    if (s.migration['start-postcopy-at'] !== undefined && !caps['postcopy-ram']) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['migration', 'start-postcopy-at'],
+        message: 'needs migration.capabilities.postcopy-ram: true',
       });
     }
     if (params['max-cpu-throttle'] < params['cpu-throttle-initial']) {

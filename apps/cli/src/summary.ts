@@ -28,6 +28,11 @@ export function formatSummary(scenario: Scenario, r: SimulateResult): string {
       `  limit     dirty-limit ${scenario.migration.parameters['vcpu-dirty-limit']} MB/s per vCPU; throttle ${String(r['dirty-limit-throttle-time-per-round'])} µs per ring-full, ring-full time ${String(r['dirty-limit-ring-full-time'])} µs`,
     );
   }
+  if (caps['postcopy-ram'] && r.dirtytrack.events.some((e) => e.status === 'postcopy-active')) {
+    lines.push(
+      `  postcopy  ${String(ram['postcopy-requests'])} page requests (mean latency ${fmtMs(m['postcopy-request-latency'])}), ${m['postcopy-placed']} pages placed, ${bytes(ram['postcopy-bytes'] ?? 0)} sent after the switch`,
+    );
+  }
   if (caps.multifd) {
     lines.push(
       `  multifd   ${scenario.migration.parameters['multifd-channels']} channels${caps['zero-copy-send'] ? ', zero-copy' : ''}: ${m['multifd-packets']} packets, ${m['multifd-syncs']} syncs, ${bytes(ram['multifd-bytes'] ?? 0)}; send CPU ${fmtMs(m['send-cpu-time'])}`,
@@ -61,6 +66,8 @@ function statusNote(scenario: Scenario, r: SimulateResult): string {
       return '';
     case 'failed':
       return ` (${String(r['error-desc'])}; the source keeps running)`;
+    case 'postcopy-paused':
+      return ` (${String(r['error-desc'])}; postcopy paused: the destination runs the guest, recovery is not modelled yet)`;
     case 'cancelled':
       return ' (migrate_cancel; the source keeps running)';
     default:
