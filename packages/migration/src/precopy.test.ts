@@ -245,4 +245,20 @@ describe('sim link', () => {
     expect(() => createSimLink({ bandwidth: -1 })).toThrow(/link\.bandwidth/);
     expect(() => createSimLink({ bandwidth: 1, latencyNs: -1 })).toThrow(/link\.latency/);
   });
+
+  it('drops at dropAtNs: a transmission still in flight then fails with EPIPE', () => {
+    const l = createSimLink({ bandwidth: 1000, dropAtNs: NS_PER_S });
+    expect(l.downAtNs).toBe(NS_PER_S);
+    expect(l.transmit(1000, 0)).toBe(NS_PER_S); // ends exactly at the drop: delivered
+    let caught: unknown;
+    try {
+      l.transmit(1, NS_PER_S);
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toMatchObject({ code: 'invalid-state', component: 'sim-link', errno: 'EPIPE' });
+    expect(l.bytesSent).toBe(1000);
+    expect(createSimLink({ bandwidth: 1 }).downAtNs).toBeUndefined();
+    expect(() => createSimLink({ bandwidth: 1, dropAtNs: -1 })).toThrow(/link\.drop-at/);
+  });
 });
