@@ -37,6 +37,7 @@ describe('packing', () => {
       '@dirtytrack/core',
       '@dirtytrack/guest',
       '@dirtytrack/migration',
+      '@dirtytrack/mmu',
       '@dirtytrack/qemu-layers',
       '@dirtytrack/reporters',
       '@dirtytrack/trackers',
