@@ -304,41 +304,67 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     }
   };
 
-  /** MIGRATION client → bmap for the RAMBlock: xchg (atomic) or plain copy + zero. */
+  /**
+   * MIGRATION client → bmap for the RAMBlock: xchg (atomic) or plain copy + zero. Walks layer B
+   * one block at a time (a tight loop over one typed array, no per-word block lookup).
+   */
   const layerBToBmap = (atomic: boolean): number => {
     const blocks = dirtyMemory.blocks(DIRTY_MEMORY_MIGRATION);
-    const base = ramOffset >>> 5;
+    const base = ramOffset >>> 5; // even: the block starts on a 64-bit word
+    const b = bmap.words;
     let fresh = 0;
-    for (let i = 0; i < n32; i += 2) {
-      copy++;
-      const g0 = base + i;
-      const b0 = blocks[g0 >>> BLOCK_SHIFT] as Uint32Array;
-      const j0 = g0 & BLOCK_MASK;
-      const has1 = i + 1 < n32;
-      const g1 = g0 + 1;
-      const b1 = has1 ? (blocks[g1 >>> BLOCK_SHIFT] as Uint32Array) : b0;
-      const j1 = g1 & BLOCK_MASK;
-      const lo0 = b0[j0] as number;
-      const hi0 = has1 ? (b1[j1] as number) : 0;
-      if (lo0 === 0 && hi0 === 0) continue;
-      const loMask = i === n32 - 1 ? tail : 0xffffffff;
-      const hiMask = i + 1 === n32 - 1 ? tail : 0xffffffff;
-      let lo = 0;
-      let hi = 0;
-      if (atomic) {
-        xchg++;
-        if (lo0 !== 0)
-          lo = (loMask === 0xffffffff ? Atomics.exchange(b0, j0, 0) : Atomics.and(b0, j0, ~loMask)) & loMask;
-        if (hi0 !== 0)
-          hi = (hiMask === 0xffffffff ? Atomics.exchange(b1, j1, 0) : Atomics.and(b1, j1, ~hiMask)) & hiMask;
-      } else {
-        lo = lo0 & loMask;
-        hi = hi0 & hiMask;
-        b0[j0] = lo0 & ~loMask;
-        if (has1) b1[j1] = hi0 & ~hiMask;
+    for (let i = 0; i < n32;) {
+      const g = base + i;
+      const blk = blocks[g >>> BLOCK_SHIFT] as Uint32Array;
+      const j0 = g & BLOCK_MASK;
+      const n = Math.min(n32 - i, BLOCK_MASK + 1 - j0);
+      for (let k = 0; k < n; k += 2) {
+        copy++;
+        const j = j0 + k;
+        const has1 = k + 1 < n;
+        const lo0 = blk[j] as number;
+        const hi0 = has1 ? (blk[j + 1] as number) : 0;
+        if (lo0 === 0 && hi0 === 0) continue;
+        const t = i + k;
+        const loMask = t === n32 - 1 ? tail : 0xffffffff;
+        const hiMask = t + 1 === n32 - 1 ? tail : 0xffffffff;
+        let lo: number;
+        let hi: number;
+        if (atomic) {
+          xchg++;
+          lo =
+            lo0 === 0
+              ? 0
+              : (loMask === 0xffffffff ? Atomics.exchange(blk, j, 0) : Atomics.and(blk, j, ~loMask)) & loMask;
+          hi =
+            hi0 === 0
+              ? 0
+              : (hiMask === 0xffffffff ? Atomics.exchange(blk, j + 1, 0) : Atomics.and(blk, j + 1, ~hiMask)) &
+                hiMask;
+        } else {
+          lo = lo0 & loMask;
+          hi = hi0 & hiMask;
+          blk[j] = lo0 & ~loMask;
+          if (has1) blk[j + 1] = hi0 & ~hiMask;
+        }
+        if (summary === undefined) {
+          // No summary to keep (xchg, rwlock-memcpy): OR and count inline.
+          if (lo !== 0) {
+            const old = b[t] as number;
+            fresh += popcount32(lo & ~old);
+            b[t] = old | lo;
+          }
+          if (hi !== 0) {
+            const old = b[t + 1] as number;
+            fresh += popcount32(hi & ~old);
+            b[t + 1] = old | hi;
+          }
+        } else {
+          if (lo !== 0) fresh += orBmap(t, lo);
+          if (hi !== 0) fresh += orBmap(t + 1, hi);
+        }
       }
-      if (lo !== 0) fresh += orBmap(i, lo);
-      if (hi !== 0) fresh += orBmap(i + 1, hi);
+      i += n;
     }
     return fresh;
   };
@@ -400,12 +426,19 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     try {
       const blocks = dirtyMemory.blocks(DIRTY_MEMORY_MIGRATION);
       const words = slotBmap.words;
-      for (let i = 0; i < words.length; i += 2) {
-        copy++;
-        const lo = words[i] as number;
-        const hi = words[i + 1] as number;
-        if (lo !== 0) orLayerBPlain(blocks, ramOffset + i * 32, lo);
-        if (hi !== 0) orLayerBPlain(blocks, ramOffset + (i + 1) * 32, hi);
+      // Slot → layer B, plain OR, one layer-B block at a time (the slot starts 64-aligned).
+      const base = ramOffset >>> 5;
+      for (let i = 0; i < words.length;) {
+        const g = base + i;
+        const blk = blocks[g >>> BLOCK_SHIFT] as Uint32Array;
+        const j0 = g & BLOCK_MASK;
+        const n = Math.min(words.length - i, BLOCK_MASK + 1 - j0);
+        copy += Math.ceil(n / 2);
+        for (let k = 0; k < n; k++) {
+          const w = words[i + k] as number;
+          if (w !== 0) blk[j0 + k] = (blk[j0 + k] as number) | w;
+        }
+        i += n;
       }
       let reported = 0;
       for (const log of deviceLogs) {
