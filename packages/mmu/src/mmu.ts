@@ -691,6 +691,12 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
         if (log && level === LEVEL_4K) reportFault(row, page);
         break;
       }
+      // Cache the translation before re-entering: observeFlush below acknowledges any flush
+      // requested meanwhile and must drop this entry too (KVM handles KVM_REQ_TLB_FLUSH before
+      // the guest re-executes the write). Installed after the ack, it would survive the flush
+      // of a write-protect that hit this SPTE after this fault set W (enabling logging protects
+      // under the read lock, alongside slow faults): later writes would go unlogged.
+      (tlbs[vcpu] as Uint32Array)[gfn & tlbMask] = gfn + 1;
     } finally {
       lock.readUnlock();
       if (wasInGuest) {
@@ -698,7 +704,6 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
         observeFlush(vcpu);
       }
     }
-    (tlbs[vcpu] as Uint32Array)[gfn & tlbMask] = gfn + 1;
   }
 
   function reportFault(row: number, page: number): void {
