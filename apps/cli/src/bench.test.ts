@@ -115,6 +115,8 @@ describe('dirtytrack bench bitmap', () => {
     expect(r['xchg-vs-memcpy']).toBeCloseTo(r['xchg-ms'] / r['memcpy-ms'], 2);
     expect(r['fused-1pct-vs-fused']).toBeCloseTo(r.strategies['fused-1pct'].ms / r.strategies.fused.ms, 2);
     expect(r['l1-xchg-vs-memcpy']).toBeGreaterThan(0);
+    expect(r['l1-kind']).toBe('wasm-simd');
+    expect(r['l1-js-xchg-vs-set']).toBeGreaterThan(0);
   });
 
   it('rejects a bad --memory naming it', async () => {
