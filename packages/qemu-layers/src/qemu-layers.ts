@@ -488,6 +488,23 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         j = e - 1;
         continue;
       }
+      if (tb === 0xffffffff && (bs[j] as number) === 0xffffffff) {
+        // 32 dirty words over 32 non-empty ones (a sync into a still-full bmap): OR the run in
+        // one tight loop.
+        let e = j + 1;
+        while (e < ts.length && (ts[e] as number) === 0xffffffff && (bs[e] as number) === 0xffffffff) e++;
+        const end = Math.min(tw.length, e * 64);
+        for (let i = j * 64; i < end; i++) {
+          const w = tw[i] as number;
+          if (w === 0) continue;
+          const old = bw[i] as number;
+          overlap += popcount32(w & old);
+          bw[i] = old | w;
+        }
+        copy += (end - j * 64) / 2;
+        j = e - 1;
+        continue;
+      }
       const bsj = bs[j] as number;
       bs[j] = bsj | tb;
       let bits = tb;
