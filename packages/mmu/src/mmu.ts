@@ -655,8 +655,10 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
   /** The fault path under the `mmu_lock` (read): map, split, or restore W, with cmpxchg. */
   function slowFault(vcpu: number, row: number, s: SlotState, gfn: number, page: number): void {
     const wasInGuest = inGuest[vcpu] === 1;
-    if (wasInGuest) Atomics.store(vcpuWords, vcpu * VW, VCPU_OUTSIDE); // A VM exit: flushes need not wait.
-    if (pml) drainPml(vcpu); // KVM drains the PML buffer on every exit.
+    // A VM exit: KVM drains the PML buffer on every exit — before this vCPU stops counting as in
+    // guest mode, so a harvest's kick that skips it still finds its entries in the sink.
+    if (pml) drainPml(vcpu);
+    if (wasInGuest) Atomics.store(vcpuWords, vcpu * VW, VCPU_OUTSIDE); // Flushes need not wait now.
     lockFor(row, false);
     try {
       counters[row + C_SLOW] = (counters[row + C_SLOW] as number) + 1;
@@ -953,10 +955,16 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
         Atomics.store(s.ctl, 0, flags | KVM_MEM_LOG_DIRTY_PAGES); // Nothing writable to protect.
         return 0;
       }
+      // KVM publishes the new memslot, then waits out faults that saw the old one (SRCU) before
+      // it protects anything: slow faults hold the read lock (the write lock waits for them),
+      // lock-free fast faults end before their vCPU acknowledges a new epoch.
+      lockFor(ownerRow, true);
+      Atomics.store(s.ctl, 0, flags | KVM_MEM_LOG_DIRTY_PAGES);
+      lock.writeUnlock();
+      if (live) awaitAck(Atomics.add(ctl, CTL_EPOCH, 1) + 1, 1, 'memslot switch');
       // KVM: slot-wide write-protect / split runs under the read lock (TDP MMU), with atomics.
       lockFor(ownerRow, false);
       try {
-        Atomics.store(s.ctl, 0, flags | KVM_MEM_LOG_DIRTY_PAGES);
         if (mode === 'eager-split') wp = enableEagerSplit(s);
         else if (mode === 'write-protect') wp = enableWriteProtect(s);
       } finally {
