@@ -30,6 +30,8 @@ export interface Setup {
   precopy?: Omit<Partial<PrecopyOptions>, 'engine' | 'bitmap' | 'link' | 'nonzero'>;
   /** Switch to postcopy at this migration time; the same workload runs on the destination. */
   postcopyAtNs?: number;
+  /** The sweep's (or uniform's) working set, in pages. */
+  sweepRange?: { offset: number; workingSet: number };
   /** Wraps the workload (e.g. to watch the writes). */
   wrapWorkload?: (w: Workload) => Workload;
 }
@@ -47,7 +49,7 @@ export function migrate(s: Setup) {
   const reporter = ring ?? createBitmapReporter({ rearmer: tracker, slots: [slot] });
   tracker.attach(reporter);
   const memory = createModelMemory(s.pages, s.populated ?? s.pages);
-  const opts = { vcpus, pages: s.pages, bytesPerSecond: s.rate ?? 0 };
+  const opts = { vcpus, pages: s.pages, bytesPerSecond: s.rate ?? 0, ...s.sweepRange };
   const rng = createRng(s.seed ?? 1);
   const made =
     s.workload?.(s.pages) ??
