@@ -16,6 +16,15 @@ describe('status paths (qemu.md conformance check 3)', () => {
     expect(info.ram['dirty-sync-count']).toBe(2);
   });
 
+  it('splits the downtime into the final sync and the last copy', () => {
+    // 10 MiB/s cap (see precopy.test): the final sync scans 512 idle words (1220.703 ns), then
+    // 768 pages × 4104 B go at 1 GB/s (3,151,872 ns).
+    const { info, stats } = migrate({ ...IDLE, precopy: { parameters: { 'max-bandwidth': 10 * 2 ** 20 } } });
+    expect(info.downtime).toBe(3.153);
+    expect(stats['downtime-split']).toEqual({ 'final-sync': 0.001, 'last-copy': 3.152 });
+    expect(migrate({ ...IDLE, timeLimitS: 0.01 }).stats['downtime-split']).toBeUndefined();
+  });
+
   it('with pause-before-switchover: active → pre-switchover → device → completed', () => {
     const { events, info } = migrate({
       ...IDLE,
