@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { migrate } from './__fixtures__/harness.js';
-import { MULTIFD_PACKET_HEADER, MULTIFD_PACKET_PAGES, queuePages, syncChannels } from './multifd.js';
+import {
+  MULTIFD_PACKET_HEADER,
+  MULTIFD_PACKET_PAGES,
+  peekPages,
+  queuePages,
+  syncChannels,
+} from './multifd.js';
 
 const PAGE = 4096;
 /** 128 page slots: 320 B fixed + 8 B per slot. */
@@ -21,6 +27,8 @@ describe('multifd packets (qemu.md §4)', () => {
     expect(queuePages(b, 1, 0)).toBe(HDR + PAGE);
     expect(queuePages(b, 126, 1)).toBe(126 * PAGE); // fills packet 1 (zero pages take a slot, no payload)
     expect(b).toEqual({ fill: 0, packets: 1 });
+    expect(peekPages(b, 129, 0)).toBe(2 * HDR + 129 * PAGE);
+    expect(b).toEqual({ fill: 0, packets: 1 }); // peeking queues nothing
     expect(queuePages(b, 129, 0)).toBe(2 * HDR + 129 * PAGE);
     expect(b).toEqual({ fill: 1, packets: 3 });
     expect(syncChannels(b, 4)).toBe(4 * HDR);

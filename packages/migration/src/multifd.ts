@@ -34,10 +34,20 @@ export interface MultifdBatch {
 export function queuePages(batch: MultifdBatch, normal: number, zero: number): number {
   const k = normal + zero;
   if (k === 0) return 0;
-  const started = (batch.fill === 0 ? 1 : 0) + Math.floor((batch.fill + k - 1) / MULTIFD_PACKET_PAGES);
+  const started = packetsStarted(batch, k);
   batch.fill = (batch.fill + k) % MULTIFD_PACKET_PAGES;
   batch.packets += started;
   return started * MULTIFD_PACKET_HEADER + normal * PAGE_SIZE;
+}
+
+/** What {@link queuePages} would return, without queuing. */
+export function peekPages(batch: MultifdBatch, normal: number, zero: number): number {
+  const k = normal + zero;
+  return k === 0 ? 0 : packetsStarted(batch, k) * MULTIFD_PACKET_HEADER + normal * PAGE_SIZE;
+}
+
+function packetsStarted(batch: MultifdBatch, k: number): number {
+  return (batch.fill === 0 ? 1 : 0) + Math.floor((batch.fill + k - 1) / MULTIFD_PACKET_PAGES);
 }
 
 /**

@@ -32,6 +32,7 @@ import {
   MULTIFD_INIT_BYTES,
   queuePages,
   syncChannels,
+  peekPages,
   type MultifdBatch,
 } from './multifd.js';
 
@@ -431,6 +432,12 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     multifdBytes += b;
     return b + z * ZERO_RECORD;
   };
+  /** What {@link pageBytes} would return, without queuing anything. */
+  const peekBytes = (n: number, z: number): number => {
+    if (!multifd) return n * NORMAL_RECORD + z * ZERO_RECORD;
+    if (zeroMode === 'packet') return peekPages(batch, n, z);
+    return peekPages(batch, n, 0) + z * ZERO_RECORD;
+  };
 
   /**
    * Sends dirty pages from the cursor on, clearing their bits, until `cap` bytes are reached.
@@ -453,7 +460,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       let sentN = fullN;
       let sentZ = fullZ;
       let b: number;
-      if (cap === Infinity) {
+      if (cap === Infinity || bytes + peekBytes(fullN, fullZ) <= cap) {
+        // The whole word fits: one step, not 32 (the same bytes as page by page).
         b = pageBytes(fullN, fullZ);
       } else {
         // Page by page, lowest first, while under the cap (a page may overshoot it).
