@@ -23,6 +23,11 @@ export interface MigrationInfo {
   'dirty-limit-throttle-time-per-round'?: number;
   /** Dirty-limit: µs to fill a ring at the vCPUs' mean measured rate (only with the capability). */
   'dirty-limit-ring-full-time'?: number;
+  /**
+   * Postcopy: ms the destination guest spent blocked on missing pages, summed over the steps in
+   * which its faults outlasted the step (all vCPUs wait in the model). Only with postcopy-ram.
+   */
+  'postcopy-blocktime'?: number;
   /** Why the migration failed (only when `failed`). */
   'error-desc'?: string;
   ram: RamInfo;

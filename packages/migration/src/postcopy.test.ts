@@ -18,6 +18,9 @@ describe('postcopy discard plan (qemu.md §3)', () => {
   });
 });
 
+const BLOCKTIME_SWEEP = 672.665;
+const LATENCY_SWEEP = 20.011;
+
 describe('postcopy basic path (conformance check 10)', () => {
   // A 64 MiB guest sweeping at 100 MB/s over a 50 MB/s link: precopy alone never converges.
   const base = { pages: 16384, rate: 100e6, bandwidth: 50e6, timeLimitS: 120 };
@@ -76,6 +79,18 @@ describe('postcopy basic path (conformance check 10)', () => {
     expect(stats['postcopy-discard-ranges']).toBe(1);
     expect(info.ram['postcopy-bytes']).toBe(16384 * 4104);
     expect(info.ram.remaining).toBe(0);
+    // Every page is requested; the link (50 MB/s) carries 122 pages per 10 ms step while the
+    // vCPUs fault on ~244, so the guest spends most of the phase blocked.
+    expect(info.ram['postcopy-requests']).toBe(16384);
+    expect(info['postcopy-blocktime']).toBe(BLOCKTIME_SWEEP);
+    expect(stats['postcopy-request-latency']).toBe(LATENCY_SWEEP);
+  });
+
+  it('a uniform guest (touching part of its pages) faults on fewer pages and blocks less than a sweeping one', () => {
+    const sweep = run('sweep');
+    const uniform = run('uniform');
+    expect(uniform.info.ram['postcopy-requests']).toBeLessThan(sweep.info.ram['postcopy-requests'] ?? 0);
+    expect(uniform.info['postcopy-blocktime']).toBeLessThan(sweep.info['postcopy-blocktime'] ?? 0);
   });
 
   it('places every page missing at the switch exactly once', () => {
