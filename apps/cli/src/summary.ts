@@ -30,7 +30,7 @@ export function formatSummary(scenario: Scenario, r: SimulateResult): string {
   }
   if (caps['postcopy-ram'] && r.dirtytrack.events.some((e) => e.status === 'postcopy-active')) {
     lines.push(
-      `  postcopy  ${String(ram['postcopy-requests'])} page requests (mean latency ${fmtMs(m['postcopy-request-latency'])}), ${m['postcopy-placed']} pages placed, ${bytes(ram['postcopy-bytes'] ?? 0)} sent after the switch`,
+      `  postcopy  ${String(ram['postcopy-requests'])} page requests (mean latency ${fmtMs(m['postcopy-request-latency'])}), blocktime ${fmtMs(r['postcopy-blocktime'] as number)}, ${m['postcopy-placed']} pages placed, ${bytes(ram['postcopy-bytes'] ?? 0)} sent after the switch`,
     );
   }
   if (caps.multifd) {
