@@ -442,6 +442,26 @@ describe('simulate: migration capabilities and status paths (issue 8)', () => {
     expect(c.stdout).not.toBe(a.stdout);
   });
 
+  it('dirty rings, dirty-limit, postcopy and a cancel that comes too late: byte-identical JSON too', async () => {
+    const argv = [
+      'simulate',
+      ...['memory=256M', 'workload.working-set=256M', 'workload.kind=hotset', 'workload.rate=128M']
+        .concat(['reporter=ring', 'ring-size=1024', 'link.bandwidth=800Mbit', 'migration.cancel-at=500'])
+        .concat(['migration.capabilities.dirty-limit=true', 'migration.parameters.vcpu-dirty-limit=20'])
+        .concat(['migration.capabilities.postcopy-ram=true', 'migration.start-postcopy-at=1'])
+        .flatMap((kv) => ['--set', kv]),
+    ];
+    const a = await runJson(...argv);
+    const b = await runJson(...argv);
+    expect(a.stdout).toBe(b.stdout);
+    expect(a.result.dirtytrack.events.map((e) => e.status)).toEqual([
+      'setup',
+      'active',
+      'postcopy-active',
+      'completed',
+    ]);
+  });
+
   it('postcopy: the no-converge guest completes after migrate-start-postcopy at 10 s', async () => {
     const { result } = await runJson(
       'simulate',
