@@ -1,4 +1,11 @@
-import { createRng, createVirtualClock, NS_PER_S, type CostModel, type Workload } from '@dirtytrack/core';
+import {
+  createRng,
+  createVirtualClock,
+  NS_PER_S,
+  type CostModel,
+  type MigrationBitmap,
+  type Workload,
+} from '@dirtytrack/core';
 import {
   createHotSetWorkload,
   createModelEngine,
@@ -34,6 +41,8 @@ export interface Setup {
   sweepRange?: { offset: number; workingSet: number };
   /** Wraps the workload (e.g. to watch the writes). */
   wrapWorkload?: (w: Workload) => Workload;
+  /** Wraps the migration bitmap (e.g. to watch the sends). */
+  wrapBitmap?: (m: MigrationBitmap) => MigrationBitmap;
 }
 
 /** One model-plane migration: sweep/uniform/hot-set guest → write-protect → bitmap or ring → single hop. */
@@ -66,7 +75,8 @@ export function migrate(s: Setup) {
     memory,
     ...(ring ? { ring: { sink: ring, onRingFull: () => void ring.reap() } } : {}),
   });
-  const bitmap = createSingleHopSync({ source: reporter, logging: tracker, slot });
+  const hop = createSingleHopSync({ source: reporter, logging: tracker, slot });
+  const bitmap = s.wrapBitmap ? s.wrapBitmap(hop) : hop;
   const link = createSimLink({
     bandwidth: s.bandwidth ?? 1e9,
     latencyNs: s.latencyNs ?? 0,
