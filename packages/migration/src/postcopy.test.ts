@@ -20,6 +20,8 @@ describe('postcopy discard plan (qemu.md §3)', () => {
 
 const BLOCKTIME_SWEEP = 672.665;
 const LATENCY_SWEEP = 20.011;
+const FREE_TIME = 1351.88;
+const CAPPED_TIME = 6560.036;
 
 describe('postcopy basic path (conformance check 10)', () => {
   // A 64 MiB guest sweeping at 100 MB/s over a 50 MB/s link: precopy alone never converges.
@@ -119,6 +121,24 @@ describe('postcopy basic path (conformance check 10)', () => {
     expect(info.ram['postcopy-requests']).toBe(faulted.size);
     expect(faulted.size).toBe(7494);
     expect(placedAt.size).toBeGreaterThan(faulted.size); // the rest came in the background
+  });
+
+  it('max-postcopy-bandwidth caps the stream once in postcopy', () => {
+    // An idle guest switched at once: 16384 pages × 4104 B at 50 MB/s in 10 ms steps = 1351.88 ms.
+    // Capped at 10 MB/s, a step's 100,000 B budget takes 25 pages (the limit is checked before
+    // each page, so the last overshoots): 656 steps.
+    const run = (cap: number) =>
+      migrate({
+        pages: 16384,
+        bandwidth: 50e6,
+        postcopyAtNs: 0,
+        precopy: { parameters: { 'max-postcopy-bandwidth': cap } },
+      }).info;
+    const free = run(0);
+    const capped = run(10e6);
+    expect(free['total-time']).toBe(FREE_TIME);
+    expect(capped['total-time']).toBe(CAPPED_TIME);
+    expect(capped.ram['postcopy-requests']).toBe(0);
   });
 
   it('needs the capability, the destination workload, and no multifd (not modelled yet)', () => {
