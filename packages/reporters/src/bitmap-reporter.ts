@@ -1,12 +1,15 @@
 import {
+  attachRWLock,
   Bitmap,
   DirtytrackError,
   popcount32,
+  type AttachSpec,
+  type DirtySink,
   type DirtytrackErrorCode,
   type HarvestCost,
   type MemslotInfo,
   type Rearmer,
-  type Reporter,
+  type SharedReporter,
   type RWLock,
 } from '@dirtytrack/core';
 
@@ -70,7 +73,7 @@ export interface BitmapReporterOptions {
 }
 
 /** The bitmap reporter: a {@link Reporter} over KVM-layout slot bitmaps. */
-export interface BitmapReporter extends Reporter {
+export interface BitmapReporter extends SharedReporter {
   readonly kind: 'bitmap';
   readonly manualProtect: boolean;
   readonly initiallySet: boolean;
@@ -81,6 +84,20 @@ export interface BitmapReporter extends Reporter {
   bitmapBuffer(slot: number): SharedArrayBuffer;
   /** Every slot's shared bitmap memory, keyed by slot id: pass it to workers as `options.buffers`. */
   bitmapBuffers(): Map<number, SharedArrayBuffer>;
+  /**
+   * `SharedReporter.share()` (live plane): `{ module: '@dirtytrack/reporters', factory:
+   * 'attachBitmapReporter', data }`, what a worker vCPU passes to {@link attachBitmapReporter} to
+   * set bits in this reporter's shared bitmaps. Needs `shared: true`.
+   */
+  share(): AttachSpec;
+}
+
+/** What {@link BitmapReporter.share} hands a worker: the slots, their bitmaps, the mode and lock. */
+export interface BitmapReporterShareData {
+  readonly slots: readonly MemslotInfo[];
+  readonly buffers: readonly SharedArrayBuffer[];
+  readonly updates: BitmapUpdates;
+  readonly lock?: { readonly buffer: SharedArrayBuffer; readonly byteOffset: number };
 }
 
 /** A bitmap reporter with manual protect: `clearDirtyLog` is always there. */
@@ -179,6 +196,7 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
     touched: Uint32Array;
   }
   const slots = new Map<number, Slot>();
+  const slotInfos = new Map<number, MemslotInfo>();
   /** Appends 32-bit words `i` and `i + 1` to the slot's touched list at `n`; returns the new count. */
   const touch = (s: Slot, n: number, i: number): number => {
     if (n + 2 > s.touched.length) {
@@ -294,6 +312,7 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
         if (initiallySet) live.setAll();
       }
       slots.set(slot.id, { live, scratch: undefined, touched: new Uint32Array(64) });
+      slotInfos.set(slot.id, slot);
     },
 
     markDirty(slot: number, offsets: Uint32Array, count: number) {
@@ -406,6 +425,16 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
     bitmapBuffers() {
       return new Map([...slots.keys()].map((id) => [id, reporter.bitmapBuffer(id)] as const));
     },
+
+    share() {
+      const data: BitmapReporterShareData = {
+        slots: [...slotInfos.values()],
+        buffers: [...slotInfos.keys()].map((id) => reporter.bitmapBuffer(id)),
+        updates,
+        ...(lock === undefined ? {} : { lock: { buffer: lock.buffer, byteOffset: lock.byteOffset } }),
+      };
+      return { module: '@dirtytrack/reporters', factory: 'attachBitmapReporter', data };
+    },
   };
 
   if (manualProtect) {
@@ -473,6 +502,40 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
 
   for (const slot of options.slots ?? []) reporter.addSlot(slot);
   return reporter;
+}
+
+/**
+ * The worker side of a shared bitmap reporter (the factory {@link BitmapReporter.share} names):
+ * a {@link DirtySink} whose `markDirty` sets bits in the owner's shared slot bitmaps
+ * (`set_bit_le` with `Atomics.or`, under the shared `mmu_lock` for read in `'locked'` mode). It
+ * never harvests: harvests stay on the thread that owns the reporter.
+ */
+export function attachBitmapReporter(data: BitmapReporterShareData): DirtySink {
+  if (data.slots.length !== data.buffers.length) {
+    throw fail(
+      'invalid-argument',
+      `attachBitmapReporter: ${data.slots.length} slots but ${data.buffers.length} buffers`,
+      undefined,
+      'buffers',
+    );
+  }
+  const reporter = createBitmapReporter({
+    rearmer: { rearm: noHarvest },
+    slots: data.slots,
+    buffers: new Map(data.slots.map((s, i) => [s.id, data.buffers[i] as SharedArrayBuffer])),
+    updates: data.updates,
+    ...(data.lock === undefined ? {} : { lock: attachRWLock(data.lock.buffer, data.lock.byteOffset) }),
+  });
+  return { markDirty: (slot, offsets, count, vcpu) => reporter.markDirty(slot, offsets, count, vcpu) };
+}
+
+function noHarvest(): number {
+  throw fail(
+    'invalid-state',
+    'an attached bitmap reporter only marks pages; harvest on the thread that owns it',
+    undefined,
+    'rearmer',
+  );
 }
 
 function cost(xchgWords: number, copyWords: number, rearmedPages: number, tlbFlushes: number): HarvestCost {

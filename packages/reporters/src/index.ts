@@ -1,12 +1,15 @@
 export {
   createBitmapReporter,
+  attachBitmapReporter,
   type BitmapReporter,
+  type BitmapReporterShareData,
   type BitmapReporterOptions,
   type BitmapUpdates,
   type ManualProtectBitmapReporter,
 } from './bitmap-reporter.js';
 export {
   createRingReporter,
+  attachRingReporter,
   ringBufferBytes,
   RING_LAYOUT,
   KVM_DIRTY_GFN_BYTES,
@@ -20,4 +23,5 @@ export {
   type RingReporter,
   type RingReporterOptions,
   type RingReporterStats,
+  type RingReporterShareData,
 } from './ring-reporter.js';

@@ -2,12 +2,13 @@ import {
   Bitmap,
   DirtytrackError,
   popcount32,
+  type AttachSpec,
   type BoundedDirtySink,
   type DirtytrackErrorCode,
   type HarvestCost,
   type MemslotInfo,
   type Rearmer,
-  type Reporter,
+  type SharedReporter,
 } from '@dirtytrack/core';
 
 /** `struct kvm_dirty_gfn` flags (reference/kvm.md §2.2): bit 0 DIRTY, bit 1 RESET. */
@@ -130,7 +131,7 @@ export interface RingReporterStats {
  * reporter instance harvests and resets (it owns the private harvest cursors, the pending
  * bitmaps and the rearmer); attached instances in workers only push.
  */
-export interface RingReporter extends Reporter, BoundedDirtySink {
+export interface RingReporter extends SharedReporter, BoundedDirtySink {
   readonly kind: 'ring';
   readonly vcpus: number;
   readonly entries: number;
@@ -188,6 +189,47 @@ export interface RingReporter extends Reporter, BoundedDirtySink {
    */
   getDirtyLog(slot: number, out: Bitmap): number;
   stats(): RingReporterStats;
+  /**
+   * `SharedReporter.share()` (live plane): `{ module: '@dirtytrack/reporters', factory:
+   * 'attachRingReporter', data }`, what a worker vCPU passes to {@link attachRingReporter} to push
+   * into these rings.
+   */
+  share(): AttachSpec;
+}
+
+/** What {@link RingReporter.share} hands a worker: the ring geometry, the buffer and the slots. */
+export interface RingReporterShareData {
+  readonly vcpus: number;
+  readonly entries: number;
+  readonly pml: boolean;
+  readonly withBitmap: boolean;
+  readonly buffer: SharedArrayBuffer;
+  readonly slots: readonly MemslotInfo[];
+}
+
+/**
+ * The worker side of a ring reporter (the factory {@link RingReporter.share} names): a reporter
+ * attached to the owner's rings, used only as a producer — `markDirty`, `room`, `ringFullExit`.
+ * Harvest and reset stay with the owner (its cursors, pending bitmaps and rearmer).
+ */
+export function attachRingReporter(data: RingReporterShareData): RingReporter {
+  return createRingReporter({
+    vcpus: data.vcpus,
+    entries: data.entries,
+    pml: data.pml,
+    withBitmap: data.withBitmap,
+    buffer: data.buffer,
+    slots: data.slots,
+    rearmer: {
+      rearm() {
+        throw fail(
+          'invalid-state',
+          'an attached ring reporter only pushes entries; harvest and reset on the thread that owns it',
+          { field: 'rearmer' },
+        );
+      },
+    },
+  });
 }
 
 interface SlotState {
@@ -755,6 +797,17 @@ export function createRingReporter(options: RingReporterOptions): RingReporter {
     },
     lastHarvestCost() {
       return last;
+    },
+    share() {
+      const data: RingReporterShareData = {
+        vcpus,
+        entries,
+        pml,
+        withBitmap,
+        buffer,
+        slots: [...slotsById.values()].map((s) => s.info),
+      };
+      return { module: '@dirtytrack/reporters', factory: 'attachRingReporter', data };
     },
     stats() {
       let pushed = 0;
