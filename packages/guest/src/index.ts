@@ -13,3 +13,18 @@ export {
   type ModelEngineStats,
   type ModelMemory,
 } from './model-engine.js';
+export {
+  createLiveGuest,
+  type LiveGuest,
+  type LiveGuestOptions,
+  type LiveGuestStats,
+  type LiveWorkload,
+} from './live-guest.js';
+export {
+  runDirtyLogTest,
+  DIRTY_LOG_TEST_PAGES_PER_LOOP,
+  type DirtyLogTestOptions,
+  type DirtyLogTestProgress,
+  type DirtyLogTestResult,
+  type DirtyLogViolation,
+} from './dirty-log-test.js';
