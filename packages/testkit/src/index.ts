@@ -1,4 +1,10 @@
-export { describeTracker } from './describe-tracker.js';
+export {
+  describeTracker,
+  dirtyLogSeed,
+  type DescribeTrackerOptions,
+  type DirtyLogCase,
+  type DirtyLogConformance,
+} from './describe-tracker.js';
 export { describeReporter } from './describe-reporter.js';
 export {
   describeDirtyLogSource,
