@@ -196,6 +196,9 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       },
     );
 
+  // `selftest dirty-log` (issue 5): the kernel's dirty_log_test over a chosen pipeline.
+  (await import('./selftest.js')).registerSelftest(program, io, (c) => (code = c));
+
   try {
     await program.parseAsync([...argv], { from: 'user' });
   } catch (error) {
