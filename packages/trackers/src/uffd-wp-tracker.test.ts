@@ -1,5 +1,5 @@
-import { Bitmap, DEFAULT_COST_MODEL, type DirtySink, type Tracker } from '@dirtytrack/core';
-import { describeTracker, expectDirtytrackError, propertyRuns } from '@dirtytrack/testkit';
+import { Bitmap, DEFAULT_COST_MODEL, type DirtySink } from '@dirtytrack/core';
+import { expectDirtytrackError, propertyRuns } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
@@ -384,27 +384,4 @@ describe('uffd-wp tracker, async mode (WP_ASYNC + PAGEMAP_SCAN)', () => {
   });
 });
 
-describeTracker('uffd-wp sync (default reader)', () => createUffdWpTracker());
-
-/**
- * The conformance suite harvests without calling `syncDirtyLog`, so async mode runs it with a
- * scanner that scans after every write batch (a scanning thread faster than the guest).
- */
-function scanAfterEachBatch(t: UffdWpTracker): Tracker {
-  return {
-    kind: t.kind,
-    attach: (s) => t.attach(s),
-    enableLogging: (s) => t.enableLogging(s),
-    disableLogging: (s) => t.disableLogging(s),
-    rearm: (s, m, touched) => t.rearm(s, m, touched),
-    stats: () => t.stats(),
-    write(vcpu, s, offsets, count) {
-      const n = t.write(vcpu, s, offsets, count);
-      if (t.registered(s)) t.syncDirtyLog?.(s);
-      return n;
-    },
-  };
-}
-describeTracker('uffd-wp async (scan per batch)', () =>
-  scanAfterEachBatch(createUffdWpTracker({ mode: 'async' })),
-);
+// The conformance suites (describeTracker with dirty_log_test) run in uffd-wp.conformance.test.ts.

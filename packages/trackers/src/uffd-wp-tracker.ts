@@ -123,6 +123,14 @@ export interface UffdWpTrackerOptions {
    * wait for the page to be unprotected (it proceeds as if woken). Snapshots then lose content.
    */
   readonly skipFaultWait?: boolean;
+  /**
+   * Sync mode, shared: who reads faults that worker vCPUs queue while no snapshot step runs.
+   * `event-loop` (default): from the first `share()`, a reader on the owner thread's event loop
+   * (`Atomics.waitAsync` on the queue) runs the installed fault handler, or the default reader
+   * that just unprotects — QEMU's fault thread, for owners that `await` between harvests. It
+   * never keeps the process alive. `none`: only `step`/`serviceFaults`/`syncDirtyLog` read.
+   */
+  readonly reader?: 'event-loop' | 'none';
 }
 
 /** Counters of the uffd-wp tracker. */
@@ -229,6 +237,13 @@ export interface UffdWpTracker extends SharedTracker {
 
 const COMPONENT = 'uffd-wp';
 
+/** `Atomics.waitAsync` (Node ≥ 16; typed in TypeScript's ES2024 lib, this package targets ES2023). */
+type WaitAsync = (
+  typedArray: Int32Array,
+  index: number,
+  value: number,
+) => { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+
 // Control words (Int32) of the shared control buffer: the fault queue. Entry e occupies 4 words
 // at ENTRIES + 4e: [full flag, slot, page, ptid]. Producers (faulting vCPUs, any thread) reserve
 // an index with fetch-add on TAIL and publish with a release store of the full flag; the single
@@ -237,6 +252,7 @@ const COMPONENT = 'uffd-wp';
 const Q_HEAD = 0;
 const Q_TAIL = 1;
 const Q_READ = 2; // messages read (for stats)
+const Q_PUB = 3; // messages published: the event-loop reader waits on it (no lost wake-ups)
 const ENTRIES = 8;
 const ENTRY_WORDS = 4;
 // Per-vCPU counters (Float64, written only by that vCPU's thread): [writes, faults, waits].
@@ -402,7 +418,8 @@ class Core {
     ctl[e + 2] = page;
     ctl[e + 3] = vcpu;
     Atomics.store(ctl, e, 1);
-    Atomics.notify(ctl, Q_TAIL);
+    Atomics.add(ctl, Q_PUB, 1);
+    Atomics.notify(ctl, Q_PUB);
   }
 
   /** Live plane: sleep until the page's uffd-wp bit is clear (`handle_userfault`). */
@@ -564,6 +581,23 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
     } finally {
       bVcpu = -2;
     }
+  };
+
+  let readerRunning = false;
+  /** The uffd reader on this thread's event loop: wakes on every published message. */
+  const startEventLoopReader = (): void => {
+    if (readerRunning) return;
+    readerRunning = true;
+    const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
+    const loop = async (): Promise<void> => {
+      for (;;) {
+        const seen = Atomics.load(core.ctl, Q_PUB);
+        (handler ?? defaultReader)(tracker);
+        const r = waitAsync(core.ctl, Q_PUB, seen);
+        if (r.async) await r.value;
+      }
+    };
+    void loop();
   };
 
   const changeProtection = (
@@ -851,7 +885,9 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
       };
     },
     share() {
-      return { module: '@dirtytrack/trackers', factory: 'attachUffdWpTracker', data: tracker.descriptor() };
+      const data = tracker.descriptor();
+      if (mode === 'sync' && (options.reader ?? 'event-loop') === 'event-loop') startEventLoopReader();
+      return { module: '@dirtytrack/trackers', factory: 'attachUffdWpTracker', data };
     },
     stats() {
       return {
