@@ -50,10 +50,8 @@ describe(`runDirtyLogTest (seed ${SEED})`, () => {
     expect(r['pages-checked']).toBe(13 * 1000);
   });
 
-  it('live engine: a tracker that never re-arms loses pages (negative control)', async () => {
-    const r = await runDirtyLogTest({ ...base('live'), ...setup({ skipRearm: true }) });
-    expect(r.lost).toBeGreaterThan(0);
-  });
+  // The live negative controls run over the real MMU (packages/mmu/src/conformance.test.ts):
+  // each live run boots worker threads through tsx, which costs about a second.
 
   it('live engine: a failing vCPU comes back as a DirtytrackError naming it, with the cause', async () => {
     const error = await runDirtyLogTest({ ...base('live'), ...setup({ failVcpu: 1, failAfter: 50 }) }).then(

@@ -3,6 +3,7 @@ import { pathToFileURL } from 'node:url';
 import { parentPort, workerData } from 'node:worker_threads';
 import {
   createRng,
+  DirtytrackError,
   isBoundedDirtySink,
   type AttachSpec,
   type BoundedDirtySink,
@@ -114,7 +115,14 @@ async function run(): Promise<void> {
         exit();
         counters[row + COUNTER.RING_FULL] = (counters[row + COUNTER.RING_FULL] as number) + 1;
         ringExit?.call(sink, v, 0);
-        while (ring.room(v) === 0 && Atomics.load(control, CTL.STATE) === STATE.RUN) {
+        for (let waited = 0; ring.room(v) === 0 && Atomics.load(control, CTL.STATE) === STATE.RUN; waited++) {
+          if (waited >= data.timeoutMs) {
+            throw new DirtytrackError(
+              'timeout',
+              `vCPU ${v}: its dirty ring stayed full for ${data.timeoutMs} ms (nobody harvested and reset it)`,
+              { component: 'live-guest' },
+            );
+          }
           Atomics.wait(sleeper, 0, 0, 1);
         }
         continue;
