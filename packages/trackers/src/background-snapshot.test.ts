@@ -1,4 +1,4 @@
-import { type MemslotInfo } from '@dirtytrack/core';
+import { DEFAULT_COST_MODEL, type MemslotInfo } from '@dirtytrack/core';
 import { expectDirtytrackError, propertyRuns } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -100,6 +100,8 @@ describe('background snapshot, sync mode (model plane)', () => {
     });
     expect(g.tracker.protection(0).popcount()).toBe(0);
     expect(g.memory[5 * PS]).toBe(0xee);
+    // 8 pages protected at 2 ns, 8 copies at 2 µs, 3 messages at 10 ns.
+    expect(snap.costNs(DEFAULT_COST_MODEL)).toBe(8 * 2 + 8 * 2_000 + 3 * 10);
   });
 
   it('a sweep run covers at most one 32-page word and stops at maxPages', () => {
@@ -117,7 +119,7 @@ describe('background snapshot, sync mode (model plane)', () => {
     expect(snap.done).toBe(true);
   });
 
-  it('property: under any interleaving of guest batches and sweep steps the image is memory at start, each page once', () => {
+  it(`property (seed ${SEED}): under any interleaving of guest batches and sweep steps the image is memory at start, each page once`, () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 1, max: 80 }),
@@ -197,7 +199,7 @@ describe('background snapshot, sync mode (model plane)', () => {
     expect(snap.image).not.toEqual(before);
   });
 
-  it('the property fails for the unprotect-before-save driver (fast-check finds a counterexample)', () => {
+  it(`the property fails for the unprotect-before-save driver (seed ${SEED}: fast-check finds a counterexample)`, () => {
     const result = fc.check(
       fc.property(
         fc.array(fc.record({ page: fc.nat(15), value: fc.nat(255) }), { minLength: 1, maxLength: 8 }),
@@ -274,10 +276,13 @@ describe('background snapshot, async mode (scans; model plane)', () => {
     expect(snap.done).toBe(true);
     expect(snap.image).toEqual(g.memory);
     expect([...snap.saveCounts]).toEqual([1, 2, 1, 2, 1, 1, 2, 1]);
+    // 8 protected, 11 copies, 2 scans of one 64-page word, 3 pages re-protected by them.
+    const c = DEFAULT_COST_MODEL;
+    expect(snap.costNs(c)).toBeCloseTo(8 * 2 + 11 * 2_000 + 2 * c.bitmapCopyNsPerWord + 3 * 40, 9);
     expect(g.tracker.protection(0).popcount()).toBe(0);
   });
 
-  it('property: any interleaving, then pause and finish: the image equals memory at finish', () => {
+  it(`property (seed ${SEED}): any interleaving, then pause and finish: the image equals memory at finish`, () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 1, max: 80 }),

@@ -1,4 +1,4 @@
-import { Bitmap, DirtytrackError, PAGE_SIZE, type MemslotInfo } from '@dirtytrack/core';
+import { Bitmap, DirtytrackError, PAGE_SIZE, type CostModel, type MemslotInfo } from '@dirtytrack/core';
 import type { UffdWpTracker } from './uffd-wp-tracker.js';
 
 export interface BackgroundSnapshotOptions {
@@ -73,6 +73,14 @@ export interface BackgroundSnapshot {
   /** Async, guest paused: the final scan and copy. Sync: drains stale messages and stops. */
   finish(): BackgroundSnapshotStats;
   stats(): BackgroundSnapshotStats;
+  /**
+   * Migration-thread time the snapshot has cost so far, priced by `costs` (ns), for the model
+   * plane: protecting the slot at start (`enableLoggingNsPerPage` per page), one page copy per
+   * save or re-copy (`pageSendCopyNs`), reading a fault message (`ringEntryNs`), and per scan a
+   * read of every 64-page word (`bitmapCopyNsPerWord`) plus re-protecting what it reported
+   * (`rearmNsPerPage`). Estimates built from the cost model's documented entries.
+   */
+  costNs(costs: CostModel): number;
 }
 
 const COMPONENT = 'background-snapshot';
@@ -311,6 +319,16 @@ export function createBackgroundSnapshot(options: BackgroundSnapshotOptions): Ba
       return stats();
     },
     stats,
+    costNs(costs) {
+      const copies = savedByFault + savedBySweep + recopied;
+      return (
+        (started ? pages * costs.enableLoggingNsPerPage : 0) +
+        copies * costs.pageSendCopyNs +
+        faultMessages * costs.ringEntryNs +
+        scans * Math.ceil(pages / 64) * costs.bitmapCopyNsPerWord +
+        recopied * costs.rearmNsPerPage
+      );
+    },
   };
   return snap;
 }

@@ -337,7 +337,7 @@ describe('uffd-wp tracker, async mode (WP_ASYNC + PAGEMAP_SCAN)', () => {
     expect(t.stats().reported).toBe(2);
   });
 
-  it('property (§10.12): a scan reports exactly the pages written since their last (re)protect', () => {
+  it(`property (§10.12, seed ${SEED}): a scan reports exactly the pages written since their last (re)protect`, () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 1, max: 200 }),

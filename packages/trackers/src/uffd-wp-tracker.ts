@@ -208,7 +208,11 @@ export interface UffdWpTracker extends SharedTracker {
   unprotect(slot: number, first: number, count: number, mode?: number): number;
   /** `UFFDIO_WRITEPROTECT` with the raw mode bits. */
   writeProtect(slot: number, first: number, count: number, mode: number): number;
-  /** `UFFDIO_WAKE`: wakes writers blocked on the range (they re-fault if still protected). */
+  /**
+   * `UFFDIO_WAKE`: wakes writers blocked on the range. In the model plane a writer woken while
+   * still protected re-faults (a new message), as in the kernel; a worker vCPU cannot tell its
+   * wake from one for another page of the same 32-page word, so it just sleeps again.
+   */
   wake(slot: number, first: number, count: number): void;
   isProtected(slot: number, page: number): boolean;
   /** A live view of the slot's uffd-wp bits (1 = protected; WRITTEN = registered and 0). */
