@@ -1,4 +1,3 @@
-import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import {
   DirtytrackError,
@@ -40,9 +39,9 @@ export interface LiveGuestOptions {
   workload?: LiveWorkload;
   /**
    * Where the workers resolve the tracker's and sink's AttachSpec modules (e.g.
-   * `'@dirtytrack/mmu'`) when they cannot import them from this package: file URLs inside
-   * packages that depend on them — pass `import.meta.url`. The current directory is always tried
-   * last.
+   * `'@dirtytrack/mmu'`): file URLs inside packages that depend on them — pass
+   * `import.meta.url`. Tried first; then this package's own resolution, then the current
+   * directory.
    */
   resolveFrom?: string | URL | readonly (string | URL)[];
   /** Longest any wait (boot, pause, stop) may take before a `timeout` error. Default 30 s. */
@@ -108,10 +107,9 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
     throw bad('workload', 'hot-set needs pages >= 1 and share in [0, 256]');
   }
   const from = options.resolveFrom;
-  const resolveFrom = [
-    ...(from === undefined ? [] : typeof from === 'string' || from instanceof URL ? [from] : from),
-    pathToFileURL(`${process.cwd()}/`),
-  ].map(String);
+  const resolveFrom = (
+    from === undefined ? [] : typeof from === 'string' || from instanceof URL ? [from] : from
+  ).map(String);
 
   const control = new Int32Array(new SharedArrayBuffer(controlWords(vcpus) * 4));
   const counters = new Float64Array(new SharedArrayBuffer(vcpus * COUNTER.WORDS * 8));

@@ -32,32 +32,39 @@ const control = new Int32Array(data.control);
 const v = data.vcpu;
 
 async function load(spec: AttachSpec): Promise<unknown> {
+  // The owner's resolveFrom first (it knows which copy of the package it shares memory with),
+  // then this package's own resolution, then the current directory.
+  const importers: (() => Promise<unknown>)[] = [
+    ...data.resolveFrom.map((from) => () => importFrom(from, spec.module)),
+    () => import(spec.module),
+    () => importFrom(pathToFileURL(`${process.cwd()}/`).href, spec.module),
+  ];
   let mod: Record<string, unknown> | undefined;
   let firstError: unknown;
-  try {
-    mod = (await import(spec.module)) as Record<string, unknown>;
-  } catch (error) {
-    firstError = error;
-    // This package need not depend on the tracker's or the reporter's: resolve their module from
-    // where the owner said (a file inside a package that does depend on them).
-    for (const from of data.resolveFrom) {
-      try {
-        const path = createRequire(from).resolve(spec.module);
-        mod = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
-        break;
-      } catch {
-        // try the next one
-      }
+  for (const attempt of importers) {
+    try {
+      mod = (await attempt()) as Record<string, unknown>;
+      break;
+    } catch (error) {
+      firstError ??= error;
     }
   }
   if (mod === undefined) {
-    throw new Error(`cannot import ${spec.module} (also tried from ${data.resolveFrom.join(', ')})`, {
-      cause: firstError,
-    });
+    throw new Error(
+      `cannot import ${spec.module} (tried from ${[...data.resolveFrom, 'the guest package', process.cwd()].join(', ')})`,
+      { cause: firstError },
+    );
   }
   const factory = mod[spec.factory];
   if (typeof factory !== 'function') throw new Error(`${spec.module} has no export ${spec.factory}`);
   return (factory as (d: unknown) => unknown)(spec.data);
+}
+
+/** Imports `specifier` as a module inside the package of file URL `from` would see it. */
+function importFrom(from: string, specifier: string): Promise<unknown> {
+  if (/^(file|data|node):/.test(specifier)) return import(specifier);
+  const path = createRequire(from).resolve(specifier);
+  return import(pathToFileURL(path).href);
 }
 
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
