@@ -1,8 +1,9 @@
 import type { MemslotInfo } from '@dirtytrack/core';
 import { DirtytrackError } from '@dirtytrack/core';
 import { describe, expect, it } from 'vitest';
+import { waitUntil } from './__fixtures__/wait.js';
 import { createFixtureReporter, createFixtureTracker } from './__fixtures__/shared-fixtures.js';
-import { runDirtyLogTest, type DirtyLogTestOptions } from './index.js';
+import { createLiveGuest, runDirtyLogTest, type DirtyLogTestOptions } from './index.js';
 
 // The dirty_log_test runner in both engines, over a minimal shared write-protect tracker (the
 // real trackers run it through @dirtytrack/testkit's describeTracker). The slot is 1000 pages:
@@ -64,5 +65,51 @@ describe(`runDirtyLogTest (seed ${SEED})`, () => {
     expect(e.code).toBe('out-of-range');
     expect(e.message).toMatch(/vCPU 1 failed: .*fails on purpose/);
     expect((e.cause as Error).message).toMatch(/fails on purpose/);
+  });
+});
+
+describe('createLiveGuest', () => {
+  it('pauses (no write while paused), stores the value it is given, resumes and stops with exact counters', async () => {
+    const tracker = createFixtureTracker(slot.pages);
+    const reporter = createFixtureReporter(slot, tracker);
+    tracker.attach(reporter);
+    tracker.enableLogging(slot);
+    const memory = new SharedArrayBuffer(slot.pages * 4096);
+    const guest = createLiveGuest({
+      memory,
+      vcpus: 2,
+      tracker,
+      sink: reporter,
+      slot: 0,
+      pages: slot.pages,
+      seed: SEED,
+      workload: { kind: 'hot-set', pages: 16, share: 192 },
+    });
+    try {
+      guest.setValue(7);
+      await guest.start();
+      await waitUntil(() => guest.stats().writes > 1000, 10_000, 'writes');
+      await guest.pause();
+      const paused = guest.stats();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(guest.stats()).toEqual(paused); // every vCPU acknowledged: nothing moves
+      const values = new Set<number>();
+      for (let p = 0; p < slot.pages; p++) values.add(guest.valueOf(p));
+      expect([...values].sort()).toEqual([0, 7]);
+      guest.setValue(8);
+      guest.resume();
+      await waitUntil(() => guest.stats().writes > paused.writes + 1000, 10_000, 'writes after resume');
+      const stopped = await guest.stop();
+      expect(stopped.vcpuWrites.every((w) => w > 0)).toBe(true);
+      expect(stopped.writes).toBe(stopped.vcpuWrites.reduce((a, b) => a + b, 0));
+      expect(stopped.ringFullExits).toBe(0);
+      const after = new Set<number>();
+      for (let p = 0; p < slot.pages; p++) after.add(guest.valueOf(p));
+      expect(after.has(8)).toBe(true);
+      // The owner's tracker object saw no writes: each worker wrote through its own attached view.
+      expect(tracker.stats().writes).toBe(0);
+    } finally {
+      await guest.stop().catch(() => undefined);
+    }
   });
 });

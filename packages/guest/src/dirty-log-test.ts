@@ -98,6 +98,8 @@ export interface DirtyLogTestResult {
   /** Collections (`getDirtyLog` calls; ring reaps on a full ring are counted in `ring-reaps`). */
   readonly harvests: number;
   readonly 'ring-reaps': number;
+  /** `KVM_EXIT_DIRTY_RING_FULL` exits the vCPUs took (0 without a ring). */
+  readonly 'ring-full-exits': number;
   /** Pages reported dirty, summed over verifications. */
   readonly 'dirty-pages': number;
   /** Clean pages holding the current iteration: each must be in the next collection. */
@@ -250,7 +252,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     // Final collection with the vCPUs stopped: the last iteration's tracked pages must be in it.
     collect();
     verify(iterations + 1, valueOf);
-    return result(writes, 0);
+    return result(writes, 0, ringReaps);
   }
 
   // Live engine.
@@ -337,9 +339,10 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
     failed ??= error;
   });
   if (failed !== undefined) throw failed;
-  return result(guest.stats().writes, (clock.now() - t0) / NS_PER_MS);
+  const final = guest.stats();
+  return result(final.writes, (clock.now() - t0) / NS_PER_MS, final.ringFullExits);
 
-  function result(writes: number, ms: number): DirtyLogTestResult {
+  function result(writes: number, ms: number, ringFullExits: number): DirtyLogTestResult {
     return {
       engine,
       mode,
@@ -352,6 +355,7 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
       'pages-checked': pagesChecked,
       harvests,
       'ring-reaps': ringReaps,
+      'ring-full-exits': ringFullExits,
       'dirty-pages': dirtyPages,
       'tracked-pages': trackedPages,
       writes,
