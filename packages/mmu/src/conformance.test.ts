@@ -1,6 +1,7 @@
 import type { MemslotInfo, Reporter, Tracker } from '@dirtytrack/core';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { describeTracker, type DirtyLogCase } from '@dirtytrack/testkit';
+import { expect } from 'vitest';
 import { createMmu, type Mmu, type MmuOptions } from './index.js';
 
 // The kernel's dirty_log_test (reference/kvm.md §8) over the MMU as a tracker — write-protect
@@ -41,7 +42,8 @@ function reporterFor(
   pml: boolean,
 ): Reporter {
   if (kind === 'ring') {
-    return createRingReporter({ vcpus, entries: 2048, rearmer: mmu, slots: [slot], pml });
+    // 1024 entries: soft limit 960 (448 with PML), so the vCPUs fill their rings.
+    return createRingReporter({ vcpus, entries: 1024, rearmer: mmu, slots: [slot], pml });
   }
   return createBitmapReporter({
     rearmer: mmu,
@@ -62,7 +64,12 @@ function cases(pml: boolean): DirtyLogCase[] {
   return [
     { name: 'bitmap', setup: make('bitmap') },
     { name: 'bitmap, clear-log', engines: ['model'], setup: make('clear-log') },
-    { name: 'ring', setup: make('ring') },
+    {
+      name: 'ring',
+      setup: make('ring'),
+      // The rings went soft-full and were reaped mid-iteration (checks 6-7 run in the ring's own tests).
+      check: (r) => expect(r['ring-full-exits'], JSON.stringify(r)).toBeGreaterThan(0),
+    },
     {
       // KVM_DIRTY_LOG_INITIALLY_SET with the lazy enable (reference/kvm.md §5): every bit starts
       // set, so iteration 1 reports never-written pages holding 0 (check 4); each CLEAR splits

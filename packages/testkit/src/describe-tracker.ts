@@ -30,6 +30,8 @@ export interface DirtyLogCase {
   readonly pages?: number;
   /** Live workload for this case (default uniform). */
   readonly workload?: LiveWorkload;
+  /** More assertions on the result (e.g. that a small ring did fill up and was reaped). */
+  readonly check?: (result: DirtyLogTestResult, engine: 'model' | 'live') => void;
 }
 
 /** The dirty_log_test conformance of {@link describeTracker} (reference/kvm.md §8). */
@@ -189,6 +191,7 @@ function describeDirtyLog(conf: DirtyLogConformance): void {
           expect(result.lost, summary).toBe(0);
           expect(result['dirty-pages'], summary).toBeGreaterThan(0);
         }
+        c.check?.(result, engine);
       });
     }
   }
