@@ -2,6 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { isDirtytrackError, parseSize } from '@dirtytrack/core';
 import { benchBitmap, formatBitmapBench } from './bench-bitmap.js';
 import { benchMmu, formatMmuBench } from './bench-mmu.js';
+import { benchTrackers, formatTrackersBench } from './bench-trackers.js';
 import { benchReporters, DEFAULT_FRACTIONS, formatReportersBench } from './bench-reporters.js';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, Option } from 'commander';
@@ -198,6 +199,63 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
 
   // `selftest dirty-log` (issue 5): the kernel's dirty_log_test over a chosen pipeline.
   (await import('./selftest.js')).registerSelftest(program, io, (c) => (code = c));
+
+  bench
+    .command('trackers')
+    .description(
+      'Guest write throughput in the live engine with each tracker (off, wp, pml, uffd-wp), side by side.',
+    )
+    .option('--memory <size>', 'guest memory (IEC size, a multiple of 2M, at most 4G)', '64M')
+    .option('--vcpus <n>', 'worker-thread vCPUs', '2')
+    .option('--warmup-ms <ms>', 'unmeasured run before each window', '1500')
+    .option('--window-ms <ms>', 'measured window per tracker and repetition', '1000')
+    .option('--harvest-ms <ms>', 'interval between dirty-log harvests', '50')
+    .option('--reps <n>', 'repetitions (the median is reported)', '3')
+    .option('--seed <n>', 'seed of the vCPUs’ page choices', '1')
+    .option('--json', 'print the result as one JSON object on stdout')
+    .option('--out <file>', 'also write the JSON result to a file')
+    .option('--markdown <file>', 'also write the Markdown table to a file')
+    .action(
+      async (opts: {
+        memory: string;
+        vcpus: string;
+        warmupMs: string;
+        windowMs: string;
+        harvestMs: string;
+        reps: string;
+        seed: string;
+        json?: boolean;
+        out?: string;
+        markdown?: string;
+      }) => {
+        const { memory, reps } = benchSize(opts);
+        if (memory % 2 ** 21 !== 0 || memory > 4 * 2 ** 30) {
+          throw new UsageError('--memory', `${opts.memory} must be a multiple of 2M and at most 4G`);
+        }
+        const int = (flag: string, raw: string, min: number, max: number) => {
+          const n = Number(raw);
+          if (!Number.isInteger(n) || n < min || n > max) {
+            throw new UsageError(flag, `${JSON.stringify(raw)} is not an integer in [${min}, ${max}]`);
+          }
+          return n;
+        };
+        const result = await benchTrackers({
+          memory,
+          reps,
+          vcpus: int('--vcpus', opts.vcpus, 1, 64),
+          warmupMs: int('--warmup-ms', opts.warmupMs, 0, 600_000),
+          windowMs: int('--window-ms', opts.windowMs, 1, 600_000),
+          harvestMs: int('--harvest-ms', opts.harvestMs, 1, 60_000),
+          seed: int('--seed', opts.seed, 0, 0xffff_ffff),
+          onStep: (s) => io.progress && io.stderr(`bench trackers: ${s}\n`),
+        });
+        const json = JSON.stringify(result, null, 2) + '\n';
+        const table = formatTrackersBench(result);
+        writeOut('--out', opts.out, json);
+        writeOut('--markdown', opts.markdown, table);
+        io.stdout(opts.json ? json : table);
+      },
+    );
 
   try {
     await program.parseAsync([...argv], { from: 'user' });
