@@ -334,9 +334,10 @@ export async function runDirtyLogTest(options: DirtyLogTestOptions): Promise<Dir
   } catch (error) {
     failed = error;
   }
-  // Join the workers either way; the first failure wins.
+  // Join the workers either way. A vCPU's own failure (reported by stop, once its message has
+  // arrived) is the root cause of whatever the loop then saw, so it wins.
   await guest.stop().catch((error: unknown) => {
-    failed ??= error;
+    failed = error;
   });
   if (failed !== undefined) throw failed;
   const final = guest.stats();
