@@ -69,6 +69,33 @@ describe('dirtytrack selftest dirty-log', () => {
     }
   });
 
+  it('model engine, uffd-wp sync and async + bitmap: exit 0, faults counted, exact for a seed', async () => {
+    for (const tracker of ['uffd-wp-sync', 'uffd-wp-async']) {
+      const args = [
+        'selftest',
+        'dirty-log',
+        '--tracker',
+        tracker,
+        '--memory',
+        '1M',
+        '--iterations',
+        '8',
+        '--json',
+      ];
+      const r = await run(...args);
+      expect(r.code, r.stderr).toBe(0);
+      const result = json(r);
+      expect([result.tracker, result.lost, result['tlb-flushes'], result['pml-full-exits']]).toEqual([
+        tracker,
+        0,
+        0,
+        0,
+      ]);
+      expect(result.faults).toBeGreaterThan(0);
+      expect((await run(...args)).stdout).toBe(r.stdout);
+    }
+  });
+
   // The live engine's negative control runs in packages/mmu/src/conformance.test.ts.
   it('--skip-tlb-flush: lost pages, exit 1', async () => {
     for (const engine of ['model']) {
@@ -126,6 +153,14 @@ describe('dirtytrack selftest dirty-log', () => {
       /^dirtytrack: --manual-protect: applies to --reporter bitmap only/,
     ],
     [['--engine', 'kvm'], /^dirtytrack: option '--engine <engine>' argument 'kvm' is invalid/],
+    [
+      ['--tracker', 'uffd-wp-sync', '--skip-tlb-flush'],
+      /^dirtytrack: --skip-tlb-flush: is an MMU debug option/,
+    ],
+    [
+      ['--tracker', 'uffd-wp-async', '--reporter', 'ring'],
+      /^dirtytrack: --reporter: ring cannot take uffd-wp-async/,
+    ],
   ])('bad input %j: exit 2, one line naming the flag', async (args, message) => {
     const r = await run('selftest', 'dirty-log', ...args);
     expect(r.code).toBe(2);

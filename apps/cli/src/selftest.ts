@@ -2,13 +2,21 @@ import { parseSize, type MemslotInfo, type Reporter } from '@dirtytrack/core';
 import { runDirtyLogTest, type DirtyLogTestResult } from '@dirtytrack/guest';
 import { createMmu } from '@dirtytrack/mmu';
 import { createBitmapReporter, createRingReporter, KVM_DIRTY_RING_MAX_ENTRIES } from '@dirtytrack/reporters';
+import { createUffdWpTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
 import { UsageError } from './load-scenario.js';
 
+export const SELFTEST_TRACKERS = ['wp', 'pml', 'uffd-wp-sync', 'uffd-wp-async'] as const;
+export type SelftestTracker = (typeof SELFTEST_TRACKERS)[number];
+
 /** `dirtytrack selftest dirty-log`: the kernel's dirty_log_test over a chosen pipeline. */
 export interface SelftestDirtyLogOptions {
-  /** `wp`: the MMU write-protecting (eager split, KVM's default); `pml`: the MMU with Intel PML. */
-  readonly tracker: 'wp' | 'pml';
+  /**
+   * `wp`: the MMU write-protecting (eager split, KVM's default); `pml`: the MMU with Intel PML;
+   * `uffd-wp-sync` / `uffd-wp-async`: userfaultfd write-protect (blocking faults served by the
+   * owner, or WP_ASYNC read with PAGEMAP_SCAN).
+   */
+  readonly tracker: SelftestTracker;
   readonly reporter: 'bitmap' | 'ring';
   readonly engine: 'model' | 'live';
   readonly vcpus: number;
@@ -28,7 +36,7 @@ export interface SelftestDirtyLogOptions {
 
 export type SelftestDirtyLogResult = Pick<DirtyLogTestResult, 'lost' | 'pages-checked' | 'harvests'> &
   Omit<DirtyLogTestResult, 'lost' | 'pages-checked' | 'harvests'> & {
-    readonly tracker: 'wp' | 'pml';
+    readonly tracker: SelftestTracker;
     readonly reporter: 'bitmap' | 'ring';
     readonly memory: number;
     readonly 'skip-tlb-flush': boolean;
@@ -45,34 +53,53 @@ export async function selftestDirtyLog(o: SelftestDirtyLogOptions): Promise<Self
   const live = o.engine === 'live';
   const pages = o.memory / 4096 + EXTRA_PAGES;
   const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
-  const mmu = createMmu({
-    vcpus: o.vcpus,
-    logging: 'eager-split',
-    pml: o.tracker === 'pml',
-    skipTlbFlush: o.skipTlbFlush,
-    ...(live ? { sharedTables: Math.ceil(pages / 512) + Math.ceil(pages / 262_144) + 64 } : {}),
-  });
-  mmu.setUserMemoryRegion({
-    slot: 0,
-    guestPhysAddr: 0,
-    memorySize: pages * 4096,
-    userspaceAddr: 0x7f00_0000_0000,
-    backing: '2M',
-  });
-  mmu.populate(0); // The guest has touched its memory: 2 MiB leaves, split when logging starts.
+  const uffd =
+    o.tracker === 'uffd-wp-sync' || o.tracker === 'uffd-wp-async'
+      ? createUffdWpTracker({
+          mode: o.tracker === 'uffd-wp-sync' ? 'sync' : 'async',
+          shared: live,
+          slots: [slot],
+        })
+      : undefined;
+  const mmu =
+    uffd === undefined
+      ? createMmu({
+          vcpus: o.vcpus,
+          logging: 'eager-split',
+          pml: o.tracker === 'pml',
+          skipTlbFlush: o.skipTlbFlush,
+          ...(live ? { sharedTables: Math.ceil(pages / 512) + Math.ceil(pages / 262_144) + 64 } : {}),
+        })
+      : undefined;
+  if (mmu !== undefined) {
+    mmu.setUserMemoryRegion({
+      slot: 0,
+      guestPhysAddr: 0,
+      memorySize: pages * 4096,
+      userspaceAddr: 0x7f00_0000_0000,
+      backing: '2M',
+    });
+    mmu.populate(0); // The guest has touched its memory: 2 MiB leaves, split when logging starts.
+  }
+  const tracker = (mmu ?? uffd) as NonNullable<typeof mmu> | NonNullable<typeof uffd>;
   const reporter: Reporter =
     o.reporter === 'ring'
       ? createRingReporter({
           vcpus: o.vcpus,
           entries: KVM_DIRTY_RING_MAX_ENTRIES, // the kernel test's default ring size
-          rearmer: mmu,
+          rearmer: tracker,
           slots: [slot],
           pml: o.tracker === 'pml',
         })
-      : createBitmapReporter({ rearmer: mmu, slots: [slot], shared: live, manualProtect: o.manualProtect });
+      : createBitmapReporter({
+          rearmer: tracker,
+          slots: [slot],
+          shared: live,
+          manualProtect: o.manualProtect,
+        });
   const result = await runDirtyLogTest({
     engine: o.engine,
-    tracker: mmu,
+    tracker,
     reporter,
     slot,
     vcpus: o.vcpus,
@@ -82,7 +109,7 @@ export async function selftestDirtyLog(o: SelftestDirtyLogOptions): Promise<Self
     resolveFrom: import.meta.url,
     ...(o.onIteration === undefined ? {} : { onIteration: (i: number) => o.onIteration?.(i) }),
   });
-  const stats = mmu.stats();
+  const stats = mmu?.stats();
   const { lost, 'pages-checked': pagesChecked, harvests, ...rest } = result;
   return {
     lost,
@@ -93,9 +120,9 @@ export async function selftestDirtyLog(o: SelftestDirtyLogOptions): Promise<Self
     memory: o.memory,
     'skip-tlb-flush': o.skipTlbFlush,
     ...rest,
-    faults: stats.faults,
-    'tlb-flushes': stats.tlbFlushes,
-    'pml-full-exits': stats.pmlFullExits,
+    faults: tracker.stats().faults,
+    'tlb-flushes': stats?.tlbFlushes ?? 0,
+    'pml-full-exits': stats?.pmlFullExits ?? 0,
   };
 }
 
@@ -123,7 +150,7 @@ interface SelftestIo {
 }
 
 interface RawOptions {
-  tracker: 'wp' | 'pml';
+  tracker: SelftestTracker;
   reporter: 'bitmap' | 'ring';
   engine: 'model' | 'live';
   vcpus: string;
@@ -155,6 +182,16 @@ export function parseSelftestOptions(raw: RawOptions): Omit<SelftestDirtyLogOpti
     throw new UsageError('--memory', `${raw.memory} must be a multiple of 256K (64 pages) in [256K, 64G]`);
   }
   const vcpus = int('--vcpus', raw.vcpus, 1, raw.engine === 'live' ? 64 : 1024);
+  const uffd = raw.tracker.startsWith('uffd-wp');
+  if (raw.skipTlbFlush === true && uffd) {
+    throw new UsageError('--skip-tlb-flush', 'is an MMU debug option: use it with --tracker wp or pml');
+  }
+  if (raw.tracker === 'uffd-wp-async' && raw.reporter === 'ring') {
+    throw new UsageError(
+      '--reporter',
+      'ring cannot take uffd-wp-async: a PAGEMAP_SCAN does not know which vCPU wrote (use bitmap)',
+    );
+  }
   if (raw.manualProtect === true && raw.reporter !== 'bitmap') {
     throw new UsageError('--manual-protect', 'applies to --reporter bitmap only (the ring has no CLEAR)');
   }
@@ -186,7 +223,9 @@ export function registerSelftest(program: Command, io: SelftestIo, setCode: (cod
         'changed since the previous harvest must be reported. Exit 1 if a page was lost.',
     )
     .addOption(
-      new Option('--tracker <kind>', 'wp (write-protect) or pml').choices(['wp', 'pml']).default('wp'),
+      new Option('--tracker <kind>', 'wp (write-protect), pml, uffd-wp-sync or uffd-wp-async')
+        .choices([...SELFTEST_TRACKERS])
+        .default('wp'),
     )
     .addOption(
       new Option('--reporter <kind>', 'dirty bitmap or dirty ring')
