@@ -1,7 +1,7 @@
 import { createRng, NS_PER_MS, NS_PER_S, type WriteBatch } from '@dirtytrack/core';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { createHotSetWorkload, createSweepWorkload, createUniformWorkload } from './workloads.js';
+import { createHotSetWorkload, createSweepWorkload, createUniformWorkload, fillBelow } from './workloads.js';
 
 const PROPERTY_SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261125);
 const HOT_COUNT_SEED_3 = 36_014;
@@ -181,5 +181,39 @@ describe('hot-set workload', () => {
       ),
       { numRuns: 60, seed: PROPERTY_SEED },
     );
+  });
+});
+
+describe('fillBelow', () => {
+  it('draws exactly what Rng.fillInts draws, bound by bound, leaving the generator in the same state', () => {
+    const bounds = [
+      1,
+      2,
+      3,
+      1000,
+      13_421_773,
+      2 ** 31 - 1,
+      2 ** 31,
+      2 ** 31 + 1,
+      3 * 2 ** 30 + 7,
+      2 ** 32 - 1,
+      2 ** 32,
+    ];
+    const a = createRng(7);
+    const b = createRng(7);
+    const x = new Uint32Array(4096);
+    const y = new Uint32Array(4096);
+    for (const n of bounds) {
+      a.fillInts(x, 4096, n);
+      fillBelow(b, y, 4096, n);
+      expect(y).toEqual(x);
+    }
+    expect(b.nextU32()).toBe(a.nextU32());
+  });
+
+  it('rejects what fillInts rejects, with its message', () => {
+    const out = new Uint32Array(4);
+    expect(() => fillBelow(createRng(1), out, 5, 10)).toThrow(/count 5 exceeds buffer length 4/);
+    expect(() => fillBelow(createRng(1), out, 4, 0)).toThrow(/bound 0 is not an integer/);
   });
 });
