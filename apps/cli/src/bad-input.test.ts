@@ -66,7 +66,17 @@ const cases: BadCase[] = [
   {
     what: 'an unknown preset',
     argv: ['--preset', 'nope'],
-    says: ['--preset', 'nope', 'small', 'large-3tb', 'no-converge'],
+    says: ['--preset', 'nope', 'small', 'large-3tb', 'no-converge', 'seed-3tb', 'seed-8tb'],
+  },
+  {
+    what: 'an unknown backing page size',
+    argv: ['--set', 'backing=3m'],
+    says: ['backing', '"3m"', 'accepted', '4k', '2m', '1g'],
+  },
+  {
+    what: 'memory that is not a whole number of backing pages',
+    argv: ['--set', 'memory=1536M', '--set', 'backing=1g'],
+    says: ['memory', '1610612736 bytes', 'whole number of 1g backing pages', 'accepted'],
   },
   {
     what: 'a scenario file that is not YAML (unclosed flow sequence)',

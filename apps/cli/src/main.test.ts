@@ -462,6 +462,22 @@ describe('simulate: migration capabilities and status paths (issue 8)', () => {
     ]);
   });
 
+  // The seed presets at 1/64 of their memory and working set (the full runs take seconds each;
+  // `bench simulate --reps N` compares the full runs' JSON byte for byte too).
+  it.each([
+    ['seed-3tb', ['memory=48G', 'workload.working-set=16G'], 10_281.952],
+    ['seed-8tb', ['memory=128G', 'workload.working-set=32G'], 5777.958],
+  ])('%s at 1/64 of its size prints byte-identical JSON for the same seed', async (preset, sets, totalMs) => {
+    const argv = ['simulate', '--preset', preset, ...sets.flatMap((kv) => ['--set', kv])];
+    const a = await runJson(...argv);
+    const b = await runJson(...argv);
+    expect(a.stdout).toBe(b.stdout);
+    expect([a.result.status, a.result['total-time']]).toEqual(['completed', totalMs]);
+    expect(a.result.dirtytrack.pipeline.workload).toBe('hotset');
+    const c = await runJson(...argv, '--set', 'seed=2');
+    expect(c.stdout).not.toBe(a.stdout);
+  });
+
   it('postcopy: the no-converge guest completes after migrate-start-postcopy at 10 s', async () => {
     const { result } = await runJson(
       'simulate',

@@ -257,6 +257,45 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       },
     );
 
+  // `bench simulate` (issue 8): the huge-VM presets' wall-clock time and peak RSS, one child each.
+  {
+    const { benchSimulate, formatSimulateBench } = await import('./bench-simulate.js');
+    bench
+      .command('simulate')
+      .description('Wall-clock seconds and peak RSS of `simulate --preset …`, each run in its own process.')
+      .option('--presets <list>', 'comma-separated presets to run', 'seed-3tb,seed-8tb')
+      .option('--reps <n>', 'runs per preset (the median is reported)', '1')
+      .option('--json', 'print the result as one JSON object on stdout')
+      .option('--out <file>', 'also write the JSON result to a file')
+      .option('--markdown <file>', 'also write the Markdown table to a file')
+      .action(
+        async (opts: { presets: string; reps: string; json?: boolean; out?: string; markdown?: string }) => {
+          const presets = opts.presets.split(',').map((p) => p.trim());
+          const unknown = presets.find((p) => !Object.hasOwn(PRESETS, p));
+          if (unknown !== undefined) {
+            throw new UsageError(
+              '--presets',
+              `unknown preset ${JSON.stringify(unknown)} (accepted: a comma-separated list of ${Object.keys(PRESETS).join(', ')})`,
+            );
+          }
+          const reps = Number(opts.reps);
+          if (!Number.isInteger(reps) || reps < 1 || reps > 100) {
+            throw new UsageError('--reps', `${JSON.stringify(opts.reps)} is not an integer in [1, 100]`);
+          }
+          const result = await benchSimulate({
+            presets,
+            reps,
+            onRun: (p, rep) => io.progress && io.stderr(`bench simulate: ${p} run ${rep + 1}/${reps}\n`),
+          });
+          const json = JSON.stringify(result, null, 2) + '\n';
+          const table = formatSimulateBench(result);
+          writeOut('--out', opts.out, json);
+          writeOut('--markdown', opts.markdown, table);
+          io.stdout(opts.json ? json : table);
+        },
+      );
+  }
+
   try {
     await program.parseAsync([...argv], { from: 'user' });
   } catch (error) {

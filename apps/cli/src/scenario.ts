@@ -72,8 +72,12 @@ export const scenarioSchema = z
     seed: number(0, 0xffff_ffff, true).default(1),
     memory: size({ min: 64 * PAGE_SIZE, pageAligned: true }).default('4G'),
     vcpus: number(1, 512, true).default(4),
-    /** Only 4 KiB backing is modelled so far; 2m and 1g arrive with the MMU issue. */
-    backing: z.enum(['4k']).default('4k'),
+    /**
+     * The RAMBlock's host page (4k, or hugetlbfs 2m / 1g). Dirty logging splits huge pages, so
+     * precopy tracks and sends 4 KiB target pages whatever the backing; postcopy places whole
+     * host pages (a 1g page arrives whole).
+     */
+    backing: z.enum(['4k', '2m', '1g']).default('4k'),
     tracker: z.enum(['wp']).default('wp'),
     /** `bitmap`: KVM's dirty log; `ring`: one dirty ring per vCPU (reaped on ring-full exits and at each sync). */
     reporter: z.enum(['bitmap', 'ring']).default('bitmap'),
@@ -257,10 +261,21 @@ export const scenarioSchema = z
         message: `${params['max-cpu-throttle']} is below cpu-throttle-initial (accepted: ${params['cpu-throttle-initial']}..99)`,
       });
     }
+    const hostPage = BACKING_BYTES[s.backing];
+    if (s.memory % hostPage !== 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['memory'],
+        message: `${s.memory} bytes is not a whole number of ${s.backing} backing pages (accepted: a multiple of ${hostPage} bytes, or another backing)`,
+      });
+    }
     if (s.memory / PAGE_SIZE > 2 ** 32) {
       ctx.addIssue({ code: 'custom', path: ['memory'], message: 'must be at most 16T (2^32 pages)' });
     }
   });
+
+/** Bytes of each backing's host page. */
+export const BACKING_BYTES = { '4k': PAGE_SIZE, '2m': 2 ** 21, '1g': 2 ** 30 } as const;
 
 /** A validated scenario: every default filled in, sizes and rates in bytes. */
 export type Scenario = z.output<typeof scenarioSchema>;

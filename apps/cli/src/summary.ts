@@ -9,7 +9,7 @@ export function formatSummary(scenario: Scenario, r: SimulateResult): string {
   const w = scenario.workload;
   const lines = [
     `dirtytrack simulate: ${scenario.name} (seed ${scenario.seed})`,
-    `  guest     ${bytes(scenario.memory)}, ${scenario.vcpus} vCPUs, ${w.kind} writes at ${bytes(w.rate * scenario.vcpus)}/s over ${bytes(w['working-set'] ?? scenario.memory - w.offset)}`,
+    `  guest     ${bytes(scenario.memory)}${scenario.backing === '4k' ? '' : ` on ${scenario.backing} hugetlbfs pages`}, ${scenario.vcpus} vCPUs, ${w.kind} writes at ${bytes(w.rate * scenario.vcpus)}/s over ${bytes(w['working-set'] ?? scenario.memory - w.offset)}`,
     `  link      ${(scenario.link.bandwidth * 8e-9).toFixed(3).replace(/\.?0+$/, '')} Gbit/s, max-bandwidth ${scenario.migration.parameters['max-bandwidth'] === 0 ? 'unlimited' : `${bytes(scenario.migration.parameters['max-bandwidth'])}/s`}, downtime-limit ${scenario.migration.parameters['downtime-limit']} ms`,
     `  status    ${String(r['status'])}${statusNote(scenario, r)}`,
     `  time      total ${fmtMs(r['total-time'] as number)}, setup ${fmtMs(r['setup-time'] as number)}${r['downtime'] === undefined ? '' : `, downtime ${fmtMs(r['downtime'] as number)}`} (expected ${fmtMs(r['expected-downtime'] as number)})`,
