@@ -130,8 +130,32 @@ export interface PrecopyOptions {
    * object, which carries on where the source stopped. Needed with `postcopy-ram`.
    */
   destinationWorkload?: Workload;
-  /** Called when the destination places a page during postcopy (a test hook: each page once). */
-  onPlace?: (page: number, timeNs: number) => void;
+  /**
+   * Called when the destination places a page during postcopy (a test hook: each once): its first
+   * target page and how many target pages it spans — a whole host page, or 4 KiB with double-map.
+   */
+  onPlace?: (page: number, timeNs: number, pages: number) => void;
+  /**
+   * The RAMBlock's host page in bytes: 4096, or hugetlbfs 2 MiB / 1 GiB (reference/qemu.md §3).
+   * Precopy is unaffected (dirty logging tracks 4 KiB pages). Postcopy works in host pages: the
+   * switch discards every host page holding a dirty page whole, so all of it is sent again
+   * (`postcopy_chunk_hostpages`); a fault requests the whole host page once, and the faulting
+   * vCPU runs on only when all of it has arrived (a 1 GiB page arrives whole). Default 4096.
+   */
+  hostPageSize?: number;
+  /**
+   * The slides' hugetlbfs double-map: the destination maps a huge page's 4 KiB pieces as they
+   * arrive, so a fault requests and waits for 4 KiB, not the whole host page (the pieces are
+   * merged into the huge page once all are in). Postcopy only.
+   */
+  postcopyDoubleMap?: boolean;
+  /**
+   * userfaultfd minor mode (Linux 5.13, shmem/hugetlbfs): the destination keeps its page cache
+   * and only its page tables are zapped at the switch, so only the pages dirtied since they were
+   * sent are discarded and sent again — not the rest of their host pages — and a fault on a host
+   * page with nothing stale is resolved locally (UFFDIO_CONTINUE), without a request. Postcopy only.
+   */
+  postcopyUffdMinor?: boolean;
   /** Give up (status stays `active`) after this much migration time (ns). */
   timeLimitNs: number;
   onProgress?: (progress: PrecopyProgress) => void;
@@ -239,6 +263,16 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       field: 'locked-memory',
     });
   }
+  const hostPageSize = options.hostPageSize ?? PAGE_SIZE;
+  if (!HOST_PAGE_SIZES.includes(hostPageSize) || bitmap.pages % (hostPageSize / PAGE_SIZE) !== 0) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `backing: a ${hostPageSize}-byte host page ${HOST_PAGE_SIZES.includes(hostPageSize) ? `does not divide RAM (${bitmap.pages} pages)` : `is not one of ${HOST_PAGE_SIZES.join(', ')}`}`,
+      { component: 'precopy', field: 'backing' },
+    );
+  }
+  /** Target pages per host page. */
+  const hostPagePages = hostPageSize / PAGE_SIZE;
   const costs = options.costModel ?? DEFAULT_COST_MODEL;
   const clock = engine.clock;
   const multifd = caps.multifd;
@@ -290,8 +324,9 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   let faultWaitNs = 0;
   let blocktimeNs = 0;
   let inPostcopy = false;
-  /** Set while in postcopy: the background scan's sent pages are placed at the destination. */
-  let onSentWord: ((word: number, mask: number) => void) | undefined;
+  /** Pages the destination still lacks, once in postcopy (the source's bitmap no longer counts). */
+  let postcopyPending = 0;
+  const remainingPages = (): number => (inPostcopy ? postcopyPending : bitmap.dirtyPages);
   const startPostcopyAt =
     options.startPostcopyAtNs === undefined ? Infinity : start + options.startPostcopyAtNs;
   const throttleSteps: number[] = [];
@@ -306,7 +341,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     const event: StatusEvent = {
       status: next,
       time: ms(clock.now() - start),
-      remaining: bitmap.dirtyPages * PAGE_SIZE,
+      remaining: remainingPages() * PAGE_SIZE,
       ...(caps['auto-converge'] ? { 'cpu-throttle-percentage': throttlePct } : {}),
       ...(caps['dirty-limit']
         ? { 'dirty-limit-throttle-time-per-round': limiter?.throttleTimePerRound() ?? 0 }
@@ -486,7 +521,6 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
             n += popcount32(d);
             z += popcount32(x & ~d);
             bitmap.clearSent(end, x);
-            onSentWord?.(end, x);
           }
           bytes += pageBytes(n, z);
           normal += n;
@@ -536,7 +570,6 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       duplicate += sentZ;
       sentNormalPages += sentN;
       bitmap.clearSent(cursor, take);
-      onSentWord?.(cursor, take);
       if (zeroCopy) {
         pinned += sentN * PAGE_SIZE;
         if (pinned > peakPinned) peakPinned = pinned;
@@ -575,7 +608,16 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     stopThrottling();
     sync();
     finalSyncNs = clock.now() - stopAt;
-    const plan = planDiscard(bitmap.bmap, RAM_BLOCK_NAME);
+    // What the destination lacks: the dirty pages and — unless uffd minor mode keeps its page
+    // cache — the rest of every huge host page holding one, since the discard drops host pages
+    // whole (postcopy_chunk_hostpages). The queue is ours now: the source's guest is stopped.
+    const pages = bitmap.pages;
+    const pending = Bitmap.create(pages);
+    const pw = pending.words;
+    pw.set(bitmap.bmap.words);
+    if (hostPagePages > 1 && options.postcopyUffdMinor !== true) chunkHostPages(pw, hostPagePages);
+    postcopyPending = pending.popcount();
+    const plan = planDiscard(pending, RAM_BLOCK_NAME);
     discardRanges = plan.ranges;
     transferred += plan.bytes;
     downtimeBytes += plan.bytes;
@@ -583,77 +625,123 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     downtime = clock.now() - stopAt;
     inPostcopy = true;
     setStatus('postcopy-active');
-
-    // The destination has every page not dirty now; the rest were discarded.
-    const pages = bitmap.pages;
-    const received = Bitmap.create(pages);
     const bw = bitmap.bmap.words;
-    const rw = received.words;
-    for (let i = 0; i < bw.length; i++) rw[i] = ~(bw[i] as number);
-    const tail = pages & 31;
-    if (tail !== 0) rw[bw.length - 1] = (rw[bw.length - 1] as number) & ((1 << tail) - 1);
-    const requested = Bitmap.create(pages);
+    for (let i = 0; i < bw.length; i++) if (bw[i] !== 0) bitmap.clearSent(i, bw[i] as number);
+
+    // The destination places (UFFDIO_COPY) a unit once all of it is in: a host page, or a 4 KiB
+    // piece with double-map. `missing` counts each unit's pages still to come.
+    const unit = options.postcopyDoubleMap === true ? 1 : hostPagePages;
+    const units = pages / unit;
+    const wordsPerUnit = unit / 32; // a unit of more than one page spans whole words (512 or 2^18 pages)
+    let missing: Uint32Array | undefined;
+    if (unit > 1) {
+      missing = new Uint32Array(units);
+      for (let u = 0, i = 0; u < units; u++) {
+        let n = 0;
+        for (const e = i + wordsPerUnit; i < e; i++) n += popcount32(pw[i] as number);
+        missing[u] = n;
+      }
+    }
+    const placed = Bitmap.create(units);
+    const requested = Bitmap.create(units);
+    const place = (u: number): void => {
+      if (placed.test(u)) {
+        throw new DirtytrackError('internal', `page ${u * unit} placed twice`, { component: 'postcopy' });
+      }
+      placed.set(u);
+      postcopyPlaced++;
+      options.onPlace?.(u * unit, clock.now(), unit);
+    };
+    /** The pages `mask` of word `i` have arrived: out of the queue, and placed once complete. */
+    const arrived = (i: number, mask: number): void => {
+      pw[i] = (pw[i] as number) & ~mask;
+      postcopyPending -= popcount32(mask);
+      if (missing === undefined) {
+        // 4 KiB units: placed word-wise; the hook, if any, hears each page.
+        const pl = placed.words;
+        if (((pl[i] as number) & mask) !== 0) place(i * 32 + 31 - Math.clz32((pl[i] as number) & mask));
+        pl[i] = (pl[i] as number) | mask;
+        postcopyPlaced += popcount32(mask);
+        if (options.onPlace !== undefined) {
+          let rest = mask >>> 0;
+          while (rest !== 0) {
+            const bit = rest & -rest;
+            rest = (rest ^ bit) >>> 0;
+            options.onPlace(i * 32 + (31 - Math.clz32(bit)), clock.now(), 1);
+          }
+        }
+        return;
+      }
+      const u = Math.floor(i / wordsPerUnit);
+      const left = (missing[u] as number) - popcount32(mask);
+      missing[u] = left;
+      if (left === 0) place(u);
+    };
+    /** Sends the pages `mask` of word `i` (a request or the background scan): their bytes. */
+    const sendWord = (i: number, mask: number): number => {
+      const data = zeroMode === 'none' ? mask : mask & (nz[i] as number);
+      const n = popcount32(data);
+      const z = popcount32(mask & ~data);
+      normal += n;
+      duplicate += z;
+      sentNormalPages += n;
+      arrived(i, mask);
+      return n * NORMAL_RECORD + z * ZERO_RECORD;
+    };
+
     let queue = new Uint32Array(1024);
     let queued = 0;
-    const place = (page: number): void => {
-      if (received.test(page)) {
-        throw new DirtytrackError('internal', `page ${page} placed twice`, { component: 'postcopy' });
-      }
-      received.set(page);
-      postcopyPlaced++;
-      options.onPlace?.(page, clock.now());
-    };
-    onSentWord = (word, mask) => {
-      let rest = mask >>> 0;
-      while (rest !== 0) {
-        const bit = rest & -rest;
-        rest = (rest ^ bit) >>> 0;
-        place(word * 32 + (31 - Math.clz32(bit)));
-      }
-    };
     const workload = options.destinationWorkload as Workload;
     const cap = params['max-postcopy-bandwidth'];
     const rate = cap > 0 ? Math.min(effectiveBandwidth, cap) : effectiveBandwidth;
-    while (bitmap.dirtyPages > 0) {
+    while (postcopyPending > 0) {
       const t0 = clock.now();
       if (t0 - start >= options.timeLimitNs) return false;
-      // The destination's vCPUs run; a write to a missing page faults and is requested once.
+      // The destination's vCPUs run; a write to a unit not yet placed faults (a minor fault on
+      // a unit with nothing stale is resolved locally) and the unit is requested once.
       workload.generate(t0, t0 + POSTCOPY_QUANTUM_NS, 1, (b) => {
         for (let i = 0; i < b.count; i++) {
           const p = b.offsets[i] as number;
-          if (received.test(p) || requested.test(p)) continue;
-          requested.set(p);
+          const u = unit === 1 ? p : Math.floor(p / unit);
+          if (missing === undefined ? ((pw[p >>> 5] as number) & (1 << (p & 31))) === 0 : missing[u] === 0)
+            continue;
+          if (requested.test(u)) continue;
+          requested.set(u);
           if (queued === queue.length) {
             const bigger = new Uint32Array(queue.length * 2);
             bigger.set(queue);
             queue = bigger;
           }
-          queue[queued++] = p;
+          queue[queued++] = u;
           postcopyRequests++;
         }
       });
       // Requests arrive over the return path and go first (they post the urgent semaphore).
       let bytes = 0;
-      let normalPages = 0;
+      sentNormalPages = 0;
       const urgent = queued;
       for (let q = 0; q < queued; q++) {
-        const p = queue[q] as number;
-        if (received.test(p)) continue; // the background scan sent it meanwhile
-        const word = p >>> 5;
-        const bit = 1 << (p & 31);
-        const isData = zeroMode === 'none' || ((nz[word] as number) & bit) !== 0;
-        bytes += isData ? NORMAL_RECORD : ZERO_RECORD;
-        if (isData) {
-          normal++;
-          normalPages++;
-        } else duplicate++;
-        bitmap.clearSent(word, bit);
-        place(p);
+        const u = queue[q] as number;
+        if (missing === undefined) {
+          const bit = 1 << (u & 31);
+          if (((pw[u >>> 5] as number) & bit) === 0) continue; // the background scan sent it meanwhile
+          bytes += sendWord(u >>> 5, bit);
+        } else {
+          for (let i = u * wordsPerUnit, e = i + wordsPerUnit; i < e && missing[u] !== 0; i++) {
+            const w = pw[i] as number;
+            if (w !== 0) bytes += sendWord(i, w);
+          }
+        }
       }
       queued = 0;
-      const background = send(Math.max(0, (rate * POSTCOPY_QUANTUM_NS) / 1e9 - bytes));
-      normalPages += sentNormalPages;
+      let normalPages = sentNormalPages;
       transferred += bytes;
+      const background = sendBackground(
+        Math.max(0, (rate * POSTCOPY_QUANTUM_NS) / 1e9 - bytes),
+        pw,
+        sendWord,
+      );
+      normalPages += sentNormalPages;
       bytes += background;
       postcopyBytes += bytes;
       const out = transmit(bytes, normalPages);
@@ -663,16 +751,56 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         // Each request waited a trip there, its turn on the link and a trip back; the faulting
         // vCPUs run on only once their pages are in, so a step that outlasts its 10 ms is time
         // the guest spent blocked.
-        const arrived = out + 2 * link.latencyNs;
-        faultWaitNs += urgent * (arrived - t0);
-        until = Math.max(stepEnd, arrived);
+        const back = out + 2 * link.latencyNs;
+        faultWaitNs += urgent * (back - t0);
+        until = Math.max(stepEnd, back);
         blocktimeNs += until - stepEnd;
       }
       advance(until);
     }
-    onSentWord = undefined;
     advance(clock.now() + link.latencyNs);
     return true;
+  };
+
+  /**
+   * Postcopy's background scan: from the cursor on, the pages still pending go in address order
+   * until `cap` bytes — whole words while they fit, then page by page while under the cap (a
+   * page may overshoot it), as precopy's scan does. Returns the bytes.
+   */
+  const sendBackground = (
+    cap: number,
+    pw: Uint32Array,
+    sendWord: (i: number, mask: number) => number,
+  ): number => {
+    let bytes = 0;
+    sentNormalPages = 0;
+    const n = pw.length;
+    while (bytes < cap && postcopyPending > 0) {
+      const w = pw[cursor] as number;
+      if (w === 0) {
+        cursor = cursor + 1 === n ? 0 : cursor + 1;
+        continue;
+      }
+      const data = zeroMode === 'none' ? w : w & (nz[cursor] as number);
+      const whole = popcount32(data) * NORMAL_RECORD + popcount32(w & ~data) * ZERO_RECORD;
+      if (cap === Infinity || bytes + whole <= cap) {
+        bytes += sendWord(cursor, w);
+        cursor = cursor + 1 === n ? 0 : cursor + 1;
+        continue;
+      }
+      let take = 0;
+      let b = 0;
+      let rest = w;
+      while (rest !== 0 && bytes + b < cap) {
+        const bit = rest & -rest;
+        rest ^= bit;
+        take |= bit;
+        b += (data & bit) !== 0 ? NORMAL_RECORD : ZERO_RECORD;
+      }
+      bytes += sendWord(cursor, take);
+    }
+    transferred += bytes;
+    return bytes;
   };
 
   const finish = (): void => {
@@ -815,7 +943,6 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     stopReason = 'failed';
     if (inPostcopy) {
       // The destination owns the guest now: both sides pause (recovery is not modelled yet).
-      onSentWord = undefined;
       setStatus('postcopy-paused');
     } else {
       engine.resume();
@@ -842,7 +969,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     ...(caps['postcopy-ram'] ? { 'postcopy-blocktime': ms(blocktimeNs) } : {}),
     ram: {
       transferred,
-      remaining: bitmap.dirtyPages * PAGE_SIZE,
+      remaining: remainingPages() * PAGE_SIZE,
       total: bitmap.pages * PAGE_SIZE,
       duplicate,
       normal,
@@ -879,6 +1006,22 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       'postcopy-request-latency': postcopyRequests > 0 ? ms(faultWaitNs / postcopyRequests) : 0,
     },
   };
+}
+
+/** Host page sizes a RAMBlock may have: 4 KiB, and hugetlbfs 2 MiB and 1 GiB. */
+const HOST_PAGE_SIZES: readonly number[] = [PAGE_SIZE, 2 ** 21, 2 ** 30];
+
+/**
+ * `postcopy_chunk_hostpages_pass`: every host page (`hostPagePages` target pages, a multiple of
+ * 32) holding a dirty page becomes dirty whole, word-wise.
+ */
+function chunkHostPages(words: Uint32Array, hostPagePages: number): void {
+  const per = hostPagePages / 32;
+  for (let i = 0; i < words.length; i += per) {
+    let any = 0;
+    for (let k = i; k < i + per; k++) any |= words[k] as number;
+    if (any !== 0) words.fill(0xffff_ffff, i, i + per);
+  }
 }
 
 function checkParameters(p: PrecopyParameters): PrecopyParameters {
