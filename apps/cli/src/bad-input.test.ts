@@ -74,6 +74,11 @@ const cases: BadCase[] = [
     says: ['backing', '"3m"', 'accepted', '4k', '2m', '1g'],
   },
   {
+    what: 'a postcopy remedy that is not a boolean',
+    argv: ['--set', 'migration.postcopy-double-map=maybe'],
+    says: ['migration.postcopy-double-map', 'expected true or false'],
+  },
+  {
     what: 'memory that is not a whole number of backing pages',
     argv: ['--set', 'memory=1536M', '--set', 'backing=1g'],
     says: ['memory', '1610612736 bytes', 'whole number of 1g backing pages', 'accepted'],

@@ -478,6 +478,27 @@ describe('simulate: migration capabilities and status paths (issue 8)', () => {
     expect(c.stdout).not.toBe(a.stdout);
   });
 
+  it('postcopy on 1G pages: whole host pages requested and placed; double-map and uffd minor mode change that', async () => {
+    const argv = ['simulate', '--preset', 'no-converge']
+      .concat(['migration.capabilities.postcopy-ram=true', 'migration.start-postcopy-at=10', 'backing=1g'])
+      .flatMap((kv, i) => (i < 3 ? [kv] : ['--set', kv]));
+    const whole = (await runJson(...argv)).result;
+    const dm = (await runJson(...argv, '--set', 'migration.postcopy-double-map=true')).result;
+    const minor = (await runJson(...argv, '--set', 'migration.postcopy-uffd-minor=true')).result;
+    expect([whole.status, dm.status, minor.status]).toEqual(['completed', 'completed', 'completed']);
+    // The sweep dirtied the 2 GiB it writes: both of those 1 GiB pages fault once each, and all
+    // four (the discard dropped every page of memory holding a stale page) are placed whole.
+    expect([whole.ram['postcopy-requests'], whole.dirtytrack.migration['postcopy-placed']]).toEqual([2, 4]);
+    expect(dm.dirtytrack.migration['postcopy-placed']).toBe(2 ** 20);
+    expect(dm.ram['postcopy-requests']).toBeGreaterThan(2);
+    expect(dm['postcopy-blocktime']).toBeLessThan(whole['postcopy-blocktime'] as number);
+    expect(minor.ram['postcopy-bytes']).toBeLessThanOrEqual(whole.ram['postcopy-bytes'] as number);
+    const text = await run(...argv);
+    expect(text.stdout).toMatch(
+      / {2}postcopy {2}2 1g host page requests \(mean latency [^)]*\), blocktime [^,]*, 4 1g host pages placed/,
+    );
+  });
+
   it('postcopy: the no-converge guest completes after migrate-start-postcopy at 10 s', async () => {
     const { result } = await runJson(
       'simulate',

@@ -18,7 +18,7 @@ import { createSimLink, runPrecopy, type PrecopyOutcome, type PrecopyProgress } 
 import { createQemuLayers, createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
-import type { Scenario } from './scenario.js';
+import { BACKING_BYTES, type Scenario } from './scenario.js';
 
 /** What `simulate` prints: QEMU's query-migrate fields plus what dirtytrack adds. */
 export interface SimulateResult extends Record<string, unknown> {
@@ -120,6 +120,9 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
     costModel,
     ...(ring ? { dirtyRing: { entries: scenario['ring-size'] } } : {}),
     ...(m['locked-memory'] === undefined ? {} : { lockedMemory: m['locked-memory'] }),
+    hostPageSize: BACKING_BYTES[scenario.backing],
+    ...(m['postcopy-double-map'] ? { postcopyDoubleMap: true } : {}),
+    ...(m['postcopy-uffd-minor'] ? { postcopyUffdMinor: true } : {}),
     ...(m['cancel-at'] === undefined ? {} : { cancelAtNs: Math.round(m['cancel-at'] * NS_PER_S) }),
     // After the switch the same guest (the same workload) runs on the destination.
     ...(m.capabilities['postcopy-ram'] ? { destinationWorkload: workload } : {}),

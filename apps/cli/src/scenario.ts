@@ -176,6 +176,10 @@ export const scenarioSchema = z
           .default({}),
         /** Seconds of migration time at which `migrate-start-postcopy` is issued (needs postcopy-ram). */
         'start-postcopy-at': number(0, 1e7).optional(),
+        /** Postcopy on huge pages: the destination maps 4 KiB pieces as they arrive (the slides' hugetlbfs double-map). */
+        'postcopy-double-map': bool.default(false),
+        /** Postcopy with userfaultfd minor mode: the page cache survives the switch, only stale pages are re-sent. */
+        'postcopy-uffd-minor': bool.default(false),
         /** Seconds of migration time at which `migrate_cancel` is issued. */
         'cancel-at': number(0, 1e7).optional(),
         /** Bytes the process may lock (`ulimit -l`); zero-copy-send pins the pages in flight. Default unlimited. */

@@ -29,8 +29,21 @@ export function formatSummary(scenario: Scenario, r: SimulateResult): string {
     );
   }
   if (caps['postcopy-ram'] && r.dirtytrack.events.some((e) => e.status === 'postcopy-active')) {
+    // What the destination requests and places: pages, host pages, or 4 KiB pieces (double-map).
+    const m2 = scenario.migration;
+    const unit =
+      scenario.backing === '4k'
+        ? 'page'
+        : m2['postcopy-double-map']
+          ? '4k piece'
+          : `${scenario.backing} host page`;
+    const on = [
+      ...(m2['postcopy-double-map'] ? ['double-map'] : []),
+      ...(m2['postcopy-uffd-minor'] ? ['uffd minor mode'] : []),
+    ];
+    const remedies = on.length === 0 ? '' : ` (${on.join(', ')})`;
     lines.push(
-      `  postcopy  ${String(ram['postcopy-requests'])} page requests (mean latency ${fmtMs(m['postcopy-request-latency'])}), blocktime ${fmtMs(r['postcopy-blocktime'] as number)}, ${m['postcopy-placed']} pages placed, ${bytes(ram['postcopy-bytes'] ?? 0)} sent after the switch`,
+      `  postcopy  ${String(ram['postcopy-requests'])} ${unit} requests (mean latency ${fmtMs(m['postcopy-request-latency'])}), blocktime ${fmtMs(r['postcopy-blocktime'] as number)}, ${m['postcopy-placed']} ${unit}s placed, ${bytes(ram['postcopy-bytes'] ?? 0)} sent after the switch${remedies}`,
     );
   }
   if (caps.multifd) {
