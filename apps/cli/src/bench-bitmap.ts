@@ -14,6 +14,7 @@ import {
   type QemuLayers,
   type SyncStrategy,
 } from '@dirtytrack/qemu-layers';
+import { fourDigits, medianMs, pairedMedians } from './bench-timing.js';
 
 /**
  * `dirtytrack bench bitmap`: the slides' bitmap-sync cost for huge VMs, measured side by side in
@@ -86,7 +87,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
 
   step('memcpy');
   const dst = Bitmap.create(pages);
-  const memcpyMs = median(
+  const memcpyMs = medianMs(
     reps,
     () => {},
     () => dst.copyFrom(full),
@@ -94,7 +95,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
 
   step('xchg pass');
   const src = Bitmap.create(pages);
-  const xchgMs = median(
+  const xchgMs = medianMs(
     reps,
     () => src.copyFrom(full),
     () => void src.collectInto(dst, 'xchg'),
@@ -154,7 +155,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   const kernels = createBitmapKernels({ maxBytes: 2 * Bitmap.byteLength(pages) + 64 });
   const ksrc = kernels.alloc(pages);
   const kdst = kernels.alloc(pages);
-  const wasmMs = median(
+  const wasmMs = medianMs(
     reps,
     () => ksrc.copyFrom(full),
     () => void kernels.orAndZero(ksrc, kdst),
@@ -170,25 +171,25 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   const l1dst = lk.alloc(l1Bits);
   const loops = Math.max(1, Math.floor(full.words.length / l1.words.length));
   l1.setAll();
-  const l1Copy = median(
+  const l1Copy = medianMs(
     reps,
     () => {},
     () => lk.copyRepeat(l1, l1dst, loops),
   );
-  const l1Xchg = median(
+  const l1Xchg = medianMs(
     reps,
     () => l1.setAll(),
     () => lk.xchgInto(l1, l1dst, loops),
   );
   // The same in plain JS: a 4 KiB TypedArray.set against one Atomics.exchange call per 32-bit word.
-  const l1JsCopy = median(
+  const l1JsCopy = medianMs(
     reps,
     () => {},
     () => {
       for (let i = 0; i < loops; i++) l1dst.copyFrom(l1);
     },
   );
-  const l1JsXchg = median(
+  const l1JsXchg = medianMs(
     reps,
     () => {},
     () => {
@@ -197,11 +198,11 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     },
   );
 
-  const vs = (ms: number) => ({ ms, 'vs-memcpy': round(ms / memcpyMs) });
+  const vs = (ms: number) => ({ ms, 'vs-memcpy': fourDigits(ms / memcpyMs) });
   const vs2 = (r: SideBySide) => ({
     ms: r.ms,
     'memcpy-ms': r.memcpyMs,
-    'vs-memcpy': round(r.ms / r.memcpyMs),
+    'vs-memcpy': fourDigits(r.ms / r.memcpyMs),
   });
   return {
     memory: formatSize(options.memory),
@@ -209,7 +210,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     reps,
     'memcpy-ms': memcpyMs,
     'xchg-ms': xchgMs,
-    'xchg-vs-memcpy': round(xchgMs / memcpyMs),
+    'xchg-vs-memcpy': fourDigits(xchgMs / memcpyMs),
     strategies: {
       xchg: vs2(xchgSync),
       'rwlock-memcpy': vs2(rwlockSync),
@@ -217,13 +218,13 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
       'fused-1pct': vs2(fused1),
       'fused-full-bmap': vs2(fusedFull),
     },
-    'fused-1pct-vs-fused': round(fused1.ms / fusedSync.ms),
+    'fused-1pct-vs-fused': fourDigits(fused1.ms / fusedSync.ms),
     'touch-1pct-floor': vs2(floor),
     'wasm-or-and-zero': { ...vs(wasmMs), kind: kernels.kind },
-    'rwlock-memcpy-vs-xchg': round(xchgSync.ms / rwlockSync.ms),
-    'l1-xchg-vs-memcpy': round(l1Xchg / l1Copy),
+    'rwlock-memcpy-vs-xchg': fourDigits(xchgSync.ms / rwlockSync.ms),
+    'l1-xchg-vs-memcpy': fourDigits(l1Xchg / l1Copy),
     'l1-kind': lk.kind,
-    'l1-js-xchg-vs-set': round(l1JsXchg / l1JsCopy),
+    'l1-js-xchg-vs-set': fourDigits(l1JsXchg / l1JsCopy),
   };
 }
 
@@ -284,45 +285,8 @@ interface SideBySide {
   memcpyMs: number;
 }
 
-/** Medians of `run` and of `reference`, timed one after the other in every repetition. */
+/** Medians of `run` and of `reference` (the memcpy), timed one after the other in every repetition. */
 function sideBySide(reps: number, prepare: () => void, reference: () => void, run: () => void): SideBySide {
-  const a: number[] = [];
-  const b: number[] = [];
-  const warmups = 2;
-  for (let i = 0; i < warmups + reps; i++) {
-    prepare();
-    const t0 = process.hrtime.bigint();
-    reference();
-    const t1 = process.hrtime.bigint();
-    run();
-    const t2 = process.hrtime.bigint();
-    if (i >= warmups) {
-      a.push(Number(t1 - t0) / 1e6);
-      b.push(Number(t2 - t1) / 1e6);
-    }
-  }
-  return { ms: mid(b), memcpyMs: mid(a) };
-}
-
-function mid(times: number[]): number {
-  times.sort((x, y) => x - y);
-  return round(times[Math.floor(times.length / 2)] as number);
-}
-
-function median(reps: number, prepare: () => void, run: () => void): number {
-  const times: number[] = [];
-  const warmups = 2;
-  for (let i = 0; i < warmups + reps; i++) {
-    prepare();
-    const t0 = process.hrtime.bigint();
-    run();
-    if (i >= warmups) times.push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-  times.sort((a, b) => a - b);
-  return round(times[Math.floor(times.length / 2)] as number);
-}
-
-/** Four significant digits: keeps sub-microsecond medians of small benches non-zero. */
-function round(x: number): number {
-  return Number(x.toPrecision(4));
+  const { a, b } = pairedMedians(reps, prepare, reference, run);
+  return { ms: b, memcpyMs: a };
 }

@@ -1,6 +1,10 @@
 import { Bitmap, createRng, createRWLock, formatSize, PAGE_SIZE, type MemslotInfo } from '@dirtytrack/core';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
+import { fourDigits, medianMs } from './bench-timing.js';
+
+/** Three untimed warm-up repetitions: let the JIT settle before timing. */
+const JIT = { warmups: 3 };
 
 /**
  * `dirtytrack bench reporters`: the slides' sync-vs-async trade-off made measurable. The same
@@ -75,23 +79,25 @@ export function benchReporters(options: ReportersBenchOptions): ReportersBenchRe
     };
 
     const atomic = createBitmapReporter({ rearmer: tracker(), slots: [slot] });
-    const bitmapMs = median(
+    const bitmapMs = medianMs(
       options.reps,
       () => atomic.markDirty(0, list, list.length, 0),
       () => {
         atomic.getDirtyLog(0, out);
       },
+      JIT,
     );
     check(out, dirty, 'bitmap');
 
     const lock = createRWLock();
     const locked = createBitmapReporter({ rearmer: tracker(), slots: [slot], updates: 'locked', lock });
-    const lockedMs = median(
+    const lockedMs = medianMs(
       options.reps,
       () => locked.markDirty(0, list, list.length, 0),
       () => {
         locked.getDirtyLog(0, out);
       },
+      JIT,
     );
     check(out, dirty, 'bitmap-locked');
 
@@ -104,7 +110,7 @@ export function benchReporters(options: ReportersBenchOptions): ReportersBenchRe
     const perRing = rr.softLimit;
     // Timed: what the ring costs per harvest — every entry harvested and reset, pages re-armed
     // (QEMU's reap). Untimed after: the reaped pages read back as a bitmap for the check.
-    const ringMs = median(
+    const ringMs = medianMs(
       options.reps,
       () => {
         for (let v = 0; v * perRing < list.length; v++) {
@@ -115,8 +121,11 @@ export function benchReporters(options: ReportersBenchOptions): ReportersBenchRe
       () => {
         rr.reap();
       },
-      () => {
-        rr.getDirtyLog(0, out);
+      {
+        ...JIT,
+        after: () => {
+          rr.getDirtyLog(0, out);
+        },
       },
     );
     check(out, dirty, 'ring');
@@ -127,8 +136,8 @@ export function benchReporters(options: ReportersBenchOptions): ReportersBenchRe
       'bitmap-ms': bitmapMs,
       'bitmap-locked-ms': lockedMs,
       'ring-ms': ringMs,
-      'ring-vs-bitmap': round(ringMs / bitmapMs),
-      'atomic-vs-locked': round(bitmapMs / lockedMs),
+      'ring-vs-bitmap': fourDigits(ringMs / bitmapMs),
+      'atomic-vs-locked': fourDigits(bitmapMs / lockedMs),
       rings,
     });
   });
@@ -182,21 +191,6 @@ function dirtySet(pages: number, fraction: number, rng: ReturnType<typeof create
   return set;
 }
 
-function median(reps: number, prepare: () => void, run: () => void, after: () => void = () => {}): number {
-  const times: number[] = [];
-  const warmups = 3; // let the JIT settle before timing
-  for (let i = 0; i < warmups + reps; i++) {
-    prepare();
-    const t0 = process.hrtime.bigint();
-    run();
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    after();
-    if (i >= warmups) times.push(ms);
-  }
-  times.sort((a, b) => a - b);
-  return round(times[Math.floor(times.length / 2)] as number);
-}
-
 function check(out: Bitmap, want: Bitmap, path: string): void {
   const a = out.words;
   const b = want.words;
@@ -204,9 +198,4 @@ function check(out: Bitmap, want: Bitmap, path: string): void {
     if (a[i] !== b[i])
       throw new Error(`bench reporters: the ${path} harvest differs from the dirty set at word ${i}`);
   }
-}
-
-/** Four significant digits: keeps sub-microsecond medians of small benches non-zero. */
-function round(x: number): number {
-  return Number(x.toPrecision(4));
 }

@@ -29,6 +29,29 @@ export function pairedMedians(
   return { a: medianOf(ta), b: medianOf(tb) };
 }
 
+/**
+ * Median ms of `run` over `reps` repetitions after `warmups` (default 2), each after an untimed
+ * `prepare` and followed by an untimed `after` (e.g. a check of the result).
+ */
+export function medianMs(
+  reps: number,
+  prepare: () => void,
+  run: () => void,
+  options: { warmups?: number; after?: () => void } = {},
+): number {
+  const warmups = options.warmups ?? 2;
+  const times: number[] = [];
+  for (let i = 0; i < warmups + reps; i++) {
+    prepare();
+    const t0 = process.hrtime.bigint();
+    run();
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    options.after?.();
+    if (i >= warmups) times.push(ms);
+  }
+  return medianOf(times);
+}
+
 /** The median of `times`, to four significant digits. */
 export function medianOf(times: number[]): number {
   const sorted = [...times].sort((x, y) => x - y);

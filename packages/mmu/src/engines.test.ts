@@ -1,38 +1,9 @@
-import { createVirtualClock, DEFAULT_COST_MODEL, NS_PER_S, type MemslotInfo } from '@dirtytrack/core';
+import { createVirtualClock, DEFAULT_COST_MODEL, NS_PER_S } from '@dirtytrack/core';
 import { createModelEngine, createModelMemory, createSweepWorkload } from '@dirtytrack/guest';
-import { describeTracker } from '@dirtytrack/testkit';
 import { describe, expect, it } from 'vitest';
-import { createMmu, type LoggingMode, type Mmu } from './index.js';
+import { createMmu } from './index.js';
 
-/**
- * An MMU whose memslot is created (2M-backed, populated) when the suite enables logging. Writes
- * before that hit no memslot (an MMIO exit in KVM): nothing to track.
- */
-function mmuTracker(logging: LoggingMode): Mmu {
-  const mmu = createMmu({ vcpus: 8, logging, tlbEntries: 64 });
-  return {
-    ...mmu,
-    write: (vcpu, slot, offsets, count) =>
-      mmu.slot(slot) === undefined ? 0 : mmu.write(vcpu, slot, offsets, count),
-    enableLogging(slot: MemslotInfo) {
-      mmu.setUserMemoryRegion({
-        slot: slot.id,
-        guestPhysAddr: slot.baseGfn * 4096,
-        memorySize: slot.pages * 4096,
-        userspaceAddr: 0,
-        backing: '2M',
-      });
-      mmu.populate(slot.id);
-      return mmu.enableLogging(slot);
-    },
-  };
-}
-
-// The tracker suite re-arms exactly what was reported (classic GET), which is the eager paths'
-// contract; the lazy path needs the initially-set bitmap and is checked with the reporter in
-// mmu.property.test.ts.
-describeTracker('MMU, eager-split', () => mmuTracker('eager-split'));
-describeTracker('MMU, write-protect', () => mmuTracker('write-protect'));
+// The tracker conformance suites for the MMU run in conformance.test.ts.
 
 describe('the model engine drives the MMU', () => {
   it('charges fast faults, slow faults and fault-time splits from the cost model', () => {
