@@ -84,6 +84,16 @@ const cases: BadCase[] = [
     says: ['memory', '1610612736 bytes', 'whole number of 1g backing pages', 'accepted'],
   },
   {
+    what: 'an MMU tracker on a guest too big for its page tables',
+    argv: ['--set', 'tracker=pml', '--set', 'memory=2T'],
+    says: ['tracker', 'SPTE tables', 'at most 1T'],
+  },
+  {
+    what: 'lazy MMU logging without manual protect',
+    argv: ['--set', 'tracker=mmu-wp', '--set', 'mmu-logging=lazy'],
+    says: ['mmu-logging', 'needs tracker mmu-wp or pml and manual-protect: true'],
+  },
+  {
     what: 'a scenario file that is not YAML (unclosed flow sequence)',
     argv: ['--scenario', unclosed],
     says: ['--scenario', unclosed, 'not valid YAML or JSON', 'accepted'],

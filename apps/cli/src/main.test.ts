@@ -156,6 +156,42 @@ describe('simulate --preset small --json', () => {
   });
 });
 
+describe('trackers through the software MMU', () => {
+  const vcpuOf = async (...set: string[]) => {
+    const out = await run('simulate', '--preset', 'small', '--json', ...set.flatMap((x) => ['--set', x]));
+    expect(out.code, out.stderr).toBe(0);
+    const r = JSON.parse(out.stdout) as SimulateJson;
+    expect(r.status).toBe('completed');
+    return r.dirtytrack;
+  };
+
+  it('mmu-wp traps exactly the writes the flat wp tracker traps; PML exits once per 512 new pages', async () => {
+    const flat = await vcpuOf('backing=2m');
+    const mmu = await vcpuOf('backing=2m', 'tracker=mmu-wp');
+    const pml = await vcpuOf('backing=2m', 'tracker=pml');
+    expect(mmu.pipeline.tracker).toBe('mmu-wp');
+    expect(mmu.vcpu).toEqual(flat.vcpu); // Same faults, priced the same (all fast faults).
+    expect(pml.vcpu.writes).toBe(flat.vcpu.writes);
+    expect(pml.vcpu.faults).toBeLessThan(flat.vcpu.faults / 400);
+  });
+
+  it('lazy (initially-set) enable runs with manual protect and QEMU layers', async () => {
+    const lazy = await vcpuOf(
+      'tracker=mmu-wp',
+      'backing=2m',
+      'mmu-logging=lazy',
+      'manual-protect=true',
+      'layers=xchg',
+    );
+    expect(lazy.pipeline).toEqual({
+      workload: 'uniform',
+      tracker: 'mmu-wp',
+      reporter: 'bitmap',
+      layers: 'xchg',
+    });
+  });
+});
+
 describe('non-convergence', () => {
   it('--preset no-converge stops `active` at the time limit, with no downtime', async () => {
     const { result } = await runJson('simulate', '--preset', 'no-converge');

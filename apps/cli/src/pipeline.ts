@@ -17,7 +17,7 @@ import {
 import { createSimLink, runPrecopy, type PrecopyOutcome, type PrecopyProgress } from '@dirtytrack/migration';
 import { createQemuLayers, createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
-import { createWriteProtectTracker } from '@dirtytrack/trackers';
+import { createMmuTracker, createWriteProtectTracker } from '@dirtytrack/trackers';
 import { BACKING_BYTES, type Scenario } from './scenario.js';
 
 /** What `simulate` prints: QEMU's query-migrate fields plus what dirtytrack adds. */
@@ -66,7 +66,17 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
             hotWriteFraction: w['hot-write-fraction'],
           })
         : createSweepWorkload(workloadOptions);
-  const tracker = createWriteProtectTracker();
+  const tracker =
+    scenario.tracker === 'wp'
+      ? createWriteProtectTracker()
+      : createMmuTracker({
+          vcpus: scenario.vcpus,
+          slots: [slot],
+          backing: scenario.backing === '1g' ? '1G' : scenario.backing === '2m' ? '2M' : '4K',
+          logging: scenario['mmu-logging'],
+          pml: scenario.tracker === 'pml',
+        });
+  const lazy = scenario['mmu-logging'] === 'lazy';
   const ring =
     scenario.reporter === 'ring'
       ? createRingReporter({
@@ -74,12 +84,13 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
           entries: scenario['ring-size'],
           rearmer: tracker,
           slots: [slot],
+          pml: scenario.tracker === 'pml',
         })
       : undefined;
   const reporter =
     ring ??
     (scenario['manual-protect']
-      ? createBitmapReporter({ rearmer: tracker, slots: [slot], manualProtect: true })
+      ? createBitmapReporter({ rearmer: tracker, slots: [slot], manualProtect: true, initiallySet: lazy })
       : createBitmapReporter({ rearmer: tracker, slots: [slot] }));
   tracker.attach(reporter);
   const memory = createModelMemory(pages, Math.round(pages * scenario.populated));
@@ -139,7 +150,12 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
       scenario: scenario.name,
       seed: scenario.seed,
       'stop-reason': outcome.stopReason,
-      pipeline: { workload: w.kind, tracker: tracker.kind, reporter: reporter.kind, layers: scenario.layers },
+      pipeline: {
+        workload: w.kind,
+        tracker: scenario.tracker,
+        reporter: reporter.kind,
+        layers: scenario.layers,
+      },
       vcpu: {
         writes: vcpu.writes,
         faults: vcpu.faults,

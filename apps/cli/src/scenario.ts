@@ -78,7 +78,19 @@ export const scenarioSchema = z
      * host pages (a 1g page arrives whole).
      */
     backing: z.enum(['4k', '2m', '1g']).default('4k'),
-    tracker: z.enum(['wp']).default('wp'),
+    /**
+     * `wp`: write-protect, flat (one protection bit per page: any size); `mmu-wp` / `pml`: through
+     * the software TDP MMU (`@dirtytrack/mmu`: SPTEs, huge pages, fast/slow faults, splits, TLB
+     * flushes; Intel PML logs instead of faulting) — page tables cost 4 B per 4 KiB page, so up
+     * to 1 TiB.
+     */
+    tracker: z.enum(['wp', 'mmu-wp', 'pml']).default('wp'),
+    /**
+     * MMU trackers: how enabling logging prepares memory — `eager-split` (KVM's default),
+     * `write-protect` (huge pages protected whole, split by the first write), or `lazy`
+     * (initially-set; needs manual-protect).
+     */
+    'mmu-logging': z.enum(['eager-split', 'write-protect', 'lazy']).default('eager-split'),
     /** `bitmap`: KVM's dirty log; `ring`: one dirty ring per vCPU (reaped on ring-full exits and at each sync). */
     reporter: z.enum(['bitmap', 'ring']).default('bitmap'),
     /** Dirty-ring entries per vCPU: a power of two in [256, 65536] (KVM's bounds without PML). */
@@ -205,6 +217,20 @@ export const scenarioSchema = z
         code: 'custom',
         path: ['workload', 'working-set'],
         message: `offset + working-set (${w.offset + w['working-set']} bytes) exceeds memory (${s.memory} bytes)`,
+      });
+    }
+    if (s.tracker !== 'wp' && s.memory > 2 ** 40) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tracker'],
+        message: `${s.tracker} keeps SPTE tables (4 B per 4 KiB page): memory must be at most 1T (use wp beyond)`,
+      });
+    }
+    if (s['mmu-logging'] === 'lazy' && (s.tracker === 'wp' || !s['manual-protect'])) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['mmu-logging'],
+        message: 'lazy (initially-set) needs tracker mmu-wp or pml and manual-protect: true',
       });
     }
     if (s['manual-protect'] && s.reporter !== 'bitmap') {

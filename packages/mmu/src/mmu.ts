@@ -177,7 +177,8 @@ export interface Mmu extends SharedTracker {
   attach(sink: DirtySink): void;
   /**
    * vCPU time spent in the MMU so far, priced by `costs`: fast faults × `writeFaultNs`, slow
-   * faults × `slowFaultNs`, splits made by faults × `hugePageSplitNs`, plus measured lock waits.
+   * faults × `slowFaultNs`, splits made by faults × `hugePageSplitNs`, PML-full exits ×
+   * `writeFaultNs` (an exit round trip, like a fast fault's), plus measured lock waits.
    */
   vcpuCostNs(costs: CostModel): number;
   /**
@@ -1207,6 +1208,7 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
           (counters[r + C_FAST] as number) * costs.writeFaultNs +
           (counters[r + C_SLOW] as number) * costs.slowFaultNs +
           (counters[r + C_SPLITS] as number) * costs.hugePageSplitNs +
+          (counters[r + C_PML_FULL] as number) * costs.writeFaultNs +
           (counters[r + C_LOCK_WAIT_NS] as number);
       }
       return ns;
