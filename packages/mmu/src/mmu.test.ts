@@ -302,6 +302,18 @@ describe('faults, READONLY slots and the TLB protocol', () => {
     }
   });
 
+  it('a touched-word hint in any order, naming words twice, re-arms each page once', () => {
+    const { mmu, info, write, mask } = guest({}, 4 * MiB, '4K');
+    mmu.enableLogging(info);
+    const pages = [1, 40, 63, 64, 200];
+    write(0, ...pages);
+    const before = mmu.stats().wrprotected;
+    // 32-bit words 0, 1, 2, 6 hold the bits; the list repeats and shuffles them (a ring's order).
+    const touched = { words: Uint32Array.of(6, 0, 2, 1, 0, 6, 2), count: 7 };
+    expect(mmu.rearm(0, mask(...pages), touched)).toBe(5);
+    expect(mmu.stats()).toMatchObject({ rearmed: 5, wrprotected: before + 5 });
+  });
+
   it('refuses bad options and out-of-range writes with a typed error', () => {
     expectDirtytrackError(() => createMmu({ vcpus: 0 }), 'mmu', 'invalid-argument', /vcpus/);
     expectDirtytrackError(

@@ -248,6 +248,8 @@ interface SlotState {
   backingLevel: PageLevel;
   /** [0] = flags, shared so workers see logging turn on and off. */
   ctl: Int32Array;
+  /** Owner-only scratch for `rearm`: one byte per 64-page word, all zero between calls. */
+  rearmScratch?: Uint8Array;
 }
 
 /** Per-vCPU shared words: [state, observed TLB epoch, observed kick]. */
@@ -932,12 +934,16 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
         for (let k = 0; k < words.length >>> 1; k++) word64(k);
         if ((words.length & 1) !== 0) word64(words.length >>> 1);
       } else {
-        let previous = -1;
+        // Both halves of a 64-bit word are handled at once, and the list may name a word twice
+        // (a ring's entries come in push order): mark what was done, then unmark.
+        const done = (s.rearmScratch ??= new Uint8Array(Math.ceil(words.length / 2)));
         for (let t = 0; t < touched.count; t++) {
           const k = (touched.words[t] as number) >>> 1;
-          if (k !== previous) word64(k); // Both halves of a 64-bit word are handled at once.
-          previous = k;
+          if (done[k] === 1) continue;
+          done[k] = 1;
+          word64(k);
         }
+        for (let t = 0; t < touched.count; t++) done[(touched.words[t] as number) >>> 1] = 0;
       }
       counters[ownerRow + C_REARMED] = (counters[ownerRow + C_REARMED] as number) + requested;
       if (wp > 0) flushRemoteTlbs();
