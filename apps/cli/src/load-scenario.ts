@@ -15,6 +15,18 @@ export class UsageError extends Error {
   }
 }
 
+/**
+ * An integer flag in `[min, max]` (decimal digits only), else a one-line {@link UsageError} naming
+ * the flag: `"<text>" is not an integer in [min, max]`.
+ */
+export function intFlag(flag: string, text: string, min: number, max: number): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+    throw new UsageError(flag, `${JSON.stringify(text)} is not an integer in [${min}, ${max}]`);
+  }
+  return n;
+}
+
 export interface ScenarioSources {
   preset?: string | undefined;
   scenarioFile?: string | undefined;

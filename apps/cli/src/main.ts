@@ -6,7 +6,7 @@ import { benchTrackers, formatTrackersBench } from './bench-trackers.js';
 import { benchReporters, DEFAULT_FRACTIONS, formatReportersBench } from './bench-reporters.js';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, Option } from 'commander';
-import { loadScenario, UsageError } from './load-scenario.js';
+import { intFlag, loadScenario, UsageError } from './load-scenario.js';
 import { simulate } from './pipeline.js';
 import { PRESETS } from './presets.js';
 import { formatSummary } from './summary.js';
@@ -71,6 +71,18 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       io.stdout(opts.json ? json : formatSummary(scenario, result) + '\n');
     });
 
+  /** A bench's output: the JSON with `--json`, else the Markdown table; `--out` / `--markdown` also write them. */
+  const printBench = (
+    opts: { json?: boolean; out?: string; markdown?: string },
+    result: unknown,
+    table: string,
+  ): void => {
+    const json = JSON.stringify(result, null, 2) + '\n';
+    writeOut('--out', opts.out, json);
+    writeOut('--markdown', opts.markdown, table);
+    io.stdout(opts.json === true ? json : table);
+  };
+
   const bench = program
     .command('bench')
     .description('Benchmarks: components side by side in one run, medians of several repetitions, ratios.');
@@ -119,11 +131,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         const result = benchReporters({ memory, fractions, reps, seed, onFraction: (i) => bar?.update(i) });
         bar?.update(fractions.length);
         bar?.stop();
-        const json = JSON.stringify(result, null, 2) + '\n';
-        const table = formatReportersBench(result);
-        writeOut('--out', opts.out, json);
-        writeOut('--markdown', opts.markdown, table);
-        io.stdout(opts.json ? json : table);
+        printBench(opts, result, formatReportersBench(result));
       },
     );
 
@@ -144,11 +152,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         reps,
         onStep: (s) => io.progress && io.stderr(`bench bitmap: ${s}\n`),
       });
-      const json = JSON.stringify(result, null, 2) + '\n';
-      const table = formatBitmapBench(result);
-      writeOut('--out', opts.out, json);
-      writeOut('--markdown', opts.markdown, table);
-      io.stdout(opts.json ? json : table);
+      printBench(opts, result, formatBitmapBench(result));
     });
 
   bench
@@ -189,11 +193,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         }
         if (io.progress) io.stderr(`bench mmu: ${reps} + 2 warm-up repetitions on ${opts.memory}\n`);
         const result = benchMmu({ memory, backing, reps });
-        const json = JSON.stringify(result, null, 2) + '\n';
-        const table = formatMmuBench(result);
-        writeOut('--out', opts.out, json);
-        writeOut('--markdown', opts.markdown, table);
-        io.stdout(opts.json ? json : table);
+        printBench(opts, result, formatMmuBench(result));
       },
     );
 
@@ -232,28 +232,17 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
         if (memory % 2 ** 21 !== 0 || memory > 4 * 2 ** 30) {
           throw new UsageError('--memory', `${opts.memory} must be a multiple of 2M and at most 4G`);
         }
-        const int = (flag: string, raw: string, min: number, max: number) => {
-          const n = Number(raw);
-          if (!Number.isInteger(n) || n < min || n > max) {
-            throw new UsageError(flag, `${JSON.stringify(raw)} is not an integer in [${min}, ${max}]`);
-          }
-          return n;
-        };
         const result = await benchTrackers({
           memory,
           reps,
-          vcpus: int('--vcpus', opts.vcpus, 1, 64),
-          warmupMs: int('--warmup-ms', opts.warmupMs, 0, 600_000),
-          windowMs: int('--window-ms', opts.windowMs, 1, 600_000),
-          harvestMs: int('--harvest-ms', opts.harvestMs, 1, 60_000),
-          seed: int('--seed', opts.seed, 0, 0xffff_ffff),
+          vcpus: intFlag('--vcpus', opts.vcpus, 1, 64),
+          warmupMs: intFlag('--warmup-ms', opts.warmupMs, 0, 600_000),
+          windowMs: intFlag('--window-ms', opts.windowMs, 1, 600_000),
+          harvestMs: intFlag('--harvest-ms', opts.harvestMs, 1, 60_000),
+          seed: intFlag('--seed', opts.seed, 0, 0xffff_ffff),
           onStep: (s) => io.progress && io.stderr(`bench trackers: ${s}\n`),
         });
-        const json = JSON.stringify(result, null, 2) + '\n';
-        const table = formatTrackersBench(result);
-        writeOut('--out', opts.out, json);
-        writeOut('--markdown', opts.markdown, table);
-        io.stdout(opts.json ? json : table);
+        printBench(opts, result, formatTrackersBench(result));
       },
     );
 
@@ -278,20 +267,13 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
               `unknown preset ${JSON.stringify(unknown)} (accepted: a comma-separated list of ${Object.keys(PRESETS).join(', ')})`,
             );
           }
-          const reps = Number(opts.reps);
-          if (!Number.isInteger(reps) || reps < 1 || reps > 100) {
-            throw new UsageError('--reps', `${JSON.stringify(opts.reps)} is not an integer in [1, 100]`);
-          }
+          const reps = intFlag('--reps', opts.reps, 1, 100);
           const result = await benchSimulate({
             presets,
             reps,
             onRun: (p, rep) => io.progress && io.stderr(`bench simulate: ${p} run ${rep + 1}/${reps}\n`),
           });
-          const json = JSON.stringify(result, null, 2) + '\n';
-          const table = formatSimulateBench(result);
-          writeOut('--out', opts.out, json);
-          writeOut('--markdown', opts.markdown, table);
-          io.stdout(opts.json ? json : table);
+          printBench(opts, result, formatSimulateBench(result));
         },
       );
   }
@@ -313,10 +295,7 @@ function benchSize(opts: { memory: string; reps: string }): { memory: number; re
       `${opts.memory} must be a multiple of 256K (64 pages) and at least 256K`,
     );
   }
-  const reps = Number(opts.reps);
-  if (!Number.isInteger(reps) || reps < 1 || reps > 1000) {
-    throw new UsageError('--reps', `${JSON.stringify(opts.reps)} is not an integer in [1, 1000]`);
-  }
+  const reps = intFlag('--reps', opts.reps, 1, 1000);
   return { memory, reps };
 }
 

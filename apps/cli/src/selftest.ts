@@ -4,7 +4,7 @@ import { createMmu } from '@dirtytrack/mmu';
 import { createBitmapReporter, createRingReporter, KVM_DIRTY_RING_MAX_ENTRIES } from '@dirtytrack/reporters';
 import { createUffdWpTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
-import { UsageError } from './load-scenario.js';
+import { intFlag, UsageError } from './load-scenario.js';
 
 export const SELFTEST_TRACKERS = ['wp', 'pml', 'uffd-wp-sync', 'uffd-wp-async'] as const;
 export type SelftestTracker = (typeof SELFTEST_TRACKERS)[number];
@@ -165,13 +165,6 @@ interface RawOptions {
 
 /** Validates the flags; bad input is a one-line {@link UsageError} naming the flag. */
 export function parseSelftestOptions(raw: RawOptions): Omit<SelftestDirtyLogOptions, 'onIteration'> {
-  const int = (flag: string, text: string, min: number, max: number): number => {
-    const n = Number(text);
-    if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
-      throw new UsageError(flag, `${JSON.stringify(text)} is not an integer in [${min}, ${max}]`);
-    }
-    return n;
-  };
   let memory: number;
   try {
     memory = parseSize(raw.memory, '--memory');
@@ -181,7 +174,7 @@ export function parseSelftestOptions(raw: RawOptions): Omit<SelftestDirtyLogOpti
   if (memory < 256 * 1024 || memory % (256 * 1024) !== 0 || memory > 64 * 2 ** 30) {
     throw new UsageError('--memory', `${raw.memory} must be a multiple of 256K (64 pages) in [256K, 64G]`);
   }
-  const vcpus = int('--vcpus', raw.vcpus, 1, raw.engine === 'live' ? 64 : 1024);
+  const vcpus = intFlag('--vcpus', raw.vcpus, 1, raw.engine === 'live' ? 64 : 1024);
   const uffd = raw.tracker.startsWith('uffd-wp');
   if (raw.skipTlbFlush === true && uffd) {
     throw new UsageError('--skip-tlb-flush', 'is an MMU debug option: use it with --tracker wp or pml');
@@ -201,9 +194,9 @@ export function parseSelftestOptions(raw: RawOptions): Omit<SelftestDirtyLogOpti
     engine: raw.engine,
     vcpus,
     memory,
-    iterations: int('--iterations', raw.iterations, 1, 100_000),
-    seed: int('--seed', raw.seed, 0, 0xffff_ffff),
-    intervalMs: int('--interval', raw.interval, 1, 60_000),
+    iterations: intFlag('--iterations', raw.iterations, 1, 100_000),
+    seed: intFlag('--seed', raw.seed, 0, 0xffff_ffff),
+    intervalMs: intFlag('--interval', raw.interval, 1, 60_000),
     manualProtect: raw.manualProtect === true,
     skipTlbFlush: raw.skipTlbFlush === true,
   };
