@@ -1,1 +1,2 @@
 export { migrateSweepingGuest } from './precopy-slice.js';
+export { migratePmlRingFused, type PmlRingFusedRun } from './pml-ring-fused.js';
