@@ -1,5 +1,6 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { Bitmap, createRWLock, type LoggingControl } from '@dirtytrack/core';
+import { startWorker } from '@dirtytrack/testkit';
 import { describe, expect, it } from 'vitest';
 import type { SwapProducerData } from './__fixtures__/swap-producer.worker.js';
 import { createQemuLayers } from './qemu-layers.js';
@@ -9,15 +10,7 @@ const PAGES = 1 << 16;
 const logging: LoggingControl = { enableLogging: () => 0, disableLogging: () => undefined };
 
 function startProducer(data: SwapProducerData): Worker {
-  // Node 20 workers do not take `--import tsx` for their entry: boot through tsx's tsImport.
-  const entry = new URL('./__fixtures__/swap-producer.worker.ts', import.meta.url);
-  const boot = `import('tsx/esm/api').then((api) => api.tsImport(process.argv.at(-1), ${JSON.stringify(entry.href)}))`;
-  return new Worker(boot, {
-    eval: true,
-    argv: [entry.href],
-    workerData: data,
-    execArgv: [...process.execArgv, '--conditions=@dirtytrack/source'],
-  });
+  return startWorker(new URL('./__fixtures__/swap-producer.worker.ts', import.meta.url), data);
 }
 
 describe("swap log filled by producer workers while 'fused' syncs by swapping", () => {

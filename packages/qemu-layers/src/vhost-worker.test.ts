@@ -1,5 +1,6 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { createRWLock, type DirtyLogSource, type LoggingControl } from '@dirtytrack/core';
+import { startWorker } from '@dirtytrack/testkit';
 import { describe, expect, it } from 'vitest';
 import type { VhostDeviceData } from './__fixtures__/vhost-device.worker.js';
 import { createQemuLayers, SYNC_STRATEGIES } from './qemu-layers.js';
@@ -14,15 +15,7 @@ const idle: DirtyLogSource = {
 const logging: LoggingControl = { enableLogging: () => 0, disableLogging: () => undefined };
 
 function startDevice(data: VhostDeviceData): Worker {
-  // Node 20 workers do not take `--import tsx` for their entry: boot through tsx's tsImport.
-  const entry = new URL('./__fixtures__/vhost-device.worker.ts', import.meta.url);
-  const boot = `import('tsx/esm/api').then((api) => api.tsImport(process.argv.at(-1), ${JSON.stringify(entry.href)}))`;
-  return new Worker(boot, {
-    eval: true,
-    argv: [entry.href],
-    workerData: data,
-    execArgv: [...process.execArgv, '--conditions=@dirtytrack/source'],
-  });
+  return startWorker(new URL('./__fixtures__/vhost-device.worker.ts', import.meta.url), data);
 }
 
 describe('vhost log set by a device worker while the layers sync', () => {
