@@ -6,6 +6,7 @@ export {
   RATE_LIMIT_WINDOW_NS,
   type PrecopyCapabilities,
   type PrecopyOptions,
+  type PageSink,
   type PrecopyOutcome,
   type PrecopyParameters,
   type PrecopyProgress,

@@ -156,11 +156,43 @@ export interface PrecopyOptions {
    * page with nothing stale is resolved locally (UFFDIO_CONTINUE), without a request. Postcopy only.
    */
   postcopyUffdMinor?: boolean;
+  /**
+   * Where the sent pages go (the live plane's wire encoder). The model plane has none: it only
+   * counts their bytes. Each call happens as the pages' bits are cleared from bmap, before the
+   * `link.transmit` that carries them.
+   */
+  sink?: PageSink;
+  /**
+   * Which pages of `mask` (bmap word `word`) hold data right now — the live plane reads guest
+   * memory at send time, as QEMU's `buffer_is_zero` does. Default: `nonzero`'s bits.
+   */
+  dataOf?: (word: number, mask: number) => number;
   /** Give up (status stays `active`) after this much migration time (ns). */
   timeLimitNs: number;
   onProgress?: (progress: PrecopyProgress) => void;
   /** Called at each status change (QEMU's MIGRATION event). */
   onStatus?: (event: StatusEvent) => void;
+}
+
+/**
+ * The receiving end of {@link PrecopyOptions.sink}: what a real stream must carry, in order. The
+ * bytes precopy charges for these calls are exactly the bytes of the live wire format
+ * (`WIRE.md`): a page record per page on the main stream, or multifd packets.
+ */
+export interface PageSink {
+  /** Once, before anything is sent: how pages travel. */
+  begin(config: {
+    multifd: boolean;
+    channels: number;
+    /** Who sends zero pages: ZERO records on the main stream, multifd packets, or nobody (sent in full). */
+    zeroPages: 'record' | 'packet' | 'none';
+  }): void;
+  /** Pages `mask` of bmap's 32-bit word `word` are sent now: `data` in full, `mask & ~data` as zero pages. */
+  pages(word: number, mask: number, data: number): void;
+  /** `multifd_ram_flush_and_sync`: the partial packet, a SYNC packet per channel, MULTIFD_FLUSH on main. */
+  multifdSync(): void;
+  /** The guest is stopped: what follows is the stop-and-copy (QEMU's `SECTION_END`). */
+  complete(): void;
 }
 
 /** Why the run stopped, beyond the QEMU status. */
@@ -291,6 +323,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   const effectiveBandwidth = Math.min(link.bandwidth, cpuBandwidth);
   const words = bitmap.bmap.words;
   const nz = nonzero.words;
+  const sink = options.sink;
+  const dataOf = options.dataOf ?? ((i: number, mask: number): number => mask & (nz[i] as number));
   const start = clock.now();
   const cancelAt = options.cancelAtNs === undefined ? Infinity : start + options.cancelAtNs;
   const trajectory: TrajectoryEntry[] = [];
@@ -452,6 +486,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   /** `multifd_ram_flush_and_sync` plus the main stream's MULTIFD_FLUSH: bytes to send. */
   const multifdSync = (): number => {
     multifdSyncs++;
+    sink?.multifdSync();
     const m = syncChannels(batch, channels);
     multifdBytes += m;
     // The zero-copy error queue is flushed at the sync: the pinned pages are released.
@@ -517,10 +552,11 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
           for (; end < lim; end++) {
             const x = words[end] as number;
             if (x === 0) break;
-            const d = zeroMode === 'none' ? x : x & (nz[end] as number);
+            const d = zeroMode === 'none' ? x : dataOf(end, x);
             n += popcount32(d);
             z += popcount32(x & ~d);
             bitmap.clearSent(end, x);
+            sink?.pages(end, x, d);
           }
           bytes += pageBytes(n, z);
           normal += n;
@@ -535,7 +571,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
           continue;
         }
       }
-      const data = zeroMode === 'none' ? w : w & (nz[cursor] as number);
+      const data = zeroMode === 'none' ? w : dataOf(cursor, w);
       let take = w;
       const fullN = popcount32(data);
       const fullZ = popcount32(w & ~data);
@@ -570,6 +606,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       duplicate += sentZ;
       sentNormalPages += sentN;
       bitmap.clearSent(cursor, take);
+      sink?.pages(cursor, take, data & take);
       if (zeroCopy) {
         pinned += sentN * PAGE_SIZE;
         if (pinned > peakPinned) peakPinned = pinned;
@@ -679,7 +716,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     };
     /** Sends the pages `mask` of word `i` (a request or the background scan): their bytes. */
     const sendWord = (i: number, mask: number): number => {
-      const data = zeroMode === 'none' ? mask : mask & (nz[i] as number);
+      const data = zeroMode === 'none' ? mask : dataOf(i, mask);
+      sink?.pages(i, mask, data);
       const n = popcount32(data);
       const z = popcount32(mask & ~data);
       normal += n;
@@ -781,7 +819,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         cursor = cursor + 1 === n ? 0 : cursor + 1;
         continue;
       }
-      const data = zeroMode === 'none' ? w : w & (nz[cursor] as number);
+      const data = zeroMode === 'none' ? w : dataOf(cursor, w);
       const whole = popcount32(data) * NORMAL_RECORD + popcount32(w & ~data) * ZERO_RECORD;
       if (cap === Infinity || bytes + whole <= cap) {
         bytes += sendWord(cursor, w);
@@ -817,6 +855,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   let mbps = 0;
 
   setStatus('setup');
+  sink?.begin({ multifd, channels, zeroPages: zeroMode });
   try {
     // Setup: enable dirty logging and set every bit, then the first sync; multifd channels
     // send their handshake and the first flush-and-sync.
@@ -874,6 +913,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         // Completion: stop the guest, [pre-switchover → device], final sync, send the rest.
         const downtimeStart = clock.now();
         engine.pause();
+        sink?.complete();
         if (caps['pause-before-switchover']) {
           setStatus('pre-switchover');
           setStatus('device');
