@@ -20,6 +20,7 @@ export {
   type LiveGuestStats,
   type LiveWorkload,
 } from './live-guest.js';
+export { createLiveEngine, type LiveEngine, type LiveEngineOptions } from './live-engine.js';
 export {
   runDirtyLogTest,
   DIRTY_LOG_TEST_PAGES_PER_LOOP,

@@ -1,14 +1,20 @@
 import { Worker } from 'node:worker_threads';
 import {
+  createRealClock,
   DirtytrackError,
   type DirtytrackErrorCode,
   type SharedReporter,
   type SharedTracker,
+  type VcpuThrottle,
 } from '@dirtytrack/core';
 import {
   controlWords,
   COUNTER,
   CTL,
+  decodeFailure,
+  FAILURE_BUFFER_BYTES,
+  SPEED_ONE,
+  speedWord,
   STATE,
   WORDS_PER_PAGE,
   type LiveVcpuData,
@@ -46,6 +52,11 @@ export interface LiveGuestOptions {
   resolveFrom?: string | URL | readonly (string | URL)[];
   /** Longest any wait (boot, pause, stop) may take before a `timeout` error. Default 30 s. */
   timeoutMs?: number;
+  /**
+   * Writes per second each vCPU paces itself to, at full speed (throttling slows it further).
+   * Accurate on average over ~100 ms: a vCPU out of credit sleeps ≥ 1 ms. Default: unlimited.
+   */
+  rate?: number;
 }
 
 export interface LiveGuestStats {
@@ -54,19 +65,42 @@ export interface LiveGuestStats {
   readonly writes: number;
   /** `KVM_EXIT_DIRTY_RING_FULL` exits taken by the vCPUs (0 without a ring). */
   readonly ringFullExits: number;
+  /** Pages each vCPU dirtied: its writes that trapped (the sum of its tracker's `write` results). */
+  readonly vcpuDirtyPages: readonly number[];
+  readonly dirtyPages: number;
 }
 
 /**
  * A software guest on worker threads (live plane): N vCPUs write guest memory through a shared
  * tracker and store a shared value into each page they write. See {@link createLiveGuest}.
  */
-export interface LiveGuest {
+export interface LiveGuest extends VcpuThrottle {
   readonly vcpus: number;
   /** Boots the workers, waits until every vCPU has attached, then lets them run. */
   start(): Promise<void>;
   /** Stops every vCPU between two writes, outside guest mode; resolves when all acknowledged. */
   pause(): Promise<void>;
+  /**
+   * {@link pause} for synchronous code: blocks the calling thread in `Atomics.wait` on the ack
+   * words (no event loop turn) until every vCPU acknowledged. Throws a `timeout` error naming the
+   * vCPUs that did not within `timeoutMs`, and a failed vCPU's error as {@link check} does.
+   */
+  pauseSync(): void;
+  /** Lets paused vCPUs run again (synchronous: usable after either pause). */
   resume(): void;
+  /** Started, not stopped and not paused. */
+  readonly running: boolean;
+  /**
+   * Fraction of full speed every vCPU runs at, in [0, 1] (auto-converge sets 1 − pct/100).
+   * Below 1 a vCPU runs a 10 ms timeslice, then sleeps `(1 − s) / s` × that outside guest mode
+   * (QEMU's cpu_throttle, reference/qemu.md §2.3); at 0 it makes no writes. Default 1.
+   */
+  speed: number;
+  /** vCPU `vcpu`'s own speed factor (dirty-limit), multiplied with {@link speed}. Default 1. */
+  setVcpuSpeed(vcpu: number, speed: number): void;
+  vcpuSpeed(vcpu: number): number;
+  /** Pages vCPU `vcpu` dirtied so far: its writes that trapped into the tracker. */
+  vcpuDirtyPages(vcpu: number): number;
   /** Stops and joins the workers (terminating any that do not exit in time); final counters. */
   stop(): Promise<LiveGuestStats>;
   /** The value the vCPUs store from now on (dirty_log_test's `iteration`). */
@@ -106,6 +140,9 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   if (workload.kind === 'hot-set' && !(workload.pages >= 1 && workload.share >= 0 && workload.share <= 256)) {
     throw bad('workload', 'hot-set needs pages >= 1 and share in [0, 256]');
   }
+  const rate = options.rate ?? 0;
+  if (!(Number.isFinite(rate) && rate >= 0))
+    throw bad('rate', 'must be a finite number of writes/s >= 0 (0 = unlimited)');
   const from = options.resolveFrom;
   const resolveFrom = (
     from === undefined ? [] : typeof from === 'string' || from instanceof URL ? [from] : from
@@ -113,6 +150,12 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
 
   const control = new Int32Array(new SharedArrayBuffer(controlWords(vcpus) * 4));
   const counters = new Float64Array(new SharedArrayBuffer(vcpus * COUNTER.WORDS * 8));
+  const clock = createRealClock();
+  const failureBuffer = new SharedArrayBuffer(FAILURE_BUFFER_BYTES);
+  Atomics.store(control, CTL.SPEED, SPEED_ONE);
+  for (let v = 0; v < vcpus; v++) Atomics.store(control, speedWord(vcpus, v), SPEED_ONE);
+  let speed = 1;
+  const vcpuSpeeds = new Float64Array(vcpus).fill(1);
   const mem32 = new Int32Array(memory);
   const workers: Worker[] = [];
   const exits: Promise<number>[] = [];
@@ -136,8 +179,47 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   const check = () => {
     if (failure !== undefined) throw failure;
     const f = Atomics.load(control, CTL.FAILED);
-    if (f !== 0) throw fail('internal', `vCPU ${f - 1} failed (its error is on its way)`);
+    if (f === 0) return;
+    // The first failing vCPU writes its report right after the flag: read it from shared memory,
+    // since a caller blocked in synchronous code never gets the worker's message.
+    Atomics.wait(control, CTL.FAILURE_BYTES, 0, 1000);
+    const report = decodeFailure(failureBuffer, Atomics.load(control, CTL.FAILURE_BYTES));
+    if (report !== undefined) recordFailure(report.vcpu, causeOf(report), report.message);
+    throw failure ?? fail('internal', `vCPU ${f - 1} failed (its report did not arrive)`);
   };
+
+  const checkVcpu = (vcpu: number) => {
+    if (!(Number.isInteger(vcpu) && vcpu >= 0 && vcpu < vcpus)) {
+      throw new DirtytrackError('out-of-range', `vCPU ${vcpu} is not in [0, ${vcpus})`, {
+        component: COMPONENT,
+      });
+    }
+  };
+  const checkSpeed = (value: number, what: string) => {
+    if (!(value >= 0 && value <= 1)) throw bad(what, `${value} is not in [0, 1]`);
+  };
+  /** Stores a speed word and wakes sleeping vCPUs so they re-read it at once. */
+  const storeSpeed = (word: number, value: number) => {
+    Atomics.store(control, word, Math.round(value * SPEED_ONE));
+    Atomics.notify(control, CTL.STATE);
+  };
+
+  /** Starts a pause: returns the generation every vCPU must acknowledge. */
+  const beginPause = (): number => {
+    check();
+    if (!started || stopped)
+      throw fail('invalid-state', `pause: the guest is ${stopped ? 'stopped' : 'not started'}`);
+    const gen = Atomics.add(control, CTL.PAUSE_GEN, 1) + 1;
+    setState(STATE.PAUSE);
+    return gen;
+  };
+  const unacked = (gen: number): number[] => {
+    const missing: number[] = [];
+    for (let v = 0; v < vcpus; v++) if (Atomics.load(control, CTL.ACK + v) !== gen) missing.push(v);
+    return missing;
+  };
+  const pauseTimeout = (gen: number) =>
+    fail('timeout', `pause: vCPU ${unacked(gen).join(', ')} did not acknowledge within ${timeoutMs} ms`);
 
   /** Polls `done` without blocking the event loop (worker messages must get through). */
   const waitFor = async (done: () => boolean, what: string) => {
@@ -154,13 +236,18 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
     const vcpuWrites: number[] = [];
     let writes = 0;
     let ringFullExits = 0;
+    const vcpuDirtyPages: number[] = [];
+    let dirtyPages = 0;
     for (let v = 0; v < vcpus; v++) {
       const w = counters[v * COUNTER.WORDS + COUNTER.WRITES] as number;
       vcpuWrites.push(w);
       writes += w;
       ringFullExits += counters[v * COUNTER.WORDS + COUNTER.RING_FULL] as number;
+      const d = counters[v * COUNTER.WORDS + COUNTER.DIRTY] as number;
+      vcpuDirtyPages.push(d);
+      dirtyPages += d;
     }
-    return { vcpuWrites, writes, ringFullExits };
+    return { vcpuWrites, writes, ringFullExits, vcpuDirtyPages, dirtyPages };
   };
 
   const setState = (state: number) => {
@@ -179,11 +266,14 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
       for (let v = 0; v < vcpus; v++) {
         const data: LiveVcpuData = {
           vcpu: v,
+          vcpus,
           tracker: trackerSpec,
           sink: sinkSpec,
           memory,
           control: control.buffer as SharedArrayBuffer,
           counters: counters.buffer as SharedArrayBuffer,
+          failure: failureBuffer,
+          rate,
           slot,
           pages,
           seed,
@@ -204,14 +294,7 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
             )
           : new Worker(url, { workerData: data });
         worker.on('message', (m: LiveVcpuFailure) => {
-          if (m.kind === 'failed') {
-            const cause = Object.assign(new Error(m.message), {
-              name: m.name,
-              ...(m.code === undefined ? {} : { code: m.code }),
-              ...(m.stack === undefined ? {} : { stack: m.stack }),
-            });
-            recordFailure(m.vcpu, cause, m.message);
-          }
+          if (m.kind === 'failed') recordFailure(m.vcpu, causeOf(m), m.message);
         });
         exits.push(
           new Promise<number>((resolve) => {
@@ -232,17 +315,56 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
       setState(STATE.RUN);
     },
     async pause() {
-      check();
-      const gen = Atomics.add(control, CTL.PAUSE_GEN, 1) + 1;
-      setState(STATE.PAUSE);
-      await waitFor(() => {
-        for (let v = 0; v < vcpus; v++) if (Atomics.load(control, CTL.ACK + v) !== gen) return false;
-        return true;
-      }, 'pause');
+      const gen = beginPause();
+      try {
+        await waitFor(() => unacked(gen).length === 0, 'pause');
+      } catch (error) {
+        if ((error as DirtytrackError).code === 'timeout') throw pauseTimeout(gen);
+        throw error;
+      }
+    },
+    pauseSync() {
+      const gen = beginPause();
+      const deadline = clock.now() / 1e6 + timeoutMs;
+      for (let v = 0; v < vcpus; v++) {
+        for (;;) {
+          const ack = Atomics.load(control, CTL.ACK + v);
+          if (ack === gen) break;
+          check(); // a failed vCPU notifies its ack word too, so this wakes at once
+          const left = deadline - clock.now() / 1e6;
+          if (left <= 0) throw pauseTimeout(gen);
+          Atomics.wait(control, CTL.ACK + v, ack, Math.min(left, 10));
+        }
+      }
     },
     resume() {
       check();
       setState(STATE.RUN);
+    },
+    get running() {
+      return started && !stopped && Atomics.load(control, CTL.STATE) === STATE.RUN;
+    },
+    get speed() {
+      return speed;
+    },
+    set speed(value: number) {
+      checkSpeed(value, 'speed');
+      speed = value;
+      storeSpeed(CTL.SPEED, value);
+    },
+    setVcpuSpeed(vcpu, value) {
+      checkVcpu(vcpu);
+      checkSpeed(value, `vcpuSpeed[${vcpu}]`);
+      vcpuSpeeds[vcpu] = value;
+      storeSpeed(speedWord(vcpus, vcpu), value);
+    },
+    vcpuSpeed(vcpu) {
+      checkVcpu(vcpu);
+      return vcpuSpeeds[vcpu] as number;
+    },
+    vcpuDirtyPages(vcpu) {
+      checkVcpu(vcpu);
+      return counters[vcpu * COUNTER.WORDS + COUNTER.DIRTY] as number;
     },
     async stop() {
       stopped = true;
@@ -269,6 +391,15 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
     stats,
     check,
   };
+}
+
+/** A worker's failure report as an Error carrying the original name, code and stack. */
+function causeOf(m: LiveVcpuFailure): Error {
+  return Object.assign(new Error(m.message), {
+    name: m.name,
+    ...(m.code === undefined ? {} : { code: m.code }),
+    ...(m.stack === undefined ? {} : { stack: m.stack }),
+  });
 }
 
 /** The worker entry next to this module: `.js` in the built package, `.ts` in the sources. */

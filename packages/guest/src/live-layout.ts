@@ -16,16 +16,41 @@ export const CTL = {
   PAUSE_GEN: 3,
   /** 1 + the index of the first vCPU that failed, 0 while none did. */
   FAILED: 4,
+  /**
+   * Bytes of the first failure's report in the failure buffer (0 until written), so an owner
+   * blocked in synchronous code reads the error without waiting for the worker's message.
+   */
+  FAILURE_BYTES: 5,
+  /** Every vCPU's speed (auto-converge), fixed point: {@link SPEED_ONE} = full speed. */
+  SPEED: 6,
   /** Per-vCPU ack words start here: vCPU v acknowledges pause generation g at `ACK + v`. */
   ACK: 8,
 } as const;
 
+/** Fixed-point 1.0 of the speed words (speed × 2^16 in an Int32). */
+export const SPEED_ONE = 0x1_0000;
+
+/** vCPU v's own speed word (dirty-limit), after the ack words. */
+export const speedWord = (vcpus: number, vcpu: number): number => CTL.ACK + vcpus + vcpu;
+
+/**
+ * QEMU's CPU_THROTTLE_TIMESLICE_NS (reference/qemu.md §2.3): a throttled vCPU runs this long,
+ * then sleeps `pct / (1 − pct)` times as long.
+ */
+export const THROTTLE_TIMESLICE_MS = 10;
+
+/** Bytes of the failure buffer (a UTF-8 JSON {@link LiveVcpuFailure}, cut to fit). */
+export const FAILURE_BUFFER_BYTES = 16 * 1024;
+
 export const STATE = { INIT: 0, RUN: 1, PAUSE: 2, STOP: 3 } as const;
 
-/** Float64 counters per vCPU (single writer each): writes, ring-full exits. */
-export const COUNTER = { WRITES: 0, RING_FULL: 1, WORDS: 2 } as const;
+/**
+ * Float64 counters per vCPU (single writer each): writes, ring-full exits, dirtied pages (writes
+ * that trapped: the sum of the tracker's `write` results, QEMU's `cpu->dirty_pages`).
+ */
+export const COUNTER = { WRITES: 0, RING_FULL: 1, DIRTY: 2, WORDS: 3 } as const;
 
-export const controlWords = (vcpus: number): number => CTL.ACK + vcpus;
+export const controlWords = (vcpus: number): number => CTL.ACK + 2 * vcpus;
 
 /** Which pages a live vCPU writes. */
 export type LiveWorkload =
@@ -40,11 +65,17 @@ export type LiveWorkload =
 /** What each vCPU worker gets as `workerData`. */
 export interface LiveVcpuData {
   readonly vcpu: number;
+  /** vCPUs of the guest (where the per-vCPU words sit). */
+  readonly vcpus: number;
   readonly tracker: AttachSpec;
   readonly sink: AttachSpec;
   readonly memory: SharedArrayBuffer;
   readonly control: SharedArrayBuffer;
   readonly counters: SharedArrayBuffer;
+  /** Where the first failing vCPU writes its report ({@link CTL.FAILURE_BYTES}). */
+  readonly failure: SharedArrayBuffer;
+  /** Writes per second this vCPU paces itself to; 0 = unlimited. */
+  readonly rate: number;
   readonly slot: number;
   readonly pages: number;
   readonly seed: number;
@@ -66,3 +97,29 @@ export interface LiveVcpuFailure {
 
 /** Int32 words of guest memory per 4 KiB page. */
 export const WORDS_PER_PAGE = 1024;
+
+/**
+ * Encodes a failure report for the failure buffer: UTF-8 JSON of at most `max` bytes (the stack,
+ * then the tail of the message, are dropped to fit).
+ */
+export function encodeFailure(failure: LiveVcpuFailure, max: number): Uint8Array {
+  const encoder = new TextEncoder();
+  let bytes = encoder.encode(JSON.stringify(failure));
+  if (bytes.length <= max) return bytes;
+  const { stack: _stack, ...rest } = failure;
+  bytes = encoder.encode(JSON.stringify(rest));
+  if (bytes.length <= max) return bytes;
+  return encoder.encode(JSON.stringify({ ...rest, message: `${rest.message.slice(0, max / 8)}…` }));
+}
+
+/** The failure report in `buffer[0, bytes)`, or undefined if it does not parse. */
+export function decodeFailure(buffer: SharedArrayBuffer, bytes: number): LiveVcpuFailure | undefined {
+  try {
+    // slice: TextDecoder does not read views of shared memory.
+    const f = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 0, bytes).slice())) as unknown;
+    if (typeof f !== 'object' || f === null || (f as { kind?: unknown }).kind !== 'failed') return undefined;
+    return f as LiveVcpuFailure;
+  } catch {
+    return undefined;
+  }
+}

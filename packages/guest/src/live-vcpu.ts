@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { parentPort, workerData } from 'node:worker_threads';
 import {
+  createRealClock,
   createRng,
   DirtytrackError,
   isBoundedDirtySink,
@@ -13,7 +14,12 @@ import {
 import {
   COUNTER,
   CTL,
+  encodeFailure,
+  FAILURE_BUFFER_BYTES,
+  SPEED_ONE,
+  speedWord,
   STATE,
+  THROTTLE_TIMESLICE_MS,
   WORDS_PER_PAGE,
   type LiveVcpuData,
   type LiveVcpuFailure,
@@ -26,6 +32,18 @@ import {
 // writes it obeys pause / stop; paused, it is outside guest mode, so flushes and kicks do not wait
 // for it. A ring sink bounds it: at the soft limit it exits (KVM_EXIT_DIRTY_RING_FULL) until the
 // owner harvests and resets.
+//
+// Throttling is QEMU's cpu_throttle (reference/qemu.md §2.3): at speed s = global × own (< 1) the
+// vCPU runs a 10 ms timeslice, then sleeps (1 − s) / s times as long (pct / (1 − pct) with
+// pct = 1 − s), outside guest mode, in an Atomics.wait on the state word so that pause, stop and
+// a speed change wake it at once. At s = 0 it makes no writes. A `rate` paces it on top: credit
+// accrues at `rate` writes/s while it runs and each write spends one; out of credit it sleeps
+// ≥ 1 ms (accurate on average, not per write).
+
+/** Writes between two clock reads while throttled (a clock read per write would cost more than the write). */
+const CHECK_EVERY = 64;
+/** Longest sleep without re-reading the speed words (a speed change also notifies the state word). */
+const MAX_SLEEP_MS = 50;
 
 const data = workerData as LiveVcpuData;
 const control = new Int32Array(data.control);
@@ -88,6 +106,60 @@ async function run(): Promise<void> {
   const one = new Uint32Array(1);
   let inGuest = false;
   let writes = 0;
+  let dirty = 0;
+  const ownSpeed = speedWord(data.vcpus, v);
+  const clock = createRealClock();
+  const nowMs = () => clock.now() / 1e6;
+  // Throttle (times in ms, on the real clock): -1 = no timeslice begun / not sleeping.
+  let sliceStart = -1;
+  let sliceRan = 0;
+  let sleepFrom = -1;
+  let untilCheck = 0;
+  // Pacing to `rate`: writes allowed now, and when credit was last added (-1 = not since a sleep).
+  const ratePerMs = data.rate / 1000;
+  const maxCredit = Math.max(1, ratePerMs * 100);
+  let credit = 0;
+  let paceAt = -1;
+
+  /** Sleeps up to `ms` outside guest mode; pause, stop and speed changes wake it at once. */
+  const sleep = (ms: number) => {
+    exit();
+    Atomics.wait(control, CTL.STATE, STATE.RUN, Math.min(ms, MAX_SLEEP_MS));
+  };
+  /** True if a throttled vCPU (0 < s < 1) may write now; else it sleeps a while and returns false. */
+  const throttled = (s: number): boolean => {
+    if (sleepFrom < 0) {
+      if (--untilCheck > 0) return true;
+      untilCheck = CHECK_EVERY;
+      const t = nowMs();
+      if (sliceStart < 0) sliceStart = t;
+      if (t - sliceStart < THROTTLE_TIMESLICE_MS) return true;
+      sliceRan = t - sliceStart; // ≥ one timeslice: the sleep stays in proportion to the run
+      sleepFrom = t;
+    }
+    const t = nowMs();
+    // Recomputed at every wake-up, so a speed change during the sleep applies at once.
+    const wakeAt = sleepFrom + (sliceRan * (1 - s)) / s;
+    if (t >= wakeAt) {
+      sleepFrom = -1;
+      sliceStart = t;
+      untilCheck = CHECK_EVERY;
+      paceAt = -1; // no pacing credit for the time slept
+      return true;
+    }
+    sleep(wakeAt - t);
+    return false;
+  };
+  /** True if a paced vCPU has credit for a write; else it sleeps ≥ 1 ms and returns false. */
+  const paced = (): boolean => {
+    if (credit >= 1) return true;
+    const t = nowMs();
+    if (paceAt >= 0) credit = Math.min(maxCredit, credit + (t - paceAt) * ratePerMs);
+    paceAt = t;
+    if (credit >= 1) return true;
+    sleep(Math.max(1, (1 - credit) / ratePerMs));
+    return false;
+  };
 
   const enter = () => {
     if (!inGuest) tracker.enterGuest?.(v);
@@ -106,6 +178,7 @@ async function run(): Promise<void> {
       if (state === STATE.STOP) break;
       if (state !== STATE.RUN) {
         exit(); // A VM exit: drains PML, and flushes stop waiting for this vCPU.
+        sliceStart = sleepFrom = paceAt = -1;
         if (state === STATE.PAUSE) {
           const gen = Atomics.load(control, CTL.PAUSE_GEN);
           if (Atomics.load(control, CTL.ACK + v) !== gen) {
@@ -134,13 +207,31 @@ async function run(): Promise<void> {
         }
         continue;
       }
+      // Speed = global × own, both fixed point (exact in a double).
+      const speed =
+        (Atomics.load(control, CTL.SPEED) * Atomics.load(control, ownSpeed)) / (SPEED_ONE * SPEED_ONE);
+      if (speed <= 0) {
+        sliceStart = sleepFrom = paceAt = -1;
+        sleep(MAX_SLEEP_MS);
+        continue;
+      }
+      if (speed < 1) {
+        if (!throttled(speed)) continue;
+      } else {
+        sliceStart = sleepFrom = -1;
+      }
+      if (ratePerMs > 0) {
+        if (!paced()) continue;
+        credit -= 1;
+      }
       enter();
       const r = rng.nextU32();
       one[0] =
         hotShare > 0 && (r & 255) < hotShare ? (hot[(r >>> 8) % hot.length] as number) : rng.nextInt(pages);
-      tracker.write(v, slot, one, 1);
+      const trapped = tracker.write(v, slot, one, 1);
       // The store, after the write has been let through: the current value, read just before.
       Atomics.store(memory, (one[0] as number) * WORDS_PER_PAGE, Atomics.load(control, CTL.VALUE));
+      if (trapped > 0) counters[row + COUNTER.DIRTY] = dirty += trapped;
       counters[row + COUNTER.WRITES] = ++writes;
     }
   } finally {
@@ -161,8 +252,17 @@ run().then(
       ...(typeof code === 'string' ? { code } : {}),
       ...(e.stack === undefined ? {} : { stack: e.stack }),
     };
-    Atomics.compareExchange(control, CTL.FAILED, 0, v + 1);
+    if (Atomics.compareExchange(control, CTL.FAILED, 0, v + 1) === 0) {
+      // First to fail: the report goes into shared memory too, so an owner blocked in
+      // synchronous code (pauseSync, a live engine's runGuestUntil) can read it.
+      const bytes = encodeFailure(failure, FAILURE_BUFFER_BYTES);
+      new Uint8Array(data.failure).set(bytes);
+      Atomics.store(control, CTL.FAILURE_BYTES, bytes.length);
+      Atomics.notify(control, CTL.FAILURE_BYTES);
+    }
+    Atomics.notify(control, CTL.FAILED);
     Atomics.notify(control, CTL.READY);
+    Atomics.notify(control, CTL.ACK + v);
     parentPort?.postMessage(failure);
     parentPort?.close();
   },
