@@ -1,23 +1,31 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import {
   createCostModel,
   createRng,
   createVirtualClock,
   NS_PER_MS,
   NS_PER_S,
+  isDirtytrackError,
   PAGE_SIZE,
   type MemslotInfo,
+  type Workload,
 } from '@dirtytrack/core';
 import {
   createHotSetWorkload,
   createModelEngine,
   createModelMemory,
   createSweepWorkload,
+  createTraceWorkload,
   createUniformWorkload,
+  parseTrace,
+  type Trace,
 } from '@dirtytrack/guest';
 import { createSimLink, runPrecopy, type PrecopyOutcome, type PrecopyProgress } from '@dirtytrack/migration';
 import { createQemuLayers, createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createMmuTracker, createWriteProtectTracker } from '@dirtytrack/trackers';
+import { UsageError } from './load-scenario.js';
 import { BACKING_BYTES, type Scenario } from './scenario.js';
 
 /** What `simulate` prints: QEMU's query-migrate fields plus what dirtytrack adds. */
@@ -36,7 +44,7 @@ export interface SimulateResult extends Record<string, unknown> {
 }
 
 /**
- * Assembles the model-plane pipeline a scenario describes — workload (uniform, sweep, hot-set) →
+ * Assembles the model-plane pipeline a scenario describes — workload (uniform, sweep, hot-set, trace) →
  * write-protect tracker → bitmap or ring reporter → QEMU layers → precopy (with auto-converge,
  * dirty-limit, multifd, zero-copy as the scenario's capabilities say) over a simulated link — and
  * runs it.
@@ -65,7 +73,9 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
             hotFraction: w['hot-fraction'],
             hotWriteFraction: w['hot-write-fraction'],
           })
-        : createSweepWorkload(workloadOptions);
+        : w.kind === 'trace'
+          ? loadTraceWorkload(w, scenario.vcpus, pages)
+          : createSweepWorkload(workloadOptions);
   const tracker =
     scenario.tracker === 'wp'
       ? createWriteProtectTracker()
@@ -166,4 +176,44 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
       migration: outcome.stats,
     },
   };
+}
+
+/**
+ * The `trace` workload: reads and parses `workload.file` (relative to the current directory when
+ * the loader left it relative), checks it fits this guest, and replays it. Every failure is a
+ * one-line usage error naming `workload.file` (exit 2), with the trace's byte offset when the
+ * file is malformed.
+ */
+function loadTraceWorkload(w: Scenario['workload'], vcpus: number, pages: number): Workload {
+  const file = w.file ?? '';
+  let bytes: Uint8Array;
+  try {
+    bytes = readFileSync(resolve(file));
+  } catch (cause) {
+    throw new UsageError(
+      'workload.file',
+      `cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
+    );
+  }
+  let trace: Trace;
+  try {
+    trace = parseTrace(bytes);
+  } catch (error) {
+    if (!isDirtytrackError(error)) throw error;
+    const what = error.message.replace(/^\[dirtytrack\] \[[^\]]*\] /, '');
+    throw new UsageError('workload.file', `${file} is not a valid trace: ${what}`);
+  }
+  if (trace.vcpus > vcpus) {
+    throw new UsageError(
+      'workload.file',
+      `${file} was taken on ${trace.vcpus} vCPUs, the scenario has ${vcpus} (accepted: vcpus >= ${trace.vcpus})`,
+    );
+  }
+  if (trace.pages !== pages && w.scale !== true) {
+    throw new UsageError(
+      'workload.file',
+      `${file} was taken on a guest of ${trace.pages} pages, the scenario has ${pages} (accepted: memory ${trace.pages * PAGE_SIZE}, or workload.scale: true)`,
+    );
+  }
+  return createTraceWorkload({ trace, pages, vcpus, loop: w.loop ?? false, scale: w.scale ?? false });
 }

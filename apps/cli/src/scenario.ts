@@ -1,3 +1,4 @@
+import { isAbsolute, resolve } from 'node:path';
 import { DEFAULT_COST_MODEL, PAGE_SIZE, parseRate, parseSize } from '@dirtytrack/core';
 import { DEFAULT_PRECOPY_CAPABILITIES, DEFAULT_PRECOPY_PARAMETERS } from '@dirtytrack/migration';
 import { z } from 'zod';
@@ -113,7 +114,8 @@ export const scenarioSchema = z
     populated: number(0, 1).default(1),
     workload: z
       .object({
-        kind: z.enum(['uniform', 'sweep', 'hotset']).default('uniform'),
+        /** `trace` replays a trace file (`file`); rate, working-set and offset then do not apply. */
+        kind: z.enum(['uniform', 'sweep', 'hotset', 'trace']).default('uniform'),
         /** Bytes of page writes per second, per vCPU. */
         rate: rate({ positive: false }).default('8M'),
         'working-set': size({ min: PAGE_SIZE, pageAligned: true }).optional(),
@@ -126,6 +128,19 @@ export const scenarioSchema = z
           .default(0.1),
         /** hotset: fraction of the writes that go to the hot pages, [0, 1]. */
         'hot-write-fraction': number(0, 1).default(0.9),
+        /**
+         * trace: the trace file (binary or text, @dirtytrack/guest's format). A relative path
+         * resolves against the scenario file's directory ({@link resolveScenarioPaths}), or the
+         * current directory for `--set`.
+         */
+        file: z
+          .string({ invalid_type_error: 'expected the path of a trace file' })
+          .min(1, 'expected the path of a trace file')
+          .optional(),
+        /** trace: repeat the trace with its period (default false: the guest goes idle after it). */
+        loop: bool.optional(),
+        /** trace: map the trace's pages onto a guest of another size (default false: a mismatch is an error). */
+        scale: bool.optional(),
       })
       .strict()
       .default({}),
@@ -206,7 +221,26 @@ export const scenarioSchema = z
   .strict()
   .superRefine((s, ctx) => {
     const w = s.workload;
-    if (w.offset >= s.memory) {
+    if (w.kind === 'trace' && w.file === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['workload', 'file'],
+        message: 'is required with kind: trace (accepted: the path of a trace file)',
+      });
+    }
+    for (const key of ['file', 'loop', 'scale'] as const) {
+      if (w.kind !== 'trace' && w[key] !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['workload', key],
+          message: `applies to kind: trace only (kind is ${w.kind})`,
+        });
+      }
+    }
+    // A trace brings its own pages: offset and working-set do not apply (a preset's may not fit).
+    if (w.kind === 'trace') {
+      // nothing to check against memory here: the trace's page count is checked when it is read
+    } else if (w.offset >= s.memory) {
       ctx.addIssue({
         code: 'custom',
         path: ['workload', 'offset'],
@@ -303,6 +337,21 @@ export const scenarioSchema = z
       ctx.addIssue({ code: 'custom', path: ['memory'], message: 'must be at most 16T (2^32 pages)' });
     }
   });
+
+/**
+ * Makes the paths inside a scenario document read from `dir` (the scenario file's directory)
+ * absolute: `workload.file`. A loader calls it on a file's document before `--set` overrides are
+ * laid over it, so a relative path in a file means "next to the file" and one in `--set` means
+ * "from the current directory". Returns a new document; anything not a string path is left for
+ * the schema to reject.
+ */
+export function resolveScenarioPaths(doc: Record<string, unknown>, dir: string): Record<string, unknown> {
+  const workload = doc['workload'];
+  if (workload === null || typeof workload !== 'object' || Array.isArray(workload)) return doc;
+  const file = (workload as Record<string, unknown>)['file'];
+  if (typeof file !== 'string' || file === '' || isAbsolute(file)) return doc;
+  return { ...doc, workload: { ...workload, file: resolve(dir, file) } };
+}
 
 /** Bytes of each backing's host page. */
 export const BACKING_BYTES = { '4k': PAGE_SIZE, '2m': 2 ** 21, '1g': 2 ** 30 } as const;

@@ -6,6 +6,25 @@ export {
   type WorkloadOptions,
 } from './workloads.js';
 export {
+  createTraceWorkload,
+  createTraceWriter,
+  encodeTrace,
+  formatTraceText,
+  parseTrace,
+  recordTrace,
+  TraceFormatError,
+  TRACE_HEADER_BYTES,
+  TRACE_MAGIC,
+  TRACE_RECORD_HEADER_BYTES,
+  TRACE_TEXT_MAGIC,
+  TRACE_VERSION,
+  type RecordTraceOptions,
+  type Trace,
+  type TraceInput,
+  type TraceWorkloadOptions,
+  type TraceWriter,
+} from './trace-workload.js';
+export {
   createModelEngine,
   createModelMemory,
   type ModelEngine,
