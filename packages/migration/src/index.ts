@@ -39,3 +39,11 @@ export type {
   StatusEvent,
   TrajectoryEntry,
 } from './migration-info.js';
+export { runLiveMigration, type LiveMigrationOptions, type LiveMigrationOutcome } from './live/run-live.js';
+export {
+  openLiveLink,
+  type LiveLink,
+  type LiveLinkOptions,
+  type LiveLinkStats,
+  type VerifyResult as LiveVerifyResult,
+} from './live/live-link.js';

@@ -320,7 +320,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   const pageSendNs = zeroCopy ? costs.pageSendZeroCopyNs : costs.pageSendCopyNs;
   // The sending threads' page rate caps throughput: one migration thread, or one per channel.
   const cpuBandwidth = pageSendNs > 0 ? (channels * PAGE_SIZE * 1e9) / pageSendNs : Infinity;
-  const effectiveBandwidth = Math.min(link.bandwidth, cpuBandwidth);
+  // Read per window: a live link's bandwidth is what it measured so far (a SimLink's is fixed).
+  const effectiveBandwidth = (): number => Math.min(link.bandwidth, cpuBandwidth);
   const words = bitmap.bmap.words;
   const nz = nonzero.words;
   const sink = options.sink;
@@ -731,7 +732,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     let queued = 0;
     const workload = options.destinationWorkload as Workload;
     const cap = params['max-postcopy-bandwidth'];
-    const rate = cap > 0 ? Math.min(effectiveBandwidth, cap) : effectiveBandwidth;
+    const rate = cap > 0 ? Math.min(effectiveBandwidth(), cap) : effectiveBandwidth();
     while (postcopyPending > 0) {
       const t0 = clock.now();
       if (t0 - start >= options.timeLimitNs) return false;
@@ -947,7 +948,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       }
       const windowEnd = windowStart + RATE_LIMIT_WINDOW_NS;
       const budget = params['max-bandwidth'] > 0 ? params['max-bandwidth'] / 10 - windowBytes : Infinity;
-      const room = (effectiveBandwidth * Math.max(0, windowEnd - clock.now())) / 1e9;
+      const room = (effectiveBandwidth() * Math.max(0, windowEnd - clock.now())) / 1e9;
       const cap = Math.min(budget, room);
       let exhausted = true;
       if (cap > 0) {

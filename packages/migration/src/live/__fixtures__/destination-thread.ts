@@ -1,0 +1,49 @@
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '@dirtytrack/testkit';
+import type { DestinationResult } from '../destination.js';
+
+export interface DestinationThread {
+  readonly host: string;
+  readonly port: number;
+  /** The destination's result (its memory is the SharedArrayBuffer passed in). */
+  readonly result: Promise<Omit<DestinationResult, 'memory'>>;
+  readonly worker: Worker;
+  /** Kills the destination thread at once (its sockets die with it). */
+  kill(): void;
+}
+
+/** Starts `createDestination` on a worker thread, receiving into `memory`. */
+export async function startDestinationThread(
+  memory: SharedArrayBuffer,
+  options: { token?: string; timeoutMs?: number } = {},
+): Promise<DestinationThread> {
+  const worker = startWorker(new URL('./destination-worker.ts', import.meta.url), {
+    port: 0,
+    memory,
+    ...options,
+  });
+  const listening = new Promise<{ host: string; port: number }>((resolve, reject) => {
+    worker.once('error', reject);
+    worker.on('message', (m: { kind: string; host: string; port: number }) => {
+      if (m.kind === 'listening') resolve(m);
+    });
+  });
+  const result = new Promise<Omit<DestinationResult, 'memory'>>((resolve, reject) => {
+    worker.on('message', (m: { kind: string; result: Omit<DestinationResult, 'memory'> }) => {
+      if (m.kind === 'result') resolve(m.result);
+    });
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`destination thread exited (${code}) without a result`)));
+  });
+  result.catch(() => {});
+  const { host, port } = await listening;
+  return {
+    host,
+    port,
+    result,
+    worker,
+    kill() {
+      void worker.terminate();
+    },
+  };
+}

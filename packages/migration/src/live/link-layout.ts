@@ -1,0 +1,76 @@
+/**
+ * What the live link's two threads share. The migration thread (the caller of `runPrecopy`,
+ * blocked in synchronous code while it runs) hands batches of sink operations to the sender
+ * worker, which owns the sockets, with `postMessage`; the worker acknowledges each batch, or a
+ * failure, in these `Int32Array` words, which the migration thread waits on with `Atomics.wait`.
+ */
+export const LINK = {
+  /** The sequence number of the last batch the sender has handed to the kernel. */
+  DONE: 0,
+  /** 0 while the link is healthy; 1 once it failed (the reason is in the message area). */
+  FAILED: 1,
+  /** 1 once every connection is open and authenticated. */
+  READY: 2,
+  /** Bytes of the failure message (UTF-8, at {@link LINK_MESSAGE_AT}). */
+  MESSAGE_LENGTH: 3,
+  WORDS: 16,
+} as const;
+
+/** Where the failure message starts (bytes) and how long it may be. */
+export const LINK_MESSAGE_AT = LINK.WORDS * 4;
+export const LINK_MESSAGE_MAX = 1024;
+export const LINK_CONTROL_BYTES = LINK_MESSAGE_AT + LINK_MESSAGE_MAX;
+
+/** Float64 counters the sender keeps (single writer). */
+export const COUNTER = {
+  /** Bytes written on the main connection after its handshake. */
+  MAIN_BYTES: 0,
+  /** Bytes written on the multifd connections after their handshakes. */
+  MULTIFD_BYTES: 1,
+  /** Multifd packets sent (SYNC packets included). */
+  PACKETS: 2,
+  /** Bytes of page data read straight from guest memory into the sockets. */
+  ZERO_COPY_BYTES: 3,
+  WORDS: 4,
+} as const;
+
+/** Sink operations, four Int32 words each: op, word, mask, data. */
+export const OP = { PAGES: 1, SYNC: 2, COMPLETE: 3 } as const;
+export const OP_WORDS = 4;
+
+/** What the sender worker gets as `workerData`. */
+export interface SenderData {
+  readonly memory: SharedArrayBuffer;
+  readonly control: SharedArrayBuffer;
+  readonly counters: SharedArrayBuffer;
+  readonly host: string;
+  readonly port: number;
+  readonly token: string | undefined;
+  readonly migrationId: Uint8Array;
+  readonly ramBytes: number;
+  /** Multifd connections (0 = multifd off). */
+  readonly channels: number;
+  /** HELLO flags (postcopy, preempt, resume). */
+  readonly flags: number;
+  readonly timeoutMs: number;
+}
+
+/** Migration thread → sender. */
+export type SenderRequest =
+  /** `PageSink.begin`: who sends zero pages (records on main, multifd packets, nobody). */
+  | { readonly kind: 'config'; readonly zeroPages: 'record' | 'packet' | 'none' }
+  | { readonly kind: 'batch'; readonly seq: number; readonly ops: Int32Array; readonly count: number }
+  | { readonly kind: 'verify' }
+  | { readonly kind: 'finish' }
+  | { readonly kind: 'abort' };
+
+/** Sender → migration thread (read once the migration thread is back in its event loop). */
+export type SenderReply =
+  | {
+      readonly kind: 'verified';
+      readonly pages: number;
+      readonly mismatched: number;
+      readonly firstMismatch: number;
+    }
+  | { readonly kind: 'finished' }
+  | { readonly kind: 'failed'; readonly message: string };

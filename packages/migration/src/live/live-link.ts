@@ -1,0 +1,330 @@
+import { randomBytes } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
+import { createRealClock, DirtytrackError, NS_PER_S, type Clock, type Transport } from '@dirtytrack/core';
+import type { PageSink } from '../precopy.js';
+import {
+  COUNTER,
+  LINK,
+  LINK_CONTROL_BYTES,
+  LINK_MESSAGE_AT,
+  OP,
+  OP_WORDS,
+  type SenderData,
+  type SenderReply,
+  type SenderRequest,
+} from './link-layout.js';
+
+const COMPONENT = 'live-link';
+const PAGE = 4096;
+
+export interface LiveLinkOptions {
+  /** The destination (`dirtytrack serve`). */
+  host: string;
+  port: number;
+  /** Shared secret for the handshake's HMAC; required by a destination off loopback. */
+  token?: string;
+  /** Guest RAM: what is migrated (its pages are read straight into the sockets). */
+  memory: SharedArrayBuffer;
+  /** Multifd connections to open (0 = multifd off). Must match the run's capabilities. */
+  channels: number;
+  /** HELLO flags (postcopy, preempt, resume). Default 0. */
+  flags?: number;
+  /**
+   * The first bandwidth estimate (B/s) before anything was measured; afterwards the link reports
+   * what it measured. Default 1 GB/s.
+   */
+  bandwidth?: number;
+  /** A batch that makes no progress for this long fails the link (a cut cable). Default 30 s. */
+  timeoutMs?: number;
+  clock?: Clock;
+}
+
+export interface LiveLinkStats {
+  /** Bytes written on the main connection, after its handshake. */
+  'main-bytes': number;
+  /** Bytes written on the multifd connections, after their handshakes. */
+  'multifd-bytes': number;
+  /** Multifd packets, SYNC packets included. */
+  'multifd-packets': number;
+  /** Page bytes that went from guest memory into the sockets without an intermediate copy. */
+  'zero-copy-bytes': number;
+}
+
+export interface VerifyResult {
+  pages: number;
+  mismatched: number;
+  firstMismatch: number;
+}
+
+/**
+ * The live plane's link: a {@link Transport} plus the {@link PageSink} that `runPrecopy` feeds.
+ * The migration thread (the caller of `runPrecopy`, synchronous) queues the sink's operations and,
+ * at each `transmit`, hands them to a sender worker that owns the TCP connections, then blocks
+ * with `Atomics.wait` until the kernel has taken every byte — so `transmit` returns the real time
+ * the batch left, and the bandwidth precopy measures is the real one.
+ */
+export interface LiveLink {
+  readonly link: Transport;
+  readonly sink: PageSink;
+  /** Which pages of `mask` (word `word`) hold data now: read from guest memory (QEMU's `buffer_is_zero`). */
+  dataOf(word: number, mask: number): number;
+  /** After a completed run: every page's hash to the destination, which compares its copy. */
+  verify(): Promise<VerifyResult>;
+  /** Sends EOF and closes every connection (after `verify`), or drops them (after a failure). */
+  close(): Promise<void>;
+  stats(): LiveLinkStats;
+  /** Why the link failed, if it did. */
+  readonly failure: string | undefined;
+}
+
+/** Connects to the destination (main connection, then each multifd channel) and authenticates. */
+export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> {
+  const { memory, channels } = options;
+  const bad = (field: string, why: string) =>
+    new DirtytrackError('invalid-argument', `${field} ${why}`, { component: COMPONENT, field });
+  if (!(memory instanceof SharedArrayBuffer) || memory.byteLength === 0 || memory.byteLength % PAGE !== 0)
+    throw bad('memory', 'must be a non-empty SharedArrayBuffer of whole 4096-byte pages');
+  if (!(Number.isInteger(channels) && channels >= 0 && channels <= 255))
+    throw bad('channels', 'must be 0..255');
+  if (!(Number.isInteger(options.port) && options.port > 0 && options.port < 65536))
+    throw bad('port', 'must be 1..65535');
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const clock = options.clock ?? createRealClock();
+  const control = new Int32Array(new SharedArrayBuffer(LINK_CONTROL_BYTES));
+  const counters = new Float64Array(new SharedArrayBuffer(COUNTER.WORDS * 8));
+  const senderData: SenderData = {
+    memory,
+    control: control.buffer as SharedArrayBuffer,
+    counters: counters.buffer as SharedArrayBuffer,
+    host: options.host,
+    port: options.port,
+    token: options.token,
+    migrationId: new Uint8Array(randomBytes(16)),
+    ramBytes: memory.byteLength,
+    channels,
+    flags: options.flags ?? 0,
+    timeoutMs,
+  };
+  const worker = startSender(senderData);
+  const replies: SenderReply[] = [];
+  let waiter: ((r: SenderReply) => void) | undefined;
+  let workerError: string | undefined;
+  worker.on('message', (r: SenderReply) => {
+    if (waiter !== undefined) {
+      const w = waiter;
+      waiter = undefined;
+      w(r);
+    } else replies.push(r);
+  });
+  worker.on('error', (error) => {
+    workerError = `sender thread failed: ${error.message}`;
+    Atomics.store(control, LINK.FAILED, 1);
+    Atomics.notify(control, LINK.DONE);
+    waiter?.({ kind: 'failed', message: workerError });
+  });
+  const next = (): Promise<SenderReply> => {
+    const r = replies.shift();
+    if (r !== undefined) return Promise.resolve(r);
+    return new Promise((resolve) => {
+      waiter = resolve;
+    });
+  };
+  const failure = (): string | undefined => {
+    if (Atomics.load(control, LINK.FAILED) === 0) return undefined;
+    if (workerError !== undefined) return workerError;
+    const n = Atomics.load(control, LINK.MESSAGE_LENGTH);
+    return new TextDecoder().decode(new Uint8Array(control.buffer, LINK_MESSAGE_AT, n).slice());
+  };
+
+  // Wait for the connections without blocking this thread's event loop.
+  const deadline = clock.now() + timeoutMs * 1e6;
+  while (Atomics.load(control, LINK.READY) === 0 && failure() === undefined) {
+    if (clock.now() > deadline) {
+      await worker.terminate();
+      throw new DirtytrackError(
+        'timeout',
+        `connect to ${options.host}:${options.port}: no answer within ${timeoutMs} ms`,
+        {
+          component: COMPONENT,
+          errno: 'ETIMEDOUT',
+        },
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+  const why = failure();
+  if (why !== undefined) {
+    await worker.terminate();
+    throw new DirtytrackError('invalid-state', `connect to ${options.host}:${options.port}: ${why}`, {
+      component: COMPONENT,
+      errno: 'ECONNREFUSED',
+    });
+  }
+
+  let ops = new Int32Array(OP_WORDS * 1024);
+  let count = 0;
+  let seq = 0;
+  let bytesSent = 0;
+  let bandwidth = options.bandwidth ?? 1e9;
+  const push = (op: number, word: number, mask: number, data: number): void => {
+    if ((count + 1) * OP_WORDS > ops.length) {
+      const bigger = new Int32Array(ops.length * 2);
+      bigger.set(ops);
+      ops = bigger;
+    }
+    const at = count * OP_WORDS;
+    ops[at] = op;
+    ops[at + 1] = word;
+    ops[at + 2] = mask;
+    ops[at + 3] = data;
+    count++;
+  };
+  const linkFailure = (message: string) =>
+    new DirtytrackError('invalid-state', `Unable to write to socket: ${message}`, {
+      component: COMPONENT,
+      errno: 'EPIPE',
+    });
+  /** Hands the queued operations to the sender and blocks until the kernel has them all. */
+  const flush = (): void => {
+    const why0 = failure();
+    if (why0 !== undefined) throw linkFailure(why0);
+    if (count === 0) return;
+    seq++;
+    const request: SenderRequest = { kind: 'batch', seq, ops, count };
+    worker.postMessage(request, [ops.buffer]);
+    ops = new Int32Array(OP_WORDS * 1024);
+    count = 0;
+    const giveUp = clock.now() + timeoutMs * 1e6;
+    for (;;) {
+      const done = Atomics.load(control, LINK.DONE);
+      if (done === seq) return;
+      const why = failure();
+      if (why !== undefined) throw linkFailure(why);
+      if (clock.now() > giveUp) throw linkFailure(`no progress for ${timeoutMs} ms (link down?)`);
+      Atomics.wait(control, LINK.DONE, done, 50);
+    }
+  };
+
+  const words = new Int32Array(memory);
+  const dataOf = (word: number, mask: number): number => {
+    let data = 0;
+    for (let rest = mask >>> 0; rest !== 0; rest = (rest & (rest - 1)) >>> 0) {
+      const bit = rest & -rest;
+      const page = word * 32 + 31 - Math.clz32(bit);
+      const base = page * (PAGE / 4);
+      for (let i = base, end = base + PAGE / 4; i < end; i++) {
+        if (words[i] !== 0) {
+          data |= bit;
+          break;
+        }
+      }
+    }
+    return data;
+  };
+
+  const link: Transport = {
+    kind: 'tcp',
+    get bandwidth() {
+      return bandwidth;
+    },
+    latencyNs: 0,
+    get bytesSent() {
+      return bytesSent;
+    },
+    transmit(bytes, atNs) {
+      const t0 = Math.max(clock.now(), atNs);
+      flush();
+      const t1 = clock.now();
+      bytesSent += bytes;
+      // What the link really carried: an estimate from batches long enough to mean something.
+      if (bytes >= 1 << 20 && t1 > t0) bandwidth = 0.5 * bandwidth + 0.5 * ((bytes * NS_PER_S) / (t1 - t0));
+      return t1;
+    },
+  };
+
+  const sink: PageSink = {
+    begin(config) {
+      const request: SenderRequest = { kind: 'config', zeroPages: config.zeroPages };
+      if ((config.multifd ? config.channels : 0) !== channels) {
+        throw new DirtytrackError(
+          'invalid-argument',
+          `the link has ${channels} multifd connections, the run wants ${config.multifd ? config.channels : 0}`,
+          { component: COMPONENT, field: 'multifd-channels' },
+        );
+      }
+      worker.postMessage(request);
+    },
+    pages(word, mask, data) {
+      push(OP.PAGES, word, mask, data);
+    },
+    multifdSync() {
+      push(OP.SYNC, 0, 0, 0);
+    },
+    complete() {
+      push(OP.COMPLETE, 0, 0, 0);
+    },
+  };
+
+  let closed = false;
+  return {
+    link,
+    sink,
+    dataOf,
+    get failure() {
+      return failure();
+    },
+    async verify() {
+      flush();
+      worker.postMessage({ kind: 'verify' } satisfies SenderRequest);
+      const r = await next();
+      if (r.kind !== 'verified') {
+        throw new DirtytrackError(
+          'invalid-state',
+          `verify: ${r.kind === 'failed' ? r.message : 'no answer'}`,
+          {
+            component: COMPONENT,
+          },
+        );
+      }
+      return { pages: r.pages, mismatched: r.mismatched, firstMismatch: r.firstMismatch };
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      if (failure() === undefined) {
+        worker.postMessage({ kind: 'finish' } satisfies SenderRequest);
+        const r = await next();
+        if (r.kind === 'failed') {
+          await worker.terminate();
+          throw new DirtytrackError('invalid-state', `close: ${r.message}`, { component: COMPONENT });
+        }
+      } else worker.postMessage({ kind: 'abort' } satisfies SenderRequest);
+      await worker.terminate();
+    },
+    stats() {
+      return {
+        'main-bytes': counters[COUNTER.MAIN_BYTES] as number,
+        'multifd-bytes': counters[COUNTER.MULTIFD_BYTES] as number,
+        'multifd-packets': counters[COUNTER.PACKETS] as number,
+        'zero-copy-bytes': counters[COUNTER.ZERO_COPY_BYTES] as number,
+      };
+    },
+  };
+}
+
+/**
+ * Boots the sender: `dist/live/sender-worker.js` from the built package; from the sources (tests,
+ * `tsx`) `src/live/sender-worker.ts` through tsx with the `@dirtytrack/source` condition.
+ */
+function startSender(workerData: SenderData): Worker {
+  const here = import.meta.url;
+  if (!here.endsWith('.ts')) return new Worker(new URL('./live/sender-worker.js', here), { workerData });
+  const entry = new URL('./sender-worker.ts', here);
+  const boot = `import('tsx/esm/api').then((api) => api.tsImport(process.argv.at(-1), ${JSON.stringify(entry.href)}))`;
+  return new Worker(boot, {
+    eval: true,
+    argv: [entry.href],
+    workerData,
+    execArgv: [...process.execArgv, '--conditions=@dirtytrack/source'],
+  });
+}

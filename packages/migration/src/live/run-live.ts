@@ -1,0 +1,156 @@
+import {
+  Bitmap,
+  DEFAULT_COST_MODEL,
+  DirtytrackError,
+  type Engine,
+  type MigrationBitmap,
+  type VcpuThrottle,
+} from '@dirtytrack/core';
+import {
+  DEFAULT_PRECOPY_CAPABILITIES,
+  DEFAULT_PRECOPY_PARAMETERS,
+  runPrecopy,
+  type PrecopyCapabilities,
+  type PrecopyOutcome,
+  type PrecopyParameters,
+  type PrecopyProgress,
+} from '../precopy.js';
+import type { MigrationInfo, StatusEvent } from '../migration-info.js';
+import { openLiveLink, type LiveLinkStats, type VerifyResult } from './live-link.js';
+
+const COMPONENT = 'live-migration';
+
+export interface LiveMigrationOptions {
+  /** Where `dirtytrack serve` listens. */
+  host: string;
+  port: number;
+  /** The handshake's shared secret (mandatory for a destination off loopback). */
+  token?: string;
+  /** The guest's RAM (the live guest's memory): what is migrated. */
+  memory: SharedArrayBuffer;
+  /** The live engine over the running guest (real clock; pause stops the vCPUs). */
+  engine: Engine;
+  /** What auto-converge and dirty-limit slow down: usually the live engine itself. */
+  throttle?: VcpuThrottle;
+  /** QEMU's layers over the live tracker and reporter. */
+  bitmap: MigrationBitmap;
+  parameters?: Partial<PrecopyParameters>;
+  capabilities?: Partial<PrecopyCapabilities>;
+  /** The dirty ring, if the guest's writes go through one (dirty-limit needs it). */
+  dirtyRing?: { entries: number };
+  /** Give up (status stays `active`) after this long (ns of real time). */
+  timeLimitNs: number;
+  /** A batch that makes no progress for this long fails the link. Default 30 s. */
+  linkTimeoutMs?: number;
+  /** `migrate_cancel` after this long (ns). */
+  cancelAtNs?: number;
+  onProgress?: (progress: PrecopyProgress) => void;
+  onStatus?: (event: StatusEvent) => void;
+}
+
+/** A live run's result: QEMU's `query-migrate` fields plus what only a real run can say. */
+export interface LiveMigrationOutcome extends Omit<PrecopyOutcome, 'info'> {
+  info: MigrationInfo & {
+    /** True only when the destination compared every page's hash with its copy and all matched. */
+    verified: boolean;
+    'verify-mismatches'?: number;
+  };
+  link: LiveLinkStats;
+}
+
+/**
+ * Live migration of a running software guest over TCP — the same `runPrecopy` the model plane
+ * runs, driven by a real clock (the live engine) and a real link (`openLiveLink`): pages go
+ * straight from guest memory into the sockets in the wire format of WIRE.md. After a completed
+ * run the destination compares every page's hash with its copy; `info.verified` says whether it
+ * did and all matched. A failed link leaves the source guest running (status `failed`).
+ *
+ * `runPrecopy` is synchronous: while it runs, this thread blocks (the vCPUs and the sender run in
+ * their own workers).
+ */
+export async function runLiveMigration(options: LiveMigrationOptions): Promise<LiveMigrationOutcome> {
+  const params = { ...DEFAULT_PRECOPY_PARAMETERS, ...options.parameters };
+  const caps = { ...DEFAULT_PRECOPY_CAPABILITIES, ...options.capabilities };
+  if (caps['postcopy-ram']) {
+    throw new DirtytrackError(
+      'unsupported',
+      'postcopy-ram: not yet in the live plane (precopy and multifd are)',
+      {
+        component: COMPONENT,
+        field: 'postcopy-ram',
+      },
+    );
+  }
+  if (options.engine.plane !== 'live') {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `engine: a live engine is needed, got '${options.engine.plane}'`,
+      {
+        component: COMPONENT,
+        field: 'engine',
+      },
+    );
+  }
+  const pages = options.bitmap.pages;
+  if (options.memory.byteLength !== pages * 4096) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `memory: ${options.memory.byteLength} bytes, but the bitmap covers ${pages} pages`,
+      { component: COMPONENT, field: 'memory' },
+    );
+  }
+  const live = await openLiveLink({
+    host: options.host,
+    port: options.port,
+    memory: options.memory,
+    channels: caps.multifd ? params['multifd-channels'] : 0,
+    ...(options.token === undefined ? {} : { token: options.token }),
+    ...(options.linkTimeoutMs === undefined ? {} : { timeoutMs: options.linkTimeoutMs }),
+    ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
+  });
+  let outcome: PrecopyOutcome;
+  try {
+    // The page sends cost real CPU here: the model's per-page price must not be added on top.
+    outcome = runPrecopy({
+      engine: options.engine,
+      bitmap: options.bitmap,
+      link: live.link,
+      sink: live.sink,
+      dataOf: live.dataOf,
+      nonzero: Bitmap.create(pages),
+      parameters: params,
+      capabilities: caps,
+      costModel: { ...DEFAULT_COST_MODEL, pageSendCopyNs: 0, pageSendZeroCopyNs: 0 },
+      timeLimitNs: options.timeLimitNs,
+      ...(options.throttle === undefined ? {} : { throttle: options.throttle }),
+      ...(options.dirtyRing === undefined ? {} : { dirtyRing: options.dirtyRing }),
+      ...(options.cancelAtNs === undefined ? {} : { cancelAtNs: options.cancelAtNs }),
+      ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+      ...(options.onStatus === undefined ? {} : { onStatus: options.onStatus }),
+    });
+  } catch (error) {
+    await live.close().catch(() => {});
+    throw error;
+  }
+  let verify: VerifyResult | undefined;
+  if (outcome.info.status === 'completed') {
+    try {
+      verify = await live.verify();
+    } catch (error) {
+      await live.close().catch(() => {});
+      throw error;
+    }
+  }
+  const linkStats = live.stats();
+  await live.close();
+  const verified = verify !== undefined && verify.pages === pages && verify.mismatched === 0;
+  return {
+    ...outcome,
+    info: {
+      ...outcome.info,
+      verified,
+      ...(verify === undefined ? {} : { 'verify-mismatches': verify.mismatched }),
+    },
+    link: linkStats,
+  };
+}

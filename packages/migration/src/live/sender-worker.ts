@@ -1,0 +1,353 @@
+/**
+ * The live link's sender thread (a `worker_thread`): it owns the migration's TCP connections and
+ * turns the migration thread's sink operations into the wire format of WIRE.md — page records on
+ * the main connection, or multifd packets over the channels — reading the pages straight out of
+ * guest memory (a `SharedArrayBuffer`) into the sockets: no intermediate copy of page data.
+ *
+ * QEMU splits the same work between its migration thread and its multifd send threads; here one
+ * event loop drives every socket, because the migration thread (`runPrecopy`) is synchronous and
+ * blocks while a batch drains — as QEMU's blocks in `qemu_fflush` on a full socket.
+ */
+import { randomBytes } from 'node:crypto';
+import * as net from 'node:net';
+import { parentPort, workerData } from 'node:worker_threads';
+import { popcount32 } from '@dirtytrack/core';
+import { MULTIFD_PACKET_HEADER, MULTIFD_PACKET_PAGES } from '../multifd.js';
+import { clientHandshake } from './handshake.js';
+import {
+  COUNTER,
+  LINK,
+  LINK_MESSAGE_AT,
+  LINK_MESSAGE_MAX,
+  OP,
+  OP_WORDS,
+  type SenderData,
+  type SenderReply,
+  type SenderRequest,
+} from './link-layout.js';
+import {
+  CHANNEL_KIND,
+  createReturnDecoder,
+  encodeMemSize,
+  encodeSection,
+  encodeVerifyEnd,
+  encodeVerifyHashes,
+  MULTIFD_FLAG_SYNC,
+  pageHashes,
+  RAM_FLAG,
+  VM_ITEM,
+  WIRE_VERSION,
+  writeMultifdHeader,
+  writeRamHeader,
+} from './wire.js';
+
+const PAGE = 4096;
+const VERIFY_CHUNK = 4096;
+
+const data = workerData as SenderData;
+const port = parentPort as NonNullable<typeof parentPort>;
+const control = new Int32Array(data.control);
+const counters = new Float64Array(data.counters);
+const memory = new Uint8Array(data.memory);
+const pages = data.ramBytes / PAGE;
+
+let failed = false;
+let finishing = false;
+let main: net.Socket | undefined;
+const channels: net.Socket[] = [];
+let zeroPages: 'record' | 'packet' | 'none' = 'record';
+let completed = false;
+let onVerified: ((r: Extract<SenderReply, { kind: 'verified' }>) => void) | undefined;
+
+const reply = (r: SenderReply): void => port.postMessage(r);
+
+/** The link failed: say why in the shared words, wake the migration thread, drop every socket. */
+function fail(message: string): void {
+  if (failed) return;
+  failed = true;
+  const bytes = new TextEncoder().encode(message).subarray(0, LINK_MESSAGE_MAX);
+  new Uint8Array(data.control, LINK_MESSAGE_AT, LINK_MESSAGE_MAX).set(bytes);
+  Atomics.store(control, LINK.MESSAGE_LENGTH, bytes.length);
+  Atomics.store(control, LINK.FAILED, 1);
+  Atomics.notify(control, LINK.FAILED);
+  Atomics.notify(control, LINK.DONE);
+  Atomics.notify(control, LINK.READY);
+  main?.destroy();
+  for (const c of channels) c.destroy();
+  reply({ kind: 'failed', message });
+}
+
+function describe(error: unknown): string {
+  const e = error as { code?: string; message?: string };
+  return e.message ?? String(error);
+}
+
+function connect(kind: number, channel: number): Promise<net.Socket> {
+  return new Promise<net.Socket>((resolve, reject) => {
+    const socket = net.connect({ host: data.host, port: data.port });
+    const early = (error: Error) => reject(error);
+    socket.once('error', early);
+    socket.once('connect', () => {
+      socket.setNoDelay(true);
+      clientHandshake(
+        socket,
+        {
+          version: WIRE_VERSION,
+          kind,
+          channel,
+          migrationId: data.migrationId,
+          ramBytes: data.ramBytes,
+          pageSize: PAGE,
+          channels: data.channels,
+          flags: data.flags,
+          nonce: new Uint8Array(randomBytes(16)),
+        },
+        { ...(data.token === undefined ? {} : { token: data.token }), timeoutMs: data.timeoutMs },
+      ).then(() => {
+        socket.off('error', early);
+        socket.on('error', (error: Error) => fail(`Unable to write to socket: ${describe(error)}`));
+        socket.on('close', () => {
+          if (!finishing) fail('the destination closed the connection');
+        });
+        resolve(socket);
+      }, reject);
+    });
+  });
+}
+
+/** The chunks one batch writes, per socket, then one write each with `cork`/`uncork`. */
+class Out {
+  readonly chunks: Uint8Array[] = [];
+  bytes = 0;
+  constructor(readonly socket: net.Socket) {}
+  push(chunk: Uint8Array): void {
+    this.chunks.push(chunk);
+    this.bytes += chunk.byteLength;
+  }
+  /** Writes everything; resolves once the kernel has taken the last byte. */
+  flush(): Promise<void> | undefined {
+    if (this.chunks.length === 0) return undefined;
+    const s = this.socket;
+    s.cork();
+    for (const c of this.chunks) s.write(c);
+    const done = new Promise<void>((resolve) => s.write(new Uint8Array(0), () => resolve()));
+    s.uncork();
+    this.chunks.length = 0;
+    return done;
+  }
+}
+
+// Multifd: the packet being filled, round-robin over the channels, one packet_num sequence.
+const normal = new Uint32Array(MULTIFD_PACKET_PAGES);
+const zero = new Uint32Array(MULTIFD_PACKET_PAGES);
+let normalCount = 0;
+let zeroCount = 0;
+let packetNum = 0;
+let nextChannel = 0;
+
+function emitPacket(outs: Out[], flags: number, on: number): void {
+  const out = outs[on] as Out;
+  const header = new Uint8Array(MULTIFD_PACKET_HEADER);
+  writeMultifdHeader(header, 0, { flags, packetNum: packetNum++, normal, normalCount, zero, zeroCount });
+  out.push(header);
+  // The payload: runs of consecutive pages go as one view of guest memory.
+  for (let i = 0; i < normalCount;) {
+    const first = normal[i] as number;
+    let n = 1;
+    while (i + n < normalCount && normal[i + n] === first + n) n++;
+    out.push(memory.subarray(first * PAGE, (first + n) * PAGE));
+    counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + n * PAGE;
+    i += n;
+  }
+  counters[COUNTER.PACKETS] = (counters[COUNTER.PACKETS] as number) + 1;
+  normalCount = 0;
+  zeroCount = 0;
+}
+
+function sendPacket(outs: Out[]): void {
+  emitPacket(outs, 0, nextChannel);
+  nextChannel = (nextChannel + 1) % outs.length;
+}
+
+/** Encodes one batch of sink operations and writes it; resolves when every socket drained it. */
+async function sendBatch(ops: Int32Array, count: number): Promise<void> {
+  const mainOut = new Out(main as net.Socket);
+  const outs = channels.map((c) => new Out(c));
+  // Headers for this batch's records live in one buffer: at most 9 bytes per page plus a few.
+  let maxRecords = 4;
+  for (let k = 0; k < count; k++) maxRecords += popcount32(ops[k * OP_WORDS + 2] as number) + 2;
+  const headers = new Uint8Array(maxRecords * 9 + 16);
+  let h = 0;
+  let section = false;
+  const openSection = (): void => {
+    if (section) return;
+    mainOut.push(encodeSection(completed ? VM_ITEM.SECTION_END : VM_ITEM.SECTION_PART));
+    section = true;
+  };
+  const record = (offset: number, flags: number, fill: boolean): void => {
+    const start = h;
+    h = writeRamHeader(headers, h, offset, flags);
+    if (fill) headers[h++] = 0;
+    mainOut.push(headers.subarray(start, h));
+  };
+  for (let k = 0; k < count; k++) {
+    const at = k * OP_WORDS;
+    const op = ops[at] as number;
+    if (op === OP.COMPLETE) {
+      if (section) {
+        record(0, RAM_FLAG.EOS, false);
+        section = false;
+      }
+      completed = true;
+      continue;
+    }
+    if (op === OP.SYNC) {
+      if (normalCount + zeroCount > 0) sendPacket(outs);
+      for (let c = 0; c < outs.length; c++) emitPacket(outs, MULTIFD_FLAG_SYNC, c);
+      openSection();
+      record(0, RAM_FLAG.MULTIFD_FLUSH, false);
+      continue;
+    }
+    const word = ops[at + 1] as number;
+    const mask = ops[at + 2] as number;
+    const dataMask = ops[at + 3] as number;
+    for (let rest = mask >>> 0; rest !== 0; rest = (rest & (rest - 1)) >>> 0) {
+      const bit = rest & -rest;
+      const page = word * 32 + 31 - Math.clz32(bit);
+      const isData = (dataMask & bit) !== 0 || zeroPages === 'none';
+      if (outs.length === 0) {
+        openSection();
+        if (isData) {
+          record(page * PAGE, RAM_FLAG.PAGE | RAM_FLAG.CONTINUE, false);
+          mainOut.push(memory.subarray(page * PAGE, (page + 1) * PAGE));
+          counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + PAGE;
+        } else {
+          record(page * PAGE, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE, true);
+        }
+        continue;
+      }
+      if (isData) normal[normalCount++] = page;
+      else if (zeroPages === 'packet') zero[zeroCount++] = page;
+      else {
+        openSection();
+        record(page * PAGE, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE, true);
+        continue;
+      }
+      if (normalCount + zeroCount === MULTIFD_PACKET_PAGES) sendPacket(outs);
+    }
+  }
+  if (section) record(0, RAM_FLAG.EOS, false);
+  counters[COUNTER.MAIN_BYTES] = (counters[COUNTER.MAIN_BYTES] as number) + mainOut.bytes;
+  let multifdBytes = 0;
+  for (const o of outs) multifdBytes += o.bytes;
+  counters[COUNTER.MULTIFD_BYTES] = (counters[COUNTER.MULTIFD_BYTES] as number) + multifdBytes;
+  await Promise.all([mainOut, ...outs].map((o) => o.flush()));
+}
+
+/** After the stop-and-copy: every page's hash to the destination, which compares and answers. */
+async function verify(): Promise<void> {
+  const s = main as net.Socket;
+  const hashes = new Uint32Array(2 * VERIFY_CHUNK);
+  const result = new Promise<Extract<SenderReply, { kind: 'verified' }>>((resolve) => {
+    onVerified = resolve;
+  });
+  const out = new Out(s);
+  for (let first = 0; first < pages; first += VERIFY_CHUNK) {
+    const n = Math.min(VERIFY_CHUNK, pages - first);
+    pageHashes(data.memory, first, n, hashes, 0);
+    out.push(encodeVerifyHashes(first, hashes, 0, n));
+    if (out.chunks.length >= 16) await out.flush();
+  }
+  out.push(encodeVerifyEnd(pages));
+  await out.flush();
+  reply(await result);
+}
+
+async function finish(): Promise<void> {
+  finishing = true;
+  const s = main as net.Socket;
+  const all = [s, ...channels];
+  await Promise.all(
+    all.map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.destroyed) return resolve();
+          c.once('close', () => resolve());
+          if (c === s) c.end(new Uint8Array([VM_ITEM.EOF]));
+          else c.end();
+        }),
+    ),
+  );
+  reply({ kind: 'finished' });
+}
+
+let queue: Promise<void> = Promise.resolve();
+
+port.on('message', (request: SenderRequest) => {
+  if (request.kind === 'abort') {
+    finishing = true;
+    main?.destroy();
+    for (const c of channels) c.destroy();
+    reply({ kind: 'finished' });
+    return;
+  }
+  queue = queue.then(async () => {
+    if (failed) return;
+    try {
+      if (request.kind === 'config') zeroPages = request.zeroPages;
+      else if (request.kind === 'batch') {
+        await sendBatch(request.ops, request.count);
+        Atomics.store(control, LINK.DONE, request.seq);
+        Atomics.notify(control, LINK.DONE);
+      } else if (request.kind === 'verify') await verify();
+      else await finish();
+    } catch (error) {
+      fail(describe(error));
+    }
+  });
+});
+
+async function open(): Promise<void> {
+  try {
+    main = await connect(CHANNEL_KIND.MAIN, 0);
+    for (let c = 0; c < data.channels; c++) channels.push(await connect(CHANNEL_KIND.MULTIFD, c));
+    const decoder = createReturnDecoder({
+      onShut: (status) => {
+        if (status !== 0) fail(`the destination failed (SHUT status ${status})`);
+      },
+      onPong: () => {},
+      onReqPages: () => fail('the destination requested pages, but this run is not in postcopy'),
+      onRecvBitmap: () => fail('unexpected RECV_BITMAP on the return path'),
+      onResumeAck: () => {},
+      onVerifyResult: (r) =>
+        onVerified?.({
+          kind: 'verified',
+          pages: r.pages,
+          mismatched: r.mismatched,
+          firstMismatch: r.firstMismatch,
+        }),
+    });
+    main.on('data', (chunk: Buffer) => {
+      try {
+        decoder.push(chunk);
+      } catch (error) {
+        fail(`return path: ${describe(error)}`);
+      }
+    });
+    // The setup section: RAM's size and block, as ram_save_setup sends them.
+    const out = new Out(main);
+    out.push(encodeSection(VM_ITEM.SECTION_START));
+    out.push(encodeMemSize(data.ramBytes));
+    const eos = new Uint8Array(8);
+    writeRamHeader(eos, 0, 0, RAM_FLAG.EOS);
+    out.push(eos);
+    counters[COUNTER.MAIN_BYTES] = (counters[COUNTER.MAIN_BYTES] as number) + out.bytes;
+    await out.flush();
+    Atomics.store(control, LINK.READY, 1);
+    Atomics.notify(control, LINK.READY);
+  } catch (error) {
+    fail(describe(error));
+  }
+}
+
+void open();
