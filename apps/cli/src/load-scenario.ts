@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { PRESETS } from './presets.js';
-import { acceptedKeys, scenarioSchema, type Scenario } from './scenario.js';
+import { acceptedKeys, resolveScenarioPaths, scenarioSchema, type Scenario } from './scenario.js';
 
 /** Bad input from the user: the CLI prints `message` on one line and exits with code 2. */
 export class UsageError extends Error {
@@ -50,7 +51,12 @@ export function loadScenario(sources: ScenarioSources): Scenario {
     }
     raw = structuredClone(PRESETS[presetName as keyof typeof PRESETS]) as Record<string, unknown>;
   }
-  if (sources.scenarioFile !== undefined) raw = merge(raw, readScenarioFile(sources.scenarioFile));
+  // A relative path inside a scenario file (a trace) means "beside the file".
+  if (sources.scenarioFile !== undefined)
+    raw = merge(
+      raw,
+      resolveScenarioPaths(readScenarioFile(sources.scenarioFile), dirname(sources.scenarioFile)),
+    );
   for (const assignment of sources.sets ?? []) applySet(raw, assignment);
   const parsed = scenarioSchema.safeParse(raw);
   if (!parsed.success) throw toUsageError(parsed.error);

@@ -113,6 +113,15 @@ describe('simulate with workload kind: trace', () => {
     expect(fromFile.result.dirtytrack.vcpu).toEqual(fromSet.result.dirtytrack.vcpu);
   });
 
+  it('a scenario file’s relative workload.file is read from the file’s directory, not the cwd', async () => {
+    const scenario = join(tmp, 'relative.yaml');
+    writeFileSync(scenario, ['workload:', '  kind: trace', '  file: guest.trace', ''].join('\n'));
+    const sets = guest(traceFile).slice(1, 7); // memory, vcpus, max-bandwidth
+    const fromFile = await runJson('simulate', '--preset', 'small', ...sets, '--scenario', scenario);
+    const fromSet = await runJson(...guest(traceFile));
+    expect(fromFile.result.ram).toEqual(fromSet.result.ram);
+  });
+
   it('resolveScenarioPaths makes a relative workload.file read from the scenario file’s directory', () => {
     expect(resolveScenarioPaths({ workload: { kind: 'trace', file: 'guest.trace' } }, tmp)).toEqual({
       workload: { kind: 'trace', file: traceFile },
