@@ -18,6 +18,15 @@ describe('DirtytrackError', () => {
     expect(error.cause).toBeUndefined();
   });
 
+  it('carries the protocol code for bytes that break the wire protocol', () => {
+    const error = new DirtytrackError('protocol', 'RAM record at byte 4105: offset past RAM', {
+      component: 'wire',
+    });
+    expect(error.code).toBe('protocol');
+    expect(error.message).toBe('[dirtytrack] [wire] RAM record at byte 4105: offset past RAM');
+    expect(isDirtytrackError(error, 'protocol')).toBe(true);
+  });
+
   it('leaves field undefined when none is given', () => {
     const error = new DirtytrackError('internal', 'boom', { component: 'bitmap' });
     expect(error.field).toBeUndefined();

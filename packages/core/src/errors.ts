@@ -18,6 +18,8 @@ export type DirtytrackErrorCode =
   | 'timeout'
   /** The platform lacks what the operation needs (no SharedArrayBuffer, no /dev/kvm, …). */
   | 'unsupported'
+  /** Bytes from a peer break the wire protocol: bad magic, version, length, offset, … */
+  | 'protocol'
   /** An invariant that must never break did break: a bug, reported loudly instead of hidden. */
   | 'internal';
 

@@ -1,0 +1,693 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { createRealClock, DirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
+import { isLoopback, serverHandshake } from './handshake.js';
+import {
+  CHANNEL_KIND,
+  createMainDecoder,
+  createMultifdDecoder,
+  encodeReturnU32,
+  encodeVerifyResult,
+  HELLO_FLAG,
+  MIG_CMD,
+  pageHashes,
+  RESULT_CODE,
+  RP_MSG,
+  type Hello,
+  type MainDecoder,
+  type MultifdDecoder,
+} from './wire.js';
+
+/**
+ * The live plane's migration destination (WIRE.md; QEMU's `-incoming tcp:…`): listens, runs the
+ * handshake on every connection, decodes the main stream and the multifd channels into its
+ * memory, answers PING and the verification, and reports one result per migration. It never
+ * throws out of a socket event: every failure — a protocol error, a reset, an idle peer — ends
+ * that migration's sockets (SHUT with status 1 on the return path when it still can) and
+ * resolves its result as `failed` with the typed error.
+ */
+
+export interface DestinationOptions {
+  /** Address to listen on (default `127.0.0.1`). Any non-loopback address needs a `token`. */
+  host?: string;
+  /** TCP port (default 0: an ephemeral port, read it from `Destination.port`). */
+  port?: number;
+  /** Shared secret for the HMAC handshake; when set, every connection must present it. */
+  token?: string;
+  /** Receive into this memory (its size must equal the source's RAM); else one is allocated per migration. */
+  memory?: SharedArrayBuffer;
+  /** Largest RAM to allocate when `memory` is not given (default 64 GiB). */
+  maxMemory?: number;
+  /** Idle timeout in ms: a migration with no bytes for this long fails (default 30 000). */
+  timeoutMs?: number;
+  /** Close after the first migration ends (default true); false keeps accepting migrations one at a time. */
+  once?: boolean;
+  /** Progress, at most every 100 ms and once at the end of each migration. */
+  onProgress?: (p: { bytes: number; pages: number }) => void;
+  /** Time source for `total-time` and progress pacing (default the real clock). */
+  clock?: Clock;
+  /** Every migration's result (`result` holds only the first). */
+  onResult?: (r: DestinationResult) => void;
+}
+
+/** One migration as the destination saw it, in `query-migrate` names where one exists. */
+export interface DestinationResult {
+  status: 'completed' | 'failed';
+  error?: { code: string; message: string };
+  'ram-bytes': number;
+  memory?: SharedArrayBuffer;
+  /** Pages received with data (main PAGE records and multifd normal pages). */
+  normal: number;
+  /** Zero pages (ZERO records and multifd zero slots), QEMU's `ram.duplicate`. */
+  duplicate: number;
+  'multifd-packets': number;
+  /** Every byte read from the migration's connections, handshakes included. */
+  'bytes-received': number;
+  /** Main-stream bytes after the handshake. */
+  'main-bytes': number;
+  /** Multifd channel bytes after their handshakes. */
+  'multifd-bytes': number;
+  /** True only when VERIFY_END came, every page of RAM was compared and none mismatched. */
+  verified: boolean;
+  'verify-mismatches': number;
+  /** From the main connection's acceptance to the end, in ms. */
+  'total-time': number;
+}
+
+export interface Destination {
+  readonly host: string;
+  readonly port: number;
+  /** The first migration's result (with `once: false`, see `onResult` for the others). */
+  readonly result: Promise<DestinationResult>;
+  /** Stops listening and ends every connection; a running migration fails. */
+  close(): Promise<void>;
+}
+
+export const DEFAULT_MAX_MEMORY = 64 * 2 ** 30;
+export const DEFAULT_DESTINATION_TIMEOUT_MS = 30_000;
+const PROGRESS_INTERVAL_MS = 100;
+const HANDSHAKE_BYTES = 64 + 32;
+
+/** Starts a destination listening on `host:port`; resolves once it listens. */
+export async function createDestination(options: DestinationOptions = {}): Promise<Destination> {
+  const host = options.host ?? '127.0.0.1';
+  const token = options.token;
+  const maxMemory = options.maxMemory ?? DEFAULT_MAX_MEMORY;
+  const timeoutMs = options.timeoutMs ?? DEFAULT_DESTINATION_TIMEOUT_MS;
+  const once = options.once ?? true;
+  const fixedMemory = options.memory;
+  const clock = options.clock ?? createRealClock();
+  if (!isLoopback(host) && (token === undefined || token === '')) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `token: required to listen on ${host}, which is not a loopback address (authentication is mandatory off loopback)`,
+      { component: 'destination', field: 'token' },
+    );
+  }
+  if (
+    fixedMemory !== undefined &&
+    (fixedMemory.byteLength === 0 || fixedMemory.byteLength % PAGE_SIZE !== 0)
+  ) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `memory: ${fixedMemory.byteLength} bytes is not a non-zero multiple of ${PAGE_SIZE}`,
+      {
+        component: 'destination',
+        field: 'memory',
+      },
+    );
+  }
+  for (const [field, value] of [
+    ['maxMemory', maxMemory],
+    ['timeoutMs', timeoutMs],
+  ] as const) {
+    if (!Number.isFinite(value) || value <= 0) {
+      throw new DirtytrackError('invalid-argument', `${field}: must be a positive number, got ${value}`, {
+        component: 'destination',
+        field,
+      });
+    }
+  }
+
+  const sockets = new Set<Socket>();
+  let current: Migration | null = null;
+  let finishedOne = false;
+  let closing = false;
+  let settleFirst!: (r: DestinationResult) => void;
+  const result = new Promise<DestinationResult>((resolve) => (settleFirst = resolve));
+  let firstSettled = false;
+
+  const server: Server = createServer({ noDelay: true });
+  server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {}); // reported through the handshake or the migration
+    if (closing) {
+      socket.destroy();
+      return;
+    }
+    let migration: Migration | null = null;
+    serverHandshake(socket, {
+      ...(token === undefined ? {} : { token }),
+      timeoutMs: Math.min(timeoutMs, 10_000),
+      accept(hello) {
+        const verdict = accept(hello);
+        if (typeof verdict === 'object' && 'code' in verdict) return verdict;
+        migration = verdict;
+        return undefined;
+      },
+    }).then(
+      (hello) => {
+        const m = migration as Migration | null;
+        if (m === null || m.done) {
+          socket.destroy();
+          return;
+        }
+        try {
+          if (hello.kind === CHANNEL_KIND.MAIN) attachMain(m, socket);
+          else attachChannel(m, socket, hello.channel);
+        } catch (error) {
+          finish(m, error);
+        }
+      },
+      () => {
+        // A refused handshake ends only that connection (the migration, if any, goes on).
+      },
+    );
+  });
+
+  function accept(hello: Hello): Migration | { code: number; message: string } {
+    if (closing) return { code: RESULT_CODE.IDENTITY, message: 'the destination is closing' };
+    if (hello.kind === CHANNEL_KIND.MAIN) {
+      if (current !== null)
+        return { code: RESULT_CODE.IDENTITY, message: 'a migration is already running here' };
+      if (once && finishedOne)
+        return { code: RESULT_CODE.IDENTITY, message: 'this destination has already received its migration' };
+      if ((hello.flags & HELLO_FLAG.RESUME) !== 0) {
+        return { code: RESULT_CODE.IDENTITY, message: 'no paused migration to resume here' };
+      }
+      let memory: SharedArrayBuffer;
+      if (fixedMemory !== undefined) {
+        if (fixedMemory.byteLength !== hello.ramBytes) {
+          return {
+            code: RESULT_CODE.RAM_SIZE,
+            message: `the source's RAM is ${hello.ramBytes} bytes, this destination's memory is ${fixedMemory.byteLength}`,
+          };
+        }
+        memory = fixedMemory;
+      } else {
+        if (hello.ramBytes > maxMemory) {
+          return {
+            code: RESULT_CODE.RAM_SIZE,
+            message: `the source's RAM is ${hello.ramBytes} bytes, more than this destination's maxMemory ${maxMemory}`,
+          };
+        }
+        try {
+          memory = new SharedArrayBuffer(hello.ramBytes);
+        } catch (error) {
+          return {
+            code: RESULT_CODE.RAM_SIZE,
+            message: `cannot allocate ${hello.ramBytes} bytes of RAM: ${error instanceof Error ? error.message : String(error)}`,
+          };
+        }
+      }
+      current = createMigration(hello, memory);
+      return current;
+    }
+    if (hello.kind === CHANNEL_KIND.MULTIFD) {
+      const m = current;
+      if (m === null || m.done || !sameId(m.id, hello.migrationId)) {
+        return { code: RESULT_CODE.IDENTITY, message: 'unknown migration id: no running migration has it' };
+      }
+      if (hello.channel >= m.channels.length) {
+        return {
+          code: RESULT_CODE.IDENTITY,
+          message: `multifd channel id ${hello.channel} is not below the migration's ${m.channels.length} channels`,
+        };
+      }
+      const ch = m.channels[hello.channel] as Channel;
+      if (ch.claimed)
+        return { code: RESULT_CODE.IDENTITY, message: `multifd channel ${hello.channel} connected twice` };
+      if (hello.ramBytes !== m.ramBytes) {
+        return {
+          code: RESULT_CODE.RAM_SIZE,
+          message: `channel says RAM is ${hello.ramBytes} bytes, the main connection ${m.ramBytes}`,
+        };
+      }
+      ch.claimed = true;
+      return m;
+    }
+    return {
+      code: RESULT_CODE.IDENTITY,
+      message: 'no postcopy-preempt channel is expected: this destination does not implement postcopy yet',
+    };
+  }
+
+  function createMigration(hello: Hello, memory: SharedArrayBuffer): Migration {
+    const ramBytes = hello.ramBytes;
+    const mem = new Uint8Array(memory, 0, ramBytes);
+    const m: Migration = {
+      id: hello.migrationId,
+      ramBytes,
+      pages: ramBytes / PAGE_SIZE,
+      memory,
+      mem,
+      main: null,
+      mainDecoder: null as unknown as MainDecoder,
+      channels: [],
+      flushSeen: 0,
+      released: 0,
+      mainWaiting: false,
+      eof: false,
+      done: false,
+      normal: 0,
+      duplicate: 0,
+      packets: 0,
+      bytes: 0,
+      connections: 1,
+      compared: null,
+      comparedCount: 0,
+      mismatches: 0,
+      verifyEnded: false,
+      startedAt: clock.now(),
+      lastProgress: 0,
+      timer: setTimeout(() => idle(m), timeoutMs),
+    };
+    const onPage = (offset: number, data: Uint8Array): void => {
+      if (offset + PAGE_SIZE > ramBytes)
+        throw new DirtytrackError('internal', `page at ${offset} outside RAM`, { component: 'destination' });
+      mem.set(data, offset);
+      m.normal++;
+    };
+    const onZero = (offset: number): void => {
+      if (offset + PAGE_SIZE > ramBytes)
+        throw new DirtytrackError('internal', `page at ${offset} outside RAM`, { component: 'destination' });
+      mem.fill(0, offset, offset + PAGE_SIZE);
+      m.duplicate++;
+    };
+    m.mainDecoder = createMainDecoder({
+      ramBytes,
+      onPage,
+      onZero,
+      onFlush: () => {
+        const k = ++m.flushSeen;
+        if (allSynced(m, k)) {
+          release(m, k);
+          return true;
+        }
+        m.mainWaiting = true;
+        return false;
+      },
+      onSection: () => {},
+      onEos: () => {},
+      onMemSize: () => {},
+      onCommand: (cmd, payload) => command(m, cmd, payload),
+      onEof: () => {
+        m.eof = true;
+        queueMicrotask(() => tryComplete(m));
+      },
+    });
+    const n = Math.min(hello.channels, 0xffff);
+    for (let i = 0; i < n; i++) {
+      const ch: Channel = {
+        index: i,
+        claimed: false,
+        socket: null,
+        closed: false,
+        syncs: 0,
+        decoder: createMultifdDecoder({
+          ramBytes,
+          onPacket: () => {
+            m.packets++;
+          },
+          onPage,
+          onZero,
+          onSync: () => {
+            ch.syncs++;
+            if (m.mainWaiting && allSynced(m, m.flushSeen)) {
+              m.mainWaiting = false;
+              release(m, m.flushSeen);
+              queueMicrotask(() => guard(m, () => resumeDecoder(m.mainDecoder, m.main)));
+            }
+            return ch.syncs <= m.released;
+          },
+        }),
+      };
+      m.channels.push(ch);
+    }
+    return m;
+  }
+
+  function allSynced(m: Migration, k: number): boolean {
+    for (const ch of m.channels) if (ch.syncs < k) return false;
+    return true;
+  }
+
+  /** Every channel may go past its k-th SYNC (QEMU's `multifd_recv_sync_main` posting sem_sync). */
+  function release(m: Migration, k: number): void {
+    m.released = k;
+    for (const ch of m.channels) {
+      if (ch.decoder.paused && ch.syncs <= k)
+        queueMicrotask(() => guard(m, () => resumeDecoder(ch.decoder, ch.socket)));
+    }
+  }
+
+  function resumeDecoder(decoder: MainDecoder | MultifdDecoder, socket: Socket | null): void {
+    decoder.resume();
+    if (!decoder.paused) socket?.resume();
+  }
+
+  function command(m: Migration, cmd: number, payload: Uint8Array): void {
+    const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+    switch (cmd) {
+      case MIG_CMD.PING:
+        m.main?.write(encodeReturnU32(RP_MSG.PONG, dv.getUint32(0)));
+        return;
+      case MIG_CMD.POSTCOPY_ADVISE:
+        return; // precopy may advise postcopy and never start it
+      case MIG_CMD.POSTCOPY_RAM_DISCARD:
+        // Discarded pages will be sent again; until then they read as zero (a punched hole).
+        for (let o = 9; o < payload.length; o += 16) {
+          const start = dv.getUint32(o) * 2 ** 32 + dv.getUint32(o + 4);
+          const length = dv.getUint32(o + 8) * 2 ** 32 + dv.getUint32(o + 12);
+          m.mem.fill(0, start, start + length);
+        }
+        return;
+      case MIG_CMD.VERIFY_HASHES: {
+        const first = dv.getUint32(0) * 2 ** 32 + dv.getUint32(4);
+        const n = dv.getUint16(8);
+        const mine = new Uint32Array(2 * n);
+        pageHashes(m.memory, first, n, mine);
+        const compared = (m.compared ??= new Uint8Array(m.pages));
+        for (let i = 0; i < n; i++) {
+          const page = first + i;
+          if (compared[page] === 0) {
+            compared[page] = 1;
+            m.comparedCount++;
+          } else if (compared[page] === 2) continue; // already counted as a mismatch
+          const same =
+            dv.getUint32(10 + 8 * i) === mine[2 * i] && dv.getUint32(14 + 8 * i) === mine[2 * i + 1];
+          if (!same) {
+            compared[page] = 2;
+            m.mismatches++;
+            if (m.firstMismatch === undefined || page < m.firstMismatch) m.firstMismatch = page;
+          }
+        }
+        return;
+      }
+      case MIG_CMD.VERIFY_END:
+        m.verifyEnded = true;
+        m.main?.write(
+          encodeVerifyResult({
+            pages: m.comparedCount,
+            mismatched: m.mismatches,
+            firstMismatch: m.firstMismatch ?? -1,
+          }),
+        );
+        return;
+      default:
+        throw new DirtytrackError(
+          'unsupported',
+          `command ${cmd}: postcopy is not implemented by this destination yet`,
+          {
+            component: 'destination',
+          },
+        );
+    }
+  }
+
+  function attachMain(m: Migration, socket: Socket): void {
+    m.main = socket;
+    m.bytes += HANDSHAKE_BYTES;
+    attach(m, socket, m.mainDecoder, 'main connection', () => m.eof);
+  }
+
+  function attachChannel(m: Migration, socket: Socket, index: number): void {
+    const ch = m.channels[index] as Channel;
+    ch.socket = socket;
+    m.connections++;
+    m.bytes += HANDSHAKE_BYTES;
+    attach(m, socket, ch.decoder, `multifd channel ${index}`, () => true, ch);
+  }
+
+  /** Feeds a socket to its decoder; `endOk` says whether the peer may close now. */
+  function attach(
+    m: Migration,
+    socket: Socket,
+    decoder: MainDecoder | MultifdDecoder,
+    name: string,
+    endOk: () => boolean,
+    ch?: Channel,
+  ): void {
+    socket.on('data', (chunk: Buffer) => {
+      if (m.done) return;
+      m.bytes += chunk.length;
+      m.timer.refresh();
+      guard(m, () => {
+        decoder.push(chunk);
+        if (decoder.paused) socket.pause();
+        progress(m, false);
+        if (m.eof) tryComplete(m);
+      });
+    });
+    socket.on('end', () => {
+      if (m.done) return;
+      guard(m, () => {
+        decoder.end();
+        if (ch !== undefined) {
+          ch.closed = true;
+          if (ch.syncs < m.flushSeen && m.mainWaiting) {
+            throw protocolFailure(
+              `${name} closed at byte ${decoder.offset} before its SYNC for flush ${m.flushSeen}`,
+            );
+          }
+          if (m.eof) tryComplete(m);
+        } else if (!endOk()) {
+          throw protocolFailure(`${name} closed at byte ${decoder.offset} before EOF`, 'ECONNRESET');
+        }
+      });
+    });
+    socket.on('close', () => {
+      if (m.done) return;
+      if (ch !== undefined ? !ch.closed : !endOk()) {
+        finish(m, protocolFailure(`${name} reset at byte ${decoder.offset}`, 'ECONNRESET'));
+      }
+    });
+    socket.on('error', (error: Error & { code?: string }) => {
+      if (m.done) return;
+      finish(
+        m,
+        new DirtytrackError('protocol', `${name} at byte ${decoder.offset}: ${error.message}`, {
+          component: 'destination',
+          ...(error.code === undefined ? {} : { errno: error.code }),
+          cause: error,
+        }),
+      );
+    });
+  }
+
+  function tryComplete(m: Migration): void {
+    if (m.done || !m.eof) return;
+    for (const ch of m.channels) if (ch.socket !== null && !ch.closed && !ch.decoder.idle) return;
+    finish(m, null);
+  }
+
+  function idle(m: Migration): void {
+    finish(
+      m,
+      new DirtytrackError('timeout', `no bytes from the source for ${timeoutMs} ms`, {
+        component: 'destination',
+        errno: 'ETIMEDOUT',
+      }),
+    );
+  }
+
+  function guard(m: Migration, fn: () => void): void {
+    try {
+      fn();
+    } catch (error) {
+      finish(m, error);
+    }
+  }
+
+  /** Ends a migration: `error` null = completed. Idempotent. */
+  function finish(m: Migration, error: unknown): void {
+    if (m.done) return;
+    m.done = true;
+    clearTimeout(m.timer);
+    const main = m.main;
+    if (main !== null && !main.destroyed) {
+      // QEMU's destination sends SHUT on the return path when it is done with it.
+      if (main.writable) main.end(encodeReturnU32(RP_MSG.SHUT, error === null ? 0 : 1), () => main.destroy());
+      else main.destroy();
+      setTimeout(() => main.destroy(), 1000).unref();
+    }
+    for (const ch of m.channels) {
+      const s = ch.socket;
+      if (s === null || s.destroyed) continue;
+      if (error === null) {
+        s.end();
+        setTimeout(() => s.destroy(), 1000).unref();
+      } else s.destroy();
+    }
+    if (current === m) current = null;
+    finishedOne = true;
+    const r: DestinationResult = {
+      status: error === null ? 'completed' : 'failed',
+      'ram-bytes': m.ramBytes,
+      memory: m.memory,
+      normal: m.normal,
+      duplicate: m.duplicate,
+      'multifd-packets': m.packets,
+      'bytes-received': m.bytes,
+      'main-bytes': m.mainDecoder.offset,
+      'multifd-bytes': m.channels.reduce((sum, ch) => sum + ch.decoder.offset, 0),
+      verified: error === null && m.verifyEnded && m.comparedCount === m.pages && m.mismatches === 0,
+      'verify-mismatches': m.mismatches,
+      'total-time': Math.round((clock.now() - m.startedAt) / 1000) / 1000,
+    };
+    if (error !== null) {
+      r.error =
+        error instanceof DirtytrackError
+          ? { code: error.code, message: error.message }
+          : { code: 'internal', message: error instanceof Error ? error.message : String(error) };
+    }
+    progress(m, true);
+    report(r);
+    if (once) void closeServer();
+  }
+
+  function report(r: DestinationResult): void {
+    if (!firstSettled) {
+      firstSettled = true;
+      settleFirst(r);
+    }
+    try {
+      options.onResult?.(r);
+    } catch {
+      // a throwing callback must not take the destination down
+    }
+  }
+
+  function progress(m: Migration, force: boolean): void {
+    if (options.onProgress === undefined) return;
+    const now = clock.now();
+    if (!force && now - m.lastProgress < PROGRESS_INTERVAL_MS * 1e6) return;
+    m.lastProgress = now;
+    try {
+      options.onProgress({ bytes: m.bytes, pages: m.normal + m.duplicate });
+    } catch {
+      // progress is advisory
+    }
+  }
+
+  let closed: Promise<void> | null = null;
+  function closeServer(): Promise<void> {
+    closing = true;
+    closed ??= new Promise<void>((resolve) => server.close(() => resolve()));
+    return closed;
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? 0, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  server.on('error', () => {}); // after listening, errors are per connection
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : (options.port ?? 0);
+
+  return {
+    host,
+    port,
+    result,
+    async close() {
+      const done = closeServer();
+      if (current !== null) {
+        finish(
+          current,
+          new DirtytrackError('invalid-state', 'the destination was closed during the migration', {
+            component: 'destination',
+          }),
+        );
+      }
+      for (const s of sockets) s.destroy();
+      if (!firstSettled) {
+        report({
+          status: 'failed',
+          error: { code: 'invalid-state', message: '[dirtytrack] [destination] closed before any migration' },
+          'ram-bytes': 0,
+          normal: 0,
+          duplicate: 0,
+          'multifd-packets': 0,
+          'bytes-received': 0,
+          'main-bytes': 0,
+          'multifd-bytes': 0,
+          verified: false,
+          'verify-mismatches': 0,
+          'total-time': 0,
+        });
+      }
+      await done;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface Channel {
+  index: number;
+  claimed: boolean;
+  socket: Socket | null;
+  closed: boolean;
+  /** SYNC packets decoded. */
+  syncs: number;
+  decoder: MultifdDecoder;
+}
+
+interface Migration {
+  id: Uint8Array;
+  ramBytes: number;
+  pages: number;
+  memory: SharedArrayBuffer;
+  mem: Uint8Array;
+  main: Socket | null;
+  mainDecoder: MainDecoder;
+  channels: Channel[];
+  /** MULTIFD_FLUSH records the main stream reached. */
+  flushSeen: number;
+  /** Channels may go past this many SYNCs. */
+  released: number;
+  /** The main decoder is paused at flush `flushSeen`, waiting for SYNCs. */
+  mainWaiting: boolean;
+  eof: boolean;
+  done: boolean;
+  normal: number;
+  duplicate: number;
+  packets: number;
+  bytes: number;
+  connections: number;
+  /** Per page: 0 not compared, 1 matched, 2 mismatched. */
+  compared: Uint8Array | null;
+  comparedCount: number;
+  mismatches: number;
+  firstMismatch?: number;
+  verifyEnded: boolean;
+  startedAt: number;
+  lastProgress: number;
+  timer: NodeJS.Timeout;
+}
+
+function sameId(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function protocolFailure(message: string, errno?: string): DirtytrackError {
+  return new DirtytrackError('protocol', message, {
+    component: 'destination',
+    ...(errno === undefined ? {} : { errno }),
+  });
+}

@@ -1,0 +1,564 @@
+import { Bitmap, DirtytrackError } from '@dirtytrack/core';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  MULTIFD_FLUSH_RECORD,
+  MULTIFD_INIT_BYTES,
+  MULTIFD_PACKET_HEADER,
+  MULTIFD_PACKET_PAGES,
+} from '../multifd.js';
+import { planDiscard } from '../postcopy.js';
+import {
+  concat,
+  mainLogger,
+  multifdLogger,
+  multifdPacket,
+  PAGE,
+  pageOf,
+  pageRecord,
+  returnLogger,
+  sampleMainStream,
+  sampleMultifdStream,
+  sampleReturnStream,
+  syncPacket,
+  zeroRecord,
+} from './__fixtures__/wire-streams.js';
+import {
+  authTag,
+  createMainDecoder,
+  createMultifdDecoder,
+  createReturnDecoder,
+  decodeHello,
+  encodeCommand,
+  encodeDiscard,
+  encodeEof,
+  encodeEos,
+  encodeFlush,
+  encodeHello,
+  encodeMemSize,
+  encodeReturn,
+  encodeReturnU32,
+  encodeSection,
+  encodeVerifyEnd,
+  encodeVerifyHashes,
+  encodeVerifyResult,
+  HELLO_BYTES,
+  MIG_CMD,
+  pageHashes,
+  RAM_FLAG,
+  RP_MSG,
+  VM_ITEM,
+  writeMultifdHeader,
+  writeRamHeader,
+  type Hello,
+  type StreamDecoder,
+} from './wire.js';
+
+const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
+const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s.replace(/\s+/g, ''), 'hex'));
+const SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261125);
+const RAM = 8 * PAGE;
+
+const HELLO: Hello = {
+  version: 1,
+  kind: 1,
+  channel: 2,
+  migrationId: unhex('000102030405060708090a0b0c0d0e0f'),
+  ramBytes: 2 ** 32,
+  pageSize: 4096,
+  channels: 4,
+  flags: 3,
+  nonce: unhex('f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff'),
+};
+
+function protocolError(fn: () => unknown, pattern?: RegExp): DirtytrackError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (error) {
+    caught = error;
+  }
+  expect(caught).toBeInstanceOf(DirtytrackError);
+  const error = caught as DirtytrackError;
+  expect(error.code).toBe('protocol');
+  expect(error.component).toBe('wire');
+  if (pattern !== undefined) expect(error.message).toMatch(pattern);
+  return error;
+}
+
+describe('wire layouts are the bytes the model plane charges', () => {
+  it('HELLO, page, zero, flush, multifd header and discard sizes', () => {
+    expect(HELLO_BYTES).toBe(MULTIFD_INIT_BYTES);
+    expect(encodeHello(HELLO).length).toBe(MULTIFD_INIT_BYTES);
+    expect(pageRecord(0, pageOf(0)).length).toBe(4104);
+    expect(zeroRecord(0).length).toBe(9);
+    expect(encodeFlush().length).toBe(8);
+    expect(encodeFlush().length).toBe(MULTIFD_FLUSH_RECORD);
+    const header = new Uint8Array(2000);
+    expect(
+      writeMultifdHeader(header, 10, {
+        flags: 0,
+        packetNum: 0,
+        normal: [],
+        normalCount: 0,
+        zero: [],
+        zeroCount: 0,
+      }),
+    ).toBe(10 + MULTIFD_PACKET_HEADER);
+    expect(MULTIFD_PACKET_HEADER).toBe(1344);
+    expect(MULTIFD_PACKET_PAGES).toBe(128);
+  });
+
+  it("a discard's commands cost exactly planDiscard's price", () => {
+    const b = Bitmap.create(1024);
+    b.setRange(0, 40);
+    b.set(63);
+    b.set(64);
+    for (let p = 100; p < 600; p += 3) b.set(p);
+    const ranges: [number, number][] = [];
+    for (let p = 0; p < 1024;) {
+      if (!b.test(p)) {
+        p++;
+        continue;
+      }
+      let q = p;
+      while (q < 1024 && b.test(q)) q++;
+      ranges.push([p * PAGE, (q - p) * PAGE]);
+      p = q;
+    }
+    const plan = planDiscard(b, 'pc.ram');
+    const commands = encodeDiscard(ranges);
+    expect(commands.length).toBe(plan.commands);
+    expect(ranges.length).toBe(plan.ranges);
+    expect(commands.reduce((n, c) => n + c.length, 0)).toBe(plan.bytes);
+  });
+});
+
+describe('exact bytes', () => {
+  it('HELLO', () => {
+    const bytes = encodeHello(HELLO);
+    expect(hex(bytes)).toBe(
+      '44544d47' +
+        '0001' +
+        '01' +
+        '02' +
+        '000102030405060708090a0b0c0d0e0f' +
+        '0000000100000000' +
+        '00001000' +
+        '0004' +
+        '0003' +
+        'f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff' +
+        '0000000000000000',
+    );
+    expect(decodeHello(bytes)).toEqual(HELLO);
+  });
+
+  it('page, zero, flush, EOS, MEM_SIZE records and section headers', () => {
+    const page = pageRecord(0x12345000, pageOf(9));
+    expect(hex(page.subarray(0, 8))).toBe('0000000012345028');
+    expect(page.subarray(8)).toEqual(pageOf(9));
+    const high = new Uint8Array(8);
+    expect(writeRamHeader(high, 0, 2 ** 32 + 0x2000, RAM_FLAG.PAGE)).toBe(8);
+    expect(hex(high)).toBe('0000000100002008');
+    const far = new Uint8Array(8);
+    writeRamHeader(far, 0, 2 ** 53 - PAGE, RAM_FLAG.ZERO);
+    expect(hex(far)).toBe('001ffffffffff002');
+    expect(hex(zeroRecord(0x3000))).toBe('000000000000302200');
+    expect(hex(zeroRecord(0x3000, false))).toBe('0000000000003002' + '0670632e72616d' + '00');
+    expect(hex(pageRecord(0x1000, pageOf(0), false).subarray(0, 15))).toBe(
+      '0000000000001008' + '0670632e72616d',
+    );
+    expect(hex(encodeFlush())).toBe('0000000000000200');
+    expect(hex(encodeEos())).toBe('0000000000000010');
+    expect(hex(encodeMemSize(0x100000))).toBe('0000000000100004' + '0670632e72616d' + '0000000000100000');
+    expect(hex(encodeSection(VM_ITEM.SECTION_START))).toBe('0100000001');
+    expect(hex(encodeSection(VM_ITEM.SECTION_END))).toBe('0300000001');
+    expect(hex(encodeEof())).toBe('00');
+    expect(() => encodeSection(VM_ITEM.EOF)).toThrow(/SECTION_START/);
+  });
+
+  it('a multifd packet header', () => {
+    const buf = new Uint8Array(1344).fill(0xee); // every byte must be written
+    writeMultifdHeader(buf, 0, {
+      flags: 0,
+      packetNum: 5,
+      normal: [1, 2, 99],
+      normalCount: 2,
+      zero: [9],
+      zeroCount: 1,
+    });
+    expect(hex(buf.subarray(0, 36))).toBe(
+      '11223344' +
+        '00000001' +
+        '00000000' +
+        '00000080' +
+        '00000002' +
+        '00000000' +
+        '0000000000000005' +
+        '00000001',
+    );
+    expect(buf.subarray(36, 64).every((b) => b === 0)).toBe(true);
+    expect(hex(buf.subarray(64, 70))).toBe('70632e72616d');
+    expect(buf.subarray(70, 320).every((b) => b === 0)).toBe(true);
+    expect(hex(buf.subarray(320, 344))).toBe('0000000000001000' + '0000000000002000' + '0000000000009000');
+    expect(buf.subarray(344).every((b) => b === 0)).toBe(true);
+  });
+
+  it('a discard command, 12 ranges per command', () => {
+    const [one] = encodeDiscard([[0x4000, 0x2000]]);
+    expect(hex(one as Uint8Array)).toBe(
+      '08' + '0007' + '0019' + '00' + '06' + '70632e72616d' + '00' + '0000000000004000' + '0000000000002000',
+    );
+    const many = encodeDiscard(Array.from({ length: 25 }, (_, i) => [i * 2 * PAGE, PAGE] as const));
+    expect(many.map((c) => c.length)).toEqual([14 + 12 * 16, 14 + 12 * 16, 14 + 16]);
+  });
+
+  it('commands and return messages', () => {
+    expect(hex(encodeCommand(MIG_CMD.PING, unhex('01020304')))).toBe('08000300040102030' + '4');
+    expect(hex(encodeVerifyEnd(1024))).toBe('080021000800000000' + '00000400');
+    const hashes = Uint32Array.of(1, 2, 0xaabbccdd, 0x11223344);
+    expect(hex(encodeVerifyHashes(7, hashes, 1, 1))).toBe(
+      '080020' + '0012' + '0000000000000007' + '0001' + 'aabbccdd11223344',
+    );
+    expect(hex(encodeReturnU32(RP_MSG.PONG, 7))).toBe('0002000400000007');
+    expect(hex(encodeReturn(RP_MSG.SHUT, unhex('00000001')))).toBe('0001000400000001');
+    expect(hex(encodeVerifyResult({ pages: 3, mismatched: 0, firstMismatch: -1 }))).toBe(
+      '00200018' + '0000000000000003' + '0000000000000000' + 'ffffffffffffffff',
+    );
+  });
+
+  it('the AUTH tag is HMAC-SHA256 over the label, HELLO and server nonce', () => {
+    const tag = authTag('secret', encodeHello(HELLO), new Uint8Array(32).fill(7));
+    expect(tag.length).toBe(32);
+    expect(hex(tag)).toBe(hex(authTag('secret', encodeHello(HELLO), new Uint8Array(32).fill(7))));
+    expect(hex(tag)).not.toBe(
+      hex(authTag('secret', encodeHello({ ...HELLO, channel: 3 }), new Uint8Array(32).fill(7))),
+    );
+  });
+});
+
+describe('decodeHello rejects bad handshakes', () => {
+  const good = encodeHello(HELLO);
+  const mutate = (at: number, value: number): Uint8Array => {
+    const b = good.slice();
+    b[at] = value;
+    return b;
+  };
+  it.each([
+    ['magic', mutate(0, 0), /HELLO at byte 0: bad magic/],
+    ['kind', mutate(6, 3), /unknown connection kind 3/],
+    ['RAM not page-aligned', mutate(31, 1), /RAM bytes 4294967297 is not/],
+    ['RAM ≥ 2^53', mutate(24, 0x01), /≥ 2\^53/],
+    ['page size', mutate(34, 0x20), /page size/],
+    ['flags', mutate(38, 1), /unknown flags/],
+    ['padding', mutate(60, 1), /padding/],
+    ['length', good.subarray(0, 63), /63 bytes/],
+  ])('%s', (_name, bytes, pattern) => {
+    protocolError(() => decodeHello(bytes), pattern);
+  });
+  it('returns another version unchecked (the destination answers RESULT code 1)', () => {
+    expect(decodeHello(mutate(5, 2)).version).toBe(2);
+  });
+});
+
+/** Feeds `stream` to a fresh decoder in the given chunk sizes and returns the handler log. */
+function feed(
+  make: (log: string[]) => StreamDecoder,
+  stream: Uint8Array,
+  sizes: readonly number[],
+): string[] {
+  const log: string[] = [];
+  const d = make(log);
+  let at = 0;
+  for (const n of sizes) {
+    d.push(stream.subarray(at, at + n));
+    at += n;
+  }
+  if (at < stream.length) d.push(stream.subarray(at));
+  d.end();
+  expect(d.offset).toBe(stream.length);
+  return log;
+}
+
+const decoders = {
+  main: { make: (log: string[]) => createMainDecoder(mainLogger(RAM, log)), stream: sampleMainStream(RAM) },
+  multifd: {
+    make: (log: string[]) => createMultifdDecoder(multifdLogger(RAM, log)),
+    stream: sampleMultifdStream(),
+  },
+  return: {
+    make: (log: string[]) => createReturnDecoder(returnLogger(log, RAM)),
+    stream: sampleReturnStream(RAM),
+  },
+};
+
+describe('decoders take chunks of any size', () => {
+  it('main stream: the whole call log', () => {
+    const log = feed(decoders.main.make, decoders.main.stream, []);
+    const sumOf = (seed: number): number => {
+      const d = pageOf(seed);
+      let s = 0;
+      for (const b of d) s = (s * 31 + b) >>> 0;
+      return s;
+    };
+    expect(log.slice(0, 13)).toEqual([
+      `section 1`,
+      `mem-size ${RAM}`,
+      'eos',
+      `cmd 4 ${new Array(16).fill(0).join(',')}`,
+      'section 2',
+      `page 0 ${sumOf(1)}`,
+      `zero ${PAGE}`,
+      `zero ${2 * PAGE}`,
+      `page ${3 * PAGE} ${sumOf(3)}`,
+      'flush',
+      'eos',
+      'cmd 3 222,173,190,239',
+      `cmd 7 0,6,112,99,46,114,97,109,0,0,0,0,0,0,0,64,0,0,0,0,0,0,0,32,0`,
+    ]);
+    expect(log.slice(13, 16)).toEqual(['section 3', 'flush', 'eos']);
+    expect(log[16]).toMatch(/^cmd 32 0,0,0,0,0,0,0,0,0,8,/);
+    expect(log.slice(17)).toEqual(['cmd 33 0,0,0,0,0,0,0,8', 'eof']);
+  });
+
+  it('multifd and return path: the whole call log', () => {
+    const m = feed(decoders.multifd.make, decoders.multifd.stream, []);
+    expect(m.filter((l) => !l.startsWith('page'))).toEqual([
+      'packet 0 0 2 1',
+      `zero ${2 * PAGE}`,
+      'packet 2 0 1 0',
+      'packet 3 1 0 0',
+      'sync 3',
+      'packet 7 0 0 2',
+      `zero ${3 * PAGE}`,
+      `zero ${4 * PAGE}`,
+      'packet 8 0 3 1',
+      'zero 0',
+      'packet 9 1 0 0',
+      'sync 9',
+    ]);
+    expect(m.filter((l) => l.startsWith('page')).map((l) => Number(l.split(' ')[1]) / PAGE)).toEqual([
+      1, 5, 0, 6, 7, 1,
+    ]);
+    expect(feed(decoders.return.make, decoders.return.stream, [])).toEqual([
+      'pong 7',
+      `req ${PAGE} ${2 * PAGE}`,
+      `req ${2 * PAGE} ${PAGE}`,
+      expect.stringMatching(/^bitmap 8 /),
+      'resume-ack 1',
+      'verify 8 0 -1',
+      'verify 3 1 2',
+      'shut 0',
+    ]);
+  });
+
+  for (const [name, { make, stream }] of Object.entries(decoders)) {
+    it(`${name}: one byte at a time and split at every boundary give the same calls`, () => {
+      const whole = feed(make, stream, []);
+      expect(feed(make, stream, new Array<number>(stream.length).fill(1))).toEqual(whole);
+      const step = Math.max(1, Math.floor(stream.length / 3000));
+      for (let cut = 0; cut <= stream.length; cut += step) expect(feed(make, stream, [cut])).toEqual(whole);
+    });
+
+    it(`${name}: random chunk sizes give the same calls`, () => {
+      const whole = feed(make, stream, []);
+      fc.assert(
+        fc.property(fc.array(fc.integer({ min: 0, max: 9000 }), { maxLength: 60 }), (sizes) => {
+          expect(feed(make, stream, sizes)).toEqual(whole);
+        }),
+        { numRuns: 200, seed: SEED },
+      );
+    });
+  }
+});
+
+describe('main decoder bounds', () => {
+  const start = concat([encodeSection(VM_ITEM.SECTION_START), encodeMemSize(RAM)]);
+  const run = (bytes: Uint8Array): void => {
+    const d = createMainDecoder(mainLogger(RAM, []));
+    d.push(bytes);
+    d.end();
+  };
+  const header = (offset: number, flags: number): Uint8Array => {
+    const b = new Uint8Array(8);
+    writeRamHeader(b, 0, offset, flags);
+    return b;
+  };
+  it.each([
+    ['unknown item', Uint8Array.of(0x05), /item at byte 0: unknown item byte 0x5/],
+    ['section id', Uint8Array.of(1, 0, 0, 0, 2), /SECTION_START at byte 0: section id 2/],
+    ['PART before START', encodeSection(VM_ITEM.SECTION_PART), /before SECTION_START/],
+    [
+      'START without MEM_SIZE',
+      concat([encodeSection(1), encodeEos()]),
+      /RAM record at byte 5: SECTION_START must begin with MEM_SIZE/,
+    ],
+    [
+      'MEM_SIZE mismatch',
+      concat([encodeSection(1), encodeMemSize(2 * RAM)]),
+      /MEM_SIZE says 65536 bytes, RAM is 32768/,
+    ],
+    [
+      'page past RAM',
+      concat([start, pageRecord(RAM, pageOf(0))]),
+      /RAM record at byte 28: page offset 32768 outside RAM/,
+    ],
+    [
+      'page at 2^53',
+      concat([start, header(2 ** 53 - PAGE, RAM_FLAG.PAGE)]),
+      /page offset 9007199254736896 outside RAM/,
+    ],
+    ['unknown flag', concat([start, header(0, 0x40)]), /unknown flags 0x40/],
+    ['two kinds', concat([start, header(0, RAM_FLAG.PAGE | RAM_FLAG.ZERO)]), /name no single record kind/],
+    ['CONTINUE on EOS', concat([start, header(0, RAM_FLAG.EOS | RAM_FLAG.CONTINUE)]), /CONTINUE on a record/],
+    [
+      'zero fill',
+      concat([start, header(0, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE), Uint8Array.of(1)]),
+      /ZERO record at byte 28: fill byte 1/,
+    ],
+    [
+      'unknown block',
+      concat([start, header(0, RAM_FLAG.ZERO), Uint8Array.of(6, 0x71, 0, 0, 0, 0, 0)]),
+      /unknown RAMBlock/,
+    ],
+    ['unknown command', encodeCommand(99, new Uint8Array(0)), /COMMAND at byte 0: unknown command 99/],
+    [
+      'oversized PING',
+      encodeCommand(MIG_CMD.PING, new Uint8Array(5000)),
+      /command 3 with a 5000-byte payload/,
+    ],
+    [
+      'verify past RAM',
+      encodeVerifyHashes(7, new Uint32Array(4), 0, 2),
+      /VERIFY_HASHES at byte 0: pages 7\+2 outside RAM/,
+    ],
+    ['discard past RAM', concat(encodeDiscard([[RAM - PAGE, 2 * PAGE]])), /range 0 ends past RAM/],
+    ['bytes after EOF', Uint8Array.of(0, 0), /stream at byte 1: bytes after EOF/],
+    ['truncated', concat([start, pageRecord(0, pageOf(1)).subarray(0, 100)]), /ended inside an item/],
+  ])('%s', (_name, bytes, pattern) => {
+    protocolError(() => run(bytes), pattern);
+  });
+
+  it('pauses at MULTIFD_FLUSH until resume(), keeping the rest of the chunk', () => {
+    const log: string[] = [];
+    let hold = true;
+    const d = createMainDecoder({ ...mainLogger(RAM, log), onFlush: () => (log.push('flush'), !hold) });
+    const stream = concat([start, encodeFlush(), zeroRecord(0, false), encodeEos()]);
+    d.push(stream);
+    expect(d.paused).toBe(true);
+    expect(log).toEqual(['section 1', `mem-size ${RAM}`, 'flush']);
+    expect(d.offset).toBe(start.length + 8);
+    d.push(encodeEof()); // queued
+    expect(log.length).toBe(3);
+    hold = false;
+    d.resume();
+    expect(d.paused).toBe(false);
+    expect(log.slice(3)).toEqual(['zero 0', 'eos', 'eof']);
+    expect(d.done).toBe(true);
+    d.end();
+  });
+});
+
+describe('multifd decoder bounds', () => {
+  const packet = (mutate: (b: Uint8Array, dv: DataView) => void): Uint8Array => {
+    const p = multifdPacket(1, [1], [2], pageOf);
+    mutate(p, new DataView(p.buffer));
+    return p;
+  };
+  it.each([
+    ['magic', packet((b) => (b[0] = 0)), /multifd packet at byte 0: bad magic/],
+    ['version', packet((_b, dv) => dv.setUint32(4, 2)), /version 2/],
+    ['flags', packet((_b, dv) => dv.setUint32(8, 2)), /unknown flags/],
+    ['pages_alloc', packet((_b, dv) => dv.setUint32(12, 1 << 20)), /pages_alloc 1048576/],
+    ['normal count huge', packet((_b, dv) => dv.setUint32(16, 0xffffffff)), /exceed 128/],
+    ['sum over 128', packet((_b, dv) => dv.setUint32(32, 128)), /exceed 128/],
+    ['SYNC with pages', packet((_b, dv) => dv.setUint32(8, 1)), /SYNC packet carries pages/],
+    [
+      'offset past RAM',
+      packet((_b, dv) => dv.setUint32(324, RAM)),
+      /offset slot 0 \(32768\) is not a page inside RAM/,
+    ],
+    ['offset unaligned', packet((_b, dv) => dv.setUint32(324, 5)), /offset slot 0/],
+    ['block name', packet((b) => (b[64] = 0x71)), /unknown RAMBlock/],
+    ['unused slot', packet((_b, dv) => dv.setUint32(340, 1)), /unused offset slot 2/],
+    ['reserved', packet((b) => (b[40] = 1)), /reserved byte 40/],
+  ])('%s', (_name, bytes, pattern) => {
+    const d = createMultifdDecoder(multifdLogger(RAM, []));
+    protocolError(() => d.push(bytes), pattern);
+  });
+
+  it('packet numbers must increase; truncation is an error; errors name the packet offset', () => {
+    const d = createMultifdDecoder(multifdLogger(RAM, []));
+    d.push(syncPacket(4));
+    protocolError(() => d.push(syncPacket(4)), /multifd packet at byte 1344: packet_num 4 after 4/);
+    const t = createMultifdDecoder(multifdLogger(RAM, []));
+    t.push(multifdPacket(1, [1], [], pageOf).subarray(0, 2000));
+    protocolError(() => t.end(), /multifd packet at byte 0: stream ended inside the packet/);
+  });
+});
+
+describe('return decoder bounds', () => {
+  it.each([
+    ['unknown type', encodeReturn(99, new Uint8Array(0)), /return message at byte 0: unknown type 99/],
+    [
+      'PONG length',
+      encodeReturn(RP_MSG.PONG, new Uint8Array(60000)),
+      /type 2 with a 60000-byte payload, expected 4/,
+    ],
+    [
+      'REQ_PAGES unaligned',
+      encodeReturn(RP_MSG.REQ_PAGES, unhex('000000000000000100001000')),
+      /not page-aligned/,
+    ],
+    [
+      'REQ_PAGES past RAM',
+      encodeReturn(RP_MSG.REQ_PAGES, unhex('000000000000800000001000')),
+      /ends past RAM/,
+    ],
+    [
+      'RECV_BITMAP too big',
+      concat([encodeReturn(RP_MSG.RECV_BITMAP, unhex('0670632e72616d')), unhex('0000000100000000')]),
+      /RECV_BITMAP at byte 0: bitmap of 4294967296 bytes/,
+    ],
+    [
+      'VERIFY_RESULT inconsistent',
+      encodeVerifyResult({ pages: 1, mismatched: 2, firstMismatch: 0 }),
+      /2 mismatched of 1/,
+    ],
+  ])('%s', (_name, bytes, pattern) => {
+    const d = createReturnDecoder(returnLogger([], RAM));
+    protocolError(() => d.push(bytes), pattern);
+  });
+});
+
+describe('pageHashes', () => {
+  it('is stable, position-independent, and sees a one-bit change in any word', () => {
+    const memory = new SharedArrayBuffer(4 * PAGE);
+    const out = new Uint32Array(8);
+    pageHashes(memory, 0, 4, out);
+    // A zero page's hash, frozen: the destination and source must agree across versions.
+    expect(Array.from(out.subarray(0, 2), (w) => w.toString(16).padStart(8, '0'))).toEqual(ZERO_PAGE_HASH);
+    expect(out.subarray(2, 4)).toEqual(out.subarray(0, 2));
+    const bytes = new Uint8Array(memory);
+    for (const at of [0, 1, 2047, 4092, 4095]) {
+      bytes[PAGE + at] = 0x80;
+      pageHashes(memory, 1, 1, out, 1);
+      expect(hex(new Uint8Array(out.buffer, 8, 8))).not.toBe(hex(new Uint8Array(out.buffer, 0, 8)));
+      bytes[PAGE + at] = 0;
+    }
+    // The same content hashes the same in an ArrayBuffer.
+    const plain = new ArrayBuffer(PAGE);
+    new Uint8Array(plain).set(pageOf(3));
+    bytes.set(pageOf(3), 2 * PAGE);
+    const a = new Uint32Array(2);
+    pageHashes(plain, 0, 1, a);
+    pageHashes(memory, 2, 1, out);
+    expect(Array.from(a)).toEqual(Array.from(out.subarray(0, 2)));
+  });
+
+  it('rejects an output array that is too short', () => {
+    expect(() => pageHashes(new ArrayBuffer(PAGE * 2), 0, 2, new Uint32Array(3))).toThrow(/out holds/);
+  });
+});
+
+const ZERO_PAGE_HASH = ['0084789a', 'f2485a48'];
