@@ -1,0 +1,299 @@
+import { createRng } from '@dirtytrack/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startHandSource, type HandSource } from './__fixtures__/hand-source.js';
+import {
+  concat,
+  multifdPacket,
+  PAGE,
+  pageRecord,
+  syncPacket,
+  zeroRecord,
+} from './__fixtures__/wire-streams.js';
+import { createDestination, type Destination, type DestinationResult } from './destination.js';
+import {
+  encodeEof,
+  encodeEos,
+  encodeFlush,
+  encodeMemSize,
+  encodePing,
+  encodeSection,
+  encodeVerifyEnd,
+  encodeVerifyHashes,
+  pageHashes,
+  VM_ITEM,
+} from './wire.js';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function destination(options: Parameters<typeof createDestination>[0] = {}): Promise<Destination> {
+  const d = await createDestination({ timeoutMs: 5000, ...options });
+  cleanups.push(() => d.close());
+  return d;
+}
+
+async function source(d: Destination, ramBytes: number, channels = 0): Promise<HandSource> {
+  const s = await startHandSource(d.port, { ramBytes, channels });
+  cleanups.push(() => s.destroy());
+  return s;
+}
+
+const setup = (ramBytes: number): Uint8Array =>
+  concat([encodeSection(VM_ITEM.SECTION_START), encodeMemSize(ramBytes), encodeEos()]);
+
+/** VERIFY_HASHES for every page of `memory` (16 pages per command) and VERIFY_END. */
+function verifyAll(memory: SharedArrayBuffer): Uint8Array {
+  const pages = memory.byteLength / PAGE;
+  const hashes = new Uint32Array(2 * pages);
+  pageHashes(memory, 0, pages, hashes);
+  const parts: Uint8Array[] = [];
+  for (let p = 0; p < pages; p += 16) parts.push(encodeVerifyHashes(p, hashes, p, Math.min(16, pages - p)));
+  parts.push(encodeVerifyEnd(pages));
+  return concat(parts);
+}
+
+const isZero = (page: Uint8Array): boolean => page.every((b) => b === 0);
+
+describe('destination end to end (hand-driven source on loopback)', () => {
+  it('precopy over the main stream and 2 multifd channels: memory equal, counts exact, verified', async () => {
+    const pages = 300;
+    const ram = pages * PAGE;
+    const src = new SharedArrayBuffer(ram);
+    const mem = new Uint8Array(src);
+    const rng = createRng(7);
+    const fill = (p: number): void => {
+      if (rng.nextFloat() < 0.25) mem.fill(0, p * PAGE, (p + 1) * PAGE);
+      else for (let i = 0; i < PAGE; i += 64) mem[p * PAGE + i] = 1 + Math.floor(rng.nextFloat() * 255);
+    };
+    for (let p = 0; p < pages; p++) fill(p);
+    const dstMemory = new SharedArrayBuffer(ram);
+    const progress: number[] = [];
+    const d = await destination({ memory: dstMemory, onProgress: (p) => progress.push(p.pages) });
+    const s = await source(d, ram, 2);
+    const [c0, c1] = s.channels as [typeof s.main, typeof s.main];
+    const data = (p: number): Uint8Array => mem.slice(p * PAGE, (p + 1) * PAGE);
+    let normal = 0;
+    let zero = 0;
+    let packets = 0;
+    const packetNums = [0, 0];
+    /** Sends `list` over channel `c` in packets of ≤ 128 slots, zero pages as zero slots. */
+    const sendPages = async (c: 0 | 1, list: number[]): Promise<void> => {
+      for (let i = 0; i < list.length; i += 128) {
+        const batch = list.slice(i, i + 128);
+        const n = batch.filter((p) => !isZero(data(p)));
+        const z = batch.filter((p) => isZero(data(p)));
+        normal += n.length;
+        zero += z.length;
+        packets++;
+        await s.write(c === 0 ? c0 : c1, multifdPacket(packetNums[c]++, n, z, data));
+      }
+    };
+    const sync = async (): Promise<void> => {
+      packets += 2;
+      await s.write(c0, syncPacket(packetNums[0]++));
+      await s.write(c1, syncPacket(packetNums[1]++));
+    };
+    // Setup: MEM_SIZE, then a sync + flush as QEMU does at setup.
+    await sync();
+    await s.write(
+      s.main,
+      concat([setup(ram), encodeSection(VM_ITEM.SECTION_PART), encodeFlush(), encodeEos()]),
+    );
+    // Round 1: every page, alternately on the two channels.
+    const all = Array.from({ length: pages }, (_, p) => p);
+    await sendPages(
+      0,
+      all.filter((p) => p % 2 === 0),
+    );
+    await sendPages(
+      1,
+      all.filter((p) => p % 2 === 1),
+    );
+    await sync();
+    await s.write(s.main, concat([encodeSection(VM_ITEM.SECTION_PART), encodeFlush(), encodeEos()]));
+    // Round 2: the guest rewrote 40 pages; they go on the other channel than before.
+    const dirty = all.filter((p) => p % 7 === 3).slice(0, 40);
+    for (const p of dirty) fill(p);
+    await sendPages(
+      0,
+      dirty.filter((p) => p % 2 === 1),
+    );
+    await sendPages(
+      1,
+      dirty.filter((p) => p % 2 === 0),
+    );
+    await sync();
+    // Stop-and-copy: 5 more pages rewritten, sent on the main stream itself.
+    const last = [1, 2, 3, 200, 299];
+    for (const p of last) fill(p);
+    const records = last.map((p) =>
+      isZero(data(p)) ? (zero++, zeroRecord(p * PAGE)) : (normal++, pageRecord(p * PAGE, data(p))),
+    );
+    await s.write(
+      s.main,
+      concat([encodeSection(VM_ITEM.SECTION_END), encodeFlush(), ...records, encodeEos()]),
+    );
+    await s.write(s.main, encodePing(42));
+    expect(await s.waitFor(/^pong/)).toBe('pong 42');
+    await s.write(s.main, verifyAll(src));
+    expect(await s.waitFor(/^verify/)).toBe(`verify ${pages} 0 -1`);
+    await s.write(s.main, encodeEof());
+    await s.closed;
+    const r = await d.result;
+    expect(s.log.at(-1)).toBe('shut 0');
+    expect(Buffer.compare(new Uint8Array(dstMemory), mem)).toBe(0);
+    expect(r).toEqual<DestinationResult>({
+      status: 'completed',
+      'ram-bytes': ram,
+      memory: dstMemory,
+      normal,
+      duplicate: zero,
+      'multifd-packets': packets,
+      'bytes-received':
+        s.written.main + (s.written.channels[0] as number) + (s.written.channels[1] as number) + 3 * 96,
+      'main-bytes': s.written.main,
+      'multifd-bytes': (s.written.channels[0] as number) + (s.written.channels[1] as number),
+      verified: true,
+      'verify-mismatches': 0,
+      'total-time': r['total-time'],
+    });
+    expect(normal + zero).toBe(pages + dirty.length + last.length);
+    expect(r['total-time']).toBeGreaterThan(0);
+    expect(progress.at(-1)).toBe(normal + zero);
+  });
+
+  it('MULTIFD_FLUSH ordering: a round-1 copy arriving late on channel 0 never overwrites the round-2 copy from channel 1', async () => {
+    const ram = 4 * PAGE;
+    const old = new Uint8Array(PAGE).fill(0xaa);
+    const fresh = new Uint8Array(PAGE).fill(0xbb);
+    const dstMemory = new SharedArrayBuffer(ram);
+    const dst = new Uint8Array(dstMemory);
+    const d = await destination({ memory: dstMemory });
+    const s = await source(d, ram, 2);
+    const [c0, c1] = s.channels as [typeof s.main, typeof s.main];
+    // Round 1: page 1 (old) on channel 0. Round 2: page 1 (fresh) on channel 1.
+    await s.write(
+      s.main,
+      concat([setup(ram), encodeSection(VM_ITEM.SECTION_PART), encodeFlush(), encodeEos()]),
+    );
+    await s.write(s.main, concat([encodeSection(VM_ITEM.SECTION_PART), encodeFlush(), encodeEos()]));
+    // Channel 1 delivers everything first: its SYNC for round 1, the fresh copy, its SYNC for round 2.
+    await s.write(c1, concat([syncPacket(0), multifdPacket(1, [1], [], () => fresh), syncPacket(2)]));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(isZero(dst.subarray(PAGE, 2 * PAGE))).toBe(true); // channel 1 waits at its SYNC
+    // Channel 0 is late with the old copy of round 1.
+    await s.write(c0, concat([multifdPacket(0, [1], [], () => old), syncPacket(1)]));
+    await new Promise((r) => setTimeout(r, 100));
+    // Round 1 is complete (both SYNCs in), so channel 1's round-2 copy went in after the old one.
+    expect(dst.subarray(PAGE, 2 * PAGE)).toEqual(fresh);
+    await s.write(c0, syncPacket(2));
+    const expected = new SharedArrayBuffer(ram);
+    new Uint8Array(expected).set(fresh, PAGE);
+    await s.write(s.main, concat([verifyAll(expected), encodeEof()]));
+    const r = await d.result;
+    expect(r.status).toBe('completed');
+    expect(dst.subarray(PAGE, 2 * PAGE)).toEqual(fresh);
+    expect(r.verified).toBe(true);
+    expect(r.normal).toBe(2);
+    expect(r['multifd-packets']).toBe(6);
+  });
+
+  it('verification counts mismatches and never claims verified for a partial check', async () => {
+    const ram = 8 * PAGE;
+    const d = await destination();
+    const s = await source(d, ram);
+    const claimed = new SharedArrayBuffer(ram);
+    new Uint8Array(claimed).fill(1, 2 * PAGE, 3 * PAGE);
+    const hashes = new Uint32Array(16);
+    pageHashes(claimed, 0, 8, hashes);
+    await s.write(s.main, concat([setup(ram), encodeVerifyHashes(0, hashes, 0, 5), encodeVerifyEnd(5)]));
+    expect(await s.waitFor(/^verify/)).toBe('verify 5 1 2');
+    await s.write(s.main, encodeEof());
+    const r = await d.result;
+    expect(r.status).toBe('completed');
+    expect(r.verified).toBe(false);
+    expect(r['verify-mismatches']).toBe(1);
+  });
+});
+
+describe('destination failures are clean', () => {
+  it('a protocol error: SHUT 1 on the return path, sockets closed, result failed with the typed error', async () => {
+    const ram = 8 * PAGE;
+    const d = await destination();
+    const s = await source(d, ram, 1);
+    await s.write(
+      s.main,
+      concat([setup(ram), encodeSection(VM_ITEM.SECTION_PART), pageRecord(ram, new Uint8Array(PAGE))]),
+    );
+    await s.closed;
+    const r = await d.result;
+    expect(s.log).toEqual(['shut 1']);
+    expect(r.status).toBe('failed');
+    expect(r.error).toEqual({
+      code: 'protocol',
+      message: '[dirtytrack] [wire] RAM record at byte 41: page offset 32768 outside RAM (32768 bytes)',
+    });
+    expect(r.verified).toBe(false);
+    await new Promise<void>((resolve) =>
+      s.channels[0]?.destroyed ? resolve() : s.channels[0]?.once('close', () => resolve()),
+    );
+  });
+
+  it('a multifd packet out of bounds fails the migration', async () => {
+    const ram = 8 * PAGE;
+    const d = await destination();
+    const s = await source(d, ram, 1);
+    const bad = multifdPacket(0, [3], [], () => new Uint8Array(PAGE));
+    new DataView(bad.buffer).setUint32(12, 4096); // pages_alloc
+    await s.write(s.channels[0] as HandSource['main'], bad);
+    const r = await d.result;
+    expect(r.error?.message).toBe(
+      '[dirtytrack] [wire] multifd packet at byte 0: pages_alloc 4096, expected 128',
+    );
+  });
+
+  it('an idle source times out; a reset source fails; a channel closing before its SYNC fails', async () => {
+    const idle = await destination({ timeoutMs: 150 });
+    const s1 = await source(idle, 4 * PAGE);
+    await s1.write(s1.main, setup(4 * PAGE));
+    const r1 = await idle.result;
+    expect(r1.error).toEqual({
+      code: 'timeout',
+      message: '[dirtytrack] [destination] no bytes from the source for 150 ms',
+    });
+
+    const reset = await destination();
+    const s2 = await source(reset, 4 * PAGE);
+    await s2.write(s2.main, setup(4 * PAGE));
+    s2.main.resetAndDestroy();
+    const r2 = await reset.result;
+    expect(r2.status).toBe('failed');
+    expect(r2.error?.code).toBe('protocol');
+    expect(r2.error?.message).toMatch(
+      /main connection (reset at byte 36|closed at byte 36 before EOF|at byte 36: read ECONNRESET)/,
+    );
+
+    const early = await destination();
+    const s3 = await source(early, 4 * PAGE, 1);
+    await s3.write(s3.main, concat([setup(4 * PAGE), encodeSection(VM_ITEM.SECTION_PART), encodeFlush()]));
+    await new Promise((r) => setTimeout(r, 50));
+    s3.channels[0]?.end();
+    const r3 = await early.result;
+    expect(r3.error?.message).toBe(
+      '[dirtytrack] [destination] multifd channel 0 closed at byte 0 before its SYNC for flush 1',
+    );
+  });
+
+  it('a closed destination fails its running migration and its result', async () => {
+    const d = await createDestination();
+    const s = await source(d, 4 * PAGE);
+    await s.write(s.main, setup(4 * PAGE));
+    await d.close();
+    const r = await d.result;
+    expect(r.error?.message).toBe(
+      '[dirtytrack] [destination] the destination was closed during the migration',
+    );
+  });
+});
