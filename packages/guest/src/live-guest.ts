@@ -67,7 +67,11 @@ export interface LiveGuestStats {
   readonly ringFullExits: number;
   /** Pages each vCPU dirtied: its writes that trapped (the sum of its tracker's `write` results). */
   readonly vcpuDirtyPages: readonly number[];
-  readonly dirtyPages: number;
+  readonly dirtyPages: number; /**
+   * Milliseconds each vCPU slept because of the throttle (time at speed 0 included): over a
+   * window, `1 − Δslept / Δwall` is the share of real time it was let run.
+   */
+  readonly vcpuThrottledMs: readonly number[];
 }
 
 /**
@@ -198,10 +202,15 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   const checkSpeed = (value: number, what: string) => {
     if (!(value >= 0 && value <= 1)) throw bad(what, `${value} is not in [0, 1]`);
   };
+  /** Tells sleeping vCPUs a command changed (they sleep on the sequence word). */
+  const bump = () => {
+    Atomics.add(control, CTL.SEQ, 1);
+    Atomics.notify(control, CTL.SEQ);
+  };
   /** Stores a speed word and wakes sleeping vCPUs so they re-read it at once. */
   const storeSpeed = (word: number, value: number) => {
     Atomics.store(control, word, Math.round(value * SPEED_ONE));
-    Atomics.notify(control, CTL.STATE);
+    bump();
   };
 
   /** Starts a pause: returns the generation every vCPU must acknowledge. */
@@ -238,6 +247,7 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
     let ringFullExits = 0;
     const vcpuDirtyPages: number[] = [];
     let dirtyPages = 0;
+    const vcpuThrottledMs: number[] = [];
     for (let v = 0; v < vcpus; v++) {
       const w = counters[v * COUNTER.WORDS + COUNTER.WRITES] as number;
       vcpuWrites.push(w);
@@ -246,13 +256,14 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
       const d = counters[v * COUNTER.WORDS + COUNTER.DIRTY] as number;
       vcpuDirtyPages.push(d);
       dirtyPages += d;
+      vcpuThrottledMs.push(counters[v * COUNTER.WORDS + COUNTER.THROTTLED_MS] as number);
     }
-    return { vcpuWrites, writes, ringFullExits, vcpuDirtyPages, dirtyPages };
+    return { vcpuWrites, writes, ringFullExits, vcpuDirtyPages, dirtyPages, vcpuThrottledMs };
   };
 
   const setState = (state: number) => {
     Atomics.store(control, CTL.STATE, state);
-    Atomics.notify(control, CTL.STATE);
+    bump();
   };
 
   return {

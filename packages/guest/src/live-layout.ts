@@ -23,6 +23,11 @@ export const CTL = {
   FAILURE_BYTES: 5,
   /** Every vCPU's speed (auto-converge), fixed point: {@link SPEED_ONE} = full speed. */
   SPEED: 6,
+  /**
+   * Bumped by every command (state, pause, speed). A vCPU reads it before the state and sleeps
+   * on it, so a command issued between its look and its sleep still wakes it (no lost wake-up).
+   */
+  SEQ: 7,
   /** Per-vCPU ack words start here: vCPU v acknowledges pause generation g at `ACK + v`. */
   ACK: 8,
 } as const;
@@ -46,9 +51,10 @@ export const STATE = { INIT: 0, RUN: 1, PAUSE: 2, STOP: 3 } as const;
 
 /**
  * Float64 counters per vCPU (single writer each): writes, ring-full exits, dirtied pages (writes
- * that trapped: the sum of the tracker's `write` results, QEMU's `cpu->dirty_pages`).
+ * that trapped: the sum of the tracker's `write` results, QEMU's `cpu->dirty_pages`), and ms
+ * spent asleep by the throttle (time at speed 0 included).
  */
-export const COUNTER = { WRITES: 0, RING_FULL: 1, DIRTY: 2, WORDS: 3 } as const;
+export const COUNTER = { WRITES: 0, RING_FULL: 1, DIRTY: 2, THROTTLED_MS: 3, WORDS: 4 } as const;
 
 export const controlWords = (vcpus: number): number => CTL.ACK + 2 * vcpus;
 

@@ -112,7 +112,6 @@ async function run(): Promise<void> {
   const nowMs = () => clock.now() / 1e6;
   // Throttle (times in ms, on the real clock): -1 = no timeslice begun / not sleeping.
   let sliceStart = -1;
-  let sliceRan = 0;
   let sleepFrom = -1;
   let untilCheck = 0;
   // Pacing to `rate`: writes allowed now, and when credit was last added (-1 = not since a sleep).
@@ -121,10 +120,17 @@ async function run(): Promise<void> {
   let credit = 0;
   let paceAt = -1;
 
-  /** Sleeps up to `ms` outside guest mode; pause, stop and speed changes wake it at once. */
+  let throttledMs = 0;
+  /** The command sequence number read before the state this iteration acts on. */
+  let seq = 0;
+  /** Sleeps up to `ms` outside guest mode; any command since `seq` was read wakes it at once. */
   const sleep = (ms: number) => {
     exit();
-    Atomics.wait(control, CTL.STATE, STATE.RUN, Math.min(ms, MAX_SLEEP_MS));
+    Atomics.wait(control, CTL.SEQ, seq, Math.min(ms, MAX_SLEEP_MS));
+  };
+  const addThrottled = (ms: number) => {
+    throttledMs += ms;
+    counters[row + COUNTER.THROTTLED_MS] = throttledMs;
   };
   /** True if a throttled vCPU (0 < s < 1) may write now; else it sleeps a while and returns false. */
   const throttled = (s: number): boolean => {
@@ -134,12 +140,12 @@ async function run(): Promise<void> {
       const t = nowMs();
       if (sliceStart < 0) sliceStart = t;
       if (t - sliceStart < THROTTLE_TIMESLICE_MS) return true;
-      sliceRan = t - sliceStart; // ≥ one timeslice: the sleep stays in proportion to the run
       sleepFrom = t;
     }
     const t = nowMs();
-    // Recomputed at every wake-up, so a speed change during the sleep applies at once.
-    const wakeAt = sleepFrom + (sliceRan * (1 - s)) / s;
+    // QEMU's pct / (1 − pct) × timeslice, fixed (a vCPU the host preempted mid-slice just ran
+    // less, as in QEMU). Recomputed at every wake-up, so a speed change applies at once.
+    const wakeAt = sleepFrom + (THROTTLE_TIMESLICE_MS * (1 - s)) / s;
     if (t >= wakeAt) {
       sleepFrom = -1;
       sliceStart = t;
@@ -148,6 +154,7 @@ async function run(): Promise<void> {
       return true;
     }
     sleep(wakeAt - t);
+    addThrottled(nowMs() - t);
     return false;
   };
   /** True if a paced vCPU has credit for a write; else it sleeps ≥ 1 ms and returns false. */
@@ -174,6 +181,7 @@ async function run(): Promise<void> {
   Atomics.notify(control, CTL.READY);
   try {
     for (;;) {
+      seq = Atomics.load(control, CTL.SEQ);
       const state = Atomics.load(control, CTL.STATE);
       if (state === STATE.STOP) break;
       if (state !== STATE.RUN) {
@@ -186,7 +194,7 @@ async function run(): Promise<void> {
             Atomics.notify(control, CTL.ACK + v);
           }
         }
-        Atomics.wait(control, CTL.STATE, state, 20);
+        Atomics.wait(control, CTL.SEQ, seq, 20);
         continue;
       }
       if (ring !== undefined && ring.room(v) === 0) {
@@ -212,7 +220,9 @@ async function run(): Promise<void> {
         (Atomics.load(control, CTL.SPEED) * Atomics.load(control, ownSpeed)) / (SPEED_ONE * SPEED_ONE);
       if (speed <= 0) {
         sliceStart = sleepFrom = paceAt = -1;
+        const t = nowMs();
         sleep(MAX_SLEEP_MS);
+        addThrottled(nowMs() - t);
         continue;
       }
       if (speed < 1) {
