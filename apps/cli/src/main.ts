@@ -199,6 +199,8 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
 
   // `selftest dirty-log` (issue 5): the kernel's dirty_log_test over a chosen pipeline.
   (await import('./selftest.js')).registerSelftest(program, io, (c) => (code = c));
+  // `serve` and `migrate` (issue 9): the live plane over TCP.
+  (await import('./live.js')).registerLive(program, io, (c) => (code = c));
 
   bench
     .command('trackers')

@@ -47,3 +47,9 @@ export {
   type LiveLinkStats,
   type VerifyResult as LiveVerifyResult,
 } from './live/live-link.js';
+export {
+  createDestination,
+  type Destination,
+  type DestinationOptions,
+  type DestinationResult,
+} from './live/destination.js';

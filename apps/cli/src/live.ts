@@ -1,0 +1,335 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { createRng, DirtytrackError, parseSize, type MemslotInfo } from '@dirtytrack/core';
+import { createLiveEngine, createLiveGuest, type LiveGuest, type LiveWorkload } from '@dirtytrack/guest';
+import {
+  createDestination,
+  runLiveMigration,
+  type DestinationResult,
+  type LiveMigrationOutcome,
+} from '@dirtytrack/migration';
+import { createQemuLayers } from '@dirtytrack/qemu-layers';
+import { createBitmapReporter } from '@dirtytrack/reporters';
+import { createMmuTracker } from '@dirtytrack/trackers';
+import { Option, type Command } from 'commander';
+import { intFlag, UsageError } from './load-scenario.js';
+
+/** `HOST:PORT` (IPv4, a name, or `[v6]:PORT`), validated; port 0 only where `allowZero`. */
+export function parseHostPort(
+  flag: string,
+  value: string,
+  allowZero: boolean,
+): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
+  const port = m === null ? NaN : Number(m[3]);
+  if (m === null || !(port >= (allowZero ? 0 : 1) && port <= 65535)) {
+    throw new UsageError(
+      flag,
+      `${JSON.stringify(value)} must be HOST:PORT with a port in ${allowZero ? 0 : 1}..65535`,
+    );
+  }
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+/** How guest RAM starts: random bytes in every page, none, or in every other page. */
+export const FILLS = ['random', 'zero', 'half'] as const;
+export type Fill = (typeof FILLS)[number];
+
+export interface LiveSourceOptions {
+  memory: number;
+  vcpus: number;
+  workload: LiveWorkload;
+  /** Writes per second per vCPU; 0 = as fast as the vCPU can. */
+  rate: number;
+  fill: Fill;
+  seed: number;
+}
+
+/**
+ * A running software guest ready to migrate: RAM in a SharedArrayBuffer filled as asked, worker
+ * vCPUs writing through the software MMU (write-protect tracking, as KVM's default), the bitmap
+ * reporter and QEMU's three layers (`xchg`, QEMU's own sync), and the live engine over it.
+ */
+export async function startLiveSource(o: LiveSourceOptions) {
+  const pages = o.memory / 4096;
+  const memory = new SharedArrayBuffer(o.memory);
+  fillMemory(memory, o.fill, o.seed);
+  const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
+  const tracker = createMmuTracker({ vcpus: o.vcpus, slots: [slot], shared: true });
+  const reporter = createBitmapReporter({ rearmer: tracker, slots: [slot], shared: true });
+  tracker.attach(reporter);
+  const bitmap = createQemuLayers({ kvm: { source: reporter, logging: tracker, slot }, strategy: 'xchg' });
+  const guest: LiveGuest = createLiveGuest({
+    memory,
+    vcpus: o.vcpus,
+    tracker,
+    sink: reporter,
+    slot: slot.id,
+    pages,
+    seed: o.seed,
+    workload: o.workload,
+    ...(o.rate > 0 ? { rate: o.rate } : {}),
+    resolveFrom: import.meta.url,
+  });
+  await guest.start();
+  guest.setValue(1);
+  const engine = createLiveEngine({ guest });
+  return { memory, guest, engine, bitmap };
+}
+
+function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
+  if (fill === 'zero') return;
+  const words = new Uint32Array(memory);
+  const rng = createRng(seed);
+  const pages = memory.byteLength / 4096;
+  for (let p = 0; p < pages; p += fill === 'half' ? 2 : 1) {
+    for (let i = p * 1024, e = i + 1024; i < e; i++) words[i] = rng.nextU32();
+  }
+}
+
+/**
+ * Local mode's destination: `dirtytrack serve --listen 127.0.0.1:0 --once --json` as a child
+ * process (its own process, as a real destination). Resolves once it listens.
+ */
+export async function spawnLocalDestination(): Promise<{
+  host: string;
+  port: number;
+  child: ChildProcess;
+  result: Promise<Omit<DestinationResult, 'memory'>>;
+}> {
+  const here = import.meta.url;
+  const args = here.endsWith('.ts')
+    ? ['--conditions=@dirtytrack/source', '--import', 'tsx', fileURLToPath(new URL('./bin.ts', here))]
+    : [fileURLToPath(new URL('./bin.js', here))];
+  const child = spawn(process.execPath, [...args, 'serve', '--listen', '127.0.0.1:0', '--once', '--json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (c: string) => {
+    stderr += c;
+  });
+  const lines = createInterface({ input: child.stdout as NonNullable<typeof child.stdout> });
+  let text = '';
+  const listening = new Promise<{ host: string; port: number }>((resolve, reject) => {
+    lines.once('line', (line) => {
+      const m = /^listening on (\S+):(\d+)$/.exec(line);
+      if (m) resolve({ host: m[1] as string, port: Number(m[2]) });
+      else reject(new Error(`the destination said: ${line}`));
+    });
+    child.once('exit', (code) => reject(new Error(`the destination exited (${code}): ${stderr.trim()}`)));
+  });
+  const result = new Promise<Omit<DestinationResult, 'memory'>>((resolve, reject) => {
+    lines.on('line', (line) => {
+      text += line + '\n';
+    });
+    child.once('close', (code) => {
+      try {
+        resolve(JSON.parse(text.slice(text.indexOf('{'))) as Omit<DestinationResult, 'memory'>);
+      } catch {
+        reject(new Error(`the destination exited (${code}) without a result: ${stderr.trim()}`));
+      }
+    });
+  });
+  result.catch(() => {});
+  const { host, port } = await listening;
+  return { host, port, child, result };
+}
+
+interface MigrateRaw {
+  to?: string;
+  memory: string;
+  vcpus: string;
+  workload: 'uniform' | 'hot-set';
+  rate: string;
+  fill: Fill;
+  seed: string;
+  multifdChannels?: string;
+  maxBandwidth: string;
+  downtimeLimit: string;
+  autoConverge?: boolean;
+  timeLimit: string;
+  token?: string;
+  json?: boolean;
+}
+
+export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'trajectory'> {
+  trajectory: LiveMigrationOutcome['info']['trajectory'];
+  dirtytrack: {
+    plane: 'live';
+    memory: number;
+    vcpus: number;
+    'guest-writes': number;
+    link: LiveMigrationOutcome['link'];
+    destination?: Omit<DestinationResult, 'memory'>;
+  };
+}
+
+/** `dirtytrack migrate`: a live migration of a software guest, to `--to` or to a local destination. */
+export async function migrate(raw: MigrateRaw, log: (line: string) => void): Promise<MigrateResult> {
+  const to = raw.to === undefined ? undefined : parseHostPort('--to', raw.to, false);
+  let memory: number;
+  try {
+    memory = parseSize(raw.memory, '--memory');
+  } catch {
+    throw new UsageError('--memory', `${JSON.stringify(raw.memory)} is not a size such as 256M or 1G`);
+  }
+  if (memory < 2 ** 20 || memory % 2 ** 20 !== 0 || memory > 16 * 2 ** 30) {
+    throw new UsageError('--memory', `${raw.memory} must be a whole number of MiB in [1M, 16G]`);
+  }
+  const vcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
+  const rate = intFlag('--rate', raw.rate, 0, 100_000_000);
+  const seed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
+  const channels =
+    raw.multifdChannels === undefined ? 0 : intFlag('--multifd-channels', raw.multifdChannels, 1, 64);
+  const maxBandwidth = raw.maxBandwidth === '0' ? 0 : sizeFlag('--max-bandwidth', raw.maxBandwidth);
+  const downtimeLimit = intFlag('--downtime-limit', raw.downtimeLimit, 0, 2_000_000);
+  const timeLimit = intFlag('--time-limit', raw.timeLimit, 1, 86_400);
+  const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
+  const pages = memory / 4096;
+  const workload: LiveWorkload =
+    raw.workload === 'hot-set'
+      ? { kind: 'hot-set', pages: Math.max(1, Math.floor(pages / 16)), share: 230 }
+      : { kind: 'uniform' };
+
+  const local = to === undefined ? await spawnLocalDestination() : undefined;
+  const target = to ?? (local as NonNullable<typeof local>);
+  log(
+    `migrating ${raw.memory} (${vcpus} vCPUs) to ${target.host}:${target.port}${local ? ' (local destination process)' : ''}…`,
+  );
+  const source = await startLiveSource({ memory, vcpus, workload, rate, fill: raw.fill, seed });
+  let outcome: LiveMigrationOutcome;
+  try {
+    outcome = await runLiveMigration({
+      host: target.host,
+      port: target.port,
+      ...(token === undefined ? {} : { token }),
+      memory: source.memory,
+      engine: source.engine,
+      throttle: source.engine,
+      bitmap: source.bitmap,
+      parameters: {
+        'max-bandwidth': maxBandwidth,
+        'downtime-limit': downtimeLimit,
+        ...(channels > 0 ? { 'multifd-channels': channels } : {}),
+      },
+      capabilities: { multifd: channels > 0, 'auto-converge': raw.autoConverge === true },
+      timeLimitNs: timeLimit * 1e9,
+      onStatus: (e) => log(`status ${e.status} at ${e.time} ms`),
+    });
+  } finally {
+    await source.guest.stop().catch(() => {});
+    if (local !== undefined && local.child.exitCode === null) {
+      setTimeout(() => local.child.kill(), 10_000).unref();
+    }
+  }
+  const guestWrites = source.guest.stats().writes;
+  const destination = local === undefined ? undefined : await local.result.catch(() => undefined);
+  const { trajectory, ...info } = outcome.info;
+  return {
+    ...info,
+    trajectory,
+    dirtytrack: {
+      plane: 'live',
+      memory,
+      vcpus,
+      'guest-writes': guestWrites,
+      link: outcome.link,
+      ...(destination === undefined ? {} : { destination }),
+    },
+  };
+}
+
+function sizeFlag(flag: string, value: string): number {
+  try {
+    return parseSize(value, flag);
+  } catch {
+    throw new UsageError(flag, `${JSON.stringify(value)} is not a size such as 100M (bytes per second)`);
+  }
+}
+
+export interface LiveIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  progress: boolean;
+}
+
+/** Registers `dirtytrack serve` and `dirtytrack migrate`. */
+export function registerLive(program: Command, io: LiveIo, setCode: (code: number) => void): void {
+  program
+    .command('serve')
+    .description('Run a live-migration destination: receive a guest over TCP, verify it byte for byte.')
+    .requiredOption('--listen <host:port>', 'where to listen (port 0 = any free port), e.g. 127.0.0.1:4444')
+    .option(
+      '--token <secret>',
+      'shared secret for the HMAC handshake (or DIRTYTRACK_TOKEN); required off loopback',
+    )
+    .option('--once', 'exit after one migration')
+    .option('--json', 'print each migration’s result as one JSON object on stdout')
+    .action(async (raw: { listen: string; token?: string; once?: boolean; json?: boolean }) => {
+      const { host, port } = parseHostPort('--listen', raw.listen, true);
+      const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
+      let destination;
+      try {
+        destination = await createDestination({
+          host,
+          port,
+          ...(token === undefined ? {} : { token }),
+          once: raw.once === true,
+        });
+      } catch (error) {
+        if (error instanceof DirtytrackError && error.field === 'token')
+          throw new UsageError('--token', error.message);
+        throw error;
+      }
+      io.stdout(`listening on ${destination.host}:${destination.port}\n`);
+      const result = await destination.result;
+      const { memory: _memory, ...rest } = result;
+      if (result.status !== 'completed' || !result.verified) setCode(1);
+      io.stdout(
+        raw.json === true
+          ? JSON.stringify(rest, null, 2) + '\n'
+          : `${result.status}: ${result.normal} pages, ${result.duplicate} zero pages, ${result['bytes-received']} bytes, verified ${result.verified}\n`,
+      );
+      await destination.close();
+    });
+
+  program
+    .command('migrate')
+    .description(
+      'Live-migrate a software guest (worker-thread vCPUs writing its RAM) over TCP, verified byte for ' +
+        'byte. Without --to, a destination process is started on loopback.',
+    )
+    .option('--to <host:port>', 'a destination started with dirtytrack serve')
+    .option('--memory <size>', 'guest RAM (IEC), e.g. 256M or 1G', '256M')
+    .option('--vcpus <n>', 'vCPUs (worker threads)', '2')
+    .addOption(
+      new Option('--workload <kind>', 'which pages the vCPUs write')
+        .choices(['uniform', 'hot-set'])
+        .default('uniform'),
+    )
+    .option('--rate <n>', 'page writes per second per vCPU (0 = as fast as it can)', '2000')
+    .addOption(new Option('--fill <kind>', 'initial RAM content').choices([...FILLS]).default('half'))
+    .option('--seed <n>', 'seed of the RAM content and the vCPUs’ pages', '1')
+    .option('--multifd-channels <n>', 'turn multifd on with this many TCP channels')
+    .option('--max-bandwidth <bytes/s>', 'QEMU max-bandwidth (0 = unlimited)', '0')
+    .option('--downtime-limit <ms>', 'QEMU downtime-limit', '300')
+    .option('--auto-converge', 'throttle the vCPUs when the guest dirties faster than the link drains')
+    .option('--time-limit <s>', 'give up after this long', '120')
+    .option('--token <secret>', 'the destination’s shared secret (or DIRTYTRACK_TOKEN)')
+    .option('--json', 'print the result as one JSON object on stdout (query-migrate names)')
+    .action(async (raw: MigrateRaw) => {
+      const result = await migrate(raw, (line) => {
+        if (io.progress || raw.json !== true) io.stderr(line + '\n');
+      });
+      if (result.status !== 'completed' || !result.verified) setCode(1);
+      io.stdout(
+        raw.json === true
+          ? JSON.stringify(result, null, 2) + '\n'
+          : `${result.status} in ${result['total-time']} ms, downtime ${result.downtime ?? '-'} ms, ` +
+              `${result.ram.transferred} bytes, ${result.ram['dirty-sync-count']} syncs, verified ${result.verified}` +
+              (result['error-desc'] ? ` (${result['error-desc']})` : '') +
+              '\n',
+      );
+    });
+}
