@@ -149,6 +149,7 @@ interface MigrateRaw {
   downtimeLimit: string;
   autoConverge?: boolean;
   timeLimit: string;
+  linkTimeout: string;
   token?: string;
   json?: boolean;
 }
@@ -185,6 +186,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   const maxBandwidth = raw.maxBandwidth === '0' ? 0 : sizeFlag('--max-bandwidth', raw.maxBandwidth);
   const downtimeLimit = intFlag('--downtime-limit', raw.downtimeLimit, 0, 2_000_000);
   const timeLimit = intFlag('--time-limit', raw.timeLimit, 1, 86_400);
+  const linkTimeoutMs = intFlag('--link-timeout', raw.linkTimeout, 100, 3_600_000);
   const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
   const pages = memory / 4096;
   const workload: LiveWorkload =
@@ -215,6 +217,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       },
       capabilities: { multifd: channels > 0, 'auto-converge': raw.autoConverge === true },
       timeLimitNs: timeLimit * 1e9,
+      linkTimeoutMs,
       onStatus: (e) => log(`status ${e.status} at ${e.time} ms`),
     });
   } finally {
@@ -316,6 +319,11 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .option('--downtime-limit <ms>', 'QEMU downtime-limit', '300')
     .option('--auto-converge', 'throttle the vCPUs when the guest dirties faster than the link drains')
     .option('--time-limit <s>', 'give up after this long', '120')
+    .option(
+      '--link-timeout <ms>',
+      'fail when the link makes no progress for this long (a cut cable)',
+      '30000',
+    )
     .option('--token <secret>', 'the destination’s shared secret (or DIRTYTRACK_TOKEN)')
     .option('--json', 'print the result as one JSON object on stdout (query-migrate names)')
     .action(async (raw: MigrateRaw) => {
