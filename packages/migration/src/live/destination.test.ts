@@ -77,7 +77,7 @@ describe('destination end to end (hand-driven source on loopback)', () => {
     let normal = 0;
     let zero = 0;
     let packets = 0;
-    const packetNums = [0, 0];
+    const packetNums: [number, number] = [0, 0];
     /** Sends `list` over channel `c` in packets of ≤ 128 slots, zero pages as zero slots. */
     const sendPages = async (c: 0 | 1, list: number[]): Promise<void> => {
       for (let i = 0; i < list.length; i += 128) {
@@ -198,6 +198,26 @@ describe('destination end to end (hand-driven source on loopback)', () => {
     expect(r.verified).toBe(true);
     expect(r.normal).toBe(2);
     expect(r['multifd-packets']).toBe(6);
+  });
+
+  it('a source that half-closes right after EOF while the main stream waits for a SYNC still completes and reads SHUT', async () => {
+    const ram = 4 * PAGE;
+    const d = await destination();
+    const s = await source(d, ram, 1);
+    const c0 = s.channels[0] as HandSource['main'];
+    await s.write(
+      s.main,
+      concat([setup(ram), encodeSection(VM_ITEM.SECTION_END), encodeFlush(), encodeEos(), encodeEof()]),
+    );
+    s.main.end();
+    await new Promise((r) => setTimeout(r, 50));
+    await s.write(c0, concat([multifdPacket(0, [2], [], () => new Uint8Array(PAGE).fill(5)), syncPacket(1)]));
+    c0.end();
+    const r = await d.result;
+    expect(r.status).toBe('completed');
+    expect(r.normal).toBe(1);
+    await s.closed;
+    expect(s.log).toEqual(['shut 0']);
   });
 
   it('verification counts mismatches and never claims verified for a partial check', async () => {

@@ -136,7 +136,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   const result = new Promise<DestinationResult>((resolve) => (settleFirst = resolve));
   let firstSettled = false;
 
-  const server: Server = createServer({ noDelay: true });
+  // Half-open allowed: a source may end its side after EOF and still read SHUT and VERIFY_RESULT.
+  const server: Server = createServer({ noDelay: true, allowHalfOpen: true });
   server.on('connection', (socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
@@ -253,6 +254,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       mem,
       main: null,
       mainDecoder: null as unknown as MainDecoder,
+      mainConn: null as unknown as Conn,
       channels: [],
       flushSeen: 0,
       released: 0,
@@ -263,7 +265,6 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       duplicate: 0,
       packets: 0,
       bytes: 0,
-      connections: 1,
       compared: null,
       comparedCount: 0,
       mismatches: 0,
@@ -290,6 +291,11 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       onZero,
       onFlush: () => {
         const k = ++m.flushSeen;
+        for (const ch of m.channels) {
+          if (ch.closed && ch.syncs < k) {
+            throw protocolFailure(`multifd channel ${ch.index} closed before its SYNC for flush ${k}`);
+          }
+        }
         if (allSynced(m, k)) {
           release(m, k);
           return true;
@@ -306,14 +312,15 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         queueMicrotask(() => tryComplete(m));
       },
     });
+    m.mainConn = newConn(m.mainDecoder);
     const n = Math.min(hello.channels, 0xffff);
     for (let i = 0; i < n; i++) {
       const ch: Channel = {
         index: i,
         claimed: false,
-        socket: null,
         closed: false,
         syncs: 0,
+        conn: null as unknown as Conn,
         decoder: createMultifdDecoder({
           ramBytes,
           onPacket: () => {
@@ -326,12 +333,13 @@ export async function createDestination(options: DestinationOptions = {}): Promi
             if (m.mainWaiting && allSynced(m, m.flushSeen)) {
               m.mainWaiting = false;
               release(m, m.flushSeen);
-              queueMicrotask(() => guard(m, () => resumeDecoder(m.mainDecoder, m.main)));
+              queueMicrotask(() => guard(m, () => resumeDecoder(m.mainConn)));
             }
             return ch.syncs <= m.released;
           },
         }),
       };
+      ch.conn = newConn(ch.decoder);
       m.channels.push(ch);
     }
     return m;
@@ -346,14 +354,17 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   function release(m: Migration, k: number): void {
     m.released = k;
     for (const ch of m.channels) {
-      if (ch.decoder.paused && ch.syncs <= k)
-        queueMicrotask(() => guard(m, () => resumeDecoder(ch.decoder, ch.socket)));
+      if (ch.decoder.paused && ch.syncs <= k) queueMicrotask(() => guard(m, () => resumeDecoder(ch.conn)));
     }
   }
 
-  function resumeDecoder(decoder: MainDecoder | MultifdDecoder, socket: Socket | null): void {
-    decoder.resume();
-    if (!decoder.paused) socket?.resume();
+  function resumeDecoder(conn: Conn): void {
+    conn.decoder.resume();
+    if (conn.decoder.paused) return;
+    if (conn.endPending) {
+      conn.endPending = false;
+      conn.onEnd();
+    } else conn.socket?.resume();
   }
 
   function command(m: Migration, cmd: number, payload: Uint8Array): void {
@@ -418,26 +429,41 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   function attachMain(m: Migration, socket: Socket): void {
     m.main = socket;
     m.bytes += HANDSHAKE_BYTES;
-    attach(m, socket, m.mainDecoder, 'main connection', () => m.eof);
+    const conn = m.mainConn;
+    conn.socket = socket;
+    conn.onEnd = () => {
+      conn.decoder.end();
+      if (!m.eof)
+        throw protocolFailure(
+          `main connection closed at byte ${conn.decoder.offset} before EOF`,
+          'ECONNRESET',
+        );
+    };
+    attach(m, conn, 'main connection');
   }
 
   function attachChannel(m: Migration, socket: Socket, index: number): void {
     const ch = m.channels[index] as Channel;
-    ch.socket = socket;
-    m.connections++;
+    const conn = ch.conn;
+    conn.socket = socket;
     m.bytes += HANDSHAKE_BYTES;
-    attach(m, socket, ch.decoder, `multifd channel ${index}`, () => true, ch);
+    conn.onEnd = () => {
+      conn.decoder.end();
+      ch.closed = true;
+      if (m.mainWaiting && ch.syncs < m.flushSeen) {
+        throw protocolFailure(
+          `multifd channel ${index} closed at byte ${conn.decoder.offset} before its SYNC for flush ${m.flushSeen}`,
+        );
+      }
+      if (m.eof) tryComplete(m);
+    };
+    attach(m, conn, `multifd channel ${index}`);
   }
 
-  /** Feeds a socket to its decoder; `endOk` says whether the peer may close now. */
-  function attach(
-    m: Migration,
-    socket: Socket,
-    decoder: MainDecoder | MultifdDecoder,
-    name: string,
-    endOk: () => boolean,
-    ch?: Channel,
-  ): void {
+  /** Feeds a socket to its decoder. The peer's FIN is handled once the decoder has drained. */
+  function attach(m: Migration, conn: Conn, name: string): void {
+    const socket = conn.socket as Socket;
+    const decoder = conn.decoder;
     socket.on('data', (chunk: Buffer) => {
       if (m.done) return;
       m.bytes += chunk.length;
@@ -450,27 +476,14 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       });
     });
     socket.on('end', () => {
+      conn.ended = true;
       if (m.done) return;
-      guard(m, () => {
-        decoder.end();
-        if (ch !== undefined) {
-          ch.closed = true;
-          if (ch.syncs < m.flushSeen && m.mainWaiting) {
-            throw protocolFailure(
-              `${name} closed at byte ${decoder.offset} before its SYNC for flush ${m.flushSeen}`,
-            );
-          }
-          if (m.eof) tryComplete(m);
-        } else if (!endOk()) {
-          throw protocolFailure(`${name} closed at byte ${decoder.offset} before EOF`, 'ECONNRESET');
-        }
-      });
+      if (decoder.paused) conn.endPending = true;
+      else guard(m, conn.onEnd);
     });
     socket.on('close', () => {
-      if (m.done) return;
-      if (ch !== undefined ? !ch.closed : !endOk()) {
-        finish(m, protocolFailure(`${name} reset at byte ${decoder.offset}`, 'ECONNRESET'));
-      }
+      if (m.done || conn.ended) return;
+      finish(m, protocolFailure(`${name} reset at byte ${decoder.offset}`, 'ECONNRESET'));
     });
     socket.on('error', (error: Error & { code?: string }) => {
       if (m.done) return;
@@ -487,7 +500,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
 
   function tryComplete(m: Migration): void {
     if (m.done || !m.eof) return;
-    for (const ch of m.channels) if (ch.socket !== null && !ch.closed && !ch.decoder.idle) return;
+    for (const ch of m.channels) if (ch.conn.socket !== null && !ch.closed && !ch.decoder.idle) return;
     finish(m, null);
   }
 
@@ -522,7 +535,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       setTimeout(() => main.destroy(), 1000).unref();
     }
     for (const ch of m.channels) {
-      const s = ch.socket;
+      const s = ch.conn.socket;
       if (s === null || s.destroyed) continue;
       if (error === null) {
         s.end();
@@ -636,10 +649,26 @@ export async function createDestination(options: DestinationOptions = {}): Promi
 
 // ---------------------------------------------------------------------------------------------
 
+/** One connection of a migration, once its handshake is done. */
+interface Conn {
+  socket: Socket | null;
+  decoder: MainDecoder | MultifdDecoder;
+  /** The peer sent FIN. */
+  ended: boolean;
+  /** FIN came while the decoder was paused: handle it once it has drained. */
+  endPending: boolean;
+  /** Checks a FIN (throws for a truncated stream). */
+  onEnd: () => void;
+}
+
+function newConn(decoder: MainDecoder | MultifdDecoder): Conn {
+  return { socket: null, decoder, ended: false, endPending: false, onEnd: () => {} };
+}
+
 interface Channel {
   index: number;
   claimed: boolean;
-  socket: Socket | null;
+  conn: Conn;
   closed: boolean;
   /** SYNC packets decoded. */
   syncs: number;
@@ -654,6 +683,7 @@ interface Migration {
   mem: Uint8Array;
   main: Socket | null;
   mainDecoder: MainDecoder;
+  mainConn: Conn;
   channels: Channel[];
   /** MULTIFD_FLUSH records the main stream reached. */
   flushSeen: number;
@@ -667,7 +697,6 @@ interface Migration {
   duplicate: number;
   packets: number;
   bytes: number;
-  connections: number;
   /** Per page: 0 not compared, 1 matched, 2 mismatched. */
   compared: Uint8Array | null;
   comparedCount: number;

@@ -86,7 +86,10 @@ export async function startHandSource(
     },
     write(socket, bytes) {
       if (socket === main) written.main += bytes.length;
-      else written.channels[chs.indexOf(socket)] += bytes.length;
+      else {
+        const i = chs.indexOf(socket);
+        written.channels[i] = (written.channels[i] as number) + bytes.length;
+      }
       return new Promise<void>((resolve) => socket.write(bytes, () => resolve()));
     },
     destroy() {
