@@ -31,7 +31,9 @@ export const COUNTER = {
   PACKETS: 2,
   /** Bytes of page data read straight from guest memory into the sockets. */
   ZERO_COPY_BYTES: 3,
-  WORDS: 4,
+  /** Bytes the kernel has taken so far on every connection (updated while a batch drains). */
+  DRAINED: 4,
+  WORDS: 5,
 } as const;
 
 /** Sink operations, four Int32 words each: op, word, mask, data. */

@@ -241,7 +241,23 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
   let multifdBytes = 0;
   for (const o of outs) multifdBytes += o.bytes;
   counters[COUNTER.MULTIFD_BYTES] = (counters[COUNTER.MULTIFD_BYTES] as number) + multifdBytes;
-  await Promise.all([mainOut, ...outs].map((o) => o.flush()));
+  const all = [mainOut, ...outs];
+  const queued = all.reduce((n, o) => n + o.bytes, 0);
+  const base = counters[COUNTER.DRAINED] as number;
+  const pending = all.map((o) => o.flush());
+  // Progress while the batch drains, so the migration thread can tell a slow link from a dead one.
+  const sockets = all.map((o) => o.socket);
+  const tick = setInterval(() => {
+    let left = 0;
+    for (const s of sockets) left += s.writableLength;
+    counters[COUNTER.DRAINED] = base + Math.max(0, queued - left);
+  }, 20);
+  try {
+    await Promise.all(pending);
+  } finally {
+    clearInterval(tick);
+  }
+  counters[COUNTER.DRAINED] = base + queued;
 }
 
 /** After the stop-and-copy: every page's hash to the destination, which compares and answers. */
