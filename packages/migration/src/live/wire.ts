@@ -1481,7 +1481,8 @@ interface Reader {
 }
 
 function createReader(capacity: number): Reader {
-  const scratch = new Uint8Array(capacity);
+  // Grown on demand up to `capacity`: a decoder that never sees a big item never allocates one.
+  let scratch = new Uint8Array(Math.min(capacity, 64));
   const empty = new Uint8Array(0);
   const reader: Reader = {
     chunk: empty,
@@ -1502,6 +1503,15 @@ function createReader(capacity: number): Reader {
         this.at = this.p;
         this.p += n;
         return true;
+      }
+      if (n > scratch.length) {
+        if (n > capacity)
+          throw new DirtytrackError('internal', `reader asked for ${n} > ${capacity} bytes`, {
+            component: 'wire',
+          });
+        const grown = new Uint8Array(Math.min(capacity, Math.max(n, 2 * scratch.length)));
+        grown.set(scratch.subarray(0, this.have));
+        scratch = grown;
       }
       const k = Math.min(n - this.have, avail);
       if (k > 0) scratch.set(chunk.subarray(this.p, this.p + k), this.have);
