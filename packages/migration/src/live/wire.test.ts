@@ -251,6 +251,7 @@ describe('decodeHello rejects bad handshakes', () => {
     ['RAM ≥ 2^53', mutate(24, 0x01), /≥ 2\^53/],
     ['page size', mutate(34, 0x20), /page size/],
     ['flags', mutate(38, 1), /unknown flags/],
+    ['channels', mutate(36, 1), /260 multifd channels, at most 255/],
     ['padding', mutate(60, 1), /padding/],
     ['length', good.subarray(0, 63), /63 bytes/],
   ])('%s', (_name, bytes, pattern) => {
@@ -558,6 +559,9 @@ describe('pageHashes', () => {
 
   it('rejects an output array that is too short', () => {
     expect(() => pageHashes(new ArrayBuffer(PAGE * 2), 0, 2, new Uint32Array(3))).toThrow(/out holds/);
+    expect(() => pageHashes(new ArrayBuffer(PAGE * 2), 1, 2, new Uint32Array(4))).toThrow(
+      /pages 1\+2 outside memory of 8192 bytes/,
+    );
   });
 });
 

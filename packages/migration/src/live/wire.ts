@@ -61,6 +61,8 @@ export const RP_MSG = {
 
 /** HELLO `kind`. */
 export const CHANNEL_KIND = { MAIN: 0, MULTIFD: 1, PREEMPT: 2 } as const;
+/** Most multifd channels a HELLO may announce (QEMU's `multifd-channels` is a u8). */
+export const MULTIFD_CHANNELS_MAX = 255;
 /** HELLO `flags`. */
 export const HELLO_FLAG = { POSTCOPY: 1, PREEMPT: 2, RESUME: 4 } as const;
 
@@ -167,7 +169,8 @@ export function encodeHello(h: Hello): Uint8Array {
 
 /**
  * Decodes and checks a HELLO: magic, kind ≤ 2, channel 0 unless multifd, RAM bytes a non-zero
- * multiple of 4096 below 2^53, page size 4096, only known flags, zero padding. The version is
+ * multiple of 4096 below 2^53, page size 4096, at most 255 channels, only known flags, zero
+ * padding. The version is
  * returned as sent, not checked, so the destination can answer RESULT code 1 naming both.
  */
 export function decodeHello(bytes: Uint8Array): Hello {
@@ -192,6 +195,8 @@ export function decodeHello(bytes: Uint8Array): Hello {
   }
   const pageSize = dv.getUint32(32);
   if (pageSize !== PAGE_SIZE) fail(`target page size ${pageSize}, only ${PAGE_SIZE} is supported`);
+  const channels = dv.getUint16(36);
+  if (channels > MULTIFD_CHANNELS_MAX) fail(`${channels} multifd channels, at most ${MULTIFD_CHANNELS_MAX}`);
   const flags = dv.getUint16(38);
   if ((flags & ~(HELLO_FLAG.POSTCOPY | HELLO_FLAG.PREEMPT | HELLO_FLAG.RESUME)) !== 0) {
     fail(`unknown flags 0x${flags.toString(16)}`);
@@ -204,7 +209,7 @@ export function decodeHello(bytes: Uint8Array): Hello {
     migrationId: bytes.slice(8, 24),
     ramBytes,
     pageSize,
-    channels: dv.getUint16(36),
+    channels,
     flags,
     nonce: bytes.slice(40, 56),
   };
@@ -592,6 +597,22 @@ export function pageHashes(
       {
         component: 'wire',
         field: 'out',
+      },
+    );
+  }
+  if (
+    !Number.isInteger(firstPage) ||
+    !Number.isInteger(count) ||
+    firstPage < 0 ||
+    count < 0 ||
+    (firstPage + count) * PAGE_SIZE > memory.byteLength
+  ) {
+    throw new DirtytrackError(
+      'out-of-range',
+      `pageHashes: pages ${firstPage}+${count} outside memory of ${memory.byteLength} bytes`,
+      {
+        component: 'wire',
+        field: 'firstPage',
       },
     );
   }
