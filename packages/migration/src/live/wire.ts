@@ -1112,7 +1112,8 @@ export function createMultifdDecoder(options: MultifdDecoderOptions): MultifdDec
   const { ramBytes } = options;
   checkRam(ramBytes);
   const r = createReader(Math.max(MULTIFD_PACKET_HEADER, PAGE_SIZE));
-  const offsets = new Float64Array(MULTIFD_PACKET_PAGES);
+  // A plain array: a typed one would be an off-heap allocation per decoder (the fuzz test makes 10^5).
+  const offsets: number[] = new Array<number>(MULTIFD_PACKET_PAGES).fill(0);
   let inPacket = false;
   let pagesLeft = 0;
   let pageIndex = 0;
@@ -1502,14 +1503,14 @@ interface Reader {
 }
 
 function createReader(capacity: number): Reader {
-  // Grown on demand up to `capacity`: a decoder that never sees a big item never allocates one.
-  let scratch = new Uint8Array(Math.min(capacity, 64));
-  const empty = new Uint8Array(0);
+  // Allocated on first use and grown up to `capacity`: a decoder whose items all arrive whole
+  // never allocates (each typed array is an off-heap allocation; the fuzz test makes 10^5 decoders).
+  let scratch = EMPTY;
   const reader: Reader = {
-    chunk: empty,
+    chunk: EMPTY,
     p: 0,
     base: 0,
-    buf: empty,
+    buf: EMPTY,
     at: 0,
     have: 0,
     begin(chunk) {
@@ -1530,7 +1531,7 @@ function createReader(capacity: number): Reader {
           throw new DirtytrackError('internal', `reader asked for ${n} > ${capacity} bytes`, {
             component: 'wire',
           });
-        const grown = new Uint8Array(Math.min(capacity, Math.max(n, 2 * scratch.length)));
+        const grown = new Uint8Array(Math.min(capacity, Math.max(n, 2 * scratch.length, 64)));
         grown.set(scratch.subarray(0, this.have));
         scratch = grown;
       }
@@ -1547,13 +1548,15 @@ function createReader(capacity: number): Reader {
     finish() {
       const used = this.p;
       this.base += used;
-      this.chunk = empty;
+      this.chunk = EMPTY;
       this.p = 0;
       return used;
     },
   };
   return reader;
 }
+
+const EMPTY = new Uint8Array(0);
 
 function be32(b: Uint8Array, at: number): number {
   return (
