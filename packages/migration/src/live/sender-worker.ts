@@ -43,6 +43,8 @@ import {
 
 const PAGE = 4096;
 const VERIFY_CHUNK = 4096;
+/** Pages encoded per slice of a batch (16 MiB). */
+const SLICE_PAGES = 4096;
 
 const data = workerData as SenderData;
 const port = parentPort as NonNullable<typeof parentPort>;
@@ -133,6 +135,7 @@ class Out {
     const done = new Promise<void>((resolve) => s.write(new Uint8Array(0), () => resolve()));
     s.uncork();
     this.chunks.length = 0;
+    this.bytes = 0;
     return done;
   }
 }
@@ -173,6 +176,33 @@ function sendPacket(outs: Out[]): void {
 async function sendBatch(ops: Int32Array, count: number): Promise<void> {
   const mainOut = new Out(main as net.Socket);
   const outs = channels.map((c) => new Out(c));
+  const all = [mainOut, ...outs];
+  const base = counters[COUNTER.DRAINED] as number;
+  let written = 0;
+  // Progress while the batch drains, so the migration thread can tell a slow link from a dead one.
+  const tick = setInterval(() => {
+    let left = 0;
+    for (const o of all) left += o.socket.writableLength;
+    counters[COUNTER.DRAINED] = base + Math.max(0, written - left);
+  }, 20);
+  // The batch goes out in slices: one slice drains while the next is encoded, and no more than
+  // two slices of page views are queued at once.
+  let inflight: Promise<unknown> = Promise.resolve();
+  let slicePages = 0;
+  const flushSlice = async (): Promise<void> => {
+    const prev = inflight;
+    for (const o of all) written += o.bytes;
+    recordBytes();
+    inflight = Promise.all(all.map((o) => o.flush()));
+    slicePages = 0;
+    await prev;
+  };
+  const recordBytes = (): void => {
+    counters[COUNTER.MAIN_BYTES] = (counters[COUNTER.MAIN_BYTES] as number) + mainOut.bytes;
+    let multifdBytes = 0;
+    for (const o of outs) multifdBytes += o.bytes;
+    counters[COUNTER.MULTIFD_BYTES] = (counters[COUNTER.MULTIFD_BYTES] as number) + multifdBytes;
+  };
   // Headers for this batch's records live in one buffer: at most 9 bytes per page plus a few.
   let maxRecords = 4;
   for (let k = 0; k < count; k++) maxRecords += popcount32(ops[k * OP_WORDS + 2] as number) + 2;
@@ -211,6 +241,8 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
     const word = ops[at + 1] as number;
     const mask = ops[at + 2] as number;
     const dataMask = ops[at + 3] as number;
+    slicePages += popcount32(mask);
+    if (slicePages >= SLICE_PAGES) await flushSlice();
     for (let rest = mask >>> 0; rest !== 0; rest = (rest & (rest - 1)) >>> 0) {
       const bit = rest & -rest;
       const page = word * 32 + 31 - Math.clz32(bit);
@@ -237,27 +269,13 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
     }
   }
   if (section) record(0, RAM_FLAG.EOS, false);
-  counters[COUNTER.MAIN_BYTES] = (counters[COUNTER.MAIN_BYTES] as number) + mainOut.bytes;
-  let multifdBytes = 0;
-  for (const o of outs) multifdBytes += o.bytes;
-  counters[COUNTER.MULTIFD_BYTES] = (counters[COUNTER.MULTIFD_BYTES] as number) + multifdBytes;
-  const all = [mainOut, ...outs];
-  const queued = all.reduce((n, o) => n + o.bytes, 0);
-  const base = counters[COUNTER.DRAINED] as number;
-  const pending = all.map((o) => o.flush());
-  // Progress while the batch drains, so the migration thread can tell a slow link from a dead one.
-  const sockets = all.map((o) => o.socket);
-  const tick = setInterval(() => {
-    let left = 0;
-    for (const s of sockets) left += s.writableLength;
-    counters[COUNTER.DRAINED] = base + Math.max(0, queued - left);
-  }, 20);
   try {
-    await Promise.all(pending);
+    await flushSlice();
+    await inflight;
   } finally {
     clearInterval(tick);
   }
-  counters[COUNTER.DRAINED] = base + queued;
+  counters[COUNTER.DRAINED] = base + written;
 }
 
 /** After the stop-and-copy: every page's hash to the destination, which compares and answers. */
