@@ -52,9 +52,22 @@ export interface LiveSourceOptions {
  * reporter and QEMU's three layers (`xchg`, QEMU's own sync), and the live engine over it.
  */
 export async function startLiveSource(o: LiveSourceOptions) {
-  const pages = o.memory / 4096;
   const memory = new SharedArrayBuffer(o.memory);
   fillMemory(memory, o.fill, o.seed);
+  const { guest, bitmap } = await bootGuest(memory, o);
+  const engine = createLiveEngine({ guest });
+  return { memory, guest, engine, bitmap };
+}
+
+/**
+ * Worker vCPUs running over `memory`: the software MMU (write-protect tracking, as KVM's
+ * default), the bitmap reporter and QEMU's layers over them (what a migration syncs).
+ */
+async function bootGuest(
+  memory: SharedArrayBuffer,
+  o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed'>,
+) {
+  const pages = memory.byteLength / 4096;
   const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
   const tracker = createMmuTracker({ vcpus: o.vcpus, slots: [slot], shared: true });
   const reporter = createBitmapReporter({ rearmer: tracker, slots: [slot], shared: true });
@@ -74,8 +87,26 @@ export async function startLiveSource(o: LiveSourceOptions) {
   });
   await guest.start();
   guest.setValue(1);
-  const engine = createLiveEngine({ guest });
-  return { memory, guest, engine, bitmap };
+  return { guest, bitmap };
+}
+
+/**
+ * After a completed, verified migration the destination runs the guest on: `vcpus` worker vCPUs
+ * over the received memory for `ms`. Returns the writes they made (QEMU's check 1: "the guest
+ * runs").
+ */
+export async function runReceivedGuest(
+  memory: SharedArrayBuffer,
+  o: { vcpus: number; rate: number; ms: number; seed: number },
+): Promise<{ ms: number; vcpus: number; writes: number }> {
+  const { guest } = await bootGuest(memory, { ...o, workload: { kind: 'uniform' } });
+  try {
+    await new Promise((resolve) => setTimeout(resolve, o.ms));
+    guest.check();
+  } finally {
+    await guest.stop();
+  }
+  return { ms: o.ms, vcpus: o.vcpus, writes: guest.stats().writes };
 }
 
 function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
@@ -301,10 +332,26 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       'allocate and touch this much RAM before listening (QEMU -m with -mem-prealloc); the guest must match',
     )
     .option('--once', 'exit after one migration')
+    .option(
+      '--run-after <ms>',
+      'after a verified migration, run the guest on for this long (worker vCPUs)',
+      '0',
+    )
+    .option('--vcpus <n>', 'vCPUs of the guest run on with --run-after', '2')
     .option('--json', 'print each migration’s result as one JSON object on stdout')
     .action(
-      async (raw: { listen: string; token?: string; memory?: string; once?: boolean; json?: boolean }) => {
+      async (raw: {
+        listen: string;
+        token?: string;
+        memory?: string;
+        once?: boolean;
+        runAfter: string;
+        vcpus: string;
+        json?: boolean;
+      }) => {
         const { host, port } = parseHostPort('--listen', raw.listen, true);
+        const runAfter = intFlag('--run-after', raw.runAfter, 0, 3_600_000);
+        const runVcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
         const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
         const memory = raw.memory === undefined ? undefined : preallocate(guestSize('--memory', raw.memory));
         let destination;
@@ -323,14 +370,23 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         }
         io.stdout(`listening on ${destination.host}:${destination.port}\n`);
         const result = await destination.result;
-        const { memory: _memory, ...rest } = result;
-        if (result.status !== 'completed' || !result.verified) setCode(1);
+        const { memory: received, ...rest } = result;
+        const ok = result.status === 'completed' && result.verified;
+        if (!ok) setCode(1);
+        await destination.close();
+        const resumed =
+          ok && runAfter > 0 && received !== undefined
+            ? await runReceivedGuest(received, { vcpus: runVcpus, rate: 2000, ms: runAfter, seed: 1 })
+            : undefined;
         io.stdout(
           raw.json === true
-            ? JSON.stringify(rest, null, 2) + '\n'
-            : `${result.status}: ${result.normal} pages, ${result.duplicate} zero pages, ${result['bytes-received']} bytes, verified ${result.verified}\n`,
+            ? JSON.stringify({ ...rest, ...(resumed === undefined ? {} : { resumed }) }, null, 2) + '\n'
+            : `${result.status}: ${result.normal} pages, ${result.duplicate} zero pages, ${result['bytes-received']} bytes, verified ${result.verified}` +
+                (resumed === undefined
+                  ? ''
+                  : `; the guest ran on for ${resumed.ms} ms: ${resumed.writes} writes`) +
+                '\n',
         );
-        await destination.close();
       },
     );
 
