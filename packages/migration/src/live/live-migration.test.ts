@@ -156,3 +156,46 @@ describe(`live migration over loopback TCP (seed ${SEED})`, () => {
     expect((guest as LiveGuest).stats().writes).toBeGreaterThan(before);
   });
 });
+
+describe(`live auto-converge (seed ${SEED})`, () => {
+  it('a guest dirtying faster than a 16 MB/s link converges only once the throttle bites', async () => {
+    const memory = makeMemory();
+    const received = new SharedArrayBuffer(memory.byteLength);
+    destination = await startDestinationThread(received);
+    // 2 vCPUs × 4000 pages/s = 32 MB/s of dirtying against 16 MB/s of bandwidth: without a
+    // throttle this never converges; auto-converge must slow the real vCPUs down.
+    const { engine, bitmap } = await startGuest(memory, 4000);
+    const outcome = await runLiveMigration({
+      host: destination.host,
+      port: destination.port,
+      memory,
+      engine,
+      throttle: engine,
+      bitmap,
+      parameters: {
+        'max-bandwidth': 16e6,
+        'downtime-limit': 100,
+        'cpu-throttle-initial': 30,
+        'cpu-throttle-increment': 20,
+      },
+      capabilities: { 'auto-converge': true },
+      timeLimitNs: 60e9,
+    });
+    const result = await destination.result;
+    expect(outcome.info['error-desc'] ?? 'none').toBe('none');
+    expect(outcome.info.status).toBe('completed');
+    expect(outcome.info.verified).toBe(true);
+    expect(sameBytes(memory, received)).toBe(true);
+    expect(result.verified).toBe(true);
+    // The throttle rose in QEMU's steps (30, then +20 …) and is 0 once the run ended.
+    const steps = outcome.stats['throttle-steps'];
+    expect(steps.length).toBeGreaterThan(0);
+    expect(steps[0]).toBe(30);
+    for (let i = 1; i < steps.length; i++) expect(steps[i]).toBe(Math.min(99, (steps[i - 1] as number) + 20));
+    expect(outcome.info['cpu-throttle-percentage']).toBe(0);
+    expect(engine.speed).toBe(1);
+    // The vCPUs really slept: their throttled time is on the guest's books.
+    const throttled = (guest as LiveGuest).stats().vcpuThrottledMs;
+    expect(throttled.every((ms) => ms > 0)).toBe(true);
+  }, 90_000);
+});
