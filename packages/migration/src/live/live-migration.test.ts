@@ -199,3 +199,50 @@ describe(`live auto-converge (seed ${SEED})`, () => {
     expect(throttled.every((ms) => ms > 0)).toBe(true);
   }, 90_000);
 });
+
+describe(`the destination dies in each phase (seed ${SEED})`, () => {
+  // Precopy's middle is covered above; here the setup and the stop-and-copy. Each time the source
+  // must end `failed` with the cause, and its guest must be running again (nothing lost).
+  const phases = [
+    { phase: 'setup', at: 'setup', capabilities: {} },
+    { phase: 'stop-and-copy', at: 'pre-switchover', capabilities: { 'pause-before-switchover': true } },
+  ] as const;
+  for (const p of phases) {
+    it(`killed at ${p.phase}: failed, the source guest runs on`, async () => {
+      const memory = makeMemory();
+      destination = await startDestinationThread(new SharedArrayBuffer(memory.byteLength));
+      const d = destination;
+      const { engine, bitmap } = await startGuest(memory, 2000);
+      const statuses: string[] = [];
+      const outcome = await runLiveMigration({
+        host: d.host,
+        port: d.port,
+        memory,
+        engine,
+        throttle: engine,
+        bitmap,
+        parameters: { 'max-bandwidth': 0 },
+        capabilities: p.capabilities,
+        timeLimitNs: 60e9,
+        linkTimeoutMs: 5000,
+        onStatus: (e) => {
+          statuses.push(e.status);
+          if (e.status === p.at) {
+            d.kill();
+            // Give the kill a moment to land before the next bytes go out.
+            Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
+          }
+        },
+      });
+      expect(outcome.info.status).toBe('failed');
+      expect(statuses.at(-1)).toBe('failed');
+      expect(statuses).toContain(p.at);
+      expect(outcome.info['error-desc']).toMatch(/socket|closed|reset|pipe|progress/i);
+      expect(outcome.info.verified).toBe(false);
+      expect(engine.running).toBe(true);
+      const before = (guest as LiveGuest).stats().writes;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect((guest as LiveGuest).stats().writes).toBeGreaterThan(before);
+    }, 60_000);
+  }
+});
