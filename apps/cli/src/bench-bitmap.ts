@@ -1,5 +1,7 @@
 import {
   Bitmap,
+  createRng,
+  DirtytrackError,
   formatSize,
   PAGE_SIZE,
   type DirtyLogSource,
@@ -20,9 +22,20 @@ import { fourDigits, medianMs, pairedMedians } from './bench-timing.js';
  * `dirtytrack bench bitmap`: the slides' bitmap-sync cost for huge VMs, measured side by side in
  * one run on this machine. One plain memcpy of the bitmap; one pass of per-word atomic exchange;
  * a full `migration_bitmap_sync` through QEMU's layers with each strategy (`xchg` = QEMU today,
- * `rwlock-memcpy` = the slides' proposal, `fused` = one hop with a summary) at 100% and, for
- * `fused`, 1% of words dirty; the WebAssembly SIMD OR-and-zero kernel; and the slides'
- * cache-resident case (a 4 KiB bitmap, xchg vs copy). Medians of `reps` after warm-up.
+ * `rwlock-memcpy` = the slides' proposal, `fused` = one hop with a summary) at 100% dirty and,
+ * for `fused`, at 1% dirty in two patterns; the WebAssembly SIMD OR-and-zero kernel; and the
+ * slides' cache-resident case (a 4 KiB bitmap, xchg vs copy). Medians of `reps` after warm-up.
+ *
+ * The two 1% patterns, each with the same share of pages dirty:
+ * - `fused-1pct` (**clustered**, {@link clusteredOnePct}): 1% of the pages as randomly placed,
+ *   non-overlapping, 2 MiB-aligned runs of 512 pages (seeded), as a guest with spatial locality
+ *   dirties them (hot sets, THP-backed heaps). A run is 64 bytes of bitmap, one cache line, so
+ *   the sync touches 1% of the bitmap's cache lines.
+ * - `fused-1pct-spread` ({@link spreadOnePct}): every 100th 64-bit word wholly dirty, evenly
+ *   spread. That touches one cache line in 12.5 of both bitmaps, so its floor is a large share
+ *   of a memcpy whatever the sync does.
+ * Each has a floor row (`touch-1pct-floor`, `touch-1pct-spread-floor`): only copying the dirty
+ * words from the pattern into another bitmap, no summary, no bookkeeping.
  *
  * Every sync is timed whole (`layers.sync()`: harvest, hops, bookkeeping) from the state QEMU
  * syncs in: the round has sent every page (bmap empty), then the guest dirtied the share under
@@ -31,10 +44,13 @@ import { fourDigits, medianMs, pairedMedians } from './bench-timing.js';
  * round and the guest's writes are set up untimed; KVM's re-protection of the pages is not
  * counted for any strategy (the bench's producers need none). `fused-full-bmap` is the worst
  * case for `fused`: a 100%-dirty sync into a bmap still full (nothing sent since the last sync).
+ * After each sync case the bench checks, untimed, that bmap holds exactly the pages dirtied.
  */
 export interface BitmapBenchOptions {
   memory: number;
   reps: number;
+  /** Seed of the clustered 1% pattern's run placement. Default {@link DEFAULT_PATTERN_SEED}. */
+  seed?: number;
   onStep?: (step: string) => void;
 }
 
@@ -42,6 +58,10 @@ export interface BitmapBenchResult {
   memory: string;
   'bitmap-bytes': number;
   reps: number;
+  /** Seed of the clustered 1% pattern. */
+  seed: number;
+  /** Pages dirty in each 1% pattern (clustered: whole runs of 512; spread: whole 64-bit words). */
+  '1pct-dirty-pages': { clustered: number; spread: number };
   'memcpy-ms': number;
   'xchg-ms': number;
   'xchg-vs-memcpy': number;
@@ -49,18 +69,24 @@ export interface BitmapBenchResult {
    * Each sync case, with a memcpy of the bitmap timed just before every repetition
    * (`memcpy-ms`, its median), so `vs-memcpy` compares the two under the same machine load.
    */
-  strategies: Record<
-    SyncStrategy | 'fused-1pct' | 'fused-full-bmap',
-    { ms: number; 'memcpy-ms': number; 'vs-memcpy': number }
-  >;
-  /** `fused` at 1% over `fused` at 100% (the acceptance wants < 0.1). */
+  strategies: Record<SyncStrategy | 'fused-1pct' | 'fused-1pct-spread' | 'fused-full-bmap', SideBySideRow>;
+  /** `fused` at 1% clustered over `fused` at 100% (the acceptance wants < 0.1). */
   'fused-1pct-vs-fused': number;
+  /** `fused` at 1% evenly spread over `fused` at 100%. */
+  'fused-1pct-spread-vs-fused': number;
   /**
-   * The floor under any 1% sync that writes the bits into bmap: only touching those words (read
-   * the producer's, write bmap's, every 100th 64-bit word — 1 cache line in 12.5 of each), no
-   * summary, no bookkeeping, beside a memcpy.
+   * `fused` at 1% clustered in the {@link LARGER_RUN_PAGES} runs that fit the guest, same seed:
+   * each beside its memcpy, and over `fused` at 100%.
    */
-  'touch-1pct-floor': { ms: number; 'memcpy-ms': number; 'vs-memcpy': number };
+  'fused-1pct-larger-runs': (SideBySideRow & { 'run-pages': number; 'vs-fused': number })[];
+  /**
+   * The floor under a clustered 1% sync that writes the bits into bmap: only touching those words
+   * (read the pattern's, write another bitmap's, 16 32-bit words per run — 1% of the cache lines
+   * of each), no summary, no bookkeeping, beside a memcpy.
+   */
+  'touch-1pct-floor': SideBySideRow;
+  /** The same floor for the spread pattern: every 100th 64-bit word, 1 cache line in 12.5 of each. */
+  'touch-1pct-spread-floor': SideBySideRow;
   /** The WebAssembly SIMD OR-and-zero kernel over the same bitmap (or the JS twin where SIMD is missing). */
   'wasm-or-and-zero': { ms: number; 'vs-memcpy': number; kind: string };
   'rwlock-memcpy-vs-xchg': number;
@@ -71,18 +97,87 @@ export interface BitmapBenchResult {
   'l1-js-xchg-vs-set': number;
 }
 
+/** A case timed beside a memcpy of the bitmap: both medians and their ratio. */
+export interface SideBySideRow {
+  ms: number;
+  'memcpy-ms': number;
+  'vs-memcpy': number;
+}
+
+/** The clustered pattern's default seed: any fixed value, so runs are comparable. */
+export const DEFAULT_PATTERN_SEED = 0x5eed;
+
+/** Pages in a clustered run: a 2 MiB huge page of 4 KiB pages, 64 bytes (one cache line) of bitmap. */
+export const RUN_PAGES = 512;
+
+/**
+ * The larger runs the bench also measures at 1% (16 MiB, 128 MiB, 1 GiB of guest memory: 512 B,
+ * 4 KiB and 32 KiB of bitmap per run), to show how the 1% sync's cost falls with spatial locality.
+ */
+export const LARGER_RUN_PAGES = [4096, 32768, 262144] as const;
+
+export interface ClusteredPattern {
+  bitmap: Bitmap;
+  /** Pages per run. */
+  runPages: number;
+  /** First page of each run, ascending; each a multiple of `runPages`. */
+  runStarts: Uint32Array;
+}
+
+/**
+ * 1% of `pages` dirty as randomly placed, non-overlapping, aligned runs of `runPages` pages
+ * (default {@link RUN_PAGES}, 2 MiB): `max(1, round(pages / 100 / runPages))` runs, never more
+ * than fit, chosen uniformly among the `floor(pages / runPages)` aligned slots with Floyd's
+ * sampling from `createRng(seed)`, so the same seed gives the same bits.
+ */
+export function clusteredOnePct(pages: number, seed: number, runPages: number = RUN_PAGES): ClusteredPattern {
+  if (!Number.isInteger(runPages) || runPages <= 0 || runPages % 64 !== 0) {
+    throw new DirtytrackError('invalid-argument', `runPages: ${runPages} is not a positive multiple of 64`, {
+      component: 'bench-bitmap',
+      field: 'runPages',
+    });
+  }
+  const bitmap = Bitmap.create(pages);
+  const slots = Math.floor(pages / runPages);
+  const runs = Math.min(slots, Math.max(1, Math.round(pages / 100 / runPages)));
+  const rng = createRng(seed);
+  const w = bitmap.words;
+  const wordsPerRun = runPages / 32;
+  // Floyd: each step adds exactly one new slot in [0, j]; j itself cannot be taken yet.
+  for (let j = slots - runs; j < slots; j++) {
+    const t = rng.nextInt(j + 1);
+    const pick = (w[t * wordsPerRun] as number) !== 0 ? j : t;
+    bitmap.setRange(pick * runPages, runPages);
+  }
+  const runStarts = new Uint32Array(runs);
+  let n = 0;
+  for (let k = 0; k < slots; k++) if ((w[k * wordsPerRun] as number) !== 0) runStarts[n++] = k * runPages;
+  return { bitmap, runPages, runStarts };
+}
+
+/**
+ * 1% of the 64-bit words wholly dirty, evenly spread: 64-bit words 0, 100, 200, … — one cache
+ * line in 12.5 of the bitmap.
+ */
+export function spreadOnePct(pages: number): Bitmap {
+  const bitmap = Bitmap.create(pages);
+  const w = bitmap.words;
+  for (let i = 0; i < w.length; i += 200) {
+    w[i] = 0xffff_ffff;
+    w[i + 1] = 0xffff_ffff;
+  }
+  return bitmap;
+}
+
 export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   const pages = options.memory / PAGE_SIZE;
   const reps = options.reps;
+  const seed = options.seed ?? DEFAULT_PATTERN_SEED;
   const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
   const full = Bitmap.create(pages);
   full.setAll();
-  const onePct = Bitmap.create(pages);
-  // 1% of the 64-bit words dirty, every page of those words.
-  for (let w = 0; w < onePct.words.length; w += 200) {
-    onePct.words[w] = 0xffff_ffff;
-    onePct.words[w + 1] = 0xffff_ffff;
-  }
+  const clustered = clusteredOnePct(pages, seed);
+  const spread = spreadOnePct(pages);
   const step = (s: string): void => options.onStep?.(s);
 
   step('memcpy');
@@ -102,25 +197,32 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   );
 
   const logging: LoggingControl = { enableLogging: (s) => s.pages, disableLogging: () => {} };
+  const vs2 = (r: SideBySide): SideBySideRow => ({
+    ms: r.ms,
+    'memcpy-ms': r.memcpyMs,
+    'vs-memcpy': fourDigits(r.ms / r.memcpyMs),
+  });
   const copyBitmap = (): void => dst.copyFrom(full);
   const strategyMs = (strategy: Exclude<SyncStrategy, 'fused'>, dirty: Bitmap): SideBySide => {
     step(`sync ${strategy}`);
     const source = scriptedSource(dirty);
     const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy });
     layers.setup();
-    return sideBySide(
+    const r = sideBySide(
       reps,
       () => sendRound(layers),
       copyBitmap,
       () => void layers.sync(),
     );
+    expectBmap(layers, dirty, strategy);
+    return r;
   };
-  const fusedMs = (dirty: Bitmap, drain: boolean): SideBySide => {
-    step(`sync fused${drain ? '' : ' (bmap full)'}`);
+  const fusedMs = (dirty: Bitmap, drain: boolean, name: string): SideBySide => {
+    step(`sync ${name}`);
     const source = createSwapDirtyLog({ slots: [slot] });
     const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused' });
     layers.setup();
-    return sideBySide(
+    const r = sideBySide(
       reps,
       () => {
         if (drain) sendRound(layers);
@@ -129,15 +231,32 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
       copyBitmap,
       () => void layers.sync(),
     );
+    expectBmap(layers, dirty, name);
+    return r;
   };
-  step('1% floor');
   const floorDst = Bitmap.create(pages);
+  step('1% floor (clustered)');
   const floor = sideBySide(
     reps,
     () => {},
     copyBitmap,
     () => {
-      const a = onePct.words;
+      const a = clustered.bitmap.words;
+      const b = floorDst.words;
+      const starts = clustered.runStarts;
+      for (let r = 0; r < starts.length; r++) {
+        const i = (starts[r] as number) >>> 5;
+        for (let k = i; k < i + clustered.runPages / 32; k++) b[k] = a[k] as number;
+      }
+    },
+  );
+  step('1% floor (spread)');
+  const spreadFloor = sideBySide(
+    reps,
+    () => {},
+    copyBitmap,
+    () => {
+      const a = spread.words;
       const b = floorDst.words;
       for (let i = 0; i < a.length; i += 200) {
         b[i] = a[i] as number;
@@ -147,9 +266,14 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   );
   const xchgSync = strategyMs('xchg', full);
   const rwlockSync = strategyMs('rwlock-memcpy', full);
-  const fusedSync = fusedMs(full, true);
-  const fused1 = fusedMs(onePct, true);
-  const fusedFull = fusedMs(full, false);
+  const fusedSync = fusedMs(full, true, 'fused');
+  const fused1 = fusedMs(clustered.bitmap, true, 'fused 1% clustered');
+  const fused1Spread = fusedMs(spread, true, 'fused 1% spread');
+  const fusedFull = fusedMs(full, false, 'fused (bmap full)');
+  const largerRuns = LARGER_RUN_PAGES.filter((run) => run <= pages).map((run) => {
+    const r = fusedMs(clusteredOnePct(pages, seed, run).bitmap, true, `fused 1% clustered, ${run}-page runs`);
+    return { 'run-pages': run, ...vs2(r), 'vs-fused': fourDigits(r.ms / fusedSync.ms) };
+  });
 
   step('wasm');
   const kernels = createBitmapKernels({ maxBytes: 2 * Bitmap.byteLength(pages) + 64 });
@@ -199,15 +323,12 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   );
 
   const vs = (ms: number) => ({ ms, 'vs-memcpy': fourDigits(ms / memcpyMs) });
-  const vs2 = (r: SideBySide) => ({
-    ms: r.ms,
-    'memcpy-ms': r.memcpyMs,
-    'vs-memcpy': fourDigits(r.ms / r.memcpyMs),
-  });
   return {
     memory: formatSize(options.memory),
     'bitmap-bytes': full.byteLength,
     reps,
+    seed,
+    '1pct-dirty-pages': { clustered: clustered.runStarts.length * RUN_PAGES, spread: spread.popcount() },
     'memcpy-ms': memcpyMs,
     'xchg-ms': xchgMs,
     'xchg-vs-memcpy': fourDigits(xchgMs / memcpyMs),
@@ -216,10 +337,14 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
       'rwlock-memcpy': vs2(rwlockSync),
       fused: vs2(fusedSync),
       'fused-1pct': vs2(fused1),
+      'fused-1pct-spread': vs2(fused1Spread),
       'fused-full-bmap': vs2(fusedFull),
     },
     'fused-1pct-vs-fused': fourDigits(fused1.ms / fusedSync.ms),
+    'fused-1pct-spread-vs-fused': fourDigits(fused1Spread.ms / fusedSync.ms),
+    'fused-1pct-larger-runs': largerRuns,
     'touch-1pct-floor': vs2(floor),
+    'touch-1pct-spread-floor': vs2(spreadFloor),
     'wasm-or-and-zero': { ...vs(wasmMs), kind: kernels.kind },
     'rwlock-memcpy-vs-xchg': fourDigits(xchgSync.ms / rwlockSync.ms),
     'l1-xchg-vs-memcpy': fourDigits(l1Xchg / l1Copy),
@@ -233,6 +358,8 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
   return [
     `# Bitmap sync, ${r.memory} guest (${r['bitmap-bytes']} B bitmap), medians of ${r.reps}`,
     '',
+    `1% dirty: clustered = ${r['1pct-dirty-pages'].clustered} pages in random 2 MiB-aligned runs of 512 (seed ${r.seed}); spread = ${r['1pct-dirty-pages'].spread} pages, every 100th 64-bit word.`,
+    '',
     '| case | ms | × memcpy |',
     '|---|---:|---:|',
     `| memcpy of the bitmap | ${r['memcpy-ms']} | 1 |`,
@@ -240,12 +367,18 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
     `| sync, three-layer xchg (QEMU today), 100% dirty | ${s.xchg.ms} | ${s.xchg['vs-memcpy']} |`,
     `| sync, rwlock-memcpy (the slides), 100% dirty | ${s['rwlock-memcpy'].ms} | ${s['rwlock-memcpy']['vs-memcpy']} |`,
     `| sync, fused, 100% dirty | ${s.fused.ms} | ${s.fused['vs-memcpy']} |`,
-    `| sync, fused, 1% dirty | ${s['fused-1pct'].ms} | ${s['fused-1pct']['vs-memcpy']} |`,
+    `| sync, fused, 1% dirty clustered (2M runs) | ${s['fused-1pct'].ms} | ${s['fused-1pct']['vs-memcpy']} |`,
+    `| floor of the clustered 1%: touching its runs only | ${r['touch-1pct-floor'].ms} | ${r['touch-1pct-floor']['vs-memcpy']} |`,
+    ...r['fused-1pct-larger-runs'].map(
+      (x) =>
+        `| sync, fused, 1% dirty clustered (${formatSize(x['run-pages'] * PAGE_SIZE)} runs) | ${x.ms} | ${x['vs-memcpy']} |`,
+    ),
+    `| sync, fused, 1% dirty spread (every 100th 64-bit word) | ${s['fused-1pct-spread'].ms} | ${s['fused-1pct-spread']['vs-memcpy']} |`,
+    `| floor of the spread 1%: touching its words only | ${r['touch-1pct-spread-floor'].ms} | ${r['touch-1pct-spread-floor']['vs-memcpy']} |`,
     `| sync, fused, 100% dirty into a full bmap | ${s['fused-full-bmap'].ms} | ${s['fused-full-bmap']['vs-memcpy']} |`,
-    `| floor of a 1% sync: touching the dirty words only | ${r['touch-1pct-floor'].ms} | ${r['touch-1pct-floor']['vs-memcpy']} |`,
     `| ${r['wasm-or-and-zero'].kind} OR-and-zero kernel | ${r['wasm-or-and-zero'].ms} | ${r['wasm-or-and-zero']['vs-memcpy']} |`,
     '',
-    `rwlock-memcpy is ${r['rwlock-memcpy-vs-xchg']}× faster than the three-layer xchg sync; fused at 1% takes ${r['fused-1pct-vs-fused']}× its 100% time.`,
+    `rwlock-memcpy is ${r['rwlock-memcpy-vs-xchg']}× faster than the three-layer xchg sync; fused at 1% takes ${r['fused-1pct-vs-fused']}× its 100% time clustered in 2M runs (${r['fused-1pct-larger-runs'].map((x) => `${formatSize(x['run-pages'] * PAGE_SIZE)} runs: ${x['vs-fused']}×`).join(', ')}), ${r['fused-1pct-spread-vs-fused']}× spread.`,
     `In L1 (4 KiB, ${r['l1-kind']}), per-word xchg is ${r['l1-xchg-vs-memcpy']}× a copy (plain JS Atomics.exchange vs TypedArray.set: ${r['l1-js-xchg-vs-set']}×).`,
     '',
   ].join('\n');
@@ -257,6 +390,22 @@ function sendRound(layers: QemuLayers): void {
   for (let i = 0; i < w.length; i++) {
     const m = w[i] as number;
     if (m !== 0) layers.clearSent(i, m);
+  }
+}
+
+/** After a sync case (untimed): bmap must hold exactly the pages dirtied, and the count agree. */
+function expectBmap(layers: QemuLayers, dirty: Bitmap, name: string): void {
+  const a = layers.bmap.words;
+  const b = dirty.words;
+  let same = a.length === b.length;
+  for (let i = 0; same && i < a.length; i++) same = a[i] === b[i];
+  const want = dirty.popcount();
+  if (!same || layers.dirtyPages !== want) {
+    throw new DirtytrackError(
+      'internal',
+      `${name}: after the sync bmap holds ${layers.bmap.popcount()} pages (count ${layers.dirtyPages}), not the ${want} dirtied`,
+      { component: 'bench-bitmap' },
+    );
   }
 }
 

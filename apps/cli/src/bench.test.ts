@@ -1,7 +1,23 @@
+import type { Bitmap, LoggingControl, MemslotInfo } from '@dirtytrack/core';
+import { createQemuLayers, createSwapDirtyLog } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run } from './__fixtures__/run.js';
-import type { BitmapBenchResult } from './bench-bitmap.js';
+import {
+  clusteredOnePct,
+  LARGER_RUN_PAGES,
+  RUN_PAGES,
+  spreadOnePct,
+  type BitmapBenchResult,
+} from './bench-bitmap.js';
 import type { ReportersBenchResult } from './bench-reporters.js';
+
+/** Indices of the 32-bit words where `a` and `b` differ (the first 10). */
+function differingWords(a: Bitmap, b: Bitmap): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < Math.max(a.words.length, b.words.length) && out.length < 10; i++)
+    if (a.words[i] !== b.words[i]) out.push(i);
+  return out;
+}
 
 /** Ratios are printed to four significant digits: compare relatively, whatever their size. */
 function expectRatio(printed: number, exact: number): void {
@@ -109,9 +125,12 @@ describe('dirtytrack bench bitmap', () => {
     const r = JSON.parse(out.stdout) as BitmapBenchResult;
     expect(r.memory).toBe('64M');
     expect(r['bitmap-bytes']).toBe(2048);
+    expect(typeof r['memcpy-ms']).toBe('number');
+    expect(typeof r['xchg-ms']).toBe('number');
     expect(Object.keys(r.strategies).sort()).toEqual([
       'fused',
       'fused-1pct',
+      'fused-1pct-spread',
       'fused-full-bmap',
       'rwlock-memcpy',
       'xchg',
@@ -119,9 +138,113 @@ describe('dirtytrack bench bitmap', () => {
     for (const s of Object.values(r.strategies)) expect(s.ms).toBeGreaterThan(0);
     expectRatio(r['xchg-vs-memcpy'], r['xchg-ms'] / r['memcpy-ms']);
     expectRatio(r['fused-1pct-vs-fused'], r.strategies['fused-1pct'].ms / r.strategies.fused.ms);
+    expectRatio(
+      r['fused-1pct-spread-vs-fused'],
+      r.strategies['fused-1pct-spread'].ms / r.strategies.fused.ms,
+    );
+    for (const k of ['touch-1pct-floor', 'touch-1pct-spread-floor'] as const) {
+      expect(r[k].ms).toBeGreaterThan(0);
+      expect(r[k]['memcpy-ms']).toBeGreaterThan(0);
+      expectRatio(r[k]['vs-memcpy'], r[k].ms / r[k]['memcpy-ms']);
+    }
+    // 16384 pages: one 2 MiB run (the minimum), 3 64-bit words of the 256 for the spread pattern.
+    expect(r['1pct-dirty-pages']).toEqual({ clustered: 512, spread: 192 });
+    // Only the 16 MiB runs fit a 64 MiB guest.
+    expect(r['fused-1pct-larger-runs'].map((x) => x['run-pages'])).toEqual([4096]);
+    for (const x of r['fused-1pct-larger-runs']) {
+      expect(x.ms).toBeGreaterThan(0);
+      expectRatio(x['vs-fused'], x.ms / r.strategies.fused.ms);
+    }
     expect(r['l1-xchg-vs-memcpy']).toBeGreaterThan(0);
     expect(r['l1-kind']).toBe('wasm-simd');
     expect(r['l1-js-xchg-vs-set']).toBeGreaterThan(0);
+  });
+
+  it('prints both 1% patterns in the Markdown table', async () => {
+    const out = await run('bench', 'bitmap', '--memory', '64M', '--reps', '1');
+    expect(out.code).toBe(0);
+    expect(out.stdout).toContain('| sync, fused, 1% dirty clustered (2M runs) |');
+    expect(out.stdout).toContain('| sync, fused, 1% dirty clustered (16M runs) |');
+    expect(out.stdout).toContain('| sync, fused, 1% dirty spread (every 100th 64-bit word) |');
+    expect(out.stdout).toContain('| floor of the clustered 1%: touching its runs only |');
+    expect(out.stdout).toContain('| floor of the spread 1%: touching its words only |');
+  });
+
+  // 5,120,000 pages (~19.5 GiB): 1% is exactly 51,200 pages, 100 runs of 512.
+  const PAGES = 5_120_000;
+
+  it('clusteredOnePct dirties exactly 1% of the pages in whole, aligned, distinct 2 MiB runs', () => {
+    const p = clusteredOnePct(PAGES, 7);
+    expect(p.runPages).toBe(RUN_PAGES);
+    expect(p.runStarts.length).toBe(100);
+    expect(p.bitmap.popcount()).toBe(51_200);
+    let prev = -1;
+    for (const start of p.runStarts) {
+      expect(start % 512).toBe(0);
+      expect(start).toBeGreaterThan(prev);
+      prev = start;
+      // One run = 16 full 32-bit words = 64 bytes of bitmap.
+      expect(Array.from(p.bitmap.words.subarray(start / 32, start / 32 + 16))).toEqual(
+        new Array<number>(16).fill(0xffff_ffff),
+      );
+    }
+    // 100 full runs and 51,200 pages set: nothing outside the runs.
+  });
+
+  it('clusteredOnePct is deterministic for a seed and differs across seeds', () => {
+    const a = clusteredOnePct(PAGES, 7);
+    const b = clusteredOnePct(PAGES, 7);
+    const c = clusteredOnePct(PAGES, 8);
+    expect(differingWords(a.bitmap, b.bitmap)).toEqual([]);
+    expect(Array.from(a.runStarts)).toEqual(Array.from(b.runStarts));
+    expect(Array.from(a.runStarts)).not.toEqual(Array.from(c.runStarts));
+  });
+
+  it.each([
+    [16_384, 512, 1], // 0.32 runs: at least one
+    [76_800, 512, 2], // 1.5 runs: rounded half up
+    [PAGES, 4096, 13], // 12.5 runs of 16 MiB
+    [PAGES, LARGER_RUN_PAGES[2], 1], // 1 GiB runs: 0.195, at least one
+    [1024, 512, 1], // two slots, one run
+  ])('clusteredOnePct(%i pages, %i-page runs) places %i runs', (pages, runPages, runs) => {
+    const p = clusteredOnePct(pages, 1, runPages);
+    expect(p.runStarts.length).toBe(runs);
+    expect(p.bitmap.popcount()).toBe(runs * runPages);
+    for (const start of p.runStarts) expect(start % runPages).toBe(0);
+  });
+
+  it('clusteredOnePct rejects runs that are not whole 64-bit words', () => {
+    expect(() => clusteredOnePct(PAGES, 1, 100)).toThrow(/runPages: 100/);
+  });
+
+  it('spreadOnePct dirties every 100th 64-bit word, exactly 1% here', () => {
+    const b = spreadOnePct(PAGES);
+    expect(b.popcount()).toBe(51_200);
+    const set: number[] = [];
+    for (let k = 0; k < b.words.length / 2; k++)
+      if ((b.words[2 * k] as number) !== 0 || (b.words[2 * k + 1] as number) !== 0) set.push(k);
+    expect(set.length).toBe(800);
+    expect(set.every((k, i) => k === i * 100)).toBe(true);
+  });
+
+  it('the fused sync leaves exactly the clustered pages in bmap, sync after sync', () => {
+    const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: PAGES };
+    const logging: LoggingControl = { enableLogging: (s) => s.pages, disableLogging: () => {} };
+    const source = createSwapDirtyLog({ slots: [slot] });
+    const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused' });
+    layers.setup();
+    for (const seed of [1, 2, 3]) {
+      // The round sent every page, then the guest dirtied the pattern.
+      const w = layers.bmap.words;
+      for (let i = 0; i < w.length; i++) if ((w[i] as number) !== 0) layers.clearSent(i, w[i] as number);
+      expect(layers.dirtyPages).toBe(0);
+      const p = clusteredOnePct(PAGES, seed);
+      source.markDirtyBitmap(slot.id, p.bitmap);
+      expect(layers.sync().newDirty).toBe(51_200);
+      expect(differingWords(layers.bmap, p.bitmap)).toEqual([]);
+      expect(layers.dirtyPages).toBe(51_200);
+      expect(layers.bmap.popcount()).toBe(51_200);
+    }
   });
 
   it('rejects a bad --memory naming it', async () => {
