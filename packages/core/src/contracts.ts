@@ -316,6 +316,17 @@ export interface Transport {
    * `DirtytrackError` whose errno is `EPIPE`. Absent = never. (Added with the migration issue.)
    */
   readonly downAtNs?: number;
+  /**
+   * Model plane: when the link first dropped can carry a new connection again (ns) — postcopy
+   * recovery reconnects then. Absent = never (or it never drops).
+   */
+  readonly upAtNs?: number;
+  /**
+   * Model plane: the first outage a transmission from `fromNs` to `toNs` would hit
+   * (`toNs > downAtNs && fromNs < upAtNs`; `upAtNs` is Infinity when it never comes back), or
+   * undefined. With `fromNs === toNs` it says whether the link is down at that instant.
+   */
+  outageBetween?(fromNs: number, toNs: number): { downAtNs: number; upAtNs: number } | undefined;
 }
 
 /**

@@ -1,4 +1,4 @@
-export { createSimLink, type SimLinkOptions } from './sim-link.js';
+export { createSimChannel, createSimLink, type SimLinkOptions, type SimLinkOutage } from './sim-link.js';
 export {
   runPrecopy,
   DEFAULT_PRECOPY_PARAMETERS,

@@ -43,6 +43,8 @@ export type MigrationStatus =
   | 'device'
   | 'postcopy-active'
   | 'postcopy-paused'
+  | 'postcopy-recover-setup'
+  | 'postcopy-recover'
   | 'completed'
   | 'cancelling'
   | 'cancelled'

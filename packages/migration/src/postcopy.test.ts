@@ -141,16 +141,16 @@ describe('postcopy basic path (conformance check 10)', () => {
     expect(capped.ram['postcopy-requests']).toBe(0);
   });
 
-  it('needs the capability, the destination workload, and no multifd (not modelled yet)', () => {
+  it('needs the capability and the destination workload; preempt needs postcopy-ram', () => {
     expect(() => migrate({ pages: 64, precopy: { startPostcopyAtNs: NS_PER_MS } })).toThrow(
       /migration\.capabilities\.postcopy-ram: migrate-start-postcopy needs/,
     );
     expect(() => migrate({ pages: 64, precopy: { capabilities: { 'postcopy-ram': true } } })).toThrow(
       /destinationWorkload/,
     );
-    expect(() =>
-      migrate({ pages: 64, postcopyAtNs: NS_PER_MS, precopy: { capabilities: { multifd: true } } }),
-    ).toThrow(/not modelled yet/);
+    expect(() => migrate({ pages: 64, precopy: { capabilities: { 'postcopy-preempt': true } } })).toThrow(
+      /migration\.capabilities\.postcopy-preempt: needs postcopy-ram/,
+    );
   });
 
   it('a link drop during postcopy pauses it (postcopy-paused) instead of failing back', () => {
@@ -158,5 +158,98 @@ describe('postcopy basic path (conformance check 10)', () => {
     expect(events.map((e) => e.status)).toEqual(['setup', 'active', 'postcopy-active', 'postcopy-paused']);
     expect(info.status).toBe('postcopy-paused');
     expect(info['error-desc']).toMatch(/Broken pipe/);
+  });
+});
+
+describe('postcopy-preempt (qemu.md §3: a second channel for requested pages)', () => {
+  // A 64 MiB guest writing 10 MB/s uniformly over a 50 MB/s link with 1 ms one-way latency,
+  // switched to postcopy at 0.5 s. Without preempt a requested page leaves on the main channel
+  // with the step's background stream and the vCPU waits for all of it; with preempt it leaves
+  // at once on its own channel and the background stream follows it on the wire.
+  const run = (preempt: boolean, rate = 10e6, atNs = 0.5 * NS_PER_S) =>
+    migrate({
+      pages: 16384,
+      rate,
+      bandwidth: 50e6,
+      latencyNs: NS_PER_MS,
+      kind: 'uniform',
+      timeLimitS: 120,
+      postcopyAtNs: atNs,
+      precopy: { capabilities: { 'postcopy-preempt': preempt } },
+    });
+
+  it('lowers request latency and blocktime for the same requests', () => {
+    const off = run(false);
+    const on = run(true);
+    expect([off.info.status, on.info.status]).toEqual(['completed', 'completed']);
+    expect([off.info.ram['postcopy-requests'], on.info.ram['postcopy-requests']]).toEqual([717, 717]);
+    expect([off.stats['postcopy-request-latency'], on.stats['postcopy-request-latency']]).toEqual([
+      12.014, 2.931,
+    ]);
+    expect([off.info['postcopy-blocktime'], on.info['postcopy-blocktime']]).toEqual([169.156, 0]);
+    expect([off.info['total-time'], on.info['total-time']]).toEqual([1561.739, 1393.739]);
+    // The same pages, the same bytes: only the channel the urgent ones take differs.
+    expect(on.info.ram.transferred).toBe(off.info.ram.transferred);
+    expect(on.stats['postcopy-preempt-bytes']).toBe(2_942_568);
+    expect(off.stats['postcopy-preempt-bytes']).toBeUndefined();
+  });
+
+  it('still helps when the vCPUs fault faster than the link carries (100 MB/s guest, switch at 3 s)', () => {
+    const off = run(false, 100e6, 3 * NS_PER_S);
+    const on = run(true, 100e6, 3 * NS_PER_S);
+    expect([off.info.ram['postcopy-requests'], on.info.ram['postcopy-requests']]).toEqual([7494, 7494]);
+    expect([off.stats['postcopy-request-latency'], on.stats['postcopy-request-latency']]).toEqual([
+      12.944, 11.138,
+    ]);
+    expect([off.info['postcopy-blocktime'], on.info['postcopy-blocktime']]).toEqual([225.644, 106.767]);
+  });
+});
+
+describe('postcopy with multifd (QEMU 10.x)', () => {
+  // The same 100 MB/s uniform guest: precopy on 2 multifd channels until 3 s, then postcopy.
+  const run = (multifd: boolean) =>
+    migrate({
+      pages: 16384,
+      rate: 100e6,
+      bandwidth: 50e6,
+      kind: 'uniform',
+      timeLimitS: 120,
+      postcopyAtNs: 3 * NS_PER_S,
+      precopy: { capabilities: { multifd } },
+    });
+
+  it('precopy goes on the multifd channels, postcopy pages on the main channel', () => {
+    const { info, stats, events } = run(true);
+    expect(events.map((e) => e.status)).toEqual(['setup', 'active', 'postcopy-active', 'completed']);
+    expect(info.ram['postcopy-requests']).toBe(7496);
+    // Postcopy's pages are main-stream PAGE records (4104 B), none on multifd.
+    expect(info.ram['postcopy-bytes']).toBe(stats['postcopy-placed'] * 4104);
+    expect(stats['postcopy-placed']).toBe(11565);
+    // multifd-bytes: the precopy part only — the handshakes, packets and syncs up to and
+    // including the flush at the switch (which goes in the downtime with the discard ranges).
+    expect(info.ram['multifd-bytes']).toBe(149_982_528);
+    expect(stats['multifd-syncs']).toBe(4);
+    expect(info.ram['multifd-bytes']).toBeLessThanOrEqual(
+      info.ram['precopy-bytes'] + info.ram['downtime-bytes'],
+    );
+    expect(info.ram.transferred).toBe(
+      info.ram['precopy-bytes'] + info.ram['downtime-bytes'] + (info.ram['postcopy-bytes'] ?? 0),
+    );
+    expect(info.ram.remaining).toBe(0);
+  });
+
+  it('with preempt too: the multifd bytes stay the precopy part', () => {
+    const on = migrate({
+      pages: 16384,
+      rate: 100e6,
+      bandwidth: 50e6,
+      kind: 'uniform',
+      timeLimitS: 120,
+      postcopyAtNs: 3 * NS_PER_S,
+      precopy: { capabilities: { multifd: true, 'postcopy-preempt': true } },
+    });
+    expect(on.info.status).toBe('completed');
+    expect(on.info.ram['multifd-bytes']).toBe(149_982_528);
+    expect((on.stats['postcopy-preempt-bytes'] ?? 0) > 0).toBe(true);
   });
 });

@@ -42,3 +42,15 @@ export function planDiscard(bmap: Bitmap, blockName: string): DiscardPlan {
   const perCommand = 5 + 2 + blockName.length + 1;
   return { ranges, commands, bytes: commands * perCommand + ranges * 16 };
 }
+
+/** The source's RECV_BITMAP command on the main stream: item header (5 B) + u8 name length + `pc.ram`. */
+export const RECV_BITMAP_CMD = 5 + 1 + 6;
+/** The source's POSTCOPY_RESUME command: item header only. */
+export const POSTCOPY_RESUME_CMD = 5;
+/**
+ * The destination's RECV_BITMAP answer on the return path, without the bitmap: be16 type + be16
+ * length, u8 name length + `pc.ram`, then be64 bitmap size and, after the bitmap, be64 end mark.
+ */
+export const RP_RECV_BITMAP_FIXED = 4 + 1 + 6 + 8 + 8;
+/** The destination's RESUME_ACK: be16 type + be16 length + be32 value. */
+export const RP_RESUME_ACK = 4 + 4;

@@ -26,7 +26,14 @@ import {
   type DirtyLimitParameters,
 } from './dirty-limit.js';
 import type { MigrationInfo, MigrationStatus, StatusEvent, TrajectoryEntry } from './migration-info.js';
-import { planDiscard } from './postcopy.js';
+import {
+  planDiscard,
+  POSTCOPY_RESUME_CMD,
+  RECV_BITMAP_CMD,
+  RP_RECV_BITMAP_FIXED,
+  RP_RESUME_ACK,
+} from './postcopy.js';
+import { createSimChannel } from './sim-link.js';
 import {
   MULTIFD_FLUSH_RECORD,
   MULTIFD_INIT_BYTES,
@@ -78,6 +85,11 @@ export interface PrecopyCapabilities {
   'pause-before-switchover': boolean;
   /** Allow switching to postcopy on `migrate-start-postcopy` (`startPostcopyAtNs`) (§3). */
   'postcopy-ram': boolean;
+  /**
+   * Postcopy's requested pages go on a second connection, created at the switch (and again on
+   * recovery), so they do not queue behind the background stream (§3; needs postcopy-ram).
+   */
+  'postcopy-preempt': boolean;
 }
 
 export const DEFAULT_PRECOPY_CAPABILITIES: Readonly<PrecopyCapabilities> = Object.freeze({
@@ -87,6 +99,7 @@ export const DEFAULT_PRECOPY_CAPABILITIES: Readonly<PrecopyCapabilities> = Objec
   'zero-copy-send': false,
   'pause-before-switchover': false,
   'postcopy-ram': false,
+  'postcopy-preempt': false,
 });
 
 /** Progress, reported about once per second of migration time. */
@@ -125,6 +138,13 @@ export interface PrecopyOptions {
   cancelAtNs?: number;
   /** `migrate-start-postcopy` at this migration time (ns since the start); needs `postcopy-ram`. */
   startPostcopyAtNs?: number;
+  /**
+   * Postcopy recovery: at each of these migration times (ns since the start) the user issues
+   * `migrate-recover` on the destination and `migrate resume=true` on the source, over a new
+   * connection on the same link (a `SimLink` with `upAtNs`). Only a paused migration resumes; an
+   * attempt while the link is still down fails back to `postcopy-paused`. Default none.
+   */
+  recoverAtNs?: number | readonly number[];
   /**
    * The guest's writes once it runs on the destination (postcopy): usually the same workload
    * object, which carries on where the source stopped. Needed with `postcopy-ram`.
@@ -232,6 +252,12 @@ export interface PrecopyStats {
    * destination guest runs only while the link keeps up.
    */
   'postcopy-request-latency': number;
+  /** Times the link dropped during postcopy (only once it happened). */
+  'postcopy-pauses'?: number;
+  /** Return-path bytes of the destination's RECV_BITMAP answers (recovery; only after a pause). */
+  'postcopy-recv-bitmap-bytes'?: number;
+  /** Bytes the preempt channel carried (only with postcopy-preempt). */
+  'postcopy-preempt-bytes'?: number;
 }
 
 /** QEMU's rate-limit window (BUFFER_DELAY). */
@@ -359,6 +385,20 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   let faultWaitNs = 0;
   let blocktimeNs = 0;
   let inPostcopy = false;
+  let faultsServed = 0;
+  let preemptBytes = 0;
+  let postcopyPauses = 0;
+  let recvBitmapBytes = 0;
+  const recoverAt = (
+    options.recoverAtNs === undefined
+      ? []
+      : typeof options.recoverAtNs === 'number'
+        ? [options.recoverAtNs]
+        : [...options.recoverAtNs]
+  )
+    .map((t) => start + t)
+    .sort((a, b) => a - b);
+  let nextAttempt = 0;
   /** Pages the destination still lacks, once in postcopy (the source's bitmap no longer counts). */
   let postcopyPending = 0;
   const remainingPages = (): number => (inPostcopy ? postcopyPending : bitmap.dirtyPages);
@@ -401,25 +441,35 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   // The migration thread works for `ns` while the guest runs.
   const work = (ns: number): void => advance(clock.now() + ns);
 
-  /** Puts `bytes` on the link now; returns when the last byte has left (link or CPU bound). */
-  const transmit = (bytes: number, normalPages: number): number => {
-    const now = clock.now();
-    const cpuNs = normalPages * pageSendNs;
+  /**
+   * Puts `bytes` on `on` at `atNs`, sent by `threads` threads at `pageNs` per normal page;
+   * returns when the last byte has left (link or CPU bound).
+   */
+  const transmitOn = (
+    on: Transport,
+    bytes: number,
+    normalPages: number,
+    threads: number,
+    pageNs: number,
+    atNs: number,
+  ): number => {
+    const cpuNs = normalPages * pageNs;
     sendCpuNs += cpuNs;
     let linkDone: number;
     try {
-      linkDone = link.transmit(bytes, now);
+      linkDone = on.transmit(bytes, atNs);
     } catch (error) {
       if (isDirtytrackError(error) && error.errno === 'EPIPE') {
-        throw new LinkFailure(
-          Math.max(now, link.downAtNs ?? now),
-          error.message.replace(/^\[[^\]]*\] \[[^\]]*\] /, ''),
-        );
+        const down = on.outageBetween?.(atNs, Infinity)?.downAtNs ?? on.downAtNs ?? atNs;
+        throw new LinkFailure(Math.max(atNs, down), error.message.replace(/^\[[^\]]*\] \[[^\]]*\] /, ''));
       }
       throw error;
     }
-    return Math.max(linkDone, now + cpuNs / channels);
+    return Math.max(linkDone, atNs + cpuNs / threads);
   };
+  /** Puts `bytes` on the link now; returns when the last byte has left (link or CPU bound). */
+  const transmit = (bytes: number, normalPages: number): number =>
+    transmitOn(link, bytes, normalPages, channels, pageSendNs, clock.now());
 
   const startThrottling = (dirtyBytes: number, dirtyThreshold: number): void => {
     if (caps['auto-converge'] && throttle !== undefined) {
@@ -637,15 +687,25 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
    * `postcopy_start` and the postcopy phase (reference/qemu.md §3): stop the guest, final sync,
    * send the discard ranges, and let the guest run on the destination. Its writes to pages it
    * does not have yet fault; each missing page is requested once and sent urgently, ahead of the
-   * background scan, which goes on sending what is left. The destination places every page
-   * exactly once. Returns false if the time limit came first.
+   * background scan, which goes on sending what is left — with `postcopy-preempt` on a channel of
+   * its own. The destination places every page exactly once. A dropped link pauses both sides;
+   * `recoverAtNs` resumes them (§3 Recovery). Returns how the phase ended.
    */
-  const postcopy = (): boolean => {
+  const postcopy = (): 'completed' | 'time-limit' | 'paused' => {
     const stopAt = clock.now();
     engine.pause();
     stopThrottling();
     sync();
     finalSyncNs = clock.now() - stopAt;
+    // Multifd carried precopy's pages: flush the channels (the partial packet, a SYNC on each,
+    // MULTIFD_FLUSH on main) so the destination has them all before the discard; postcopy's
+    // pages then go on the main channel (or the preempt one), never on multifd.
+    let flush = 0;
+    if (multifd) {
+      flush = multifdSync();
+      transferred += flush;
+      downtimeBytes += flush;
+    }
     // What the destination lacks: the dirty pages and — unless uffd minor mode keeps its page
     // cache — the rest of every huge host page holding one, since the discard drops host pages
     // whole (postcopy_chunk_hostpages). The queue is ours now: the source's guest is stopped.
@@ -655,11 +715,13 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     pw.set(bitmap.bmap.words);
     if (hostPagePages > 1 && options.postcopyUffdMinor !== true) chunkHostPages(pw, hostPagePages);
     postcopyPending = pending.popcount();
+    /** Pages the source has still to send (its bmap); `postcopyPending` is what the destination lacks. */
+    let sourcePending = postcopyPending;
     const plan = planDiscard(pending, RAM_BLOCK_NAME);
     discardRanges = plan.ranges;
     transferred += plan.bytes;
     downtimeBytes += plan.bytes;
-    advance(transmit(plan.bytes, 0) + link.latencyNs);
+    advance(transmit(plan.bytes + flush, 0) + link.latencyNs);
     downtime = clock.now() - stopAt;
     inPostcopy = true;
     setStatus('postcopy-active');
@@ -672,14 +734,21 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     const units = pages / unit;
     const wordsPerUnit = unit / 32; // a unit of more than one page spans whole words (512 or 2^18 pages)
     let missing: Uint32Array | undefined;
+    const countMissing = (m: Uint32Array, u: number): void => {
+      let n = 0;
+      for (let i = u * wordsPerUnit, e = i + wordsPerUnit; i < e; i++) n += popcount32(pw[i] as number);
+      m[u] = n;
+    };
     if (unit > 1) {
       missing = new Uint32Array(units);
-      for (let u = 0, i = 0; u < units; u++) {
-        let n = 0;
-        for (const e = i + wordsPerUnit; i < e; i++) n += popcount32(pw[i] as number);
-        missing[u] = n;
-      }
+      for (let u = 0; u < units; u++) countMissing(missing, u);
     }
+    // The destination's receivedmap: what it holds (precopy's pages not discarded, and each unit
+    // once placed). Recovery's RECV_BITMAP sends it; the source then re-sends the rest.
+    const have = Bitmap.create(pages);
+    const hw = have.words;
+    for (let i = 0; i < hw.length; i++) hw[i] = ~(pw[i] as number);
+    if (pages % 32 !== 0) hw[hw.length - 1] = (hw[hw.length - 1] as number) & ((1 << (pages % 32)) - 1);
     const placed = Bitmap.create(units);
     const requested = Bitmap.create(units);
     const place = (u: number): void => {
@@ -687,18 +756,19 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         throw new DirtytrackError('internal', `page ${u * unit} placed twice`, { component: 'postcopy' });
       }
       placed.set(u);
+      have.setRange(u * unit, unit);
       postcopyPlaced++;
       options.onPlace?.(u * unit, clock.now(), unit);
     };
     /** The pages `mask` of word `i` have arrived: out of the queue, and placed once complete. */
     const arrived = (i: number, mask: number): void => {
-      pw[i] = (pw[i] as number) & ~mask;
       postcopyPending -= popcount32(mask);
       if (missing === undefined) {
         // 4 KiB units: placed word-wise; the hook, if any, hears each page.
         const pl = placed.words;
         if (((pl[i] as number) & mask) !== 0) place(i * 32 + 31 - Math.clz32((pl[i] as number) & mask));
         pl[i] = (pl[i] as number) | mask;
+        hw[i] = (hw[i] as number) | mask;
         postcopyPlaced += popcount32(mask);
         if (options.onPlace !== undefined) {
           let rest = mask >>> 0;
@@ -715,6 +785,10 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       missing[u] = left;
       if (left === 0) place(u);
     };
+    // A step's pages arrive only if its transmission gets through: what a dropped link cut off
+    // is lost in flight (the destination's temp pages with it) and is re-sent after recovery.
+    let inFlight = new Uint32Array(2048); // (word, mask) pairs
+    let flying = 0;
     /** Sends the pages `mask` of word `i` (a request or the background scan): their bytes. */
     const sendWord = (i: number, mask: number): number => {
       const data = zeroMode === 'none' ? mask : dataOf(i, mask);
@@ -724,40 +798,78 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       normal += n;
       duplicate += z;
       sentNormalPages += n;
-      arrived(i, mask);
+      pw[i] = (pw[i] as number) & ~mask;
+      sourcePending -= popcount32(mask);
+      if (flying + 2 > inFlight.length) {
+        const bigger = new Uint32Array(inFlight.length * 2);
+        bigger.set(inFlight);
+        inFlight = bigger;
+      }
+      inFlight[flying++] = i;
+      inFlight[flying++] = mask;
       return n * NORMAL_RECORD + z * ZERO_RECORD;
     };
 
+    // Requests the destination has made and not yet had served, with the time of their fault.
     let queue = new Uint32Array(1024);
+    let queueAt = new Float64Array(1024);
     let queued = 0;
+    const enqueue = (u: number, atNs: number): void => {
+      if (queued === queue.length) {
+        const bigger = new Uint32Array(queue.length * 2);
+        bigger.set(queue);
+        queue = bigger;
+        const biggerAt = new Float64Array(queueAt.length * 2);
+        biggerAt.set(queueAt);
+        queueAt = biggerAt;
+      }
+      queue[queued] = u;
+      queueAt[queued++] = atNs;
+    };
     const workload = options.destinationWorkload as Workload;
-    const cap = params['max-postcopy-bandwidth'];
-    const rate = cap > 0 ? Math.min(effectiveBandwidth(), cap) : effectiveBandwidth();
-    while (postcopyPending > 0) {
-      const t0 = clock.now();
-      if (t0 - start >= options.timeLimitNs) return false;
-      // The destination's vCPUs run; a write to a unit not yet placed faults (a minor fault on
-      // a unit with nothing stale is resolved locally) and the unit is requested once.
-      workload.generate(t0, t0 + POSTCOPY_QUANTUM_NS, 1, (b) => {
+    /** The destination's vCPUs run `[from, to)`: a write to a unit it lacks faults (once). Returns the new faults. */
+    const runDestination = (from: number, to: number): number => {
+      let faults = 0;
+      workload.generate(from, to, 1, (b) => {
         for (let i = 0; i < b.count; i++) {
           const p = b.offsets[i] as number;
           const u = unit === 1 ? p : Math.floor(p / unit);
-          if (missing === undefined ? ((pw[p >>> 5] as number) & (1 << (p & 31))) === 0 : missing[u] === 0)
+          // A minor fault on a unit with nothing stale is resolved locally.
+          if (missing === undefined ? ((hw[p >>> 5] as number) & (1 << (p & 31))) !== 0 : missing[u] === 0)
             continue;
           if (requested.test(u)) continue;
           requested.set(u);
-          if (queued === queue.length) {
-            const bigger = new Uint32Array(queue.length * 2);
-            bigger.set(queue);
-            queue = bigger;
-          }
-          queue[queued++] = u;
-          postcopyRequests++;
+          enqueue(u, from);
+          faults++;
         }
       });
+      return faults;
+    };
+
+    const cap = params['max-postcopy-bandwidth'];
+    // One thread sends postcopy's pages, copying (zero-copy and multifd's threads are precopy's).
+    const copyNs = costs.pageSendCopyNs;
+    const threadBandwidth = copyNs > 0 ? (PAGE_SIZE * 1e9) / copyNs : Infinity;
+    const linkRate = Math.min(link.bandwidth, threadBandwidth);
+    const rate = cap > 0 ? Math.min(linkRate, cap) : linkRate;
+    const preempt = caps['postcopy-preempt'];
+    // postcopy-preempt: a second connection, created at the switch (and again on recovery), for
+    // the pages the return path asks for — they no longer queue behind the main stream.
+    let preemptChannel: Transport | undefined = preempt ? createSimChannel(link) : undefined;
+    /** Carried-over requests at the queue's front: their count and summed fault times. */
+    let carried = 0;
+    let carriedAtSum = 0;
+
+    for (;;) {
+      if (postcopyPending === 0) break;
+      const t0 = clock.now();
+      if (t0 - start >= options.timeLimitNs) return 'time-limit';
+      runDestination(t0, t0 + POSTCOPY_QUANTUM_NS);
+      postcopyRequests += queued; // every request queued now reaches the source (carried ones again)
       // Requests arrive over the return path and go first (they post the urgent semaphore).
       let bytes = 0;
       sentNormalPages = 0;
+      flying = 0;
       const urgent = queued;
       for (let q = 0; q < queued; q++) {
         const u = queue[q] as number;
@@ -766,39 +878,180 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
           if (((pw[u >>> 5] as number) & bit) === 0) continue; // the background scan sent it meanwhile
           bytes += sendWord(u >>> 5, bit);
         } else {
-          for (let i = u * wordsPerUnit, e = i + wordsPerUnit; i < e && missing[u] !== 0; i++) {
+          for (let i = u * wordsPerUnit, e = i + wordsPerUnit; i < e; i++) {
             const w = pw[i] as number;
             if (w !== 0) bytes += sendWord(i, w);
           }
         }
       }
-      queued = 0;
       let normalPages = sentNormalPages;
       transferred += bytes;
+      const urgentBytes = bytes;
+      const urgentPages = normalPages;
       const background = sendBackground(
         Math.max(0, (rate * POSTCOPY_QUANTUM_NS) / 1e9 - bytes),
         pw,
         sendWord,
+        () => sourcePending,
       );
       normalPages += sentNormalPages;
       bytes += background;
       postcopyBytes += bytes;
-      const out = transmit(bytes, normalPages);
+      let out: number;
+      let urgentOut: number;
+      try {
+        if (preemptChannel === undefined) {
+          out = transmit(bytes, normalPages);
+          urgentOut = out;
+        } else {
+          // The urgent pages leave on the preempt channel at once; the main channel's stream
+          // follows them on the wire (the two share the link, and the step's budget).
+          preemptBytes += urgentBytes;
+          urgentOut = transmitOn(preemptChannel, urgentBytes, urgentPages, 1, copyNs, t0);
+          out = transmitOn(link, background, normalPages - urgentPages, 1, copyNs, urgentOut);
+        }
+      } catch (error) {
+        if (!(error instanceof LinkFailure)) throw error;
+        // Nothing of this step arrived; its requests stay outstanding (re-sent on resume).
+        if (!pauseAndRecover(error, t0 + POSTCOPY_QUANTUM_NS)) return 'paused';
+        continue;
+      }
+      for (let k = 0; k < flying; k += 2) arrived(inFlight[k] as number, inFlight[k + 1] as number);
+      flying = 0;
       const stepEnd = t0 + POSTCOPY_QUANTUM_NS;
       let until = Math.max(stepEnd, out);
       if (urgent > 0) {
         // Each request waited a trip there, its turn on the link and a trip back; the faulting
         // vCPUs run on only once their pages are in, so a step that outlasts its 10 ms is time
-        // the guest spent blocked.
-        const back = out + 2 * link.latencyNs;
-        faultWaitNs += urgent * (back - t0);
-        until = Math.max(stepEnd, back);
-        blocktimeNs += until - stepEnd;
+        // the guest spent blocked. Requests carried over a pause waited since their fault.
+        const back = urgentOut + 2 * link.latencyNs;
+        faultWaitNs += (urgent - carried) * (back - t0) + (carried * back - carriedAtSum);
+        faultsServed += urgent;
+        until = Math.max(until, back);
+        blocktimeNs += Math.max(stepEnd, back) - stepEnd;
       }
+      queued = 0;
+      carried = 0;
+      carriedAtSum = 0;
       advance(until);
     }
     advance(clock.now() + link.latencyNs);
-    return true;
+    return 'completed';
+
+    /**
+     * The link dropped mid-step: both sides pause (`postcopy-paused`); the destination's guest
+     * runs on until it touches a page it lacks, then waits (blocktime grows). At each
+     * `recoverAtNs` the source tries `migrate resume=true`: `postcopy-recover-setup` (it
+     * reconnects; a link still down re-pauses it — the qtests' double failure), then
+     * `postcopy-recover`: the destination answers RECV_BITMAP with its receivedmap, the source
+     * sets `bmap = ~received` (pages lost in flight go again) and sends POSTCOPY_RESUME, the
+     * destination's RESUME_ACK makes it `postcopy-active`. A drop during that re-pauses too.
+     * Returns true once running again, false when it stays paused (no attempt left).
+     */
+    function pauseAndRecover(failure: LinkFailure, guestFrom: number): boolean {
+      advance(Math.max(clock.now(), failure.atNs));
+      errorDesc = failure.desc;
+      setStatus('postcopy-paused');
+      postcopyPauses++;
+      preemptChannel = undefined;
+      let guestAt = guestFrom;
+      let blockedFrom = queued > 0 ? guestFrom : undefined;
+      for (;;) {
+        // Attempts made while the migration was not paused were refused; each is used once.
+        while (nextAttempt < recoverAt.length && (recoverAt[nextAttempt] as number) < clock.now())
+          nextAttempt++;
+        const attempt = recoverAt[nextAttempt++];
+        if (attempt === undefined || attempt - start >= options.timeLimitNs) {
+          if (blockedFrom !== undefined) blocktimeNs += Math.max(0, clock.now() - blockedFrom);
+          return false;
+        }
+        while (blockedFrom === undefined && guestAt + POSTCOPY_QUANTUM_NS <= attempt) {
+          if (runDestination(guestAt, guestAt + POSTCOPY_QUANTUM_NS) > 0)
+            blockedFrom = guestAt + POSTCOPY_QUANTUM_NS;
+          guestAt += POSTCOPY_QUANTUM_NS;
+        }
+        advance(attempt);
+        setStatus('postcopy-recover-setup');
+        if (linkDown(attempt, attempt) !== undefined) {
+          // The new connection cannot be made: back to paused until the next attempt.
+          setStatus('postcopy-paused');
+          continue;
+        }
+        setStatus('postcopy-recover');
+        try {
+          // The source's RECV_BITMAP command; the destination's answer on the return path.
+          transferred += RECV_BITMAP_CMD + POSTCOPY_RESUME_CMD;
+          postcopyBytes += RECV_BITMAP_CMD + POSTCOPY_RESUME_CMD;
+          const asked = transmit(RECV_BITMAP_CMD, 0) + link.latencyNs;
+          const bitmapBytes = RP_RECV_BITMAP_FIXED + Math.ceil(pages / 64) * 8;
+          recvBitmapBytes += bitmapBytes;
+          advance(returnPath(asked, bitmapBytes) + link.latencyNs);
+          // ram_dirty_bitmap_reload: bmap = ~received; pages in flight at the drop go again.
+          sourcePending = 0;
+          for (let i = 0; i < pw.length; i++) {
+            const w = ~(hw[i] as number) >>> 0;
+            pw[i] = w;
+            sourcePending += popcount32(w);
+          }
+          if (pages % 32 !== 0) {
+            const last = pw.length - 1;
+            sourcePending -= popcount32(pw[last] as number);
+            pw[last] = (pw[last] as number) & ((1 << (pages % 32)) - 1);
+            sourcePending += popcount32(pw[last] as number);
+          }
+          const resumed = transmit(POSTCOPY_RESUME_CMD, 0) + link.latencyNs;
+          advance(returnPath(resumed, RP_RESUME_ACK) + link.latencyNs);
+        } catch (error) {
+          if (!(error instanceof LinkFailure)) throw error;
+          advance(Math.max(clock.now(), error.atNs));
+          errorDesc = error.desc;
+          setStatus('postcopy-paused');
+          continue;
+        }
+        // The destination drops what it had half-assembled: an unplaced unit waits for all its
+        // stale pages again.
+        if (missing !== undefined)
+          for (let u = 0; u < units; u++) if (!placed.test(u)) countMissing(missing, u);
+        if (sourcePending !== postcopyPending) {
+          throw new DirtytrackError(
+            'internal',
+            `recovery: the source would send ${sourcePending} pages, the destination lacks ${postcopyPending}`,
+            { component: 'postcopy' },
+          );
+        }
+        if (preempt) preemptChannel = createSimChannel(link);
+        if (blockedFrom !== undefined) blocktimeNs += clock.now() - blockedFrom;
+        // migrate_send_rp_req_pages_pending: the outstanding requests (and the faults taken while
+        // paused) go again, first in the next step; each waited since its fault.
+        carried = queued;
+        carriedAtSum = 0;
+        for (let q = 0; q < queued; q++) carriedAtSum += queueAt[q] as number;
+        errorDesc = undefined;
+        setStatus('postcopy-active');
+        return true;
+      }
+    }
+  };
+
+  /** When a return-path message of `bytes` sent at `atNs` has left the destination (it fails across an outage). */
+  const returnPath = (atNs: number, bytes: number): number => {
+    const end = atNs + (bytes * 1e9) / link.bandwidth;
+    const down = linkDown(atNs, end);
+    if (down !== undefined) {
+      throw new LinkFailure(
+        Math.max(atNs, down),
+        `Unable to read from socket: Connection reset by peer (return path; link dropped at ${down / 1e6} ms)`,
+      );
+    }
+    return end;
+  };
+
+  /** When the outage a transmission over `[fromNs, toNs]` would hit began, or undefined. */
+  const linkDown = (fromNs: number, toNs: number): number | undefined => {
+    if (link.outageBetween !== undefined) return link.outageBetween(fromNs, toNs)?.downAtNs;
+    const d = link.downAtNs;
+    if (d === undefined || !(toNs > d)) return undefined;
+    return fromNs < (link.upAtNs ?? Infinity) ? d : undefined;
   };
 
   /**
@@ -810,11 +1063,12 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     cap: number,
     pw: Uint32Array,
     sendWord: (i: number, mask: number) => number,
+    left: () => number,
   ): number => {
     let bytes = 0;
     sentNormalPages = 0;
     const n = pw.length;
-    while (bytes < cap && postcopyPending > 0) {
+    while (bytes < cap && left() > 0) {
       const w = pw[cursor] as number;
       if (w === 0) {
         cursor = cursor + 1 === n ? 0 : cursor + 1;
@@ -894,10 +1148,13 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       }
       if (caps['postcopy-ram'] && now >= startPostcopyAt) {
         // 10.1: RAM is all postcopiable, so must_precopy (0) ≤ threshold: switch at once.
-        if (postcopy()) {
+        const ended = postcopy();
+        if (ended === 'completed') {
           finish();
           setStatus('completed');
           stopReason = 'converged';
+        } else if (ended === 'paused') {
+          stopReason = 'failed';
         }
         break;
       }
@@ -983,7 +1240,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     errorDesc = error.desc;
     stopReason = 'failed';
     if (inPostcopy) {
-      // The destination owns the guest now: both sides pause (recovery is not modelled yet).
+      // The destination owns the guest now: both sides pause (postcopy() recovers if asked to).
       setStatus('postcopy-paused');
     } else {
       engine.resume();
@@ -1044,7 +1301,11 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         : { 'downtime-split': { 'final-sync': ms(finalSyncNs), 'last-copy': ms(downtime - finalSyncNs) } }),
       'postcopy-placed': postcopyPlaced,
       'postcopy-discard-ranges': discardRanges,
-      'postcopy-request-latency': postcopyRequests > 0 ? ms(faultWaitNs / postcopyRequests) : 0,
+      'postcopy-request-latency': faultsServed > 0 ? ms(faultWaitNs / faultsServed) : 0,
+      ...(postcopyPauses > 0
+        ? { 'postcopy-pauses': postcopyPauses, 'postcopy-recv-bitmap-bytes': recvBitmapBytes }
+        : {}),
+      ...(caps['postcopy-preempt'] ? { 'postcopy-preempt-bytes': preemptBytes } : {}),
     },
   };
 }
@@ -1121,7 +1382,7 @@ function checkCapabilities(c: PrecopyCapabilities, o: PrecopyOptions): PrecopyCa
       'needs an engine whose vCPUs can be throttled',
     );
   if (c['zero-copy-send'] && !c.multifd) fail('zero-copy-send', 'needs multifd');
-  if (c['postcopy-ram'] && c.multifd) fail('postcopy-ram', 'together with multifd is not modelled yet');
+  if (c['postcopy-preempt'] && !c['postcopy-ram']) fail('postcopy-preempt', 'needs postcopy-ram');
   if (c['postcopy-ram'] && o.destinationWorkload === undefined)
     fail('postcopy-ram', "needs the guest's workload on the destination (destinationWorkload)");
   if (!c['postcopy-ram'] && o.startPostcopyAtNs !== undefined)

@@ -17,7 +17,7 @@ import { createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
 import { runPrecopy, type PrecopyOptions } from '../precopy.js';
-import { createSimLink } from '../sim-link.js';
+import { createSimLink, type SimLinkOptions } from '../sim-link.js';
 
 export interface Setup {
   pages: number;
@@ -30,6 +30,10 @@ export interface Setup {
   bandwidth?: number;
   latencyNs?: number;
   dropAtNs?: number;
+  /** The link carries a new connection again from then on (postcopy recovery reconnects). */
+  upAtNs?: number;
+  /** Further link outages (a second drop during recovery). */
+  outages?: SimLinkOptions['outages'];
   ring?: number;
   costModel?: CostModel;
   seed?: number;
@@ -81,6 +85,8 @@ export function migrate(s: Setup) {
     bandwidth: s.bandwidth ?? 1e9,
     latencyNs: s.latencyNs ?? 0,
     ...(s.dropAtNs === undefined ? {} : { dropAtNs: s.dropAtNs }),
+    ...(s.upAtNs === undefined ? {} : { upAtNs: s.upAtNs }),
+    ...(s.outages === undefined ? {} : { outages: s.outages }),
   });
   const outcome = runPrecopy({
     engine,
@@ -101,5 +107,5 @@ export function migrate(s: Setup) {
       ...s.precopy?.capabilities,
     },
   });
-  return { ...outcome, engine, clock };
+  return { ...outcome, engine, clock, link };
 }
