@@ -124,10 +124,14 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
           costModel,
         });
   const dropAt = scenario.link['drop-at'];
+  const recoverAt = scenario.link['recover-at'];
+  const recoverAtNs = recoverAt === undefined ? undefined : Math.round(recoverAt * NS_PER_S);
+  // recover-at: the link carries a new connection then, and the user resumes a paused postcopy.
   const link = createSimLink({
     bandwidth: scenario.link.bandwidth,
     latencyNs: scenario.link.latency * NS_PER_MS,
     ...(dropAt === undefined ? {} : { dropAtNs: Math.round(dropAt * NS_PER_S) }),
+    ...(recoverAtNs === undefined ? {} : { upAtNs: recoverAtNs }),
   });
   const m = scenario.migration;
   const outcome = runPrecopy({
@@ -145,6 +149,7 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
     ...(m['postcopy-double-map'] ? { postcopyDoubleMap: true } : {}),
     ...(m['postcopy-uffd-minor'] ? { postcopyUffdMinor: true } : {}),
     ...(m['cancel-at'] === undefined ? {} : { cancelAtNs: Math.round(m['cancel-at'] * NS_PER_S) }),
+    ...(recoverAtNs === undefined ? {} : { recoverAtNs }),
     // After the switch the same guest (the same workload) runs on the destination.
     ...(m.capabilities['postcopy-ram'] ? { destinationWorkload: workload } : {}),
     ...(m['start-postcopy-at'] === undefined

@@ -149,8 +149,13 @@ export const scenarioSchema = z
         bandwidth: rate({ positive: true }).default('10Gbit'),
         /** One-way latency, ms. */
         latency: number(0, 60_000).default(0),
-        /** Seconds of migration time after which the link drops (the migration fails). */
+        /** Seconds of migration time after which the link drops (the migration fails; postcopy pauses). */
         'drop-at': number(0, 1e7).optional(),
+        /**
+         * Seconds of migration time at which the dropped link is back and a paused postcopy is
+         * recovered (`migrate-recover` + `migrate resume=true`); after drop-at.
+         */
+        'recover-at': number(0, 1e7).optional(),
       })
       .strict()
       .default({}),
@@ -198,6 +203,7 @@ export const scenarioSchema = z
             'zero-copy-send': bool.default(DEFAULT_PRECOPY_CAPABILITIES['zero-copy-send']),
             'pause-before-switchover': bool.default(DEFAULT_PRECOPY_CAPABILITIES['pause-before-switchover']),
             'postcopy-ram': bool.default(DEFAULT_PRECOPY_CAPABILITIES['postcopy-ram']),
+            'postcopy-preempt': bool.default(DEFAULT_PRECOPY_CAPABILITIES['postcopy-preempt']),
           })
           .strict()
           .default({}),
@@ -309,6 +315,25 @@ export const scenarioSchema = z
         code: 'custom',
         path: ['migration', 'capabilities', 'postcopy-ram'],
         message: 'together with multifd is not modelled yet (accepted: one of them)',
+      });
+    }
+    if (caps['postcopy-preempt'] && !caps['postcopy-ram']) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['migration', 'capabilities', 'postcopy-preempt'],
+        message: 'needs migration.capabilities.postcopy-ram: true',
+      });
+    }
+    const recoverAt = s.link['recover-at'];
+    const dropAt = s.link['drop-at'];
+    if (recoverAt !== undefined && (dropAt === undefined || !(recoverAt > dropAt))) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['link', 'recover-at'],
+        message:
+          dropAt === undefined
+            ? 'needs link.drop-at (accepted: a time after the drop)'
+            : `${recoverAt} must be after link.drop-at (accepted: > ${dropAt})`,
       });
     }
     if (s.migration['start-postcopy-at'] !== undefined && !caps['postcopy-ram']) {
