@@ -280,6 +280,63 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       );
   }
 
+  // `bench migrate` (issue 9): raw loopback TCP vs live precopy / multifd / a dirtying guest, and the model's prediction.
+  {
+    const { benchMigrate, formatMigrateBench } = await import('./bench-migrate.js');
+    bench
+      .command('migrate')
+      .description(
+        'Live migrations on loopback (idle guest by precopy and multifd 2/4, a dirtying guest) against raw TCP, and the model plane’s prediction of each.',
+      )
+      .option('--memory <size>', 'idle guest RAM and loopback transfer (IEC size)', '1G')
+      .option('--dirty-memory <size>', 'RAM of the guest dirtying at full speed', '512M')
+      .option('--vcpus <n>', 'worker-thread vCPUs per guest', '2')
+      .option('--time-limit <s>', 'seconds after which a live run gives up', '60')
+      .option('--reps <n>', 'repetitions (the median is reported)', '3')
+      .option('--seed <n>', 'seed of the guests’ RAM and page choices', '1')
+      .option('--json', 'print the result as one JSON object on stdout')
+      .option('--out <file>', 'also write the JSON result to a file')
+      .option('--markdown <file>', 'also write the Markdown table to a file')
+      .action(
+        async (opts: {
+          memory: string;
+          dirtyMemory: string;
+          vcpus: string;
+          timeLimit: string;
+          reps: string;
+          seed: string;
+          json?: boolean;
+          out?: string;
+          markdown?: string;
+        }) => {
+          const reps = intFlag('--reps', opts.reps, 1, 1000);
+          // Guest RAM as `migrate --memory` takes it: whole MiB in [1M, 16G].
+          const [memory, dirtyMemory] = (
+            [
+              ['--memory', opts.memory],
+              ['--dirty-memory', opts.dirtyMemory],
+            ] as const
+          ).map(([flag, text]) => {
+            const bytes = usage(flag, () => parseSize(text, flag));
+            if (bytes < 2 ** 20 || bytes % 2 ** 20 !== 0 || bytes > 16 * 2 ** 30) {
+              throw new UsageError(flag, `${text} must be a whole number of MiB in [1M, 16G]`);
+            }
+            return bytes;
+          }) as [number, number];
+          const result = await benchMigrate({
+            memory,
+            dirtyMemory,
+            reps,
+            vcpus: intFlag('--vcpus', opts.vcpus, 1, 64),
+            timeLimit: intFlag('--time-limit', opts.timeLimit, 1, 86_400),
+            seed: intFlag('--seed', opts.seed, 0, 0xffff_ffff),
+            onStep: (s) => io.progress && io.stderr(`bench migrate: ${s}\n`),
+          });
+          printBench(opts, result, formatMigrateBench(result));
+        },
+      );
+  }
+
   try {
     await program.parseAsync([...argv], { from: 'user' });
   } catch (error) {

@@ -1,0 +1,107 @@
+import { describe, expect, it } from 'vitest';
+import { run } from './__fixtures__/run.js';
+import { fourDigits } from './bench-timing.js';
+import { errorPct, formatMigrateBench, type MigrateBenchResult } from './bench-migrate.js';
+
+// Real migrations (worker vCPUs, destination child processes, TCP on loopback) at 16 MiB: the
+// shape and the exact invariants only — no timing is asserted.
+describe('dirtytrack bench migrate', () => {
+  it('measures raw loopback, idle precopy, multifd 2 and 4 and a dirtying guest in one run, each predicted by the model', async () => {
+    const out = await run(
+      'bench',
+      'migrate',
+      '--memory',
+      '16M',
+      '--dirty-memory',
+      '16M',
+      '--reps',
+      '1',
+      '--time-limit',
+      '5',
+      '--json',
+    );
+    expect(out.stderr).toBe('');
+    expect(out.code).toBe(0);
+    const r = JSON.parse(out.stdout) as MigrateBenchResult;
+    const memory = 16 * 2 ** 20;
+    expect([r.bench, r.reps, r.memory, r['dirty-memory'], r.vcpus, r['time-limit']]).toEqual([
+      'migrate',
+      1,
+      memory,
+      memory,
+      2,
+      5,
+    ]);
+    expect(r['loopback-runs']).toEqual([r['loopback-mbps']]);
+    expect(r['loopback-mbps']).toBeGreaterThan(0);
+    expect(r.cases.map((c) => [c.name, c.channels, c.dirtying, c['auto-converge']])).toEqual([
+      ['precopy', 0, false, false],
+      ['multifd-2', 2, false, false],
+      ['multifd-4', 4, false, false],
+      ['dirtying', 0, true, true],
+    ]);
+    for (const c of r.cases) {
+      expect(c.runs).toHaveLength(1);
+      expect(c['downtime-limit']).toBe(300);
+      expect(c.converged).toBe(c.status === 'completed');
+      // Verified means completed and checked byte for byte; a completed run sent every page once at least.
+      expect(c.verified).toBe(c.converged);
+      if (c.converged) expect(c.transferred).toBeGreaterThanOrEqual(memory);
+      expect(c['within-downtime-limit']).toBe(c.converged && (c.downtime as number) <= 300);
+      for (const x of c.runs) expect(x.mbps).toBe(fourDigits((x.transferred * 8) / x['total-time'] / 1000));
+      expect(c.mbps).toBe(c.runs[0]?.mbps);
+      expect(c['destination-peak-rss-mib']).toBeGreaterThan(16);
+    }
+    for (const c of r.cases.slice(0, 3)) {
+      // Idle: completed, verified, no write by the vCPUs, so nothing was sent twice but the last sync's pages.
+      expect([c.status, c.verified, c['guest-writes-per-s']]).toEqual(['completed', true, 0]);
+    }
+    expect(r.cases[3]?.['guest-writes-per-s']).toBeGreaterThan(0);
+    const [precopy, mfd2, mfd4] = r.cases;
+    expect([r['precopy-mbps'], r['multifd-2-mbps'], r['multifd-4-mbps']]).toEqual([
+      precopy?.mbps,
+      mfd2?.mbps,
+      mfd4?.mbps,
+    ]);
+    expect(r['precopy-vs-loopback']).toBe(fourDigits(r['precopy-mbps'] / r['loopback-mbps']));
+    expect(r['multifd-2-vs-loopback']).toBe(fourDigits(r['multifd-2-mbps'] / r['loopback-mbps']));
+    expect(r['multifd-4-vs-loopback']).toBe(fourDigits(r['multifd-4-mbps'] / r['loopback-mbps']));
+    // One model prediction per live run, over the measured link and write rate, with its error.
+    expect(r.model.map((m) => m.case)).toEqual(['precopy', 'multifd-2', 'multifd-4', 'dirtying']);
+    for (const [i, m] of r.model.entries()) {
+      const c = r.cases[i] as MigrateBenchResult['cases'][number];
+      expect(m.scenario.memory).toBe(memory);
+      expect(m.scenario.link?.bandwidth).toBe(Math.round((r['loopback-mbps'] * 1e6) / 8));
+      expect(m.scenario.workload?.rate).toBe(Math.round(c['guest-writes-per-s'] * 4096));
+      expect(m.scenario.migration?.capabilities?.multifd).toBe(c.channels > 0);
+      expect(m['total-time-error-pct']).toBe(errorPct(m['total-time'], c['total-time']));
+      expect(m['transferred-error-pct']).toBe(errorPct(m.transferred, c.transferred));
+    }
+    // An idle guest of random pages: the model sends exactly what the live run did but headers.
+    expect(r.model[0]?.status).toBe('completed');
+    expect(r['peak-rss-mib']).toBeGreaterThan(0);
+    expect(r['receiver-peak-rss-mib']).toBeGreaterThan(0);
+
+    const table = formatMigrateBench(r).split('\n');
+    expect(table[0]).toBe(
+      `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node})`,
+    );
+    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(6);
+  });
+
+  it('errorPct is (model − live) / live in %, one decimal', () => {
+    expect([errorPct(110, 100), errorPct(50, 200), errorPct(1, 3)]).toEqual([10, -75, -66.7]);
+  });
+
+  it.each([
+    [['--memory', '1536K'], '--memory'],
+    [['--dirty-memory', '3X'], '--dirty-memory'],
+    [['--vcpus', '0'], '--vcpus'],
+    [['--time-limit', 'x'], '--time-limit'],
+  ])('rejects %j with one line naming %s (exit 2)', async (args, flag) => {
+    const out = await run('bench', 'migrate', ...args);
+    expect(out.code).toBe(2);
+    expect(out.stderr.trim().split('\n')).toHaveLength(1);
+    expect(out.stderr).toContain(flag);
+  });
+});

@@ -1,0 +1,545 @@
+import { spawn } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { connect } from 'node:net';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
+import type { LiveGuestStats } from '@dirtytrack/guest';
+import { runLiveMigration, type LiveMigrationOutcome } from '@dirtytrack/migration';
+import { fourDigits, medianOf } from './bench-timing.js';
+import { startLiveSource } from './live.js';
+import { simulate } from './pipeline.js';
+import { scenarioSchema, type ScenarioInput } from './scenario.js';
+
+/**
+ * `dirtytrack bench migrate` (issue 9's acceptance): in one run, on loopback, raw TCP throughput
+ * to a child process that discards, then live migrations of a running software guest to a
+ * destination child process (`dirtytrack serve`) — an idle guest by precopy and by multifd with 2
+ * and 4 channels, and a guest dirtying its RAM at full speed with auto-converge — each repeated
+ * `reps` times in that order (side by side in each repetition, so a noisy machine slows them
+ * alike). Each live run is then predicted by the model plane (the same scenario as a preset:
+ * the measured loopback throughput as the link, the guest's measured write rate as a uniform
+ * workload) and the prediction's error reported.
+ *
+ * Medians: Mbit/s (four significant digits), `total-time` and `transferred` (exact) of the idle
+ * runs are per-field medians over the repetitions; the dirtying run is reported whole from the repetition with the median
+ * `total-time` (its status, downtime and throttle belong together).
+ */
+export interface MigrateBenchOptions {
+  /** Bytes of the idle guest (and of each loopback transfer). */
+  memory: number;
+  /** Bytes of the dirtying guest (issue 9: 512 MiB). */
+  dirtyMemory: number;
+  /** Worker vCPUs of every guest (issue 9: ≥ 2). */
+  vcpus: number;
+  reps: number;
+  /** Seconds after which a live run gives up (its status stays `active`). */
+  timeLimit: number;
+  /** Seeds the guests' RAM and page choices, and the model. */
+  seed: number;
+  /** Called before each step (progress on stderr). */
+  onStep?: (step: string) => void;
+}
+
+/** QEMU's `downtime-limit` (ms), the default every run keeps. */
+export const BENCH_DOWNTIME_LIMIT = 300;
+
+/** The loopback transfer's write size: large writes from one pre-filled buffer. */
+const CHUNK = 4 * 2 ** 20;
+
+export type LiveCaseName = 'precopy' | 'multifd-2' | 'multifd-4' | 'dirtying';
+
+/** One live migration, as the bench reports it (query-migrate names). */
+export interface LiveRun {
+  status: string;
+  'total-time': number;
+  downtime?: number;
+  transferred: number;
+  /** `transferred × 8 / total-time`, Mbit/s (decimal), four significant digits. */
+  mbps: number;
+  verified: boolean;
+  'dirty-sync-count': number;
+  /** Auto-converge's throttle at the last sync, % (QEMU reports 0 once completed). */
+  'cpu-throttle-percentage': number;
+  /** Page writes per second per vCPU while let run (throttled time excluded), over the migration. */
+  'guest-writes-per-s': number;
+  /** Page writes per second per vCPU over the whole migration, throttling included. */
+  'guest-writes-per-s-throttled': number;
+  /** This process's RSS right after the run, MiB. */
+  'source-rss-mib': number;
+  /** The destination process's peak RSS (its maxRSS, VmHWM), MiB. */
+  'destination-peak-rss-mib': number;
+}
+
+export interface LiveCase extends LiveRun {
+  name: LiveCaseName;
+  memory: number;
+  vcpus: number;
+  /** Multifd channels (0: the main stream only). */
+  channels: number;
+  'auto-converge': boolean;
+  /** The guest's vCPUs write (full speed); false: idle (speed 0, no writes). */
+  dirtying: boolean;
+  'downtime-limit': number;
+  /** Completed within the time limit. */
+  converged: boolean;
+  /** Completed with `downtime` ≤ `downtime-limit` (false when it did not converge). */
+  'within-downtime-limit': boolean;
+  /** Every repetition, in order. */
+  runs: LiveRun[];
+}
+
+/** The model plane's prediction of one live case. */
+export interface ModelPrediction {
+  case: LiveCaseName;
+  /** The preset-like scenario simulated (`dirtytrack simulate --scenario` accepts it as JSON). */
+  scenario: ScenarioInput;
+  status: string;
+  'total-time': number;
+  downtime?: number;
+  transferred: number;
+  'dirty-sync-count': number;
+  /** `(model − live) / live`, %, one decimal. */
+  'total-time-error-pct': number;
+  'transferred-error-pct': number;
+}
+
+export interface MigrateBenchResult {
+  bench: 'migrate';
+  node: string;
+  reps: number;
+  memory: number;
+  'dirty-memory': number;
+  vcpus: number;
+  'time-limit': number;
+  /** Raw TCP to a discarding child process, Mbit/s, median. */
+  'loopback-mbps': number;
+  'loopback-runs': number[];
+  'precopy-mbps': number;
+  /** `precopy-mbps / loopback-mbps`, four significant digits (issue 9's goal: ≥ 0.8). */
+  'precopy-vs-loopback': number;
+  'multifd-2-mbps': number;
+  'multifd-2-vs-loopback': number;
+  'multifd-4-mbps': number;
+  'multifd-4-vs-loopback': number;
+  cases: LiveCase[];
+  model: ModelPrediction[];
+  /** The loopback receiver's peak RSS, MiB. */
+  'receiver-peak-rss-mib': number;
+  /** This process's peak RSS over the whole bench, MiB. */
+  'peak-rss-mib': number;
+}
+
+export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBenchResult> {
+  const step = o.onStep ?? (() => {});
+  const specs: { name: LiveCaseName; channels: number; dirtying: boolean }[] = [
+    { name: 'precopy', channels: 0, dirtying: false },
+    { name: 'multifd-2', channels: 2, dirtying: false },
+    { name: 'multifd-4', channels: 4, dirtying: false },
+    { name: 'dirtying', channels: 0, dirtying: true },
+  ];
+  const loopback: number[] = [];
+  let receiverKiB = 0;
+  const runs = new Map<LiveCaseName, LiveRun[]>(specs.map((s) => [s.name, []]));
+  const receiver = await spawnReceiver();
+  try {
+    for (let rep = 0; rep < o.reps; rep++) {
+      const of = `${rep + 1}/${o.reps}`;
+      step(`loopback: ${o.memory} bytes of raw TCP to a discarding child process (${of})`);
+      const l = await receiver.transfer(o.memory);
+      loopback.push(l.mbps);
+      receiverKiB = Math.max(receiverKiB, l.peakKiB);
+      for (const s of specs) {
+        const memory = s.dirtying ? o.dirtyMemory : o.memory;
+        step(
+          `${s.name}: ${s.dirtying ? 'dirtying' : 'idle'} ${memory / 2 ** 20} MiB guest, ${o.vcpus} vCPUs` +
+            `${s.channels > 0 ? `, ${s.channels} multifd channels` : ''}${s.dirtying ? ', auto-converge' : ''} (${of})`,
+        );
+        const r = await liveRun({ ...s, memory, vcpus: o.vcpus, timeLimit: o.timeLimit, seed: o.seed + rep });
+        (runs.get(s.name) as LiveRun[]).push(r);
+      }
+    }
+  } finally {
+    receiver.close();
+  }
+  const loopbackMbps = medianOf(loopback);
+  const cases = specs.map((s): LiveCase => {
+    const all = runs.get(s.name) as LiveRun[];
+    const memory = s.dirtying ? o.dirtyMemory : o.memory;
+    // The dirtying run whole from its median repetition; the idle runs' figures field by field.
+    const byTime = [...all].sort((a, b) => a['total-time'] - b['total-time']);
+    const mid = byTime[Math.floor(byTime.length / 2)] as LiveRun;
+    const base: LiveRun = s.dirtying
+      ? mid
+      : {
+          ...mid,
+          'total-time': median(all.map((r) => r['total-time'])),
+          transferred: median(all.map((r) => r.transferred)),
+          mbps: medianOf(all.map((r) => r.mbps)),
+          verified: all.every((r) => r.verified),
+          'destination-peak-rss-mib': Math.max(...all.map((r) => r['destination-peak-rss-mib'])),
+          'source-rss-mib': Math.max(...all.map((r) => r['source-rss-mib'])),
+        };
+    const converged = base.status === 'completed';
+    return {
+      name: s.name,
+      memory,
+      vcpus: o.vcpus,
+      channels: s.channels,
+      'auto-converge': s.dirtying,
+      dirtying: s.dirtying,
+      'downtime-limit': BENCH_DOWNTIME_LIMIT,
+      ...base,
+      converged,
+      'within-downtime-limit': converged && (base.downtime ?? Infinity) <= BENCH_DOWNTIME_LIMIT,
+      runs: all,
+    };
+  });
+  step('model: the same scenarios in the model plane');
+  const model = cases.map((c) => predict(c, loopbackMbps, o));
+  const mbps = (name: LiveCaseName) => (cases.find((c) => c.name === name) as LiveCase).mbps;
+  const ratio = (name: LiveCaseName) => fourDigits(mbps(name) / loopbackMbps);
+  return {
+    bench: 'migrate',
+    node: process.version,
+    reps: o.reps,
+    memory: o.memory,
+    'dirty-memory': o.dirtyMemory,
+    vcpus: o.vcpus,
+    'time-limit': o.timeLimit,
+    'loopback-mbps': loopbackMbps,
+    'loopback-runs': loopback,
+    'precopy-mbps': mbps('precopy'),
+    'precopy-vs-loopback': ratio('precopy'),
+    'multifd-2-mbps': mbps('multifd-2'),
+    'multifd-2-vs-loopback': ratio('multifd-2'),
+    'multifd-4-mbps': mbps('multifd-4'),
+    'multifd-4-vs-loopback': ratio('multifd-4'),
+    cases,
+    model,
+    'receiver-peak-rss-mib': Math.round(receiverKiB / 1024),
+    'peak-rss-mib': Math.round(process.resourceUsage().maxRSS / 1024),
+  };
+}
+
+/** The Markdown table the README shows. */
+export function formatMigrateBench(r: MigrateBenchResult): string {
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  const err = (pct: number) => `${pct > 0 ? '+' : ''}${pct.toFixed(1)}%`;
+  const lines = [
+    `# migrate: live migration on loopback, ${r.vcpus} vCPUs per guest, medians of ${r.reps} (Node ${r.node})`,
+    '',
+    '| run | status | total-time ms | downtime ms | transferred | Mbit/s | vs loopback | verified | syncs | throttle % | model total-time ms (error) | model transferred (error) |',
+    '|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|',
+    `| raw TCP, ${mib(r.memory)} to a discarding process | – | – | – | – | ${r['loopback-mbps']} | 1 | – | – | – | – | – |`,
+  ];
+  for (const c of r.cases) {
+    const m = r.model.find((x) => x.case === c.name) as ModelPrediction;
+    const what =
+      `${c.name}: ${c.dirtying ? 'dirtying' : 'idle'} ${mib(c.memory)}` +
+      (c.dirtying ? `, ${Math.round(c['guest-writes-per-s'])} writes/s per vCPU, auto-converge` : '');
+    const status = c.converged ? c.status : `**${c.status}: did not converge in ${r['time-limit']} s**`;
+    const downtime =
+      c.downtime === undefined
+        ? '–'
+        : `${c.downtime}${c['within-downtime-limit'] ? '' : ` (**over ${c['downtime-limit']}**)`}`;
+    lines.push(
+      `| ${what} | ${status} | ${c['total-time']} | ${downtime} | ${mib(c.transferred)} | ${c.mbps} | ` +
+        `${fourDigits(c.mbps / r['loopback-mbps'])} | ${c.verified ? 'yes' : '**no**'} | ${c['dirty-sync-count']} | ` +
+        `${c['cpu-throttle-percentage']} | ${m['total-time']} (${err(m['total-time-error-pct'])}) | ` +
+        `${mib(m.transferred)} (${err(m['transferred-error-pct'])}) |`,
+    );
+  }
+  lines.push(
+    '',
+    `Downtime limit ${BENCH_DOWNTIME_LIMIT} ms. Peak RSS: this process ${r['peak-rss-mib']} MiB, ` +
+      `destination ${Math.max(...r.cases.map((c) => c['destination-peak-rss-mib']))} MiB, loopback receiver ${r['receiver-peak-rss-mib']} MiB.`,
+  );
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * One live migration: a destination child process and a fresh source guest (RAM filled with
+ * random bytes, so no page is a zero page), migrated with max-bandwidth 0 (unlimited) and QEMU's
+ * default downtime-limit. An idle guest's vCPUs run at speed 0 (booted, making no writes).
+ */
+async function liveRun(o: {
+  memory: number;
+  vcpus: number;
+  channels: number;
+  dirtying: boolean;
+  timeLimit: number;
+  seed: number;
+}): Promise<LiveRun> {
+  // Both at once: the destination preallocates its RAM while the source fills its own.
+  const [d, s] = await Promise.allSettled([
+    spawnDestination(o.memory),
+    startLiveSource({
+      memory: o.memory,
+      vcpus: o.vcpus,
+      workload: { kind: 'uniform' },
+      rate: 0,
+      fill: 'random',
+      seed: o.seed,
+    }),
+  ]);
+  if (d.status === 'rejected' || s.status === 'rejected') {
+    if (d.status === 'fulfilled') d.value.child.kill();
+    if (s.status === 'fulfilled') await s.value.guest.stop().catch(() => {});
+    throw d.status === 'rejected' ? d.reason : (s as PromiseRejectedResult).reason;
+  }
+  const destination = d.value;
+  const source = s.value;
+  if (!o.dirtying) {
+    // A vCPU notices its speed at its next timeslice: wait until the writes stop (at most 2 s).
+    source.engine.speed = 0;
+    let now = source.guest.stats().writes;
+    for (let prev = -1, i = 0; now !== prev && i < 100; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      prev = now;
+      now = source.guest.stats().writes;
+    }
+  }
+  let outcome: LiveMigrationOutcome;
+  let before: LiveGuestStats;
+  let after: LiveGuestStats;
+  let wallMs: number;
+  try {
+    before = source.guest.stats();
+    const t0 = process.hrtime.bigint();
+    outcome = await runLiveMigration({
+      host: destination.host,
+      port: destination.port,
+      memory: source.memory,
+      engine: source.engine,
+      throttle: source.engine,
+      bitmap: source.bitmap,
+      parameters: {
+        'max-bandwidth': 0,
+        'downtime-limit': BENCH_DOWNTIME_LIMIT,
+        ...(o.channels > 0 ? { 'multifd-channels': o.channels } : {}),
+      },
+      capabilities: { multifd: o.channels > 0, 'auto-converge': o.dirtying },
+      timeLimitNs: o.timeLimit * 1e9,
+    });
+    wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    after = source.guest.stats();
+  } finally {
+    await source.guest.stop().catch(() => {});
+    // A run that did not complete leaves the destination waiting: it is not needed any more.
+    const timer = setTimeout(() => destination.child.kill(), 10_000);
+    await destination.exited;
+    clearTimeout(timer);
+  }
+  const info = outcome.info;
+  const last = info.trajectory[info.trajectory.length - 1];
+  // Per vCPU: writes over the time it was let run (throttling sleeps excluded), and over the run.
+  let running = 0;
+  let ran = 0;
+  for (let v = 0; v < o.vcpus; v++) {
+    const writes = (after.vcpuWrites[v] ?? 0) - (before.vcpuWrites[v] ?? 0);
+    const slept = (after.vcpuThrottledMs[v] ?? 0) - (before.vcpuThrottledMs[v] ?? 0);
+    running += writes;
+    ran += Math.max(1, wallMs - slept);
+  }
+  const { peakKiB } = await destination.exited;
+  return {
+    status: info.status,
+    'total-time': info['total-time'],
+    ...(info.downtime === undefined ? {} : { downtime: info.downtime }),
+    transferred: info.ram.transferred,
+    mbps: fourDigits((info.ram.transferred * 8) / info['total-time'] / 1000),
+    verified: info.verified,
+    'dirty-sync-count': info.ram['dirty-sync-count'],
+    'cpu-throttle-percentage': last?.['cpu-throttle-percentage'] ?? 0,
+    'guest-writes-per-s': fourDigits((running / ran) * 1000),
+    'guest-writes-per-s-throttled': fourDigits((after.writes - before.writes) / o.vcpus / (wallMs / 1000)),
+    'source-rss-mib': Math.round(process.memoryUsage().rss / 2 ** 20),
+    'destination-peak-rss-mib': Math.round(peakKiB / 1024),
+  };
+}
+
+/**
+ * The model plane's prediction of a live case: the same guest (size, vCPUs, all pages holding
+ * data, the live pipeline's MMU write-protect tracker, bitmap reporter and QEMU's xchg layers),
+ * a uniform workload at the live guest's measured write rate, a link of the measured loopback
+ * throughput with no latency, the same migration parameters and capabilities and time limit.
+ */
+function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): ModelPrediction {
+  const scenario: ScenarioInput = {
+    name: `bench-migrate-${c.name}`,
+    seed: o.seed,
+    memory: c.memory,
+    vcpus: c.vcpus,
+    tracker: 'mmu-wp',
+    layers: 'xchg',
+    populated: 1,
+    workload: { kind: 'uniform', rate: Math.round(c['guest-writes-per-s'] * PAGE_SIZE) },
+    link: { bandwidth: Math.round((loopbackMbps * 1e6) / 8), latency: 0 },
+    migration: {
+      parameters: {
+        'max-bandwidth': 0,
+        'downtime-limit': c['downtime-limit'],
+        ...(c.channels > 0 ? { 'multifd-channels': c.channels } : {}),
+      },
+      capabilities: { multifd: c.channels > 0, 'auto-converge': c['auto-converge'] },
+    },
+    'time-limit': o.timeLimit,
+  };
+  const r = simulate(scenarioSchema.parse(scenario));
+  const ram = r['ram'] as { transferred: number; 'dirty-sync-count': number };
+  const totalTime = r['total-time'] as number;
+  const downtime = r['downtime'] as number | undefined;
+  return {
+    case: c.name,
+    scenario,
+    status: r['status'] as string,
+    'total-time': totalTime,
+    ...(downtime === undefined ? {} : { downtime }),
+    transferred: ram.transferred,
+    'dirty-sync-count': ram['dirty-sync-count'],
+    'total-time-error-pct': errorPct(totalTime, c['total-time']),
+    'transferred-error-pct': errorPct(ram.transferred, c.transferred),
+  };
+}
+
+/** The median itself (upper middle of an even count), unrounded: exact bytes, exact ms. */
+function median(values: number[]): number {
+  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
+}
+
+/** `(model − live) / live` in %, one decimal. */
+export function errorPct(model: number, live: number): number {
+  return Math.round(((model - live) / live) * 1000) / 10;
+}
+
+/** Reports the process's peak RSS (KiB) on fd 3 as it exits. */
+const RSS_PRELOAD =
+  'data:text/javascript,' +
+  encodeURIComponent(
+    "import { writeSync } from 'node:fs';" +
+      "process.on('exit', () => { try { writeSync(3, String(process.resourceUsage().maxRSS)); } catch {} });",
+  );
+
+/**
+ * The loopback receiver: a child process that counts what each connection sends, discards it,
+ * and once the sender has ended answers with the count and its peak RSS — the sender's clock
+ * stops at the answer, so every byte is timed into the receiver.
+ */
+const RECEIVER = `
+const net = require('node:net');
+const server = net.createServer((c) => {
+  let n = 0;
+  c.on('data', (d) => { n += d.length; });
+  c.on('end', () => c.end(JSON.stringify([n, process.resourceUsage().maxRSS])));
+  c.on('error', () => {});
+});
+server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+`;
+
+async function spawnReceiver(): Promise<{
+  transfer: (bytes: number) => Promise<{ mbps: number; peakKiB: number }>;
+  close: () => void;
+}> {
+  const child = spawn(process.execPath, ['-e', RECEIVER], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    createInterface({ input: child.stdout }).once('line', (line) => resolve(Number(line)));
+    child.once('error', reject);
+    child.once('exit', (code) => reject(internal(`the loopback receiver exited (${code})`)));
+  });
+  const buffer = randomFillSync(Buffer.allocUnsafe(CHUNK));
+  const transfer = (bytes: number) =>
+    new Promise<{ mbps: number; peakKiB: number }>((resolve, reject) => {
+      const socket = connect({ host: '127.0.0.1', port, noDelay: true });
+      let t0 = 0n;
+      let answer = '';
+      socket.on('error', reject);
+      socket.setEncoding('utf8').on('data', (c: string) => (answer += c));
+      socket.on('end', () => {
+        const s = Number(process.hrtime.bigint() - t0) / 1e9;
+        const [received, peakKiB] = JSON.parse(answer) as [number, number];
+        if (received !== bytes) reject(internal(`the loopback receiver got ${received} of ${bytes} bytes`));
+        else resolve({ mbps: fourDigits((bytes * 8) / s / 1e6), peakKiB });
+      });
+      socket.once('connect', () => {
+        t0 = process.hrtime.bigint();
+        let sent = 0;
+        const write = (): void => {
+          while (sent < bytes) {
+            const n = Math.min(CHUNK, bytes - sent);
+            sent += n;
+            if (!socket.write(n === CHUNK ? buffer : buffer.subarray(0, n))) {
+              socket.once('drain', write);
+              return;
+            }
+          }
+          socket.end();
+        };
+        write();
+      });
+    });
+  return { transfer, close: () => child.kill() };
+}
+
+/**
+ * The destination: `dirtytrack serve --listen 127.0.0.1:0 --memory M --once --json` as a child
+ * process (as `dirtytrack migrate` starts it), here with a preload that reports its peak RSS on
+ * fd 3 as it exits — the migration blocks this thread, so its `/proc` could not be polled.
+ */
+async function spawnDestination(memory: number) {
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      RSS_PRELOAD,
+      ...cliCommand(),
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--memory',
+      String(memory),
+      '--once',
+      '--json',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] },
+  );
+  const [, , stderrPipe, fd3Pipe] = child.stdio as unknown as NodeJS.ReadableStream[];
+  let stderr = '';
+  let usage = '';
+  (stderrPipe as NodeJS.ReadableStream).setEncoding('utf8').on('data', (c: string) => (stderr += c));
+  (fd3Pipe as NodeJS.ReadableStream).setEncoding('utf8').on('data', (c: string) => (usage += c));
+  const exited = new Promise<{ code: number | null; peakKiB: number }>((resolve) =>
+    child.once('close', (code) => resolve({ code, peakKiB: Number(usage) || 0 })),
+  );
+  const lines = createInterface({ input: child.stdout as NonNullable<typeof child.stdout> });
+  const { host, port } = await new Promise<{ host: string; port: number }>((resolve, reject) => {
+    lines.once('line', (line) => {
+      const m = /^listening on (\S+):(\d+)$/.exec(line);
+      if (m) resolve({ host: m[1] as string, port: Number(m[2]) });
+      else reject(internal(`the destination said: ${line}`));
+    });
+    child.once('exit', (code) => reject(internal(`the destination exited (${code}): ${stderr.trim()}`)));
+  });
+  lines.on('line', () => {});
+  return { host, port, child, exited };
+}
+
+/**
+ * How to start this CLI: the built `bin.js` next to this module, or — when running from the
+ * TypeScript sources (tests) — `src/bin.ts` through tsx with the source condition.
+ */
+function cliCommand(): string[] {
+  const built = fileURLToPath(new URL('./bin.js', import.meta.url));
+  if (import.meta.url.endsWith('.js') && existsSync(built)) return [built];
+  return [
+    '--conditions=@dirtytrack/source',
+    '--import',
+    'tsx',
+    fileURLToPath(new URL('./bin.ts', import.meta.url)),
+  ];
+}
+
+function internal(message: string): DirtytrackError {
+  return new DirtytrackError('internal', message, { component: 'bench-migrate' });
+}
