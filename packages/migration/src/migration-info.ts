@@ -25,7 +25,8 @@ export interface MigrationInfo {
   'dirty-limit-ring-full-time'?: number;
   /**
    * Postcopy: ms the destination guest spent blocked on missing pages, summed over the steps in
-   * which its faults outlasted the step (all vCPUs wait in the model). Only with postcopy-ram.
+   * which its faults outlasted the step (all vCPUs wait in the model), and the time a paused
+   * postcopy kept a faulting guest waiting until recovery. Only with postcopy-ram.
    */
   'postcopy-blocktime'?: number;
   /** Why the migration failed (only when `failed`). */

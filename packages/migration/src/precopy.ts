@@ -980,8 +980,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         setStatus('postcopy-recover');
         try {
           // The source's RECV_BITMAP command; the destination's answer on the return path.
-          transferred += RECV_BITMAP_CMD + POSTCOPY_RESUME_CMD;
-          postcopyBytes += RECV_BITMAP_CMD + POSTCOPY_RESUME_CMD;
+          transferred += RECV_BITMAP_CMD;
+          postcopyBytes += RECV_BITMAP_CMD;
           const asked = transmit(RECV_BITMAP_CMD, 0) + link.latencyNs;
           const bitmapBytes = RP_RECV_BITMAP_FIXED + Math.ceil(pages / 64) * 8;
           recvBitmapBytes += bitmapBytes;
@@ -999,6 +999,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
             pw[last] = (pw[last] as number) & ((1 << (pages % 32)) - 1);
             sourcePending += popcount32(pw[last] as number);
           }
+          transferred += POSTCOPY_RESUME_CMD;
+          postcopyBytes += POSTCOPY_RESUME_CMD;
           const resumed = transmit(POSTCOPY_RESUME_CMD, 0) + link.latencyNs;
           advance(returnPath(resumed, RP_RESUME_ACK) + link.latencyNs);
         } catch (error) {
