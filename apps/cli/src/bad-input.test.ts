@@ -219,16 +219,6 @@ const cases: BadCase[] = [
     says: ['migration.start-postcopy-at', 'needs migration.capabilities.postcopy-ram'],
   },
   {
-    what: 'postcopy-ram with multifd',
-    argv: [
-      '--set',
-      'migration.capabilities.postcopy-ram=true',
-      '--set',
-      'migration.capabilities.multifd=true',
-    ],
-    says: ['migration.capabilities.postcopy-ram', 'not modelled yet'],
-  },
-  {
     what: 'a negative cancel time',
     argv: ['--set', 'migration.cancel-at=-1'],
     says: ['migration.cancel-at', '[0, 10000000]'],

@@ -78,4 +78,16 @@ describe('simulate: postcopy recovery and preempt', () => {
       /migration\.capabilities\.postcopy-preempt.*needs migration\.capabilities\.postcopy-ram/,
     );
   });
+
+  it('postcopy with multifd (QEMU 10.x): precopy on the channels, postcopy pages on the main stream', async () => {
+    const r = (
+      await runJson(...argv('migration.capabilities.multifd=true', 'migration.parameters.multifd-channels=4'))
+    ).result;
+    expect(r.status).toBe('completed');
+    expect(r.ram['multifd-bytes']).toBeGreaterThan(0);
+    expect(r.ram['postcopy-bytes']).toBeGreaterThan(0);
+    expect(r.ram['postcopy-requests']).toBeGreaterThan(0);
+    // Postcopy's pages are whole page records (4104 B each) on the main stream, not multifd packets.
+    expect((r.ram['postcopy-bytes'] ?? 0) % 4104).toBe(0);
+  });
 });

@@ -310,13 +310,6 @@ export const scenarioSchema = z
         message: 'needs migration.capabilities.multifd: true',
       });
     }
-    if (caps['postcopy-ram'] && caps.multifd) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['migration', 'capabilities', 'postcopy-ram'],
-        message: 'together with multifd is not modelled yet (accepted: one of them)',
-      });
-    }
     if (caps['postcopy-preempt'] && !caps['postcopy-ram']) {
       ctx.addIssue({
         code: 'custom',
