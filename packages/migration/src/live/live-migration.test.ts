@@ -84,7 +84,8 @@ function sameBytes(a: SharedArrayBuffer, b: SharedArrayBuffer): boolean {
   return Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
 }
 
-describe(`live migration over loopback TCP (seed ${SEED})`, () => {
+// Real threads and sockets on a shared 2-core machine: generous time limits, no timing asserts.
+describe(`live migration over loopback TCP (seed ${SEED})`, { timeout: 180_000 }, () => {
   it('precopy: a guest writing 2 × 2000 pages/s arrives byte for byte, verified', async () => {
     const { outcome, result, memory, received, writes } = await migrate({});
     const info = outcome.info;
@@ -197,7 +198,7 @@ describe(`live auto-converge (seed ${SEED})`, () => {
     // The vCPUs really slept: their throttled time is on the guest's books.
     const throttled = (guest as LiveGuest).stats().vcpuThrottledMs;
     expect(throttled.every((ms) => ms > 0)).toBe(true);
-  }, 90_000);
+  }, 180_000);
 });
 
 describe(`the destination dies in each phase (seed ${SEED})`, () => {
@@ -243,6 +244,6 @@ describe(`the destination dies in each phase (seed ${SEED})`, () => {
       const before = (guest as LiveGuest).stats().writes;
       await new Promise((resolve) => setTimeout(resolve, 100));
       expect((guest as LiveGuest).stats().writes).toBeGreaterThan(before);
-    }, 60_000);
+    }, 180_000);
   }
 });
