@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { createRng, DirtytrackError, parseSize, type MemslotInfo } from '@dirtytrack/core';
+import { createRng, DirtytrackError, isDirtytrackError, parseSize, type MemslotInfo } from '@dirtytrack/core';
 import { createLiveEngine, createLiveGuest, type LiveGuest, type LiveWorkload } from '@dirtytrack/guest';
 import {
   createDestination,
@@ -192,6 +192,7 @@ interface MigrateRaw {
   autoConverge?: boolean;
   timeLimit: string;
   linkTimeout: string;
+  afterFailure: string;
   token?: string;
   json?: boolean;
 }
@@ -205,7 +206,26 @@ export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'traje
     'guest-writes': number;
     link: LiveMigrationOutcome['link'];
     destination?: Omit<DestinationResult, 'memory'>;
+    /**
+     * Only on a failed migration: the source guest watched for `ms` after the failure — its
+     * writes then and after, and whether it was still running (QEMU resumes the source VM).
+     */
+    'after-failure'?: {
+      ms: number;
+      running: boolean;
+      'guest-writes-at-failure': number;
+      'guest-writes': number;
+    };
   };
+}
+
+/**
+ * The migration failed with an error instead of an outcome — it could not start (connection
+ * refused, no answer, authentication failed) or the final check could not run: one line on stderr
+ * and exit code 1, not an internal error with a stack.
+ */
+export class MigrateFailed extends Error {
+  override readonly name = 'MigrateFailed';
 }
 
 /** `dirtytrack migrate`: a live migration of a software guest, to `--to` or to a local destination. */
@@ -221,6 +241,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   const downtimeLimit = intFlag('--downtime-limit', raw.downtimeLimit, 0, 2_000_000);
   const timeLimit = intFlag('--time-limit', raw.timeLimit, 1, 86_400);
   const linkTimeoutMs = intFlag('--link-timeout', raw.linkTimeout, 100, 3_600_000);
+  const afterFailureMs = intFlag('--after-failure', raw.afterFailure, 0, 60_000);
   const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
   const pages = memory / 4096;
   const workload: LiveWorkload =
@@ -235,6 +256,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   );
   const source = await startLiveSource({ memory, vcpus, workload, rate, fill: raw.fill, seed });
   let outcome: LiveMigrationOutcome;
+  let afterFailure: NonNullable<MigrateResult['dirtytrack']['after-failure']> | undefined;
   try {
     outcome = await runLiveMigration({
       host: target.host,
@@ -253,7 +275,27 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       timeLimitNs: timeLimit * 1e9,
       linkTimeoutMs,
       onStatus: (e) => log(`status ${e.status} at ${e.time} ms`),
+    }).catch((error: unknown) => {
+      // Failures before the first page (connect, handshake) come back as errors, not outcomes.
+      if (isDirtytrackError(error) && error.code !== 'invalid-argument') {
+        throw new MigrateFailed(`migration to ${target.host}:${target.port} failed: ${error.message}`, {
+          cause: error,
+        });
+      }
+      throw error;
     });
+    if (outcome.info.status === 'failed') {
+      // QEMU resumes the source VM when a migration fails: show that this guest runs on.
+      const atFailure = source.guest.stats().writes;
+      await new Promise((resolve) => setTimeout(resolve, afterFailureMs));
+      source.guest.check();
+      afterFailure = {
+        ms: afterFailureMs,
+        running: source.guest.running,
+        'guest-writes-at-failure': atFailure,
+        'guest-writes': source.guest.stats().writes,
+      };
+    }
   } finally {
     await source.guest.stop().catch(() => {});
     if (local !== undefined && local.child.exitCode === null) {
@@ -273,6 +315,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       'guest-writes': guestWrites,
       link: outcome.link,
       ...(destination === undefined ? {} : { destination }),
+      ...(afterFailure === undefined ? {} : { 'after-failure': afterFailure }),
     },
   };
 }
@@ -417,12 +460,25 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       'fail when the link makes no progress for this long (a cut cable)',
       '30000',
     )
+    .option(
+      '--after-failure <ms>',
+      'on a failed migration, watch the source guest run on for this long before exiting',
+      '200',
+    )
     .option('--token <secret>', 'the destination’s shared secret (or DIRTYTRACK_TOKEN)')
     .option('--json', 'print the result as one JSON object on stdout (query-migrate names)')
     .action(async (raw: MigrateRaw) => {
-      const result = await migrate(raw, (line) => {
-        if (io.progress || raw.json !== true) io.stderr(line + '\n');
-      });
+      let result: MigrateResult;
+      try {
+        result = await migrate(raw, (line) => {
+          if (io.progress || raw.json !== true) io.stderr(line + '\n');
+        });
+      } catch (error) {
+        if (!(error instanceof MigrateFailed)) throw error;
+        io.stderr(`dirtytrack: ${error.message}\n`);
+        setCode(1);
+        return;
+      }
       if (result.status !== 'completed' || !result.verified) setCode(1);
       io.stdout(
         raw.json === true
@@ -430,6 +486,10 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           : `${result.status} in ${result['total-time']} ms, downtime ${result.downtime ?? '-'} ms, ` +
               `${result.ram.transferred} bytes, ${result.ram['dirty-sync-count']} syncs, verified ${result.verified}` +
               (result['error-desc'] ? ` (${result['error-desc']})` : '') +
+              (result.dirtytrack['after-failure'] === undefined
+                ? ''
+                : `; the source guest ran on: ${result.dirtytrack['after-failure']['guest-writes-at-failure']} → ` +
+                  `${result.dirtytrack['after-failure']['guest-writes']} writes in ${result.dirtytrack['after-failure'].ms} ms`) +
               '\n',
       );
     });

@@ -1,0 +1,153 @@
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { createInterface } from 'node:readline';
+import { describe, expect, it } from 'vitest';
+import { CLI_DIR, run } from './__fixtures__/run.js';
+import type { MigrateResult } from './live.js';
+
+// dirtytrack serve / migrate over loopback: local mode (migrate spawns its own destination), the
+// one-line usage errors, and the failures that happen before the first page.
+
+const PAGES_16M = (16 * 2 ** 20) / 4096;
+
+function parse(stdout: string): MigrateResult {
+  return JSON.parse(stdout) as MigrateResult;
+}
+
+/** The source's and the destination's page counts agree, and every page went at least once. */
+function expectMigrated16M(r: MigrateResult): void {
+  expect(r).toMatchObject({ status: 'completed', verified: true, 'verify-mismatches': 0 });
+  expect(r.ram.total).toBe(16 * 2 ** 20);
+  expect(r.ram.remaining).toBe(0);
+  // --fill half: every other page is random (normal); the rest start zero (duplicate) unless a
+  // vCPU wrote them first. Dirtied pages go again, so the counts are at least the pages.
+  expect(r.ram.normal).toBeGreaterThanOrEqual(PAGES_16M / 2);
+  expect(r.ram.normal + r.ram.duplicate).toBeGreaterThanOrEqual(PAGES_16M);
+  expect(r.ram['normal-bytes']).toBe(r.ram.normal * 4096);
+  expect(r.ram.transferred).toBeGreaterThanOrEqual(r.ram['normal-bytes']);
+  expect(r.dirtytrack).toMatchObject({ plane: 'live', memory: 16 * 2 ** 20, vcpus: 2 });
+  expect(r.dirtytrack['guest-writes']).toBeGreaterThan(0);
+  expect(r.dirtytrack['after-failure']).toBeUndefined();
+  expect(r.dirtytrack.destination).toMatchObject({
+    status: 'completed',
+    verified: true,
+    'verify-mismatches': 0,
+    'ram-bytes': 16 * 2 ** 20,
+    normal: r.ram.normal,
+    duplicate: r.ram.duplicate,
+  });
+}
+
+describe('dirtytrack migrate (local mode: a destination process on loopback)', () => {
+  it('migrates 16M and the destination verifies it byte for byte', async () => {
+    const r = await run('migrate', '--memory', '16M', '--json');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const result = parse(r.stdout);
+    expectMigrated16M(result);
+    expect(result.dirtytrack.link['multifd-bytes']).toBe(0);
+  }, 40_000);
+
+  it('migrates 16M over 2 multifd channels', async () => {
+    const r = await run('migrate', '--memory', '16M', '--multifd-channels', '2', '--json');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const result = parse(r.stdout);
+    expectMigrated16M(result);
+    expect(result.ram['multifd-bytes']).toBeGreaterThan(0);
+    expect(result.dirtytrack.link['multifd-packets']).toBeGreaterThan(0);
+    expect(result.dirtytrack.destination?.['multifd-packets']).toBe(
+      result.dirtytrack.link['multifd-packets'],
+    );
+  }, 40_000);
+});
+
+describe('bad input: exit 2, one line naming the flag', () => {
+  it.each([
+    [['migrate', '--to', 'nohost'], '--to'],
+    [['migrate', '--to', '127.0.0.1:70000'], '--to'],
+    [['migrate', '--memory', '3'], '--memory'],
+    [['migrate', '--memory', '32G'], '--memory'],
+    [['migrate', '--vcpus', '0'], '--vcpus'],
+    [['migrate', '--rate', '-1'], '--rate'],
+    [['migrate', '--multifd-channels', '0'], '--multifd-channels'],
+    [['migrate', '--link-timeout', '5'], '--link-timeout'],
+    [['migrate', '--after-failure', 'x'], '--after-failure'],
+    // Authentication is mandatory off loopback (nothing is bound: the check comes first).
+    [['serve', '--listen', '10.1.2.3:0'], '--token'],
+    [['serve', '--listen', 'x'], '--listen'],
+  ])('%j names %s', async (argv, flag) => {
+    const r = await run(...argv);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    const lines = r.stderr.trimEnd().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]?.startsWith(`dirtytrack: ${flag}: `)).toBe(true);
+  });
+});
+
+describe('failures before the first page: exit 1, one line', () => {
+  it('nobody listens on the port: connection refused', async () => {
+    const port = await freePort();
+    const r = await run('migrate', '--to', `127.0.0.1:${port}`, '--memory', '4M', '--json');
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(
+      `dirtytrack: migration to 127.0.0.1:${port} failed: [dirtytrack] [live-link] connect to ` +
+        `127.0.0.1:${port}: connect ECONNREFUSED 127.0.0.1:${port}\n`,
+    );
+  }, 20_000);
+
+  it('the wrong token: authentication failed, and the destination keeps listening', async () => {
+    const serve = spawn(
+      process.execPath,
+      [
+        '--conditions=@dirtytrack/source',
+        '--import',
+        'tsx',
+        'src/bin.ts',
+        'serve',
+        '--listen',
+        '127.0.0.1:0',
+        '--token',
+        'a',
+        '--once',
+      ],
+      { cwd: CLI_DIR, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    try {
+      const port = await new Promise<number>((resolve, reject) => {
+        createInterface({ input: serve.stdout }).once('line', (line) => {
+          const m = /^listening on 127\.0\.0\.1:(\d+)$/.exec(line);
+          if (m) resolve(Number(m[1]));
+          else reject(new Error(line));
+        });
+        serve.once('exit', (code) => reject(new Error(`serve exited ${code}`)));
+      });
+      const r = await run('migrate', '--to', `127.0.0.1:${port}`, '--token', 'b', '--memory', '4M', '--json');
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('');
+      const lines = r.stderr.trimEnd().split('\n');
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(
+        new RegExp(`^dirtytrack: migration to 127\\.0\\.0\\.1:${port} failed: .*authentication failed`),
+      );
+      // A bad handshake does not end a --once destination: the real source may still come.
+      expect(serve.exitCode).toBeNull();
+    } finally {
+      serve.kill('SIGKILL');
+    }
+  }, 30_000);
+});
+
+/** A port nobody listens on: one the kernel just handed out and took back. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0));
+    });
+  });
+}
