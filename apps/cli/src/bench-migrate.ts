@@ -3,6 +3,8 @@ import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { fileURLToPath } from 'node:url';
 import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import type { LiveGuestStats } from '@dirtytrack/guest';
@@ -158,6 +160,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
         );
         const r = await liveRun({ ...s, memory, vcpus: o.vcpus, timeLimit: o.timeLimit, seed: o.seed + rep });
         (runs.get(s.name) as LiveRun[]).push(r);
+        collectGarbage();
       }
     }
   } finally {
@@ -414,12 +417,20 @@ export function errorPct(model: number, live: number): number {
   return Math.round(((model - live) / live) * 1000) / 10;
 }
 
+/**
+ * The process's own peak RSS in KiB: `VmHWM` of its address space. Not `resourceUsage().maxRSS`:
+ * Linux carries ru_maxrss over fork and exec, so a child spawned by a process holding 4 GiB
+ * would report at least 4 GiB (measured here: each destination "peaked" at this process's size).
+ */
+const PEAK_KIB = `(() => { try { return Number(/VmHWM:\\s+(\\d+)/.exec(require('node:fs').readFileSync('/proc/self/status', 'utf8'))[1]); } catch { return process.resourceUsage().maxRSS; } })()`;
+
 /** Reports the process's peak RSS (KiB) on fd 3 as it exits. */
 const RSS_PRELOAD =
   'data:text/javascript,' +
   encodeURIComponent(
-    "import { writeSync } from 'node:fs';" +
-      "process.on('exit', () => { try { writeSync(3, String(process.resourceUsage().maxRSS)); } catch {} });",
+    "import { writeSync } from 'node:fs'; import { createRequire } from 'node:module';" +
+      "const require = createRequire('file:///');" +
+      `process.on('exit', () => { try { writeSync(3, String(${PEAK_KIB})); } catch {} });`,
   );
 
 /**
@@ -427,12 +438,12 @@ const RSS_PRELOAD =
  * and once the sender has ended answers with the count and its peak RSS — the sender's clock
  * stops at the answer, so every byte is timed into the receiver.
  */
-const RECEIVER = `
+const RECEIVER = () => `
 const net = require('node:net');
 const server = net.createServer((c) => {
   let n = 0;
   c.on('data', (d) => { n += d.length; });
-  c.on('end', () => c.end(JSON.stringify([n, process.resourceUsage().maxRSS])));
+  c.on('end', () => c.end(JSON.stringify([n, ${PEAK_KIB}])));
   c.on('error', () => {});
 });
 server.listen(0, '127.0.0.1', () => console.log(server.address().port));
@@ -442,7 +453,7 @@ async function spawnReceiver(): Promise<{
   transfer: (bytes: number) => Promise<{ mbps: number; peakKiB: number }>;
   close: () => void;
 }> {
-  const child = spawn(process.execPath, ['-e', RECEIVER], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['-e', RECEIVER()], { stdio: ['ignore', 'pipe', 'inherit'] });
   const port = await new Promise<number>((resolve, reject) => {
     createInterface({ input: child.stdout }).once('line', (line) => resolve(Number(line)));
     child.once('error', reject);
@@ -538,6 +549,16 @@ function cliCommand(): string[] {
     'tsx',
     fileURLToPath(new URL('./bin.ts', import.meta.url)),
   ];
+}
+
+/**
+ * A full GC between runs: each run leaves a guest's RAM (a SharedArrayBuffer of `memory` bytes)
+ * unreferenced, and V8 does not count it as heap pressure — without this, this process's RSS grew
+ * by a guest per run (10 GiB after 12 runs of 1 GiB guests).
+ */
+function collectGarbage(): void {
+  setFlagsFromString('--expose-gc');
+  (runInNewContext('gc') as () => void)();
 }
 
 function internal(message: string): DirtytrackError {
