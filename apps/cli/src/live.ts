@@ -408,7 +408,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           });
         } catch (error) {
           if (error instanceof DirtytrackError && error.field === 'token')
-            throw new UsageError('--token', error.message);
+            throw new UsageError('--token', error.message.replace(/^\[dirtytrack\] \[[^\]]*\] token: /, ''));
           throw error;
         }
         io.stdout(`listening on ${destination.host}:${destination.port}\n`);
