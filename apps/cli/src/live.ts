@@ -257,6 +257,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   const source = await startLiveSource({ memory, vcpus, workload, rate, fill: raw.fill, seed });
   let outcome: LiveMigrationOutcome;
   let afterFailure: NonNullable<MigrateResult['dirtytrack']['after-failure']> | undefined;
+  let completed = false;
   try {
     outcome = await runLiveMigration({
       host: target.host,
@@ -284,6 +285,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       }
       throw error;
     });
+    completed = outcome.info.status === 'completed';
     if (outcome.info.status === 'failed') {
       // QEMU resumes the source VM when a migration fails: show that this guest runs on.
       const atFailure = source.guest.stats().writes;
@@ -299,7 +301,10 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   } finally {
     await source.guest.stop().catch(() => {});
     if (local !== undefined && local.child.exitCode === null) {
-      setTimeout(() => local.child.kill(), 10_000).unref();
+      // A completed destination exits by itself once it has printed its result; one whose
+      // migration failed may still be waiting for a connection: stop it now.
+      if (!completed) local.child.kill();
+      else setTimeout(() => local.child.kill(), 10_000).unref();
     }
   }
   const guestWrites = source.guest.stats().writes;

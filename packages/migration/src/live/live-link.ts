@@ -129,7 +129,10 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
       waiter = resolve;
     });
   };
+  /** Set when a batch made no progress for `timeoutMs`: the link is cut, whatever TCP thinks. */
+  let stalled: string | undefined;
   const failure = (): string | undefined => {
+    if (stalled !== undefined) return stalled;
     if (Atomics.load(control, LINK.FAILED) === 0) return undefined;
     if (workerError !== undefined) return workerError;
     const n = Atomics.load(control, LINK.MESSAGE_LENGTH);
@@ -208,7 +211,11 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
       if (d !== drained) {
         drained = d;
         giveUp = now + timeoutMs * 1e6;
-      } else if (now > giveUp) throw linkFailure(`no progress for ${timeoutMs} ms (link down?)`);
+      } else if (now > giveUp) {
+        // Dead, not slow: nothing may wait on this link again (close drops it, no EOF).
+        stalled = `no progress for ${timeoutMs} ms (link down?)`;
+        throw linkFailure(stalled);
+      }
       Atomics.wait(control, LINK.DONE, done, 50);
     }
   };

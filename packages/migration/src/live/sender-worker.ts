@@ -43,8 +43,12 @@ import {
 
 const PAGE = 4096;
 const VERIFY_CHUNK = 4096;
-/** Pages encoded per slice of a batch (16 MiB). */
-const SLICE_PAGES = 4096;
+/**
+ * Pages encoded per slice of a batch (2 MiB): small enough that a slow link still shows progress
+ * every second or so (a slice's bytes count once its write completes), large enough that the
+ * per-slice cost vanishes.
+ */
+const SLICE_PAGES = 512;
 
 const data = workerData as SenderData;
 const port = parentPort as NonNullable<typeof parentPort>;
@@ -107,7 +111,7 @@ function connect(kind: number, channel: number): Promise<net.Socket> {
         { ...(data.token === undefined ? {} : { token: data.token }), timeoutMs: data.timeoutMs },
       ).then(() => {
         socket.off('error', early);
-        socket.on('error', (error: Error) => fail(`Unable to write to socket: ${describe(error)}`));
+        socket.on('error', (error: Error) => fail(describe(error)));
         socket.on('close', () => {
           if (!finishing) fail('the destination closed the connection');
         });
