@@ -190,6 +190,8 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
 
   interface Slot {
     readonly live: Bitmap;
+    /** Whether `live` is in shared memory another thread may set bits in (decided once, at addSlot). */
+    readonly liveShared: boolean;
     /** KVM's second bitmap (`kvm_second_dirty_bitmap`): the re-arm mask of a CLEAR, all-zero between calls. */
     scratch: Bitmap | undefined;
     /** Indices of the 32-bit words a re-arm mask may hold bits in (grown on demand, reused). */
@@ -237,6 +239,9 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
     const marks = scratch.words;
     const base = firstPage / 32; // first 32-bit word of the window (firstPage is 64-aligned)
     const n32 = Math.ceil(numPages / 64) * 2;
+    // Plain loads and stores under the write lock ('locked'), or when no other thread can see the
+    // bitmap: then an atomic read-modify-write has exactly the plain one's effect. Decided once.
+    const plain = locked || !s.liveShared;
     // The span of scratch words this call sets, zeroed again before returning (a memset over at
     // most the window, which the loop walks anyway): the scratch stays all-zero between calls.
     let firstTouched = -1;
@@ -250,8 +255,10 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
         let hi = user[j + 1] as number;
         if (lo === 0 && hi === 0) continue;
         const i = base + j;
-        if (locked) {
-          // Patch (c): tmp = bitmap[i]; bitmap[i] &= ~mask; mask &= tmp — under the write lock.
+        if (!locked) xchgWords++;
+        if (plain) {
+          // Patch (c): tmp = bitmap[i]; bitmap[i] &= ~mask; mask &= tmp — under the write lock
+          // (or on an unshared bitmap, where it is what fetch_andnot does).
           const tlo = live[i] as number;
           const thi = live[i + 1] as number;
           live[i] = tlo & ~lo;
@@ -259,7 +266,6 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
           lo &= tlo;
           hi &= thi;
         } else {
-          xchgWords++;
           // m &= atomic_long_fetch_andnot(m, &live[i]): only bits that really were set survive.
           if (lo !== 0) lo &= Atomics.and(live, i, ~lo);
           if (hi !== 0) hi &= Atomics.and(live, i + 1, ~hi);
@@ -311,12 +317,17 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
         live = Bitmap.create(slot.pages, { shared });
         if (initiallySet) live.setAll();
       }
-      slots.set(slot.id, { live, scratch: undefined, touched: new Uint32Array(64) });
+      slots.set(slot.id, {
+        live,
+        liveShared: isSharedArrayBuffer(live.buffer),
+        scratch: undefined,
+        touched: new Uint32Array(64),
+      });
       slotInfos.set(slot.id, slot);
     },
 
     markDirty(slot: number, offsets: Uint32Array, count: number) {
-      const { live } = slotOf(slot, 'markDirty');
+      const { live, liveShared } = slotOf(slot, 'markDirty');
       if (!(Number.isInteger(count) && count >= 0 && count <= offsets.length)) {
         throw fail(
           'invalid-argument',
@@ -331,17 +342,20 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
       try {
         const words = live.words;
         const bits = live.bits;
-        for (let i = 0; i < count; i++) {
-          const p = offsets[i] as number;
-          if (!(p < bits)) {
-            throw fail(
-              'out-of-range',
-              `markDirty: page ${p} is outside slot ${slot} (${bits} pages)`,
-              undefined,
-              'offsets',
-            );
+        if (liveShared) {
+          for (let i = 0; i < count; i++) {
+            const p = offsets[i] as number;
+            if (!(p < bits)) throw outside(slot, p, bits);
+            Atomics.or(words, p >>> 5, 1 << (p & 31));
           }
-          Atomics.or(words, p >>> 5, 1 << (p & 31));
+        } else {
+          // No other thread can see this bitmap: a plain OR is set_bit_le's exact effect, and
+          // several times cheaper than a locked instruction per page (the model plane's hot loop).
+          for (let i = 0; i < count; i++) {
+            const p = offsets[i] as number;
+            if (!(p < bits)) throw outside(slot, p, bits);
+            words[p >>> 5] = (words[p >>> 5] as number) | (1 << (p & 31));
+          }
         }
       } finally {
         if (locked) (lock as RWLock).readUnlock();
@@ -369,30 +383,41 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
         return out.popcount();
       }
       return writeLocked(() => {
-        let xchgWords = 0;
         let reported = 0;
         let nTouched = 0;
-        for (let i = 0; i < src.length; i += 2) {
-          // KVM walks unsigned longs: one 64-bit word = two of our 32-bit words.
-          let lo = src[i] as number;
-          let hi = src[i + 1] as number;
-          if (lo !== 0 || hi !== 0) {
-            if (locked) {
-              // Patch (b): plain load and store; no setter runs while we hold the write lock.
+        if (locked || !s.liveShared) {
+          // Patch (b): plain load and store; no setter runs while we hold the write lock (or can
+          // run at all: nobody else sees an unshared bitmap, so an exchange would read the same).
+          for (let i = 0; i < src.length; i += 2) {
+            // KVM walks unsigned longs: one 64-bit word = two of our 32-bit words.
+            const lo = src[i] as number;
+            const hi = src[i + 1] as number;
+            if (lo !== 0 || hi !== 0) {
               src[i] = 0;
               src[i + 1] = 0;
-            } else {
-              xchgWords++;
+              reported += popcount32(lo) + popcount32(hi);
+              nTouched = touch(s, nTouched, i);
+            }
+            dst[i] = lo;
+            dst[i + 1] = hi;
+          }
+        } else {
+          for (let i = 0; i < src.length; i += 2) {
+            let lo = src[i] as number;
+            let hi = src[i + 1] as number;
+            if (lo !== 0 || hi !== 0) {
               // A half read as 0 is left alone: a set racing with that read stays for the next call.
               if (lo !== 0) lo = Atomics.exchange(src, i, 0);
               if (hi !== 0) hi = Atomics.exchange(src, i + 1, 0);
+              reported += popcount32(lo) + popcount32(hi);
+              nTouched = touch(s, nTouched, i);
             }
-            reported += popcount32(lo) + popcount32(hi);
-            nTouched = touch(s, nTouched, i);
+            dst[i] = lo;
+            dst[i + 1] = hi;
           }
-          dst[i] = lo;
-          dst[i + 1] = hi;
         }
+        // 'atomic' mode exchanges every non-zero 64-bit word (and prices it so, shared or not).
+        const xchgWords = locked ? 0 : nTouched / 2;
         // The touched hint: the re-arm visits only the words just taken, not the whole slot again.
         const rearmedPages =
           reported > 0 ? rearmer.rearm(slot, out, { words: s.touched, count: nTouched }) : 0;
@@ -553,6 +578,15 @@ function fail(
     field,
     ...(errno === undefined ? {} : { errno }),
   });
+}
+
+function outside(slot: number, page: number, bits: number): DirtytrackError {
+  return fail(
+    'out-of-range',
+    `markDirty: page ${page} is outside slot ${slot} (${bits} pages)`,
+    undefined,
+    'offsets',
+  );
 }
 
 function isU64(x: number): boolean {
