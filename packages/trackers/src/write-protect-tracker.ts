@@ -17,10 +17,15 @@ import {
  *
  * Rule kept exactly: every writable 0→1 transition of a page in a logging slot reports the page
  * once. Until `@dirtytrack/mmu` lands, the protection state is a bitmap per slot here (1 =
- * write-protected); the MMU issue moves it into SPTEs with the TLB protocol.
+ * writable, i.e. no longer write-protected); the MMU issue moves it into SPTEs with the TLB
+ * protocol.
  */
 export function createWriteProtectTracker(): Tracker {
-  const slots = new Map<number, { info: MemslotInfo; protectedPages: Bitmap }>();
+  // Per slot the pages a fault has made writable since the last re-arm (1 = writable): the
+  // complement of the write-protected set. Enabling logging protects every page, which here is
+  // an all-zero bitmap — no 1-bit fill over the whole slot (a 3 TiB slot's is 96 MiB), and
+  // memory is touched only where the guest writes.
+  const slots = new Map<number, { info: MemslotInfo; writable: Bitmap }>();
   let sink: DirtySink | undefined;
   let faulted = new Uint32Array(1024);
   let writes = 0;
@@ -49,9 +54,7 @@ export function createWriteProtectTracker(): Tracker {
           component: 'wp-tracker',
         });
       }
-      const protectedPages = Bitmap.create(info.pages);
-      protectedPages.setAll();
-      slots.set(info.id, { info, protectedPages });
+      slots.set(info.id, { info, writable: Bitmap.create(info.pages) });
       return info.pages;
     },
     disableLogging(id) {
@@ -67,7 +70,7 @@ export function createWriteProtectTracker(): Tracker {
         });
       }
       if (count > faulted.length) faulted = new Uint32Array(Math.max(count, faulted.length * 2));
-      const words = s.protectedPages.words;
+      const words = s.writable.words;
       const pages = s.info.pages;
       let n = 0;
       for (let i = 0; i < count; i++) {
@@ -83,8 +86,8 @@ export function createWriteProtectTracker(): Tracker {
         }
         const w = words[p >>> 5] as number;
         const bit = 1 << (p & 31);
-        if ((w & bit) !== 0) {
-          words[p >>> 5] = w & ~bit; // The fault made the page writable again.
+        if ((w & bit) === 0) {
+          words[p >>> 5] = w | bit; // The fault made the page writable again.
           faulted[n++] = p;
         }
       }
@@ -106,18 +109,18 @@ export function createWriteProtectTracker(): Tracker {
       }
       let n: number;
       if (touched === undefined) {
-        s.protectedPages.or(mask);
+        s.writable.andNot(mask);
         n = mask.popcount();
       } else {
         // Only the listed words can hold bits: O(dirty words), as the ring's reset needs.
-        const prot = s.protectedPages.words;
+        const writable = s.writable.words;
         const m = mask.words;
         n = 0;
         for (let k = 0; k < touched.count; k++) {
           const i = touched.words[k] as number;
           const w = m[i] as number;
           if (w === 0) continue;
-          prot[i] = (prot[i] as number) | w;
+          writable[i] = (writable[i] as number) & ~w;
           n += popcount32(w);
         }
       }
