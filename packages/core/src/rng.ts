@@ -98,21 +98,51 @@ function sfc32(seed: number, a0: number, b0: number, c0: number, d0: number): Rn
           },
         );
       }
-      if (n === 0x1_0000_0000) {
-        for (let i = 0; i < count; i++) out[i] = nextU32();
-        return;
-      }
-      if (!(n >= 1 && n < 0x1_0000_0000 && Number.isInteger(n))) {
+      if (n !== 0x1_0000_0000 && !(n >= 1 && n < 0x1_0000_0000 && Number.isInteger(n))) {
         throw new DirtytrackError('invalid-argument', `fillInts: bound ${n} is not an integer in [1, 2^32]`, {
           component: 'rng',
         });
       }
-      const limit = 0x1_0000_0000 - (0x1_0000_0000 % n);
-      for (let i = 0; i < count; i++) {
-        let x = nextU32();
-        while (x >= limit) x = nextU32();
-        out[i] = x % n;
+      // The model plane's hot loop (one draw per simulated page write): nextU32's step inlined on
+      // local copies of the state, written back at the end — the same sequence as nextU32 calls.
+      let la = a;
+      let lb = b;
+      let lc = c;
+      let ld = d;
+      if (n === 0x1_0000_0000) {
+        for (let i = 0; i < count; i++) {
+          const t = (((la + lb) | 0) + ld) | 0;
+          ld = (ld + 1) | 0;
+          la = lb ^ (lb >>> 9);
+          lb = (lc + (lc << 3)) | 0;
+          lc = (lc << 21) | (lc >>> 11);
+          lc = (lc + t) | 0;
+          out[i] = t >>> 0;
+        }
+      } else {
+        // Reject draws at or above the last whole copy of [0, n) in 2^32, then reduce. The
+        // remainder is x - floor(x / n) * n: exact for 32-bit operands (the quotient's rounding
+        // error is below 1/n), and about twice as fast as `%`, which V8 computes in floating
+        // point (fmod) for values above 2^31.
+        const limit = 0x1_0000_0000 - (0x1_0000_0000 % n);
+        for (let i = 0; i < count; i++) {
+          let x: number;
+          do {
+            const t = (((la + lb) | 0) + ld) | 0;
+            ld = (ld + 1) | 0;
+            la = lb ^ (lb >>> 9);
+            lb = (lc + (lc << 3)) | 0;
+            lc = (lc << 21) | (lc >>> 11);
+            lc = (lc + t) | 0;
+            x = t >>> 0;
+          } while (x >= limit);
+          out[i] = x - Math.floor(x / n) * n;
+        }
       }
+      a = la;
+      b = lb;
+      c = lc;
+      d = ld;
     },
     fork(stream) {
       return sfc32(seed, nextU32() ^ Math.imul(stream, 0x9e3779b9), nextU32(), nextU32(), stream >>> 0);
