@@ -76,6 +76,10 @@ describe('dirtytrack bench migrate', () => {
       expect(m.scenario.migration?.capabilities?.multifd).toBe(c.channels > 0);
       expect(m['total-time-error-pct']).toBe(errorPct(m['total-time'], c['total-time']));
       expect(m['transferred-error-pct']).toBe(errorPct(m.transferred, c.transferred));
+      const at = m['at-live-rate'];
+      expect(at['link-mbps']).toBe(c.mbps);
+      expect(at['total-time-error-pct']).toBe(errorPct(at['total-time'], c['total-time']));
+      expect(at['transferred-error-pct']).toBe(errorPct(at.transferred, c.transferred));
     }
     // An idle guest of random pages: the model sends exactly what the live run did but headers.
     expect(r.model[0]?.status).toBe('completed');
