@@ -429,9 +429,9 @@ function median(values: number[]): number {
   return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
 }
 
-/** `(model − live) / live` in %, one decimal. */
+/** `(model − live) / live` in %, one decimal (never −0: JSON would print it as 0). */
 export function errorPct(model: number, live: number): number {
-  return Math.round(((model - live) / live) * 1000) / 10;
+  return Math.round(((model - live) / live) * 1000) / 10 + 0;
 }
 
 /**
