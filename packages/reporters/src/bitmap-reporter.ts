@@ -108,6 +108,11 @@ export interface ManualProtectBitmapReporter extends BitmapReporter {
 
 const COMPONENT = 'bitmap-reporter';
 
+/** 32-bit words per chunk of the `seen` summary: 1024 words = 4 KiB of bitmap, one memory page. */
+const SEEN_WORDS = 1024;
+/** log2 of the pages one `seen` chunk covers (1024 words × 32 pages). */
+const SEEN_PAGE_SHIFT = 15;
+
 /**
  * KVM's dirty log: one bitmap per slot in KVM's layout (reference/kvm.md §1.2), set by the fault
  * path (`markDirty` = `mark_page_dirty_in_slot`, §1.3) and harvested like the ioctls:
@@ -192,6 +197,15 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
     readonly live: Bitmap;
     /** Whether `live` is in shared memory another thread may set bits in (decided once, at addSlot). */
     readonly liveShared: boolean;
+    /**
+     * Unshared bitmaps only: one byte per {@link SEEN_WORDS}-word chunk of `live`, 1 = the chunk
+     * may hold set bits (markDirty set one since the last GET took the chunk). A GET skips the
+     * other chunks without reading them — on a TB slot most of the bitmap is never written, and
+     * merely reading fresh memory costs a page fault per 4 KiB. Dropped (undefined: scan every
+     * word) for shared bitmaps and once `liveBitmap` has handed the words out, since then bits
+     * can be set behind markDirty's back.
+     */
+    seen: Uint8Array | undefined;
     /** KVM's second bitmap (`kvm_second_dirty_bitmap`): the re-arm mask of a CLEAR, all-zero between calls. */
     scratch: Bitmap | undefined;
     /** Indices of the 32-bit words a re-arm mask may hold bits in (grown on demand, reused). */
@@ -320,6 +334,7 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
       slots.set(slot.id, {
         live,
         liveShared: isSharedArrayBuffer(live.buffer),
+        seen: seenFor(live, buffer === undefined && initiallySet),
         scratch: undefined,
         touched: new Uint32Array(64),
       });
@@ -327,7 +342,7 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
     },
 
     markDirty(slot: number, offsets: Uint32Array, count: number) {
-      const { live, liveShared } = slotOf(slot, 'markDirty');
+      const { live, liveShared, seen } = slotOf(slot, 'markDirty');
       if (!(Number.isInteger(count) && count >= 0 && count <= offsets.length)) {
         throw fail(
           'invalid-argument',
@@ -351,10 +366,19 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
         } else {
           // No other thread can see this bitmap: a plain OR is set_bit_le's exact effect, and
           // several times cheaper than a locked instruction per page (the model plane's hot loop).
-          for (let i = 0; i < count; i++) {
-            const p = offsets[i] as number;
-            if (!(p < bits)) throw outside(slot, p, bits);
-            words[p >>> 5] = (words[p >>> 5] as number) | (1 << (p & 31));
+          if (seen === undefined) {
+            for (let i = 0; i < count; i++) {
+              const p = offsets[i] as number;
+              if (!(p < bits)) throw outside(slot, p, bits);
+              words[p >>> 5] = (words[p >>> 5] as number) | (1 << (p & 31));
+            }
+          } else {
+            for (let i = 0; i < count; i++) {
+              const p = offsets[i] as number;
+              if (!(p < bits)) throw outside(slot, p, bits);
+              words[p >>> 5] = (words[p >>> 5] as number) | (1 << (p & 31));
+              seen[p >>> SEEN_PAGE_SHIFT] = 1;
+            }
           }
         }
       } finally {
@@ -388,19 +412,33 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
         if (locked || !s.liveShared) {
           // Patch (b): plain load and store; no setter runs while we hold the write lock (or can
           // run at all: nobody else sees an unshared bitmap, so an exchange would read the same).
-          for (let i = 0; i < src.length; i += 2) {
-            // KVM walks unsigned longs: one 64-bit word = two of our 32-bit words.
-            const lo = src[i] as number;
-            const hi = src[i + 1] as number;
-            if (lo !== 0 || hi !== 0) {
-              src[i] = 0;
-              src[i + 1] = 0;
-              reported += popcount32(lo) + popcount32(hi);
-              nTouched = touch(s, nTouched, i);
+          const n = src.length;
+          const seen = s.seen;
+          const chunk = seen === undefined ? n : SEEN_WORDS;
+          let clean = 0; // dst[clean, start) is still to be zeroed: chunks known to be all-zero
+          for (let c = 0, start = 0; start < n; c++, start += chunk) {
+            if (seen !== undefined) {
+              if (seen[c] === 0) continue;
+              seen[c] = 0;
             }
-            dst[i] = lo;
-            dst[i + 1] = hi;
+            if (clean < start) dst.fill(0, clean, start);
+            const end = Math.min(n, start + chunk);
+            for (let i = start; i < end; i += 2) {
+              // KVM walks unsigned longs: one 64-bit word = two of our 32-bit words.
+              const lo = src[i] as number;
+              const hi = src[i + 1] as number;
+              if (lo !== 0 || hi !== 0) {
+                src[i] = 0;
+                src[i + 1] = 0;
+                reported += popcount32(lo) + popcount32(hi);
+                nTouched = touch(s, nTouched, i);
+              }
+              dst[i] = lo;
+              dst[i + 1] = hi;
+            }
+            clean = end;
           }
+          if (clean < n) dst.fill(0, clean, n);
         } else {
           for (let i = 0; i < src.length; i += 2) {
             let lo = src[i] as number;
@@ -431,7 +469,9 @@ export function createBitmapReporter(options: BitmapReporterOptions): BitmapRepo
     },
 
     liveBitmap(slot: number) {
-      return slotOf(slot, 'liveBitmap').live;
+      const s = slotOf(slot, 'liveBitmap');
+      s.seen = undefined; // The caller may set bits directly: GETs scan every word from now on.
+      return s.live;
     },
 
     bitmapBuffer(slot: number) {
@@ -578,6 +618,14 @@ function fail(
     field,
     ...(errno === undefined ? {} : { errno }),
   });
+}
+
+/** The `seen` summary of a freshly allocated, unshared bitmap: all chunks clean, or all set. */
+function seenFor(live: Bitmap, allSet: boolean): Uint8Array | undefined {
+  if (isSharedArrayBuffer(live.buffer)) return undefined;
+  const seen = new Uint8Array(Math.ceil(live.words.length / SEEN_WORDS));
+  if (allSet) seen.fill(1);
+  return seen;
 }
 
 function outside(slot: number, page: number, bits: number): DirtytrackError {
