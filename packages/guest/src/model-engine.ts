@@ -21,6 +21,12 @@ export interface ModelMemory {
   readonly pages: number;
   /** 1 = the page holds non-zero data. */
   readonly nonzero: Bitmap;
+  /**
+   * Pages `[0, populatedPages)` held data at start, and their `nonzero` bits are never cleared
+   * (nothing in the model zeroes a page): the engine does not set them again on every write —
+   * on a TB guest that is a cache-missing read-modify-write per simulated write. Default 0.
+   */
+  readonly populatedPages?: number;
 }
 
 /** Guest memory of `pages` pages whose first `populatedPages` hold data at start. */
@@ -37,7 +43,7 @@ export function createModelMemory(pages: number, populatedPages = pages): ModelM
   }
   const nonzero = Bitmap.create(pages);
   nonzero.setRange(0, populatedPages);
-  return { pages, nonzero };
+  return { pages, nonzero, populatedPages };
 }
 
 export interface ModelEngineOptions {
@@ -86,6 +92,7 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
   const { clock, workload, tracker, memory } = options;
   const costs = options.costModel ?? DEFAULT_COST_MODEL;
   const nz = memory.nonzero.words;
+  const populated = memory.populatedPages ?? 0;
   let running = true;
   let writes = 0;
   let faults = 0;
@@ -182,6 +189,7 @@ export function createModelEngine(options: ModelEngineOptions): ModelEngine {
           const { offsets, count } = batch;
           for (let i = 0; i < count; i++) {
             const p = offsets[i] as number;
+            if (p < populated) continue; // Its bit is set for good (ModelMemory.populatedPages).
             nz[p >>> 5] = (nz[p >>> 5] as number) | (1 << (p & 31));
           }
           writes += count;
