@@ -1,8 +1,6 @@
-import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
-import { CLI_DIR, run } from './__fixtures__/run.js';
+import { run, spawnServe } from './__fixtures__/run.js';
 import type { MigrateResult } from './live.js';
 
 // dirtytrack serve / migrate over loopback: local mode (migrate spawns its own destination), the
@@ -99,31 +97,9 @@ describe('failures before the first page: exit 1, one line', () => {
   }, 20_000);
 
   it('the wrong token: authentication failed, and the destination keeps listening', async () => {
-    const serve = spawn(
-      process.execPath,
-      [
-        '--conditions=@dirtytrack/source',
-        '--import',
-        'tsx',
-        'src/bin.ts',
-        'serve',
-        '--listen',
-        '127.0.0.1:0',
-        '--token',
-        'a',
-        '--once',
-      ],
-      { cwd: CLI_DIR, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    const serve = await spawnServe('--token', 'a', '--once');
+    const port = serve.port;
     try {
-      const port = await new Promise<number>((resolve, reject) => {
-        createInterface({ input: serve.stdout }).once('line', (line) => {
-          const m = /^listening on 127\.0\.0\.1:(\d+)$/.exec(line);
-          if (m) resolve(Number(m[1]));
-          else reject(new Error(line));
-        });
-        serve.once('exit', (code) => reject(new Error(`serve exited ${code}`)));
-      });
       const r = await run('migrate', '--to', `127.0.0.1:${port}`, '--token', 'b', '--memory', '4M', '--json');
       expect(r.code).toBe(1);
       expect(r.stdout).toBe('');
@@ -133,9 +109,9 @@ describe('failures before the first page: exit 1, one line', () => {
         new RegExp(`^dirtytrack: migration to 127\\.0\\.0\\.1:${port} failed: .*authentication failed`),
       );
       // A bad handshake does not end a --once destination: the real source may still come.
-      expect(serve.exitCode).toBeNull();
+      expect(serve.child.exitCode).toBeNull();
     } finally {
-      serve.kill('SIGKILL');
+      serve.child.kill('SIGKILL');
     }
   }, 30_000);
 });

@@ -1,4 +1,5 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { MigrationInfo } from '@dirtytrack/migration';
 import { main } from '../main.js';
@@ -62,3 +63,46 @@ export function spawnCli(...argv: string[]): Promise<RunResult> {
 
 /** The shape of `simulate --json` (QEMU's query-migrate names plus dirtytrack's section). */
 export type SimulateJson = MigrationInfo & Pick<SimulateResult, 'dirtytrack'>;
+
+/** A `dirtytrack serve --listen 127.0.0.1:0 …args` process, once it listens. */
+export interface ServeProcess {
+  readonly child: ChildProcessWithoutNullStreams;
+  readonly port: number;
+  /** Everything it printed on stdout after the "listening on" line, once it has exited. */
+  readonly output: Promise<{ code: number | null; stdout: string }>;
+}
+
+/** Spawns `dirtytrack serve` on a free loopback port (from the sources, like {@link spawnCli}). */
+export async function spawnServe(...args: string[]): Promise<ServeProcess> {
+  const child = spawn(
+    process.execPath,
+    [
+      '--conditions=@dirtytrack/source',
+      '--import',
+      'tsx',
+      'src/bin.ts',
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      ...args,
+    ],
+    { cwd: CLI_DIR, stdio: ['pipe', 'pipe', 'pipe'] },
+  );
+  const lines = createInterface({ input: child.stdout });
+  const port = await new Promise<number>((resolve, reject) => {
+    lines.once('line', (line) => {
+      const m = /^listening on 127\.0\.0\.1:(\d+)$/.exec(line);
+      if (m) resolve(Number(m[1]));
+      else reject(new Error(`serve said: ${line}`));
+    });
+    child.once('exit', (code) => reject(new Error(`serve exited ${code}`)));
+  });
+  let stdout = '';
+  lines.on('line', (line) => {
+    stdout += line + '\n';
+  });
+  const output = new Promise<{ code: number | null; stdout: string }>((resolve) =>
+    child.once('close', (code) => resolve({ code, stdout })),
+  );
+  return { child, port, output };
+}
