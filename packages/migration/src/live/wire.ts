@@ -750,10 +750,6 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
   let recFlags = 0;
   let cmd = 0;
   let cmdLen = 0;
-  let paused = false;
-  let running = false;
-  let failure: unknown = null;
-  const queue: Uint8Array[] = [];
 
   const fail = (item: string, what: string): never => {
     throw protocolError(item, itemAt, what);
@@ -961,7 +957,7 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
           if (r.have === 0) itemAt = r.base + r.p;
           if (!r.need(RAM_HEADER_BYTES)) return true;
           if (!record(r.buf, r.at)) {
-            paused = true;
+            pump.paused = true;
             return false;
           }
           break;
@@ -1023,54 +1019,26 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
     }
   }
 
-  function drain(): void {
-    running = true;
-    try {
-      while (!paused && queue.length > 0) {
-        const chunk = queue[0] as Uint8Array;
-        const finished = run(chunk);
-        const rest = r.finish();
-        if (finished || rest >= chunk.length) queue.shift();
-        else queue[0] = chunk.subarray(rest);
-      }
-    } catch (error) {
-      failure = error;
-      queue.length = 0;
-      throw error;
-    } finally {
-      running = false;
-    }
-  }
+  const pump = new ChunkPump(r, run);
 
   return {
-    push(chunk) {
-      if (failure !== null) throw failure;
-      if (chunk.length === 0) return;
-      queue.push(chunk);
-      if (!running && !paused) drain();
-    },
-    resume() {
-      if (!paused) return;
-      paused = false;
-      if (failure === null && !running) drain();
-    },
+    push: (chunk) => pump.push(chunk),
+    resume: () => pump.resume(),
     end() {
-      if (failure !== null) throw failure;
-      if (queue.length > 0 || r.have > 0 || (state !== M_ITEM && state !== M_DONE)) {
+      pump.end(state !== M_ITEM && state !== M_DONE, () => {
         itemAt = r.base - r.have;
-        failure = protocolError(
+        return protocolError(
           'stream',
           r.base,
           `ended inside an item (state ${state}, ${r.have} bytes buffered)`,
         );
-        throw failure;
-      }
+      });
     },
     get offset() {
       return r.base;
     },
     get paused() {
-      return paused;
+      return pump.paused;
     },
     get done() {
       return state === M_DONE;
@@ -1119,10 +1087,6 @@ export function createMultifdDecoder(options: MultifdDecoderOptions): MultifdDec
   let pageIndex = 0;
   let lastPacket = -1;
   let packetAt = 0;
-  let paused = false;
-  let running = false;
-  let failure: unknown = null;
-  const queue: Uint8Array[] = [];
 
   const fail = (what: string): never => {
     throw protocolError('multifd packet', packetAt, what);
@@ -1192,7 +1156,7 @@ export function createMultifdDecoder(options: MultifdDecoderOptions): MultifdDec
         if (r.have === 0) packetAt = r.base + r.p;
         if (!r.need(MULTIFD_PACKET_HEADER)) return true;
         if (!header(r.buf, r.at)) {
-          paused = true;
+          pump.paused = true;
           return false;
         }
       } else {
@@ -1204,56 +1168,24 @@ export function createMultifdDecoder(options: MultifdDecoderOptions): MultifdDec
     }
   }
 
-  function drain(): void {
-    running = true;
-    try {
-      while (!paused && queue.length > 0) {
-        const chunk = queue[0] as Uint8Array;
-        const finished = run(chunk);
-        const rest = r.finish();
-        if (finished || rest >= chunk.length) queue.shift();
-        else queue[0] = chunk.subarray(rest);
-      }
-    } catch (error) {
-      failure = error;
-      queue.length = 0;
-      throw error;
-    } finally {
-      running = false;
-    }
-  }
+  const pump = new ChunkPump(r, run);
 
   return {
-    push(chunk) {
-      if (failure !== null) throw failure;
-      if (chunk.length === 0) return;
-      queue.push(chunk);
-      if (!running && !paused) drain();
-    },
-    resume() {
-      if (!paused) return;
-      paused = false;
-      if (failure === null && !running) drain();
-    },
+    push: (chunk) => pump.push(chunk),
+    resume: () => pump.resume(),
     end() {
-      if (failure !== null) throw failure;
-      if (queue.length > 0 || r.have > 0 || inPacket) {
-        failure = protocolError(
-          'multifd packet',
-          packetAt,
-          `stream ended inside the packet (at byte ${r.base})`,
-        );
-        throw failure;
-      }
+      pump.end(inPacket, () =>
+        protocolError('multifd packet', packetAt, `stream ended inside the packet (at byte ${r.base})`),
+      );
     },
     get offset() {
       return r.base;
     },
     get paused() {
-      return paused;
+      return pump.paused;
     },
     get idle() {
-      return !inPacket && r.have === 0 && queue.length === 0;
+      return !inPacket && r.have === 0 && pump.empty;
     },
   };
 }
@@ -1486,6 +1418,69 @@ export function protocolError(item: string, at: number, what: string, component 
  * `buf[at…]` — straight from the chunk when they are all in it, else gathered in `scratch`
  * (whose size bounds `n`, so nothing larger than a decoder's biggest item is ever buffered).
  */
+/**
+ * The chunk queue the two pausable decoders share: `push` feeds `run` chunk by chunk; what a
+ * pause (`run` returning false after setting `paused`) left unread waits for `resume`; the first
+ * failure is kept and thrown again by every later call.
+ */
+class ChunkPump {
+  paused = false;
+  private running = false;
+  private failure: unknown = null;
+  private readonly queue: Uint8Array[] = [];
+
+  constructor(
+    private readonly r: Reader,
+    private readonly run: (chunk: Uint8Array) => boolean,
+  ) {}
+
+  /** Nothing queued. */
+  get empty(): boolean {
+    return this.queue.length === 0;
+  }
+
+  push(chunk: Uint8Array): void {
+    if (this.failure !== null) throw this.failure;
+    if (chunk.length === 0) return;
+    this.queue.push(chunk);
+    if (!this.running && !this.paused) this.drain();
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (this.failure === null && !this.running) this.drain();
+  }
+
+  /** The stream's end: a stored failure again, or `error()` if anything is left unfinished. */
+  end(unfinished: boolean, error: () => unknown): void {
+    if (this.failure !== null) throw this.failure;
+    if (this.queue.length > 0 || this.r.have > 0 || unfinished) {
+      this.failure = error();
+      throw this.failure;
+    }
+  }
+
+  private drain(): void {
+    this.running = true;
+    try {
+      while (!this.paused && this.queue.length > 0) {
+        const chunk = this.queue[0] as Uint8Array;
+        const finished = this.run(chunk);
+        const rest = this.r.finish();
+        if (finished || rest >= chunk.length) this.queue.shift();
+        else this.queue[0] = chunk.subarray(rest);
+      }
+    } catch (error) {
+      this.failure = error;
+      this.queue.length = 0;
+      throw error;
+    } finally {
+      this.running = false;
+    }
+  }
+}
+
 interface Reader {
   chunk: Uint8Array;
   /** Position in `chunk`. */
