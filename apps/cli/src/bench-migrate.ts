@@ -1,11 +1,9 @@
 import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { fileURLToPath } from 'node:url';
 import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import type { LiveGuestStats } from '@dirtytrack/guest';
 import { runLiveMigration, type LiveMigrationOutcome } from '@dirtytrack/migration';
@@ -13,6 +11,7 @@ import { fourDigits, medianOf } from './bench-timing.js';
 import { startLiveSource } from './live.js';
 import { simulate } from './pipeline.js';
 import { scenarioSchema, type ScenarioInput } from './scenario.js';
+import { cliCommand } from './cli-command.js';
 
 /**
  * `dirtytrack bench migrate` (issue 9's acceptance): in one run, on loopback, raw TCP throughput
@@ -551,21 +550,6 @@ async function spawnDestination(memory: number) {
   });
   lines.on('line', () => {});
   return { host, port, child, exited };
-}
-
-/**
- * How to start this CLI: the built `bin.js` next to this module, or — when running from the
- * TypeScript sources (tests) — `src/bin.ts` through tsx with the source condition.
- */
-function cliCommand(): string[] {
-  const built = fileURLToPath(new URL('./bin.js', import.meta.url));
-  if (import.meta.url.endsWith('.js') && existsSync(built)) return [built];
-  return [
-    '--conditions=@dirtytrack/source',
-    '--import',
-    'tsx',
-    fileURLToPath(new URL('./bin.ts', import.meta.url)),
-  ];
 }
 
 /**

@@ -1,8 +1,7 @@
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { DirtytrackError } from '@dirtytrack/core';
 import { medianOf } from './bench-timing.js';
+import { cliCommand } from './cli-command.js';
 
 /**
  * `dirtytrack bench simulate`: how long the model plane takes, and how much memory, to run the
@@ -127,21 +126,6 @@ const RSS_PRELOAD =
     "import { writeSync } from 'node:fs';" +
       "process.on('exit', () => { try { const u = process.resourceUsage(); writeSync(3, JSON.stringify([u.maxRSS, u.userCPUTime + u.systemCPUTime])); } catch {} });",
   );
-
-/**
- * How to start this CLI: the built `bin.js` next to this module, or — when running from the
- * TypeScript sources (tests) — `src/bin.ts` through tsx with the source condition.
- */
-function cliCommand(): string[] {
-  const built = fileURLToPath(new URL('./bin.js', import.meta.url));
-  if (import.meta.url.endsWith('.js') && existsSync(built)) return [built];
-  return [
-    '--conditions=@dirtytrack/source',
-    '--import',
-    'tsx',
-    fileURLToPath(new URL('./bin.ts', import.meta.url)),
-  ];
-}
 
 function runChild(preset: string): Promise<{ wallS: number; rssMiB: number; cpuS: number; stdout: string }> {
   const args = ['--import', RSS_PRELOAD, ...cliCommand(), 'simulate', '--preset', preset, '--json'];

@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { createRng, DirtytrackError, isDirtytrackError, parseSize, type MemslotInfo } from '@dirtytrack/core';
 import { createLiveEngine, createLiveGuest, type LiveGuest, type LiveWorkload } from '@dirtytrack/guest';
 import {
@@ -14,6 +13,7 @@ import { createBitmapReporter } from '@dirtytrack/reporters';
 import { createMmuTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
+import { cliCommand } from './cli-command.js';
 
 /** `HOST:PORT` (IPv4, a name, or `[v6]:PORT`), validated; port 0 only where `allowZero`. */
 export function parseHostPort(
@@ -136,13 +136,9 @@ export async function spawnLocalDestination(memory: number): Promise<{
   child: ChildProcess;
   result: Promise<Omit<DestinationResult, 'memory'>>;
 }> {
-  const here = import.meta.url;
-  const args = here.endsWith('.ts')
-    ? ['--conditions=@dirtytrack/source', '--import', 'tsx', fileURLToPath(new URL('./bin.ts', here))]
-    : [fileURLToPath(new URL('./bin.js', here))];
   const child = spawn(
     process.execPath,
-    [...args, 'serve', '--listen', '127.0.0.1:0', '--memory', String(memory), '--once', '--json'],
+    [...cliCommand(), 'serve', '--listen', '127.0.0.1:0', '--memory', String(memory), '--once', '--json'],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
     },
