@@ -63,6 +63,14 @@ export {
 export type { ClientHandshakeOptions, ServerHandshakeOptions } from './live/handshake.js';
 export { DEFAULT_MAX_MEMORY, DEFAULT_DESTINATION_TIMEOUT_MS } from './live/destination.js';
 export {
+  attachDiscardSink,
+  attachPostcopyFaults,
+  createPostcopyFaults,
+  REQUEST_RING_SLOTS,
+  type PostcopyFaultData,
+  type PostcopyFaults,
+} from './live/postcopy-faults.js';
+export {
   WIRE_VERSION,
   HELLO_BYTES,
   CHALLENGE_BYTES,

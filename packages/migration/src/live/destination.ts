@@ -1,10 +1,13 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createRealClock, DirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
 import { isLoopback, serverHandshake } from './handshake.js';
+import { createPostcopyFaults, type PostcopyFaults } from './postcopy-faults.js';
 import {
   CHANNEL_KIND,
   createMainDecoder,
   createMultifdDecoder,
+  encodeRecvBitmap,
+  encodeReqPages,
   encodeReturnU32,
   encodeVerifyResult,
   HELLO_FLAG,
@@ -47,6 +50,20 @@ export interface DestinationOptions {
   clock?: Clock;
   /** Every migration's result (`result` holds only the first). */
   onResult?: (r: DestinationResult) => void;
+  /**
+   * Postcopy: POSTCOPY_RUN arrived, the guest runs here from now on — start its vCPUs over
+   * `memory` writing through `faults.tracker` (and `faults.sink`), so that a write to a page not
+   * received yet faults and is requested. Without it nobody runs the guest during postcopy and
+   * the pages simply arrive in the background. A throw or rejection fails the migration.
+   */
+  onPostcopyRun?: (run: { memory: SharedArrayBuffer; faults: PostcopyFaults }) => void | Promise<void>;
+  /** vCPUs of the guest `onPostcopyRun` starts (sizes the blocktime counters). Default 2. */
+  guestVcpus?: number;
+  /**
+   * How long a postcopy migration whose connection dropped stays `postcopy-paused`, waiting for
+   * the source to resume it over a new connection, before it fails (ms). Default 120 000.
+   */
+  recoverTimeoutMs?: number;
 }
 
 /** One migration as the destination saw it, in `query-migrate` names where one exists. */
@@ -71,6 +88,24 @@ export interface DestinationResult {
   'verify-mismatches': number;
   /** From the main connection's acceptance to the end, in ms. */
   'total-time': number;
+  /** Postcopy only: how it went on this side (QEMU reports blocktime on the destination). */
+  postcopy?: {
+    /** REQ_PAGES sent (a page asked again after a recovery counts again). */
+    'postcopy-requests': number;
+    /** ms during which every vCPU was blocked on a missing page. */
+    'postcopy-blocktime': number;
+    'postcopy-vcpu-blocktime': number[];
+    /** Times the connection dropped and the migration paused. */
+    'postcopy-pauses': number;
+    /** Pages placed during postcopy (on the main or the preempt connection). */
+    'postcopy-placed': number;
+    /** Page records for a page already in place, ignored (never overwritten). */
+    'postcopy-duplicates': number;
+    /** Page bytes that came on the preempt connection. */
+    'postcopy-preempt-bytes': number;
+    /** Pages the guest wrote here after the switch (verified against their content before). */
+    'guest-written-pages': number;
+  };
 }
 
 export interface Destination {
@@ -109,6 +144,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   const once = options.once ?? true;
   const fixedMemory = options.memory;
   const clock = options.clock ?? createRealClock();
+  const guestVcpus = options.guestVcpus ?? 2;
+  const recoverTimeoutMs = options.recoverTimeoutMs ?? 120_000;
   if (!isLoopback(host) && (token === undefined || token === '')) {
     throw new DirtytrackError(
       'invalid-argument',
@@ -132,6 +169,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   for (const [field, value] of [
     ['maxMemory', maxMemory],
     ['timeoutMs', timeoutMs],
+    ['guestVcpus', guestVcpus],
+    ['recoverTimeoutMs', recoverTimeoutMs],
   ] as const) {
     if (!Number.isFinite(value) || value <= 0) {
       throw new DirtytrackError('invalid-argument', `${field}: must be a positive number, got ${value}`, {
@@ -178,6 +217,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         }
         try {
           if (hello.kind === CHANNEL_KIND.MAIN) attachMain(m, socket);
+          else if (hello.kind === CHANNEL_KIND.PREEMPT) attachPreempt(m, socket);
           else attachChannel(m, socket, hello.channel);
         } catch (error) {
           finish(m, error);
@@ -191,14 +231,28 @@ export async function createDestination(options: DestinationOptions = {}): Promi
 
   function accept(hello: Hello): Migration | { code: number; message: string } {
     if (closing) return { code: RESULT_CODE.IDENTITY, message: 'the destination is closing' };
+    if (hello.kind === CHANNEL_KIND.MAIN && (hello.flags & HELLO_FLAG.RESUME) !== 0) {
+      // `migrate resume=true`: a new main connection for the paused postcopy migration.
+      const m = current;
+      if (m === null || m.done || !m.paused || !sameId(m.id, hello.migrationId))
+        return { code: RESULT_CODE.IDENTITY, message: 'no paused migration with this id to resume here' };
+      if (m.resuming) return { code: RESULT_CODE.IDENTITY, message: 'this migration is already resuming' };
+      m.resuming = true;
+      return m;
+    }
+    if (hello.kind === CHANNEL_KIND.PREEMPT) {
+      const m = current;
+      if (m === null || m.done || m.faults === null || !sameId(m.id, hello.migrationId))
+        return { code: RESULT_CODE.IDENTITY, message: 'a preempt channel for no running postcopy migration' };
+      if (m.preempt !== null && !m.preempt.ended && m.preempt.socket?.destroyed === false)
+        return { code: RESULT_CODE.IDENTITY, message: 'the preempt channel is already connected' };
+      return m;
+    }
     if (hello.kind === CHANNEL_KIND.MAIN) {
       if (current !== null)
         return { code: RESULT_CODE.IDENTITY, message: 'a migration is already running here' };
       if (once && finishedOne)
         return { code: RESULT_CODE.IDENTITY, message: 'this destination has already received its migration' };
-      if ((hello.flags & HELLO_FLAG.RESUME) !== 0) {
-        return { code: RESULT_CODE.IDENTITY, message: 'no paused migration to resume here' };
-      }
       let memory: SharedArrayBuffer;
       if (fixedMemory !== undefined) {
         if (fixedMemory.byteLength !== hello.ramBytes) {
@@ -250,10 +304,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       ch.claimed = true;
       return m;
     }
-    return {
-      code: RESULT_CODE.IDENTITY,
-      message: 'no postcopy-preempt channel is expected: this destination does not implement postcopy yet',
-    };
+    return { code: RESULT_CODE.IDENTITY, message: `unknown channel kind ${hello.kind}` };
   }
 
   function createMigration(hello: Hello, memory: SharedArrayBuffer): Migration {
@@ -262,6 +313,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     // than into a plain Uint8Array view (measured here). Untouched memory costs far more: each first
     // write faults a page in (~17 µs on this VM), which is why `serve --memory` preallocates.
     const mem = Buffer.from(memory, 0, ramBytes);
+    const postcopy = (hello.flags & HELLO_FLAG.POSTCOPY) !== 0;
     const m: Migration = {
       id: hello.migrationId,
       ramBytes,
@@ -288,20 +340,70 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       startedAt: clock.now(),
       lastProgress: 0,
       timer: setTimeout(() => idle(m), timeoutMs),
+      faults: postcopy ? createPostcopyFaults(memory, guestVcpus) : null,
+      running: false,
+      paused: false,
+      resuming: false,
+      pauses: 0,
+      requests: 0,
+      placed: 0,
+      duplicates: 0,
+      preemptBytes: 0,
+      preempt: null,
+      recoverTimer: null,
+      newMainDecoder: () => null as unknown as MainDecoder,
+      preemptDecoder: () => null as unknown as MainDecoder,
+      ended: null as unknown as Promise<void>,
+      settleEnded: () => {},
+    };
+    m.ended = new Promise<void>((resolve) => (m.settleEnded = resolve));
+    const received = m.faults?.received;
+    /** Page `offset`'s bytes are in `mem`: before the switch a plain bit, after it a placement. */
+    const landed = (offset: number): boolean => {
+      if (received === undefined) return true;
+      const page = offset / PAGE_SIZE;
+      const w = page >>> 5;
+      const bit = 1 << (page & 31);
+      if (!m.running) {
+        received[w] = (received[w] as number) | bit;
+        return true;
+      }
+      // UFFDIO_COPY never overwrites a page in place (EEXIST): the guest may have written it.
+      if ((Atomics.load(received, w) & bit) !== 0) {
+        m.duplicates++;
+        return false;
+      }
+      return true;
     };
     const onPage = (offset: number, data: Uint8Array): void => {
       if (offset + PAGE_SIZE > ramBytes)
         throw new DirtytrackError('internal', `page at ${offset} outside RAM`, { component: 'destination' });
-      mem.set(data, offset);
+      if (m.running) {
+        if (!landed(offset)) return;
+        mem.set(data, offset);
+        m.faults?.place(offset / PAGE_SIZE);
+        m.placed++;
+      } else {
+        mem.set(data, offset);
+        landed(offset);
+      }
       m.normal++;
     };
     const onZero = (offset: number): void => {
       if (offset + PAGE_SIZE > ramBytes)
         throw new DirtytrackError('internal', `page at ${offset} outside RAM`, { component: 'destination' });
-      mem.set(ZERO_PAGE, offset);
+      if (m.running) {
+        if (!landed(offset)) return;
+        mem.set(ZERO_PAGE, offset);
+        m.faults?.place(offset / PAGE_SIZE);
+        m.placed++;
+      } else {
+        mem.set(ZERO_PAGE, offset);
+        landed(offset);
+      }
       m.duplicate++;
     };
-    m.mainDecoder = createMainDecoder({
+    const mainOptions = {
       ramBytes,
       onPage,
       onZero,
@@ -322,12 +424,30 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       onSection: () => {},
       onEos: () => {},
       onMemSize: () => {},
-      onCommand: (cmd, payload) => command(m, cmd, payload),
+      onCommand: (cmd: number, payload: Uint8Array) => command(m, cmd, payload),
       onEof: () => {
         m.eof = true;
         queueMicrotask(() => tryComplete(m));
       },
-    });
+    };
+    m.mainDecoder = createMainDecoder(mainOptions);
+    m.newMainDecoder = () => createMainDecoder({ ...mainOptions, resumed: true });
+    m.preemptDecoder = () =>
+      createMainDecoder({
+        ...mainOptions,
+        resumed: true,
+        onPage: (offset, data) => {
+          m.preemptBytes += PAGE_SIZE;
+          onPage(offset, data);
+        },
+        onFlush: () => {
+          throw protocolFailure('MULTIFD_FLUSH on the preempt channel');
+        },
+        onCommand: (cmd) => {
+          throw protocolFailure(`command ${cmd} on the preempt channel (it carries pages only)`);
+        },
+        onEof: () => {},
+      });
     m.mainConn = newConn(m.mainDecoder);
     const n = Math.min(hello.channels, 0xffff);
     for (let i = 0; i < n; i++) {
@@ -391,19 +511,54 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         return;
       case MIG_CMD.POSTCOPY_ADVISE:
         return; // precopy may advise postcopy and never start it
-      case MIG_CMD.POSTCOPY_RAM_DISCARD:
-        // Discarded pages will be sent again; until then they read as zero (a punched hole).
+      case MIG_CMD.POSTCOPY_RAM_DISCARD: {
+        if (m.running) throw protocolFailure('POSTCOPY_RAM_DISCARD after POSTCOPY_RUN');
+        // Discarded pages will be sent again; until then they read as zero (a punched hole) and,
+        // in postcopy, are missing: the guest's first touch faults.
+        const received = m.faults?.received;
         for (let o = 9; o < payload.length; o += 16) {
           const start = dv.getUint32(o) * 2 ** 32 + dv.getUint32(o + 4);
           const length = dv.getUint32(o + 8) * 2 ** 32 + dv.getUint32(o + 12);
           zeroRange(m.mem, start, length);
+          if (received !== undefined) {
+            for (let p = start / PAGE_SIZE, e = (start + length) / PAGE_SIZE; p < e; p++)
+              received[p >>> 5] = (received[p >>> 5] as number) & ~(1 << (p & 31));
+          }
         }
         return;
+      }
+      case MIG_CMD.POSTCOPY_LISTEN:
+        if (m.faults === null) throw protocolFailure('POSTCOPY_LISTEN without postcopy in the HELLO flags');
+        m.listening = true;
+        return;
+      case MIG_CMD.POSTCOPY_RUN:
+        if (m.faults === null || m.listening !== true || m.running)
+          throw protocolFailure('POSTCOPY_RUN before POSTCOPY_LISTEN (or twice)');
+        startPostcopy(m, m.faults);
+        return;
+      case MIG_CMD.RECV_BITMAP: {
+        // Recovery: our receivedmap, as QEMU's ramblock_recv_bitmap_send (64-bit LE words).
+        if (m.faults === null || !m.running) throw protocolFailure('RECV_BITMAP outside postcopy');
+        const bytes = new Uint8Array(Math.ceil(m.pages / 64) * 8);
+        const words = new Int32Array(bytes.buffer);
+        for (let w = 0; w < m.faults.received.length; w++) words[w] = Atomics.load(m.faults.received, w);
+        m.main?.write(encodeRecvBitmap(bytes));
+        return;
+      }
+      case MIG_CMD.POSTCOPY_RESUME: {
+        if (m.faults === null || !m.running) throw protocolFailure('POSTCOPY_RESUME outside postcopy');
+        m.main?.write(encodeReturnU32(RP_MSG.RESUME_ACK, 1));
+        // migrate_send_rp_req_pages_pending: what the vCPUs are still waiting for goes again.
+        m.faults.outstanding((page) => request(m, page));
+        return;
+      }
       case MIG_CMD.VERIFY_HASHES: {
         const first = dv.getUint32(0) * 2 ** 32 + dv.getUint32(4);
         const n = dv.getUint16(8);
         const mine = new Uint32Array(2 * n);
-        pageHashes(m.memory, first, n, mine);
+        const faults = m.running ? m.faults : null;
+        if (faults === null) pageHashes(m.memory, first, n, mine);
+        else for (let i = 0; i < n; i++) faults.hashAsSent(first + i, mine, 2 * i);
         const compared = (m.compared ??= new Uint8Array(m.pages));
         for (let i = 0; i < n; i++) {
           const page = first + i;
@@ -432,17 +587,93 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         );
         return;
       default:
-        throw new DirtytrackError(
-          'unsupported',
-          `command ${cmd}: postcopy is not implemented by this destination yet`,
-          {
-            component: 'destination',
-          },
-        );
+        throw new DirtytrackError('unsupported', `command ${cmd}: not implemented by this destination`, {
+          component: 'destination',
+        });
     }
   }
 
+  /** REQ_PAGES for one page on the return path (dropped while paused: asked again on resume). */
+  function request(m: Migration, page: number): void {
+    const main = m.main;
+    if (m.paused || main === null || main.destroyed) return;
+    m.requests++;
+    main.write(encodeReqPages(page * PAGE_SIZE, PAGE_SIZE));
+  }
+
+  /** POSTCOPY_RUN: the guest runs here now; its faults become requests on the return path. */
+  function startPostcopy(m: Migration, faults: PostcopyFaults): void {
+    m.running = true;
+    void (async () => {
+      while (!m.done) {
+        await Promise.race([faults.whenRequested(), m.ended]);
+        if (m.done) return;
+        faults.takeRequests((page) => {
+          if ((Atomics.load(faults.received, page >>> 5) & (1 << (page & 31))) === 0) request(m, page);
+        });
+      }
+    })();
+    if (options.onPostcopyRun !== undefined) {
+      const started = (async () => options.onPostcopyRun?.({ memory: m.memory, faults }))();
+      started.catch((error: unknown) => finish(m, error));
+    }
+  }
+
+  /**
+   * A connection of a postcopy migration dropped: both sides pause (QEMU's `postcopy-paused`).
+   * The guest runs on here until it touches a missing page; the source may resume over a new
+   * connection within `recoverTimeoutMs`. Before the switch a drop fails the migration.
+   */
+  function lost(m: Migration, error: unknown): void {
+    if (m.done) return;
+    if (!m.running || m.eof) {
+      finish(m, error);
+      return;
+    }
+    if (m.paused) return;
+    m.paused = true;
+    m.resuming = false;
+    m.pauses++;
+    clearTimeout(m.timer);
+    // The old connections are gone for good: whatever they still report is ignored.
+    m.mainConn.dead = true;
+    m.main?.destroy();
+    m.main = null;
+    if (m.preempt !== null) {
+      m.preempt.dead = true;
+      m.preempt.socket?.destroy();
+    }
+    m.preempt = null;
+    for (const ch of m.channels) {
+      ch.conn.dead = true;
+      ch.closed = true;
+      ch.conn.socket?.destroy();
+    }
+    m.recoverTimer = setTimeout(
+      () =>
+        finish(
+          m,
+          new DirtytrackError(
+            'timeout',
+            `postcopy paused for ${recoverTimeoutMs} ms and the source did not resume (${describeError(error)})`,
+            { component: 'destination', errno: 'ETIMEDOUT' },
+          ),
+        ),
+      recoverTimeoutMs,
+    );
+  }
+
   function attachMain(m: Migration, socket: Socket): void {
+    if (m.paused) {
+      // Recovery's new main connection: the stream carries on where the migration is.
+      if (m.recoverTimer !== null) clearTimeout(m.recoverTimer);
+      m.recoverTimer = null;
+      m.paused = false;
+      m.resuming = false;
+      m.mainDecoder = m.newMainDecoder();
+      m.mainConn = newConn(m.mainDecoder);
+      m.timer = setTimeout(() => idle(m), timeoutMs);
+    }
     m.main = socket;
     m.bytes += HANDSHAKE_BYTES;
     const conn = m.mainConn;
@@ -450,12 +681,21 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     conn.onEnd = () => {
       conn.decoder.end();
       if (!m.eof)
-        throw protocolFailure(
-          `main connection closed at byte ${conn.decoder.offset} before EOF`,
-          'ECONNRESET',
+        lost(
+          m,
+          protocolFailure(`main connection closed at byte ${conn.decoder.offset} before EOF`, 'ECONNRESET'),
         );
     };
     attach(m, conn, 'main connection');
+  }
+
+  function attachPreempt(m: Migration, socket: Socket): void {
+    m.bytes += HANDSHAKE_BYTES;
+    const conn = newConn(m.preemptDecoder());
+    conn.socket = socket;
+    conn.onEnd = () => conn.decoder.end();
+    m.preempt = conn;
+    attach(m, conn, 'preempt channel');
   }
 
   function attachChannel(m: Migration, socket: Socket, index: number): void {
@@ -481,7 +721,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     const socket = conn.socket as Socket;
     const decoder = conn.decoder;
     socket.on('data', (chunk: Buffer) => {
-      if (m.done) return;
+      if (m.done || conn.dead) return;
       m.bytes += chunk.length;
       m.timer.refresh();
       guard(m, () => {
@@ -493,17 +733,17 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     });
     socket.on('end', () => {
       conn.ended = true;
-      if (m.done) return;
+      if (m.done || conn.dead) return;
       if (decoder.paused) conn.endPending = true;
       else guard(m, conn.onEnd);
     });
     socket.on('close', () => {
-      if (m.done || conn.ended) return;
-      finish(m, protocolFailure(`${name} reset at byte ${decoder.offset}`, 'ECONNRESET'));
+      if (m.done || conn.ended || conn.dead) return;
+      lost(m, protocolFailure(`${name} reset at byte ${decoder.offset}`, 'ECONNRESET'));
     });
     socket.on('error', (error: Error & { code?: string }) => {
-      if (m.done) return;
-      finish(
+      if (m.done || conn.dead) return;
+      lost(
         m,
         new DirtytrackError('protocol', `${name} at byte ${decoder.offset}: ${error.message}`, {
           component: 'destination',
@@ -521,7 +761,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   }
 
   function idle(m: Migration): void {
-    finish(
+    lost(
       m,
       new DirtytrackError('timeout', `no bytes from the source for ${timeoutMs} ms`, {
         component: 'destination',
@@ -543,6 +783,17 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     if (m.done) return;
     m.done = true;
     clearTimeout(m.timer);
+    if (m.recoverTimer !== null) clearTimeout(m.recoverTimer);
+    m.settleEnded();
+    // A failed postcopy loses the guest here: its vCPUs waiting for pages get an error.
+    if (error !== null) m.faults?.abort();
+    const preempt = m.preempt?.socket;
+    if (preempt != null && !preempt.destroyed) {
+      if (error === null) {
+        preempt.end();
+        setTimeout(() => preempt.destroy(), 1000).unref();
+      } else preempt.destroy();
+    }
     const main = m.main;
     if (main !== null && !main.destroyed) {
       // QEMU's destination sends SHUT on the return path when it is done with it.
@@ -574,6 +825,17 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       'verify-mismatches': m.mismatches,
       'total-time': Math.round((clock.now() - m.startedAt) / 1000) / 1000,
     };
+    if (m.faults !== null && m.running) {
+      r.postcopy = {
+        'postcopy-requests': m.requests,
+        ...m.faults.blocktime(),
+        'postcopy-pauses': m.pauses,
+        'postcopy-placed': m.placed,
+        'postcopy-duplicates': m.duplicates,
+        'postcopy-preempt-bytes': m.preemptBytes,
+        'guest-written-pages': m.faults.writtenPages(),
+      };
+    }
     if (error !== null) {
       r.error =
         error instanceof DirtytrackError
@@ -675,10 +937,12 @@ interface Conn {
   endPending: boolean;
   /** Checks a FIN (throws for a truncated stream). */
   onEnd: () => void;
+  /** A postcopy pause dropped it: its late events are ignored. */
+  dead: boolean;
 }
 
 function newConn(decoder: MainDecoder | MultifdDecoder): Conn {
-  return { socket: null, decoder, ended: false, endPending: false, onEnd: () => {} };
+  return { socket: null, decoder, ended: false, endPending: false, onEnd: () => {}, dead: false };
 }
 
 interface Channel {
@@ -722,12 +986,39 @@ interface Migration {
   startedAt: number;
   lastProgress: number;
   timer: NodeJS.Timeout;
+  /** Postcopy's shared state (received map, fault requests), when the HELLO announced postcopy. */
+  faults: PostcopyFaults | null;
+  listening?: boolean;
+  /** POSTCOPY_RUN came: the guest runs here. */
+  running: boolean;
+  /** A connection dropped during postcopy; waiting for the source to resume. */
+  paused: boolean;
+  /** A resume HELLO was accepted and its connection is being attached. */
+  resuming: boolean;
+  pauses: number;
+  requests: number;
+  placed: number;
+  duplicates: number;
+  preemptBytes: number;
+  preempt: Conn | null;
+  recoverTimer: NodeJS.Timeout | null;
+  /** A main decoder for a recovery's connection (it starts inside the RAM section). */
+  newMainDecoder: () => MainDecoder;
+  /** A decoder for the preempt channel (pages only). */
+  preemptDecoder: () => MainDecoder;
+  /** Resolves when the migration ends (stops the request pump). */
+  ended: Promise<void>;
+  settleEnded: () => void;
 }
 
 function sameId(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+function describeError(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 function protocolFailure(message: string, errno?: string): DirtytrackError {

@@ -685,6 +685,13 @@ export interface MainDecoderOptions {
   /** A command whose length and contents were checked (WIRE.md, Commands). */
   onCommand(cmd: number, payload: Uint8Array): void;
   onEof(): void;
+  /**
+   * A stream that carries on a migration begun on another connection: a postcopy recovery's new
+   * main connection, or the postcopy-preempt channel. It starts after SECTION_START and MEM_SIZE
+   * (the original main connection carried them), so SECTION_PART/END and CONTINUE records are
+   * allowed at once, and a SECTION_START is an error. Default false.
+   */
+  resumed?: boolean;
 }
 
 /**
@@ -742,10 +749,10 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
   const r = createReader(0xffff + 16);
   let state = M_ITEM;
   let itemAt = 0; // stream offset where the current item (or record) began
-  let started = false; // SECTION_START seen
+  let started = options.resumed === true; // SECTION_START seen (on this connection or before it)
   let inStart = false; // inside SECTION_START
   let firstRecord = false; // the next record is the section's first
-  let blockKnown = false; // a record named the block (CONTINUE allowed)
+  let blockKnown = options.resumed === true; // a record named the block (CONTINUE allowed)
   let recOffset = 0;
   let recFlags = 0;
   let cmd = 0;
