@@ -186,6 +186,11 @@ interface MigrateRaw {
   maxBandwidth: string;
   downtimeLimit: string;
   autoConverge?: boolean;
+  postcopyAfter?: string;
+  postcopyPreempt?: boolean;
+  maxPostcopyBandwidth: string;
+  recoverEvery: string;
+  recoverAttempts: string;
   timeLimit: string;
   linkTimeout: string;
   afterFailure: string;
@@ -238,6 +243,19 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   const timeLimit = intFlag('--time-limit', raw.timeLimit, 1, 86_400);
   const linkTimeoutMs = intFlag('--link-timeout', raw.linkTimeout, 100, 3_600_000);
   const afterFailureMs = intFlag('--after-failure', raw.afterFailure, 0, 60_000);
+  const postcopyAfterMs =
+    raw.postcopyAfter === undefined
+      ? undefined
+      : intFlag('--postcopy-after', raw.postcopyAfter, 0, 86_400_000);
+  if (raw.postcopyPreempt === true && postcopyAfterMs === undefined)
+    throw new UsageError(
+      '--postcopy-preempt',
+      'needs --postcopy-after (postcopy-preempt needs postcopy-ram)',
+    );
+  const maxPostcopyBandwidth =
+    raw.maxPostcopyBandwidth === '0' ? 0 : sizeFlag('--max-postcopy-bandwidth', raw.maxPostcopyBandwidth);
+  const recoverEvery = intFlag('--recover-every', raw.recoverEvery, 1, 3_600_000);
+  const recoverAttempts = intFlag('--recover-attempts', raw.recoverAttempts, 0, 100_000);
   const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
   const pages = memory / 4096;
   const workload: LiveWorkload =
@@ -266,9 +284,21 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       parameters: {
         'max-bandwidth': maxBandwidth,
         'downtime-limit': downtimeLimit,
+        'max-postcopy-bandwidth': maxPostcopyBandwidth,
         ...(channels > 0 ? { 'multifd-channels': channels } : {}),
       },
-      capabilities: { multifd: channels > 0, 'auto-converge': raw.autoConverge === true },
+      capabilities: {
+        multifd: channels > 0,
+        'auto-converge': raw.autoConverge === true,
+        'postcopy-ram': postcopyAfterMs !== undefined,
+        'postcopy-preempt': raw.postcopyPreempt === true,
+      },
+      ...(postcopyAfterMs === undefined
+        ? {}
+        : {
+            startPostcopyAtNs: postcopyAfterMs * 1e6,
+            recoverAfterMs: Array.from({ length: recoverAttempts }, (_, i) => (i + 1) * recoverEvery),
+          }),
       timeLimitNs: timeLimit * 1e9,
       linkTimeoutMs,
       onStatus: (e) => log(`status ${e.status} at ${e.time} ms`),
@@ -381,7 +411,11 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       'after a verified migration, run the guest on for this long (worker vCPUs)',
       '0',
     )
-    .option('--vcpus <n>', 'vCPUs of the guest run on with --run-after', '2')
+    .option(
+      '--vcpus <n>',
+      'vCPUs of the guest run here (after the switch in postcopy, or with --run-after)',
+      '2',
+    )
     .option('--json', 'print each migration’s result as one JSON object on stdout')
     .action(
       async (raw: {
@@ -399,6 +433,8 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
         const memory = raw.memory === undefined ? undefined : preallocate(guestSize('--memory', raw.memory));
         let destination;
+        // Postcopy: the guest runs here from POSTCOPY_RUN, faulting on the pages still to come.
+        let postcopyGuest: LiveGuest | undefined;
         try {
           destination = await createDestination({
             host,
@@ -406,6 +442,23 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             ...(token === undefined ? {} : { token }),
             ...(memory === undefined ? {} : { memory }),
             once: raw.once === true,
+            guestVcpus: runVcpus,
+            async onPostcopyRun({ memory: ram, faults }) {
+              postcopyGuest = createLiveGuest({
+                memory: ram,
+                vcpus: runVcpus,
+                tracker: faults.tracker,
+                sink: faults.sink,
+                slot: 0,
+                pages: ram.byteLength / 4096,
+                seed: 1,
+                rate: 2000,
+                workload: { kind: 'uniform' },
+                resolveFrom: import.meta.url,
+              });
+              await postcopyGuest.start();
+              postcopyGuest.setValue(2);
+            },
           });
         } catch (error) {
           if (error instanceof DirtytrackError && error.field === 'token')
@@ -418,10 +471,16 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         const ok = result.status === 'completed' && result.verified;
         if (!ok) setCode(1);
         await destination.close();
-        const resumed =
-          ok && runAfter > 0 && received !== undefined
-            ? await runReceivedGuest(received, { vcpus: runVcpus, rate: 2000, ms: runAfter, seed: 1 })
-            : undefined;
+        let resumed: Awaited<ReturnType<typeof runReceivedGuest>> | undefined;
+        if (postcopyGuest !== undefined) {
+          // The guest has been running here since the switch: it runs on, then stops.
+          const guest = postcopyGuest;
+          if (ok) await new Promise((resolve) => setTimeout(resolve, runAfter));
+          const writes = guest.stats().writes;
+          await guest.stop().catch(() => {});
+          if (ok) resumed = { ms: runAfter, vcpus: runVcpus, writes };
+        } else if (ok && runAfter > 0 && received !== undefined)
+          resumed = await runReceivedGuest(received, { vcpus: runVcpus, rate: 2000, ms: runAfter, seed: 1 });
         io.stdout(
           raw.json === true
             ? JSON.stringify({ ...rest, ...(resumed === undefined ? {} : { resumed }) }, null, 2) + '\n'
@@ -455,6 +514,19 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .option('--max-bandwidth <bytes/s>', 'QEMU max-bandwidth (0 = unlimited)', '0')
     .option('--downtime-limit <ms>', 'QEMU downtime-limit', '300')
     .option('--auto-converge', 'throttle the vCPUs when the guest dirties faster than the link drains')
+    .option(
+      '--postcopy-after <ms>',
+      'switch to postcopy this long after the start (migrate-start-postcopy): the guest runs on the ' +
+        'destination, which requests the pages it faults on',
+    )
+    .option('--postcopy-preempt', 'requested pages on a connection of their own (needs --postcopy-after)')
+    .option('--max-postcopy-bandwidth <bytes/s>', 'QEMU max-postcopy-bandwidth (0 = unlimited)', '0')
+    .option(
+      '--recover-every <ms>',
+      'postcopy: after a dropped link, try migrate resume=true this often',
+      '1000',
+    )
+    .option('--recover-attempts <n>', 'postcopy: give up (stay postcopy-paused) after this many tries', '30')
     .option('--time-limit <s>', 'give up after this long', '120')
     .option(
       '--link-timeout <ms>',

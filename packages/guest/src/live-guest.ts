@@ -31,10 +31,13 @@ export interface LiveGuestOptions {
   memory: SharedArrayBuffer;
   /** vCPUs: one `worker_thread` each. */
   vcpus: number;
-  /** The tracker the vCPUs write through; each worker attaches to `tracker.share()`. */
-  tracker: SharedTracker;
+  /**
+   * The tracker the vCPUs write through; each worker attaches to `tracker.share()` (the only
+   * method used here: e.g. a destination's postcopy fault tracker, which logs nothing).
+   */
+  tracker: Pick<SharedTracker, 'share'>;
   /** Where trapped writes go; each worker attaches to `sink.share()` and hands it to its tracker. */
-  sink: SharedReporter;
+  sink: Pick<SharedReporter, 'share'>;
   /** The memslot id the vCPUs write. */
   slot: number;
   /** Pages of the slot (every vCPU writes pages `0..pages-1`). */
@@ -416,7 +419,8 @@ function causeOf(m: LiveVcpuFailure): Error {
 /** The worker entry next to this module: `.js` in the built package, `.ts` in the sources. */
 function workerEntry(): { url: URL; source: boolean } {
   const here = import.meta.url;
-  const source = here.endsWith('.ts');
+  // (tsx's tsImport adds a query to the URL: look at the path.)
+  const source = new URL(here).pathname.endsWith('.ts');
   return { url: new URL(source ? './live-vcpu.ts' : './live-vcpu.js', here), source };
 }
 

@@ -151,6 +151,12 @@ export interface PrecopyOptions {
    */
   destinationWorkload?: Workload;
   /**
+   * Live postcopy: a real destination runs the guest, so its faults are not modelled — they
+   * arrive as page requests on the return path — and a recovery reconnects for real and takes
+   * the destination's own received bitmap. Replaces `destinationWorkload`. 4 KiB host pages only.
+   */
+  postcopyPeer?: PostcopyPeer;
+  /**
    * Called when the destination places a page during postcopy (a test hook: each once): its first
    * target page and how many target pages it spans — a whole host page, or 4 KiB with double-map.
    */
@@ -194,6 +200,20 @@ export interface PrecopyOptions {
   onStatus?: (event: StatusEvent) => void;
 }
 
+/** The live destination, as postcopy's loop sees it ({@link PrecopyOptions.postcopyPeer}). */
+export interface PostcopyPeer {
+  /** Pages the destination asked for since the last call, each with its request's arrival time (ns, the engine's clock). */
+  takeRequests(into: (page: number, atNs: number) => void): number;
+  /**
+   * `migrate resume=true`: reconnect, exchange RECV_BITMAP and POSTCOPY_RESUME / RESUME_ACK;
+   * returns the destination's received bitmap (32-bit words, bit p = it has page p). Throws an
+   * `EPIPE` error when the destination cannot be reached.
+   */
+  reconnect(): Uint32Array;
+  /** Automatic recovery: an attempt after each of these delays from the pause (ns). */
+  recoverAfterNs: readonly number[];
+}
+
 /**
  * The receiving end of {@link PrecopyOptions.sink}: what a real stream must carry, in order. The
  * bytes precopy charges for these calls are exactly the bytes of the live wire format
@@ -207,8 +227,15 @@ export interface PageSink {
     /** Who sends zero pages: ZERO records on the main stream, multifd packets, or nobody (sent in full). */
     zeroPages: 'record' | 'packet' | 'none';
   }): void;
-  /** Pages `mask` of bmap's 32-bit word `word` are sent now: `data` in full, `mask & ~data` as zero pages. */
-  pages(word: number, mask: number, data: number): void;
+  /**
+   * Pages `mask` of bmap's 32-bit word `word` are sent now: `data` in full, `mask & ~data` as zero
+   * pages. `urgent`: postcopy pages the destination asked for (on the preempt channel if any).
+   */
+  pages(word: number, mask: number, data: number, urgent?: boolean): void;
+  /** Postcopy's switch: pages `[firstPage, firstPage + pages)` are discarded on the destination. */
+  discard?(firstPage: number, pages: number): void;
+  /** Postcopy's switch, after the discards: LISTEN and RUN — the guest runs on the destination. */
+  postcopyRun?(): void;
   /** `multifd_ram_flush_and_sync`: the partial packet, a SYNC packet per channel, MULTIFD_FLUSH on main. */
   multifdSync(): void;
   /** The guest is stopped: what follows is the stop-and-copy (QEMU's `SECTION_END`). */
@@ -721,6 +748,11 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     discardRanges = plan.ranges;
     transferred += plan.bytes;
     downtimeBytes += plan.bytes;
+    if (sink?.discard !== undefined) {
+      // The discard commands' ranges, then LISTEN and RUN, on the real stream.
+      forEachRun(pw, pages, (first, n) => sink.discard?.(first, n));
+      sink.postcopyRun?.();
+    }
     advance(transmit(plan.bytes + flush, 0) + link.latencyNs);
     downtime = clock.now() - stopAt;
     inPostcopy = true;
@@ -790,9 +822,9 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     let inFlight = new Uint32Array(2048); // (word, mask) pairs
     let flying = 0;
     /** Sends the pages `mask` of word `i` (a request or the background scan): their bytes. */
-    const sendWord = (i: number, mask: number): number => {
+    const sendWord = (i: number, mask: number, urgent = false): number => {
       const data = zeroMode === 'none' ? mask : dataOf(i, mask);
-      sink?.pages(i, mask, data);
+      sink?.pages(i, mask, data, urgent);
       const n = popcount32(data);
       const z = popcount32(mask & ~data);
       normal += n;
@@ -827,6 +859,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       queueAt[queued++] = atNs;
     };
     const workload = options.destinationWorkload as Workload;
+    const peer = options.postcopyPeer;
     /** The destination's vCPUs run `[from, to)`: a write to a unit it lacks faults (once). Returns the new faults. */
     const runDestination = (from: number, to: number): number => {
       let faults = 0;
@@ -855,7 +888,9 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     const preempt = caps['postcopy-preempt'];
     // postcopy-preempt: a second connection, created at the switch (and again on recovery), for
     // the pages the return path asks for — they no longer queue behind the main stream.
-    let preemptChannel: Transport | undefined = preempt ? createSimChannel(link) : undefined;
+    // (Live: the link itself puts urgent pages on its preempt connection.)
+    let preemptChannel: Transport | undefined =
+      preempt && peer === undefined ? createSimChannel(link) : undefined;
     /** Carried-over requests at the queue's front: their count and summed fault times. */
     let carried = 0;
     let carriedAtSum = 0;
@@ -864,7 +899,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       if (postcopyPending === 0) break;
       const t0 = clock.now();
       if (t0 - start >= options.timeLimitNs) return 'time-limit';
-      runDestination(t0, t0 + POSTCOPY_QUANTUM_NS);
+      if (peer === undefined) runDestination(t0, t0 + POSTCOPY_QUANTUM_NS);
+      else peer.takeRequests(enqueue);
       postcopyRequests += queued; // every request queued now reaches the source (carried ones again)
       // Requests arrive over the return path and go first (they post the urgent semaphore).
       let bytes = 0;
@@ -876,11 +912,11 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         if (missing === undefined) {
           const bit = 1 << (u & 31);
           if (((pw[u >>> 5] as number) & bit) === 0) continue; // the background scan sent it meanwhile
-          bytes += sendWord(u >>> 5, bit);
+          bytes += sendWord(u >>> 5, bit, true);
         } else {
           for (let i = u * wordsPerUnit, e = i + wordsPerUnit; i < e; i++) {
             const w = pw[i] as number;
-            if (w !== 0) bytes += sendWord(i, w);
+            if (w !== 0) bytes += sendWord(i, w, true);
           }
         }
       }
@@ -901,6 +937,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       let urgentOut: number;
       try {
         if (preemptChannel === undefined) {
+          if (peer !== undefined && preempt) preemptBytes += urgentBytes;
           out = transmit(bytes, normalPages);
           urgentOut = out;
         } else {
@@ -918,6 +955,19 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       }
       for (let k = 0; k < flying; k += 2) arrived(inFlight[k] as number, inFlight[k + 1] as number);
       flying = 0;
+      if (peer !== undefined) {
+        // Live: each request waited from its arrival until its page left; the destination
+        // measures the vCPUs' real blocktime. The next step starts at once (nothing to wait for).
+        for (let q = 0; q < queued; q++) faultWaitNs += Math.max(0, urgentOut - (queueAt[q] as number));
+        faultsServed += urgent;
+        queued = 0;
+        // With max-postcopy-bandwidth the step's window is waited out (QEMU's rate limit);
+        // otherwise the next step starts at once. Only requests for pages already sent: let
+        // time pass.
+        if (cap > 0) advance(Math.max(clock.now(), t0 + POSTCOPY_QUANTUM_NS));
+        else if (bytes === 0) advance(clock.now() + 1e6);
+        continue;
+      }
       const stepEnd = t0 + POSTCOPY_QUANTUM_NS;
       let until = Math.max(stepEnd, out);
       if (urgent > 0) {
@@ -949,6 +999,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
      * Returns true once running again, false when it stays paused (no attempt left).
      */
     function pauseAndRecover(failure: LinkFailure, guestFrom: number): boolean {
+      if (peer !== undefined) return recoverLive(failure, peer);
       advance(Math.max(clock.now(), failure.atNs));
       errorDesc = failure.desc;
       setStatus('postcopy-paused');
@@ -1032,6 +1083,79 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         setStatus('postcopy-active');
         return true;
       }
+    }
+
+    /** Live recovery: the source's view of what arrived becomes the destination's real one. */
+    function reconcile(real: Uint32Array): void {
+      const pl = placed.words;
+      let left = 0;
+      for (let i = 0; i < hw.length; i++) {
+        let r = real[i] as number;
+        if (i === hw.length - 1 && pages % 32 !== 0) r &= (1 << (pages % 32)) - 1;
+        const model = hw[i] as number;
+        const gained = (r & ~model) >>> 0;
+        const lost = (model & ~r) >>> 0;
+        if (gained !== 0) arrived(i, gained);
+        if (lost !== 0) {
+          pl[i] = (pl[i] as number) & ~lost;
+          hw[i] = (hw[i] as number) & ~lost;
+          postcopyPending += popcount32(lost);
+          postcopyPlaced -= popcount32(lost);
+        }
+        let w = ~r >>> 0;
+        if (i === hw.length - 1 && pages % 32 !== 0) w &= (1 << (pages % 32)) - 1;
+        pw[i] = w;
+        left += popcount32(w);
+      }
+      sourcePending = left;
+      if (sourcePending !== postcopyPending) {
+        throw new DirtytrackError(
+          'internal',
+          `recovery: the destination lacks ${sourcePending} pages, the source counted ${postcopyPending}`,
+          { component: 'postcopy' },
+        );
+      }
+    }
+
+    /**
+     * Live recovery: both sides paused; an automatic `migrate resume=true` after each of the peer's
+     * delays reconnects for real. The destination's own received bitmap then decides what is sent
+     * again: pages the source thought delivered but that were lost in the dropped connection's
+     * buffers go again, and pages that arrived although their step failed do not.
+     */
+    function recoverLive(failure: LinkFailure, peer: PostcopyPeer): boolean {
+      advance(Math.max(clock.now(), failure.atNs));
+      errorDesc = failure.desc;
+      setStatus('postcopy-paused');
+      postcopyPauses++;
+      const pausedAt = clock.now();
+      for (const delay of peer.recoverAfterNs) {
+        const attempt = pausedAt + delay;
+        if (attempt - start >= options.timeLimitNs) break;
+        advance(attempt);
+        setStatus('postcopy-recover-setup');
+        let received: Uint32Array;
+        try {
+          received = peer.reconnect();
+        } catch (error) {
+          if (!(isDirtytrackError(error) && error.errno === 'EPIPE')) throw error;
+          errorDesc = error.message.replace(/^\[[^\]]*\] \[[^\]]*\] /, '');
+          setStatus('postcopy-paused');
+          continue;
+        }
+        setStatus('postcopy-recover');
+        const bitmapBytes = RP_RECV_BITMAP_FIXED + Math.ceil(pages / 64) * 8;
+        recvBitmapBytes += bitmapBytes;
+        transferred += RECV_BITMAP_CMD + POSTCOPY_RESUME_CMD;
+        postcopyBytes += RECV_BITMAP_CMD + POSTCOPY_RESUME_CMD;
+        reconcile(received);
+        // The destination asks again for what its vCPUs still wait for.
+        queued = 0;
+        errorDesc = undefined;
+        setStatus('postcopy-active');
+        return true;
+      }
+      return false;
     }
   };
 
@@ -1266,7 +1390,10 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         }
       : {}),
     ...(errorDesc === undefined ? {} : { 'error-desc': errorDesc }),
-    ...(caps['postcopy-ram'] ? { 'postcopy-blocktime': ms(blocktimeNs) } : {}),
+    // Live, the destination measures its vCPUs' real blocktime (QEMU reports it there too).
+    ...(caps['postcopy-ram'] && options.postcopyPeer === undefined
+      ? { 'postcopy-blocktime': ms(blocktimeNs) }
+      : {}),
     ram: {
       transferred,
       remaining: remainingPages() * PAGE_SIZE,
@@ -1385,8 +1512,15 @@ function checkCapabilities(c: PrecopyCapabilities, o: PrecopyOptions): PrecopyCa
     );
   if (c['zero-copy-send'] && !c.multifd) fail('zero-copy-send', 'needs multifd');
   if (c['postcopy-preempt'] && !c['postcopy-ram']) fail('postcopy-preempt', 'needs postcopy-ram');
-  if (c['postcopy-ram'] && o.destinationWorkload === undefined)
+  if (c['postcopy-ram'] && o.destinationWorkload === undefined && o.postcopyPeer === undefined)
     fail('postcopy-ram', "needs the guest's workload on the destination (destinationWorkload)");
+  if (
+    o.postcopyPeer !== undefined &&
+    ((o.hostPageSize ?? PAGE_SIZE) !== PAGE_SIZE ||
+      o.postcopyDoubleMap === true ||
+      o.postcopyUffdMinor === true)
+  )
+    fail('postcopyPeer', 'live postcopy works in 4 KiB host pages (no huge pages, double-map or minor mode)');
   if (!c['postcopy-ram'] && o.startPostcopyAtNs !== undefined)
     fail('postcopy-ram', 'migrate-start-postcopy needs the postcopy-ram capability');
   return c;
@@ -1398,4 +1532,25 @@ function ms(ns: number): number {
 
 function round3(x: number): number {
   return Math.round(x * 1000) / 1000;
+}
+
+/** Calls `fn(first, count)` for each run of set bits in the first `pages` bits of `words`. */
+function forEachRun(words: Uint32Array, pages: number, fn: (first: number, count: number) => void): void {
+  let runStart = -1;
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i] as number;
+    if (runStart < 0 && w === 0) continue;
+    if (runStart >= 0 && w === -1 >>> 0) continue;
+    for (let b = 0; b < 32; b++) {
+      const p = i * 32 + b;
+      if (p >= pages) break;
+      const set = ((w >>> b) & 1) !== 0;
+      if (set && runStart < 0) runStart = p;
+      else if (!set && runStart >= 0) {
+        fn(runStart, p - runStart);
+        runStart = -1;
+      }
+    }
+  }
+  if (runStart >= 0) fn(runStart, pages - runStart);
 }

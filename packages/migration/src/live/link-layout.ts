@@ -13,6 +13,10 @@ export const LINK = {
   READY: 2,
   /** Bytes of the failure message (UTF-8, at {@link LINK_MESSAGE_AT}). */
   MESSAGE_LENGTH: 3,
+  /** Postcopy page requests the sender has put in the request ring so far. */
+  REQ_HEAD: 4,
+  /** Requests the migration thread has taken out of the ring so far. */
+  REQ_TAIL: 5,
   WORDS: 16,
 } as const;
 
@@ -33,11 +37,18 @@ export const COUNTER = {
   ZERO_COPY_BYTES: 3,
   /** Bytes the kernel has taken so far on every connection (updated while a batch drains). */
   DRAINED: 4,
-  WORDS: 5,
+  /** Bytes written on the postcopy-preempt connection after its handshake. */
+  PREEMPT_BYTES: 5,
+  WORDS: 6,
 } as const;
 
-/** Sink operations, four Int32 words each: op, word, mask, data. */
-export const OP = { PAGES: 1, SYNC: 2, COMPLETE: 3 } as const;
+/**
+ * Sink operations, four Int32 words each: op, word, mask, data. Postcopy adds DISCARD (word =
+ * first page, mask = pages), POSTCOPY_RUN (LISTEN and RUN: the guest runs on the destination;
+ * every later page goes as a record on the main connection) and URGENT (requested pages: on the
+ * preempt channel when there is one).
+ */
+export const OP = { PAGES: 1, SYNC: 2, COMPLETE: 3, DISCARD: 4, POSTCOPY_RUN: 5, URGENT: 6 } as const;
 export const OP_WORDS = 4;
 
 /** What the sender worker gets as `workerData`. */
@@ -55,7 +66,18 @@ export interface SenderData {
   /** HELLO flags (postcopy, preempt, resume). */
   readonly flags: number;
   readonly timeoutMs: number;
+  /**
+   * Postcopy's page requests from the return path: {@link REQUEST_SLOTS} Int32 pages, then as
+   * many Float64 arrival times (ns, the real clock), a ring indexed by REQ_HEAD / REQ_TAIL.
+   */
+  readonly requests: SharedArrayBuffer;
+  /** Recovery: the destination's received bitmap lands here (64-bit little-endian words). */
+  readonly bitmap: SharedArrayBuffer;
 }
+
+/** Slots of the request ring: far more than a destination's vCPUs can have outstanding. */
+export const REQUEST_SLOTS = 65536;
+export const REQUESTS_BYTES = REQUEST_SLOTS * 12;
 
 /** Migration thread → sender. */
 export type SenderRequest =

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { createRealClock, DirtytrackError, NS_PER_S, type Clock, type Transport } from '@dirtytrack/core';
+import { HELLO_FLAG } from './wire.js';
 import type { PageSink } from '../precopy.js';
 import {
   COUNTER,
@@ -9,6 +10,8 @@ import {
   LINK_MESSAGE_AT,
   OP,
   OP_WORDS,
+  REQUEST_SLOTS,
+  REQUESTS_BYTES,
   type SenderData,
   type SenderReply,
   type SenderRequest,
@@ -48,6 +51,8 @@ export interface LiveLinkStats {
   'multifd-packets': number;
   /** Page bytes that went from guest memory into the sockets without an intermediate copy. */
   'zero-copy-bytes': number;
+  /** Bytes written on the postcopy-preempt connection(s), after their handshakes. */
+  'preempt-bytes': number;
 }
 
 export interface VerifyResult {
@@ -75,6 +80,18 @@ export interface LiveLink {
   stats(): LiveLinkStats;
   /** Why the link failed, if it did. */
   readonly failure: string | undefined;
+  /**
+   * Postcopy: the pages the destination asked for on the return path since the last call, in
+   * order, each with when its request arrived (ns on `clock`).
+   */
+  takeRequests(into: (page: number, atNs: number) => void): number;
+  /**
+   * Postcopy recovery (`migrate resume=true`), synchronous like `runPrecopy`: drops the old
+   * connections, connects again with the resume flag (and the preempt channel, if any), and
+   * returns the destination's received bitmap as 32-bit words (bit p = it has page p) after its
+   * RESUME_ACK. Throws an `EPIPE` error if it cannot, within `timeoutMs`.
+   */
+  reconnect(): Uint32Array;
 }
 
 /** Connects to the destination (main connection, then each multifd channel) and authenticates. */
@@ -90,9 +107,13 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     throw bad('port', 'must be 1..65535');
   const timeoutMs = options.timeoutMs ?? 30_000;
   const clock = options.clock ?? createRealClock();
-  const control = new Int32Array(new SharedArrayBuffer(LINK_CONTROL_BYTES));
+  let control = new Int32Array(new SharedArrayBuffer(LINK_CONTROL_BYTES));
   const counters = new Float64Array(new SharedArrayBuffer(COUNTER.WORDS * 8));
-  const senderData: SenderData = {
+  const requests = new SharedArrayBuffer(REQUESTS_BYTES);
+  const requestPages = new Int32Array(requests, 0, REQUEST_SLOTS);
+  const requestTimes = new Float64Array(requests, REQUEST_SLOTS * 4, REQUEST_SLOTS);
+  const bitmap = new SharedArrayBuffer(Math.ceil(memory.byteLength / PAGE / 64) * 8);
+  let senderData: SenderData = {
     memory,
     control: control.buffer as SharedArrayBuffer,
     counters: counters.buffer as SharedArrayBuffer,
@@ -104,24 +125,33 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     channels,
     flags: options.flags ?? 0,
     timeoutMs,
+    requests,
+    bitmap,
   };
-  const worker = startSender(senderData);
-  const replies: SenderReply[] = [];
+  let replies: SenderReply[] = [];
   let waiter: ((r: SenderReply) => void) | undefined;
   let workerError: string | undefined;
-  worker.on('message', (r: SenderReply) => {
-    if (waiter !== undefined) {
-      const w = waiter;
-      waiter = undefined;
-      w(r);
-    } else replies.push(r);
-  });
-  worker.on('error', (error) => {
-    workerError = `sender thread failed: ${error.message}`;
-    Atomics.store(control, LINK.FAILED, 1);
-    Atomics.notify(control, LINK.DONE);
-    waiter?.({ kind: 'failed', message: workerError });
-  });
+  const boot = (): Worker => {
+    const w = startSender(senderData);
+    const mine = control;
+    w.on('message', (r: SenderReply) => {
+      if (w !== worker) return; // a sender dropped by a recovery
+      if (waiter !== undefined) {
+        const f = waiter;
+        waiter = undefined;
+        f(r);
+      } else replies.push(r);
+    });
+    w.on('error', (error) => {
+      if (w !== worker) return;
+      workerError = `sender thread failed: ${error.message}`;
+      Atomics.store(mine, LINK.FAILED, 1);
+      Atomics.notify(mine, LINK.DONE);
+      waiter?.({ kind: 'failed', message: workerError });
+    });
+    return w;
+  };
+  let worker = boot();
   const next = (): Promise<SenderReply> => {
     const r = replies.shift();
     if (r !== undefined) return Promise.resolve(r);
@@ -269,8 +299,14 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
       }
       worker.postMessage(request);
     },
-    pages(word, mask, data) {
-      push(OP.PAGES, word, mask, data);
+    pages(word, mask, data, urgent) {
+      push(urgent === true ? OP.URGENT : OP.PAGES, word, mask, data);
+    },
+    discard(firstPage, pages) {
+      push(OP.DISCARD, firstPage, pages, 0);
+    },
+    postcopyRun() {
+      push(OP.POSTCOPY_RUN, 0, 0, 0);
     },
     multifdSync() {
       push(OP.SYNC, 0, 0, 0);
@@ -280,11 +316,61 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     },
   };
 
+  let reqTail = 0;
+  const takeRequests = (into: (page: number, atNs: number) => void): number => {
+    const head = Atomics.load(control, LINK.REQ_HEAD);
+    if (head === reqTail) return 0;
+    // The sender stamped each arrival with process.hrtime: map it onto this link's clock.
+    const now = clock.now();
+    const hr = Number(process.hrtime.bigint());
+    const n = head - reqTail;
+    for (; reqTail < head; reqTail++) {
+      const slot = reqTail % REQUEST_SLOTS;
+      into(requestPages[slot] as number, now - (hr - (requestTimes[slot] as number)));
+    }
+    Atomics.store(control, LINK.REQ_TAIL, reqTail);
+    return n;
+  };
+
+  const reconnect = (): Uint32Array => {
+    // The old sender and its sockets are dropped; a new one connects with the resume flag.
+    const old = worker;
+    old.postMessage({ kind: 'abort' } satisfies SenderRequest);
+    void old.terminate();
+    control = new Int32Array(new SharedArrayBuffer(LINK_CONTROL_BYTES));
+    stalled = undefined;
+    workerError = undefined;
+    replies = [];
+    waiter = undefined;
+    reqTail = 0;
+    count = 0;
+    senderData = {
+      ...senderData,
+      control: control.buffer as SharedArrayBuffer,
+      flags: senderData.flags | HELLO_FLAG.RESUME,
+    };
+    worker = boot();
+    const giveUp = clock.now() + timeoutMs * 1e6;
+    for (;;) {
+      if (Atomics.load(control, LINK.READY) === 1) break;
+      const why = failure();
+      if (why !== undefined) throw linkFailure(`resume: ${why}`);
+      if (clock.now() > giveUp) {
+        stalled = `resume: no answer within ${timeoutMs} ms`;
+        throw linkFailure(stalled);
+      }
+      Atomics.wait(control, LINK.READY, 0, 50);
+    }
+    return new Uint32Array(bitmap.slice(0));
+  };
+
   let closed = false;
   return {
     link,
     sink,
     dataOf,
+    takeRequests,
+    reconnect,
     get failure() {
       return failure();
     },
@@ -322,6 +408,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
         'multifd-bytes': counters[COUNTER.MULTIFD_BYTES] as number,
         'multifd-packets': counters[COUNTER.PACKETS] as number,
         'zero-copy-bytes': counters[COUNTER.ZERO_COPY_BYTES] as number,
+        'preempt-bytes': counters[COUNTER.PREEMPT_BYTES] as number,
       };
     },
   };
@@ -333,7 +420,8 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
  */
 function startSender(workerData: SenderData): Worker {
   const here = import.meta.url;
-  if (!here.endsWith('.ts')) return new Worker(new URL('./live/sender-worker.js', here), { workerData });
+  if (!new URL(here).pathname.endsWith('.ts'))
+    return new Worker(new URL('./live/sender-worker.js', here), { workerData });
   const entry = new URL('./sender-worker.ts', here);
   const boot = `import('tsx/esm/api').then((api) => api.tsImport(process.argv.at(-1), ${JSON.stringify(entry.href)}))`;
   return new Worker(boot, {

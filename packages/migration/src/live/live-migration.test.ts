@@ -68,10 +68,11 @@ async function startGuest(memory: SharedArrayBuffer, rate: number) {
 async function migrate(
   extra: Partial<LiveMigrationOptions> | ((d: DestinationThread) => Partial<LiveMigrationOptions>),
   rate = 2000,
+  destinationOptions: Parameters<typeof startDestinationThread>[1] = {},
 ) {
   const memory = makeMemory();
   const received = new SharedArrayBuffer(memory.byteLength);
-  const d = await startDestinationThread(received);
+  const d = await startDestinationThread(received, destinationOptions);
   destination = d;
   const { engine, bitmap } = await startGuest(memory, rate);
   const outcome = await runLiveMigration({
@@ -88,6 +89,7 @@ async function migrate(
   return {
     outcome,
     destinationResult: d.result,
+    destination: d,
     memory,
     received,
     engine,
@@ -234,4 +236,154 @@ describe(`the destination dies in each phase (seed ${SEED})`, () => {
       await expectGuestRunsOn();
     }, 180_000);
   }
+});
+
+/**
+ * After a postcopy migration: every page equals the source's frozen copy, except the first word
+ * of the pages the destination's guest wrote after the switch (it stores 9; the source's guest
+ * stores 7). Returns how many pages hold the destination guest's 9.
+ */
+function expectSameButGuestWrites(source: SharedArrayBuffer, received: SharedArrayBuffer): number {
+  const a = new Int32Array(source);
+  const b = new Int32Array(received);
+  let written = 0;
+  let bad = -1;
+  for (let p = 0; p < PAGES && bad < 0; p++) {
+    const base = p * 1024;
+    if (b[base] !== a[base]) {
+      if (b[base] === 9) written++;
+      else bad = p;
+    }
+    for (let i = base + 1; i < base + 1024 && bad < 0; i++) if (a[i] !== b[i]) bad = p;
+  }
+  expect(bad).toBe(-1);
+  return written;
+}
+
+describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
+  // The destination runs the guest from the switch on: 2 vCPUs writing 2 × 3000 pages/s over all
+  // of RAM, faulting on every page not received yet (requested on the return path, served ahead
+  // of the background stream). At the end the source verifies every page against its frozen copy.
+  const destinationGuest = { guest: { vcpus: 2, rate: 3000, seed: SEED, afterMs: 200 } };
+
+  for (const preempt of [false, true]) {
+    it(`${preempt ? 'postcopy-preempt' : 'postcopy'}: faults requested and served, memory verified`, async () => {
+      const statuses: string[] = [];
+      const { outcome, destination, memory, received } = await migrate(
+        {
+          capabilities: { 'postcopy-ram': true, 'postcopy-preempt': preempt },
+          // The background stream is capped so that the guest faults for real before it ends.
+          parameters: { 'max-bandwidth': 0, 'max-postcopy-bandwidth': 8e6 },
+          startPostcopyAtNs: 100e6,
+          onStatus: (e) => statuses.push(e.status),
+        },
+        2000,
+        destinationGuest,
+      );
+      const result = await destination.result;
+      const ran = await destination.guest;
+      const info = outcome.info;
+      expect(info['error-desc'] ?? 'none').toBe('none');
+      expect(statuses).toEqual(['setup', 'active', 'postcopy-active', 'completed']);
+      expect(info.status).toBe('completed');
+      expect(info.verified).toBe(true);
+      expect(result.status).toBe('completed');
+      expect(result.verified).toBe(true);
+      const pc = result.postcopy;
+      if (pc === undefined) throw new Error('no postcopy figures from the destination');
+      // The guest faulted and asked; the source heard every request.
+      expect(pc['postcopy-requests']).toBeGreaterThan(0);
+      expect(info.ram['postcopy-requests']).toBe(pc['postcopy-requests']);
+      expect(pc['postcopy-vcpu-blocktime'].every((ms) => ms > 0)).toBe(true);
+      expect(pc['postcopy-duplicates']).toBe(0);
+      expect(pc['postcopy-placed']).toBe(outcome.stats['postcopy-placed']);
+      expect(ran.error).toBeUndefined();
+      expect(ran.writes).toBeGreaterThan(0);
+      // Byte for byte, but for the destination guest's own stores.
+      const written = expectSameButGuestWrites(memory, received);
+      expect(written).toBeGreaterThan(0);
+      expect(written).toBeGreaterThanOrEqual(pc['guest-written-pages']);
+      if (preempt) {
+        expect(outcome.link['preempt-bytes']).toBeGreaterThan(0);
+        expect(pc['postcopy-preempt-bytes']).toBeGreaterThan(0);
+        expect(outcome.stats['postcopy-preempt-bytes']).toBeGreaterThan(0);
+      } else {
+        expect(outcome.link['preempt-bytes']).toBe(0);
+        expect(pc['postcopy-preempt-bytes']).toBe(0);
+      }
+    });
+  }
+
+  it('the link is cut during postcopy: both sides pause, a retry while it is down fails, the next resumes and completes verified', async () => {
+    const statuses: string[] = [];
+    const { outcome, destination, memory, received } = await migrate(
+      {
+        capabilities: { 'postcopy-ram': true },
+        parameters: { 'max-bandwidth': 0, 'max-postcopy-bandwidth': 8e6 },
+        startPostcopyAtNs: 100e6,
+        linkTimeoutMs: 5000,
+        recoverAfterMs: [300, 3500, 5000, 7000],
+        onStatus: (e) => statuses.push(e.status),
+      },
+      2000,
+      { ...destinationGuest, cut: { afterRunMs: 300, downMs: 2500 } },
+    );
+    const result = await destination.result;
+    await destination.cut;
+    const info = outcome.info;
+    expect(info['error-desc'] ?? 'none').toBe('none');
+    expect(statuses).toEqual([
+      'setup',
+      'active',
+      'postcopy-active',
+      'postcopy-paused',
+      'postcopy-recover-setup',
+      'postcopy-paused',
+      'postcopy-recover-setup',
+      'postcopy-recover',
+      'postcopy-active',
+      'completed',
+    ]);
+    expect(info.status).toBe('completed');
+    expect(info.verified).toBe(true);
+    expect(result.status).toBe('completed');
+    expect(result.verified).toBe(true);
+    expect(result.postcopy?.['postcopy-pauses']).toBe(1);
+    expect(outcome.stats['postcopy-pauses']).toBe(1);
+    expect((await destination.guest).error).toBeUndefined();
+    expectSameButGuestWrites(memory, received);
+  });
+
+  it('the destination dies during postcopy: the source stays postcopy-paused (the guest lived there), nothing is resumed', async () => {
+    const statuses: string[] = [];
+    const { outcome, engine } = await migrate(
+      (d) => ({
+        capabilities: { 'postcopy-ram': true },
+        parameters: { 'max-bandwidth': 0, 'max-postcopy-bandwidth': 8e6 },
+        startPostcopyAtNs: 100e6,
+        linkTimeoutMs: 5000,
+        recoverAfterMs: [200, 400],
+        onStatus: (e) => {
+          statuses.push(e.status);
+          if (e.status === 'postcopy-active') d.kill();
+        },
+      }),
+      2000,
+      destinationGuest,
+    );
+    expect(outcome.info.status).toBe('postcopy-paused');
+    expect(outcome.stopReason).toBe('failed');
+    expect(outcome.info['error-desc']).toMatch(/socket|closed|reset|pipe|refused|ECONN/i);
+    expect(outcome.info.verified).toBe(false);
+    // Two attempts, each refused: the source must not run the guest again (the destination had it).
+    expect(statuses.slice(2)).toEqual([
+      'postcopy-active',
+      'postcopy-paused',
+      'postcopy-recover-setup',
+      'postcopy-paused',
+      'postcopy-recover-setup',
+      'postcopy-paused',
+    ]);
+    expect(engine.running).toBe(false);
+  });
 });

@@ -1,5 +1,4 @@
 import {
-  createRealClock,
   DirtytrackError,
   popcount32,
   type AttachSpec,
@@ -208,8 +207,9 @@ export function attachPostcopyFaults(data: PostcopyFaultData): VcpuTracker {
   const control = new Int32Array(data.control);
   const times = new Float64Array(data.blocktime);
   const memory = new Int32Array(data.memory);
-  const clock = createRealClock();
-  const nowMs = () => clock.now() / 1e6;
+  // One time base for every vCPU thread (a per-thread clock has its own origin): the overlap of
+  // their waits is computed across threads.
+  const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
   const all = data.vcpus;
 
   const fault = (vcpu: number, page: number, w: number, bit: number): void => {

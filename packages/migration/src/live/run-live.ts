@@ -17,6 +17,7 @@ import {
 } from '../precopy.js';
 import type { MigrationInfo, StatusEvent } from '../migration-info.js';
 import { openLiveLink, type LiveLinkStats, type VerifyResult } from './live-link.js';
+import { HELLO_FLAG } from './wire.js';
 
 const COMPONENT = 'live-migration';
 
@@ -44,6 +45,14 @@ export interface LiveMigrationOptions {
   linkTimeoutMs?: number;
   /** `migrate_cancel` after this long (ns). */
   cancelAtNs?: number;
+  /** `migrate-start-postcopy` after this long (ns); needs capability `postcopy-ram`. */
+  startPostcopyAtNs?: number;
+  /**
+   * Postcopy recovery, automatic: when the link drops during postcopy both sides pause, and the
+   * source tries `migrate resume=true` after each of these delays from the pause (ms). Default
+   * every second for 30 s.
+   */
+  recoverAfterMs?: readonly number[];
   onProgress?: (progress: PrecopyProgress) => void;
   onStatus?: (event: StatusEvent) => void;
 }
@@ -71,15 +80,18 @@ export interface LiveMigrationOutcome extends Omit<PrecopyOutcome, 'info'> {
 export async function runLiveMigration(options: LiveMigrationOptions): Promise<LiveMigrationOutcome> {
   const params = { ...DEFAULT_PRECOPY_PARAMETERS, ...options.parameters };
   const caps = { ...DEFAULT_PRECOPY_CAPABILITIES, ...options.capabilities };
-  if (caps['postcopy-ram']) {
-    throw new DirtytrackError(
-      'unsupported',
-      'postcopy-ram: not yet in the live plane (precopy and multifd are)',
-      {
-        component: COMPONENT,
-        field: 'postcopy-ram',
-      },
-    );
+  if (caps['postcopy-ram'] && options.startPostcopyAtNs === undefined) {
+    throw new DirtytrackError('invalid-argument', 'startPostcopyAtNs: postcopy-ram needs a time to switch', {
+      component: COMPONENT,
+      field: 'startPostcopyAtNs',
+    });
+  }
+  const recoverAfterMs = options.recoverAfterMs ?? Array.from({ length: 30 }, (_, i) => 1000 * (i + 1));
+  if (!recoverAfterMs.every((ms) => Number.isFinite(ms) && ms >= 0)) {
+    throw new DirtytrackError('invalid-argument', 'recoverAfterMs: every delay must be a number ≥ 0', {
+      component: COMPONENT,
+      field: 'recoverAfterMs',
+    });
   }
   if (options.engine.plane !== 'live') {
     throw new DirtytrackError(
@@ -104,6 +116,9 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     port: options.port,
     memory: options.memory,
     channels: caps.multifd ? params['multifd-channels'] : 0,
+    flags:
+      (caps['postcopy-ram'] ? HELLO_FLAG.POSTCOPY : 0) | (caps['postcopy-preempt'] ? HELLO_FLAG.PREEMPT : 0),
+    clock: options.engine.clock,
     ...(options.token === undefined ? {} : { token: options.token }),
     ...(options.linkTimeoutMs === undefined ? {} : { timeoutMs: options.linkTimeoutMs }),
     ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
@@ -125,6 +140,16 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
       ...(options.throttle === undefined ? {} : { throttle: options.throttle }),
       ...(options.dirtyRing === undefined ? {} : { dirtyRing: options.dirtyRing }),
       ...(options.cancelAtNs === undefined ? {} : { cancelAtNs: options.cancelAtNs }),
+      ...(caps['postcopy-ram']
+        ? {
+            startPostcopyAtNs: options.startPostcopyAtNs as number,
+            postcopyPeer: {
+              takeRequests: live.takeRequests,
+              reconnect: live.reconnect,
+              recoverAfterNs: recoverAfterMs.map((ms) => ms * 1e6),
+            },
+          }
+        : {}),
       ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
       ...(options.onStatus === undefined ? {} : { onStatus: options.onStatus }),
     });

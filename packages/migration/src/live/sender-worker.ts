@@ -21,6 +21,7 @@ import {
   LINK_MESSAGE_MAX,
   OP,
   OP_WORDS,
+  REQUEST_SLOTS,
   type SenderData,
   type SenderReply,
   type SenderRequest,
@@ -28,10 +29,14 @@ import {
 import {
   CHANNEL_KIND,
   createReturnDecoder,
+  encodeCommand,
+  encodeDiscard,
   encodeMemSize,
   encodeSection,
   encodeVerifyEnd,
   encodeVerifyHashes,
+  HELLO_FLAG,
+  MIG_CMD,
   MULTIFD_FLAG_SYNC,
   pageHashes,
   RAM_FLAG,
@@ -63,6 +68,35 @@ let main: net.Socket | undefined;
 const channels: net.Socket[] = [];
 let zeroPages: 'record' | 'packet' | 'none' = 'record';
 let completed = false;
+/** After POSTCOPY_RUN: every page goes as a record on the main connection (urgent ones on preempt). */
+let postcopyMode = (data.flags & HELLO_FLAG.RESUME) !== 0;
+/** The postcopy-preempt connection, once made. */
+let preempt: net.Socket | undefined;
+const requestPages = new Int32Array(data.requests, 0, REQUEST_SLOTS);
+const requestTimes = new Float64Array(data.requests, REQUEST_SLOTS * 4, REQUEST_SLOTS);
+
+/**
+ * REQ_PAGES from the return path into the request ring, each page with its arrival time
+ * (`process.hrtime`, ns: the migration thread maps it onto its own clock).
+ */
+function requested(startBytes: number, lengthBytes: number): void {
+  if (!postcopyMode) {
+    fail('the destination requested pages, but this run is not in postcopy');
+    return;
+  }
+  const at = Number(process.hrtime.bigint());
+  for (let page = startBytes / PAGE, end = (startBytes + lengthBytes) / PAGE; page < end; page++) {
+    const head = Atomics.load(control, LINK.REQ_HEAD);
+    if (head - Atomics.load(control, LINK.REQ_TAIL) >= REQUEST_SLOTS) {
+      fail(`the destination has more than ${REQUEST_SLOTS} page requests outstanding`);
+      return;
+    }
+    requestPages[head % REQUEST_SLOTS] = page;
+    requestTimes[head % REQUEST_SLOTS] = at;
+    Atomics.store(control, LINK.REQ_HEAD, head + 1);
+  }
+  Atomics.notify(control, LINK.DONE);
+}
 let onVerified: ((r: Extract<SenderReply, { kind: 'verified' }>) => void) | undefined;
 
 const reply = (r: SenderReply): void => port.postMessage(r);
@@ -79,6 +113,7 @@ function fail(message: string): void {
   Atomics.notify(control, LINK.DONE);
   Atomics.notify(control, LINK.READY);
   main?.destroy();
+  preempt?.destroy();
   for (const c of channels) c.destroy();
   reply({ kind: 'failed', message });
 }
@@ -125,6 +160,8 @@ function connect(kind: number, channel: number): Promise<net.Socket> {
 class Out {
   readonly chunks: Uint8Array[] = [];
   bytes = 0;
+  /** A RAM section is open on this connection (closed by an EOS record). */
+  section = false;
   constructor(readonly socket: net.Socket) {}
   push(chunk: Uint8Array): void {
     this.chunks.push(chunk);
@@ -180,7 +217,8 @@ function sendPacket(outs: Out[]): void {
 async function sendBatch(ops: Int32Array, count: number): Promise<void> {
   const mainOut = new Out(main as net.Socket);
   const outs = channels.map((c) => new Out(c));
-  const all = [mainOut, ...outs];
+  let preemptOut = preempt === undefined ? undefined : new Out(preempt);
+  const all = [mainOut, ...outs, ...(preemptOut === undefined ? [] : [preemptOut])];
   const base = counters[COUNTER.DRAINED] as number;
   let written = 0;
   // Progress while the batch drains, so the migration thread can tell a slow link from a dead one.
@@ -206,40 +244,81 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
     let multifdBytes = 0;
     for (const o of outs) multifdBytes += o.bytes;
     counters[COUNTER.MULTIFD_BYTES] = (counters[COUNTER.MULTIFD_BYTES] as number) + multifdBytes;
+    if (preemptOut !== undefined)
+      counters[COUNTER.PREEMPT_BYTES] = (counters[COUNTER.PREEMPT_BYTES] as number) + preemptOut.bytes;
   };
   // Headers for this batch's records live in one buffer: at most 9 bytes per page plus a few.
   let maxRecords = 4;
   for (let k = 0; k < count; k++) maxRecords += popcount32(ops[k * OP_WORDS + 2] as number) + 2;
   const headers = new Uint8Array(maxRecords * 9 + 16);
   let h = 0;
-  let section = false;
-  const openSection = (): void => {
-    if (section) return;
-    mainOut.push(encodeSection(completed ? VM_ITEM.SECTION_END : VM_ITEM.SECTION_PART));
-    section = true;
+  const openSection = (out: Out): void => {
+    if (out.section) return;
+    out.push(encodeSection(completed ? VM_ITEM.SECTION_END : VM_ITEM.SECTION_PART));
+    out.section = true;
   };
-  const record = (offset: number, flags: number, fill: boolean): void => {
+  const record = (out: Out, offset: number, flags: number, fill: boolean): void => {
     const start = h;
     h = writeRamHeader(headers, h, offset, flags);
     if (fill) headers[h++] = 0;
-    mainOut.push(headers.subarray(start, h));
+    out.push(headers.subarray(start, h));
+  };
+  const closeSection = (out: Out): void => {
+    if (!out.section) return;
+    record(out, 0, RAM_FLAG.EOS, false);
+    out.section = false;
+  };
+  /** A page as a record on `out` (the main connection, or postcopy's preempt channel). */
+  const pageRecord = (out: Out, page: number, isData: boolean): void => {
+    openSection(out);
+    if (isData) {
+      record(out, page * PAGE, RAM_FLAG.PAGE | RAM_FLAG.CONTINUE, false);
+      out.push(memory.subarray(page * PAGE, (page + 1) * PAGE));
+      counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + PAGE;
+    } else {
+      record(out, page * PAGE, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE, true);
+    }
+  };
+  /** Discard ranges gathered from consecutive DISCARD ops, sent as commands (≤ 12 ranges each). */
+  const discards: [number, number][] = [];
+  const sendDiscards = (): void => {
+    if (discards.length === 0) return;
+    closeSection(mainOut);
+    for (const c of encodeDiscard(discards)) mainOut.push(c);
+    discards.length = 0;
   };
   for (let k = 0; k < count; k++) {
     const at = k * OP_WORDS;
     const op = ops[at] as number;
+    if (op === OP.DISCARD) {
+      discards.push([(ops[at + 1] as number) * PAGE, (ops[at + 2] as number) * PAGE]);
+      continue;
+    }
+    sendDiscards();
     if (op === OP.COMPLETE) {
-      if (section) {
-        record(0, RAM_FLAG.EOS, false);
-        section = false;
-      }
+      closeSection(mainOut);
       completed = true;
       continue;
     }
     if (op === OP.SYNC) {
       if (normalCount + zeroCount > 0) sendPacket(outs);
       for (let c = 0; c < outs.length; c++) emitPacket(outs, MULTIFD_FLAG_SYNC, c);
-      openSection();
-      record(0, RAM_FLAG.MULTIFD_FLUSH, false);
+      openSection(mainOut);
+      record(mainOut, 0, RAM_FLAG.MULTIFD_FLUSH, false);
+      continue;
+    }
+    if (op === OP.POSTCOPY_RUN) {
+      // postcopy_start: LISTEN, then RUN — the guest runs on the destination from here; the
+      // preempt channel, if any, is made now (QEMU connects it at the switch).
+      closeSection(mainOut);
+      mainOut.push(encodeCommand(MIG_CMD.POSTCOPY_LISTEN, new Uint8Array(0)));
+      mainOut.push(encodeCommand(MIG_CMD.POSTCOPY_RUN, new Uint8Array(0)));
+      postcopyMode = true;
+      if ((data.flags & HELLO_FLAG.PREEMPT) !== 0 && preempt === undefined) {
+        preempt = await connect(CHANNEL_KIND.PREEMPT, 0);
+        preemptOut = new Out(preempt);
+        all.push(preemptOut);
+      }
       continue;
     }
     const word = ops[at + 1] as number;
@@ -247,32 +326,27 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
     const dataMask = ops[at + 3] as number;
     slicePages += popcount32(mask);
     if (slicePages >= SLICE_PAGES) await flushSlice();
+    const urgentOut = op === OP.URGENT && preemptOut !== undefined ? preemptOut : mainOut;
     for (let rest = mask >>> 0; rest !== 0; rest = (rest & (rest - 1)) >>> 0) {
       const bit = rest & -rest;
       const page = word * 32 + 31 - Math.clz32(bit);
       const isData = (dataMask & bit) !== 0 || zeroPages === 'none';
-      if (outs.length === 0) {
-        openSection();
-        if (isData) {
-          record(page * PAGE, RAM_FLAG.PAGE | RAM_FLAG.CONTINUE, false);
-          mainOut.push(memory.subarray(page * PAGE, (page + 1) * PAGE));
-          counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + PAGE;
-        } else {
-          record(page * PAGE, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE, true);
-        }
+      if (outs.length === 0 || postcopyMode) {
+        pageRecord(urgentOut, page, isData);
         continue;
       }
       if (isData) normal[normalCount++] = page;
       else if (zeroPages === 'packet') zero[zeroCount++] = page;
       else {
-        openSection();
-        record(page * PAGE, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE, true);
+        pageRecord(mainOut, page, false);
         continue;
       }
       if (normalCount + zeroCount === MULTIFD_PACKET_PAGES) sendPacket(outs);
     }
   }
-  if (section) record(0, RAM_FLAG.EOS, false);
+  sendDiscards();
+  closeSection(mainOut);
+  if (preemptOut !== undefined) closeSection(preemptOut);
   try {
     await flushSlice();
     await inflight;
@@ -304,7 +378,7 @@ async function verify(): Promise<void> {
 async function finish(): Promise<void> {
   finishing = true;
   const s = main as net.Socket;
-  const all = [s, ...channels];
+  const all = [s, ...channels, ...(preempt === undefined ? [] : [preempt])];
   await Promise.all(
     all.map(
       (c) =>
@@ -325,6 +399,7 @@ port.on('message', (request: SenderRequest) => {
   if (request.kind === 'abort') {
     finishing = true;
     main?.destroy();
+    preempt?.destroy();
     for (const c of channels) c.destroy();
     reply({ kind: 'finished' });
     return;
@@ -346,17 +421,28 @@ port.on('message', (request: SenderRequest) => {
 });
 
 async function open(): Promise<void> {
+  const resume = (data.flags & HELLO_FLAG.RESUME) !== 0;
+  let recvBitmap: ((bitmap: Uint8Array) => void) | undefined;
+  let resumeAck: (() => void) | undefined;
   try {
     main = await connect(CHANNEL_KIND.MAIN, 0);
-    for (let c = 0; c < data.channels; c++) channels.push(await connect(CHANNEL_KIND.MULTIFD, c));
+    if (!resume)
+      for (let c = 0; c < data.channels; c++) channels.push(await connect(CHANNEL_KIND.MULTIFD, c));
     const decoder = createReturnDecoder({
+      ramBytes: data.ramBytes,
       onShut: (status) => {
         if (status !== 0) fail(`the destination failed (SHUT status ${status})`);
       },
       onPong: () => {},
-      onReqPages: () => fail('the destination requested pages, but this run is not in postcopy'),
-      onRecvBitmap: () => fail('unexpected RECV_BITMAP on the return path'),
-      onResumeAck: () => {},
+      onReqPages: requested,
+      onRecvBitmap: (bitmap) => {
+        if (recvBitmap === undefined) fail('unexpected RECV_BITMAP on the return path');
+        else recvBitmap(bitmap);
+      },
+      onResumeAck: () => {
+        if (resumeAck === undefined) fail('unexpected RESUME_ACK on the return path');
+        else resumeAck();
+      },
       onVerifyResult: (r) =>
         onVerified?.({
           kind: 'verified',
@@ -372,6 +458,27 @@ async function open(): Promise<void> {
         fail(`return path: ${describe(error)}`);
       }
     });
+    if (resume) {
+      // Postcopy recovery (`migrate resume=true`): ask for the destination's received bitmap,
+      // hand it to the migration thread, then POSTCOPY_RESUME until RESUME_ACK.
+      const out = new Out(main);
+      const name = new Uint8Array(7);
+      name[0] = 6;
+      name.set(new TextEncoder().encode('pc.ram'), 1);
+      const bitmap = new Promise<Uint8Array>((resolve) => (recvBitmap = resolve));
+      const acked = new Promise<void>((resolve) => (resumeAck = resolve));
+      out.push(encodeCommand(MIG_CMD.RECV_BITMAP, name));
+      await out.flush();
+      new Uint8Array(data.bitmap).set(await bitmap);
+      out.push(encodeCommand(MIG_CMD.POSTCOPY_RESUME, new Uint8Array(0)));
+      await out.flush();
+      await acked;
+      counters[COUNTER.MAIN_BYTES] = (counters[COUNTER.MAIN_BYTES] as number) + 12 + 5;
+      if ((data.flags & HELLO_FLAG.PREEMPT) !== 0) preempt = await connect(CHANNEL_KIND.PREEMPT, 0);
+      Atomics.store(control, LINK.READY, 1);
+      Atomics.notify(control, LINK.READY);
+      return;
+    }
     // The setup section: RAM's size and block, as ram_save_setup sends them.
     const out = new Out(main);
     out.push(encodeSection(VM_ITEM.SECTION_START));
@@ -379,6 +486,13 @@ async function open(): Promise<void> {
     const eos = new Uint8Array(8);
     writeRamHeader(eos, 0, 0, RAM_FLAG.EOS);
     out.push(eos);
+    if ((data.flags & HELLO_FLAG.POSTCOPY) !== 0) {
+      // POSTCOPY_ADVISE: host and target page sizes (both 4 KiB here).
+      const advise = new Uint8Array(16);
+      advise[6] = 0x10;
+      advise[14] = 0x10;
+      out.push(encodeCommand(MIG_CMD.POSTCOPY_ADVISE, advise));
+    }
     counters[COUNTER.MAIN_BYTES] = (counters[COUNTER.MAIN_BYTES] as number) + out.bytes;
     await out.flush();
     Atomics.store(control, LINK.READY, 1);

@@ -2,15 +2,107 @@
  * A migration destination on its own thread, for tests whose source blocks its thread (the live
  * source runs `runPrecopy` synchronously). Posts `{ host, port }` once listening, then the result
  * (its memory is the SharedArrayBuffer the test passed in, filled in place).
+ *
+ * Postcopy: with `guest`, POSTCOPY_RUN boots a live guest here whose vCPUs write through the
+ * destination's missing-page faults; once the migration ended it runs on for `guest.afterMs` and
+ * its stats are posted (`kind: 'guest'`). With `cut`, the source connects through a TCP relay on
+ * this thread that drops every connection `cut.afterRunMs` after POSTCOPY_RUN (both directions
+ * reset: a link cut) and refuses connections for `cut.downMs` (the link is down), then relays
+ * again.
  */
+import { createServer, connect, type Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
-import { createDestination } from '../destination.js';
+import { createLiveGuest, type LiveGuest } from '@dirtytrack/guest';
+import { createDestination, type DestinationOptions } from '../destination.js';
+
+export interface DestinationWorkerData extends DestinationOptions {
+  guest?: { vcpus: number; rate: number; seed: number; afterMs: number };
+  cut?: { afterRunMs: number; downMs: number };
+}
 
 const port = parentPort as NonNullable<typeof parentPort>;
-const options = workerData as Parameters<typeof createDestination>[0];
-const destination = await createDestination(options);
-port.postMessage({ kind: 'listening', host: destination.host, port: destination.port });
+const { guest: guestOptions, cut, ...options } = workerData as DestinationWorkerData;
+let guest: LiveGuest | undefined;
+let runAt: (() => void) | undefined;
+const ran = new Promise<void>((resolve) => (runAt = resolve));
+const destination = await createDestination({
+  ...options,
+  ...(guestOptions === undefined ? {} : { guestVcpus: guestOptions.vcpus }),
+  async onPostcopyRun({ memory, faults }) {
+    runAt?.();
+    if (guestOptions === undefined) return;
+    guest = createLiveGuest({
+      memory,
+      vcpus: guestOptions.vcpus,
+      tracker: faults.tracker,
+      sink: faults.sink,
+      slot: 0,
+      pages: memory.byteLength / 4096,
+      seed: guestOptions.seed,
+      rate: guestOptions.rate,
+      workload: { kind: 'uniform' },
+      resolveFrom: import.meta.url,
+    });
+    await guest.start();
+    guest.setValue(9);
+  },
+});
+
+let address = { host: destination.host, port: destination.port };
+if (cut !== undefined) {
+  // The relay: a link that goes down after the switch, then comes back.
+  const pairs = new Set<[Socket, Socket]>();
+  let down = false;
+  const relay = createServer((inbound) => {
+    if (down) {
+      inbound.resetAndDestroy();
+      return;
+    }
+    const outbound = connect(destination.port, destination.host);
+    const pair: [Socket, Socket] = [inbound, outbound];
+    pairs.add(pair);
+    const drop = () => {
+      pairs.delete(pair);
+      if (!inbound.destroyed) inbound.resetAndDestroy();
+      if (!outbound.destroyed) outbound.resetAndDestroy();
+    };
+    inbound.on('error', drop).on('close', drop);
+    outbound.on('error', drop).on('close', drop);
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+  });
+  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  const a = relay.address();
+  address = { host: '127.0.0.1', port: typeof a === 'object' && a !== null ? a.port : 0 };
+  void ran.then(() =>
+    setTimeout(() => {
+      down = true;
+      for (const [inbound, outbound] of [...pairs]) {
+        inbound.resetAndDestroy();
+        outbound.resetAndDestroy();
+      }
+      pairs.clear();
+      port.postMessage({ kind: 'cut' });
+      setTimeout(() => (down = false), cut.downMs);
+    }, cut.afterRunMs),
+  );
+  void destination.result.then(() => relay.close());
+}
+
+port.postMessage({ kind: 'listening', ...address });
 const result = await destination.result;
 const { memory: _memory, ...rest } = result;
 port.postMessage({ kind: 'result', result: rest });
+if (guest !== undefined) {
+  // The guest runs on here after the migration (QEMU's check 1), then stops.
+  await new Promise((resolve) => setTimeout(resolve, guestOptions?.afterMs ?? 0));
+  let error: string | undefined;
+  try {
+    guest.check();
+  } catch (e) {
+    error = e instanceof Error ? e.message : String(e);
+  }
+  const stats = await guest.stop();
+  port.postMessage({ kind: 'guest', writes: stats.writes, error });
+}
 await destination.close();
