@@ -277,7 +277,8 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   const timeLimit = intFlag('--time-limit', raw.timeLimit, 1, 86_400);
   const linkTimeoutMs = intFlag('--link-timeout', raw.linkTimeout, 100, 3_600_000);
   const afterFailureMs = intFlag('--after-failure', raw.afterFailure, 0, 60_000);
-  const dirtyRing = raw.dirtyRingSize === undefined ? undefined : ringSize('--dirty-ring-size', raw.dirtyRingSize);
+  const dirtyRing =
+    raw.dirtyRingSize === undefined ? undefined : ringSize('--dirty-ring-size', raw.dirtyRingSize);
   const dirtyLimit =
     raw.dirtyLimit === undefined ? undefined : intFlag('--dirty-limit', raw.dirtyLimit, 1, 1_000_000);
   const dirtyLimitPeriod = intFlag('--x-vcpu-dirty-limit-period', raw.xVcpuDirtyLimitPeriod, 1, 1000);
@@ -565,7 +566,11 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       '--dirty-limit <MB/s>',
       'QEMU capability dirty-limit with vcpu-dirty-limit = this: once the guest dirties faster than the link drains, hold each vCPU’s dirty rate to it (needs --dirty-ring-size)',
     )
-    .option('--x-vcpu-dirty-limit-period <ms>', 'QEMU x-vcpu-dirty-limit-period: how often dirty-limit measures and adjusts', '1000')
+    .option(
+      '--x-vcpu-dirty-limit-period <ms>',
+      'QEMU x-vcpu-dirty-limit-period: how often dirty-limit measures and adjusts',
+      '1000',
+    )
     .addOption(
       new Option(
         '--dirty-ring-size [entries]',
