@@ -261,8 +261,8 @@ describe(`live dirty-limit over the KVM dirty ring (seed ${SEED})`, () => {
     return { engine: createLiveEngine({ guest }), bitmap, ring };
   }
 
-  it('2 vCPUs dirtying ~5× faster than a 16 MB/s link: held near vcpu-dirty-limit, converges, byte for byte', async () => {
-    // 2 vCPUs × 12000 pages/s (47 MiB/s written each) against 16 MB/s: without a limit this
+  it('2 vCPUs dirtying ~4× faster than a 16 MB/s link: held near vcpu-dirty-limit, converges, byte for byte', async () => {
+    // 2 vCPUs × 12000 pages/s (47 MiB/s written, ~35 MB/s dirtied each) against 16 MB/s: without a limit this
     // never converges. Quota 4 MB/s per vCPU, measured and adjusted every 500 ms.
     const QUOTA = 4;
     const memory = makeMemory();
