@@ -9,7 +9,7 @@ import {
   type LiveMigrationOutcome,
 } from '@dirtytrack/migration';
 import { createQemuLayers } from '@dirtytrack/qemu-layers';
-import { createBitmapReporter } from '@dirtytrack/reporters';
+import { createBitmapReporter, createRingReporter, type RingReporter } from '@dirtytrack/reporters';
 import { createMmuTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
@@ -44,6 +44,8 @@ export interface LiveSourceOptions {
   rate: number;
   fill: Fill;
   seed: number;
+  /** Entries of each vCPU's KVM dirty ring (QEMU's `dirty-ring-size`); absent = the dirty log bitmap. */
+  dirtyRing?: number;
 }
 
 /**
@@ -54,9 +56,9 @@ export interface LiveSourceOptions {
 export async function startLiveSource(o: LiveSourceOptions) {
   const memory = new SharedArrayBuffer(o.memory);
   fillMemory(memory, o.fill, o.seed);
-  const { guest, bitmap } = await bootGuest(memory, o);
+  const { guest, bitmap, ring } = await bootGuest(memory, o);
   const engine = createLiveEngine({ guest });
-  return { memory, guest, engine, bitmap };
+  return { memory, guest, engine, bitmap, ring };
 }
 
 /**
@@ -65,12 +67,16 @@ export async function startLiveSource(o: LiveSourceOptions) {
  */
 async function bootGuest(
   memory: SharedArrayBuffer,
-  o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed'>,
+  o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed' | 'dirtyRing'>,
 ) {
   const pages = memory.byteLength / 4096;
   const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
   const tracker = createMmuTracker({ vcpus: o.vcpus, slots: [slot], shared: true });
-  const reporter = createBitmapReporter({ rearmer: tracker, slots: [slot], shared: true });
+  const ring =
+    o.dirtyRing === undefined
+      ? undefined
+      : createRingReporter({ vcpus: o.vcpus, entries: o.dirtyRing, rearmer: tracker, slots: [slot] });
+  const reporter = ring ?? createBitmapReporter({ rearmer: tracker, slots: [slot], shared: true });
   tracker.attach(reporter);
   const bitmap = createQemuLayers({ kvm: { source: reporter, logging: tracker, slot }, strategy: 'xchg' });
   const guest: LiveGuest = createLiveGuest({
@@ -87,7 +93,24 @@ async function bootGuest(
   });
   await guest.start();
   guest.setValue(1);
-  return { guest, bitmap };
+  return { guest, bitmap, ring };
+}
+
+/**
+ * The dirty rings' reaper for a migration thread blocked in `runPrecopy` (it runs every few ms
+ * while that thread waits): reaps every ring once one is half full, so a vCPU seldom reaches its
+ * soft limit and waits there (KVM_EXIT_DIRTY_RING_FULL). In QEMU the vCPU thread reaps on its own
+ * exit; here only the thread owning the rings may harvest them.
+ */
+export function reapWhenHalfFull(ring: RingReporter): () => void {
+  return () => {
+    for (let v = 0; v < ring.vcpus; v++) {
+      if (ring.used(v) * 2 >= ring.softLimit) {
+        ring.reap();
+        return;
+      }
+    }
+  };
 }
 
 /**
@@ -191,6 +214,9 @@ interface MigrateRaw {
   maxPostcopyBandwidth: string;
   recoverEvery: string;
   recoverAttempts: string;
+  dirtyLimit?: string;
+  xVcpuDirtyLimitPeriod: string;
+  dirtyRingSize?: string;
   timeLimit: string;
   linkTimeout: string;
   afterFailure: string;
@@ -207,6 +233,19 @@ export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'traje
     'guest-writes': number;
     link: LiveMigrationOutcome['link'];
     destination?: Omit<DestinationResult, 'memory'>;
+    /** With `--dirty-ring-size`: the vCPUs' `KVM_EXIT_DIRTY_RING_FULL` exits. */
+    'ring-full-exits'?: number;
+    /**
+     * With `--dirty-limit`: what the limit did to each vCPU — its dirty rate (MB/s as QEMU
+     * counts them, dirtied pages / 256 per second) in each second of the migration, and how long
+     * it slept throttled.
+     */
+    'dirty-limit'?: {
+      'vcpu-dirty-limit': number;
+      'x-vcpu-dirty-limit-period': number;
+      samples: { time: number; 'vcpu-dirty-rate': number[] }[];
+      'vcpu-throttled-ms': number[];
+    };
     /**
      * Only on a failed migration: the source guest watched for `ms` after the failure — its
      * writes then and after, and whether it was still running (QEMU resumes the source VM).
@@ -256,6 +295,18 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
     raw.maxPostcopyBandwidth === '0' ? 0 : sizeFlag('--max-postcopy-bandwidth', raw.maxPostcopyBandwidth);
   const recoverEvery = intFlag('--recover-every', raw.recoverEvery, 1, 3_600_000);
   const recoverAttempts = intFlag('--recover-attempts', raw.recoverAttempts, 0, 100_000);
+  const dirtyRing =
+    raw.dirtyRingSize === undefined ? undefined : ringSize('--dirty-ring-size', raw.dirtyRingSize);
+  const dirtyLimit =
+    raw.dirtyLimit === undefined ? undefined : intFlag('--dirty-limit', raw.dirtyLimit, 1, 1_000_000);
+  const dirtyLimitPeriod = intFlag('--x-vcpu-dirty-limit-period', raw.xVcpuDirtyLimitPeriod, 1, 1000);
+  if (dirtyLimit !== undefined && raw.autoConverge === true) {
+    throw new UsageError('--dirty-limit', 'conflicts with --auto-converge (QEMU allows only one of the two)');
+  }
+  if (dirtyLimit !== undefined && dirtyRing === undefined) {
+    // QEMU: "dirty limit requires KVM with accelerator property 'dirty-ring-size' set".
+    throw new UsageError('--dirty-limit', 'needs the KVM dirty ring: add --dirty-ring-size (e.g. 4096)');
+  }
   const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
   const pages = memory / 4096;
   const workload: LiveWorkload =
@@ -268,7 +319,31 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   log(
     `migrating ${raw.memory} (${vcpus} vCPUs) to ${target.host}:${target.port}${local ? ' (local destination process)' : ''}…`,
   );
-  const source = await startLiveSource({ memory, vcpus, workload, rate, fill: raw.fill, seed });
+  const source = await startLiveSource({
+    memory,
+    vcpus,
+    workload,
+    rate,
+    fill: raw.fill,
+    seed,
+    ...(dirtyRing === undefined ? {} : { dirtyRing }),
+  });
+  // Each vCPU's dirty rate per second of the migration (the migration thread calls onProgress
+  // about once a second, from inside runPrecopy).
+  const samples: { time: number; 'vcpu-dirty-rate': number[] }[] = [];
+  let lastSample: { ns: number; dirty: number[] } | undefined;
+  const sample = (ns: number) => {
+    const dirty = Array.from({ length: vcpus }, (_, v) => source.guest.vcpuDirtyPages(v));
+    if (lastSample !== undefined && ns > lastSample.ns) {
+      const s = (ns - lastSample.ns) / 1e9;
+      const prev = lastSample.dirty;
+      samples.push({
+        time: Math.round(ns / 1e6),
+        'vcpu-dirty-rate': dirty.map((d, v) => Math.round(((d - (prev[v] as number)) / 256 / s) * 10) / 10),
+      });
+    }
+    lastSample = { ns, dirty };
+  };
   let outcome: LiveMigrationOutcome;
   let afterFailure: NonNullable<MigrateResult['dirtytrack']['after-failure']> | undefined;
   let completed = false;
@@ -286,12 +361,16 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
         'downtime-limit': downtimeLimit,
         'max-postcopy-bandwidth': maxPostcopyBandwidth,
         ...(channels > 0 ? { 'multifd-channels': channels } : {}),
+        ...(dirtyLimit === undefined
+          ? {}
+          : { 'vcpu-dirty-limit': dirtyLimit, 'x-vcpu-dirty-limit-period': dirtyLimitPeriod }),
       },
       capabilities: {
         multifd: channels > 0,
         'auto-converge': raw.autoConverge === true,
         'postcopy-ram': postcopyAfterMs !== undefined,
         'postcopy-preempt': raw.postcopyPreempt === true,
+        'dirty-limit': dirtyLimit !== undefined,
       },
       ...(postcopyAfterMs === undefined
         ? {}
@@ -299,6 +378,10 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
             startPostcopyAtNs: postcopyAfterMs * 1e6,
             recoverAfterMs: Array.from({ length: recoverAttempts }, (_, i) => (i + 1) * recoverEvery),
           }),
+      ...(source.ring === undefined
+        ? {}
+        : { dirtyRing: { entries: source.ring.entries, reap: reapWhenHalfFull(source.ring) } }),
+      ...(dirtyLimit === undefined ? {} : { onProgress: (p: { timeNs: number }) => sample(p.timeNs) }),
       timeLimitNs: timeLimit * 1e9,
       linkTimeoutMs,
       onStatus: (e) => log(`status ${e.status} at ${e.time} ms`),
@@ -333,7 +416,8 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       else setTimeout(() => local.child.kill(), 10_000).unref();
     }
   }
-  const guestWrites = source.guest.stats().writes;
+  const guestStats = source.guest.stats();
+  const guestWrites = guestStats.writes;
   const destination = local === undefined ? undefined : await local.result.catch(() => undefined);
   const { trajectory, ...info } = outcome.info;
   return {
@@ -347,6 +431,17 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       link: outcome.link,
       ...(destination === undefined ? {} : { destination }),
       ...(afterFailure === undefined ? {} : { 'after-failure': afterFailure }),
+      ...(dirtyRing === undefined ? {} : { 'ring-full-exits': guestStats.ringFullExits }),
+      ...(dirtyLimit === undefined
+        ? {}
+        : {
+            'dirty-limit': {
+              'vcpu-dirty-limit': dirtyLimit,
+              'x-vcpu-dirty-limit-period': dirtyLimitPeriod,
+              samples,
+              'vcpu-throttled-ms': guestStats.vcpuThrottledMs.map((ms) => Math.round(ms)),
+            },
+          }),
     },
   };
 }
@@ -375,6 +470,15 @@ function preallocate(bytes: number): SharedArrayBuffer {
   const m = new Uint8Array(memory);
   for (let o = 0; o < bytes; o += 4096) m[o] = 0;
   return memory;
+}
+
+/** KVM dirty-ring entries: a power of two in [256, 65536] (KVM's bounds without PML, as the scenario's `ring-size`). */
+function ringSize(flag: string, value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !(n >= 256 && n <= 65536 && (n & (n - 1)) === 0)) {
+    throw new UsageError(flag, `${JSON.stringify(value)} is not a power of two in [256, 65536]`);
+  }
+  return n;
 }
 
 function sizeFlag(flag: string, value: string): number {
@@ -527,6 +631,21 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       '1000',
     )
     .option('--recover-attempts <n>', 'postcopy: give up (stay postcopy-paused) after this many tries', '30')
+    .option(
+      '--dirty-limit <MB/s>',
+      'QEMU capability dirty-limit with vcpu-dirty-limit = this: once the guest dirties faster than the link drains, hold each vCPU’s dirty rate to it (needs --dirty-ring-size)',
+    )
+    .option(
+      '--x-vcpu-dirty-limit-period <ms>',
+      'QEMU x-vcpu-dirty-limit-period: how often dirty-limit measures and adjusts',
+      '1000',
+    )
+    .addOption(
+      new Option(
+        '--dirty-ring-size [entries]',
+        'track dirty pages with a KVM dirty ring of this many entries per vCPU (QEMU -accel kvm,dirty-ring-size; a power of two in [256, 65536]) instead of the dirty log bitmap',
+      ).preset('4096'),
+    )
     .option('--time-limit <s>', 'give up after this long', '120')
     .option(
       '--link-timeout <ms>',
@@ -563,7 +682,21 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 ? ''
                 : `; the source guest ran on: ${result.dirtytrack['after-failure']['guest-writes-at-failure']} → ` +
                   `${result.dirtytrack['after-failure']['guest-writes']} writes in ${result.dirtytrack['after-failure'].ms} ms`) +
+              dirtyLimitSummary(result.dirtytrack['dirty-limit']) +
               '\n',
       );
     });
+}
+
+/** `; dirty-limit 8 MB/s: vCPU dirty rates 80/79 → 9/8 MB/s` (the first and last second), or ''. */
+function dirtyLimitSummary(d: MigrateResult['dirtytrack']['dirty-limit']): string {
+  if (d === undefined) return '';
+  const first = d.samples[0]?.['vcpu-dirty-rate'];
+  const last = d.samples[d.samples.length - 1]?.['vcpu-dirty-rate'];
+  return (
+    `; dirty-limit ${d['vcpu-dirty-limit']} MB/s` +
+    (first === undefined || last === undefined
+      ? ''
+      : `: vCPU dirty rates ${first.join('/')} → ${last.join('/')} MB/s`)
+  );
 }

@@ -40,7 +40,16 @@ export interface LiveLinkOptions {
   /** A batch that makes no progress for this long fails the link (a cut cable). Default 30 s. */
   timeoutMs?: number;
   clock?: Clock;
+  /**
+   * Work of the threads QEMU runs beside the migration thread that only this (blocked) thread can
+   * do here, e.g. the dirty ring's reaper: called every {@link WHILE_WAITING_MS} ms while
+   * `transmit` waits for the kernel to take a batch.
+   */
+  whileWaiting?: () => void;
 }
+
+/** How often `whileWaiting` runs while a batch drains. */
+export const WHILE_WAITING_MS = 2;
 
 export interface LiveLinkStats {
   /** Bytes written on the main connection, after its handshake. */
@@ -246,7 +255,11 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
         stalled = `no progress for ${timeoutMs} ms (link down?)`;
         throw linkFailure(stalled);
       }
-      Atomics.wait(control, LINK.DONE, done, 50);
+      if (options.whileWaiting === undefined) Atomics.wait(control, LINK.DONE, done, 50);
+      else {
+        Atomics.wait(control, LINK.DONE, done, WHILE_WAITING_MS);
+        options.whileWaiting();
+      }
     }
   };
 

@@ -16,7 +16,7 @@ import {
   type PrecopyProgress,
 } from '../precopy.js';
 import type { MigrationInfo, StatusEvent } from '../migration-info.js';
-import { openLiveLink, type LiveLinkStats, type VerifyResult } from './live-link.js';
+import { openLiveLink, WHILE_WAITING_MS, type LiveLinkStats, type VerifyResult } from './live-link.js';
 import { HELLO_FLAG } from './wire.js';
 
 const COMPONENT = 'live-migration';
@@ -37,8 +37,14 @@ export interface LiveMigrationOptions {
   bitmap: MigrationBitmap;
   parameters?: Partial<PrecopyParameters>;
   capabilities?: Partial<PrecopyCapabilities>;
-  /** The dirty ring, if the guest's writes go through one (dirty-limit needs it). */
-  dirtyRing?: { entries: number };
+  /**
+   * The dirty ring, if the guest's writes go through one (dirty-limit needs it). `reap` harvests
+   * the rings (e.g. a ring reporter's `reap`, or only when one fills): only the thread owning the
+   * rings may harvest, and that is this one, blocked in `runPrecopy` — so `reap` is called every
+   * {@link WHILE_WAITING_MS} ms while it waits for the guest or the link. Without it the rings
+   * are reaped only at syncs, and a vCPU at its soft limit waits (KVM_EXIT_DIRTY_RING_FULL) until then.
+   */
+  dirtyRing?: { entries: number; reap?: () => void };
   /** Give up (status stays `active`) after this long (ns of real time). */
   timeLimitNs: number;
   /** A batch that makes no progress for this long fails the link. Default 30 s. */
@@ -103,6 +109,15 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
       },
     );
   }
+  if (caps['dirty-limit'] && options.dirtyRing === undefined) {
+    // QEMU refuses it at `migrate-set-capabilities`, before any connection: so do we.
+    throw new DirtytrackError(
+      'invalid-config',
+      'migration.capabilities.dirty-limit: needs the KVM dirty ring (dirtyRing)',
+      { component: COMPONENT, field: 'dirty-limit' },
+    );
+  }
+  const reap = options.dirtyRing?.reap;
   const pages = options.bitmap.pages;
   if (options.memory.byteLength !== pages * 4096) {
     throw new DirtytrackError(
@@ -122,12 +137,13 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     ...(options.token === undefined ? {} : { token: options.token }),
     ...(options.linkTimeoutMs === undefined ? {} : { timeoutMs: options.linkTimeoutMs }),
     ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
+    ...(reap === undefined ? {} : { whileWaiting: reap }),
   });
   let outcome: PrecopyOutcome;
   try {
     // The page sends cost real CPU here: the model's per-page price must not be added on top.
     outcome = runPrecopy({
-      engine: options.engine,
+      engine: reap === undefined ? options.engine : reapingWhileWaiting(options.engine, reap),
       bitmap: options.bitmap,
       link: live.link,
       sink: live.sink,
@@ -138,7 +154,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
       costModel: { ...DEFAULT_COST_MODEL, pageSendCopyNs: 0, pageSendZeroCopyNs: 0 },
       timeLimitNs: options.timeLimitNs,
       ...(options.throttle === undefined ? {} : { throttle: options.throttle }),
-      ...(options.dirtyRing === undefined ? {} : { dirtyRing: options.dirtyRing }),
+      ...(options.dirtyRing === undefined ? {} : { dirtyRing: { entries: options.dirtyRing.entries } }),
       ...(options.cancelAtNs === undefined ? {} : { cancelAtNs: options.cancelAtNs }),
       ...(caps['postcopy-ram']
         ? {
@@ -178,4 +194,24 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     },
     link: linkStats,
   };
+}
+
+/**
+ * `engine` whose `runGuestUntil` waits in slices of {@link WHILE_WAITING_MS} ms and calls `reap`
+ * after each, so the rings are harvested while the migration thread waits for the guest.
+ */
+function reapingWhileWaiting(engine: Engine, reap: () => void): Engine {
+  const clock = engine.clock;
+  return Object.create(engine, {
+    runGuestUntil: {
+      value(untilNs: number): void {
+        for (;;) {
+          const now = clock.now();
+          engine.runGuestUntil(Math.min(untilNs, now + WHILE_WAITING_MS * 1e6));
+          reap();
+          if (!(clock.now() < untilNs)) return;
+        }
+      },
+    },
+  }) as Engine;
 }
