@@ -60,6 +60,32 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
   }, 40_000);
 });
 
+describe('dirtytrack migrate --postcopy-after (local mode)', () => {
+  it('switches to postcopy: the destination runs the guest, requests what it faults on, verifies', async () => {
+    const r = await run(
+      'migrate',
+      // Precopy at 16 MB/s has sent ~3 MiB when postcopy starts; the rest comes at 8 MB/s, so the
+      // destination's vCPUs (booted at the switch) fault on most of RAM.
+      ...['--memory', '32M', '--max-bandwidth', '16M', '--postcopy-after', '200'],
+      ...['--max-postcopy-bandwidth', '8M', '--json'],
+    );
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const result = parse(r.stdout);
+    expect(result).toMatchObject({ status: 'completed', verified: true, 'verify-mismatches': 0 });
+    expect(result.ram.remaining).toBe(0);
+    expect(result.ram['postcopy-bytes']).toBeGreaterThan(0);
+    const pc = result.dirtytrack.destination?.postcopy;
+    expect(pc).toBeDefined();
+    // The source served exactly the requests the destination sent.
+    expect(pc?.['postcopy-requests']).toBe(result.ram['postcopy-requests']);
+    expect(pc?.['postcopy-requests']).toBeGreaterThan(0);
+    expect(pc?.['postcopy-vcpu-blocktime']).toHaveLength(2);
+    expect(pc?.['guest-written-pages']).toBeGreaterThan(0);
+    expect(pc?.['postcopy-duplicates']).toBe(0);
+  }, 60_000);
+});
+
 describe('bad input: exit 2, one line naming the flag', () => {
   it.each([
     [['migrate', '--to', 'nohost'], '--to'],
@@ -82,6 +108,11 @@ describe('bad input: exit 2, one line naming the flag', () => {
       ['migrate', '--dirty-limit', '8', '--dirty-ring-size', '--x-vcpu-dirty-limit-period', '0'],
       '--x-vcpu-dirty-limit-period',
     ],
+    // Postcopy: preempt needs postcopy; times and rates are bounded.
+    [['migrate', '--postcopy-preempt'], '--postcopy-preempt'],
+    [['migrate', '--postcopy-after', '-5'], '--postcopy-after'],
+    [['migrate', '--postcopy-after', '10', '--max-postcopy-bandwidth', 'fast'], '--max-postcopy-bandwidth'],
+    [['migrate', '--postcopy-after', '10', '--recover-every', '0'], '--recover-every'],
     // Authentication is mandatory off loopback (nothing is bound: the check comes first).
     [['serve', '--listen', '10.1.2.3:0'], '--token'],
     [['serve', '--listen', 'x'], '--listen'],

@@ -27,6 +27,8 @@ export interface NetnsPair {
   shape(rate: string): void;
   /** A real cut: the source's veth goes down. */
   cut(): void;
+  /** The cut mended: the source's veth comes up again. */
+  restore(): void;
   /** `dirtytrack …argv` from the sources, run in `ns`. */
   cli(ns: string, ...argv: string[]): CliProcess;
   /** Kills what is still running (SIGKILL) and deletes both namespaces (and with them the veth). */
@@ -110,6 +112,9 @@ export function createNetnsPair(n: number): NetnsPair {
     },
     cut() {
       ip('-n', src, 'link', 'set', srcIf, 'down');
+    },
+    restore() {
+      ip('-n', src, 'link', 'set', srcIf, 'up');
     },
     cli(ns, ...argv) {
       const child = spawn(

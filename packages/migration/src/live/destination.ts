@@ -234,8 +234,11 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     if (hello.kind === CHANNEL_KIND.MAIN && (hello.flags & HELLO_FLAG.RESUME) !== 0) {
       // `migrate resume=true`: a new main connection for the paused postcopy migration.
       const m = current;
-      if (m === null || m.done || !m.paused || !sameId(m.id, hello.migrationId))
+      if (m === null || m.done || !sameId(m.id, hello.migrationId) || !m.running || m.eof)
         return { code: RESULT_CODE.IDENTITY, message: 'no paused migration with this id to resume here' };
+      // A cut cable errors nowhere: the source may notice first (its link timeout) and come back
+      // while this side still waits on the old connection. Its resume says that one is dead.
+      if (!m.paused) lost(m, protocolFailure('the source reconnected to resume: the old connection is dead'));
       if (m.resuming) return { code: RESULT_CODE.IDENTITY, message: 'this migration is already resuming' };
       m.resuming = true;
       return m;
