@@ -1,3 +1,10 @@
+export {
+  anonHugePagesKiB,
+  createHugePageAllocator,
+  defaultBitmapAllocator,
+  type BitmapAllocator,
+  type HugePageAllocatorOptions,
+} from './huge-pages.js';
 export { createSingleHopSync, type SingleHopSyncOptions } from './single-hop-sync.js';
 export {
   createBitmapKernels,

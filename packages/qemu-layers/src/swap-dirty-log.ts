@@ -10,7 +10,11 @@ import {
   type RWLock,
 } from '@dirtytrack/core';
 
+import { CACHE_LINE, defaultBitmapAllocator, type BitmapAllocator } from './huge-pages.js';
+
 const COMPONENT = 'swap-dirty-log';
+/** A slot memory's header: the active index (Int32 0) and where the buffers start (Int32 1). */
+const HEADER_BYTES = 8;
 
 /**
  * One buffer of a double-buffered dirty log: the bits, a summary with one bit per 64-bit (KVM)
@@ -83,6 +87,11 @@ export interface SwapDirtyLogOptions {
    * thread, keyed by slot id. Requires the same `lock`.
    */
   buffers?: ReadonlyMap<number, SharedArrayBuffer>;
+  /**
+   * Where each slot's memory (both buffers) comes from; e.g. `createHugePageAllocator()` to
+   * back big logs with 2 MiB pages. Default: plain buffers.
+   */
+  allocator?: BitmapAllocator;
 }
 
 /** A dirty log (classic, no manual protect) with a summary and an O(1) double-buffered harvest. */
@@ -130,6 +139,7 @@ export interface SwapDirtyLog extends Reporter, SwappableDirtyLog {
  */
 export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirtyLog {
   const { rearmer, lock, buffers } = options;
+  const allocator = options.allocator ?? defaultBitmapAllocator;
   const shared = options.shared ?? (lock !== undefined || buffers !== undefined);
   if (buffers !== undefined && !shared) {
     throw new DirtytrackError(
@@ -252,18 +262,39 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
           field: 'buffers',
         });
       }
-      if (given !== undefined && given.byteLength < l.bytes) {
-        throw new DirtytrackError(
-          'invalid-argument',
-          `addSlot: the buffer for slot ${info.id} has ${given.byteLength} bytes, its ${info.pages} pages need ${l.bytes}`,
-          { component: COMPONENT, field: 'buffers' },
-        );
+      let memory: ArrayBufferLike;
+      let base: number;
+      if (given !== undefined) {
+        // The creating log wrote where its buffers start (header word 1).
+        base = given.byteLength >= 8 ? (new Int32Array(given, 0, 2)[1] as number) : 0;
+        const need = (base >= HEADER_BYTES ? base : CACHE_LINE) + l.bytes;
+        if (given.byteLength < need) {
+          throw new DirtytrackError(
+            'invalid-argument',
+            `addSlot: the buffer for slot ${info.id} has ${given.byteLength} bytes, its ${info.pages} pages need ${need}`,
+            { component: COMPONENT, field: 'buffers' },
+          );
+        }
+        if (base < HEADER_BYTES || base % 8 !== 0) {
+          throw new DirtytrackError(
+            'invalid-argument',
+            `addSlot: the buffer for slot ${info.id} is not a slot buffer (its header names no layout; pass slotBuffer(${info.id}) of the creating log)`,
+            { component: COMPONENT, field: 'buffers' },
+          );
+        }
+        memory = given;
+      } else {
+        // The header (active index, base) at 0, the two buffers from the first cache line of the
+        // region past it — a line of memory when the allocator knows addresses.
+        const a = allocator.allocate(CACHE_LINE + l.bytes, { shared });
+        memory = a.buffer;
+        base = a.byteOffset >= HEADER_BYTES ? a.byteOffset : a.byteOffset + CACHE_LINE;
+        new Int32Array(memory, 0, 2)[1] = base;
       }
-      const memory = given ?? (shared ? new SharedArrayBuffer(l.bytes) : new ArrayBuffer(l.bytes));
       const buf = (b: 0 | 1): DirtyLogBuffer => ({
-        bitmap: Bitmap.wrap(memory, info.pages, l.bitmap[b]),
-        summary: new Uint32Array(memory, l.summary[b], l.summaryWords),
-        counts: new Uint32Array(memory, l.counts[b], 1),
+        bitmap: Bitmap.wrap(memory, info.pages, base + l.bitmap[b]),
+        summary: new Uint32Array(memory, base + l.summary[b], l.summaryWords),
+        counts: new Uint32Array(memory, base + l.counts[b], 1),
       });
       slots.set(info.id, {
         info,
@@ -468,7 +499,11 @@ function checkSpare(
   }
 }
 
-/** Byte offsets of a slot's active index and its two buffers in one memory (8-byte aligned). */
+/**
+ * Byte offsets of a slot's two buffers from where they start (the slot memory's header says
+ * where): each buffer is its bitmap, summary and count, padded to a whole cache line so both
+ * bitmaps start on one.
+ */
 function slotLayout(pages: number): {
   bytes: number;
   summaryWords: number;
@@ -479,10 +514,10 @@ function slotLayout(pages: number): {
   const bitmapBytes = Bitmap.byteLength(pages);
   const summaryWords = Math.ceil(bitmapBytes / 8 / 32);
   const summaryBytes = Math.ceil((summaryWords * 4) / 8) * 8;
-  const one = bitmapBytes + summaryBytes + 8;
-  const at = (b: number): number => 8 + b * one;
+  const one = Math.ceil((bitmapBytes + summaryBytes + 8) / CACHE_LINE) * CACHE_LINE;
+  const at = (b: number): number => b * one;
   return {
-    bytes: 8 + 2 * one,
+    bytes: 2 * one,
     summaryWords,
     bitmap: [at(0), at(1)],
     summary: [at(0) + bitmapBytes, at(1) + bitmapBytes],
