@@ -10,9 +10,13 @@ import {
   type MemslotInfo,
 } from '@dirtytrack/core';
 import {
+  anonHugePagesKiB,
   createBitmapKernels,
+  createHugePageAllocator,
   createQemuLayers,
   createSwapDirtyLog,
+  defaultBitmapAllocator,
+  type BitmapAllocator,
   type QemuLayers,
   type SyncStrategy,
 } from '@dirtytrack/qemu-layers';
@@ -51,6 +55,12 @@ export interface BitmapBenchOptions {
   reps: number;
   /** Seed of the clustered 1% pattern's run placement. Default {@link DEFAULT_PATTERN_SEED}. */
   seed?: number;
+  /**
+   * The allocator of the `fused` cases' bitmaps (bmap and the swap log). Default
+   * `createHugePageAllocator()`: 2 MiB pages where the machine allows, plain buffers elsewhere.
+   * The `small-pages` rows always use plain buffers, side by side.
+   */
+  allocator?: BitmapAllocator;
   onStep?: (step: string) => void;
 }
 
@@ -74,6 +84,20 @@ export interface BitmapBenchResult {
   'fused-1pct-vs-fused': number;
   /** `fused` at 1% evenly spread over `fused` at 100%. */
   'fused-1pct-spread-vs-fused': number;
+  /**
+   * How the `fused` cases' bitmaps were allocated (`huge-pages`: advised `MADV_HUGEPAGE`), and
+   * the growth of the process's `AnonHugePages` (KiB) over the `fused` 100% case — its bmap and
+   * swap log (null off Linux).
+   */
+  allocator: { kind: BitmapAllocator['kind']; 'anon-huge-pages-kib': number | null };
+  /** The `fused` 100% and 1% cases again on plain buffers (4 KiB pages), for comparison. */
+  'small-pages': {
+    fused: SideBySideRow;
+    'fused-1pct': SideBySideRow;
+    'fused-1pct-spread': SideBySideRow;
+    'fused-1pct-vs-fused': number;
+    'fused-1pct-spread-vs-fused': number;
+  };
   /**
    * `fused` at 1% clustered in the {@link LARGER_RUN_PAGES} runs that fit the guest, same seed:
    * each beside its memcpy, and over `fused` at 100%.
@@ -217,10 +241,11 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     expectBmap(layers, dirty, strategy);
     return r;
   };
-  const fusedMs = (dirty: Bitmap, drain: boolean, name: string): SideBySide => {
+  const allocator = options.allocator ?? createHugePageAllocator();
+  const fusedMs = (dirty: Bitmap, drain: boolean, name: string, alloc = allocator): SideBySide => {
     step(`sync ${name}`);
-    const source = createSwapDirtyLog({ slots: [slot] });
-    const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused' });
+    const source = createSwapDirtyLog({ slots: [slot], allocator: alloc });
+    const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused', allocator: alloc });
     layers.setup();
     const r = sideBySide(
       reps,
@@ -266,7 +291,9 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   );
   const xchgSync = strategyMs('xchg', full);
   const rwlockSync = strategyMs('rwlock-memcpy', full);
+  const hugeBefore = anonHugePagesKiB();
   const fusedSync = fusedMs(full, true, 'fused');
+  const hugeAfter = anonHugePagesKiB();
   const fused1 = fusedMs(clustered.bitmap, true, 'fused 1% clustered');
   const fused1Spread = fusedMs(spread, true, 'fused 1% spread');
   const fusedFull = fusedMs(full, false, 'fused (bmap full)');
@@ -274,6 +301,10 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     const r = fusedMs(clusteredOnePct(pages, seed, run).bitmap, true, `fused 1% clustered, ${run}-page runs`);
     return { 'run-pages': run, ...vs2(r), 'vs-fused': fourDigits(r.ms / fusedSync.ms) };
   });
+  const small = defaultBitmapAllocator;
+  const smallSync = fusedMs(full, true, 'fused, 4 KiB pages', small);
+  const small1 = fusedMs(clustered.bitmap, true, 'fused 1% clustered, 4 KiB pages', small);
+  const small1Spread = fusedMs(spread, true, 'fused 1% spread, 4 KiB pages', small);
 
   step('wasm');
   const kernels = createBitmapKernels({ maxBytes: 2 * Bitmap.byteLength(pages) + 64 });
@@ -342,6 +373,17 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     },
     'fused-1pct-vs-fused': fourDigits(fused1.ms / fusedSync.ms),
     'fused-1pct-spread-vs-fused': fourDigits(fused1Spread.ms / fusedSync.ms),
+    allocator: {
+      kind: allocator.kind,
+      'anon-huge-pages-kib': hugeBefore === undefined || hugeAfter === undefined ? null : hugeAfter - hugeBefore,
+    },
+    'small-pages': {
+      fused: vs2(smallSync),
+      'fused-1pct': vs2(small1),
+      'fused-1pct-spread': vs2(small1Spread),
+      'fused-1pct-vs-fused': fourDigits(small1.ms / smallSync.ms),
+      'fused-1pct-spread-vs-fused': fourDigits(small1Spread.ms / smallSync.ms),
+    },
     'fused-1pct-larger-runs': largerRuns,
     'touch-1pct-floor': vs2(floor),
     'touch-1pct-spread-floor': vs2(spreadFloor),
@@ -376,9 +418,13 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
     `| sync, fused, 1% dirty spread (every 100th 64-bit word) | ${s['fused-1pct-spread'].ms} | ${s['fused-1pct-spread']['vs-memcpy']} |`,
     `| floor of the spread 1%: touching its words only | ${r['touch-1pct-spread-floor'].ms} | ${r['touch-1pct-spread-floor']['vs-memcpy']} |`,
     `| sync, fused, 100% dirty into a full bmap | ${s['fused-full-bmap'].ms} | ${s['fused-full-bmap']['vs-memcpy']} |`,
+    `| sync, fused, 100% dirty, 4 KiB pages | ${r['small-pages'].fused.ms} | ${r['small-pages'].fused['vs-memcpy']} |`,
+    `| sync, fused, 1% dirty clustered (2M runs), 4 KiB pages | ${r['small-pages']['fused-1pct'].ms} | ${r['small-pages']['fused-1pct']['vs-memcpy']} |`,
+    `| sync, fused, 1% dirty spread, 4 KiB pages | ${r['small-pages']['fused-1pct-spread'].ms} | ${r['small-pages']['fused-1pct-spread']['vs-memcpy']} |`,
     `| ${r['wasm-or-and-zero'].kind} OR-and-zero kernel | ${r['wasm-or-and-zero'].ms} | ${r['wasm-or-and-zero']['vs-memcpy']} |`,
     '',
     `rwlock-memcpy is ${r['rwlock-memcpy-vs-xchg']}× faster than the three-layer xchg sync; fused at 1% takes ${r['fused-1pct-vs-fused']}× its 100% time clustered in 2M runs (${r['fused-1pct-larger-runs'].map((x) => `${formatSize(x['run-pages'] * PAGE_SIZE)} runs: ${x['vs-fused']}×`).join(', ')}), ${r['fused-1pct-spread-vs-fused']}× spread.`,
+    `fused bitmaps: ${r.allocator.kind} allocator (AnonHugePages +${r.allocator['anon-huge-pages-kib'] ?? 'n/a'} KiB over the fused case); on 4 KiB pages fused at 1% takes ${r['small-pages']['fused-1pct-vs-fused']}× its 100% time clustered, ${r['small-pages']['fused-1pct-spread-vs-fused']}× spread.`,
     `In L1 (4 KiB, ${r['l1-kind']}), per-word xchg is ${r['l1-xchg-vs-memcpy']}× a copy (plain JS Atomics.exchange vs TypedArray.set: ${r['l1-js-xchg-vs-set']}×).`,
     '',
   ].join('\n');

@@ -155,6 +155,15 @@ describe('dirtytrack bench bitmap', () => {
       expect(x.ms).toBeGreaterThan(0);
       expectRatio(x['vs-fused'], x.ms / r.strategies.fused.ms);
     }
+    // The fused cases on the huge-page allocator where the machine allows it, and again on plain buffers.
+    expect(['huge-pages', 'default']).toContain(r.allocator.kind);
+    const small = r['small-pages'];
+    for (const k of ['fused', 'fused-1pct', 'fused-1pct-spread'] as const) {
+      expect(small[k].ms).toBeGreaterThan(0);
+      expectRatio(small[k]['vs-memcpy'], small[k].ms / small[k]['memcpy-ms']);
+    }
+    expectRatio(small['fused-1pct-vs-fused'], small['fused-1pct'].ms / small.fused.ms);
+    expectRatio(small['fused-1pct-spread-vs-fused'], small['fused-1pct-spread'].ms / small.fused.ms);
     expect(r['l1-xchg-vs-memcpy']).toBeGreaterThan(0);
     expect(r['l1-kind']).toBe('wasm-simd');
     expect(r['l1-js-xchg-vs-set']).toBeGreaterThan(0);
@@ -168,6 +177,8 @@ describe('dirtytrack bench bitmap', () => {
     expect(out.stdout).toContain('| sync, fused, 1% dirty spread (every 100th 64-bit word) |');
     expect(out.stdout).toContain('| floor of the clustered 1%: touching its runs only |');
     expect(out.stdout).toContain('| floor of the spread 1%: touching its words only |');
+    expect(out.stdout).toContain('| sync, fused, 1% dirty clustered (2M runs), 4 KiB pages |');
+    expect(out.stdout).toMatch(/fused bitmaps: (huge-pages|default) allocator/);
   });
 
   // 5,120,000 pages (~19.5 GiB): 1% is exactly 51,200 pages, 100 runs of 512.
