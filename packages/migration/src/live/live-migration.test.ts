@@ -260,6 +260,55 @@ function expectSameButGuestWrites(source: SharedArrayBuffer, received: SharedArr
   return written;
 }
 
+describe(`the link is cut in each phase (seed ${SEED})`, () => {
+  // A relay between source and destination resets both directions of every connection (a cut)
+  // when the source reaches the phase, and stays down. Before the switch the source fails with
+  // the cause and its guest runs on; the destination fails too (its connection reset).
+  const phases = [
+    { phase: 'setup', at: 'setup', capabilities: {}, parameters: {} },
+    {
+      phase: 'precopy (the first round)',
+      at: 'active',
+      capabilities: {},
+      parameters: { 'max-bandwidth': 8e6 },
+    },
+    {
+      phase: 'stop-and-copy',
+      at: 'pre-switchover',
+      capabilities: { 'pause-before-switchover': true },
+      parameters: {},
+    },
+  ] as const;
+  for (const p of phases) {
+    it(`cut at ${p.phase}: failed, the source guest runs on`, async () => {
+      const flag = new SharedArrayBuffer(4);
+      const { outcome, engine, destination } = await migrate(
+        {
+          capabilities: p.capabilities,
+          parameters: { 'max-bandwidth': 0, ...p.parameters },
+          linkTimeoutMs: 5000,
+          onStatus: (e) => {
+            if (e.status !== p.at) return;
+            Atomics.store(new Int32Array(flag), 0, 1);
+            // The relay cuts within a few ms: let it before the next bytes go out.
+            Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+          },
+        },
+        2000,
+        { cut: { flag, downMs: 60_000 } },
+      );
+      await destination.cut;
+      expect(outcome.info.status).toBe('failed');
+      expect(outcome.info['error-desc']).toMatch(/reset|closed|pipe|ECONN/i);
+      expect(outcome.info.verified).toBe(false);
+      expect(engine.running).toBe(true);
+      await expectGuestRunsOn();
+      const result = await destination.result;
+      expect(result.status).toBe('failed');
+    }, 180_000);
+  }
+});
+
 describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
   // The destination runs the guest from the switch on: 2 vCPUs writing 2 × 3000 pages/s over all
   // of RAM, faulting on every page not received yet (requested on the return path, served ahead

@@ -17,7 +17,11 @@ import { createDestination, type DestinationOptions } from '../destination.js';
 
 export interface DestinationWorkerData extends DestinationOptions {
   guest?: { vcpus: number; rate: number; seed: number; afterMs: number };
-  cut?: { afterRunMs: number; downMs: number };
+  /**
+   * The relay cuts the link `afterRunMs` after POSTCOPY_RUN, or — with `flag` — once the test
+   * stores 1 in `flag`'s first Int32 (from any thread: the source's blocks in runPrecopy).
+   */
+  cut?: { afterRunMs?: number; flag?: SharedArrayBuffer; downMs: number };
 }
 
 const port = parentPort as NonNullable<typeof parentPort>;
@@ -74,18 +78,29 @@ if (cut !== undefined) {
   await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
   const a = relay.address();
   address = { host: '127.0.0.1', port: typeof a === 'object' && a !== null ? a.port : 0 };
-  void ran.then(() =>
-    setTimeout(() => {
-      down = true;
-      for (const [inbound, outbound] of [...pairs]) {
-        inbound.resetAndDestroy();
-        outbound.resetAndDestroy();
-      }
-      pairs.clear();
-      port.postMessage({ kind: 'cut' });
-      setTimeout(() => (down = false), cut.downMs);
-    }, cut.afterRunMs),
-  );
+  const cutNow = (): void => {
+    down = true;
+    for (const [inbound, outbound] of [...pairs]) {
+      inbound.resetAndDestroy();
+      outbound.resetAndDestroy();
+    }
+    pairs.clear();
+    port.postMessage({ kind: 'cut' });
+    setTimeout(() => (down = false), cut.downMs);
+  };
+  if (cut.afterRunMs !== undefined) {
+    const after = cut.afterRunMs;
+    void ran.then(() => setTimeout(cutNow, after));
+  }
+  if (cut.flag !== undefined) {
+    const flag = new Int32Array(cut.flag);
+    const poll = setInterval(() => {
+      if (Atomics.load(flag, 0) !== 1) return;
+      clearInterval(poll);
+      cutNow();
+    }, 1);
+    void destination.result.then(() => clearInterval(poll));
+  }
   void destination.result.then(() => relay.close());
 }
 
