@@ -38,9 +38,17 @@ function makeMemory(): SharedArrayBuffer {
   return memory;
 }
 
-async function startGuest(memory: SharedArrayBuffer, rate: number) {
+/**
+ * The 2-vCPU source guest writing `rate` pages/s per vCPU through the MMU into the dirty bitmap
+ * reporter or, with `ringEntries`, one dirty ring per vCPU (`ring` is then returned).
+ */
+async function startGuest(memory: SharedArrayBuffer, rate: number, ringEntries?: number) {
   const tracker = createMmuTracker({ vcpus: 2, slots: [slot], shared: true });
-  const reporter = createBitmapReporter({ rearmer: tracker, slots: [slot], shared: true });
+  const ring =
+    ringEntries === undefined
+      ? undefined
+      : createRingReporter({ vcpus: 2, entries: ringEntries, rearmer: tracker, slots: [slot] });
+  const reporter = ring ?? createBitmapReporter({ rearmer: tracker, slots: [slot], shared: true });
   tracker.attach(reporter);
   const bitmap = createQemuLayers({ kvm: { source: reporter, logging: tracker, slot }, strategy: 'xchg' });
   guest = createLiveGuest({
@@ -57,7 +65,7 @@ async function startGuest(memory: SharedArrayBuffer, rate: number) {
   await guest.start();
   guest.setValue(7);
   const engine = createLiveEngine({ guest });
-  return { engine, bitmap, tracker };
+  return { engine, bitmap, tracker, ring };
 }
 
 /**
@@ -440,28 +448,6 @@ describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
 describe(`live dirty-limit over the KVM dirty ring (seed ${SEED})`, () => {
   const RING = 4096;
 
-  /** The 2-vCPU guest of {@link startGuest}, its writes going through one dirty ring per vCPU. */
-  async function startRingGuest(memory: SharedArrayBuffer, rate: number) {
-    const tracker = createMmuTracker({ vcpus: 2, slots: [slot], shared: true });
-    const ring = createRingReporter({ vcpus: 2, entries: RING, rearmer: tracker, slots: [slot] });
-    tracker.attach(ring);
-    const bitmap = createQemuLayers({ kvm: { source: ring, logging: tracker, slot }, strategy: 'xchg' });
-    guest = createLiveGuest({
-      memory,
-      vcpus: 2,
-      tracker,
-      sink: ring,
-      slot: slot.id,
-      pages: PAGES,
-      seed: SEED,
-      rate,
-      resolveFrom: import.meta.url,
-    });
-    await guest.start();
-    guest.setValue(7);
-    return { engine: createLiveEngine({ guest }), bitmap, ring };
-  }
-
   it('2 vCPUs dirtying ~4× faster than a 16 MB/s link: held near vcpu-dirty-limit, converges, byte for byte', async () => {
     // 2 vCPUs × 12000 pages/s (47 MiB/s written, ~35 MB/s dirtied each) against 16 MB/s: without a limit this
     // never converges. Quota 4 MB/s per vCPU, measured and adjusted every 500 ms.
@@ -470,7 +456,9 @@ describe(`live dirty-limit over the KVM dirty ring (seed ${SEED})`, () => {
     const received = new SharedArrayBuffer(memory.byteLength);
     const d = await startDestinationThread(received);
     destination = d;
-    const { engine, bitmap, ring } = await startRingGuest(memory, 12_000);
+    const started = await startGuest(memory, 12_000, RING);
+    const { engine, bitmap } = started;
+    const ring = started.ring as NonNullable<typeof started.ring>;
     // Each vCPU's dirty rate (QEMU's MB/s: pages / 256 per s) in each second of the run.
     const rates: number[][] = [];
     let last: { ns: number; dirty: number[] } | undefined;
