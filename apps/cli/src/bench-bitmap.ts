@@ -106,9 +106,15 @@ export interface BitmapBenchResult {
   /**
    * The floor under a clustered 1% sync that writes the bits into bmap: only touching those words
    * (read the pattern's, write another bitmap's, 16 32-bit words per run — 1% of the cache lines
-   * of each), no summary, no bookkeeping, beside a memcpy.
+   * of each), no summary, no bookkeeping, beside a memcpy; in fused's two passes (a load per run
+   * in both bitmaps for 128 runs, then their copy).
    */
   'touch-1pct-floor': SideBySideRow;
+  /**
+   * Below that floor: one load of each clustered run's line in the pattern's bitmap and in
+   * another, nothing written — the cache and TLB misses alone.
+   */
+  'touch-1pct-loads': SideBySideRow;
   /** The same floor for the spread pattern: every 100th 64-bit word, 1 cache line in 12.5 of each. */
   'touch-1pct-spread-floor': SideBySideRow;
   /** The WebAssembly SIMD OR-and-zero kernel over the same bitmap (or the JS twin where SIMD is missing). */
@@ -260,19 +266,51 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     return r;
   };
   const floorDst = Bitmap.create(pages);
+  const floorSink = new Int32Array(1);
   step('1% floor (clustered)');
   const floor = sideBySide(
     reps,
     () => {},
     copyBitmap,
     () => {
+      // As fused merges groups: 128 runs at a time, a load of each run's line in both bitmaps
+      // first (independent, so the misses overlap), then the copy.
       const a = clustered.bitmap.words;
       const b = floorDst.words;
       const starts = clustered.runStarts;
+      const words = clustered.runPages / 32;
+      let sink = 0;
+      for (let r0 = 0; r0 < starts.length; r0 += 128) {
+        const r1 = Math.min(starts.length, r0 + 128);
+        for (let r = r0; r < r1; r++) {
+          const i = (starts[r] as number) >>> 5;
+          sink = (sink + (a[i] as number) + (b[i] as number)) | 0;
+        }
+        for (let r = r0; r < r1; r++) {
+          const i = (starts[r] as number) >>> 5;
+          for (let k = i; k < i + words; k++) b[k] = a[k] as number;
+        }
+      }
+      floorSink[0] = sink;
+    },
+  );
+  step('1% loads only (clustered)');
+  const loadsFloor = sideBySide(
+    reps,
+    () => {},
+    copyBitmap,
+    () => {
+      // Only one load of each run's line in both bitmaps: the least any sync that moves the
+      // bits can do.
+      const a = clustered.bitmap.words;
+      const b = floorDst.words;
+      const starts = clustered.runStarts;
+      let sink = 0;
       for (let r = 0; r < starts.length; r++) {
         const i = (starts[r] as number) >>> 5;
-        for (let k = i; k < i + clustered.runPages / 32; k++) b[k] = a[k] as number;
+        sink = (sink + (a[i] as number) + (b[i] as number)) | 0;
       }
+      floorSink[0] = sink;
     },
   );
   step('1% floor (spread)');
@@ -386,6 +424,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     },
     'fused-1pct-larger-runs': largerRuns,
     'touch-1pct-floor': vs2(floor),
+    'touch-1pct-loads': vs2(loadsFloor),
     'touch-1pct-spread-floor': vs2(spreadFloor),
     'wasm-or-and-zero': { ...vs(wasmMs), kind: kernels.kind },
     'rwlock-memcpy-vs-xchg': fourDigits(xchgSync.ms / rwlockSync.ms),
@@ -411,6 +450,7 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
     `| sync, fused, 100% dirty | ${s.fused.ms} | ${s.fused['vs-memcpy']} |`,
     `| sync, fused, 1% dirty clustered (2M runs) | ${s['fused-1pct'].ms} | ${s['fused-1pct']['vs-memcpy']} |`,
     `| floor of the clustered 1%: touching its runs only | ${r['touch-1pct-floor'].ms} | ${r['touch-1pct-floor']['vs-memcpy']} |`,
+    `| below it: one load per run in each bitmap, no writes | ${r['touch-1pct-loads'].ms} | ${r['touch-1pct-loads']['vs-memcpy']} |`,
     ...r['fused-1pct-larger-runs'].map(
       (x) =>
         `| sync, fused, 1% dirty clustered (${formatSize(x['run-pages'] * PAGE_SIZE)} runs) | ${x.ms} | ${x['vs-memcpy']} |`,

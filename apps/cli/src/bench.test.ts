@@ -142,7 +142,7 @@ describe('dirtytrack bench bitmap', () => {
       r['fused-1pct-spread-vs-fused'],
       r.strategies['fused-1pct-spread'].ms / r.strategies.fused.ms,
     );
-    for (const k of ['touch-1pct-floor', 'touch-1pct-spread-floor'] as const) {
+    for (const k of ['touch-1pct-floor', 'touch-1pct-loads', 'touch-1pct-spread-floor'] as const) {
       expect(r[k].ms).toBeGreaterThan(0);
       expect(r[k]['memcpy-ms']).toBeGreaterThan(0);
       expectRatio(r[k]['vs-memcpy'], r[k].ms / r[k]['memcpy-ms']);
@@ -177,6 +177,7 @@ describe('dirtytrack bench bitmap', () => {
     expect(out.stdout).toContain('| sync, fused, 1% dirty spread (every 100th 64-bit word) |');
     expect(out.stdout).toContain('| floor of the clustered 1%: touching its runs only |');
     expect(out.stdout).toContain('| floor of the spread 1%: touching its words only |');
+    expect(out.stdout).toContain('| below it: one load per run in each bitmap, no writes |');
     expect(out.stdout).toContain('| sync, fused, 1% dirty clustered (2M runs), 4 KiB pages |');
     expect(out.stdout).toMatch(/fused bitmaps: (huge-pages|default) allocator/);
   });
