@@ -246,8 +246,9 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     get bytesSent() {
       return bytesSent;
     },
-    transmit(bytes, atNs) {
-      const t0 = Math.max(clock.now(), atNs);
+    transmit(bytes) {
+      // Timed on this link's clock alone: a caller's `atNs` on another clock must not skew it.
+      const t0 = clock.now();
       flush();
       const t1 = clock.now();
       bytesSent += bytes;

@@ -104,6 +104,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     port: options.port,
     memory: options.memory,
     channels: caps.multifd ? params['multifd-channels'] : 0,
+    clock: options.engine.clock,
     ...(options.token === undefined ? {} : { token: options.token }),
     ...(options.linkTimeoutMs === undefined ? {} : { timeoutMs: options.linkTimeoutMs }),
     ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
