@@ -123,6 +123,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
       capabilities: caps,
       costModel: { ...DEFAULT_COST_MODEL, pageSendCopyNs: 0, pageSendZeroCopyNs: 0 },
       timeLimitNs: options.timeLimitNs,
+      switchoverShare: LIVE_SWITCHOVER_SHARE,
       ...(options.throttle === undefined ? {} : { throttle: options.throttle }),
       ...(options.dirtyRing === undefined ? {} : { dirtyRing: options.dirtyRing }),
       ...(options.cancelAtNs === undefined ? {} : { cancelAtNs: options.cancelAtNs }),
@@ -155,3 +156,12 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     link: linkStats,
   };
 }
+
+/**
+ * The live run's switchover plans the final copy for 60% of `downtime-limit` (QEMU: all of it).
+ * Measured on loopback on a shared 2-core host: with the whole limit an idle 1 GiB guest stopped
+ * with up to 300 ms of pages pending, and one window's rate to the next varies by ±30%, so the
+ * final copy overran the limit in about one run in three; the cost is a window or two more of
+ * precopy. A dirtying guest converges the same way, auto-converge throttling a little sooner.
+ */
+const LIVE_SWITCHOVER_SHARE = 0.6;
