@@ -413,7 +413,8 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     'fused-1pct-spread-vs-fused': fourDigits(fused1Spread.ms / fusedSync.ms),
     allocator: {
       kind: allocator.kind,
-      'anon-huge-pages-kib': hugeBefore === undefined || hugeAfter === undefined ? null : hugeAfter - hugeBefore,
+      'anon-huge-pages-kib':
+        hugeBefore === undefined || hugeAfter === undefined ? null : hugeAfter - hugeBefore,
     },
     'small-pages': {
       fused: vs2(smallSync),

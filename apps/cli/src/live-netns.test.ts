@@ -186,7 +186,7 @@ describe.skipIf(unavailable !== undefined)('postcopy over a real link (network n
     p.cut();
     await new Promise((resolve) => setTimeout(resolve, 4_000));
     p.restore();
-    const m = await within(migrate.done, 40_000, 'migrate to resume and complete');
+    const m = await within(migrate.done, 60_000, 'migrate to resume and complete');
     const s = await within(server.done, 10_000, 'serve to end');
     expect(m.code).toBe(0);
     const r = JSON.parse(m.stdout) as MigrateResult;
@@ -198,9 +198,10 @@ describe.skipIf(unavailable !== undefined)('postcopy over a real link (network n
       postcopy: { 'postcopy-pauses': number; 'postcopy-requests': number };
     };
     expect(d).toMatchObject({ status: 'completed', verified: true });
-    expect(d.postcopy['postcopy-pauses']).toBe(1);
+    // One pause for the cut (a starved, loaded machine may add one more: no progress for 2 s).
+    expect(d.postcopy['postcopy-pauses']).toBeGreaterThanOrEqual(1);
     expect(d.postcopy['postcopy-requests']).toBeGreaterThan(0);
-  }, 90_000);
+  }, 120_000);
 });
 
 /** QEMU resumes the source VM on a failed migration: its vCPUs kept writing after the failure. */

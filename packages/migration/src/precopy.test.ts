@@ -27,6 +27,7 @@ interface Setup {
   parameters?: Partial<PrecopyParameters>;
   capabilities?: Partial<PrecopyCapabilities>;
   timeLimitS?: number;
+  switchoverShare?: number;
   /** Wrap the migration bitmap (to observe sends). */
   wrap?: (m: MigrationBitmap, now: () => number) => MigrationBitmap;
 }
@@ -53,6 +54,7 @@ function run(s: Setup) {
     capabilities: s.capabilities ?? {},
     throttle: engine,
     timeLimitNs: (s.timeLimitS ?? 600) * NS_PER_S,
+    ...(s.switchoverShare === undefined ? {} : { switchoverShare: s.switchoverShare }),
   });
 }
 
@@ -113,6 +115,28 @@ describe('precopy, exact values', () => {
     expect(info.ram['precopy-bytes']).toBe(61 * 256 * 4104);
     expect(info.ram['downtime-bytes']).toBe(768 * 4104);
     expect(info.ram.transferred).toBe(16384 * 4104);
+  });
+
+  it('a switchover share plans the final copy for part of downtime-limit: the threshold shrinks with it', () => {
+    // As above, but threshold = 10,506.24 B/ms × 300 ms × 0.5 = 1,575,936 B: 768 and 512 pending
+    // pages are too many, 256 (1,048,576 B) are not — two windows more, a third of the downtime.
+    const { info } = run({
+      pages: 16384,
+      parameters: { 'max-bandwidth': 10 * 2 ** 20 },
+      switchoverShare: 0.5,
+    });
+    const total = SETUP_NS + 63 * 100e6 + SYNC_IDLE_NS + SYNC_IDLE_NS + 256 * 4104;
+    expect(info.status).toBe('completed');
+    expect(info['total-time']).toBe(Math.round(total / 1000) / 1000);
+    expect(info['total-time']).toBe(6301.087);
+    expect(info.downtime).toBe(1.052);
+    expect(info.ram['precopy-bytes']).toBe(63 * 256 * 4104);
+    expect(info.ram['downtime-bytes']).toBe(256 * 4104);
+    expect(info.ram.transferred).toBe(16384 * 4104);
+    expect(() => run({ pages: 16384, switchoverShare: 0 })).toThrow(
+      /switchover-share: 0 must be in \(0, 1\]/,
+    );
+    expect(() => run({ pages: 16384, switchoverShare: 1.5 })).toThrow(/switchover-share/);
   });
 
   it('a guest dirtying faster than the link stays active until the time limit', () => {

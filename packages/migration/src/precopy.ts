@@ -195,6 +195,13 @@ export interface PrecopyOptions {
   dataOf?: (word: number, mask: number) => number;
   /** Give up (status stays `active`) after this much migration time (ns). */
   timeLimitNs: number;
+  /**
+   * The share of `downtime-limit` the final copy is planned for: the switchover threshold is
+   * bandwidth × downtime-limit × this. QEMU plans all of it (1, the default, the model plane's).
+   * A live run plans for less: the last window's rate is not the final copy's on a shared host,
+   * the pending bytes may be up to the threshold itself, and the final sync takes time too.
+   */
+  switchoverShare?: number;
   onProgress?: (progress: PrecopyProgress) => void;
   /** Called at each status change (QEMU's MIGRATION event). */
   onStatus?: (event: StatusEvent) => void;
@@ -339,6 +346,13 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     throw new DirtytrackError('invalid-argument', `time-limit: ${options.timeLimitNs} ns must be > 0`, {
       component: 'precopy',
       field: 'time-limit',
+    });
+  }
+  const share = options.switchoverShare ?? 1;
+  if (!(share > 0 && share <= 1)) {
+    throw new DirtytrackError('invalid-argument', `switchover-share: ${share} must be in (0, 1]`, {
+      component: 'precopy',
+      field: 'switchover-share',
     });
   }
   const lockedMemory = options.lockedMemory ?? Infinity;
@@ -1347,7 +1361,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       if (clock.now() < windowEnd) continue; // Cancelled inside the window.
       const elapsedMs = (clock.now() - windowStart) / NS_PER_MS;
       bandwidth = windowBytes / elapsedMs;
-      threshold = bandwidth * params['downtime-limit'];
+      threshold = bandwidth * params['downtime-limit'] * share;
       mbps = (windowBytes * 8) / (elapsedMs / 1000) / 1e6;
       if (dirtyPagesRate !== 0 && windowBytes > 10_000 && bandwidth > 0)
         expectedDowntime = dirtyBytesLastSync / bandwidth;

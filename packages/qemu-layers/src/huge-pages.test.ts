@@ -71,7 +71,11 @@ const noLogging: LoggingControl = { enableLogging: (s) => s.pages, disableLoggin
 
 function fusedWorld(allocator: BitmapAllocator) {
   const source = createSwapDirtyLog({ slots: [slot], allocator });
-  const layers = createQemuLayers({ kvm: { source, logging: noLogging, slot }, strategy: 'fused', allocator });
+  const layers = createQemuLayers({
+    kvm: { source, logging: noLogging, slot },
+    strategy: 'fused',
+    allocator,
+  });
   layers.setup();
   return { source, layers };
 }
@@ -86,7 +90,11 @@ describe("'fused' over the swap log: the allocator never changes the bits (prope
     ];
     // Runs of pages (a cluster of dirty words) or single pages, then a partial send.
     const opArb = fc.oneof(
-      fc.record({ t: fc.constant('write' as const), start: fc.nat(PAGES - 1), len: fc.integer({ min: 1, max: 600 }) }),
+      fc.record({
+        t: fc.constant('write' as const),
+        start: fc.nat(PAGES - 1),
+        len: fc.integer({ min: 1, max: 600 }),
+      }),
       fc.record({ t: fc.constant('write' as const), start: fc.nat(PAGES - 1), len: fc.constant(1) }),
       fc.record({ t: fc.constant('send' as const), every: fc.integer({ min: 1, max: 7 }) }),
       fc.constant({ t: 'sync' as const }),

@@ -507,7 +507,8 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
       for (let q = 0; q < n; q++) {
         const i = lineAt[q] as number;
         const last = i + 2 * (31 - Math.clz32((lineBits[q] as number) & 0xff)) + 1;
-        sink = (sink + (tw[i] as number) + (bw[i] as number) + (tw[last] as number) + (bw[last] as number)) | 0;
+        sink =
+          (sink + (tw[i] as number) + (bw[i] as number) + (tw[last] as number) + (bw[last] as number)) | 0;
       }
     }
     touchSink[0] = sink;

@@ -34,11 +34,12 @@ export interface LiveLinkOptions {
   flags?: number;
   /**
    * The first bandwidth estimate (B/s) before anything was measured; afterwards the link reports
-   * what it measured. Default 100 MB/s.
+   * the fastest rate it measured over its last {@link RATE_HISTORY} batches. Default 100 MB/s.
    */
   bandwidth?: number;
   /** A batch that makes no progress for this long fails the link (a cut cable). Default 30 s. */
   timeoutMs?: number;
+  /** What `transmit` times and returns on: the caller's clock (the live engine's). Default a real clock. */
   clock?: Clock;
   /**
    * Work of the threads QEMU runs beside the migration thread that only this (blocked) thread can
@@ -50,6 +51,16 @@ export interface LiveLinkOptions {
 
 /** How often `whileWaiting` runs while a batch drains. */
 export const WHILE_WAITING_MS = 2;
+
+/**
+ * Batches whose rates the link's bandwidth is the fastest of. `runPrecopy` sizes a window's batch
+ * as bandwidth × the window's time left: a batch that drains early leaves the link idle for the
+ * rest of the window (throughput lost for good), one that drains late only makes that window
+ * longer (precopy measures the window's real rate either way). A single batch's rate is pulled
+ * down by the hand-over and by the other processes on the cores, so the link reports the fastest
+ * of its last few rather than an average.
+ */
+const RATE_HISTORY = 4;
 
 export interface LiveLinkStats {
   /** Bytes written on the main connection, after its handshake. */
@@ -207,8 +218,9 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
   let count = 0;
   let seq = 0;
   let bytesSent = 0;
-  // A low first guess: the first windows' batches then drain quickly and measure the real rate.
+  // A low first guess: the first window's batch then drains quickly and measures the real rate.
   let bandwidth = options.bandwidth ?? 1e8;
+  const rates: number[] = [];
   const push = (op: number, word: number, mask: number, data: number): void => {
     if ((count + 1) * OP_WORDS > ops.length) {
       const bigger = new Int32Array(ops.length * 2);
@@ -289,13 +301,17 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     get bytesSent() {
       return bytesSent;
     },
-    transmit(bytes, atNs) {
-      const t0 = Math.max(clock.now(), atNs);
+    transmit(bytes) {
+      // Timed on this link's clock alone: a caller's `atNs` on another clock must not skew it.
+      const t0 = clock.now();
       flush();
       const t1 = clock.now();
       bytesSent += bytes;
-      // What the link really carried: an estimate from batches long enough to mean something.
-      if (bytes >= 1 << 20 && t1 > t0) bandwidth = 0.5 * bandwidth + 0.5 * ((bytes * NS_PER_S) / (t1 - t0));
+      // What the link really carried, from batches long enough to mean something.
+      if (bytes >= 1 << 20 && t1 > t0) {
+        if (rates.push((bytes * NS_PER_S) / (t1 - t0)) > RATE_HISTORY) rates.shift();
+        bandwidth = Math.max(...rates);
+      }
       return t1;
     },
   };

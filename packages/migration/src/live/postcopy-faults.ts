@@ -165,7 +165,8 @@ export function createPostcopyFaults(memory: SharedArrayBuffer, vcpus: number): 
         if (Atomics.load(control, CTL.WORDS + (tail % REQUEST_RING_SLOTS)) !== 0) return;
         const head = Atomics.load(control, CTL.HEAD);
         if (Atomics.load(control, CTL.WORDS + (tail % REQUEST_RING_SLOTS)) !== 0) return;
-        await waitAsync(control, CTL.HEAD, head).value;
+        // A bounded wait: a waitAsync left pending forever keeps its thread from ever exiting.
+        await waitAsync(control, CTL.HEAD, head, 100).value;
       }
     },
     writtenPages() {
@@ -273,7 +274,12 @@ export function attachDiscardSink(): DirtySink {
 /** `Atomics.waitAsync` (Node ≥ 16; typed from lib es2024, above this project's target). */
 const waitAsync = (
   Atomics as unknown as {
-    waitAsync(a: Int32Array, i: number, v: number): { async: boolean; value: Promise<string> | string };
+    waitAsync(
+      a: Int32Array,
+      i: number,
+      v: number,
+      timeoutMs: number,
+    ): { async: boolean; value: Promise<string> | string };
   }
 ).waitAsync;
 

@@ -57,12 +57,14 @@ if (cut !== undefined) {
   // The relay: a link that goes down after the switch, then comes back.
   const pairs = new Set<[Socket, Socket]>();
   let down = false;
+  const sockets = new Set<Socket>();
   const relay = createServer((inbound) => {
     if (down) {
       inbound.resetAndDestroy();
       return;
     }
     const outbound = connect(destination.port, destination.host);
+    for (const s of [inbound, outbound]) sockets.add(s.once('close', () => sockets.delete(s)));
     const pair: [Socket, Socket] = [inbound, outbound];
     pairs.add(pair);
     const drop = () => {
@@ -101,7 +103,10 @@ if (cut !== undefined) {
     }, 1);
     void destination.result.then(() => clearInterval(poll));
   }
-  void destination.result.then(() => relay.close());
+  void destination.result.then(() => {
+    relay.close();
+    for (const s of sockets) s.destroy();
+  });
 }
 
 port.postMessage({ kind: 'listening', ...address });
@@ -121,3 +126,6 @@ if (guest !== undefined) {
   port.postMessage({ kind: 'guest', writes: stats.writes, error });
 }
 await destination.close();
+// Nothing may outlive the migration here (a relay socket left over kept the thread from being
+// terminated): end the thread.
+process.exit(0);
