@@ -77,9 +77,12 @@ describe('dirtytrack migrate --postcopy-after (local mode)', () => {
     expect(result.ram['postcopy-bytes']).toBeGreaterThan(0);
     const pc = result.dirtytrack.destination?.postcopy;
     expect(pc).toBeDefined();
-    // The source served exactly the requests the destination sent.
-    expect(pc?.['postcopy-requests']).toBe(result.ram['postcopy-requests']);
-    expect(pc?.['postcopy-requests']).toBeGreaterThan(0);
+    // The source heard the destination's requests but those still on their way when it had
+    // sent the last page (at most one per vCPU: a faulting vCPU waits for its page).
+    const asked = pc?.['postcopy-requests'] ?? 0;
+    expect(asked).toBeGreaterThan(0);
+    expect(result.ram['postcopy-requests']).toBeLessThanOrEqual(asked);
+    expect(result.ram['postcopy-requests']).toBeGreaterThanOrEqual(asked - 2);
     expect(pc?.['postcopy-vcpu-blocktime']).toHaveLength(2);
     expect(pc?.['guest-written-pages']).toBeGreaterThan(0);
     expect(pc?.['postcopy-duplicates']).toBe(0);

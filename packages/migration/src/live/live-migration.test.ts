@@ -348,9 +348,11 @@ describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
       expect(result.verified).toBe(true);
       const pc = result.postcopy;
       if (pc === undefined) throw new Error('no postcopy figures from the destination');
-      // The guest faulted and asked; the source heard every request.
+      // The guest faulted and asked; the source heard every request but those still on their
+      // way when it had sent the last page (at most one per vCPU: a faulting vCPU waits).
       expect(pc['postcopy-requests']).toBeGreaterThan(0);
-      expect(info.ram['postcopy-requests']).toBe(pc['postcopy-requests']);
+      expect(info.ram['postcopy-requests']).toBeLessThanOrEqual(pc['postcopy-requests']);
+      expect(info.ram['postcopy-requests']).toBeGreaterThanOrEqual(pc['postcopy-requests'] - 2);
       expect(pc['postcopy-vcpu-blocktime'].every((ms) => ms > 0)).toBe(true);
       expect(pc['postcopy-duplicates']).toBe(0);
       expect(pc['postcopy-placed']).toBe(outcome.stats['postcopy-placed']);
