@@ -696,7 +696,12 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     m.bytes += HANDSHAKE_BYTES;
     const conn = newConn(m.preemptDecoder());
     conn.socket = socket;
-    conn.onEnd = () => conn.decoder.end();
+    // The source ends the preempt channel before it verifies: answering its FIN tells it every
+    // requested page has been read and placed.
+    conn.onEnd = () => {
+      conn.decoder.end();
+      socket.end();
+    };
     m.preempt = conn;
     attach(m, conn, 'preempt channel');
   }

@@ -148,7 +148,7 @@ function connect(kind: number, channel: number): Promise<net.Socket> {
         socket.off('error', early);
         socket.on('error', (error: Error) => fail(describe(error)));
         socket.on('close', () => {
-          if (!finishing) fail('the destination closed the connection');
+          if (!finishing && socket !== preemptDone) fail('the destination closed the connection');
         });
         resolve(socket);
       }, reject);
@@ -357,8 +357,29 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
 }
 
 /** After the stop-and-copy: every page's hash to the destination, which compares and answers. */
+/** The preempt connection ended before verification (its close is expected). */
+let preemptDone: net.Socket | undefined;
+
 async function verify(): Promise<void> {
   const s = main as net.Socket;
+  const p = preempt;
+  if (p !== undefined && !p.destroyed) {
+    // Requested pages travel beside the main stream: end the preempt connection and wait until
+    // the destination has read all of it (it ends its side then), so no hash on main can overtake
+    // a page still on its way there.
+    preemptDone = p;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`verify: the preempt channel did not close within ${data.timeoutMs} ms`)),
+        data.timeoutMs,
+      );
+      p.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      p.end();
+    });
+  }
   const hashes = new Uint32Array(2 * VERIFY_CHUNK);
   const result = new Promise<Extract<SenderReply, { kind: 'verified' }>>((resolve) => {
     onVerified = resolve;
