@@ -170,6 +170,10 @@ describe.skipIf(unavailable !== undefined)('postcopy over a real link (network n
       ...migrateArgs(
         p,
         server.port,
+        // Precopy capped at 4 MB/s: its first batch is small (sized for a 100 ms window), so the
+        // switch comes at 0.5 s and not after a batch sized by the 100 MB/s first guess (2 s here).
+        '--max-bandwidth',
+        '4M',
         '--postcopy-after',
         '500',
         '--link-timeout',
@@ -181,14 +185,17 @@ describe.skipIf(unavailable !== undefined)('postcopy over a real link (network n
       ),
     );
     await waitForConnection(p.src, p.dstAddr, server.port, 15_000);
-    // 32 MiB of random pages at 40 Mbit/s: ~7 s, so 2 s in is well inside postcopy.
-    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    // 32 MiB of random pages at 40 Mbit/s: ~7 s, so 2.5 s in is well inside postcopy.
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
     p.cut();
     await new Promise((resolve) => setTimeout(resolve, 4_000));
     p.restore();
     const m = await within(migrate.done, 60_000, 'migrate to resume and complete');
     const s = await within(server.done, 10_000, 'serve to end');
-    expect(m.code).toBe(0);
+    expect(
+      m.code,
+      `migrate: ${m.stdout.slice(0, 1500)} ${m.stderr.slice(0, 500)}; serve: ${s.stdout.slice(-800)}`,
+    ).toBe(0);
     const r = JSON.parse(m.stdout) as MigrateResult;
     expect(r).toMatchObject({ status: 'completed', verified: true, 'verify-mismatches': 0 });
     expect(r['error-desc']).toBeUndefined();
