@@ -69,20 +69,28 @@ async function startGuest(memory: SharedArrayBuffer, rate: number, ringEntries?:
 }
 
 /**
- * A 2-vCPU guest writing `rate` pages/s per vCPU, migrated to a destination thread. `extra` may
- * depend on the destination (to kill it mid-run). The destination's result is a promise: it never
- * comes when the destination was killed.
+ * A 2-vCPU guest writing `rate` pages/s per vCPU (through dirty rings of `ringEntries`, if given),
+ * migrated to a destination thread. `extra` may depend on the destination (to kill it mid-run)
+ * and on the source guest. The destination's result is a promise: it never comes when the
+ * destination was killed.
  */
 async function migrate(
-  extra: Partial<LiveMigrationOptions> | ((d: DestinationThread) => Partial<LiveMigrationOptions>),
+  extra:
+    | Partial<LiveMigrationOptions>
+    | ((
+        d: DestinationThread,
+        source: Awaited<ReturnType<typeof startGuest>>,
+      ) => Partial<LiveMigrationOptions>),
   rate = 2000,
   destinationOptions: Parameters<typeof startDestinationThread>[1] = {},
+  ringEntries?: number,
 ) {
   const memory = makeMemory();
   const received = new SharedArrayBuffer(memory.byteLength);
   const d = await startDestinationThread(received, destinationOptions);
   destination = d;
-  const { engine, bitmap } = await startGuest(memory, rate);
+  const source = await startGuest(memory, rate, ringEntries);
+  const { engine, bitmap } = source;
   const outcome = await runLiveMigration({
     host: d.host,
     port: d.port,
@@ -92,9 +100,10 @@ async function migrate(
     bitmap,
     parameters: { 'max-bandwidth': 0 },
     timeLimitNs: 60e9,
-    ...(typeof extra === 'function' ? extra(d) : extra),
+    ...(typeof extra === 'function' ? extra(d, source) : extra),
   });
   return {
+    ring: source.ring,
     outcome,
     destinationResult: d.result,
     destination: d,
@@ -454,43 +463,35 @@ describe(`live dirty-limit over the KVM dirty ring (seed ${SEED})`, () => {
     // 2 vCPUs × 12000 pages/s (47 MiB/s written, ~35 MB/s dirtied each) against 16 MB/s: without a limit this
     // never converges. Quota 4 MB/s per vCPU, measured and adjusted every 500 ms.
     const QUOTA = 4;
-    const memory = makeMemory();
-    const received = new SharedArrayBuffer(memory.byteLength);
-    const d = await startDestinationThread(received);
-    destination = d;
-    const started = await startGuest(memory, 12_000, RING);
-    const { engine, bitmap } = started;
-    const ring = started.ring as NonNullable<typeof started.ring>;
     // Each vCPU's dirty rate (QEMU's MB/s: pages / 256 per s) in each second of the run.
     const rates: number[][] = [];
     let last: { ns: number; dirty: number[] } | undefined;
-    const outcome = await runLiveMigration({
-      host: d.host,
-      port: d.port,
-      memory,
-      engine,
-      throttle: engine,
-      bitmap,
-      parameters: {
-        'max-bandwidth': 16e6,
-        'downtime-limit': 100,
-        'vcpu-dirty-limit': QUOTA,
-        'x-vcpu-dirty-limit-period': 500,
-      },
-      capabilities: { 'dirty-limit': true },
-      dirtyRing: { entries: RING, reap: () => void ring.reap() },
-      timeLimitNs: 60e9,
-      onProgress: (p) => {
-        const dirty = [0, 1].map((v) => engine.vcpuDirtyPages(v));
-        if (last !== undefined) {
-          const s = (p.timeNs - last.ns) / 1e9;
-          const before = last.dirty;
-          rates.push(dirty.map((x, v) => (x - (before[v] ?? 0)) / 256 / s));
-        }
-        last = { ns: p.timeNs, dirty };
-      },
-    });
-    const result = await d.result;
+    const { outcome, destinationResult, memory, received, engine, ...run } = await migrate(
+      (_d, { engine: e, ring: r }) => ({
+        parameters: {
+          'max-bandwidth': 16e6,
+          'downtime-limit': 100,
+          'vcpu-dirty-limit': QUOTA,
+          'x-vcpu-dirty-limit-period': 500,
+        },
+        capabilities: { 'dirty-limit': true },
+        dirtyRing: { entries: RING, reap: () => void r?.reap() },
+        onProgress: (p) => {
+          const dirty = [0, 1].map((v) => e.vcpuDirtyPages(v));
+          if (last !== undefined) {
+            const s = (p.timeNs - last.ns) / 1e9;
+            const before = last.dirty;
+            rates.push(dirty.map((x, v) => (x - (before[v] ?? 0)) / 256 / s));
+          }
+          last = { ns: p.timeNs, dirty };
+        },
+      }),
+      12_000,
+      {},
+      RING,
+    );
+    const ring = run.ring as NonNullable<typeof run.ring>;
+    const result = await destinationResult;
     expect(outcome.info['error-desc'] ?? 'none').toBe('none');
     expect(outcome.info.status).toBe('completed');
     expect(outcome.info.verified).toBe(true);
