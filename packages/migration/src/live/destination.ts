@@ -378,33 +378,26 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       }
       return true;
     };
-    const onPage = (offset: number, data: Uint8Array): void => {
+    /** Writes a page's bytes (once placed in postcopy: never over a page already in place). */
+    const put = (offset: number, data: Uint8Array): boolean => {
       if (offset + PAGE_SIZE > ramBytes)
         throw new DirtytrackError('internal', `page at ${offset} outside RAM`, { component: 'destination' });
-      if (m.running) {
-        if (!landed(offset)) return;
-        mem.set(data, offset);
-        m.faults?.place(offset / PAGE_SIZE);
-        m.placed++;
-      } else {
+      if (!m.running) {
         mem.set(data, offset);
         landed(offset);
+        return true;
       }
-      m.normal++;
+      if (!landed(offset)) return false;
+      mem.set(data, offset);
+      m.faults?.place(offset / PAGE_SIZE);
+      m.placed++;
+      return true;
+    };
+    const onPage = (offset: number, data: Uint8Array): void => {
+      if (put(offset, data)) m.normal++;
     };
     const onZero = (offset: number): void => {
-      if (offset + PAGE_SIZE > ramBytes)
-        throw new DirtytrackError('internal', `page at ${offset} outside RAM`, { component: 'destination' });
-      if (m.running) {
-        if (!landed(offset)) return;
-        mem.set(ZERO_PAGE, offset);
-        m.faults?.place(offset / PAGE_SIZE);
-        m.placed++;
-      } else {
-        mem.set(ZERO_PAGE, offset);
-        landed(offset);
-      }
-      m.duplicate++;
+      if (put(offset, ZERO_PAGE)) m.duplicate++;
     };
     const mainOptions = {
       ramBytes,

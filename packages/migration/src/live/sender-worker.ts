@@ -27,6 +27,7 @@ import {
   type SenderRequest,
 } from './link-layout.js';
 import {
+  BLOCK_ID_BYTES,
   CHANNEL_KIND,
   createReturnDecoder,
   encodeCommand,
@@ -42,6 +43,7 @@ import {
   RAM_FLAG,
   VM_ITEM,
   WIRE_VERSION,
+  writeBlockId,
   writeMultifdHeader,
   writeRamHeader,
 } from './wire.js';
@@ -483,9 +485,8 @@ async function open(): Promise<void> {
       // Postcopy recovery (`migrate resume=true`): ask for the destination's received bitmap,
       // hand it to the migration thread, then POSTCOPY_RESUME until RESUME_ACK.
       const out = new Out(main);
-      const name = new Uint8Array(7);
-      name[0] = 6;
-      name.set(new TextEncoder().encode('pc.ram'), 1);
+      const name = new Uint8Array(BLOCK_ID_BYTES);
+      writeBlockId(name, 0);
       const bitmap = new Promise<Uint8Array>((resolve) => (recvBitmap = resolve));
       const acked = new Promise<void>((resolve) => (resumeAck = resolve));
       out.push(encodeCommand(MIG_CMD.RECV_BITMAP, name));
