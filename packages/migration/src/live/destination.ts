@@ -1,6 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createRealClock, DirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
 import { isLoopback, serverHandshake } from './handshake.js';
+import { withReadBuffer, type BufferedSocket } from './read-buffer.js';
 import { createPostcopyFaults, type PostcopyFaults } from './postcopy-faults.js';
 import {
   CHANNEL_KIND,
@@ -190,6 +191,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
 
   // Half-open allowed: a source may end its side after EOF and still read SHUT and VERIFY_RESULT.
   const server: Server = createServer({ noDelay: true, allowHalfOpen: true });
+  /** Connections moved onto a reused read buffer, until attached. */
+  const readers = new WeakMap<Socket, BufferedSocket>();
   server.on('connection', (socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
@@ -215,10 +218,21 @@ export async function createDestination(options: DestinationOptions = {}): Promi
           socket.destroy();
           return;
         }
+        // From here the connection reads into one reused buffer (read-buffer.ts), when it can.
+        const buffered = withReadBuffer(socket);
+        if (buffered !== undefined) {
+          const s = buffered.socket;
+          sockets.delete(socket);
+          sockets.add(s);
+          s.on('close', () => sockets.delete(s));
+          s.on('error', () => {}); // reported through the migration
+          readers.set(s, buffered);
+        }
+        const s = buffered?.socket ?? socket;
         try {
-          if (hello.kind === CHANNEL_KIND.MAIN) attachMain(m, socket);
-          else if (hello.kind === CHANNEL_KIND.PREEMPT) attachPreempt(m, socket);
-          else attachChannel(m, socket, hello.channel);
+          if (hello.kind === CHANNEL_KIND.MAIN) attachMain(m, s);
+          else if (hello.kind === CHANNEL_KIND.PREEMPT) attachPreempt(m, s);
+          else attachChannel(m, s, hello.channel);
         } catch (error) {
           finish(m, error);
         }
@@ -721,17 +735,24 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   function attach(m: Migration, conn: Conn, name: string): void {
     const socket = conn.socket as Socket;
     const decoder = conn.decoder;
-    socket.on('data', (chunk: Buffer) => {
-      if (m.done || conn.dead) return;
+    /** One read's bytes to the decoder; false once the decoder paused (the socket pauses too). */
+    const feed = (chunk: Uint8Array, transient: boolean): boolean => {
+      if (m.done || conn.dead) return true; // read on and drop, as before the end
       m.bytes += chunk.length;
       m.timer.refresh();
       guard(m, () => {
-        decoder.push(chunk);
-        if (decoder.paused) socket.pause();
+        decoder.push(chunk, transient);
         progress(m, false);
         if (m.eof) tryComplete(m);
       });
-    });
+      return !decoder.paused;
+    };
+    const buffered = readers.get(socket);
+    if (buffered !== undefined) buffered.start((chunk) => feed(chunk, true));
+    else
+      socket.on('data', (chunk: Buffer) => {
+        if (!feed(chunk, false)) socket.pause();
+      });
     socket.on('end', () => {
       conn.ended = true;
       if (m.done || conn.dead) return;

@@ -2,6 +2,7 @@ import { createRealClock, createRng, type Clock } from '@dirtytrack/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startDestinationThread, type DestinationThread } from './__fixtures__/destination-thread.js';
 import { openLiveLink, type LiveLink } from './live-link.js';
+import type { SendFrom } from './link-layout.js';
 import { encodeMemSize, encodeSection, VM_ITEM } from './wire.js';
 
 // The live link driven by hand, as runPrecopy drives it: sink operations, then `transmit`, into a
@@ -28,7 +29,12 @@ function randomMemory(seed: number): SharedArrayBuffer {
   return memory;
 }
 
-async function open(memory: SharedArrayBuffer, clock: Clock, bandwidth?: number): Promise<LiveLink> {
+async function open(
+  memory: SharedArrayBuffer,
+  clock: Clock,
+  bandwidth?: number,
+  sendFrom?: SendFrom,
+): Promise<LiveLink> {
   destination = await startDestinationThread(new SharedArrayBuffer(memory.byteLength));
   link = await openLiveLink({
     host: destination.host,
@@ -37,6 +43,7 @@ async function open(memory: SharedArrayBuffer, clock: Clock, bandwidth?: number)
     channels: 0,
     clock,
     ...(bandwidth === undefined ? {} : { bandwidth }),
+    ...(sendFrom === undefined ? {} : { sendFrom }),
   });
   link.sink.begin({ multifd: false, channels: 0, zeroPages: 'record' });
   return link;
@@ -60,26 +67,31 @@ describe('live link', { timeout: 60_000 }, () => {
     expect(l.link.bandwidth).toBeGreaterThanOrEqual((PAGES * RECORD * 1e9) / (t1 - t0));
   });
 
-  it('puts exact bytes on the main connection and the destination verifies every page', async () => {
-    const memory = randomMemory(10);
-    const l = await open(memory, createRealClock());
-    const setup = encodeSection(VM_ITEM.SECTION_START).length + encodeMemSize(memory.byteLength).length + EOS;
-    expect(l.stats()['main-bytes']).toBe(setup);
-    // Two batches of half the RAM each, the second ending with the stop-and-copy's mark.
-    for (let w = 0; w < PAGES / 64; w++) l.sink.pages(w, -1, -1);
-    l.link.transmit(0, 0);
-    const part = encodeSection(VM_ITEM.SECTION_PART).length;
-    expect(l.stats()['main-bytes']).toBe(setup + part + (PAGES / 2) * RECORD + EOS);
-    for (let w = PAGES / 64; w < PAGES / 32; w++) l.sink.pages(w, -1, -1);
-    l.sink.complete();
-    l.link.transmit(0, 0);
-    expect(l.stats()).toEqual({
-      'main-bytes': setup + 2 * (part + (PAGES / 2) * RECORD + EOS),
-      'multifd-bytes': 0,
-      'multifd-packets': 0,
-      'zero-copy-bytes': PAGES * 4096,
-      'preempt-bytes': 0,
-    });
-    expect(await l.verify()).toEqual({ pages: PAGES, mismatched: 0, firstMismatch: -1 });
-  });
+  it.each(['staging', 'guest-memory'] as const)(
+    'puts exact bytes on the main connection and the destination verifies every page (sending from %s)',
+    async (sendFrom) => {
+      const memory = randomMemory(10);
+      const l = await open(memory, createRealClock(), undefined, sendFrom);
+      const setup =
+        encodeSection(VM_ITEM.SECTION_START).length + encodeMemSize(memory.byteLength).length + EOS;
+      expect(l.stats()['main-bytes']).toBe(setup);
+      // Two batches of half the RAM each, the second ending with the stop-and-copy's mark.
+      for (let w = 0; w < PAGES / 64; w++) l.sink.pages(w, -1, -1);
+      l.link.transmit(0, 0);
+      const part = encodeSection(VM_ITEM.SECTION_PART).length;
+      expect(l.stats()['main-bytes']).toBe(setup + part + (PAGES / 2) * RECORD + EOS);
+      for (let w = PAGES / 64; w < PAGES / 32; w++) l.sink.pages(w, -1, -1);
+      l.sink.complete();
+      l.link.transmit(0, 0);
+      expect(l.stats()).toEqual({
+        'main-bytes': setup + 2 * (part + (PAGES / 2) * RECORD + EOS),
+        'multifd-bytes': 0,
+        'multifd-packets': 0,
+        'zero-copy-bytes': sendFrom === 'guest-memory' ? PAGES * 4096 : 0,
+        'staged-bytes': sendFrom === 'staging' ? PAGES * 4096 : 0,
+        'preempt-bytes': 0,
+      });
+      expect(await l.verify()).toEqual({ pages: PAGES, mismatched: 0, firstMismatch: -1 });
+    },
+  );
 });

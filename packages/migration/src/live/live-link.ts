@@ -13,6 +13,7 @@ import {
   REQUEST_SLOTS,
   REQUESTS_BYTES,
   type SenderData,
+  type SendFrom,
   type SenderReply,
   type SenderRequest,
 } from './link-layout.js';
@@ -47,6 +48,8 @@ export interface LiveLinkOptions {
    * `transmit` waits for the kernel to take a batch.
    */
   whileWaiting?: () => void;
+  /** Where page data is written from: a copy in reused staging buffers, or guest memory itself. Default `staging`. */
+  sendFrom?: SendFrom;
 }
 
 /** How often `whileWaiting` runs while a batch drains. */
@@ -69,8 +72,10 @@ export interface LiveLinkStats {
   'multifd-bytes': number;
   /** Multifd packets, SYNC packets included. */
   'multifd-packets': number;
-  /** Page bytes that went from guest memory into the sockets without an intermediate copy. */
+  /** Page bytes that went from guest memory into the sockets without an intermediate copy (`sendFrom: 'guest-memory'`). */
   'zero-copy-bytes': number;
+  /** Page bytes copied into the sender's staging buffers before the sockets took them (`sendFrom: 'staging'`). */
+  'staged-bytes': number;
   /** Bytes written on the postcopy-preempt connection(s), after their handshakes. */
   'preempt-bytes': number;
 }
@@ -123,6 +128,8 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     throw bad('memory', 'must be a non-empty SharedArrayBuffer of whole 4096-byte pages');
   if (!(Number.isInteger(channels) && channels >= 0 && channels <= 255))
     throw bad('channels', 'must be 0..255');
+  if (options.sendFrom !== undefined && options.sendFrom !== 'staging' && options.sendFrom !== 'guest-memory')
+    throw bad('sendFrom', "must be 'staging' or 'guest-memory'");
   if (!(Number.isInteger(options.port) && options.port > 0 && options.port < 65536))
     throw bad('port', 'must be 1..65535');
   const timeoutMs = options.timeoutMs ?? 30_000;
@@ -147,6 +154,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     timeoutMs,
     requests,
     bitmap,
+    sendFrom: options.sendFrom ?? 'staging',
   };
   let replies: SenderReply[] = [];
   let waiter: ((r: SenderReply) => void) | undefined;
@@ -437,6 +445,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
         'multifd-bytes': counters[COUNTER.MULTIFD_BYTES] as number,
         'multifd-packets': counters[COUNTER.PACKETS] as number,
         'zero-copy-bytes': counters[COUNTER.ZERO_COPY_BYTES] as number,
+        'staged-bytes': counters[COUNTER.STAGED_BYTES] as number,
         'preempt-bytes': counters[COUNTER.PREEMPT_BYTES] as number,
       };
     },

@@ -41,11 +41,13 @@ import {
   MULTIFD_FLAG_SYNC,
   pageHashes,
   RAM_FLAG,
+  RAM_HEADER_BYTES,
   VM_ITEM,
   WIRE_VERSION,
   writeBlockId,
   writeMultifdHeader,
   writeRamHeader,
+  ZERO_RECORD_BYTES,
 } from './wire.js';
 
 const PAGE = 4096;
@@ -158,24 +160,109 @@ function connect(kind: number, channel: number): Promise<net.Socket> {
   });
 }
 
-/** The chunks one batch writes, per socket, then one write each with `cork`/`uncork`. */
+/** Bytes of one staging buffer (a slice of 512 pages fills about two). */
+const STAGING_BYTES = 2 ** 20;
+/** Staging buffers no flush holds, for reuse: the kernel keeps reading the same few hot buffers. */
+const spare: Uint8Array[] = [];
+/** Guest memory as a `Buffer`, for `copy` with source offsets (no view object per page). */
+const memoryBuffer = Buffer.from(data.memory);
+
+/**
+ * The chunks one batch writes on one socket, then one write each with `cork`/`uncork`. With
+ * staging, every push is copied into the current staging buffer (records and pages interleaved,
+ * as on the wire) and the socket gets a few large chunks; with `guest-memory`, pages go as views of
+ * guest memory and headers as their own small chunks.
+ */
 class Out {
   readonly chunks: Uint8Array[] = [];
   bytes = 0;
   /** A RAM section is open on this connection (closed by an EOS record). */
   section = false;
-  constructor(readonly socket: net.Socket) {}
+  private stage: Uint8Array | undefined;
+  private from = 0; // where the current staging buffer's unflushed bytes begin
+  private at = 0; // its fill level
+  /** Staging buffers referenced by `chunks`, back to `spare` once the kernel took them. */
+  private held: Uint8Array[] = [];
+  constructor(
+    readonly socket: net.Socket,
+    readonly staging = false,
+  ) {}
   push(chunk: Uint8Array): void {
-    this.chunks.push(chunk);
     this.bytes += chunk.byteLength;
+    if (!this.staging) {
+      this.chunks.push(chunk);
+      return;
+    }
+    for (let done = 0; done < chunk.byteLength;) {
+      const room = this.room();
+      const n = Math.min(room, chunk.byteLength - done);
+      (this.stage as Uint8Array).set(
+        n === chunk.byteLength ? chunk : chunk.subarray(done, done + n),
+        this.at,
+      );
+      this.at += n;
+      done += n;
+    }
+  }
+  /** Pages `first .. first + n - 1` of guest memory, as bytes on this connection. */
+  pages(first: number, n: number): void {
+    if (!this.staging) {
+      this.push(memory.subarray(first * PAGE, (first + n) * PAGE));
+      counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + n * PAGE;
+      return;
+    }
+    this.bytes += n * PAGE;
+    for (let at = first * PAGE, end = (first + n) * PAGE; at < end;) {
+      const k = Math.min(this.room(), end - at);
+      memoryBuffer.copy(this.stage as Uint8Array, this.at, at, at + k);
+      this.at += k;
+      at += k;
+    }
+    counters[COUNTER.STAGED_BYTES] = (counters[COUNTER.STAGED_BYTES] as number) + n * PAGE;
+  }
+  /** A RAM record's header (and a zero page's fill byte), written straight into the staging buffer. */
+  ramHeader(offset: number, flags: number, fill: boolean): void {
+    const n = fill ? ZERO_RECORD_BYTES : RAM_HEADER_BYTES;
+    this.room(n);
+    const stage = this.stage as Uint8Array;
+    this.at = writeRamHeader(stage, this.at, offset, flags);
+    if (fill) stage[this.at++] = 0;
+    this.bytes += n;
+  }
+  /** Free bytes in the current staging buffer, taking a fresh one when fewer than `atLeast` are left. */
+  private room(atLeast = 1): number {
+    if (this.stage === undefined || this.stage.byteLength - this.at < atLeast) {
+      this.seal();
+      this.stage = spare.pop() ?? new Uint8Array(STAGING_BYTES);
+      this.held.push(this.stage);
+      this.from = this.at = 0;
+    }
+    return this.stage.byteLength - this.at;
+  }
+  /** The staged bytes not yet in `chunks` become a chunk. */
+  private seal(): void {
+    if (this.stage !== undefined && this.at > this.from)
+      this.chunks.push(this.stage.subarray(this.from, this.at));
+    this.from = this.at;
   }
   /** Writes everything; resolves once the kernel has taken the last byte. */
   flush(): Promise<void> | undefined {
+    this.seal();
+    // The next push starts a fresh buffer: this one is the kernel's until the write completes.
+    this.stage = undefined;
     if (this.chunks.length === 0) return undefined;
     const s = this.socket;
+    const held = this.held;
+    this.held = [];
     s.cork();
     for (const c of this.chunks) s.write(c);
-    const done = new Promise<void>((resolve) => s.write(new Uint8Array(0), () => resolve()));
+    const done = new Promise<void>((resolve) =>
+      s.write(new Uint8Array(0), () => {
+        // On an error the socket is destroyed and the buffers are simply dropped.
+        if (!s.destroyed) spare.push(...held);
+        resolve();
+      }),
+    );
     s.uncork();
     this.chunks.length = 0;
     this.bytes = 0;
@@ -201,8 +288,7 @@ function emitPacket(outs: Out[], flags: number, on: number): void {
     const first = normal[i] as number;
     let n = 1;
     while (i + n < normalCount && normal[i + n] === first + n) n++;
-    out.push(memory.subarray(first * PAGE, (first + n) * PAGE));
-    counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + n * PAGE;
+    out.pages(first, n);
     i += n;
   }
   counters[COUNTER.PACKETS] = (counters[COUNTER.PACKETS] as number) + 1;
@@ -217,9 +303,10 @@ function sendPacket(outs: Out[]): void {
 
 /** Encodes one batch of sink operations and writes it; resolves when every socket drained it. */
 async function sendBatch(ops: Int32Array, count: number): Promise<void> {
-  const mainOut = new Out(main as net.Socket);
-  const outs = channels.map((c) => new Out(c));
-  let preemptOut = preempt === undefined ? undefined : new Out(preempt);
+  const staging = data.sendFrom === 'staging';
+  const mainOut = new Out(main as net.Socket, staging);
+  const outs = channels.map((c) => new Out(c, staging));
+  let preemptOut = preempt === undefined ? undefined : new Out(preempt, staging);
   const all = [mainOut, ...outs, ...(preemptOut === undefined ? [] : [preemptOut])];
   const base = counters[COUNTER.DRAINED] as number;
   let written = 0;
@@ -251,8 +338,8 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
   };
   // Headers for this batch's records live in one buffer: at most 9 bytes per page plus a few.
   let maxRecords = 4;
-  for (let k = 0; k < count; k++) maxRecords += popcount32(ops[k * OP_WORDS + 2] as number) + 2;
-  const headers = new Uint8Array(maxRecords * 9 + 16);
+  if (!staging) for (let k = 0; k < count; k++) maxRecords += popcount32(ops[k * OP_WORDS + 2] as number) + 2;
+  const headers = new Uint8Array(staging ? 0 : maxRecords * 9 + 16);
   let h = 0;
   const openSection = (out: Out): void => {
     if (out.section) return;
@@ -260,6 +347,7 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
     out.section = true;
   };
   const record = (out: Out, offset: number, flags: number, fill: boolean): void => {
+    if (out.staging) return out.ramHeader(offset, flags, fill);
     const start = h;
     h = writeRamHeader(headers, h, offset, flags);
     if (fill) headers[h++] = 0;
@@ -275,8 +363,7 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
     openSection(out);
     if (isData) {
       record(out, page * PAGE, RAM_FLAG.PAGE | RAM_FLAG.CONTINUE, false);
-      out.push(memory.subarray(page * PAGE, (page + 1) * PAGE));
-      counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + PAGE;
+      out.pages(page, 1);
     } else {
       record(out, page * PAGE, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE, true);
     }
@@ -318,7 +405,7 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
       postcopyMode = true;
       if ((data.flags & HELLO_FLAG.PREEMPT) !== 0 && preempt === undefined) {
         preempt = await connect(CHANNEL_KIND.PREEMPT, 0);
-        preemptOut = new Out(preempt);
+        preemptOut = new Out(preempt, staging);
         all.push(preemptOut);
       }
       continue;

@@ -699,7 +699,11 @@ export interface MainDecoderOptions {
  * not copied and may be held while the decoder is paused, so do not modify them after `push`.
  */
 export interface StreamDecoder {
-  push(chunk: Uint8Array): void;
+  /**
+   * `transient`: the chunk's bytes are overwritten once `push` returns (a socket's reused read
+   * buffer), so whatever the decoder keeps of it — a paused decoder's queue — is copied first.
+   */
+  push(chunk: Uint8Array, transient?: boolean): void;
   /** The input ended: throws a protocol error if it ended inside an item. */
   end(): void;
   /** Stream bytes consumed so far. */
@@ -1029,7 +1033,7 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
   const pump = new ChunkPump(r, run);
 
   return {
-    push: (chunk) => pump.push(chunk),
+    push: (chunk, transient) => pump.push(chunk, transient === true),
     resume: () => pump.resume(),
     end() {
       pump.end(state !== M_ITEM && state !== M_DONE, () => {
@@ -1178,7 +1182,7 @@ export function createMultifdDecoder(options: MultifdDecoderOptions): MultifdDec
   const pump = new ChunkPump(r, run);
 
   return {
-    push: (chunk) => pump.push(chunk),
+    push: (chunk, transient) => pump.push(chunk, transient === true),
     resume: () => pump.resume(),
     end() {
       pump.end(inPacket, () =>
@@ -1446,11 +1450,17 @@ class ChunkPump {
     return this.queue.length === 0;
   }
 
-  push(chunk: Uint8Array): void {
+  push(chunk: Uint8Array, transient: boolean): void {
     if (this.failure !== null) throw this.failure;
     if (chunk.length === 0) return;
     this.queue.push(chunk);
     if (!this.running && !this.paused) this.drain();
+    if (!transient) return;
+    // What is still queued of a transient chunk (all of it, or the rest after a pause) is copied.
+    for (let i = 0; i < this.queue.length; i++) {
+      const q = this.queue[i] as Uint8Array;
+      if (q.buffer === chunk.buffer) this.queue[i] = q.slice();
+    }
   }
 
   resume(): void {
