@@ -36,6 +36,7 @@ describe('dirtytrack bench migrate', () => {
     expect(r['loopback-mbps']).toBeGreaterThan(0);
     expect(r.cases.map((c) => [c.name, c.channels, c.dirtying, c['auto-converge']])).toEqual([
       ['precopy', 0, false, false],
+      ['precopy-guest-memory', 0, false, false],
       ['multifd-2', 2, false, false],
       ['multifd-4', 4, false, false],
       ['dirtying', 0, true, true],
@@ -52,22 +53,39 @@ describe('dirtytrack bench migrate', () => {
       expect(c.mbps).toBe(c.runs[0]?.mbps);
       expect(c['destination-peak-rss-mib']).toBeGreaterThan(16);
     }
-    for (const c of r.cases.slice(0, 3)) {
+    expect(r.cases.map((c) => c['send-from'])).toEqual([
+      'staging',
+      'guest-memory',
+      'staging',
+      'staging',
+      'staging',
+    ]);
+    for (const c of r.cases.slice(0, 4)) {
       // Idle: completed, verified, no write by the vCPUs, so nothing was sent twice but the last sync's pages.
       expect([c.status, c.verified, c['guest-writes-per-s']]).toEqual(['completed', true, 0]);
     }
-    expect(r.cases[3]?.['guest-writes-per-s']).toBeGreaterThan(0);
-    const [precopy, mfd2, mfd4] = r.cases;
-    expect([r['precopy-mbps'], r['multifd-2-mbps'], r['multifd-4-mbps']]).toEqual([
-      precopy?.mbps,
-      mfd2?.mbps,
-      mfd4?.mbps,
-    ]);
+    expect(r.cases[4]?.['guest-writes-per-s']).toBeGreaterThan(0);
+    const [precopy, fromMemory, mfd2, mfd4] = r.cases;
+    expect([
+      r['precopy-mbps'],
+      r['precopy-guest-memory-mbps'],
+      r['multifd-2-mbps'],
+      r['multifd-4-mbps'],
+    ]).toEqual([precopy?.mbps, fromMemory?.mbps, mfd2?.mbps, mfd4?.mbps]);
     expect(r['precopy-vs-loopback']).toBe(fourDigits(r['precopy-mbps'] / r['loopback-mbps']));
+    expect(r['precopy-guest-memory-vs-loopback']).toBe(
+      fourDigits(r['precopy-guest-memory-mbps'] / r['loopback-mbps']),
+    );
     expect(r['multifd-2-vs-loopback']).toBe(fourDigits(r['multifd-2-mbps'] / r['loopback-mbps']));
     expect(r['multifd-4-vs-loopback']).toBe(fourDigits(r['multifd-4-mbps'] / r['loopback-mbps']));
     // One model prediction per live run, over the measured link and write rate, with its error.
-    expect(r.model.map((m) => m.case)).toEqual(['precopy', 'multifd-2', 'multifd-4', 'dirtying']);
+    expect(r.model.map((m) => m.case)).toEqual([
+      'precopy',
+      'precopy-guest-memory',
+      'multifd-2',
+      'multifd-4',
+      'dirtying',
+    ]);
     for (const [i, m] of r.model.entries()) {
       const c = r.cases[i] as MigrateBenchResult['cases'][number];
       expect(m.scenario.memory).toBe(memory);
@@ -90,7 +108,7 @@ describe('dirtytrack bench migrate', () => {
     expect(table[0]).toBe(
       `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node})`,
     );
-    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(6);
+    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(7);
   });
 
   it('errorPct is (model − live) / live in %, one decimal', () => {

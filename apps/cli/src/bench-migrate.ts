@@ -6,7 +6,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import type { LiveGuestStats } from '@dirtytrack/guest';
-import { runLiveMigration, type LiveMigrationOutcome } from '@dirtytrack/migration';
+import { runLiveMigration, type LiveMigrationOutcome, type SendFrom } from '@dirtytrack/migration';
 import { fourDigits, medianOf } from './bench-timing.js';
 import { startLiveSource } from './live.js';
 import { simulate } from './pipeline.js';
@@ -49,7 +49,7 @@ export const BENCH_DOWNTIME_LIMIT = 300;
 /** The loopback transfer's write size: large writes from one pre-filled buffer. */
 const CHUNK = 4 * 2 ** 20;
 
-export type LiveCaseName = 'precopy' | 'multifd-2' | 'multifd-4' | 'dirtying';
+export type LiveCaseName = 'precopy' | 'precopy-guest-memory' | 'multifd-2' | 'multifd-4' | 'dirtying';
 
 /** One live migration, as the bench reports it (query-migrate names). */
 export interface LiveRun {
@@ -79,6 +79,8 @@ export interface LiveCase extends LiveRun {
   vcpus: number;
   /** Multifd channels (0: the main stream only). */
   channels: number;
+  /** Where the sender wrote page bytes from (`precopy-guest-memory`: guest memory; others: staging). */
+  'send-from': SendFrom;
   'auto-converge': boolean;
   /** The guest's vCPUs write (full speed); false: idle (speed 0, no writes). */
   dirtying: boolean;
@@ -129,6 +131,9 @@ export interface MigrateBenchResult {
   'precopy-mbps': number;
   /** `precopy-mbps / loopback-mbps`, four significant digits (issue 9's goal: ≥ 0.8). */
   'precopy-vs-loopback': number;
+  /** The same precopy with every page written from guest memory itself (`sendFrom: 'guest-memory'`). */
+  'precopy-guest-memory-mbps': number;
+  'precopy-guest-memory-vs-loopback': number;
   'multifd-2-mbps': number;
   'multifd-2-vs-loopback': number;
   'multifd-4-mbps': number;
@@ -143,8 +148,9 @@ export interface MigrateBenchResult {
 
 export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBenchResult> {
   const step = o.onStep ?? (() => {});
-  const specs: { name: LiveCaseName; channels: number; dirtying: boolean }[] = [
+  const specs: { name: LiveCaseName; channels: number; dirtying: boolean; sendFrom?: SendFrom }[] = [
     { name: 'precopy', channels: 0, dirtying: false },
+    { name: 'precopy-guest-memory', channels: 0, dirtying: false, sendFrom: 'guest-memory' },
     { name: 'multifd-2', channels: 2, dirtying: false },
     { name: 'multifd-4', channels: 4, dirtying: false },
     { name: 'dirtying', channels: 0, dirtying: true },
@@ -198,6 +204,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
       memory,
       vcpus: o.vcpus,
       channels: s.channels,
+      'send-from': s.sendFrom ?? 'staging',
       'auto-converge': s.dirtying,
       dirtying: s.dirtying,
       'downtime-limit': BENCH_DOWNTIME_LIMIT,
@@ -223,6 +230,8 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     'loopback-runs': loopback,
     'precopy-mbps': mbps('precopy'),
     'precopy-vs-loopback': ratio('precopy'),
+    'precopy-guest-memory-mbps': mbps('precopy-guest-memory'),
+    'precopy-guest-memory-vs-loopback': ratio('precopy-guest-memory'),
     'multifd-2-mbps': mbps('multifd-2'),
     'multifd-2-vs-loopback': ratio('multifd-2'),
     'multifd-4-mbps': mbps('multifd-4'),
@@ -281,6 +290,7 @@ async function liveRun(o: {
   vcpus: number;
   channels: number;
   dirtying: boolean;
+  sendFrom?: SendFrom;
   timeLimit: number;
   seed: number;
 }): Promise<LiveRun> {
@@ -334,6 +344,7 @@ async function liveRun(o: {
       },
       capabilities: { multifd: o.channels > 0, 'auto-converge': o.dirtying },
       timeLimitNs: o.timeLimit * 1e9,
+      ...(o.sendFrom === undefined ? {} : { sendFrom: o.sendFrom }),
     });
     wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
     after = source.guest.stats();

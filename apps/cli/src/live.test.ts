@@ -44,6 +44,28 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     const result = parse(r.stdout);
     expectMigrated16M(result);
     expect(result.dirtytrack.link['multifd-bytes']).toBe(0);
+    // Every data page went through the staging buffers (the default), none as a view of guest memory.
+    expect(result.dirtytrack.link['staged-bytes']).toBe(result.ram['normal-bytes']);
+    expect(result.dirtytrack.link['zero-copy-bytes']).toBe(0);
+  }, 40_000);
+
+  it('--send-from guest-memory: every data page goes to the sockets as a view of guest memory (multifd too)', async () => {
+    const r = await run(
+      'migrate',
+      '--memory',
+      '16M',
+      '--multifd-channels',
+      '2',
+      '--send-from',
+      'guest-memory',
+      '--json',
+    );
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const result = parse(r.stdout);
+    expectMigrated16M(result);
+    expect(result.dirtytrack.link['zero-copy-bytes']).toBe(result.ram['normal-bytes']);
+    expect(result.dirtytrack.link['staged-bytes']).toBe(0);
   }, 40_000);
 
   it('migrates 16M over 2 multifd channels', async () => {
@@ -112,6 +134,7 @@ describe('bad input: exit 2, one line naming the flag', () => {
     [['migrate', '--multifd-channels', '0'], '--multifd-channels'],
     [['migrate', '--link-timeout', '5'], '--link-timeout'],
     [['migrate', '--after-failure', 'x'], '--after-failure'],
+    [['migrate', '--send-from', 'disk'], '--send-from'],
     // Dirty-limit: QEMU's bounds, its need for the dirty ring, its conflict with auto-converge.
     [['migrate', '--dirty-limit', '8'], '--dirty-limit'],
     [['migrate', '--dirty-limit', '0', '--dirty-ring-size'], '--dirty-limit'],

@@ -7,6 +7,7 @@ import {
   runLiveMigration,
   type DestinationResult,
   type LiveMigrationOutcome,
+  type SendFrom,
 } from '@dirtytrack/migration';
 import { createQemuLayers } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter, type RingReporter } from '@dirtytrack/reporters';
@@ -219,6 +220,7 @@ interface MigrateRaw {
   dirtyRingSize?: string;
   timeLimit: string;
   linkTimeout: string;
+  sendFrom: SendFrom;
   afterFailure: string;
   token?: string;
   json?: boolean;
@@ -384,6 +386,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       ...(dirtyLimit === undefined ? {} : { onProgress: (p: { timeNs: number }) => sample(p.timeNs) }),
       timeLimitNs: timeLimit * 1e9,
       linkTimeoutMs,
+      sendFrom: raw.sendFrom,
       onStatus: (e) => log(`status ${e.status} at ${e.time} ms`),
     }).catch((error: unknown) => {
       // Failures before the first page (connect, handshake) come back as errors, not outcomes.
@@ -645,6 +648,14 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         '--dirty-ring-size [entries]',
         'track dirty pages with a KVM dirty ring of this many entries per vCPU (QEMU -accel kvm,dirty-ring-size; a power of two in [256, 65536]) instead of the dirty log bitmap',
       ).preset('4096'),
+    )
+    .addOption(
+      new Option(
+        '--send-from <where>',
+        'where the sender writes page bytes from: a copy in a few reused staging buffers, or guest memory itself (writev of page views, as QEMU does)',
+      )
+        .choices(['staging', 'guest-memory'])
+        .default('staging'),
     )
     .option('--time-limit <s>', 'give up after this long', '120')
     .option(

@@ -398,7 +398,9 @@ function report(error: unknown, io: Io): number {
     const hint = /unknownOption|unknownCommand|excessArguments/.test(error.code)
       ? ' (see dirtytrack --help)'
       : '';
-    io.stderr(`dirtytrack: ${message}${hint}\n`);
+    // "option '--x <v>' argument 'y' is invalid. …" names its flag first, like every other bad value.
+    const option = /^option '(--[\w-]+)[^']*' (argument .*)$/.exec(message);
+    io.stderr(`dirtytrack: ${option === null ? message : `${option[1]}: ${option[2]}`}${hint}\n`);
     return 2;
   }
   if (error instanceof UsageError) {

@@ -152,7 +152,7 @@ describe('dirtytrack selftest dirty-log', () => {
       ['--reporter', 'ring', '--manual-protect'],
       /^dirtytrack: --manual-protect: applies to --reporter bitmap only/,
     ],
-    [['--engine', 'kvm'], /^dirtytrack: option '--engine <engine>' argument 'kvm' is invalid/],
+    [['--engine', 'kvm'], /^dirtytrack: --engine: argument 'kvm' is invalid/],
     [
       ['--tracker', 'uffd-wp-sync', '--skip-tlb-flush'],
       /^dirtytrack: --skip-tlb-flush: is an MMU debug option/,

@@ -47,6 +47,7 @@ export {
   type LiveLinkStats,
   type VerifyResult as LiveVerifyResult,
 } from './live/live-link.js';
+export type { SendFrom } from './live/link-layout.js';
 export {
   createDestination,
   type Destination,

@@ -17,6 +17,7 @@ import {
 } from '../precopy.js';
 import type { MigrationInfo, StatusEvent } from '../migration-info.js';
 import { openLiveLink, WHILE_WAITING_MS, type LiveLinkStats, type VerifyResult } from './live-link.js';
+import type { SendFrom } from './link-layout.js';
 import { HELLO_FLAG } from './wire.js';
 
 const COMPONENT = 'live-migration';
@@ -49,6 +50,8 @@ export interface LiveMigrationOptions {
   timeLimitNs: number;
   /** A batch that makes no progress for this long fails the link. Default 30 s. */
   linkTimeoutMs?: number;
+  /** Where the sender writes page data from (link-layout.ts, {@link SendFrom}). Default `staging`. */
+  sendFrom?: SendFrom;
   /** `migrate_cancel` after this long (ns). */
   cancelAtNs?: number;
   /** `migrate-start-postcopy` after this long (ns); needs capability `postcopy-ram`. */
@@ -136,6 +139,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     clock: options.engine.clock,
     ...(options.token === undefined ? {} : { token: options.token }),
     ...(options.linkTimeoutMs === undefined ? {} : { timeoutMs: options.linkTimeoutMs }),
+    ...(options.sendFrom === undefined ? {} : { sendFrom: options.sendFrom }),
     ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
     ...(reap === undefined ? {} : { whileWaiting: reap }),
   });

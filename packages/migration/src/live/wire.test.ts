@@ -458,6 +458,51 @@ describe('main decoder bounds', () => {
     expect(d.done).toBe(true);
     d.end();
   });
+
+  it('copies what it keeps of a transient chunk: a paused decoder decodes the bytes as they were pushed', () => {
+    const bytes = concat([start, encodeFlush(), pageRecord(PAGE, pageOf(5)), encodeEos(), encodeEof()]);
+    const reference: string[] = [];
+    createMainDecoder(mainLogger(RAM, reference)).push(bytes);
+    for (const transient of [true, false]) {
+      const log: string[] = [];
+      let hold = true;
+      const d = createMainDecoder({ ...mainLogger(RAM, log), onFlush: () => (log.push('flush'), !hold) });
+      // One reused read buffer: the same bytes pushed from it, then overwritten by the next read.
+      const readBuffer = new Uint8Array(bytes.length + 16);
+      readBuffer.set(bytes);
+      d.push(readBuffer.subarray(0, bytes.length), transient);
+      expect(d.paused).toBe(true);
+      readBuffer.fill(0xee);
+      hold = false;
+      if (transient) {
+        d.resume();
+        expect(log).toEqual(reference);
+      } else {
+        // Without the copy the queued rest is the next read's bytes: here, garbage.
+        expect(() => d.resume()).toThrow(/RAM record at byte 36: unknown flags 0xeee/);
+      }
+    }
+  });
+});
+
+describe('multifd decoder, transient chunks', () => {
+  it('copies the rest of a chunk it holds at a SYNC: the pages after it keep their pushed bytes', () => {
+    const bytes = concat([syncPacket(1), multifdPacket(2, [3, 4], [], pageOf)]);
+    const reference: string[] = [];
+    createMultifdDecoder(multifdLogger(RAM, reference)).push(bytes);
+    const log: string[] = [];
+    const d = createMultifdDecoder({
+      ...multifdLogger(RAM, log),
+      onSync: (n) => (log.push(`sync ${n}`), false),
+    });
+    const readBuffer = bytes.slice();
+    d.push(readBuffer, true);
+    expect(d.paused).toBe(true);
+    readBuffer.fill(0);
+    d.resume();
+    expect(log).toEqual(reference);
+    expect(log.filter((l) => l.startsWith('page'))).toHaveLength(2);
+  });
 });
 
 describe('multifd decoder bounds', () => {

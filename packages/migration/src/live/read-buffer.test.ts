@@ -1,0 +1,88 @@
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { createRng } from '@dirtytrack/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { withReadBuffer } from './read-buffer.js';
+
+let server: Server | undefined;
+afterEach(() => {
+  server?.close();
+  server = undefined;
+});
+
+/** A loopback server whose first accepted socket is handed to `onSocket`; resolves with its port. */
+function listen(onSocket: (s: Socket) => void): Promise<number> {
+  return new Promise((resolve) => {
+    server = createServer({ allowHalfOpen: true }, onSocket);
+    server.listen(0, '127.0.0.1', () => resolve((server?.address() as { port: number }).port));
+  });
+}
+
+function pattern(bytes: number, seed: number): Uint8Array {
+  const rng = createRng(seed);
+  const out = new Uint8Array(bytes);
+  const view = new DataView(out.buffer);
+  for (let i = 0; i < bytes; i += 4) view.setUint32(i, rng.nextU32());
+  return out;
+}
+
+describe('withReadBuffer', () => {
+  it('delivers every byte in order through one reused buffer, pauses on false and resumes', async () => {
+    const sent = pattern(3 * 2 ** 20 + 4096, 7);
+    const chunks: Uint8Array[] = [];
+    const buffers = new Set<ArrayBufferLike>();
+    let pauses = 0;
+    let resolve!: (bytes: Uint8Array) => void;
+    const received = new Promise<Uint8Array>((r) => (resolve = r));
+    const port = await listen((socket) => {
+      const b = withReadBuffer(socket, 64 * 1024);
+      expect(b).toBeDefined();
+      const s = (b as NonNullable<typeof b>).socket;
+      s.on('end', () => {
+        const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+        let at = 0;
+        for (const c of chunks) {
+          all.set(c, at);
+          at += c.length;
+        }
+        s.end();
+        resolve(all);
+      });
+      (b as NonNullable<typeof b>).start((chunk) => {
+        buffers.add(chunk.buffer);
+        chunks.push(chunk.slice()); // the bytes are valid only until the handler returns
+        if (chunks.length % 5 !== 0) return true;
+        pauses++;
+        setTimeout(() => s.resume(), 1);
+        return false;
+      });
+    });
+    const client = connect({ port, host: '127.0.0.1' });
+    for (let at = 0; at < sent.length; at += 100_000) client.write(sent.subarray(at, at + 100_000));
+    client.end();
+    const got = await received;
+    expect(got.length).toBe(sent.length);
+    // The first differing byte (-1: none); toEqual walks 3 MiB element by element, far too slowly.
+    expect(Buffer.from(got).equals(Buffer.from(sent)) ? -1 : got.findIndex((b, i) => b !== sent[i])).toBe(-1);
+    expect(buffers.size).toBe(1);
+    expect(pauses).toBeGreaterThan(0);
+    // The old socket left the server's count: close completes once the new one is gone.
+    await new Promise<void>((resolve) => (server as Server).close(() => resolve()));
+    server = undefined;
+  });
+
+  it('leaves a socket that already holds bytes alone', async () => {
+    let resolve!: (left: boolean) => void;
+    const verdict = new Promise<boolean>((r) => (resolve = r));
+    const port = await listen((socket) => {
+      socket.pause();
+      socket.once('readable', () => {
+        resolve(withReadBuffer(socket) === undefined);
+        socket.destroy();
+      });
+    });
+    const client = connect({ port, host: '127.0.0.1' });
+    client.on('error', () => {});
+    client.end(Uint8Array.of(1, 2, 3));
+    expect(await verdict).toBe(true);
+  });
+});
