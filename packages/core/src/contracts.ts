@@ -312,6 +312,14 @@ export interface Transport {
   /** Total bytes carried so far. */
   readonly bytesSent: number;
   /**
+   * Live plane: `bandwidth` is only an estimate, so precopy sizes a rate-limit window's batch at
+   * this many times bandwidth × the window's time left. A batch that drains late only makes its
+   * window longer (the window's real rate is measured either way); one that drains early leaves
+   * the link idle for the rest of the window when nothing limits the rate. Absent = 1 (the
+   * model's link, whose bandwidth is exact). (Added with the live plane's throughput work.)
+   */
+  readonly batchHeadroom?: number;
+  /**
    * Model plane: when the link drops (ns). A transmission still in flight then fails with a
    * `DirtytrackError` whose errno is `EPIPE`. Absent = never. (Added with the migration issue.)
    */

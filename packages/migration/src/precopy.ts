@@ -294,6 +294,9 @@ export interface PrecopyStats {
   'postcopy-preempt-bytes'?: number;
 }
 
+/** A live window with less than this left is waited out rather than given one more small batch. */
+const MIN_WINDOW_REST_NS = 5e6;
+
 /** QEMU's rate-limit window (BUFFER_DELAY). */
 export const RATE_LIMIT_WINDOW_NS = 100 * NS_PER_MS;
 /** A page record on the wire: be64 `offset | flags`, then the page or the zero fill byte. */
@@ -1345,7 +1348,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       }
       const windowEnd = windowStart + RATE_LIMIT_WINDOW_NS;
       const budget = params['max-bandwidth'] > 0 ? params['max-bandwidth'] / 10 - windowBytes : Infinity;
-      const room = (effectiveBandwidth() * Math.max(0, windowEnd - clock.now())) / 1e9;
+      const room =
+        (effectiveBandwidth() * (link.batchHeadroom ?? 1) * Math.max(0, windowEnd - clock.now())) / 1e9;
       const cap = Math.min(budget, room);
       let exhausted = true;
       if (cap > 0) {
@@ -1356,6 +1360,15 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         exhausted = bytes >= cap;
       }
       if (!exhausted && clock.now() < windowEnd) continue; // Round done early: sync next.
+      // No rate limit over a link whose bandwidth is an estimate (live): send on for the rest of
+      // the window, as QEMU's migration thread does when `migration_rate_exceeded` never is,
+      // instead of idling the link because the estimate was low.
+      if (
+        budget === Infinity &&
+        link.batchHeadroom !== undefined &&
+        windowEnd - clock.now() > MIN_WINDOW_REST_NS
+      )
+        continue;
       // Rate limit: wait out the window, then update the counters as migration_update_counters.
       advance(Math.min(Math.max(clock.now(), windowEnd), Math.max(clock.now(), cancelAt)));
       if (clock.now() < windowEnd) continue; // Cancelled inside the window.

@@ -4,6 +4,7 @@ import {
   NS_PER_S,
   type CostModel,
   type MigrationBitmap,
+  type Transport,
   type Workload,
 } from '@dirtytrack/core';
 import {
@@ -39,6 +40,8 @@ export interface Setup {
   seed?: number;
   timeLimitS?: number;
   precopy?: Omit<Partial<PrecopyOptions>, 'engine' | 'bitmap' | 'link' | 'nonzero'>;
+  /** Wraps the simulated link (e.g. a live-like link whose bandwidth is only an estimate). */
+  wrapLink?: (link: Transport) => Transport;
   /** Switch to postcopy at this migration time; the same workload runs on the destination. */
   postcopyAtNs?: number;
   /** The sweep's (or uniform's) working set, in pages. */
@@ -91,7 +94,7 @@ export function migrate(s: Setup) {
   const outcome = runPrecopy({
     engine,
     bitmap,
-    link,
+    link: s.wrapLink ? s.wrapLink(link) : link,
     nonzero: memory.nonzero,
     throttle: engine,
     ...(s.ring === undefined ? {} : { dirtyRing: { entries: s.ring } }),

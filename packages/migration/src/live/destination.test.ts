@@ -11,6 +11,7 @@ import {
 } from './__fixtures__/wire-streams.js';
 import { createDestination, type Destination, type DestinationResult } from './destination.js';
 import {
+  encodeCommand,
   encodeEof,
   encodeEos,
   encodeFlush,
@@ -19,6 +20,8 @@ import {
   encodeSection,
   encodeVerifyEnd,
   encodeVerifyHashes,
+  HELLO_FLAG,
+  MIG_CMD,
   pageHashes,
   VM_ITEM,
 } from './wire.js';
@@ -34,8 +37,8 @@ async function destination(options: Parameters<typeof createDestination>[0] = {}
   return d;
 }
 
-async function source(d: Destination, ramBytes: number, channels = 0): Promise<HandSource> {
-  const s = await startHandSource(d.port, { ramBytes, channels });
+async function source(d: Destination, ramBytes: number, channels = 0, flags = 0): Promise<HandSource> {
+  const s = await startHandSource(d.port, { ramBytes, channels, flags });
   cleanups.push(() => s.destroy());
   return s;
 }
@@ -303,6 +306,39 @@ describe('destination failures are clean', () => {
     const r3 = await early.result;
     expect(r3.error?.message).toBe(
       '[dirtytrack] [destination] multifd channel 0 closed at byte 0 before its SYNC for flush 1',
+    );
+  });
+
+  it('a stream cut short (EOF inside a page) fails before the switch, and pauses in postcopy', async () => {
+    const halfPage = pageRecord(0, new Uint8Array(PAGE).fill(7)).subarray(0, 100);
+    const precopy = await destination();
+    const s1 = await source(precopy, 4 * PAGE);
+    await s1.write(s1.main, concat([setup(4 * PAGE), encodeSection(VM_ITEM.SECTION_PART), halfPage]));
+    s1.main.end();
+    const r1 = await precopy.result;
+    expect(r1.error?.message).toBe(
+      '[dirtytrack] [wire] stream at byte 141: ended inside an item (state 5, 92 bytes buffered)',
+    );
+
+    // After POSTCOPY_RUN the guest runs here: the same cut is a lost link (QEMU's -EIO), so the
+    // migration pauses for a resume — which never comes here, so it fails once recovery times out.
+    const postcopy = await destination({ recoverTimeoutMs: 200 });
+    const s2 = await source(postcopy, 4 * PAGE, 0, HELLO_FLAG.POSTCOPY);
+    await s2.write(
+      s2.main,
+      concat([
+        setup(4 * PAGE),
+        encodeCommand(MIG_CMD.POSTCOPY_LISTEN, new Uint8Array(0)),
+        encodeCommand(MIG_CMD.POSTCOPY_RUN, new Uint8Array(0)),
+        encodeSection(VM_ITEM.SECTION_PART),
+        halfPage,
+      ]),
+    );
+    s2.main.end();
+    const r2 = await postcopy.result;
+    expect(r2.postcopy?.['postcopy-pauses']).toBe(1);
+    expect(r2.error?.message).toMatch(
+      /^\[dirtytrack\] \[destination\] postcopy paused for 200 ms and the source did not resume \(.*ended inside an item/,
     );
   });
 

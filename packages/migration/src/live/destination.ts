@@ -1,5 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
-import { createRealClock, DirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
+import { createRealClock, DirtytrackError, isDirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
 import { isLoopback, serverHandshake } from './handshake.js';
 import { withReadBuffer, type BufferedSocket } from './read-buffer.js';
 import { createPostcopyFaults, type PostcopyFaults } from './postcopy-faults.js';
@@ -19,6 +19,7 @@ import {
   type Hello,
   type MainDecoder,
   type MultifdDecoder,
+  TRUNCATED_ERRNO,
 } from './wire.js';
 
 /**
@@ -479,7 +480,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
             if (m.mainWaiting && allSynced(m, m.flushSeen)) {
               m.mainWaiting = false;
               release(m, m.flushSeen);
-              queueMicrotask(() => guard(m, () => resumeDecoder(m.mainConn)));
+              queueMicrotask(() => guard(m, () => resumeDecoder(m, m.mainConn)));
             }
             return ch.syncs <= m.released;
           },
@@ -500,17 +501,31 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   function release(m: Migration, k: number): void {
     m.released = k;
     for (const ch of m.channels) {
-      if (ch.decoder.paused && ch.syncs <= k) queueMicrotask(() => guard(m, () => resumeDecoder(ch.conn)));
+      if (ch.decoder.paused && ch.syncs <= k) queueMicrotask(() => guard(m, () => resumeDecoder(m, ch.conn)));
     }
   }
 
-  function resumeDecoder(conn: Conn): void {
+  function resumeDecoder(m: Migration, conn: Conn): void {
     conn.decoder.resume();
     if (conn.decoder.paused) return;
     if (conn.endPending) {
       conn.endPending = false;
-      conn.onEnd();
+      ended(m, conn);
     } else conn.socket?.resume();
+  }
+
+  /**
+   * The peer's FIN, once the decoder has drained. A stream that stopped inside an item (QEMU's
+   * `-EIO`) is a lost link: before the switch the migration fails, in postcopy it pauses — QEMU
+   * pauses on any I/O error once the guest runs here (a relay or NAT may turn a cut into a FIN).
+   */
+  function ended(m: Migration, conn: Conn): void {
+    try {
+      conn.onEnd();
+    } catch (error) {
+      if (isDirtytrackError(error) && error.errno === TRUNCATED_ERRNO) lost(m, error);
+      else throw error;
+    }
   }
 
   function command(m: Migration, cmd: number, payload: Uint8Array): void {
@@ -757,7 +772,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       conn.ended = true;
       if (m.done || conn.dead) return;
       if (decoder.paused) conn.endPending = true;
-      else guard(m, conn.onEnd);
+      else guard(m, () => ended(m, conn));
     });
     socket.on('close', () => {
       if (m.done || conn.ended || conn.dead) return;

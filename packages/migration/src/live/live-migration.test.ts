@@ -338,8 +338,9 @@ describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
       const { outcome, destination, memory, received } = await migrate(
         {
           capabilities: { 'postcopy-ram': true, 'postcopy-preempt': preempt },
-          // The background stream is capped so that the guest faults for real before it ends.
-          parameters: { 'max-bandwidth': 0, 'max-postcopy-bandwidth': 8e6 },
+          // Precopy and the background stream are capped so that most of RAM is still unsent at
+          // the switch and the guest faults for real before the background stream ends.
+          parameters: { 'max-bandwidth': 32e6, 'max-postcopy-bandwidth': 8e6 },
           startPostcopyAtNs: 100e6,
           onStatus: (e) => statuses.push(e.status),
         },
@@ -387,10 +388,10 @@ describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
     const { outcome, destination, memory, received } = await migrate(
       {
         capabilities: { 'postcopy-ram': true },
-        parameters: { 'max-bandwidth': 0, 'max-postcopy-bandwidth': 8e6 },
+        parameters: { 'max-bandwidth': 32e6, 'max-postcopy-bandwidth': 8e6 },
         startPostcopyAtNs: 100e6,
         linkTimeoutMs: 5000,
-        recoverAfterMs: [300, 3500, 5000, 7000],
+        recoverAfterMs: [300, 4500, 6000, 8000],
         onStatus: (e) => statuses.push(e.status),
       },
       2000,
@@ -427,7 +428,7 @@ describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
     const { outcome, engine } = await migrate(
       (d) => ({
         capabilities: { 'postcopy-ram': true },
-        parameters: { 'max-bandwidth': 0, 'max-postcopy-bandwidth': 8e6 },
+        parameters: { 'max-bandwidth': 32e6, 'max-postcopy-bandwidth': 8e6 },
         startPostcopyAtNs: 100e6,
         linkTimeoutMs: 5000,
         recoverAfterMs: [200, 400],

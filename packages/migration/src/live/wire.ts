@@ -1042,6 +1042,8 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
           'stream',
           r.base,
           `ended inside an item (state ${state}, ${r.have} bytes buffered)`,
+          'wire',
+          TRUNCATED_ERRNO,
         );
       });
     },
@@ -1186,7 +1188,13 @@ export function createMultifdDecoder(options: MultifdDecoderOptions): MultifdDec
     resume: () => pump.resume(),
     end() {
       pump.end(inPacket, () =>
-        protocolError('multifd packet', packetAt, `stream ended inside the packet (at byte ${r.base})`),
+        protocolError(
+          'multifd packet',
+          packetAt,
+          `stream ended inside the packet (at byte ${r.base})`,
+          'wire',
+          TRUNCATED_ERRNO,
+        ),
       );
     },
     get offset() {
@@ -1420,9 +1428,24 @@ const RETURN_LENGTHS: Partial<Record<number, number>> = {
 // ---------------------------------------------------------------------------------------------
 
 /** A protocol error: `[dirtytrack] [component] ITEM at byte N: what`. */
-export function protocolError(item: string, at: number, what: string, component = 'wire'): DirtytrackError {
-  return new DirtytrackError('protocol', `${item} at byte ${at}: ${what}`, { component });
+export function protocolError(
+  item: string,
+  at: number,
+  what: string,
+  component = 'wire',
+  errno?: string,
+): DirtytrackError {
+  return new DirtytrackError('protocol', `${item} at byte ${at}: ${what}`, {
+    component,
+    ...(errno === undefined ? {} : { errno }),
+  });
 }
+
+/**
+ * The errno of a stream that ended inside an item (QEMU's `-EIO` from a short read): the bytes
+ * so far were well formed, the connection just stopped — a lost link, not a bad peer.
+ */
+export const TRUNCATED_ERRNO = 'EIO';
 
 /**
  * Reads fixed-size fields out of a sequence of chunks: `need(n)` makes `n` bytes available at

@@ -36,7 +36,7 @@ export async function dialRaw(port: number): Promise<Socket> {
 
 export async function startHandSource(
   port: number,
-  options: { ramBytes: number; channels?: number; token?: string; migrationId?: Uint8Array },
+  options: { ramBytes: number; channels?: number; token?: string; migrationId?: Uint8Array; flags?: number },
 ): Promise<HandSource> {
   const channels = options.channels ?? 0;
   const migrationId = options.migrationId ?? new Uint8Array(randomBytes(16));
@@ -48,7 +48,7 @@ export async function startHandSource(
     ramBytes: options.ramBytes,
     pageSize: 4096,
     channels,
-    flags: 0,
+    flags: options.flags ?? 0,
     nonce: new Uint8Array(randomBytes(16)),
   });
   const hs = options.token === undefined ? {} : { token: options.token };
