@@ -1364,6 +1364,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       // the window, as QEMU's migration thread does when `migration_rate_exceeded` never is,
       // instead of idling the link because the estimate was low.
       if (
+        cap > 0 &&
         budget === Infinity &&
         link.batchHeadroom !== undefined &&
         windowEnd - clock.now() > MIN_WINDOW_REST_NS
