@@ -273,7 +273,11 @@ function expectSameButGuestWrites(source: SharedArrayBuffer, received: SharedArr
     }
     for (let i = base + 1; i < base + 1024 && bad < 0; i++) if (a[i] !== b[i]) bad = p;
   }
-  expect(bad).toBe(-1);
+  // On a mismatch, say where: the first differing words of that page (word: source/destination).
+  const diffs: string[] = [];
+  for (let i = bad * 1024; bad >= 0 && i < bad * 1024 + 1024 && diffs.length < 8; i++)
+    if (a[i] !== b[i]) diffs.push(`${i - bad * 1024}: ${a[i]}/${b[i]}`);
+  expect(bad, `page ${bad} differs at word ${diffs.join(', ')}`).toBe(-1);
   return written;
 }
 
@@ -339,8 +343,9 @@ describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
         {
           capabilities: { 'postcopy-ram': true, 'postcopy-preempt': preempt },
           // Precopy and the background stream are capped so that most of RAM is still unsent at
-          // the switch and the guest faults for real before the background stream ends.
-          parameters: { 'max-bandwidth': 32e6, 'max-postcopy-bandwidth': 8e6 },
+          // the switch (10 MB per 100 ms window: about a third of it is sent by then) and the guest
+          // faults for real before the background stream ends.
+          parameters: { 'max-bandwidth': 100e6, 'max-postcopy-bandwidth': 8e6 },
           startPostcopyAtNs: 100e6,
           onStatus: (e) => statuses.push(e.status),
         },
@@ -388,7 +393,7 @@ describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
     const { outcome, destination, memory, received } = await migrate(
       {
         capabilities: { 'postcopy-ram': true },
-        parameters: { 'max-bandwidth': 32e6, 'max-postcopy-bandwidth': 8e6 },
+        parameters: { 'max-bandwidth': 100e6, 'max-postcopy-bandwidth': 8e6 },
         startPostcopyAtNs: 100e6,
         linkTimeoutMs: 5000,
         recoverAfterMs: [300, 4500, 6000, 8000],
@@ -428,7 +433,7 @@ describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
     const { outcome, engine } = await migrate(
       (d) => ({
         capabilities: { 'postcopy-ram': true },
-        parameters: { 'max-bandwidth': 32e6, 'max-postcopy-bandwidth': 8e6 },
+        parameters: { 'max-bandwidth': 100e6, 'max-postcopy-bandwidth': 8e6 },
         startPostcopyAtNs: 100e6,
         linkTimeoutMs: 5000,
         recoverAfterMs: [200, 400],
