@@ -194,10 +194,14 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   const server: Server = createServer({ noDelay: true, allowHalfOpen: true });
   /** Connections moved onto a reused read buffer, until attached. */
   const readers = new WeakMap<Socket, BufferedSocket>();
-  server.on('connection', (socket) => {
+  /** Kept until closed (so `close()` can end it); its errors are reported through the handshake or the migration. */
+  const track = (socket: Socket): void => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => {}); // reported through the handshake or the migration
+    socket.on('error', () => {});
+  };
+  server.on('connection', (socket) => {
+    track(socket);
     if (closing) {
       socket.destroy();
       return;
@@ -222,12 +226,9 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         // From here the connection reads into one reused buffer (read-buffer.ts), when it can.
         const buffered = withReadBuffer(socket);
         if (buffered !== undefined) {
-          const s = buffered.socket;
           sockets.delete(socket);
-          sockets.add(s);
-          s.on('close', () => sockets.delete(s));
-          s.on('error', () => {}); // reported through the migration
-          readers.set(s, buffered);
+          track(buffered.socket);
+          readers.set(buffered.socket, buffered);
         }
         const s = buffered?.socket ?? socket;
         try {
