@@ -92,8 +92,8 @@ async function bootGuest(
     ...(o.rate > 0 ? { rate: o.rate } : {}),
     resolveFrom: import.meta.url,
   });
+  guest.setValue(1); // before start: the vCPUs store it from their first write
   await guest.start();
-  guest.setValue(1);
   return { guest, bitmap, ring };
 }
 
@@ -563,8 +563,8 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 workload: { kind: 'uniform' },
                 resolveFrom: import.meta.url,
               });
+              postcopyGuest.setValue(2); // before start: every store is a 2
               await postcopyGuest.start();
-              postcopyGuest.setValue(2);
             },
           });
         } catch (error) {

@@ -252,6 +252,27 @@ describe('live guest pacing and failures, from synchronous code', () => {
     await expect(guest.stop()).rejects.toBe(error);
   });
 
+  it('a value set before start is in every store: no page written holds the initial 0', async () => {
+    // Every page starts as 0xffffffff; written pages must hold 5 in their first word, never the 0
+    // a vCPU would store if it ran before the value was set.
+    const { guest, memory } = guestOf();
+    const words = new Int32Array(memory);
+    words.fill(-1);
+    guest.setValue(5);
+    await guest.start();
+    try {
+      await waitUntil(() => writesOf(guest).every((w) => w > 200), 10_000, 'first writes');
+    } finally {
+      await guest.stop();
+    }
+    const seen = new Map<number, number>();
+    for (let p = 0; p < slot.pages; p++) {
+      const v = words[p * 1024] as number;
+      seen.set(v, (seen.get(v) ?? 0) + 1);
+    }
+    expect([...seen.keys()].sort((a, b) => a - b)).toEqual([-1, 5]);
+  });
+
   it('pauseSync before start is an invalid-state error, not a hang', () => {
     const { guest } = guestOf();
     expect(() => guest.pauseSync()).toThrow(expect.objectContaining({ code: 'invalid-state' }));

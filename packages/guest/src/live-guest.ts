@@ -110,7 +110,10 @@ export interface LiveGuest extends VcpuThrottle {
   vcpuDirtyPages(vcpu: number): number;
   /** Stops and joins the workers (terminating any that do not exit in time); final counters. */
   stop(): Promise<LiveGuestStats>;
-  /** The value the vCPUs store from now on (dirty_log_test's `iteration`). */
+  /**
+   * The value the vCPUs store from now on (dirty_log_test's `iteration`); 0 until set. Set it
+   * before {@link start} for the very first stores to carry it.
+   */
   setValue(value: number): void;
   /** The value page `page` holds in its first 8 bytes. */
   valueOf(page: number): number;

@@ -62,8 +62,8 @@ async function startGuest(memory: SharedArrayBuffer, rate: number, ringEntries?:
     rate,
     resolveFrom: import.meta.url,
   });
+  guest.setValue(7); // before start: the first store is already a 7
   await guest.start();
-  guest.setValue(7);
   const engine = createLiveEngine({ guest });
   return { engine, bitmap, tracker, ring };
 }

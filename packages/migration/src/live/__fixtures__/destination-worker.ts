@@ -47,8 +47,10 @@ const destination = await createDestination({
       workload: { kind: 'uniform' },
       resolveFrom: import.meta.url,
     });
-    await guest.start();
+    // The value first: a vCPU stores from its first write on, and a store of the initial 0 before
+    // setValue would look like a corrupted page to the test's byte compare.
     guest.setValue(9);
+    await guest.start();
   },
 });
 
