@@ -1,3 +1,4 @@
+import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run } from './__fixtures__/run.js';
 import { fourDigits } from './bench-timing.js';
@@ -33,6 +34,9 @@ describe('dirtytrack bench migrate', () => {
       5,
     ]);
     expect(r['loopback-runs']).toEqual([r['loopback-mbps']]);
+    // Guest RAM advised huge pages in every run, where this machine can (as QEMU advises its RAM).
+    expect(r['huge-pages']).toBe(createHugePageAllocator().kind === 'huge-pages');
+    for (const c of r.cases) for (const x of c.runs) expect(x['huge-pages']).toBe(r['huge-pages']);
     expect(r['loopback-mbps']).toBeGreaterThan(0);
     expect(r.cases.map((c) => [c.name, c.channels, c.dirtying, c['auto-converge']])).toEqual([
       ['precopy', 0, false, false],
@@ -106,7 +110,8 @@ describe('dirtytrack bench migrate', () => {
 
     const table = formatMigrateBench(r).split('\n');
     expect(table[0]).toBe(
-      `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node})`,
+      `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node}), guest RAM ` +
+        (r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'),
     );
     expect(table.filter((l) => l.startsWith('| '))).toHaveLength(7);
   });

@@ -71,6 +71,8 @@ export interface LiveRun {
   'source-rss-mib': number;
   /** The destination process's peak RSS (its maxRSS, VmHWM), MiB. */
   'destination-peak-rss-mib': number;
+  /** The source's guest RAM was advised transparent huge pages (as QEMU's RAM blocks are). */
+  'huge-pages': boolean;
 }
 
 export interface LiveCase extends LiveRun {
@@ -128,6 +130,8 @@ export interface MigrateBenchResult {
   /** Raw TCP to a discarding child process, Mbit/s, median. */
   'loopback-mbps': number;
   'loopback-runs': number[];
+  /** Every run's guest RAM was advised transparent huge pages (source and destination, as QEMU does). */
+  'huge-pages': boolean;
   'precopy-mbps': number;
   /** `precopy-mbps / loopback-mbps`, four significant digits (issue 9's goal: ≥ 0.8). */
   'precopy-vs-loopback': number;
@@ -228,6 +232,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     'time-limit': o.timeLimit,
     'loopback-mbps': loopbackMbps,
     'loopback-runs': loopback,
+    'huge-pages': cases.every((c) => c.runs.every((run) => run['huge-pages'])),
     'precopy-mbps': mbps('precopy'),
     'precopy-vs-loopback': ratio('precopy'),
     'precopy-guest-memory-mbps': mbps('precopy-guest-memory'),
@@ -248,7 +253,7 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
   const err = (pct: number) => `${pct > 0 ? '+' : ''}${pct.toFixed(1)}%`;
   const lines = [
-    `# migrate: live migration on loopback, ${r.vcpus} vCPUs per guest, medians of ${r.reps} (Node ${r.node})`,
+    `# migrate: live migration on loopback, ${r.vcpus} vCPUs per guest, medians of ${r.reps} (Node ${r.node}), guest RAM ${r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'}`,
     '',
     '| run | status | total-time ms | downtime ms | transferred | Mbit/s | vs loopback | verified | syncs | throttle % | model total-time ms (error) | model transferred (error) | model at the live rate: total-time ms (error) |',
     '|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|',
@@ -380,6 +385,7 @@ async function liveRun(o: {
     'guest-writes-per-s-throttled': fourDigits((after.writes - before.writes) / o.vcpus / (wallMs / 1000)),
     'source-rss-mib': Math.round(process.memoryUsage().rss / 2 ** 20),
     'destination-peak-rss-mib': Math.round(peakKiB / 1024),
+    'huge-pages': source.hugePages,
   };
 }
 

@@ -1,4 +1,5 @@
 import { createServer } from 'node:net';
+import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run, spawnServe } from './__fixtures__/run.js';
 import type { MigrateResult } from './live.js';
@@ -7,6 +8,8 @@ import type { MigrateResult } from './live.js';
 // one-line usage errors, and the failures that happen before the first page.
 
 const PAGES_16M = (16 * 2 ** 20) / 4096;
+/** Transparent huge pages can be advised here (Linux, THP not `never`, koffi loads). */
+const THP = createHugePageAllocator().kind === 'huge-pages';
 
 function parse(stdout: string): MigrateResult {
   return JSON.parse(stdout) as MigrateResult;
@@ -47,6 +50,9 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     // Every data page went through the staging buffers (the default), none as a view of guest memory.
     expect(result.dirtytrack.link['staged-bytes']).toBe(result.ram['normal-bytes']);
     expect(result.dirtytrack.link['zero-copy-bytes']).toBe(0);
+    // Guest RAM on both sides advised huge pages, as QEMU's RAM blocks are (where THP can be).
+    expect(result.dirtytrack['huge-pages']).toBe(THP);
+    expect(result.dirtytrack.destination?.['huge-pages']).toBe(THP);
   }, 40_000);
 
   it('--send-from guest-memory: every data page goes to the sockets as a view of guest memory (multifd too)', async () => {
@@ -58,12 +64,16 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
       '2',
       '--send-from',
       'guest-memory',
+      '--no-huge-pages',
       '--json',
     );
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const result = parse(r.stdout);
     expectMigrated16M(result);
+    // --no-huge-pages: 4 KiB pages on both sides.
+    expect(result.dirtytrack['huge-pages']).toBe(false);
+    expect(result.dirtytrack.destination?.['huge-pages']).toBe(false);
     expect(result.dirtytrack.link['zero-copy-bytes']).toBe(result.ram['normal-bytes']);
     expect(result.dirtytrack.link['staged-bytes']).toBe(0);
   }, 40_000);

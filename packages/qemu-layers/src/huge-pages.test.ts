@@ -2,10 +2,12 @@ import type { LoggingControl, MemslotInfo } from '@dirtytrack/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  allocateGuestRam,
   anonHugePagesKiB,
   CACHE_LINE,
   createHugePageAllocator,
   defaultBitmapAllocator,
+  guestRamWith,
   hugePageAllocatorWith,
   type BitmapAllocator,
 } from './huge-pages.js';
@@ -59,6 +61,69 @@ describe('bitmap allocators', () => {
       // Not all 64 MiB need be huge (the unaligned head and tail, compaction), but some must.
       expect(after - before).toBeGreaterThanOrEqual(2048);
       expect(a.byteOffset % 8).toBe(0);
+    },
+  );
+});
+
+describe('guest RAM (allocateGuestRam)', () => {
+  it('exactly the bytes asked, advised over its page-aligned interior; no madvise or a failing one: plain', () => {
+    const calls: [bigint, number, number][] = [];
+    const ram = guestRamWith(
+      (at, len, advice) => (calls.push([at, len, advice]), 0),
+      4 * MiB,
+      () => 0x7f00_0000_1010n,
+    );
+    expect(ram.memory).toBeInstanceOf(SharedArrayBuffer);
+    expect(ram.memory.byteLength).toBe(4 * MiB);
+    expect(ram.hugePages).toBe(true);
+    // [0x…1010, 0x…1010 + 4 MiB) holds the whole pages [0x…2000, 0x…1000 + 4 MiB).
+    expect(calls).toEqual([[0x7f00_0000_2000n, 4 * MiB - 4096, 14]]);
+    expect(
+      guestRamWith(
+        () => -1,
+        4 * MiB,
+        () => 0x1010n,
+      ).hugePages,
+    ).toBe(false);
+    expect(guestRamWith(undefined, 4 * MiB).hugePages).toBe(false);
+    // Below one huge page there is nothing to advise.
+    calls.length = 0;
+    expect(
+      guestRamWith(
+        (at, len, a) => (calls.push([at, len, a]), 0),
+        8192,
+        () => 0x1010n,
+      ).hugePages,
+    ).toBe(false);
+    expect(calls).toEqual([]);
+  });
+
+  it('a size that is not a positive multiple of 4 KiB is an invalid-argument error naming the bytes', () => {
+    for (const bytes of [0, -4096, 4097, 1.5, Number.NaN]) {
+      expect(() => allocateGuestRam(bytes)).toThrow(
+        expect.objectContaining({ code: 'invalid-argument', component: 'huge-pages', field: 'bytes' }),
+      );
+    }
+  });
+
+  it('hugePages: false asks for plain memory', () => {
+    const ram = allocateGuestRam(4 * MiB, { hugePages: false });
+    expect(ram.hugePages).toBe(false);
+    expect(ram.memory.byteLength).toBe(4 * MiB);
+  });
+
+  it.skipIf(anonHugePagesKiB() === undefined || createHugePageAllocator().kind === 'default')(
+    'on this machine: 64 MiB of guest RAM, touched, is backed by huge pages and reads back zeroed before',
+    () => {
+      const before = anonHugePagesKiB() as number;
+      const ram = allocateGuestRam(64 * MiB);
+      expect(ram.hugePages).toBe(true);
+      const bytes = new Uint8Array(ram.memory);
+      let nonZero = 0;
+      for (let i = 0; i < bytes.length; i += 4096) nonZero += bytes[i] as number;
+      expect(nonZero).toBe(0);
+      bytes.fill(1);
+      expect((anonHugePagesKiB() as number) - before).toBeGreaterThanOrEqual(2048);
     },
   );
 });

@@ -1,8 +1,10 @@
 export {
+  allocateGuestRam,
   anonHugePagesKiB,
   createHugePageAllocator,
   defaultBitmapAllocator,
   type BitmapAllocator,
+  type GuestRam,
   type HugePageAllocatorOptions,
 } from './huge-pages.js';
 export { createSingleHopSync, type SingleHopSyncOptions } from './single-hop-sync.js';

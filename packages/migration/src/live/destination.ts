@@ -42,6 +42,12 @@ export interface DestinationOptions {
   memory?: SharedArrayBuffer;
   /** Largest RAM to allocate when `memory` is not given (default 64 GiB). */
   maxMemory?: number;
+  /**
+   * How RAM is allocated when `memory` is not given: zeroed, exactly `bytes` long (default a plain
+   * `SharedArrayBuffer`; the CLI passes `allocateGuestRam` from `@dirtytrack/qemu-layers`, which
+   * advises transparent huge pages as QEMU does).
+   */
+  allocate?: (bytes: number) => SharedArrayBuffer;
   /** Idle timeout in ms: a migration with no bytes for this long fails (default 30 000). */
   timeoutMs?: number;
   /** Close after the first migration ends (default true); false keeps accepting migrations one at a time. */
@@ -142,6 +148,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   const host = options.host ?? '127.0.0.1';
   const token = options.token;
   const maxMemory = options.maxMemory ?? DEFAULT_MAX_MEMORY;
+  const allocate = options.allocate ?? ((bytes: number) => new SharedArrayBuffer(bytes));
   const timeoutMs = options.timeoutMs ?? DEFAULT_DESTINATION_TIMEOUT_MS;
   const once = options.once ?? true;
   const fixedMemory = options.memory;
@@ -289,7 +296,9 @@ export async function createDestination(options: DestinationOptions = {}): Promi
           };
         }
         try {
-          memory = new SharedArrayBuffer(hello.ramBytes);
+          memory = allocate(hello.ramBytes);
+          if (memory.byteLength !== hello.ramBytes)
+            throw new Error(`allocate gave ${memory.byteLength} bytes for ${hello.ramBytes}`);
         } catch (error) {
           return {
             code: RESULT_CODE.RAM_SIZE,

@@ -176,6 +176,27 @@ describe('handshake', () => {
     expect(over.message).toMatch(/RESULT code 4 .*more than this destination's maxMemory 65536/);
   });
 
+  it('without memory, RAM comes from the allocate option; one that fails or gives the wrong size is RESULT code 4', async () => {
+    const asked: number[] = [];
+    const d = await destination({ allocate: (bytes) => (asked.push(bytes), new SharedArrayBuffer(bytes)) });
+    await clientHandshake(await dial(d.port), hello());
+    expect(asked).toEqual([RAM]);
+    const short = await destination({ allocate: (bytes) => new SharedArrayBuffer(bytes / 2) });
+    const wrong = await refusal(clientHandshake(await dial(short.port), hello()));
+    expect(wrong.message).toMatch(
+      /RESULT code 4 .*cannot allocate 65536 bytes of RAM: allocate gave 32768 bytes/,
+    );
+    const failing = await destination({
+      allocate: () => {
+        throw new RangeError('Array buffer allocation failed');
+      },
+    });
+    const failed = await refusal(clientHandshake(await dial(failing.port), hello()));
+    expect(failed.message).toMatch(
+      /RESULT code 4 .*cannot allocate 65536 bytes of RAM: Array buffer allocation failed/,
+    );
+  });
+
   it('garbage instead of HELLO is RESULT code 5, and a silent peer times out', async () => {
     const d = await destination();
     const socket = await dial(d.port);
