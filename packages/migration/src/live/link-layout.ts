@@ -41,7 +41,9 @@ export const COUNTER = {
   PREEMPT_BYTES: 5,
   /** Bytes of page data copied from guest memory into the sender's staging buffers. */
   STAGED_BYTES: 6,
-  WORDS: 7,
+  /** Staging buffers the sender allocated (the ones made before connecting included). */
+  STAGING_BUFFERS: 7,
+  WORDS: 8,
 } as const;
 
 /**

@@ -92,6 +92,11 @@ export interface LiveLinkStats {
   'zero-copy-bytes': number;
   /** Page bytes copied into the sender's staging buffers before the sockets took them (`sendFrom: 'staging'`). */
   'staged-bytes': number;
+  /**
+   * Staging buffers (1 MiB each) the sender allocated: the 8 made and touched before connecting,
+   * and any more a run needed (more connections, slower draining).
+   */
+  'staging-buffers': number;
   /** Bytes written on the postcopy-preempt connection(s), after their handshakes. */
   'preempt-bytes': number;
 }
@@ -466,6 +471,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
         'multifd-packets': counters[COUNTER.PACKETS] as number,
         'zero-copy-bytes': counters[COUNTER.ZERO_COPY_BYTES] as number,
         'staged-bytes': counters[COUNTER.STAGED_BYTES] as number,
+        'staging-buffers': counters[COUNTER.STAGING_BUFFERS] as number,
         'preempt-bytes': counters[COUNTER.PREEMPT_BYTES] as number,
       };
     },
