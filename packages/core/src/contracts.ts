@@ -320,6 +320,15 @@ export interface Transport {
    */
   readonly batchHeadroom?: number;
   /**
+   * Live plane: `transmit` may return once its batch is queued behind one still draining, so the
+   * migration thread prepares the next batch while the kernel drains this one (as QEMU's
+   * migration thread fills its channels while they drain). `settle` blocks until every queued
+   * byte has left and returns that time; precopy calls it before it stops the guest, so the
+   * downtime never holds a batch queued before. Absent: `transmit` returns once its bytes have
+   * left (the model's link). (Added with the live plane's throughput work.)
+   */
+  settle?(): number;
+  /**
    * Model plane: when the link drops (ns). A transmission still in flight then fails with a
    * `DirtytrackError` whose errno is `EPIPE`. Absent = never. (Added with the migration issue.)
    */

@@ -503,13 +503,32 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     try {
       linkDone = on.transmit(bytes, atNs);
     } catch (error) {
-      if (isDirtytrackError(error) && error.errno === 'EPIPE') {
-        const down = on.outageBetween?.(atNs, Infinity)?.downAtNs ?? on.downAtNs ?? atNs;
-        throw new LinkFailure(Math.max(atNs, down), error.message.replace(/^\[[^\]]*\] \[[^\]]*\] /, ''));
-      }
-      throw error;
+      throw linkError(on, error, atNs);
     }
     return Math.max(linkDone, atNs + cpuNs / threads);
+  };
+  /** A link's EPIPE as the LinkFailure precopy handles (any other error as it is). */
+  const linkError = (on: Transport, error: unknown, atNs: number): unknown => {
+    if (isDirtytrackError(error) && error.errno === 'EPIPE') {
+      const down = on.outageBetween?.(atNs, Infinity)?.downAtNs ?? on.downAtNs ?? atNs;
+      return new LinkFailure(Math.max(atNs, down), error.message.replace(/^\[[^\]]*\] \[[^\]]*\] /, ''));
+    }
+    return error;
+  };
+  /**
+   * Waits, with the guest running, until every byte queued on a live link has left
+   * (`Transport.settle`): before the guest stops, so its downtime holds the final copy only.
+   */
+  const settle = (): void => {
+    if (link.settle === undefined) return;
+    const atNs = clock.now();
+    let done: number;
+    try {
+      done = link.settle();
+    } catch (error) {
+      throw linkError(link, error, atNs);
+    }
+    advance(done);
   };
   /** Puts `bytes` on the link now; returns when the last byte has left (link or CPU bound). */
   const transmit = (bytes: number, normalPages: number): number =>
@@ -736,6 +755,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
    * `recoverAtNs` resumes them (§3 Recovery). Returns how the phase ended.
    */
   const postcopy = (): 'completed' | 'time-limit' | 'paused' => {
+    settle();
     const stopAt = clock.now();
     engine.pause();
     stopThrottling();
@@ -1309,7 +1329,12 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         break;
       }
       if (now - start >= options.timeLimitNs) break;
-      if (bitmap.dirtyPages * PAGE_SIZE < threshold) sync();
+      if (bitmap.dirtyPages * PAGE_SIZE < threshold) {
+        // Near the switchover: what is still queued on the link drains first (the guest runs on,
+        // and this sync catches what it dirties meanwhile).
+        settle();
+        sync();
+      }
       if (bitmap.dirtyPages * PAGE_SIZE <= threshold) {
         // Completion: stop the guest, [pre-switchover → device], final sync, send the rest.
         const downtimeStart = clock.now();

@@ -43,7 +43,11 @@ export const COUNTER = {
   STAGED_BYTES: 6,
   /** Staging buffers the sender allocated (the ones made before connecting included). */
   STAGING_BUFFERS: 7,
-  WORDS: 8,
+  /** ns the sender spent on batches, from taking each until the kernel had all of it. */
+  BUSY_NS: 8,
+  /** Bytes of the batches the sender has finished (what BUSY_NS was spent on). */
+  DONE_BYTES: 9,
+  WORDS: 10,
 } as const;
 
 /**

@@ -34,6 +34,7 @@ async function open(
   clock: Clock,
   bandwidth?: number,
   sendFrom?: SendFrom,
+  pipelined?: boolean,
 ): Promise<LiveLink> {
   destination = await startDestinationThread(new SharedArrayBuffer(memory.byteLength));
   link = await openLiveLink({
@@ -44,9 +45,16 @@ async function open(
     clock,
     ...(bandwidth === undefined ? {} : { bandwidth }),
     ...(sendFrom === undefined ? {} : { sendFrom }),
+    ...(pipelined === undefined ? {} : { pipelined }),
   });
   link.sink.begin({ multifd: false, channels: 0, zeroPages: 'record' });
   return link;
+}
+
+/** `Transport.settle`, which the live link always has. */
+function settle(l: LiveLink): number {
+  if (l.link.settle === undefined) throw new Error('the live link has no settle');
+  return l.link.settle();
 }
 
 describe('live link', { timeout: 60_000 }, () => {
@@ -62,9 +70,47 @@ describe('live link', { timeout: 60_000 }, () => {
     expect(t1).toBeLessThan(atNs);
     expect(t1).toBeLessThanOrEqual(clock.now());
     expect(l.link.bytesSent).toBe(PAGES * RECORD);
+    // Pipelined, the batch may still be draining: settle waits until it has left, and measures it.
+    const t2 = settle(l);
+    expect(t2).toBeGreaterThanOrEqual(t1);
     // The batch's own rate, not an average with the first guess (1 B/s): at least what it was
-    // from before the call to its return.
-    expect(l.link.bandwidth).toBeGreaterThanOrEqual((PAGES * RECORD * 1e9) / (t1 - t0));
+    // from before the call until it had left.
+    expect(l.link.bandwidth).toBeGreaterThanOrEqual((PAGES * RECORD * 1e9) / (t2 - t0));
+  });
+
+  it('pipelined: transmit returns once the batch before has left; settle waits for all; unpipelined, each transmit waits for its own', async () => {
+    const memory = randomMemory(11);
+    const setup = encodeSection(VM_ITEM.SECTION_START).length + encodeMemSize(memory.byteLength).length + EOS;
+    const batch = encodeSection(VM_ITEM.SECTION_PART).length + (PAGES / 4) * RECORD + EOS;
+    const quarter = (l: LiveLink, q: number) => {
+      for (let w = (q * PAGES) / 128; w < ((q + 1) * PAGES) / 128; w++) l.sink.pages(w, -1, -1);
+      l.link.transmit(0, 0);
+    };
+    const piped = await open(memory, createRealClock());
+    quarter(piped, 0);
+    quarter(piped, 1);
+    // The first batch has left (the second may still be on its way).
+    expect(piped.stats()['main-bytes']).toBeGreaterThanOrEqual(setup + batch);
+    settle(piped);
+    expect(piped.stats()['main-bytes']).toBe(setup + 2 * batch);
+    quarter(piped, 2);
+    quarter(piped, 3);
+    // COMPLETE stops the guest: that batch waits until it has left, with the one before.
+    piped.sink.complete();
+    piped.link.transmit(0, 0);
+    expect(piped.stats()['main-bytes']).toBe(setup + 4 * batch);
+    expect(await piped.verify()).toEqual({ pages: PAGES, mismatched: 0, firstMismatch: -1 });
+    await piped.close();
+    await destination?.worker.terminate();
+
+    const each = await open(memory, createRealClock(), undefined, undefined, false);
+    for (let q = 0; q < 4; q++) {
+      quarter(each, q);
+      expect(each.stats()['main-bytes']).toBe(setup + (q + 1) * batch);
+    }
+    each.sink.complete();
+    each.link.transmit(0, 0);
+    expect(await each.verify()).toEqual({ pages: PAGES, mismatched: 0, firstMismatch: -1 });
   });
 
   it.each(['staging', 'guest-memory'] as const)(
@@ -78,6 +124,7 @@ describe('live link', { timeout: 60_000 }, () => {
       // Two batches of half the RAM each, the second ending with the stop-and-copy's mark.
       for (let w = 0; w < PAGES / 64; w++) l.sink.pages(w, -1, -1);
       l.link.transmit(0, 0);
+      settle(l);
       const part = encodeSection(VM_ITEM.SECTION_PART).length;
       expect(l.stats()['main-bytes']).toBe(setup + part + (PAGES / 2) * RECORD + EOS);
       for (let w = PAGES / 64; w < PAGES / 32; w++) l.sink.pages(w, -1, -1);

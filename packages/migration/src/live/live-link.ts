@@ -55,6 +55,12 @@ export interface LiveLinkOptions {
   whileWaiting?: () => void;
   /** Where page data is written from: a copy in reused staging buffers, or guest memory itself. Default `staging`. */
   sendFrom?: SendFrom;
+  /**
+   * `transmit` returns once the batch is queued behind the one still draining (the migration
+   * thread prepares the next batch meanwhile); `settle` waits for both. Batches that stop or
+   * switch the guest (COMPLETE, postcopy) always wait until they have left. Default true.
+   */
+  pipelined?: boolean;
 }
 
 /**
@@ -253,6 +259,10 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
   // A low first guess: the first window's batch then drains quickly and measures the real rate.
   let bandwidth = options.bandwidth ?? 1e8;
   const rates: number[] = [];
+  let pipelined = options.pipelined ?? true;
+  // What the sender had finished at the last rate sample: its busy time and those batches' bytes.
+  let sampledBusyNs = 0;
+  let sampledBytes = 0;
   const push = (op: number, word: number, mask: number, data: number): void => {
     if ((count + 1) * OP_WORDS > ops.length) {
       const bigger = new Int32Array(ops.length * 2);
@@ -271,22 +281,27 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
       component: COMPONENT,
       errno: 'EPIPE',
     });
-  /** Hands the queued operations to the sender and blocks until the kernel has them all. */
-  const flush = (): void => {
+  /**
+   * Hands the queued operations to the sender, then blocks until the kernel has taken every batch
+   * but the last `behind` (0: all of them; 1: this one may still drain while the caller goes on).
+   */
+  const flush = (behind: 0 | 1): void => {
     const why0 = failure();
     if (why0 !== undefined) throw linkFailure(why0);
-    if (count === 0) return;
-    seq++;
-    const request: SenderRequest = { kind: 'batch', seq, ops, count };
-    worker.postMessage(request, [ops.buffer]);
-    ops = new Int32Array(OP_WORDS * 1024);
-    count = 0;
+    if (count > 0) {
+      seq++;
+      const request: SenderRequest = { kind: 'batch', seq, ops, count };
+      worker.postMessage(request, [ops.buffer]);
+      ops = new Int32Array(OP_WORDS * 1024);
+      count = 0;
+    }
+    const target = seq - behind;
     // A slow link is fine; one that takes nothing for `timeoutMs` is dead (a cut cable).
     let giveUp = clock.now() + timeoutMs * 1e6;
     let drained = counters[COUNTER.DRAINED] as number;
     for (;;) {
       const done = Atomics.load(control, LINK.DONE);
-      if (done === seq) return;
+      if (done >= target) return;
       const why = failure();
       if (why !== undefined) throw linkFailure(why);
       const now = clock.now();
@@ -305,6 +320,35 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
         options.whileWaiting();
       }
     }
+  };
+  /** Only PAGES and SYNC queued: nothing that stops or switches the guest. */
+  const onlyPages = (): boolean => {
+    for (let i = 0; i < count; i++) {
+      const op = ops[i * OP_WORDS];
+      if (op !== OP.PAGES && op !== OP.SYNC) return false;
+    }
+    return true;
+  };
+  /**
+   * The rate of the batches finished since the last sample, from the sender's own busy time (it
+   * starts on a batch as soon as the previous one has drained): bytes per second, or 0 when they
+   * were too few bytes to mean something.
+   */
+  const sampleRate = (): number => {
+    const busy = counters[COUNTER.BUSY_NS] as number;
+    const bytes = counters[COUNTER.DONE_BYTES] as number;
+    if (bytes - sampledBytes < 1 << 20 || busy <= sampledBusyNs) return 0;
+    const rate = ((bytes - sampledBytes) * NS_PER_S) / (busy - sampledBusyNs);
+    sampledBusyNs = busy;
+    sampledBytes = bytes;
+    return rate;
+  };
+  /** What the link really carried, from batches long enough to mean something: the estimate. */
+  const measure = (): void => {
+    const rate = sampleRate();
+    if (rate === 0) return;
+    if (rates.push(rate) > RATE_HISTORY) rates.shift();
+    bandwidth = Math.max(...rates);
   };
 
   const words = new Int32Array(memory);
@@ -335,17 +379,21 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
       return bytesSent;
     },
     transmit(bytes) {
+      // Postcopy's first batch (LISTEN, RUN) ends the pipelining: from then on the guest runs on
+      // the destination, which waits for what each batch carries.
+      const pipelineThis = pipelined && onlyPages();
+      if (!pipelineThis) pipelined = false;
+      flush(pipelineThis ? 1 : 0);
       // Timed on this link's clock alone: a caller's `atNs` on another clock must not skew it.
-      const t0 = clock.now();
-      flush();
       const t1 = clock.now();
       bytesSent += bytes;
-      // What the link really carried, from batches long enough to mean something.
-      if (bytes >= 1 << 20 && t1 > t0) {
-        if (rates.push((bytes * NS_PER_S) / (t1 - t0)) > RATE_HISTORY) rates.shift();
-        bandwidth = Math.max(...rates);
-      }
+      measure();
       return t1;
+    },
+    settle() {
+      flush(0);
+      measure();
+      return clock.now();
     },
   };
 
@@ -437,7 +485,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
       return failure();
     },
     async verify() {
-      flush();
+      flush(0);
       worker.postMessage({ kind: 'verify' } satisfies SenderRequest);
       const r = await next();
       if (r.kind !== 'verified') {

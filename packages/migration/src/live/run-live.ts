@@ -52,6 +52,8 @@ export interface LiveMigrationOptions {
   linkTimeoutMs?: number;
   /** Where the sender writes page data from (link-layout.ts, {@link SendFrom}). Default `staging`. */
   sendFrom?: SendFrom;
+  /** Queue each batch behind the one still draining (live-link.ts `pipelined`). Default true. */
+  pipelined?: boolean;
   /** `migrate_cancel` after this long (ns). */
   cancelAtNs?: number;
   /** `migrate-start-postcopy` after this long (ns); needs capability `postcopy-ram`. */
@@ -140,6 +142,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     ...(options.token === undefined ? {} : { token: options.token }),
     ...(options.linkTimeoutMs === undefined ? {} : { timeoutMs: options.linkTimeoutMs }),
     ...(options.sendFrom === undefined ? {} : { sendFrom: options.sendFrom }),
+    ...(options.pipelined === undefined ? {} : { pipelined: options.pipelined }),
     ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
     ...(reap === undefined ? {} : { whileWaiting: reap }),
   });

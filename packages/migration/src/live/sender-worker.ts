@@ -319,8 +319,8 @@ function sendPacket(outs: Out[]): void {
   nextChannel = (nextChannel + 1) % outs.length;
 }
 
-/** Encodes one batch of sink operations and writes it; resolves when every socket drained it. */
-async function sendBatch(ops: Int32Array, count: number): Promise<void> {
+/** Encodes one batch of sink operations and writes it; resolves when every socket drained it, with its bytes. */
+async function sendBatch(ops: Int32Array, count: number): Promise<number> {
   const staging = data.sendFrom === 'staging';
   const mainOut = new Out(main as net.Socket, staging);
   const outs = channels.map((c) => new Out(c, staging));
@@ -461,6 +461,7 @@ async function sendBatch(ops: Int32Array, count: number): Promise<void> {
     clearInterval(tick);
   }
   counters[COUNTER.DRAINED] = base + written;
+  return written;
 }
 
 /** After the stop-and-copy: every page's hash to the destination, which compares and answers. */
@@ -537,7 +538,12 @@ port.on('message', (request: SenderRequest) => {
     try {
       if (request.kind === 'config') zeroPages = request.zeroPages;
       else if (request.kind === 'batch') {
-        await sendBatch(request.ops, request.count);
+        const t0 = process.hrtime.bigint();
+        const bytes = await sendBatch(request.ops, request.count);
+        // Before DONE: whoever sees DONE sees the batch's time and bytes too.
+        counters[COUNTER.BUSY_NS] =
+          (counters[COUNTER.BUSY_NS] as number) + Number(process.hrtime.bigint() - t0);
+        counters[COUNTER.DONE_BYTES] = (counters[COUNTER.DONE_BYTES] as number) + bytes;
         Atomics.store(control, LINK.DONE, request.seq);
         Atomics.notify(control, LINK.DONE);
       } else if (request.kind === 'verify') await verify();
