@@ -329,6 +329,12 @@ export interface Transport {
    */
   settle?(): number;
   /**
+   * Live plane, with `settle`: bytes `transmit` has queued that have not left yet. Precopy's
+   * per-window bandwidth counts what left in the window, as QEMU's counts what reached the
+   * channel. Absent = 0.
+   */
+  readonly bytesInFlight?: number;
+  /**
    * Model plane: when the link drops (ns). A transmission still in flight then fails with a
    * `DirtytrackError` whose errno is `EPIPE`. Absent = never. (Added with the migration issue.)
    */

@@ -1291,6 +1291,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
 
     let windowStart = setupEnd;
     let windowBytes = 0;
+    // A pipelined link's bytes still queued when the window began (they leave in this window).
+    let inFlightAtWindowStart = link.bytesInFlight ?? 0;
     let threshold = 0;
     let bandwidth = 0; // bytes per ms, QEMU's `bw`
     let nextProgress = start;
@@ -1399,13 +1401,19 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       advance(Math.min(Math.max(clock.now(), windowEnd), Math.max(clock.now(), cancelAt)));
       if (clock.now() < windowEnd) continue; // Cancelled inside the window.
       const elapsedMs = (clock.now() - windowStart) / NS_PER_MS;
-      bandwidth = windowBytes / elapsedMs;
+      // What left in this window (migration_transferred_bytes counts what reached the channel):
+      // on a pipelined link, the bytes queued in it minus those still queued, plus those that
+      // were queued when it began.
+      const inFlight = link.bytesInFlight ?? 0;
+      const leftBytes = Math.max(0, windowBytes + inFlightAtWindowStart - inFlight);
+      bandwidth = leftBytes / elapsedMs;
       threshold = bandwidth * params['downtime-limit'] * share;
-      mbps = (windowBytes * 8) / (elapsedMs / 1000) / 1e6;
-      if (dirtyPagesRate !== 0 && windowBytes > 10_000 && bandwidth > 0)
+      mbps = (leftBytes * 8) / (elapsedMs / 1000) / 1e6;
+      if (dirtyPagesRate !== 0 && leftBytes > 10_000 && bandwidth > 0)
         expectedDowntime = dirtyBytesLastSync / bandwidth;
       windowStart = clock.now();
       windowBytes = 0;
+      inFlightAtWindowStart = inFlight;
       if (caps['auto-converge'] && clock.now() >= nextPeriodicSync) {
         // cpu_throttle_dirty_sync_timer_tick: force a sync if none happened since the last tick.
         if (syncs > 1 && syncs === syncsAtLastTick) sync();

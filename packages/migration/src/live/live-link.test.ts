@@ -82,16 +82,18 @@ describe('live link', { timeout: 60_000 }, () => {
     const memory = randomMemory(11);
     const setup = encodeSection(VM_ITEM.SECTION_START).length + encodeMemSize(memory.byteLength).length + EOS;
     const batch = encodeSection(VM_ITEM.SECTION_PART).length + (PAGES / 4) * RECORD + EOS;
-    const quarter = (l: LiveLink, q: number) => {
-      for (let w = (q * PAGES) / 128; w < ((q + 1) * PAGES) / 128; w++) l.sink.pages(w, -1, -1);
-      l.link.transmit(0, 0);
-    };
     const piped = await open(memory, createRealClock());
-    quarter(piped, 0);
-    quarter(piped, 1);
-    // The first batch has left (the second may still be on its way).
+    const quarter = (l: LiveLink, q: number, bytes = 0) => {
+      for (let w = (q * PAGES) / 128; w < ((q + 1) * PAGES) / 128; w++) l.sink.pages(w, -1, -1);
+      l.link.transmit(bytes, 0);
+    };
+    quarter(piped, 0, 1000);
+    quarter(piped, 1, 2000);
+    // The first batch has left (the second may still be on its way, and counts as in flight).
     expect(piped.stats()['main-bytes']).toBeGreaterThanOrEqual(setup + batch);
+    expect([0, 2000]).toContain(piped.link.bytesInFlight);
     settle(piped);
+    expect(piped.link.bytesInFlight).toBe(0);
     expect(piped.stats()['main-bytes']).toBe(setup + 2 * batch);
     quarter(piped, 2);
     quarter(piped, 3);
@@ -105,8 +107,9 @@ describe('live link', { timeout: 60_000 }, () => {
 
     const each = await open(memory, createRealClock(), undefined, undefined, false);
     for (let q = 0; q < 4; q++) {
-      quarter(each, q);
+      quarter(each, q, 1000);
       expect(each.stats()['main-bytes']).toBe(setup + (q + 1) * batch);
+      expect(each.link.bytesInFlight).toBe(0);
     }
     each.sink.complete();
     each.link.transmit(0, 0);

@@ -260,6 +260,8 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
   let bandwidth = options.bandwidth ?? 1e8;
   const rates: number[] = [];
   let pipelined = options.pipelined ?? true;
+  // Batches posted and not yet seen done: [seq, bytes as the caller counted them], oldest first.
+  const queued: [number, number][] = [];
   // What the sender had finished at the last rate sample: its busy time and those batches' bytes.
   let sampledBusyNs = 0;
   let sampledBytes = 0;
@@ -378,11 +380,19 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     get bytesSent() {
       return bytesSent;
     },
+    get bytesInFlight() {
+      const done = Atomics.load(control, LINK.DONE);
+      while (queued.length > 0 && (queued[0] as [number, number])[0] <= done) queued.shift();
+      let n = 0;
+      for (const [, b] of queued) n += b;
+      return n;
+    },
     transmit(bytes) {
       // Postcopy's first batch (LISTEN, RUN) ends the pipelining: from then on the guest runs on
       // the destination, which waits for what each batch carries.
       const pipelineThis = pipelined && onlyPages();
       if (!pipelineThis) pipelined = false;
+      if (count > 0) queued.push([seq + 1, bytes]);
       flush(pipelineThis ? 1 : 0);
       // Timed on this link's clock alone: a caller's `atNs` on another clock must not skew it.
       const t1 = clock.now();
@@ -454,6 +464,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     waiter = undefined;
     reqTail = 0;
     count = 0;
+    queued.length = 0; // what the old sender had is gone with it
     senderData = {
       ...senderData,
       control: control.buffer as SharedArrayBuffer,
