@@ -92,9 +92,11 @@ export interface SenderData {
  *   then reads the same few hot buffers again and again.
  * - `guest-memory`: each page is handed to `writev` as a view of guest memory, as QEMU's
  *   `qemu_put_buffer_async` does — no user-space copy, but the kernel reads every page of guest RAM
- *   itself, two iovecs per page. On this project's (nested, paravirtualized) test machine the
- *   kernel reading 1 GiB of distinct user pages runs at 3–5 Gbit/s where re-reading a hot buffer
- *   runs at 13–15, which is why `staging` is the default (`dirtytrack bench migrate` measures both).
+ *   itself, two iovecs per page. On this project's (nested, paravirtualized) test machine, with
+ *   guest RAM on 4 KiB pages, the kernel reading 1 GiB of distinct user pages ran at 3–5 Gbit/s
+ *   where re-reading a hot buffer ran at 13–15, which is why `staging` is the default; with guest
+ *   RAM on huge pages (`allocateGuestRam`) the two are within a few % (`dirtytrack bench migrate`
+ *   measures both).
  */
 export type SendFrom = 'staging' | 'guest-memory';
 

@@ -117,8 +117,9 @@ export interface VerifyResult {
  * The live plane's link: a {@link Transport} plus the {@link PageSink} that `runPrecopy` feeds.
  * The migration thread (the caller of `runPrecopy`, synchronous) queues the sink's operations and,
  * at each `transmit`, hands them to a sender worker that owns the TCP connections, then blocks
- * with `Atomics.wait` until the kernel has taken every byte — so `transmit` returns the real time
- * the batch left, and the bandwidth precopy measures is the real one.
+ * with `Atomics.wait` until the kernel has taken the batch before (pipelined; `settle` waits for
+ * every byte, and batches that stop or switch the guest always wait for their own) — so the
+ * times `transmit` returns are real, and the bandwidth precopy measures is the real one.
  */
 export interface LiveLink {
   readonly link: Transport;
