@@ -114,6 +114,17 @@ describe('dirtytrack bench migrate', () => {
         (r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'),
     );
     expect(table.filter((l) => l.startsWith('| '))).toHaveLength(7);
+    // The side-by-side ratios: each repetition over its own loopback, and their median.
+    for (const c of r.cases) {
+      expect(c['vs-loopback-runs']).toEqual([
+        fourDigits((c.runs[0] as { mbps: number }).mbps / r['loopback-mbps']),
+      ]);
+      expect(c['vs-loopback-paired']).toBe(c['vs-loopback-runs'][0]);
+    }
+    expect(r['precopy-vs-loopback-paired']).toBe(r.cases[0]?.['vs-loopback-paired']);
+    expect(table).toContain(
+      `precopy over each repetition's own loopback: ${r.cases[0]?.['vs-loopback-runs'][0]} (median ${r['precopy-vs-loopback-paired']}).`,
+    );
   });
 
   it('errorPct is (model − live) / live in %, one decimal', () => {

@@ -93,6 +93,10 @@ export interface LiveCase extends LiveRun {
   'within-downtime-limit': boolean;
   /** Every repetition, in order. */
   runs: LiveRun[];
+  /** Each repetition's Mbit/s over the loopback measured just before it (four significant digits). */
+  'vs-loopback-runs': number[];
+  /** Their median: the side-by-side ratio, robust to one repetition's loopback outlier. */
+  'vs-loopback-paired': number;
 }
 
 /** A model-plane run of a live case's scenario, and its error against the live run. */
@@ -135,6 +139,8 @@ export interface MigrateBenchResult {
   'precopy-mbps': number;
   /** `precopy-mbps / loopback-mbps`, four significant digits (issue 9's goal: ≥ 0.8). */
   'precopy-vs-loopback': number;
+  /** The median over repetitions of precopy over its own repetition's loopback. */
+  'precopy-vs-loopback-paired': number;
   /** The same precopy with every page written from guest memory itself (`sendFrom: 'guest-memory'`). */
   'precopy-guest-memory-mbps': number;
   'precopy-guest-memory-vs-loopback': number;
@@ -216,6 +222,8 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
       converged,
       'within-downtime-limit': converged && (base.downtime ?? Infinity) <= BENCH_DOWNTIME_LIMIT,
       runs: all,
+      'vs-loopback-runs': all.map((run, rep) => fourDigits(run.mbps / (loopback[rep] as number))),
+      'vs-loopback-paired': fourDigits(median(all.map((run, rep) => run.mbps / (loopback[rep] as number)))),
     };
   });
   step('model: the same scenarios in the model plane');
@@ -235,6 +243,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     'huge-pages': cases.every((c) => c.runs.every((run) => run['huge-pages'])),
     'precopy-mbps': mbps('precopy'),
     'precopy-vs-loopback': ratio('precopy'),
+    'precopy-vs-loopback-paired': (cases.find((c) => c.name === 'precopy') as LiveCase)['vs-loopback-paired'],
     'precopy-guest-memory-mbps': mbps('precopy-guest-memory'),
     'precopy-guest-memory-vs-loopback': ratio('precopy-guest-memory'),
     'multifd-2-mbps': mbps('multifd-2'),
@@ -279,6 +288,12 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
   }
   lines.push(
     '',
+    ...r.cases
+      .filter((c) => !c.dirtying)
+      .map(
+        (c) =>
+          `${c.name} over each repetition's own loopback: ${c['vs-loopback-runs'].join(', ')} (median ${c['vs-loopback-paired']}).`,
+      ),
     `Downtime limit ${BENCH_DOWNTIME_LIMIT} ms. Peak RSS: this process ${r['peak-rss-mib']} MiB, ` +
       `destination ${Math.max(...r.cases.map((c) => c['destination-peak-rss-mib']))} MiB, loopback receiver ${r['receiver-peak-rss-mib']} MiB.`,
   );

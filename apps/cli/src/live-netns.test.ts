@@ -113,7 +113,8 @@ describe.skipIf(unavailable !== undefined)('serve and migrate over a real link (
     p.shape('40mbit');
     const server = await serve(p, '64M');
     const migrate = p.cli(p.src, ...migrateArgs(p, server.port, '--memory', '64M', '--link-timeout', '6000'));
-    await waitForConnection(p.src, p.dstAddr, server.port, 15_000);
+    // 30 s: migrate runs from source through tsx (its workers too), slow to start on a loaded machine.
+    await waitForConnection(p.src, p.dstAddr, server.port, 30_000, migrate);
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     p.cut();
     const cutAt = Date.now();
@@ -128,7 +129,7 @@ describe.skipIf(unavailable !== undefined)('serve and migrate over a real link (
     expect(after).toBeGreaterThanOrEqual(2_000);
     expect(after).toBeLessThan(12_000);
     expectGuestRanOn(r);
-  }, 40_000);
+  }, 60_000);
 
   it('the destination killed during precopy: failed at once with the reset, the source guest runs on', async () => {
     const p = newPair();
@@ -136,7 +137,8 @@ describe.skipIf(unavailable !== undefined)('serve and migrate over a real link (
     const server = await serve(p);
     // The default link timeout (30 s): the failure must come from the reset, not from waiting.
     const migrate = p.cli(p.src, ...migrateArgs(p, server.port));
-    await waitForConnection(p.src, p.dstAddr, server.port, 15_000);
+    // 30 s: migrate runs from source through tsx (its workers too), slow to start on a loaded machine.
+    await waitForConnection(p.src, p.dstAddr, server.port, 30_000, migrate);
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     server.child.kill('SIGKILL');
     const killedAt = Date.now();
@@ -148,7 +150,7 @@ describe.skipIf(unavailable !== undefined)('serve and migrate over a real link (
     expect(r['error-desc']).toMatch(/ECONNRESET|reset|closed the connection/);
     expect(after).toBeLessThan(5_000);
     expectGuestRanOn(r);
-  }, 40_000);
+  }, 60_000);
 });
 
 describe.skipIf(unavailable !== undefined)('postcopy over a real link (network namespaces)', () => {
@@ -184,7 +186,8 @@ describe.skipIf(unavailable !== undefined)('postcopy over a real link (network n
         '20',
       ),
     );
-    await waitForConnection(p.src, p.dstAddr, server.port, 15_000);
+    // 30 s: migrate runs from source through tsx (its workers too), slow to start on a loaded machine.
+    await waitForConnection(p.src, p.dstAddr, server.port, 30_000, migrate);
     // 32 MiB of random pages at 40 Mbit/s: ~7 s, so 2.5 s in is well inside postcopy.
     await new Promise((resolve) => setTimeout(resolve, 2_500));
     p.cut();

@@ -186,11 +186,25 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
 
 /**
  * Waits until `ns` has an established TCP connection to `addr:port` (the migration has started),
- * polling `ss` every 100 ms for at most `ms`.
+ * polling `ss` every 100 ms for at most `ms`. With `process`, a process that ends first fails the
+ * wait at once with its exit code and output (not a bare timeout).
  */
-export async function waitForConnection(ns: string, addr: string, port: number, ms: number): Promise<void> {
+export async function waitForConnection(
+  ns: string,
+  addr: string,
+  port: number,
+  ms: number,
+  process?: CliProcess,
+): Promise<void> {
   const deadline = Date.now() + ms;
+  let ended: RunResult | undefined;
+  void process?.done.then((r) => (ended = r));
   for (;;) {
+    if (ended !== undefined) {
+      throw new Error(
+        `the process ended (code ${ended.code}) before a connection to ${addr}:${port}: ${ended.stdout.slice(0, 800)} ${ended.stderr.slice(0, 800)}`,
+      );
+    }
     const r = spawnSync(
       'ip',
       ['netns', 'exec', ns, 'ss', '-Htn', 'state', 'established', 'dst', `${addr}:${port}`],
