@@ -8,10 +8,9 @@ import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import type { LiveGuestStats } from '@dirtytrack/guest';
 import { runLiveMigration, type LiveMigrationOutcome, type SendFrom } from '@dirtytrack/migration';
 import { fourDigits, medianOf } from './bench-timing.js';
-import { startLiveSource } from './live.js';
+import { localServeArgs, startLiveSource } from './live.js';
 import { simulate } from './pipeline.js';
 import { scenarioSchema, type ScenarioInput } from './scenario.js';
-import { cliCommand } from './cli-command.js';
 
 /**
  * `dirtytrack bench migrate` (issue 9's acceptance): in one run, on loopback, raw TCP throughput
@@ -547,22 +546,9 @@ async function spawnReceiver(): Promise<{
  * fd 3 as it exits — the migration blocks this thread, so its `/proc` could not be polled.
  */
 async function spawnDestination(memory: number) {
-  const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      RSS_PRELOAD,
-      ...cliCommand(),
-      'serve',
-      '--listen',
-      '127.0.0.1:0',
-      '--memory',
-      String(memory),
-      '--once',
-      '--json',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] },
-  );
+  const child = spawn(process.execPath, ['--import', RSS_PRELOAD, ...localServeArgs(memory)], {
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+  });
   const [, , stderrPipe, fd3Pipe] = child.stdio as unknown as NodeJS.ReadableStream[];
   let stderr = '';
   let usage = '';

@@ -156,6 +156,21 @@ function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
  * Local mode's destination: `dirtytrack serve --listen 127.0.0.1:0 --once --json` as a child
  * process (its own process, as a real destination). Resolves once it listens.
  */
+/** `dirtytrack serve`'s command line for a local destination of `memory` bytes: one migration, JSON result. */
+export function localServeArgs(memory: number, hugePages = true): string[] {
+  return [
+    ...cliCommand(),
+    'serve',
+    '--listen',
+    '127.0.0.1:0',
+    '--memory',
+    String(memory),
+    '--once',
+    '--json',
+    ...(hugePages ? [] : ['--no-huge-pages']),
+  ];
+}
+
 export async function spawnLocalDestination(
   memory: number,
   hugePages = true,
@@ -165,23 +180,9 @@ export async function spawnLocalDestination(
   child: ChildProcess;
   result: Promise<Omit<DestinationResult, 'memory'> & { 'huge-pages'?: boolean }>;
 }> {
-  const child = spawn(
-    process.execPath,
-    [
-      ...cliCommand(),
-      'serve',
-      '--listen',
-      '127.0.0.1:0',
-      '--memory',
-      String(memory),
-      '--once',
-      '--json',
-      ...(hugePages ? [] : ['--no-huge-pages']),
-    ],
-    {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
+  const child = spawn(process.execPath, localServeArgs(memory, hugePages), {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (c: string) => {
     stderr += c;
