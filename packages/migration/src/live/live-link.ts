@@ -459,6 +459,9 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     old.postMessage({ kind: 'abort' } satisfies SenderRequest);
     void old.terminate();
     control = new Int32Array(new SharedArrayBuffer(LINK_CONTROL_BYTES));
+    // Every batch so far went to the old sender (recovery re-sends from the received bitmap): the
+    // new one starts as if they were done, or a wait for them would never end.
+    Atomics.store(control, LINK.DONE, seq);
     stalled = undefined;
     workerError = undefined;
     replies = [];
