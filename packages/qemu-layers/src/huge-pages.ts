@@ -112,7 +112,11 @@ export function hugePageAllocatorWith(
 
 /** Guest RAM from {@link allocateGuestRam}. */
 export interface GuestRam {
-  /** Exactly the bytes asked, zeroed, untouched. */
+  /**
+   * Exactly the bytes asked, zeroed. Large buffers come from a fresh `mmap` (nothing has touched
+   * them, so the advice applies from the first fault); a small one may reuse heap pages already
+   * touched, which stay on 4 KiB pages until khugepaged collapses them.
+   */
   readonly memory: SharedArrayBuffer;
   /** `madvise(MADV_HUGEPAGE)` was applied to it (its 2 MiB-aligned part faults in as huge pages). */
   readonly hugePages: boolean;
