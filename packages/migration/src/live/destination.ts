@@ -1,7 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createRealClock, DirtytrackError, isDirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
 import { isLoopback, serverHandshake } from './handshake.js';
-import { withReadBuffer, type BufferedSocket } from './read-buffer.js';
+import { withReadBuffer, type BufferedSocket, type InPlaceReads } from './read-buffer.js';
 import { createPostcopyFaults, type PostcopyFaults } from './postcopy-faults.js';
 import {
   CHANNEL_KIND,
@@ -89,6 +89,11 @@ export interface DestinationResult {
   'bytes-received': number;
   /** Main-stream bytes after the handshake. */
   'main-bytes': number;
+  /**
+   * Multifd page bytes read straight into guest memory (a packet's run of consecutive pages), not
+   * through the read buffer: QEMU's multifd receive reads pages in place.
+   */
+  'in-place-bytes': number;
   /** Multifd channel bytes after their handshakes. */
   'multifd-bytes': number;
   /** True only when VERIFY_END came, every page of RAM was compared and none mismatched. */
@@ -361,6 +366,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       duplicate: 0,
       packets: 0,
       bytes: 0,
+      inPlaceBytes: 0,
       compared: null,
       comparedCount: 0,
       mismatches: 0,
@@ -485,6 +491,18 @@ export async function createDestination(options: DestinationOptions = {}): Promi
           },
           onPage,
           onZero,
+          writePart: (offset, bytes) => {
+            mem.set(bytes, offset);
+          },
+          onPageInPlace: (offset) => {
+            // Only before the switch (inPlace() is never offered once the guest runs here).
+            if (m.running)
+              throw new DirtytrackError('internal', `page at ${offset} read in place in postcopy`, {
+                component: 'destination',
+              });
+            landed(offset);
+            m.normal++;
+          },
           onSync: () => {
             ch.syncs++;
             if (m.mainWaiting && allSynced(m, m.flushSeen)) {
@@ -753,11 +771,15 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       }
       if (m.eof) tryComplete(m);
     };
-    attach(m, conn, `multifd channel ${index}`);
+    attach(m, conn, `multifd channel ${index}`, ch.decoder);
   }
 
-  /** Feeds a socket to its decoder. The peer's FIN is handled once the decoder has drained. */
-  function attach(m: Migration, conn: Conn, name: string): void {
+  /**
+   * Feeds a socket to its decoder. The peer's FIN is handled once the decoder has drained. With
+   * `multifd` (a multifd channel read into a reused buffer), a packet's run of consecutive pages is
+   * read straight into guest memory, as QEMU's multifd receive reads a packet's pages with `readv`.
+   */
+  function attach(m: Migration, conn: Conn, name: string, multifd?: MultifdDecoder): void {
     const socket = conn.socket as Socket;
     const decoder = conn.decoder;
     /** One read's bytes to the decoder; false once the decoder paused (the socket pauses too). */
@@ -772,8 +794,32 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       });
       return !decoder.paused;
     };
+    const inPlace: InPlaceReads | undefined =
+      multifd === undefined
+        ? undefined
+        : {
+            target: () => {
+              if (m.done || conn.dead || m.running) return undefined;
+              const range = multifd.inPlaceRange();
+              if (range !== undefined) return m.mem.subarray(range.offset, range.offset + range.bytes);
+              // Between packets: read just the header, so that its pages can come in place.
+              const header = multifd.headerBytesLeft();
+              return header > 0 ? header : undefined;
+            },
+            landed: (n) => {
+              m.bytes += n;
+              m.inPlaceBytes += n;
+              m.timer.refresh();
+              guard(m, () => {
+                multifd.inPlace(n);
+                progress(m, false);
+                if (m.eof) tryComplete(m);
+              });
+              return !decoder.paused;
+            },
+          };
     const buffered = readers.get(socket);
-    if (buffered !== undefined) buffered.start((chunk) => feed(chunk, true));
+    if (buffered !== undefined) buffered.start((chunk) => feed(chunk, true), inPlace);
     else
       socket.on('data', (chunk: Buffer) => {
         if (!feed(chunk, false)) socket.pause();
@@ -866,6 +912,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       duplicate: m.duplicate,
       'multifd-packets': m.packets,
       'bytes-received': m.bytes,
+      'in-place-bytes': m.inPlaceBytes,
       'main-bytes': m.mainDecoder.offset,
       'multifd-bytes': m.channels.reduce((sum, ch) => sum + ch.decoder.offset, 0),
       verified: error === null && m.verifyEnded && m.comparedCount === m.pages && m.mismatches === 0,
@@ -960,6 +1007,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
           duplicate: 0,
           'multifd-packets': 0,
           'bytes-received': 0,
+          'in-place-bytes': 0,
           'main-bytes': 0,
           'multifd-bytes': 0,
           verified: false,
@@ -1024,6 +1072,7 @@ interface Migration {
   duplicate: number;
   packets: number;
   bytes: number;
+  inPlaceBytes: number;
   /** Per page: 0 not compared, 1 matched, 2 mismatched. */
   compared: Uint8Array | null;
   comparedCount: number;

@@ -170,6 +170,11 @@ describe(`live migration over loopback TCP (seed ${SEED})`, { timeout: 180_000 }
     expect(result['multifd-packets']).toBe(outcome.link['multifd-packets']);
     // Multifd's bytes on the wire are exactly what precopy charged (the 64-byte HELLOs included).
     expect(outcome.link['multifd-bytes'] + 3 * 64).toBe(outcome.info.ram['multifd-bytes']);
+    // A read that ends inside a packet's run of pages is followed by reads straight into guest
+    // memory (and the bytes above still matched): some page bytes went in place, never more
+    // than the multifd pages carried.
+    expect(result['in-place-bytes']).toBeGreaterThan(0);
+    expect(result['in-place-bytes']).toBeLessThanOrEqual(outcome.info.ram['normal-bytes']);
   });
 
   it('the destination dies mid-precopy: status failed with the cause, the source guest keeps running', async () => {

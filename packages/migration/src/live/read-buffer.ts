@@ -6,11 +6,26 @@ export const READ_BUFFER_BYTES = 2 ** 20;
 /** Gets each read's bytes (valid until it returns); return false to stop reading until `resume()`. */
 export type ChunkHandler = (chunk: Uint8Array) => boolean;
 
+/**
+ * Reads that may go straight to where their bytes belong (a multifd packet's pages, into guest
+ * memory) instead of into the reused buffer.
+ */
+export interface InPlaceReads {
+  /**
+   * Asked before each read: where it should go — a view to read into in place, a number to read
+   * at most that many bytes into the reused buffer (a header, so that what follows it can go in
+   * place), or undefined for the whole reused buffer.
+   */
+  target(): Uint8Array | number | undefined;
+  /** The last read put `n` bytes at the start of its target; false stops reading until `resume()`. */
+  landed(n: number): boolean;
+}
+
 /** A socket that reads into one reused buffer, and the handler its reads go to. */
 export interface BufferedSocket {
   readonly socket: Socket;
-  /** Sets the handler and starts reading. */
-  start(onChunk: ChunkHandler): void;
+  /** Sets the handler (and, optionally, where reads may go in place) and starts reading. */
+  start(onChunk: ChunkHandler, inPlace?: InPlaceReads): void;
 }
 
 interface HandleHolder {
@@ -50,18 +65,28 @@ export function withReadBuffer(socket: Socket, bytes = READ_BUFFER_BYTES): Buffe
   socket.destroy();
   const buffer = new Uint8Array(bytes);
   let handler: ChunkHandler = () => false;
+  let place: InPlaceReads | undefined;
   const fresh = new Socket({
     handle,
     allowHalfOpen: true,
     readable: true,
     writable: true,
     pauseOnCreate: true,
-    onread: { buffer, callback: (n: number, buf: Uint8Array) => handler(buf.subarray(0, n)) },
+    // Node asks for the next read's buffer after each read (and once before the first).
+    onread: {
+      buffer: () => {
+        const t = place?.target();
+        return t === undefined ? buffer : typeof t === 'number' ? buffer.subarray(0, Math.min(t, bytes)) : t;
+      },
+      callback: (n: number, buf: Uint8Array) =>
+        buf.buffer === buffer.buffer ? handler(buf.subarray(0, n)) : (place as InPlaceReads).landed(n),
+    },
   } as ConstructorParameters<typeof Socket>[0]);
   return {
     socket: fresh,
-    start(onChunk) {
+    start(onChunk, inPlace) {
       handler = onChunk;
+      place = inPlace;
       fresh.resume();
     },
   };

@@ -505,6 +505,80 @@ describe('multifd decoder, transient chunks', () => {
   });
 });
 
+describe("multifd decoder, pages read in place (QEMU reads a packet's pages with readv)", () => {
+  it('offers the rest of a run of consecutive pages, writes a gathered page head first, and counts each page once', () => {
+    const ram = 32 * PAGE;
+    const mem = new Uint8Array(ram);
+    const log: string[] = [];
+    const d = createMultifdDecoder({
+      ...multifdLogger(ram, log),
+      onPageInPlace: (o) => log.push(`in place ${o / PAGE}`),
+      writePart: (o, bytes) => {
+        log.push(`part ${o / PAGE} ${bytes.length}`);
+        mem.set(bytes, o);
+      },
+    });
+    // Pages 10, 11, 12 (a run), then 20 (a run of one), and zero page 5.
+    const packet = multifdPacket(1, [10, 11, 12, 20], [5], pageOf);
+    const payload = 1344; // where page 10's bytes start
+    expect(d.inPlaceRange()).toBeUndefined(); // between packets: nothing to offer
+    // The first read ends 100 bytes into page 10.
+    d.push(packet.subarray(0, payload + 100), true);
+    expect(d.inPlaceRange()).toEqual({ offset: 10 * PAGE + 100, bytes: 3 * PAGE - 100 });
+    // The reader reads the rest of the run into place, in two reads.
+    mem.set(packet.subarray(payload + 100, payload + 3 * PAGE), 10 * PAGE + 100);
+    d.inPlace(5000);
+    expect(d.inPlaceRange()).toEqual({ offset: 11 * PAGE + 5100 - PAGE, bytes: 3 * PAGE - 5100 });
+    d.inPlace(3 * PAGE - 5100);
+    for (const p of [10, 11, 12]) expect(mem.subarray(p * PAGE, (p + 1) * PAGE)).toEqual(pageOf(p));
+    // Page 20 is its own run; here it comes through the buffer instead.
+    expect(d.inPlaceRange()).toEqual({ offset: 20 * PAGE, bytes: PAGE });
+    d.push(packet.subarray(payload + 3 * PAGE), true);
+    expect(d.idle).toBe(true);
+    expect(d.offset).toBe(packet.length);
+    // The same packet through the buffer alone: the same packet, zero page and page 20.
+    const reference: string[] = [];
+    createMultifdDecoder(multifdLogger(ram, reference)).push(packet);
+    expect(log).toEqual([
+      'packet 1 0 4 1',
+      'zero 20480',
+      'part 10 100',
+      'in place 10',
+      'in place 11',
+      'in place 12',
+      reference.at(-1),
+    ]);
+    expect(reference.at(-1)).toMatch(/^page 81920 /);
+  });
+
+  it('more bytes in place than the run, or a chunk inside a page read in place, is an internal error', () => {
+    const d = createMultifdDecoder({
+      ...multifdLogger(RAM, []),
+      onPageInPlace: () => {},
+      writePart: () => {},
+    });
+    d.push(multifdPacket(1, [1, 2], [], pageOf).subarray(0, 1344), true);
+    expect(() => d.inPlace(2 * PAGE + 1)).toThrow(expect.objectContaining({ code: 'internal' }));
+    d.inPlace(10);
+    expect(() => d.push(new Uint8Array(10), true)).toThrow(expect.objectContaining({ code: 'internal' }));
+    // Between packets a reader may stop after the header: its bytes still missing.
+    const h = createMultifdDecoder({
+      ...multifdLogger(RAM, []),
+      onPageInPlace: () => {},
+      writePart: () => {},
+    });
+    expect(h.headerBytesLeft()).toBe(1344);
+    h.push(multifdPacket(1, [1], [], pageOf).subarray(0, 1000), true);
+    expect(h.headerBytesLeft()).toBe(344);
+    h.push(multifdPacket(1, [1], [], pageOf).subarray(1000, 1344), true);
+    expect([h.headerBytesLeft(), h.inPlaceRange()]).toEqual([0, { offset: PAGE, bytes: PAGE }]);
+    // Without onPageInPlace nothing is offered.
+    const plain = createMultifdDecoder(multifdLogger(RAM, []));
+    plain.push(multifdPacket(1, [1, 2], [], pageOf).subarray(0, 1344), true);
+    expect(plain.inPlaceRange()).toBeUndefined();
+  });
+});
+
 describe('multifd decoder bounds', () => {
   const packet = (mutate: (b: Uint8Array, dv: DataView) => void): Uint8Array => {
     const p = multifdPacket(1, [1], [2], pageOf);

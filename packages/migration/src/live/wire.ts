@@ -1074,6 +1074,13 @@ export interface MultifdDecoderOptions {
   onZero(offsetBytes: number): void;
   /** A SYNC packet. Return `false` to stop after it until `resume()` (anything else goes on). */
   onSync(packetNum: number): unknown;
+  /** A page whose bytes the reader put in place itself (see {@link MultifdDecoder.inPlace}). */
+  onPageInPlace?(offsetBytes: number): void;
+  /**
+   * Writes the first bytes of a page (gathered from an earlier read) to guest memory at
+   * `offsetBytes`, before the rest of the page is read in place after them.
+   */
+  writePart?(offsetBytes: number, bytes: Uint8Array): void;
 }
 
 export interface MultifdDecoder extends StreamDecoder {
@@ -1081,6 +1088,22 @@ export interface MultifdDecoder extends StreamDecoder {
   readonly paused: boolean;
   /** True between packets (nothing of a packet half-read). */
   readonly idle: boolean;
+  /**
+   * Where the stream's next bytes belong in guest memory, when they are the rest of a packet's
+   * run of consecutive pages and nothing is queued: `[offset, offset + bytes)`. A page head
+   * gathered from the last read is first written to place (`writePart`). A reader may then read
+   * the bytes straight there (QEMU's multifd receive reads a packet's pages into guest memory with
+   * `readv`) and report them with {@link inPlace}. Undefined otherwise.
+   */
+  inPlaceRange(): { offset: number; bytes: number } | undefined;
+  /** The next `bytes` stream bytes (at most `inPlaceRange().bytes`) were read into place. */
+  inPlace(bytes: number): void;
+  /**
+   * Between packets (nothing queued, paused or not): how many bytes the next packet header still
+   * needs, so a reader can stop there and read the pages after it in place (QEMU reads the header,
+   * then the pages). 0 otherwise.
+   */
+  headerBytesLeft(): number;
 }
 
 /**
@@ -1100,6 +1123,8 @@ export function createMultifdDecoder(options: MultifdDecoderOptions): MultifdDec
   let pageIndex = 0;
   let lastPacket = -1;
   let packetAt = 0;
+  // Bytes of the current page already read into place (a read may end inside a page).
+  let placedPart = 0;
 
   const fail = (what: string): never => {
     throw protocolError('multifd packet', packetAt, what);
@@ -1182,10 +1207,47 @@ export function createMultifdDecoder(options: MultifdDecoderOptions): MultifdDec
   }
 
   const pump = new ChunkPump(r, run);
+  const inPlaceRange = (): { offset: number; bytes: number } | undefined => {
+    if (!inPacket || pump.paused || !pump.empty || options.onPageInPlace === undefined) return undefined;
+    if (r.have !== 0) {
+      // A read ended inside a page: its head goes to place first, the rest is read after it.
+      if (placedPart !== 0 || options.writePart === undefined) return undefined;
+      const head = r.takeGathered();
+      options.writePart(offsets[pageIndex] as number, head);
+      placedPart = head.length;
+    }
+    const first = offsets[pageIndex] as number;
+    let n = 1;
+    while (n < pagesLeft && offsets[pageIndex + n] === first + n * PAGE_SIZE) n++;
+    return { offset: first + placedPart, bytes: n * PAGE_SIZE - placedPart };
+  };
 
   return {
-    push: (chunk, transient) => pump.push(chunk, transient === true),
+    push: (chunk, transient) => {
+      if (placedPart !== 0)
+        throw new DirtytrackError('internal', 'a chunk inside a page read in place', { component: 'wire' });
+      pump.push(chunk, transient === true);
+    },
     resume: () => pump.resume(),
+    inPlaceRange,
+    // Paused at a SYNC is fine: the header read then waits in the queue like any chunk.
+    headerBytesLeft: () => (inPacket || !pump.empty ? 0 : Math.max(0, MULTIFD_PACKET_HEADER - r.have)),
+    inPlace(bytes) {
+      const range = inPlaceRange();
+      if (range === undefined || !(bytes > 0 && bytes <= range.bytes))
+        throw new DirtytrackError('internal', `${bytes} bytes in place, outside the packet's run`, {
+          component: 'wire',
+        });
+      r.base += bytes;
+      let part = placedPart + bytes;
+      while (part >= PAGE_SIZE) {
+        const off = offsets[pageIndex++] as number;
+        part -= PAGE_SIZE;
+        if (--pagesLeft === 0) inPacket = false;
+        (options.onPageInPlace as (offsetBytes: number) => void)(off);
+      }
+      placedPart = part;
+    },
     end() {
       pump.end(inPacket, () =>
         protocolError(
@@ -1535,6 +1597,8 @@ interface Reader {
   need(n: number): boolean;
   /** Ends the chunk: adds what was consumed to `base`, returns the consumed length. */
   finish(): number;
+  /** The bytes gathered toward the pending `need` (a view of scratch), given up: `have` is 0 after. */
+  takeGathered(): Uint8Array;
 }
 
 function createReader(capacity: number): Reader {
@@ -1579,6 +1643,11 @@ function createReader(capacity: number): Reader {
       this.at = 0;
       this.have = 0;
       return true;
+    },
+    takeGathered() {
+      const head = scratch.subarray(0, this.have);
+      this.have = 0;
+      return head;
     },
     finish() {
       const used = this.p;
