@@ -807,6 +807,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
               return header > 0 ? header : undefined;
             },
             landed: (n) => {
+              // As feed: over or dropped, nothing more is counted (target() offers no more reads).
+              if (m.done || conn.dead) return true;
               m.bytes += n;
               m.inPlaceBytes += n;
               m.timer.refresh();
