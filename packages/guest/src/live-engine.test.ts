@@ -270,7 +270,9 @@ describe('live guest pacing and failures, from synchronous code', () => {
       const v = words[p * 1024] as number;
       seen.set(v, (seen.get(v) ?? 0) + 1);
     }
-    expect([...seen.keys()].sort((a, b) => a - b)).toEqual([-1, 5]);
+    // Written pages hold 5; the rest (if the vCPUs did not reach them all) still 0xffffffff.
+    expect(seen.get(5)).toBeGreaterThan(0);
+    expect([...seen.keys()].filter((v) => v !== 5 && v !== -1)).toEqual([]);
   });
 
   it('pauseSync before start is an invalid-state error, not a hang', () => {
