@@ -348,9 +348,11 @@ describe(`live postcopy (seed ${SEED})`, { timeout: 180_000 }, () => {
         {
           capabilities: { 'postcopy-ram': true, 'postcopy-preempt': preempt },
           // Precopy and the background stream are capped so that most of RAM is still unsent at
-          // the switch (10 MB per 100 ms window: about a third of it is sent by then) and the guest
-          // faults for real before the background stream ends.
-          parameters: { 'max-bandwidth': 100e6, 'max-postcopy-bandwidth': 8e6 },
+          // the switch (3.2 MB per 100 ms window: a tenth of it is sent by then) and the guest
+          // faults for real before the background stream ends (~3.6 s later): its vCPUs boot
+          // through tsx here, which on a loaded CI took long enough that at 10 MB per window the
+          // stream once finished first (no fault, no request).
+          parameters: { 'max-bandwidth': 32e6, 'max-postcopy-bandwidth': 8e6 },
           startPostcopyAtNs: 100e6,
           onStatus: (e) => statuses.push(e.status),
         },
