@@ -152,10 +152,9 @@ function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
   }
 }
 
-/**
- * Local mode's destination: `dirtytrack serve --listen 127.0.0.1:0 --once --json` as a child
- * process (its own process, as a real destination). Resolves once it listens.
- */
+/** What `serve --json` prints for one migration: its result, with whether its RAM is on huge pages. */
+export type ServeResult = Omit<DestinationResult, 'memory'> & { 'huge-pages'?: boolean };
+
 /** `dirtytrack serve`'s command line for a local destination of `memory` bytes: one migration, JSON result. */
 export function localServeArgs(memory: number, hugePages = true): string[] {
   return [
@@ -171,6 +170,10 @@ export function localServeArgs(memory: number, hugePages = true): string[] {
   ];
 }
 
+/**
+ * Local mode's destination: `dirtytrack serve --listen 127.0.0.1:0 --once --json` as a child
+ * process (its own process, as a real destination). Resolves once it listens.
+ */
 export async function spawnLocalDestination(
   memory: number,
   hugePages = true,
@@ -178,7 +181,7 @@ export async function spawnLocalDestination(
   host: string;
   port: number;
   child: ChildProcess;
-  result: Promise<Omit<DestinationResult, 'memory'> & { 'huge-pages'?: boolean }>;
+  result: Promise<ServeResult>;
 }> {
   const child = spawn(process.execPath, localServeArgs(memory, hugePages), {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -197,24 +200,18 @@ export async function spawnLocalDestination(
     });
     child.once('exit', (code) => reject(new Error(`the destination exited (${code}): ${stderr.trim()}`)));
   });
-  const result = new Promise<Omit<DestinationResult, 'memory'> & { 'huge-pages'?: boolean }>(
-    (resolve, reject) => {
-      lines.on('line', (line) => {
-        text += line + '\n';
-      });
-      child.once('close', (code) => {
-        try {
-          resolve(
-            JSON.parse(text.slice(text.indexOf('{'))) as Omit<DestinationResult, 'memory'> & {
-              'huge-pages'?: boolean;
-            },
-          );
-        } catch {
-          reject(new Error(`the destination exited (${code}) without a result: ${stderr.trim()}`));
-        }
-      });
-    },
-  );
+  const result = new Promise<ServeResult>((resolve, reject) => {
+    lines.on('line', (line) => {
+      text += line + '\n';
+    });
+    child.once('close', (code) => {
+      try {
+        resolve(JSON.parse(text.slice(text.indexOf('{'))) as ServeResult);
+      } catch {
+        reject(new Error(`the destination exited (${code}) without a result: ${stderr.trim()}`));
+      }
+    });
+  });
   result.catch(() => {});
   const { host, port } = await listening;
   return { host, port, child, result };
@@ -260,7 +257,7 @@ export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'traje
     'guest-writes': number;
     link: LiveMigrationOutcome['link'];
     /** The local destination's result (`serve --json`), with whether its RAM is on huge pages. */
-    destination?: Omit<DestinationResult, 'memory'> & { 'huge-pages'?: boolean };
+    destination?: ServeResult;
     /** With `--dirty-ring-size`: the vCPUs' `KVM_EXIT_DIRTY_RING_FULL` exits. */
     'ring-full-exits'?: number;
     /**

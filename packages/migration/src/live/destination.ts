@@ -782,18 +782,23 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   function attach(m: Migration, conn: Conn, name: string, multifd?: MultifdDecoder): void {
     const socket = conn.socket as Socket;
     const decoder = conn.decoder;
-    /** One read's bytes to the decoder; false once the decoder paused (the socket pauses too). */
-    const feed = (chunk: Uint8Array, transient: boolean): boolean => {
+    /**
+     * One read's `n` bytes, handed over by `take` (to the decoder, or counted as read in place);
+     * false once the decoder paused (the socket pauses too).
+     */
+    const read = (n: number, take: () => void): boolean => {
       if (m.done || conn.dead) return true; // read on and drop, as before the end
-      m.bytes += chunk.length;
+      m.bytes += n;
       m.timer.refresh();
       guard(m, () => {
-        decoder.push(chunk, transient);
+        take();
         progress(m, false);
         if (m.eof) tryComplete(m);
       });
       return !decoder.paused;
     };
+    const feed = (chunk: Uint8Array, transient: boolean): boolean =>
+      read(chunk.length, () => decoder.push(chunk, transient));
     const inPlace: InPlaceReads | undefined =
       multifd === undefined
         ? undefined
@@ -806,19 +811,11 @@ export async function createDestination(options: DestinationOptions = {}): Promi
               const header = multifd.headerBytesLeft();
               return header > 0 ? header : undefined;
             },
-            landed: (n) => {
-              // As feed: over or dropped, nothing more is counted (target() offers no more reads).
-              if (m.done || conn.dead) return true;
-              m.bytes += n;
-              m.inPlaceBytes += n;
-              m.timer.refresh();
-              guard(m, () => {
+            landed: (n) =>
+              read(n, () => {
+                m.inPlaceBytes += n;
                 multifd.inPlace(n);
-                progress(m, false);
-                if (m.eof) tryComplete(m);
-              });
-              return !decoder.paused;
-            },
+              }),
           };
     const buffered = readers.get(socket);
     if (buffered !== undefined) buffered.start((chunk) => feed(chunk, true), inPlace);
