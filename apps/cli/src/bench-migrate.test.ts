@@ -38,6 +38,10 @@ describe('dirtytrack bench migrate', () => {
     expect(r['huge-pages']).toBe(createHugePageAllocator().kind === 'huge-pages');
     for (const c of r.cases) for (const x of c.runs) expect(x['huge-pages']).toBe(r['huge-pages']);
     expect(r['loopback-mbps']).toBeGreaterThan(0);
+    // TCP between two guest RAMs (read in place, its bytes spot-checked), once per repetition.
+    expect(r['loopback-memory-runs']).toEqual([r['loopback-memory-mbps']]);
+    expect(r['loopback-memory-mbps']).toBeGreaterThan(0);
+    expect(r['precopy-vs-loopback-memory']).toBe(fourDigits(r['precopy-mbps'] / r['loopback-memory-mbps']));
     expect(r.cases.map((c) => [c.name, c.channels, c.dirtying, c['auto-converge']])).toEqual([
       ['precopy', 0, false, false],
       ['precopy-guest-memory', 0, false, false],
@@ -113,7 +117,14 @@ describe('dirtytrack bench migrate', () => {
       `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node}), guest RAM ` +
         (r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'),
     );
-    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(7);
+    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(8);
+    expect(table).toContain(
+      `| TCP between memories: 16.0 MiB of guest RAM read in place into guest RAM | – | – | – | – | ${r['loopback-memory-mbps']} | ` +
+        `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – |`,
+    );
+    expect(table).toContain(
+      `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,
+    );
     // The side-by-side ratios: each repetition over its own loopback, and their median.
     for (const c of r.cases) {
       expect(c['vs-loopback-runs']).toEqual([

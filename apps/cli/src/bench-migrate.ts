@@ -1,14 +1,21 @@
 import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { connect } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { Worker } from 'node:worker_threads';
 import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import type { LiveGuestStats } from '@dirtytrack/guest';
-import { runLiveMigration, type LiveMigrationOutcome, type SendFrom } from '@dirtytrack/migration';
+import {
+  READ_BUFFER_BYTES,
+  runLiveMigration,
+  type LiveMigrationOutcome,
+  type SendFrom,
+} from '@dirtytrack/migration';
 import { fourDigits, medianOf } from './bench-timing.js';
 import { localServeArgs, startLiveSource } from './live.js';
+import { allocateGuestRam } from '@dirtytrack/qemu-layers';
 import { simulate } from './pipeline.js';
 import { scenarioSchema, type ScenarioInput } from './scenario.js';
 
@@ -133,6 +140,15 @@ export interface MigrateBenchResult {
   /** Raw TCP to a discarding child process, Mbit/s, median. */
   'loopback-mbps': number;
   'loopback-runs': number[];
+  /**
+   * The ceiling of a migration over one connection here: `memory` bytes of guest RAM (huge pages,
+   * as the runs' RAM) written whole into the socket and read in place into another guest RAM — TCP
+   * between two memories, no user-space copy and no records. Mbit/s, median.
+   */
+  'loopback-memory-mbps': number;
+  'loopback-memory-runs': number[];
+  /** `precopy-mbps / loopback-memory-mbps`: how much of that ceiling precopy reaches. */
+  'precopy-vs-loopback-memory': number;
   /** Every run's guest RAM was advised transparent huge pages (source and destination, as QEMU does). */
   'huge-pages': boolean;
   'precopy-mbps': number;
@@ -165,6 +181,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     { name: 'dirtying', channels: 0, dirtying: true },
   ];
   const loopback: number[] = [];
+  const loopbackMemory: number[] = [];
   let receiverKiB = 0;
   const runs = new Map<LiveCaseName, LiveRun[]>(specs.map((s) => [s.name, []]));
   const receiver = await spawnReceiver();
@@ -175,6 +192,11 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
       const l = await receiver.transfer(o.memory);
       loopback.push(l.mbps);
       receiverKiB = Math.max(receiverKiB, l.peakKiB);
+      step(
+        `loopback between memories: ${o.memory} bytes of guest RAM into guest RAM over one connection (${of})`,
+      );
+      loopbackMemory.push(await memoryToMemory(o.memory));
+      collectGarbage();
       for (const s of specs) {
         const memory = s.dirtying ? o.dirtyMemory : o.memory;
         step(
@@ -241,6 +263,9 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     'time-limit': o.timeLimit,
     'loopback-mbps': loopbackMbps,
     'loopback-runs': loopback,
+    'loopback-memory-mbps': medianOf(loopbackMemory),
+    'loopback-memory-runs': loopbackMemory,
+    'precopy-vs-loopback-memory': fourDigits(mbps('precopy') / medianOf(loopbackMemory)),
     'huge-pages': cases.every((c) => c.runs.every((run) => run['huge-pages'])),
     'precopy-mbps': mbps('precopy'),
     'precopy-vs-loopback': ratio('precopy'),
@@ -268,6 +293,8 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
     '| run | status | total-time ms | downtime ms | transferred | Mbit/s | vs loopback | verified | syncs | throttle % | model total-time ms (error) | model transferred (error) | model at the live rate: total-time ms (error) |',
     '|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|',
     `| raw TCP, ${mib(r.memory)} to a discarding process | – | – | – | – | ${r['loopback-mbps']} | 1 | – | – | – | – | – | – |`,
+    `| TCP between memories: ${mib(r.memory)} of guest RAM read in place into guest RAM | – | – | – | – | ${r['loopback-memory-mbps']} | ` +
+      `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – |`,
   ];
   for (const c of r.cases) {
     const m = r.model.find((x) => x.case === c.name) as ModelPrediction;
@@ -295,6 +322,7 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
         (c) =>
           `${c.name} over each repetition's own loopback: ${c['vs-loopback-runs'].join(', ')} (median ${c['vs-loopback-paired']}).`,
       ),
+    `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,
     `Downtime limit ${BENCH_DOWNTIME_LIMIT} ms. Peak RSS: this process ${r['peak-rss-mib']} MiB, ` +
       `destination ${Math.max(...r.cases.map((c) => c['destination-peak-rss-mib']))} MiB, loopback receiver ${r['receiver-peak-rss-mib']} MiB.`,
   );
@@ -483,47 +511,56 @@ const RSS_PRELOAD =
   );
 
 /**
- * The loopback receiver: a child process that counts what each connection sends, discards it,
- * and once the sender has ended answers with the count and its peak RSS — the sender's clock
- * stops at the answer, so every byte is timed into the receiver.
+ * The loopback receiver: a child process that, for each line on its stdin, connects to the
+ * sender, counts what arrives, discards it, and once the sender has ended answers with the count
+ * and its peak RSS — the sender's clock stops at the answer, so every byte is timed into the
+ * receiver. It reads into one reused buffer of the destination's size (Node's `onread`), as the
+ * destination does and as iperf does: with Node's default reads (a fresh 64 KiB buffer each) this
+ * receiver measured 12–16 Gbit/s in a fresh process and 20–27 once its heap had grown over a few
+ * transfers, so the baseline rose with every repetition; with one buffer it measured 25–29 from
+ * the first.
  */
-const RECEIVER = () => `
+const RECEIVER = (port: number) => `
 const net = require('node:net');
-const server = net.createServer((c) => {
+const buffer = new Uint8Array(${READ_BUFFER_BYTES});
+require('node:readline').createInterface({ input: process.stdin }).on('line', () => {
   let n = 0;
-  c.on('data', (d) => { n += d.length; });
+  const c = net.connect({ host: '127.0.0.1', port: ${port}, onread: { buffer, callback: (k) => { n += k; } } });
   c.on('end', () => c.end(JSON.stringify([n, ${PEAK_KIB}])));
-  c.on('error', () => {});
+  c.on('error', () => process.exit(1));
 });
-server.listen(0, '127.0.0.1', () => console.log(server.address().port));
 `;
 
 async function spawnReceiver(): Promise<{
   transfer: (bytes: number) => Promise<{ mbps: number; peakKiB: number }>;
   close: () => void;
 }> {
-  const child = spawn(process.execPath, ['-e', RECEIVER()], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const server = createServer({ noDelay: true });
   const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stdout }).once('line', (line) => resolve(Number(line)));
-    child.once('error', reject);
-    child.once('exit', (code) => reject(internal(`the loopback receiver exited (${code})`)));
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
   });
+  const child = spawn(process.execPath, ['-e', RECEIVER(port)], { stdio: ['pipe', 'ignore', 'inherit'] });
+  let exited: Error | undefined;
+  const failed = new Promise<never>((_, reject) =>
+    child.once('exit', (code) => reject((exited = internal(`the loopback receiver exited (${code})`)))),
+  );
+  failed.catch(() => {});
   const buffer = randomFillSync(Buffer.allocUnsafe(CHUNK));
-  const transfer = (bytes: number) =>
-    new Promise<{ mbps: number; peakKiB: number }>((resolve, reject) => {
-      const socket = connect({ host: '127.0.0.1', port, noDelay: true });
-      let t0 = 0n;
-      let answer = '';
-      socket.on('error', reject);
-      socket.setEncoding('utf8').on('data', (c: string) => (answer += c));
-      socket.on('end', () => {
-        const s = Number(process.hrtime.bigint() - t0) / 1e9;
-        const [received, peakKiB] = JSON.parse(answer) as [number, number];
-        if (received !== bytes) reject(internal(`the loopback receiver got ${received} of ${bytes} bytes`));
-        else resolve({ mbps: fourDigits((bytes * 8) / s / 1e6), peakKiB });
-      });
-      socket.once('connect', () => {
-        t0 = process.hrtime.bigint();
+  const transfer = (bytes: number) => {
+    if (exited !== undefined) return Promise.reject(exited);
+    const done = new Promise<{ mbps: number; peakKiB: number }>((resolve, reject) => {
+      server.once('connection', (socket) => {
+        const t0 = process.hrtime.bigint();
+        let answer = '';
+        socket.on('error', reject);
+        socket.setEncoding('utf8').on('data', (c: string) => (answer += c));
+        socket.on('end', () => {
+          const s = Number(process.hrtime.bigint() - t0) / 1e9;
+          const [received, peakKiB] = JSON.parse(answer) as [number, number];
+          if (received !== bytes) reject(internal(`the loopback receiver got ${received} of ${bytes} bytes`));
+          else resolve({ mbps: fourDigits((bytes * 8) / s / 1e6), peakKiB });
+        });
         let sent = 0;
         const write = (): void => {
           while (sent < bytes) {
@@ -539,8 +576,104 @@ async function spawnReceiver(): Promise<{
         write();
       });
     });
-  return { transfer, close: () => child.kill() };
+    (child.stdin as NodeJS.WritableStream).write('\n');
+    return Promise.race([done, failed]);
+  };
+  return {
+    transfer,
+    close: () => {
+      child.kill();
+      server.close();
+    },
+  };
 }
+
+/**
+ * TCP between two memories, the ceiling of any migration over one connection here: `bytes` of
+ * guest RAM (allocated as the runs' RAM is, filled with random bytes) written whole into a socket
+ * in {@link CHUNK} views, and read by a worker thread in place, `READ_BUFFER_BYTES` at a time,
+ * into a second guest RAM touched beforehand — so the kernel's two copies are the only ones, as
+ * they would be for a migration with no records and no copy in user space. Mbit/s. The raw
+ * loopback above reads from a hot 4 MiB buffer and discards; this one reads and writes cold RAM
+ * on both ends.
+ */
+async function memoryToMemory(bytes: number): Promise<number> {
+  const from = new Uint8Array(allocateGuestRam(bytes).memory);
+  const pattern = randomFillSync(Buffer.allocUnsafe(CHUNK));
+  for (let o = 0; o < bytes; o += CHUNK)
+    from.set(o + CHUNK <= bytes ? pattern : pattern.subarray(0, bytes - o), o);
+  const into = allocateGuestRam(bytes).memory;
+  const touch = new Uint8Array(into);
+  for (let o = 0; o < bytes; o += PAGE_SIZE) touch[o] = 1;
+  const server = createServer({ noDelay: true });
+  const port = await new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
+  });
+  const reader = new Worker(MEMORY_READER, {
+    eval: true,
+    workerData: { port, memory: into, read: READ_BUFFER_BYTES },
+  });
+  try {
+    const failed = new Promise<never>((_, reject) => {
+      reader.once('error', reject);
+      reader.once('exit', (code) => reject(internal(`the in-place reader exited (${code})`)));
+    });
+    const mbps = new Promise<number>((resolve, reject) => {
+      server.once('connection', (socket) => {
+        const t0 = process.hrtime.bigint();
+        socket.on('error', reject);
+        socket.on('data', () => {});
+        socket.on('end', () =>
+          resolve(fourDigits((bytes * 8) / (Number(process.hrtime.bigint() - t0) / 1e3))),
+        );
+        let sent = 0;
+        const write = (): void => {
+          while (sent < bytes) {
+            const n = Math.min(CHUNK, bytes - sent);
+            sent += n;
+            if (!socket.write(from.subarray(sent - n, sent))) {
+              socket.once('drain', write);
+              return;
+            }
+          }
+          socket.end();
+        };
+        write();
+      });
+    });
+    const r = await Promise.race([mbps, failed]);
+    const got = new Uint8Array(into);
+    for (let o = 0; o < bytes; o += PAGE_SIZE * 61) {
+      if (got[o] !== from[o])
+        throw internal(`TCP between memories: byte ${o} arrived as ${got[o]}, sent ${from[o]}`);
+    }
+    return r;
+  } finally {
+    await reader.terminate();
+    server.close();
+  }
+}
+
+/** The in-place reader: reads the connection into its memory, then ends it (the sender's clock stops). */
+const MEMORY_READER = `
+const net = require('node:net');
+const { workerData } = require('node:worker_threads');
+const memory = new Uint8Array(workerData.memory);
+const scratch = new Uint8Array(4096);
+let at = 0;
+const c = net.connect({
+  host: '127.0.0.1',
+  port: workerData.port,
+  onread: {
+    // Past the end (only the FIN is left to read): a scratch buffer, never a zero-length one.
+    buffer: () => (at < memory.byteLength ? memory.subarray(at, Math.min(memory.byteLength, at + workerData.read)) : scratch),
+    callback: (n) => { at += n; },
+  },
+});
+c.on('end', () => c.end());
+c.on('error', (e) => { throw e; });
+`;
 
 /**
  * The destination: `dirtytrack serve --listen 127.0.0.1:0 --memory M --once --json` as a child

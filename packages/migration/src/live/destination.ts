@@ -155,7 +155,7 @@ const HANDSHAKE_BYTES = 64 + 32;
  * Straight from the 1 MiB read buffer, which the kernel has just filled, that copy took
  * 355–500 ms per GiB received (a third to a half of the destination thread's time); through this
  * page — a real `memmove` into L1, then the relaxed copy out of L1 — 165–270 ms, and a 1 GiB
- * migration ran 3–15% faster (alternating runs).
+ * migration ran 9–35% faster (four alternating pairs).
  */
 const BOUNCE = new Uint8Array(PAGE_SIZE);
 
