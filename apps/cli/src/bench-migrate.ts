@@ -237,7 +237,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
       memory,
       vcpus: o.vcpus,
       channels: s.channels,
-      'send-from': s.sendFrom ?? 'staging',
+      'send-from': s.sendFrom ?? 'auto',
       'auto-converge': s.dirtying,
       dirtying: s.dirtying,
       'downtime-limit': BENCH_DOWNTIME_LIMIT,

@@ -47,7 +47,7 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     const result = parse(r.stdout);
     expectMigrated16M(result);
     expect(result.dirtytrack.link['multifd-bytes']).toBe(0);
-    // Every data page went through the staging buffers (the default), none as a view of guest memory.
+    // Every data page went through the staging buffers (the default, auto, stages page records), none as a view of guest memory.
     expect(result.dirtytrack.link['staged-bytes']).toBe(result.ram['normal-bytes']);
     expect(result.dirtytrack.link['zero-copy-bytes']).toBe(0);
     // Guest RAM on both sides advised huge pages, as QEMU's RAM blocks are (where THP can be).
@@ -89,6 +89,9 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     expect(result.dirtytrack.destination?.['multifd-packets']).toBe(
       result.dirtytrack.link['multifd-packets'],
     );
+    // The default (auto): multifd packets' pages went from guest memory, none through staging.
+    expect(result.dirtytrack.link['zero-copy-bytes']).toBe(result.ram['normal-bytes']);
+    expect(result.dirtytrack.link['staged-bytes']).toBe(0);
   }, 40_000);
 });
 

@@ -703,10 +703,10 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .addOption(
       new Option(
         '--send-from <where>',
-        'where the sender writes page bytes from: a copy in a few reused staging buffers, or guest memory itself (writev of page views, as QEMU does)',
+        'where the sender writes page bytes from: a copy in a few reused staging buffers, guest memory itself (writev of page views, as QEMU does), or auto — page records staged, multifd packets from guest memory',
       )
-        .choices(['staging', 'guest-memory'])
-        .default('staging'),
+        .choices(['auto', 'staging', 'guest-memory'])
+        .default('auto'),
     )
     .option(
       '--no-huge-pages',

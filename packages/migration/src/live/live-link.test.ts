@@ -58,6 +58,22 @@ function settle(l: LiveLink): number {
 }
 
 describe('live link', { timeout: 60_000 }, () => {
+  it('refuses an unknown sendFrom before connecting (invalid-argument naming the field)', async () => {
+    await expect(
+      openLiveLink({
+        host: '127.0.0.1',
+        port: 1,
+        memory: new SharedArrayBuffer(4096),
+        channels: 0,
+        sendFrom: 'disk' as SendFrom,
+      }),
+    ).rejects.toMatchObject({
+      code: 'invalid-argument',
+      message: expect.stringContaining("sendFrom must be 'staging', 'guest-memory' or 'auto'") as string,
+      field: 'sendFrom',
+    });
+  });
+
   it('times a batch on its own clock: a caller whose clock runs ahead still gets a measured bandwidth', async () => {
     const clock = createRealClock();
     const l = await open(randomMemory(9), clock, 1);
@@ -116,7 +132,7 @@ describe('live link', { timeout: 60_000 }, () => {
     expect(await each.verify()).toEqual({ pages: PAGES, mismatched: 0, firstMismatch: -1 });
   });
 
-  it.each(['staging', 'guest-memory'] as const)(
+  it.each(['staging', 'guest-memory', 'auto'] as const)(
     'puts exact bytes on the main connection and the destination verifies every page (sending from %s)',
     async (sendFrom) => {
       const memory = randomMemory(10);
@@ -137,10 +153,11 @@ describe('live link', { timeout: 60_000 }, () => {
         'main-bytes': setup + 2 * (part + (PAGES / 2) * RECORD + EOS),
         'multifd-bytes': 0,
         'multifd-packets': 0,
+        // auto stages page records, as staging does.
         'zero-copy-bytes': sendFrom === 'guest-memory' ? PAGES * 4096 : 0,
-        'staged-bytes': sendFrom === 'staging' ? PAGES * 4096 : 0,
+        'staged-bytes': sendFrom === 'guest-memory' ? 0 : PAGES * 4096,
         // The 8 staging buffers made before connecting were enough: none was allocated in the run.
-        'staging-buffers': sendFrom === 'staging' ? 8 : 0,
+        'staging-buffers': sendFrom === 'guest-memory' ? 0 : 8,
         'preempt-bytes': 0,
       });
       expect(await l.verify()).toEqual({ pages: PAGES, mismatched: 0, firstMismatch: -1 });

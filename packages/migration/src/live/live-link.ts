@@ -53,7 +53,10 @@ export interface LiveLinkOptions {
    * `transmit` waits for the kernel to take a batch.
    */
   whileWaiting?: () => void;
-  /** Where page data is written from: a copy in reused staging buffers, or guest memory itself. Default `staging`. */
+  /**
+   * Where page data is written from: a copy in reused staging buffers, guest memory itself, or
+   * `auto` — records staged, multifd packets from guest memory. Default `auto`.
+   */
   sendFrom?: SendFrom;
   /**
    * `transmit` returns once the batch is queued behind the one still draining (the migration
@@ -156,8 +159,13 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     throw bad('memory', 'must be a non-empty SharedArrayBuffer of whole 4096-byte pages');
   if (!(Number.isInteger(channels) && channels >= 0 && channels <= 255))
     throw bad('channels', 'must be 0..255');
-  if (options.sendFrom !== undefined && options.sendFrom !== 'staging' && options.sendFrom !== 'guest-memory')
-    throw bad('sendFrom', "must be 'staging' or 'guest-memory'");
+  if (
+    options.sendFrom !== undefined &&
+    options.sendFrom !== 'staging' &&
+    options.sendFrom !== 'guest-memory' &&
+    options.sendFrom !== 'auto'
+  )
+    throw bad('sendFrom', "must be 'staging', 'guest-memory' or 'auto'");
   if (!(Number.isInteger(options.port) && options.port > 0 && options.port < 65536))
     throw bad('port', 'must be 1..65535');
   const timeoutMs = options.timeoutMs ?? 30_000;
@@ -185,7 +193,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     timeoutMs,
     requests,
     bitmap,
-    sendFrom: options.sendFrom ?? 'staging',
+    sendFrom: options.sendFrom ?? 'auto',
   };
   let replies: SenderReply[] = [];
   let waiter: ((r: SenderReply) => void) | undefined;

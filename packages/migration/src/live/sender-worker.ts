@@ -175,7 +175,10 @@ function stagingBuffer(): Uint8Array {
   counters[COUNTER.STAGING_BUFFERS] = (counters[COUNTER.STAGING_BUFFERS] as number) + 1;
   return new Uint8Array(STAGING_BYTES);
 }
-if (data.sendFrom === 'staging') {
+/** Page records (main connection, preempt channel) are staged; multifd packets, per {@link SendFrom}. */
+const stageRecords = data.sendFrom !== 'guest-memory';
+const stagePackets = data.sendFrom === 'staging';
+if (stageRecords || stagePackets) {
   for (let i = 0; i < STAGING_PREALLOCATED; i++) {
     const b = stagingBuffer();
     for (let o = 0; o < STAGING_BYTES; o += 4096) b[o] = 0;
@@ -321,10 +324,9 @@ function sendPacket(outs: Out[]): void {
 
 /** Encodes one batch of sink operations and writes it; resolves when every socket drained it, with its bytes. */
 async function sendBatch(ops: Int32Array, count: number): Promise<number> {
-  const staging = data.sendFrom === 'staging';
-  const mainOut = new Out(main as net.Socket, staging);
-  const outs = channels.map((c) => new Out(c, staging));
-  let preemptOut = preempt === undefined ? undefined : new Out(preempt, staging);
+  const mainOut = new Out(main as net.Socket, stageRecords);
+  const outs = channels.map((c) => new Out(c, stagePackets));
+  let preemptOut = preempt === undefined ? undefined : new Out(preempt, stageRecords);
   const all = [mainOut, ...outs, ...(preemptOut === undefined ? [] : [preemptOut])];
   const base = counters[COUNTER.DRAINED] as number;
   let written = 0;
@@ -356,8 +358,9 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
   };
   // Headers for this batch's records live in one buffer: at most 9 bytes per page plus a few.
   let maxRecords = 4;
-  if (!staging) for (let k = 0; k < count; k++) maxRecords += popcount32(ops[k * OP_WORDS + 2] as number) + 2;
-  const headers = new Uint8Array(staging ? 0 : maxRecords * 9 + 16);
+  if (!stageRecords)
+    for (let k = 0; k < count; k++) maxRecords += popcount32(ops[k * OP_WORDS + 2] as number) + 2;
+  const headers = new Uint8Array(stageRecords ? 0 : maxRecords * 9 + 16);
   let h = 0;
   const openSection = (out: Out): void => {
     if (out.section) return;
@@ -423,7 +426,7 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
       postcopyMode = true;
       if ((data.flags & HELLO_FLAG.PREEMPT) !== 0 && preempt === undefined) {
         preempt = await connect(CHANNEL_KIND.PREEMPT, 0);
-        preemptOut = new Out(preempt, staging);
+        preemptOut = new Out(preempt, stageRecords);
         all.push(preemptOut);
       }
       continue;
