@@ -102,7 +102,7 @@ export interface SenderData {
  *   more than the copy; multifd packets go from guest memory, since a packet's pages are runs of
  *   consecutive pages, a view each, and the destination reads them in place, so no user-space copy
  *   is left at either end. Measured here over 1 GiB, alternating runs: multifd 2 channels
- *   12.8–13.6 Gbit/s staged against 14.6–16.4 from guest memory; 4 channels 12.5–13.9 against
+ *   12.5–13.6 Gbit/s staged against 14.6–16.4 from guest memory; 4 channels 12.5–13.9 against
  *   13.5–15.9.
  */
 export type SendFrom = 'staging' | 'guest-memory' | 'auto';
