@@ -676,6 +676,53 @@ describe('pageHashes', () => {
     expect(Array.from(a)).toEqual(Array.from(out.subarray(0, 2)));
   });
 
+  it('hashes five distinct pages to the values frozen before it hashed four at a time', () => {
+    const memory = new SharedArrayBuffer(5 * PAGE);
+    const words = new Uint32Array(memory);
+    for (let i = 0; i < words.length; i++) words[i] = Math.imul(i + 1, 2654435761);
+    const out = new Uint32Array(10);
+    pageHashes(memory, 0, 5, out);
+    expect(Array.from(out, (w) => w.toString(16).padStart(8, '0'))).toEqual([
+      '0a8121aa',
+      'ed03b14a',
+      'a44746e3',
+      '0859f249',
+      '5ca940ea',
+      '3e2c867a',
+      '87473a60',
+      'd26889fa',
+      '346bef80',
+      '85af45cf',
+    ]);
+  });
+
+  it('gives every page the hash it has alone, whatever the run and the output offset', () => {
+    const pages = 13;
+    const memory = new SharedArrayBuffer(pages * PAGE);
+    const words = new Uint32Array(memory);
+    const alone = new Uint32Array(2 * pages);
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 2 ** 32 - 1 }),
+        fc.integer({ min: 0, max: pages - 1 }),
+        fc.integer({ min: 0, max: pages }),
+        fc.integer({ min: 0, max: 3 }),
+        (seed, first, want, outAt) => {
+          const count = Math.min(want, pages - first);
+          for (let i = 0; i < words.length; i++) words[i] = Math.imul(seed ^ i, 2654435761) >>> 0;
+          for (let p = 0; p < pages; p++) pageHashes(memory, p, 1, alone, p);
+          const out = new Uint32Array(2 * (outAt + count)).fill(7);
+          pageHashes(memory, first, count, out, outAt);
+          expect(Array.from(out.subarray(0, 2 * outAt))).toEqual(new Array<number>(2 * outAt).fill(7));
+          expect(Array.from(out.subarray(2 * outAt))).toEqual(
+            Array.from(alone.subarray(2 * first, 2 * (first + count))),
+          );
+        },
+      ),
+      { numRuns: 100, seed: SEED },
+    );
+  });
+
   it('rejects an output array that is too short', () => {
     expect(() => pageHashes(new ArrayBuffer(PAGE * 2), 0, 2, new Uint32Array(3))).toThrow(/out holds/);
     expect(() => pageHashes(new ArrayBuffer(PAGE * 2), 1, 2, new Uint32Array(4))).toThrow(

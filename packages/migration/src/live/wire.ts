@@ -621,7 +621,44 @@ export function pageHashes(
     return;
   }
   const words = new Uint32Array(memory, firstPage * PAGE_SIZE, count * PAGE_WORDS);
-  for (let p = 0, o = 2 * outAt; p < count; p++, o += 2) {
+  // Four pages at a time: each page's two lanes are one long dependency chain (a multiply per
+  // word), so one page at a time waits on the multiplier's latency; four interleaved pages keep
+  // eight chains in flight. The same function, ~2× the throughput here.
+  let p = 0;
+  for (; p + 4 <= count; p += 4) {
+    let a0 = 0x811c9dc5 | 0;
+    let b0 = 0x9e3779b9 | 0;
+    let a1 = a0;
+    let b1 = b0;
+    let a2 = a0;
+    let b2 = b0;
+    let a3 = a0;
+    let b3 = b0;
+    const s0 = p * PAGE_WORDS;
+    const s1 = s0 + PAGE_WORDS;
+    const s2 = s1 + PAGE_WORDS;
+    const s3 = s2 + PAGE_WORDS;
+    for (let i = 0; i < PAGE_WORDS; i++) {
+      const w0 = words[s0 + i] as number;
+      const w1 = words[s1 + i] as number;
+      const w2 = words[s2 + i] as number;
+      const w3 = words[s3 + i] as number;
+      a0 = Math.imul(a0 ^ w0, 0x01000193);
+      b0 = (Math.imul(b0 ^ (b0 >>> 15), 0x2c1b3c6d) + w0) | 0;
+      a1 = Math.imul(a1 ^ w1, 0x01000193);
+      b1 = (Math.imul(b1 ^ (b1 >>> 15), 0x2c1b3c6d) + w1) | 0;
+      a2 = Math.imul(a2 ^ w2, 0x01000193);
+      b2 = (Math.imul(b2 ^ (b2 >>> 15), 0x2c1b3c6d) + w2) | 0;
+      a3 = Math.imul(a3 ^ w3, 0x01000193);
+      b3 = (Math.imul(b3 ^ (b3 >>> 15), 0x2c1b3c6d) + w3) | 0;
+    }
+    const o = 2 * (outAt + p);
+    finishHash(a0, b0, out, o);
+    finishHash(a1, b1, out, o + 2);
+    finishHash(a2, b2, out, o + 4);
+    finishHash(a3, b3, out, o + 6);
+  }
+  for (let o = 2 * (outAt + p); p < count; p++, o += 2) {
     let a = 0x811c9dc5 | 0;
     let b = 0x9e3779b9 | 0;
     const end = (p + 1) * PAGE_WORDS;
@@ -630,10 +667,15 @@ export function pageHashes(
       a = Math.imul(a ^ w, 0x01000193);
       b = (Math.imul(b ^ (b >>> 15), 0x2c1b3c6d) + w) | 0;
     }
-    const x = a ^ Math.imul(b, 0x9e3779b1);
-    out[o] = fmix32(x);
-    out[o + 1] = fmix32(b ^ x);
+    finishHash(a, b, out, o);
   }
+}
+
+/** A page hash's final mix of its two lanes, into `out[o]` (high) and `out[o + 1]` (low). */
+function finishHash(a: number, b: number, out: Uint32Array, o: number): void {
+  const x = a ^ Math.imul(b, 0x9e3779b1);
+  out[o] = fmix32(x);
+  out[o + 1] = fmix32(b ^ x);
 }
 
 function pageHashesPortable(
