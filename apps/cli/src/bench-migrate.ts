@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { createServer, type AddressInfo } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -561,19 +561,7 @@ async function spawnReceiver(): Promise<{
           if (received !== bytes) reject(internal(`the loopback receiver got ${received} of ${bytes} bytes`));
           else resolve({ mbps: fourDigits((bytes * 8) / s / 1e6), peakKiB });
         });
-        let sent = 0;
-        const write = (): void => {
-          while (sent < bytes) {
-            const n = Math.min(CHUNK, bytes - sent);
-            sent += n;
-            if (!socket.write(n === CHUNK ? buffer : buffer.subarray(0, n))) {
-              socket.once('drain', write);
-              return;
-            }
-          }
-          socket.end();
-        };
-        write();
+        writeAll(socket, bytes, (_at, n) => (n === CHUNK ? buffer : buffer.subarray(0, n)));
       });
     });
     (child.stdin as NodeJS.WritableStream).write('\n');
@@ -586,6 +574,27 @@ async function spawnReceiver(): Promise<{
       server.close();
     },
   };
+}
+
+/**
+ * Writes `bytes` in {@link CHUNK} writes (`chunk(at, n)` gives the bytes at `at`), waiting for
+ * 'drain' whenever the socket's buffer is full, then ends the socket.
+ */
+function writeAll(socket: Socket, bytes: number, chunk: (at: number, n: number) => Uint8Array): void {
+  let sent = 0;
+  const write = (): void => {
+    while (sent < bytes) {
+      const n = Math.min(CHUNK, bytes - sent);
+      const ok = socket.write(chunk(sent, n));
+      sent += n;
+      if (!ok) {
+        socket.once('drain', write);
+        return;
+      }
+    }
+    socket.end();
+  };
+  write();
 }
 
 /**
@@ -627,19 +636,7 @@ async function memoryToMemory(bytes: number): Promise<number> {
         socket.on('end', () =>
           resolve(fourDigits((bytes * 8) / (Number(process.hrtime.bigint() - t0) / 1e3))),
         );
-        let sent = 0;
-        const write = (): void => {
-          while (sent < bytes) {
-            const n = Math.min(CHUNK, bytes - sent);
-            sent += n;
-            if (!socket.write(from.subarray(sent - n, sent))) {
-              socket.once('drain', write);
-              return;
-            }
-          }
-          socket.end();
-        };
-        write();
+        writeAll(socket, bytes, (at, n) => from.subarray(at, at + n));
       });
     });
     const r = await Promise.race([mbps, failed]);
