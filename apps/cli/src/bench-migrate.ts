@@ -13,9 +13,9 @@ import {
   type LiveMigrationOutcome,
   type SendFrom,
 } from '@dirtytrack/migration';
+import { allocateGuestRam } from '@dirtytrack/qemu-layers';
 import { fourDigits, medianOf } from './bench-timing.js';
 import { localServeArgs, startLiveSource } from './live.js';
-import { allocateGuestRam } from '@dirtytrack/qemu-layers';
 import { simulate } from './pipeline.js';
 import { scenarioSchema, type ScenarioInput } from './scenario.js';
 
