@@ -15,7 +15,7 @@ import {
 } from '@dirtytrack/migration';
 import { allocateGuestRam } from '@dirtytrack/qemu-layers';
 import { fourDigits, medianOf } from './bench-timing.js';
-import { localServeArgs, startLiveSource } from './live.js';
+import { localServeArgs, preallocate, startLiveSource } from './live.js';
 import { simulate } from './pipeline.js';
 import { scenarioSchema, type ScenarioInput } from './scenario.js';
 
@@ -611,9 +611,7 @@ async function memoryToMemory(bytes: number): Promise<number> {
   const pattern = randomFillSync(Buffer.allocUnsafe(CHUNK));
   for (let o = 0; o < bytes; o += CHUNK)
     from.set(o + CHUNK <= bytes ? pattern : pattern.subarray(0, bytes - o), o);
-  const into = allocateGuestRam(bytes).memory;
-  const touch = new Uint8Array(into);
-  for (let o = 0; o < bytes; o += PAGE_SIZE) touch[o] = 1;
+  const into = preallocate(bytes, true).memory;
   const server = createServer({ noDelay: true });
   const port = await new Promise<number>((resolve, reject) => {
     server.once('error', reject);

@@ -94,9 +94,9 @@ export interface SenderData {
  *   `qemu_put_buffer_async` does — no user-space copy, but the kernel reads every page of guest RAM
  *   itself, two iovecs per page. On this project's (nested, paravirtualized) test machine, with
  *   guest RAM on 4 KiB pages, the kernel reading 1 GiB of distinct user pages ran at 3–5 Gbit/s
- *   where re-reading a hot buffer ran at 13–15, which is why `staging` is the default; with guest
- *   RAM on huge pages (`allocateGuestRam`) the two are within a few % (`dirtytrack bench migrate`
- *   measures both).
+ *   where re-reading a hot buffer ran at 13–15; with guest RAM on huge pages (`allocateGuestRam`)
+ *   page records from guest memory still ran 4–21 % below staged ones (`dirtytrack bench migrate`
+ *   measures both), which is why `auto` stages them.
  * - `auto` (the default): each connection from where it is faster here. Page records on the main
  *   connection (and postcopy's preempt channel) are staged — two small writes per page cost Node
  *   more than the copy; multifd packets go from guest memory, since a packet's pages are runs of

@@ -50,7 +50,7 @@ export interface LiveMigrationOptions {
   timeLimitNs: number;
   /** A batch that makes no progress for this long fails the link. Default 30 s. */
   linkTimeoutMs?: number;
-  /** Where the sender writes page data from (link-layout.ts, {@link SendFrom}). Default `staging`. */
+  /** Where the sender writes page data from (link-layout.ts, {@link SendFrom}). Default `auto`. */
   sendFrom?: SendFrom;
   /** Queue each batch behind the one still draining (live-link.ts `pipelined`). Default true. */
   pipelined?: boolean;
