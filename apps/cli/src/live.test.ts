@@ -209,6 +209,57 @@ describe('failures before the first page: exit 1, one line', () => {
   }, 30_000);
 });
 
+describe('dirtytrack serve without --once: one migration after another, until SIGTERM', () => {
+  it('receives three guests into the same preallocated RAM, each verified; holds a new source while the last guest runs on', async () => {
+    const serve = await spawnServe('--memory', '4M', '--run-after', '3000', '--vcpus', '1', '--json');
+    const port = serve.port;
+    const to = ['--to', `127.0.0.1:${port}`, '--memory', '4M', '--json'];
+    try {
+      // Random pages first, then all-zero pages over them: the second guest's zero pages must
+      // overwrite the first guest's data in the reused RAM.
+      const first = await run('migrate', ...to, '--fill', 'random', '--seed', '3');
+      expect(first.code).toBe(0);
+      // The first guest runs on for 3 s: a source arriving meanwhile is refused at the handshake.
+      const held = await run('migrate', ...to, '--fill', 'zero');
+      expect(held.code).toBe(1);
+      expect(held.stderr).toMatch(/the previous migration is still being handled here\n$/);
+      // serve prints a migration's result once its guest has stopped, and takes the next then.
+      const resultsPrinted = () => (serve.printed().match(/^\}$/gm) ?? []).length;
+      await expect.poll(resultsPrinted, { timeout: 20_000 }).toBe(1);
+      const second = await run('migrate', ...to, '--fill', 'zero');
+      expect(second.code).toBe(0);
+      expect(parse(second.stdout)).toMatchObject({ status: 'completed', verified: true });
+      await expect.poll(resultsPrinted, { timeout: 20_000 }).toBe(2);
+      const third = await run('migrate', ...to, '--fill', 'half', '--seed', '4');
+      expect(third.code).toBe(0);
+      expect(serve.child.exitCode).toBeNull();
+    } finally {
+      serve.child.kill('SIGTERM');
+    }
+    const { code, stdout } = await serve.output;
+    expect(code).toBe(0);
+    // One JSON object per migration that ran: the refused source never started one.
+    const results = stdout
+      .trimEnd()
+      .split(/\n(?=\{)/)
+      .map(
+        (text) =>
+          JSON.parse(text) as {
+            status: string;
+            verified: boolean;
+            'ram-bytes': number;
+            resumed?: { ms: number };
+          },
+      );
+    expect(results.map((r) => [r.status, r.verified, r['ram-bytes']])).toEqual([
+      ['completed', true, 4 * 2 ** 20],
+      ['completed', true, 4 * 2 ** 20],
+      ['completed', true, 4 * 2 ** 20],
+    ]);
+    expect(results.map((r) => r.resumed?.ms)).toEqual([3000, 3000, 3000]);
+  }, 60_000);
+});
+
 /** A port nobody listens on: one the kernel just handed out and took back. */
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

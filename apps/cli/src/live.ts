@@ -584,6 +584,52 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         let destination;
         // Postcopy: the guest runs here from POSTCOPY_RUN, faulting on the pages still to come.
         let postcopyGuest: LiveGuest | undefined;
+        /**
+         * One migration's end: the guest runs on for `--run-after` (postcopy: it has been running
+         * here since the switch), then the result is printed. Without `--once` the destination
+         * refuses the next migration until this has finished (`onResult`'s promise), so no guest
+         * here runs on memory a new migration writes.
+         */
+        const handle = async (result: DestinationResult): Promise<void> => {
+          const { memory: received, ...rest } = result;
+          const ok = result.status === 'completed' && result.verified;
+          if (!ok) setCode(1);
+          let resumed: Awaited<ReturnType<typeof runReceivedGuest>> | undefined;
+          if (postcopyGuest !== undefined) {
+            const guest = postcopyGuest;
+            postcopyGuest = undefined;
+            if (ok) await new Promise((resolve) => setTimeout(resolve, runAfter));
+            const writes = guest.stats().writes;
+            await guest.stop().catch(() => {});
+            if (ok) resumed = { ms: runAfter, vcpus: runVcpus, writes };
+          } else if (ok && runAfter > 0 && received !== undefined)
+            resumed = await runReceivedGuest(received, {
+              vcpus: runVcpus,
+              rate: 2000,
+              ms: runAfter,
+              seed: 1,
+            });
+          io.stdout(
+            raw.json === true
+              ? JSON.stringify(
+                  {
+                    ...rest,
+                    ...(hugePages === undefined ? {} : { 'huge-pages': hugePages }),
+                    ...(resumed === undefined ? {} : { resumed }),
+                  },
+                  null,
+                  2,
+                ) + '\n'
+              : `${result.status}: ${result.normal} pages, ${result.duplicate} zero pages, ${result['bytes-received']} bytes, verified ${result.verified}` +
+                  (resumed === undefined
+                    ? ''
+                    : `; the guest ran on for ${resumed.ms} ms: ${resumed.writes} writes`) +
+                  '\n',
+          );
+        };
+        const once = raw.once === true;
+        // Without --once, results are handled as they come, one migration after another.
+        let handled: Promise<void> = Promise.resolve();
         try {
           destination = await createDestination({
             host,
@@ -591,8 +637,11 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             ...(token === undefined ? {} : { token }),
             ...(memory === undefined ? {} : { memory }),
             allocate,
-            once: raw.once === true,
+            once,
             guestVcpus: runVcpus,
+            ...(once
+              ? {}
+              : { onResult: (r: DestinationResult) => (handled = handled.then(() => handle(r))) }),
             async onPostcopyRun({ memory: ram, faults }) {
               postcopyGuest = createLiveGuest({
                 memory: ram,
@@ -616,38 +665,20 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           throw error;
         }
         io.stdout(`listening on ${destination.host}:${destination.port}\n`);
-        const result = await destination.result;
-        const { memory: received, ...rest } = result;
-        const ok = result.status === 'completed' && result.verified;
-        if (!ok) setCode(1);
+        if (once) {
+          const result = await destination.result;
+          await destination.close();
+          await handle(result);
+          return;
+        }
+        // A server: it receives migrations one at a time until SIGINT or SIGTERM.
+        await new Promise<void>((resolve) => {
+          process.once('SIGINT', () => resolve());
+          process.once('SIGTERM', () => resolve());
+        });
         await destination.close();
-        let resumed: Awaited<ReturnType<typeof runReceivedGuest>> | undefined;
-        if (postcopyGuest !== undefined) {
-          // The guest has been running here since the switch: it runs on, then stops.
-          const guest = postcopyGuest;
-          if (ok) await new Promise((resolve) => setTimeout(resolve, runAfter));
-          const writes = guest.stats().writes;
-          await guest.stop().catch(() => {});
-          if (ok) resumed = { ms: runAfter, vcpus: runVcpus, writes };
-        } else if (ok && runAfter > 0 && received !== undefined)
-          resumed = await runReceivedGuest(received, { vcpus: runVcpus, rate: 2000, ms: runAfter, seed: 1 });
-        io.stdout(
-          raw.json === true
-            ? JSON.stringify(
-                {
-                  ...rest,
-                  ...(hugePages === undefined ? {} : { 'huge-pages': hugePages }),
-                  ...(resumed === undefined ? {} : { resumed }),
-                },
-                null,
-                2,
-              ) + '\n'
-            : `${result.status}: ${result.normal} pages, ${result.duplicate} zero pages, ${result['bytes-received']} bytes, verified ${result.verified}` +
-                (resumed === undefined
-                  ? ''
-                  : `; the guest ran on for ${resumed.ms} ms: ${resumed.writes} writes`) +
-                '\n',
-        );
+        await handled;
+        await postcopyGuest?.stop().catch(() => {});
       },
     );
 

@@ -70,6 +70,8 @@ export interface ServeProcess {
   readonly port: number;
   /** Everything it printed on stdout after the "listening on" line, once it has exited. */
   readonly output: Promise<{ code: number | null; stdout: string }>;
+  /** What it has printed on stdout so far after the "listening on" line. */
+  printed(): string;
 }
 
 /** Spawns `dirtytrack serve` on a free loopback port (from the sources, like {@link spawnCli}). */
@@ -104,5 +106,5 @@ export async function spawnServe(...args: string[]): Promise<ServeProcess> {
   const output = new Promise<{ code: number | null; stdout: string }>((resolve) =>
     child.once('close', (code) => resolve({ code, stdout })),
   );
-  return { child, port, output };
+  return { child, port, output, printed: () => stdout };
 }

@@ -56,8 +56,13 @@ export interface DestinationOptions {
   onProgress?: (p: { bytes: number; pages: number }) => void;
   /** Time source for `total-time` and progress pacing (default the real clock). */
   clock?: Clock;
-  /** Every migration's result (`result` holds only the first). */
-  onResult?: (r: DestinationResult) => void;
+  /**
+   * Every migration's result (`result` holds only the first). When it returns a promise, the
+   * destination refuses the next migration until it settles (its source fails at the handshake:
+   * "the previous migration is still being handled here") — so a guest run on the received
+   * memory, or a report of it, never overlaps a new migration writing that memory.
+   */
+  onResult?: (r: DestinationResult) => unknown;
   /**
    * Postcopy: POSTCOPY_RUN arrived, the guest runs here from now on — start its vCPUs over
    * `memory` writing through `faults.tracker` (and `faults.sink`), so that a write to a page not
@@ -218,6 +223,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   const sockets = new Set<Socket>();
   let current: Migration | null = null;
   let finishedOne = false;
+  /** An `onResult` promise has not settled yet: no new migration starts. */
+  let handling = false;
   let closing = false;
   let settleFirst!: (r: DestinationResult) => void;
   const result = new Promise<DestinationResult>((resolve) => (settleFirst = resolve));
@@ -303,6 +310,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     if (hello.kind === CHANNEL_KIND.MAIN) {
       if (current !== null)
         return { code: RESULT_CODE.IDENTITY, message: 'a migration is already running here' };
+      if (handling)
+        return { code: RESULT_CODE.IDENTITY, message: 'the previous migration is still being handled here' };
       if (once && finishedOne)
         return { code: RESULT_CODE.IDENTITY, message: 'this destination has already received its migration' };
       let memory: SharedArrayBuffer;
@@ -967,7 +976,14 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       settleFirst(r);
     }
     try {
-      options.onResult?.(r);
+      const held = options.onResult?.(r);
+      if (held instanceof Promise) {
+        handling = true;
+        held.then(
+          () => (handling = false),
+          () => (handling = false),
+        );
+      }
     } catch {
       // a throwing callback must not take the destination down
     }

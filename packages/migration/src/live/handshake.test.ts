@@ -165,6 +165,28 @@ describe('handshake', () => {
     expect(second.message).toMatch(/RESULT code 3 .*a migration is already running here/);
   });
 
+  it('while onResult’s promise is pending the next migration is RESULT code 3; once it settles, one is accepted', async () => {
+    let release!: () => void;
+    const results: string[] = [];
+    const d = await destination({
+      once: false,
+      onResult(r) {
+        results.push(r.status);
+        return new Promise<void>((resolve) => (release = resolve));
+      },
+    });
+    // A migration that ends at once: its source drops the connection after the handshake.
+    (await dial(d.port).then(async (s) => (await clientHandshake(s, hello()), s))).destroy();
+    await expect.poll(() => results).toEqual(['failed']);
+    const held = await refusal(clientHandshake(await dial(d.port), hello()));
+    expect(held.message).toMatch(
+      /RESULT code 3 \(identity mismatch\): the previous migration is still being handled here/,
+    );
+    release();
+    await new Promise((resolve) => setImmediate(resolve));
+    await clientHandshake(await dial(d.port), hello());
+  });
+
   it("a RAM size other than the destination's memory is RESULT code 4", async () => {
     const d = await destination({ memory: new SharedArrayBuffer(RAM) });
     const error = await refusal(clientHandshake(await dial(d.port), hello({ ramBytes: 2 * RAM })));
