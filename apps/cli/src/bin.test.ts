@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { run, spawnCli } from './__fixtures__/run.js';
 
@@ -20,5 +21,17 @@ describe('bin.ts as a process', () => {
     expect(child.code).toBe(2);
     expect(child.stdout).toBe('');
     expect(child.stderr).toMatch(/^dirtytrack: memory: [^\n]*accepted[^\n]*\n$/);
+  });
+});
+
+describe('--version', () => {
+  it('prints the package version on stdout and exits 0 (-V too)', async () => {
+    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+      version: string;
+    };
+    for (const flag of ['--version', '-V']) {
+      const r = await run(flag);
+      expect([r.code, r.stdout, r.stderr]).toEqual([0, `${version}\n`, '']);
+    }
   });
 });

@@ -1,4 +1,5 @@
 import { writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { isDirtytrackError, parseSize } from '@dirtytrack/core';
 import { benchBitmap, formatBitmapBench } from './bench-bitmap.js';
 import { benchMmu, formatMmuBench } from './bench-mmu.js';
@@ -24,6 +25,9 @@ const defaultIo: Io = {
   progress: Boolean(process.stderr.isTTY),
 };
 
+/** `@dirtytrack/cli`'s version (`src/` and `dist/` both sit one level below its package.json). */
+const VERSION = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+
 /** `--json`, `--out`, `--markdown` of every bench. */
 interface BenchOutputFlags {
   json?: boolean;
@@ -38,6 +42,7 @@ interface BenchOutputFlags {
 export async function main(argv: readonly string[], io: Io = defaultIo): Promise<number> {
   const program = new Command('dirtytrack')
     .description('Model, measure and extend how KVM and QEMU track dirty memory and live-migrate VMs.')
+    .version(VERSION, '-V, --version', 'print the version of the dirtytrack command line')
     .exitOverride()
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr, outputError: () => {} })
     .showSuggestionAfterError(true);
