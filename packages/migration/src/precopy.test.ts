@@ -18,6 +18,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { runPrecopy, type PrecopyCapabilities, type PrecopyParameters } from './precopy.js';
 import { createSimLink } from './sim-link.js';
+import { reportingSends } from './__fixtures__/harness.js';
 
 interface Setup {
   pages: number;
@@ -207,24 +208,10 @@ describe('precopy invariant: every page reaches the destination after its last w
                 }),
             };
           };
-          const wrap = (m: MigrationBitmap): MigrationBitmap => ({
-            get pages() {
-              return m.pages;
-            },
-            get bmap() {
-              return m.bmap;
-            },
-            get dirtyPages() {
-              return m.dirtyPages;
-            },
-            setup: () => m.setup(),
-            sync: () => m.sync(),
-            cleanup: () => m.cleanup(),
-            clearSent(word, mask) {
-              for (let b = 0; b < 32; b++) if ((mask >>> b) & 1) lastSend[word * 32 + b] = seq++;
-              m.clearSent(word, mask);
-            },
-          });
+          const wrap = (m: MigrationBitmap): MigrationBitmap =>
+            reportingSends(m, (page) => {
+              lastSend[page] = seq++;
+            });
           const { info } = run({
             pages: c.pages,
             populated: Math.floor(c.pages * c.populated),

@@ -1,7 +1,7 @@
 import { type MigrationBitmap, type Workload } from '@dirtytrack/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { migrate } from './__fixtures__/harness.js';
+import { migrate, reportingSends } from './__fixtures__/harness.js';
 
 /** fast-check prints this seed (and the failing case) when the property fails; override to replay. */
 const PROPERTY_SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261126);
@@ -42,24 +42,10 @@ describe('no page is lost with dirty rings, dirty-limit and auto-converge (model
                 speeds,
               ),
           });
-          const wrapBitmap = (m: MigrationBitmap): MigrationBitmap => ({
-            get pages() {
-              return m.pages;
-            },
-            get bmap() {
-              return m.bmap;
-            },
-            get dirtyPages() {
-              return m.dirtyPages;
-            },
-            setup: () => m.setup(),
-            sync: () => m.sync(),
-            cleanup: () => m.cleanup(),
-            clearSent(word, mask) {
-              for (let b = 0; b < 32; b++) if ((mask >>> b) & 1) lastSend[word * 32 + b] = seq++;
-              m.clearSent(word, mask);
-            },
-          });
+          const wrapBitmap = (m: MigrationBitmap): MigrationBitmap =>
+            reportingSends(m, (page) => {
+              lastSend[page] = seq++;
+            });
           const { info } = migrate({
             pages: c.pages,
             vcpus: c.vcpus,

@@ -112,3 +112,28 @@ export function migrate(s: Setup) {
   });
   return { ...outcome, engine, clock, link };
 }
+
+/**
+ * `m` with every `clearSent` reported page by page to `sent` first (the page is being sent now):
+ * a test records the order of sends against the order of the guest's writes.
+ */
+export function reportingSends(m: MigrationBitmap, sent: (page: number) => void): MigrationBitmap {
+  return {
+    get pages() {
+      return m.pages;
+    },
+    get bmap() {
+      return m.bmap;
+    },
+    get dirtyPages() {
+      return m.dirtyPages;
+    },
+    setup: () => m.setup(),
+    sync: () => m.sync(),
+    cleanup: () => m.cleanup(),
+    clearSent(word, mask) {
+      for (let b = 0; b < 32; b++) if ((mask >>> b) & 1) sent(word * 32 + b);
+      m.clearSent(word, mask);
+    },
+  };
+}
