@@ -641,7 +641,18 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             guestVcpus: runVcpus,
             ...(once
               ? {}
-              : { onResult: (r: DestinationResult) => (handled = handled.then(() => handle(r))) }),
+              : {
+                  onResult: (r: DestinationResult) =>
+                    (handled = handled.then(() =>
+                      // One migration's failed run-after must not stop the next one's report.
+                      handle(r).catch((error: unknown) => {
+                        setCode(1);
+                        io.stderr(
+                          `dirtytrack: serve: after a migration: ${error instanceof Error ? error.message : String(error)}\n`,
+                        );
+                      }),
+                    )),
+                }),
             async onPostcopyRun({ memory: ram, faults }) {
               postcopyGuest = createLiveGuest({
                 memory: ram,
