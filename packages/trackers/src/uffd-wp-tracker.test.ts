@@ -1,5 +1,5 @@
-import { Bitmap, DEFAULT_COST_MODEL, type DirtySink } from '@dirtytrack/core';
-import { expectDirtytrackError, propertyRuns } from '@dirtytrack/testkit';
+import { Bitmap, DEFAULT_COST_MODEL, type DirtySink, type MemslotInfo } from '@dirtytrack/core';
+import { expectDirtytrackError, propertyRuns, startWorker, waitUntil } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
@@ -284,6 +284,50 @@ describe('uffd-wp tracker, sync mode (model plane)', () => {
     expect(t.protection(2).popcount()).toBe(98);
     expect(sink.calls).toEqual([{ slot: 2, pages: [4, 6], vcpu: 0 }]);
   });
+});
+
+describe('uffd-wp tracker, sync mode (a worker vCPU)', () => {
+  it('re-protected after the reader answered: the blocked vCPU faults again, and a second answer releases it', async () => {
+    const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 64 };
+    // No event-loop reader: this test answers the faults itself. A 2 s limit instead of 10 s.
+    const t = createUffdWpTracker({
+      shared: true,
+      slots: [slot],
+      reader: 'none',
+      waitTimeoutMs: 2000,
+      waitSliceMs: 10,
+    });
+    t.attach({ markDirty() {} });
+    t.enableLogging(slot);
+    const worker = startWorker(new URL('./__fixtures__/uffd-refault.worker.ts', import.meta.url), {
+      descriptor: t.descriptor(),
+      page: 5,
+    });
+    try {
+      const stored = new Promise<string>((resolve, reject) => {
+        worker.once('message', resolve);
+        worker.once('error', reject);
+      });
+      const msgs = new Uint32Array(16);
+      const readOne = async (): Promise<number> => {
+        await waitUntil(() => t.stats().messages > t.stats().messagesRead, 10_000, 'a fault message');
+        expect(t.readFaults(msgs)).toBe(1);
+        return msgs[2] as number;
+      };
+      expect(await readOne()).toBe(5);
+      // The answer, then a re-protect before the vCPU could see it: DONTWAKE unprotects without
+      // waking, and the page is protected again at once (a harvest re-armed it).
+      t.writeProtect(0, 5, 1, UFFDIO_WRITEPROTECT_MODE.DONTWAKE);
+      t.writeProtect(0, 5, 1, UFFDIO_WRITEPROTECT_MODE.WP);
+      // The kernel's woken faulter retries and faults anew: a second message for the same page.
+      expect(await readOne()).toBe(5);
+      t.unprotect(0, 5, 1);
+      expect(await stored).toBe('stored');
+      expect([t.stats().messages, t.stats().faults]).toEqual([2, 2]);
+    } finally {
+      await worker.terminate();
+    }
+  }, 20_000);
 });
 
 describe('uffd-wp tracker, async mode (WP_ASYNC + PAGEMAP_SCAN)', () => {

@@ -258,6 +258,11 @@ const Q_TAIL = 1;
 const Q_READ = 2; // messages read (for stats)
 const Q_PUB = 3; // messages published: the event-loop reader waits on it (no lost wake-ups)
 const ENTRIES = 8;
+/**
+ * A blocked worker vCPU whose fault message was read, and whose page is still protected this long
+ * after, faults again (see `waitUnprotected`).
+ */
+const REFAULT_AFTER_MS = 500;
 const ENTRY_WORDS = 4;
 // Per-vCPU counters (Float64, written only by that vCPU's thread): [writes, faults, waits].
 const COUNTERS = 3;
@@ -405,10 +410,14 @@ class Core {
     return faults;
   }
 
+  /** Queue index of this thread's last message (a blocked vCPU re-faults once it was read). */
+  lastEnqueued = 0;
+
   enqueue(slot: number, page: number, vcpu: number): void {
     const ctl = this.ctl;
     const cap = this.queueEntries;
     const idx = Atomics.add(ctl, Q_TAIL, 1);
+    this.lastEnqueued = idx;
     let slept = 0;
     for (;;) {
       const head = Atomics.load(ctl, Q_HEAD);
@@ -426,23 +435,50 @@ class Core {
     Atomics.notify(ctl, Q_PUB);
   }
 
-  /** Live plane: sleep until the page's uffd-wp bit is clear (`handle_userfault`). */
+  /**
+   * Live plane: sleep until the page's uffd-wp bit is clear (`handle_userfault`).
+   *
+   * The reader may unprotect the page and a harvest re-protect it before this thread runs again
+   * (two vCPUs faulted on the page, the reader answered both messages at once, and the other
+   * vCPU's report was harvested and re-armed). In the kernel the woken thread retries the access
+   * and faults anew; here, once the reader has taken this fault's message and the page is
+   * protected again, the thread sends a new message, as the model plane's `block` does — or it
+   * would wait for an answer that never comes.
+   */
   waitUnprotected(vcpu: number, s: SlotState, page: number): void {
     const w = page >>> 5;
     const bit = 1 << (page & 31);
     const c = (vcpu + 1) * COUNTERS + 2;
     let timedOut = 0;
+    // Whole wait slices (timed out, so counted like the timeout: in sleeps, not with a clock)
+    // spent since this fault's message was seen taken. A reader unprotects right after reading
+    // (a snapshot saves the page first), so only a page still protected {@link REFAULT_AFTER_MS}
+    // after that was re-protected — answering it again then costs a duplicate message, never a
+    // lost fault.
+    const refaultAfter = Math.max(1, Math.ceil(REFAULT_AFTER_MS / this.waitSliceMs));
+    let answeredSlices = 0;
     for (;;) {
       const v = Atomics.load(s.prot, w);
       // Unregistering wakes the faulter too: it then writes an unprotected page.
       if ((v & bit) === 0 || Atomics.load(s.ctl, S_ENABLED) === 0) return;
+      const answered = ((Atomics.load(this.ctl, Q_HEAD) - this.lastEnqueued - 1) | 0) >= 0;
+      if (answered && answeredSlices >= refaultAfter) {
+        // Re-protected after the reader answered: fault again (a new message, a new fault).
+        this.counters[c - 1] = (this.counters[c - 1] as number) + 1;
+        this.enqueue(s.info.id, page, vcpu);
+        answeredSlices = 0;
+        continue;
+      }
       this.counters[c] = (this.counters[c] as number) + 1;
-      if (Atomics.wait(s.prot, w, v, this.waitSliceMs) === 'timed-out' && ++timedOut > this.waitSlices) {
-        throw fail(
-          'timeout',
-          `vCPU ${vcpu} blocked on page ${page} of slot ${s.info.id} for ${this.waitSlices * this.waitSliceMs} ms: nobody unprotected it`,
-          'ETIMEDOUT',
-        );
+      if (Atomics.wait(s.prot, w, v, this.waitSliceMs) === 'timed-out') {
+        if (answered) answeredSlices++;
+        if (++timedOut > this.waitSlices) {
+          throw fail(
+            'timeout',
+            `vCPU ${vcpu} blocked on page ${page} of slot ${s.info.id} for ${this.waitSlices * this.waitSliceMs} ms: nobody unprotected it`,
+            'ETIMEDOUT',
+          );
+        }
       }
     }
   }
