@@ -289,12 +289,12 @@ describe('uffd-wp tracker, sync mode (model plane)', () => {
 describe('uffd-wp tracker, sync mode (a worker vCPU)', () => {
   it('re-protected after the reader answered: the blocked vCPU faults again, and a second answer releases it', async () => {
     const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 64 };
-    // No event-loop reader: this test answers the faults itself. A 2 s limit instead of 10 s.
+    // No event-loop reader: this test answers the faults itself. An 8 s limit instead of 10 s.
     const t = createUffdWpTracker({
       shared: true,
       slots: [slot],
       reader: 'none',
-      waitTimeoutMs: 2000,
+      waitTimeoutMs: 8000,
       waitSliceMs: 10,
     });
     t.attach({ markDirty() {} });

@@ -262,7 +262,7 @@ const ENTRIES = 8;
  * A blocked worker vCPU whose fault message was read, and whose page is still protected this long
  * after, faults again (see `waitUnprotected`).
  */
-const REFAULT_AFTER_MS = 500;
+const REFAULT_AFTER_MS = 2000;
 const ENTRY_WORDS = 4;
 // Per-vCPU counters (Float64, written only by that vCPU's thread): [writes, faults, waits].
 const COUNTERS = 3;
