@@ -327,6 +327,8 @@ class Core {
   readonly queueEntries: number;
   readonly maxVcpus: number;
   readonly waitSlices: number;
+  /** {@link REFAULT_AFTER_MS} in wait slices. */
+  readonly refaultSlices: number;
   readonly waitSliceMs: number;
   readonly skipFaultWait: boolean;
   readonly slots = new Map<number, SlotState>();
@@ -350,6 +352,7 @@ class Core {
     this.maxVcpus = d.maxVcpus;
     this.waitSliceMs = d.waitSliceMs;
     this.waitSlices = Math.max(1, Math.ceil(d.waitTimeoutMs / d.waitSliceMs));
+    this.refaultSlices = Math.max(1, Math.ceil(REFAULT_AFTER_MS / d.waitSliceMs));
     this.skipFaultWait = d.skipFaultWait;
     this.block = (vcpu, s, page) => this.waitUnprotected(vcpu, s, page);
   }
@@ -455,14 +458,13 @@ class Core {
     // (a snapshot saves the page first), so only a page still protected {@link REFAULT_AFTER_MS}
     // after that was re-protected — answering it again then costs a duplicate message, never a
     // lost fault.
-    const refaultAfter = Math.max(1, Math.ceil(REFAULT_AFTER_MS / this.waitSliceMs));
     let answeredSlices = 0;
     for (;;) {
       const v = Atomics.load(s.prot, w);
       // Unregistering wakes the faulter too: it then writes an unprotected page.
       if ((v & bit) === 0 || Atomics.load(s.ctl, S_ENABLED) === 0) return;
       const answered = ((Atomics.load(this.ctl, Q_HEAD) - this.lastEnqueued - 1) | 0) >= 0;
-      if (answered && answeredSlices >= refaultAfter) {
+      if (answered && answeredSlices >= this.refaultSlices) {
         // Re-protected after the reader answered: fault again (a new message, a new fault).
         this.counters[c - 1] = (this.counters[c - 1] as number) + 1;
         this.enqueue(s.info.id, page, vcpu);
