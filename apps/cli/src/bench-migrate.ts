@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -535,11 +535,7 @@ async function spawnReceiver(): Promise<{
   transfer: (bytes: number) => Promise<{ mbps: number; peakKiB: number }>;
   close: () => void;
 }> {
-  const server = createServer({ noDelay: true });
-  const port = await new Promise<number>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
-  });
+  const { server, port } = await listenLoopback();
   const child = spawn(process.execPath, ['-e', RECEIVER(port)], { stdio: ['pipe', 'ignore', 'inherit'] });
   let exited: Error | undefined;
   const failed = new Promise<never>((_, reject) =>
@@ -574,6 +570,16 @@ async function spawnReceiver(): Promise<{
       server.close();
     },
   };
+}
+
+/** A TCP server on a free loopback port (the sending side of the bench's transfers). */
+async function listenLoopback(): Promise<{ server: Server; port: number }> {
+  const server = createServer({ noDelay: true });
+  const port = await new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
+  });
+  return { server, port };
 }
 
 /**
@@ -612,11 +618,7 @@ async function memoryToMemory(bytes: number): Promise<number> {
   for (let o = 0; o < bytes; o += CHUNK)
     from.set(o + CHUNK <= bytes ? pattern : pattern.subarray(0, bytes - o), o);
   const into = preallocate(bytes, true).memory;
-  const server = createServer({ noDelay: true });
-  const port = await new Promise<number>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
-  });
+  const { server, port } = await listenLoopback();
   const reader = new Worker(MEMORY_READER, {
     eval: true,
     workerData: { port, memory: into, read: READ_BUFFER_BYTES },
