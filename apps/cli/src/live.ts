@@ -5,6 +5,7 @@ import { createLiveEngine, createLiveGuest, type LiveGuest, type LiveWorkload } 
 import {
   createDestination,
   runLiveMigration,
+  SEND_FROM,
   type DestinationResult,
   type LiveMigrationOutcome,
   type SendFrom,
@@ -747,7 +748,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         '--send-from <where>',
         'where the sender writes page bytes from: a copy in a few reused staging buffers, guest memory itself (writev of page views, as QEMU does), or auto — page records staged, multifd packets from guest memory',
       )
-        .choices(['auto', 'staging', 'guest-memory'])
+        .choices([...SEND_FROM])
         .default('auto'),
     )
     .option(

@@ -47,7 +47,7 @@ export {
   type LiveLinkStats,
   type VerifyResult as LiveVerifyResult,
 } from './live/live-link.js';
-export type { SendFrom } from './live/link-layout.js';
+export { SEND_FROM, type SendFrom } from './live/link-layout.js';
 export { READ_BUFFER_BYTES } from './live/read-buffer.js';
 export {
   createDestination,

@@ -105,7 +105,10 @@ export interface SenderData {
  *   12.5–13.6 Gbit/s staged against 14.6–16.4 from guest memory; 4 channels 12.5–13.9 against
  *   13.5–15.9.
  */
-export type SendFrom = 'staging' | 'guest-memory' | 'auto';
+export type SendFrom = (typeof SEND_FROM)[number];
+
+/** Every {@link SendFrom}. */
+export const SEND_FROM = ['staging', 'guest-memory', 'auto'] as const;
 
 /** Slots of the request ring: far more than a destination's vCPUs can have outstanding. */
 export const REQUEST_SLOTS = 65536;

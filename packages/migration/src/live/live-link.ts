@@ -12,6 +12,7 @@ import {
   OP_WORDS,
   REQUEST_SLOTS,
   REQUESTS_BYTES,
+  SEND_FROM,
   type SenderData,
   type SendFrom,
   type SenderReply,
@@ -159,12 +160,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     throw bad('memory', 'must be a non-empty SharedArrayBuffer of whole 4096-byte pages');
   if (!(Number.isInteger(channels) && channels >= 0 && channels <= 255))
     throw bad('channels', 'must be 0..255');
-  if (
-    options.sendFrom !== undefined &&
-    options.sendFrom !== 'staging' &&
-    options.sendFrom !== 'guest-memory' &&
-    options.sendFrom !== 'auto'
-  )
+  if (options.sendFrom !== undefined && !SEND_FROM.includes(options.sendFrom))
     throw bad('sendFrom', "must be 'staging', 'guest-memory' or 'auto'");
   if (!(Number.isInteger(options.port) && options.port > 0 && options.port < 65536))
     throw bad('port', 'must be 1..65535');
