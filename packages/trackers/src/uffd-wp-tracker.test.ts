@@ -1,5 +1,12 @@
 import { Bitmap, DEFAULT_COST_MODEL, type DirtySink, type MemslotInfo } from '@dirtytrack/core';
-import { expectDirtytrackError, propertyRuns, startWorker, waitUntil } from '@dirtytrack/testkit';
+import {
+  blockUntil,
+  exited,
+  expectDirtytrackError,
+  propertyRuns,
+  startWorker,
+  waitUntil,
+} from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
@@ -118,6 +125,7 @@ describe('uffd-wp tracker, sync mode (model plane)', () => {
       messagesRead: 4,
       scans: 0,
       waits: 0,
+      flushWaits: 0,
     });
     expect(t.vcpuCostNs?.(DEFAULT_COST_MODEL)).toBe(4 * (3_000 + 2_000));
   });
@@ -429,3 +437,65 @@ describe('uffd-wp tracker, async mode (WP_ASYNC + PAGEMAP_SCAN)', () => {
 });
 
 // The conformance suites (describeTracker with dirty_log_test) run in uffd-wp.conformance.test.ts.
+
+describe('uffd-wp tracker, the remote TLB flush after a re-protect (a worker vCPU)', () => {
+  const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 64 };
+  const HOLD_MS = 300;
+
+  const inflight = (t: UffdWpTracker, next: number | undefined) => {
+    const memory = new SharedArrayBuffer(slot.pages * 4096);
+    const flags = new Int32Array(new SharedArrayBuffer(16));
+    const worker = startWorker(new URL('./__fixtures__/uffd-inflight.worker.ts', import.meta.url), {
+      descriptor: t.descriptor(),
+      memory,
+      flags: flags.buffer,
+      page: 9,
+      next,
+      holdMs: HOLD_MS,
+    });
+    return { memory: new Int32Array(memory), flags, worker };
+  };
+
+  it('a WP_MATCHING scan returns only once a store let through before it has retired; then a copy holds it', async () => {
+    const t = createUffdWpTracker({ mode: 'async', shared: true, slots: [slot] });
+    t.enableLogging(slot);
+    const { memory, flags, worker } = inflight(t, 10);
+    try {
+      blockUntil(flags, 0, 1, 3, 10_000, 'the write let through');
+      expect(Atomics.load(flags, 1)).toBe(0); // The store is still in flight...
+      const out = new Uint32Array(64);
+      expect(t.pagemapScan({ slot: 0, out, wpMatching: true })).toEqual({ count: 1, walkEnd: 64 });
+      expect(out[0]).toBe(9);
+      // ...and the scan's flush waited for it: copying the page now catches the store. Without
+      // the flush the copy would hold 0 and the page stay protected, its new content never sent.
+      expect(Atomics.load(flags, 1)).toBe(1);
+      expect(memory[9 * 1024]).toBe(0x5eed);
+      expect(t.stats().flushWaits).toBe(1);
+      expect(await exited(worker)).toBe(0);
+      // The vCPU left guest mode: a re-protect no longer waits for it.
+      expect(t.protect(0, 0, 64)).toBe(1); // Page 10, its last write (page 9 the scan re-protected).
+      expect(t.stats().flushWaits).toBe(1);
+    } finally {
+      await worker.terminate();
+    }
+  }, 20_000);
+
+  it('a vCPU that stays in guest mode without writing stalls a flush: a timeout naming it, not a hang', async () => {
+    const t = createUffdWpTracker({ mode: 'async', shared: true, slots: [slot], waitTimeoutMs: 100 });
+    t.enableLogging(slot);
+    const { flags, worker } = inflight(t, undefined);
+    try {
+      blockUntil(flags, 1, 1, 3, 10_000, 'the store');
+      expectDirtytrackError(
+        () => t.protect(0, 9, 1),
+        'uffd-wp',
+        'timeout',
+        /TLB flush: vCPU 0 stayed in guest mode for 100 ms/,
+      );
+    } finally {
+      Atomics.store(flags, 2, 1);
+      Atomics.notify(flags, 2);
+      await worker.terminate();
+    }
+  }, 20_000);
+});

@@ -143,6 +143,11 @@ export interface UffdWpStats extends TrackerStats {
   readonly scans: number;
   /** `Atomics.wait` sleeps of blocked worker vCPUs (live plane). */
   readonly waits: number;
+  /**
+   * Live plane: remote TLB flushes after a re-protect (`protect`, `rearm`, a WP_MATCHING scan)
+   * that had to wait for a worker vCPU in guest mode to finish its batch's stores.
+   */
+  readonly flushWaits: number;
 }
 
 /** One `PAGEMAP_SCAN` request (reference/kvm.md §7), page-granular within a slot. */
@@ -181,6 +186,8 @@ export interface UffdWpDescriptor {
   readonly waitTimeoutMs: number;
   readonly waitSliceMs: number;
   readonly skipFaultWait: boolean;
+  /** Per vCPU (index vcpu + 1): Int32 [in guest mode, last flush epoch seen]. */
+  readonly guest: SharedArrayBuffer;
   readonly slots: readonly { readonly info: MemslotInfo; readonly state: SharedArrayBuffer }[];
 }
 
@@ -257,6 +264,11 @@ const Q_HEAD = 0;
 const Q_TAIL = 1;
 const Q_READ = 2; // messages read (for stats)
 const Q_PUB = 3; // messages published: the event-loop reader waits on it (no lost wake-ups)
+const Q_EPOCH = 4; // remote TLB flushes begun: a worker vCPU acknowledges each (see flushRemote)
+// Per-vCPU guest-mode words (Int32, index (vcpu + 1) × 2): [state, flush epoch acknowledged].
+const G_WORDS = 2;
+const G_OUT = 0;
+const G_IN = 1;
 const ENTRIES = 8;
 /**
  * A blocked worker vCPU whose fault message was read, and whose page is still protected this long
@@ -331,6 +343,10 @@ class Core {
   readonly refaultSlices: number;
   readonly waitSliceMs: number;
   readonly skipFaultWait: boolean;
+  readonly guest: Int32Array;
+  readonly live: boolean;
+  /** Set when this thread left guest mode inside `write` (it slept on the fault queue or a page). */
+  parked = false;
   readonly slots = new Map<number, SlotState>();
   sink: DirtySink | undefined;
   faulted = new Uint32Array(64);
@@ -341,10 +357,15 @@ class Core {
   block: (vcpu: number, s: SlotState, page: number, index: number) => void;
 
   constructor(
-    d: Omit<UffdWpDescriptor, 'slots' | 'control' | 'counters'>,
+    d: Omit<UffdWpDescriptor, 'slots' | 'control' | 'counters' | 'guest'>,
     control: ArrayBufferLike,
     counters: ArrayBufferLike,
+    guest: ArrayBufferLike,
+    /** A worker vCPU's side: its writes enter guest mode and acknowledge flushes. */
+    live: boolean,
   ) {
+    this.guest = new Int32Array(guest);
+    this.live = live;
     this.mode = d.mode;
     this.ctl = new Int32Array(control);
     this.counters = new Float64Array(counters);
@@ -370,9 +391,47 @@ class Core {
     return (vcpu + 1) * COUNTERS;
   }
 
+  /** A worker vCPU enters guest mode (`enterGuest`) and acknowledges the latest flush. */
+  enterGuest(vcpu: number): void {
+    const k = (vcpu + 1) * G_WORDS;
+    if (this.guest[k] !== G_IN) Atomics.store(this.guest, k, G_IN);
+    this.acknowledge(k);
+  }
+
+  /**
+   * A vCPU in guest mode acknowledges the latest flush at the start of every `write`: the stores
+   * of its previous batch are done by then, which is what a flush waits for.
+   */
+  acknowledge(k: number): void {
+    const epoch = Atomics.load(this.ctl, Q_EPOCH);
+    if (this.guest[k + 1] !== epoch) {
+      Atomics.store(this.guest, k + 1, epoch);
+      Atomics.notify(this.guest, k + 1);
+    }
+  }
+
+  /** Out of guest mode (paused, sleeping, or blocked in a fault): flushes stop waiting for it. */
+  exitGuest(vcpu: number): void {
+    const k = (vcpu + 1) * G_WORDS;
+    Atomics.store(this.guest, k, G_OUT);
+    Atomics.notify(this.guest, k + 1);
+  }
+
+  /**
+   * A worker vCPU in guest mode about to sleep inside `write`: out of guest mode meanwhile, and
+   * its batch is checked again after.
+   */
+  park(vcpu: number): void {
+    if (!this.live || this.parked || this.guest[(vcpu + 1) * G_WORDS] !== G_IN) return;
+    this.exitGuest(vcpu);
+    this.parked = true;
+  }
+
   /** The write path, shared by the model plane and worker vCPUs. */
   write(vcpu: number, slot: number, offsets: Uint32Array, count: number): number {
     const c = this.counterBase(vcpu);
+    const k = (vcpu + 1) * G_WORDS;
+    if (this.live && this.guest[k] === G_IN) this.acknowledge(k);
     this.counters[c] = (this.counters[c] as number) + count;
     const s = this.slots.get(slot);
     if (s === undefined || Atomics.load(s.ctl, S_ENABLED) === 0) return 0; // Not registered: never traps.
@@ -406,6 +465,15 @@ class Core {
       this.faulted[n++] = p;
       this.enqueue(slot, p, vcpu);
       if (!this.skipFaultWait) this.block(vcpu, s, p, i);
+      if (this.parked) {
+        // It slept out of guest mode, where a re-protect does not wait for it: a page of this
+        // batch let through before the sleep may be protected again, and its store has not
+        // retired. Back in guest mode, check the batch again from its start (the kernel's
+        // stores each take their fault at the time they retire).
+        this.parked = false;
+        this.enterGuest(vcpu);
+        if (!this.skipFaultWait) i = -1;
+      }
     }
     this.counters[c + 1] = (this.counters[c + 1] as number) + faults;
     // mark_page_dirty before any store of the batch retires (the caller stores after we return).
@@ -425,6 +493,7 @@ class Core {
     for (;;) {
       const head = Atomics.load(ctl, Q_HEAD);
       if (((idx - head) | 0) < cap) break;
+      this.park(vcpu);
       if (Atomics.wait(ctl, Q_HEAD, head, this.waitSliceMs) === 'timed-out' && ++slept > this.waitSlices) {
         throw fail('timeout', `fault queue full (${cap} entries) and nobody reads it`, 'ETIMEDOUT');
       }
@@ -472,6 +541,7 @@ class Core {
         continue;
       }
       this.counters[c] = (this.counters[c] as number) + 1;
+      this.park(vcpu);
       if (Atomics.wait(s.prot, w, v, this.waitSliceMs) === 'timed-out') {
         if (answered) answeredSlices++;
         if (++timedOut > this.waitSlices) {
@@ -540,6 +610,8 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
     shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
   const control = alloc((ENTRIES + queueEntries * ENTRY_WORDS) * 4);
   const counters = alloc((maxVcpus + 1) * COUNTERS * 8);
+  const guestBuffer = alloc((maxVcpus + 1) * G_WORDS * 4);
+  const guest = new Int32Array(guestBuffer);
   const desc = {
     mode,
     queueEntries,
@@ -548,13 +620,14 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
     waitSliceMs,
     skipFaultWait: options.skipFaultWait ?? false,
   };
-  const core = new Core(desc, control, counters);
+  const core = new Core(desc, control, counters, guestBuffer, false);
   const onResume = options.onResume;
   let shareTaken = false;
   let handler: UffdFaultHandler | undefined;
   let reported = 0;
   let rearmed = 0;
   let scans = 0;
+  let flushWaits = 0;
   // The one vCPU blocked in a sync fault (model plane: a single thread).
   let bVcpu = -2;
   let bSlot = -1;
@@ -640,6 +713,99 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
       }
     };
     void loop();
+  };
+
+  /**
+   * The remote TLB flush that follows a re-protect (`kvm_flush_remote_tlbs`, or the flush at the
+   * end of `UFFDIO_WRITEPROTECT` and of a WP_MATCHING `PAGEMAP_SCAN`): returns once every worker
+   * vCPU in guest mode has begun a new `write`, so no store let through before the re-protect is
+   * still in flight. Without it, a page reported WRITTEN and copied right after its scan could
+   * take a store that `write` had already let through, and no later scan would see it. vCPUs out
+   * of guest mode (paused, sleeping, blocked in a fault) are not waited for, as in KVM.
+   */
+  const flushRemote = (): void => {
+    if (!shared) return;
+    const epoch = (Atomics.add(core.ctl, Q_EPOCH, 1) + 1) | 0;
+    let waitedOnce = false;
+    for (let k = 0; k < guest.length; k += G_WORDS) {
+      let waitedMs = 0;
+      for (;;) {
+        if (Atomics.load(guest, k) !== G_IN) break;
+        const seen = Atomics.load(guest, k + 1);
+        if (((seen - epoch) | 0) >= 0) break;
+        if (waitedMs >= waitTimeoutMs) {
+          throw fail(
+            'timeout',
+            `TLB flush: vCPU ${k / G_WORDS - 1} stayed in guest mode for ${waitTimeoutMs} ms without starting another write (a vCPU thread that stops writing must call exitGuest)`,
+            'ETIMEDOUT',
+          );
+        }
+        waitedOnce = true;
+        Atomics.wait(guest, k + 1, seen, 1);
+        waitedMs += 1;
+      }
+    }
+    if (waitedOnce) flushWaits++;
+  };
+
+  /** `PAGEMAP_SCAN`; `flush`: flush after re-protecting (a caller scanning in chunks flushes once). */
+  const scan = (req: PagemapScanRequest, flush: boolean): PagemapScanResult => {
+    if (req.checkWpAsync === true && mode !== 'async') {
+      throw fail(
+        'invalid-state',
+        'pagemapScan: PM_SCAN_CHECK_WPASYNC on a range not registered with WP_ASYNC',
+        'EPERM',
+      );
+    }
+    const s = core.slot(req.slot, 'pagemapScan');
+    const start = req.start ?? 0;
+    const end = req.end ?? s.info.pages;
+    checkRange(s, start, end - start, 'pagemapScan');
+    const out = req.out;
+    const max = Math.min(out.length, req.maxPages ?? out.length);
+    if (!(max > 0)) throw fail('invalid-argument', 'pagemapScan: out (or maxPages) has no room', 'EINVAL');
+    scans++;
+    const prot = s.prot;
+    const wp = req.wpMatching === true;
+    let n = 0;
+    let reprotected = 0;
+    let walkEnd = end;
+    let p = start;
+    while (p < end) {
+      const w = p >>> 5;
+      const lo = p & 31;
+      const hi = Math.min(32, lo + (end - p));
+      const range = hi - lo === 32 ? -1 : (((1 << (hi - lo)) - 1) << lo) | 0;
+      let written = ~Atomics.load(prot, w) & range;
+      if (written !== 0) {
+        // Only what fits in `out` is reported, so only that may be re-protected.
+        let take = written;
+        let room = max - n;
+        let keep = 0;
+        while (take !== 0 && room > 0) {
+          const low = take & -take;
+          keep |= low;
+          take ^= low;
+          room--;
+        }
+        if (wp) {
+          written = keep & ~Atomics.or(prot, w, keep); // Report exactly what this OR re-protected.
+          reprotected += popcount32(written);
+        } else written = keep;
+        while (written !== 0) {
+          const low = written & -written;
+          out[n++] = w * 32 + (31 - Math.clz32(low));
+          written ^= low;
+        }
+        if (take !== 0) {
+          walkEnd = w * 32 + (31 - Math.clz32(take & -take));
+          break;
+        }
+      }
+      p += hi - lo;
+    }
+    if (flush && reprotected > 0) flushRemote();
+    return { count: n, walkEnd };
   };
 
   const changeProtection = (
@@ -746,6 +912,7 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
       if (touched === undefined) for (let i = 0; i < m.length; i++) one(i);
       else for (let k = 0; k < touched.count; k++) one(touched.words[k] as number);
       rearmed += n;
+      if (n > 0) flushRemote();
       return n;
     },
     syncDirtyLog(slot) {
@@ -761,19 +928,25 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
         if (s === undefined || Atomics.load(s.ctl, S_ENABLED) === 0) continue;
         if (scratch.length < 4096) scratch = new Uint32Array(4096);
         let start = 0;
+        let found = 0;
         while (start < s.info.pages) {
-          const r = tracker.pagemapScan({ slot: id, start, wpMatching: true, out: scratch });
+          // One flush for the whole slot, after its last chunk and before the caller reads pages.
+          const r = scan({ slot: id, start, wpMatching: true, out: scratch }, false);
           if (r.count > 0) {
             if (core.sink === undefined) throw fail('invalid-state', 'syncDirtyLog: no sink attached');
             core.sink.markDirty(id, scratch, r.count, -1);
             reported += r.count;
+            found += r.count;
           }
           start = r.walkEnd;
         }
+        if (found > 0) flushRemote();
       }
     },
     protect(slot, first, count) {
-      return changeProtection(slot, first, count, true, false, 'protect');
+      const n = changeProtection(slot, first, count, true, false, 'protect');
+      if (n > 0) flushRemote();
+      return n;
     },
     unprotect(slot, first, count, m = 0) {
       return changeProtection(
@@ -852,59 +1025,7 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
       return (Atomics.load(core.ctl, Q_TAIL) - Atomics.load(core.ctl, Q_HEAD)) | 0;
     },
     pagemapScan(req) {
-      if (req.checkWpAsync === true && mode !== 'async') {
-        throw fail(
-          'invalid-state',
-          'pagemapScan: PM_SCAN_CHECK_WPASYNC on a range not registered with WP_ASYNC',
-          'EPERM',
-        );
-      }
-      const s = core.slot(req.slot, 'pagemapScan');
-      const start = req.start ?? 0;
-      const end = req.end ?? s.info.pages;
-      checkRange(s, start, end - start, 'pagemapScan');
-      const out = req.out;
-      const max = Math.min(out.length, req.maxPages ?? out.length);
-      if (!(max > 0)) throw fail('invalid-argument', 'pagemapScan: out (or maxPages) has no room', 'EINVAL');
-      scans++;
-      const prot = s.prot;
-      const wp = req.wpMatching === true;
-      let n = 0;
-      let walkEnd = end;
-      let p = start;
-      while (p < end) {
-        const w = p >>> 5;
-        const lo = p & 31;
-        const hi = Math.min(32, lo + (end - p));
-        const range = hi - lo === 32 ? -1 : (((1 << (hi - lo)) - 1) << lo) | 0;
-        let written = ~Atomics.load(prot, w) & range;
-        if (written !== 0) {
-          // Only what fits in `out` is reported, so only that may be re-protected.
-          let take = written;
-          let room = max - n;
-          let keep = 0;
-          while (take !== 0 && room > 0) {
-            const low = take & -take;
-            keep |= low;
-            take ^= low;
-            room--;
-          }
-          if (wp)
-            written = keep & ~Atomics.or(prot, w, keep); // Report exactly what this OR re-protected.
-          else written = keep;
-          while (written !== 0) {
-            const low = written & -written;
-            out[n++] = w * 32 + (31 - Math.clz32(low));
-            written ^= low;
-          }
-          if (take !== 0) {
-            walkEnd = w * 32 + (31 - Math.clz32(take & -take));
-            break;
-          }
-        }
-        p += hi - lo;
-      }
-      return { count: n, walkEnd };
+      return scan(req, true);
     },
     setFaultHandler(h) {
       handler = h;
@@ -923,6 +1044,7 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
         ...desc,
         control: control as SharedArrayBuffer,
         counters: counters as SharedArrayBuffer,
+        guest: guestBuffer as SharedArrayBuffer,
         slots: [...core.slots.values()].map((s) => ({ info: s.info, state: s.buffer as SharedArrayBuffer })),
       };
     },
@@ -941,6 +1063,7 @@ export function createUffdWpTracker(options: UffdWpTrackerOptions = {}): UffdWpT
         messagesRead: Atomics.load(core.ctl, Q_READ),
         scans,
         waits: core.sumCounter(2),
+        flushWaits,
       };
     },
     vcpuCostNs(costs: CostModel) {
@@ -972,7 +1095,7 @@ export function attachUffdWpTracker(data: unknown): VcpuTracker {
       'attachUffdWpTracker: data is not a uffd-wp descriptor (use tracker.share().data)',
     );
   }
-  const core = new Core(d, d.control, d.counters);
+  const core = new Core(d, d.control, d.counters, d.guest, true);
   for (const s of d.slots) core.slots.set(s.info.id, makeSlotState(s.info, s.state));
   return {
     attach(sink) {
@@ -980,6 +1103,14 @@ export function attachUffdWpTracker(data: unknown): VcpuTracker {
     },
     write(vcpu, slot, offsets, count) {
       return core.write(vcpu, slot, offsets, count);
+    },
+    enterGuest(vcpu) {
+      core.counterBase(vcpu);
+      core.enterGuest(vcpu);
+    },
+    exitGuest(vcpu) {
+      core.counterBase(vcpu);
+      core.exitGuest(vcpu);
     },
   };
 }

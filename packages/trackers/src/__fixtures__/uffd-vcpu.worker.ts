@@ -7,7 +7,9 @@ import { CONTROL, WORDS_PER_PAGE, storedValue, type UffdVcpuData } from './uffd-
 // which returns only when every store may proceed (a sync fault sleeps until the snapshot thread
 // saved and unprotected the page) — check, before each store, that the page was saved when the
 // sync snapshot is running, and store a real value into guest memory. It honours PAUSE (the VM
-// stopped while the snapshot starts) and STOP. The message 'exit' ends the thread.
+// stopped while the snapshot starts) and STOP. It is in guest mode while it runs (a flush after
+// a re-protect waits for such vCPUs to begin their next write), out of it while paused and once
+// it stops. The message 'exit' ends the thread.
 
 function waitFor(control: Int32Array, index: number, value: number, what: string): void {
   const deadline = performance.now() + 20_000;
@@ -42,6 +44,7 @@ async function run(data: UffdVcpuData): Promise<void> {
     Atomics.notify(control, CONTROL.READY);
     waitFor(control, CONTROL.GO, 1, `GO for vCPU ${v}`);
 
+    vt.enterGuest?.(v);
     const deadline = performance.now() + data.maxMs;
     let writes = 0;
     let trapped = 0;
@@ -49,12 +52,14 @@ async function run(data: UffdVcpuData): Promise<void> {
       if (Atomics.load(control, CONTROL.STOP) !== 0) break;
       if ((iter & 255) === 0 && performance.now() > deadline) break;
       if (Atomics.load(control, CONTROL.PAUSE) !== 0) {
+        vt.exitGuest?.(v); // A paused vCPU is out of guest mode: flushes do not wait for it.
         Atomics.add(control, CONTROL.PAUSED, 1);
         Atomics.notify(control, CONTROL.PAUSED);
         while (Atomics.load(control, CONTROL.PAUSE) !== 0 && Atomics.load(control, CONTROL.STOP) === 0) {
           Atomics.wait(control, CONTROL.PAUSE, 1, 50);
         }
         Atomics.sub(control, CONTROL.PAUSED, 1);
+        vt.enterGuest?.(v);
         continue;
       }
       rng.fillInts(offsets, offsets.length, data.pages);
@@ -70,6 +75,7 @@ async function run(data: UffdVcpuData): Promise<void> {
         writes++;
       }
     }
+    vt.exitGuest?.(v);
     const base = CONTROL.PER_VCPU + v * CONTROL.PER_VCPU_WORDS;
     Atomics.store(control, base, writes);
     Atomics.store(control, base + 1, trapped);
