@@ -309,7 +309,7 @@ describe('uffd-wp tracker, sync mode (a worker vCPU)', () => {
     t.enableLogging(slot);
     const worker = startWorker(new URL('./__fixtures__/uffd-refault.worker.ts', import.meta.url), {
       descriptor: t.descriptor(),
-      page: 5,
+      pages: [5],
     });
     try {
       const stored = new Promise<string>((resolve, reject) => {
@@ -332,6 +332,47 @@ describe('uffd-wp tracker, sync mode (a worker vCPU)', () => {
       t.unprotect(0, 5, 1);
       expect(await stored).toBe('stored');
       expect([t.stats().messages, t.stats().faults]).toEqual([2, 2]);
+    } finally {
+      await worker.terminate();
+    }
+  }, 20_000);
+
+  it('a page of the batch re-protected while the vCPU slept on another: it faults on it again before its store', async () => {
+    const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 64 };
+    const t = createUffdWpTracker({ shared: true, slots: [slot], reader: 'none', waitSliceMs: 10 });
+    t.attach({ markDirty() {} });
+    t.enableLogging(slot);
+    t.unprotect(0, 3, 1); // Page 3 is writable: the batch [3, 7] passes it and faults on 7.
+    const worker = startWorker(new URL('./__fixtures__/uffd-refault.worker.ts', import.meta.url), {
+      descriptor: t.descriptor(),
+      pages: [3, 7],
+    });
+    try {
+      let stored = false;
+      const done = new Promise<string>((resolve, reject) => {
+        worker.once('message', (m: string) => {
+          stored = true;
+          resolve(m);
+        });
+        worker.once('error', reject);
+      });
+      const msgs = new Uint32Array(16);
+      const readOne = async (): Promise<number> => {
+        await waitUntil(() => t.stats().messages > t.stats().messagesRead, 10_000, 'a fault message');
+        expect(t.readFaults(msgs)).toBe(1);
+        return msgs[2] as number;
+      };
+      expect(await readOne()).toBe(7);
+      // While the vCPU sleeps on 7 (out of guest mode, so this flush does not wait for it), a
+      // harvest re-protects 3, whose store has not retired yet. Then 7 is answered.
+      expect(t.protect(0, 3, 1)).toBe(1);
+      t.unprotect(0, 7, 1);
+      // Back in guest mode the vCPU checks its batch again: 3 faults anew before any store.
+      expect(await readOne()).toBe(3);
+      expect(stored).toBe(false);
+      t.unprotect(0, 3, 1);
+      expect(await done).toBe('stored');
+      expect([t.stats().messages, t.stats().faults, t.stats().flushWaits]).toEqual([2, 2, 0]);
     } finally {
       await worker.terminate();
     }
