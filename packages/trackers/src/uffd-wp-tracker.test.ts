@@ -295,9 +295,13 @@ describe('uffd-wp tracker, sync mode (model plane)', () => {
 });
 
 describe('uffd-wp tracker, sync mode (a worker vCPU)', () => {
-  it('re-protected after the reader answered: the blocked vCPU faults again, and a second answer releases it', async () => {
-    const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 64 };
-    // No event-loop reader: this test answers the faults itself. An 8 s limit instead of 10 s.
+  const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 64 };
+
+  /**
+   * A tracker with no event-loop reader (each test answers the faults itself; an 8 s limit) and a
+   * worker vCPU in guest mode that writes `pages` as one batch, then posts 'stored'.
+   */
+  const batchWorker = (pages: number[], writable: number[] = []) => {
     const t = createUffdWpTracker({
       shared: true,
       slots: [slot],
@@ -307,21 +311,32 @@ describe('uffd-wp tracker, sync mode (a worker vCPU)', () => {
     });
     t.attach({ markDirty() {} });
     t.enableLogging(slot);
+    for (const p of writable) t.unprotect(0, p, 1);
     const worker = startWorker(new URL('./__fixtures__/uffd-refault.worker.ts', import.meta.url), {
       descriptor: t.descriptor(),
-      pages: [5],
+      pages,
     });
-    try {
-      const stored = new Promise<string>((resolve, reject) => {
-        worker.once('message', resolve);
-        worker.once('error', reject);
+    let isStored = false;
+    const stored = new Promise<string>((resolve, reject) => {
+      worker.once('message', (m: string) => {
+        isStored = true;
+        resolve(m);
       });
-      const msgs = new Uint32Array(16);
-      const readOne = async (): Promise<number> => {
-        await waitUntil(() => t.stats().messages > t.stats().messagesRead, 10_000, 'a fault message');
-        expect(t.readFaults(msgs)).toBe(1);
-        return msgs[2] as number;
-      };
+      worker.once('error', reject);
+    });
+    const msgs = new Uint32Array(16);
+    /** The next fault message's page. */
+    const readOne = async (): Promise<number> => {
+      await waitUntil(() => t.stats().messages > t.stats().messagesRead, 10_000, 'a fault message');
+      expect(t.readFaults(msgs)).toBe(1);
+      return msgs[2] as number;
+    };
+    return { t, worker, stored, readOne, isStored: () => isStored };
+  };
+
+  it('re-protected after the reader answered: the blocked vCPU faults again, and a second answer releases it', async () => {
+    const { t, worker, stored, readOne } = batchWorker([5]);
+    try {
       expect(await readOne()).toBe(5);
       // The answer, then a re-protect before the vCPU could see it: DONTWAKE unprotects without
       // waking, and the page is protected again at once (a harvest re-armed it).
@@ -338,30 +353,9 @@ describe('uffd-wp tracker, sync mode (a worker vCPU)', () => {
   }, 20_000);
 
   it('a page of the batch re-protected while the vCPU slept on another: it faults on it again before its store', async () => {
-    const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 64 };
-    const t = createUffdWpTracker({ shared: true, slots: [slot], reader: 'none', waitSliceMs: 10 });
-    t.attach({ markDirty() {} });
-    t.enableLogging(slot);
-    t.unprotect(0, 3, 1); // Page 3 is writable: the batch [3, 7] passes it and faults on 7.
-    const worker = startWorker(new URL('./__fixtures__/uffd-refault.worker.ts', import.meta.url), {
-      descriptor: t.descriptor(),
-      pages: [3, 7],
-    });
+    // Page 3 is writable: the batch [3, 7] passes it and faults on 7.
+    const { t, worker, stored, readOne, isStored } = batchWorker([3, 7], [3]);
     try {
-      let stored = false;
-      const done = new Promise<string>((resolve, reject) => {
-        worker.once('message', (m: string) => {
-          stored = true;
-          resolve(m);
-        });
-        worker.once('error', reject);
-      });
-      const msgs = new Uint32Array(16);
-      const readOne = async (): Promise<number> => {
-        await waitUntil(() => t.stats().messages > t.stats().messagesRead, 10_000, 'a fault message');
-        expect(t.readFaults(msgs)).toBe(1);
-        return msgs[2] as number;
-      };
       expect(await readOne()).toBe(7);
       // While the vCPU sleeps on 7 (out of guest mode, so this flush does not wait for it), a
       // harvest re-protects 3, whose store has not retired yet. Then 7 is answered.
@@ -369,9 +363,9 @@ describe('uffd-wp tracker, sync mode (a worker vCPU)', () => {
       t.unprotect(0, 7, 1);
       // Back in guest mode the vCPU checks its batch again: 3 faults anew before any store.
       expect(await readOne()).toBe(3);
-      expect(stored).toBe(false);
+      expect(isStored()).toBe(false);
       t.unprotect(0, 3, 1);
-      expect(await done).toBe('stored');
+      expect(await stored).toBe('stored');
       expect([t.stats().messages, t.stats().faults, t.stats().flushWaits]).toEqual([2, 2, 0]);
     } finally {
       await worker.terminate();
