@@ -245,6 +245,9 @@ describe('uffd-wp tracker, sync mode (model plane)', () => {
     expectDirtytrackError(() => t.share(), 'uffd-wp', 'invalid-state', /shared: true/);
     expectDirtytrackError(() => createUffdWpTracker({ queueEntries: 3 }), 'uffd-wp', 'invalid-argument');
     expectDirtytrackError(() => attachUffdWpTracker({}), 'uffd-wp', 'invalid-argument');
+    // A descriptor without the guest-mode words (what flushes wait on) is refused too.
+    const { guest: _guest, ...noGuest } = createUffdWpTracker({ shared: true }).descriptor();
+    expectDirtytrackError(() => attachUffdWpTracker(noGuest), 'uffd-wp', 'invalid-argument');
   });
 
   it('share() names the AttachSpec factory; slots registered after share() are refused', () => {

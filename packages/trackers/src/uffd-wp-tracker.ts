@@ -1088,6 +1088,7 @@ export function attachUffdWpTracker(data: unknown): VcpuTracker {
     typeof d !== 'object' ||
     d === null ||
     !(d.control instanceof SharedArrayBuffer) ||
+    !(d.guest instanceof SharedArrayBuffer) ||
     !Array.isArray(d.slots)
   ) {
     throw fail(
