@@ -21,7 +21,7 @@ describe("swap log filled by producer workers while 'fused' syncs by swapping", 
     const m = createQemuLayers({ kvm: { source: log, logging, slot }, strategy: 'fused' });
     m.setup();
     for (let w = 0; w < m.bmap.words.length; w++) m.clearSent(w, 0xffffffff);
-    const control = new SharedArrayBuffer(8);
+    const control = new SharedArrayBuffer(12);
     const progress = new Int32Array(control);
     // Two producers, interleaved pages (so they race on the same words), 16 pages per batch.
     const workers = [0, 1].map((first) =>
@@ -67,7 +67,11 @@ describe("swap log filled by producer workers while 'fused' syncs by swapping", 
         m.clearSent(p >>> 5, 1 << (p & 31));
         sent.set(p);
       }
-      if (before > 0 && before < batches && Atomics.load(progress, 0) < batches) midStream++;
+      if (before > 0 && before < batches && Atomics.load(progress, 0) < batches) {
+        midStream++;
+        Atomics.store(progress, 2, midStream); // Releases the producers waiting halfway.
+        Atomics.notify(progress, 2);
+      }
       await new Promise((r) => setImmediate(r));
     }
     expect(await done).toEqual([0, 0]);
