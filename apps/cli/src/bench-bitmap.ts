@@ -44,11 +44,18 @@ import { fourDigits, medianMs, pairedMedians } from './bench-timing.js';
  * Every sync is timed whole (`layers.sync()`: harvest, hops, bookkeeping) from the state QEMU
  * syncs in: the round has sent every page (bmap empty), then the guest dirtied the share under
  * test. `xchg` and `rwlock-memcpy` harvest with `KVM_GET_DIRTY_LOG`'s whole-bitmap copy; `fused`
- * harvests a double-buffered producer (`createSwapDirtyLog`) by swapping buffers. Sending the
- * round and the guest's writes are set up untimed; KVM's re-protection of the pages is not
- * counted for any strategy (the bench's producers need none). `fused-full-bmap` is the worst
- * case for `fused`: a 100%-dirty sync into a bmap still full (nothing sent since the last sync).
- * After each sync case the bench checks, untimed, that bmap holds exactly the pages dirtied.
+ * harvests a double-buffered producer (`createSwapDirtyLog`) by swapping buffers:
+ * - `fused`, `fused-1pct`, `fused-1pct-spread`: the log keeps bmap in its third buffer
+ *   (`migrationBuffer: true`), so a sync after a finished round adopts the harvested buffer as
+ *   bmap — O(1), no dirty word touched, whatever the share dirty.
+ * - `fused-merge`, `fused-merge-1pct`, `fused-merge-1pct-spread` (and the larger runs and the
+ *   4 KiB-page rows): a log without it, so the harvested buffer is merged into bmap through its
+ *   summary — O(summary + dirty words), the cost of any sync into a bmap that is not empty.
+ * Sending the round and the guest's writes are set up untimed; KVM's re-protection of the pages
+ * is not counted for any strategy (the bench's producers need none). `fused-full-bmap` is the
+ * worst case for `fused`: a 100%-dirty sync into a bmap still full (nothing sent since the last
+ * sync), which merges. After each sync case the bench checks, untimed, that bmap holds exactly
+ * the pages dirtied.
  */
 export interface BitmapBenchOptions {
   memory: number;
@@ -79,30 +86,42 @@ export interface BitmapBenchResult {
    * Each sync case, with a memcpy of the bitmap timed just before every repetition
    * (`memcpy-ms`, its median), so `vs-memcpy` compares the two under the same machine load.
    */
-  strategies: Record<SyncStrategy | 'fused-1pct' | 'fused-1pct-spread' | 'fused-full-bmap', SideBySideRow>;
-  /** `fused` at 1% clustered over `fused` at 100% (the acceptance wants < 0.1). */
+  strategies: Record<
+    | SyncStrategy
+    | 'fused-1pct'
+    | 'fused-1pct-spread'
+    | 'fused-full-bmap'
+    | 'fused-merge'
+    | 'fused-merge-1pct'
+    | 'fused-merge-1pct-spread',
+    SideBySideRow
+  >;
+  /** `fused` at 1% clustered over `fused` at 100% (the acceptance wants < 0.1), both adopting. */
   'fused-1pct-vs-fused': number;
   /** `fused` at 1% evenly spread over `fused` at 100%. */
   'fused-1pct-spread-vs-fused': number;
+  /** The same two ratios when the harvested buffer is merged (no migration buffer). */
+  'fused-merge-1pct-vs-fused-merge': number;
+  'fused-merge-1pct-spread-vs-fused-merge': number;
   /**
    * How the `fused` cases' bitmaps were allocated (`huge-pages`: advised `MADV_HUGEPAGE`), and
    * the growth of the process's `AnonHugePages` (KiB) over the `fused` 100% case — its bmap and
    * swap log (null off Linux).
    */
   allocator: { kind: BitmapAllocator['kind']; 'anon-huge-pages-kib': number | null };
-  /** The `fused` 100% and 1% cases again on plain buffers (4 KiB pages), for comparison. */
+  /** The merging `fused` 100% and 1% cases again on plain buffers (4 KiB pages), for comparison. */
   'small-pages': {
-    fused: SideBySideRow;
-    'fused-1pct': SideBySideRow;
-    'fused-1pct-spread': SideBySideRow;
-    'fused-1pct-vs-fused': number;
-    'fused-1pct-spread-vs-fused': number;
+    'fused-merge': SideBySideRow;
+    'fused-merge-1pct': SideBySideRow;
+    'fused-merge-1pct-spread': SideBySideRow;
+    'fused-merge-1pct-vs-fused-merge': number;
+    'fused-merge-1pct-spread-vs-fused-merge': number;
   };
   /**
-   * `fused` at 1% clustered in the {@link LARGER_RUN_PAGES} runs that fit the guest, same seed:
-   * each beside its memcpy, and over `fused` at 100%.
+   * The merging `fused` at 1% clustered in the {@link LARGER_RUN_PAGES} runs that fit the guest,
+   * same seed: each beside its memcpy, and over the merging `fused` at 100%.
    */
-  'fused-1pct-larger-runs': (SideBySideRow & { 'run-pages': number; 'vs-fused': number })[];
+  'fused-merge-1pct-larger-runs': (SideBySideRow & { 'run-pages': number; 'vs-fused-merge': number })[];
   /**
    * The floor under a clustered 1% sync that writes the bits into bmap: only touching those words
    * (read the pattern's, write another bitmap's, 16 32-bit words per run — 1% of the cache lines
@@ -248,9 +267,16 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     return r;
   };
   const allocator = options.allocator ?? createHugePageAllocator();
-  const fusedMs = (dirty: Bitmap, drain: boolean, name: string, alloc = allocator): SideBySide => {
+  /** `adopt`: the log keeps bmap (a migration buffer), so a sync into an empty bmap adopts. */
+  const fusedMs = (
+    dirty: Bitmap,
+    drain: boolean,
+    name: string,
+    adopt: boolean,
+    alloc = allocator,
+  ): SideBySide => {
     step(`sync ${name}`);
-    const source = createSwapDirtyLog({ slots: [slot], allocator: alloc });
+    const source = createSwapDirtyLog({ slots: [slot], allocator: alloc, migrationBuffer: adopt });
     const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused', allocator: alloc });
     layers.setup();
     const r = sideBySide(
@@ -263,6 +289,16 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
       () => void layers.sync(),
     );
     expectBmap(layers, dirty, name);
+    const adoptions = layers.stats().adoptions;
+    if (adoptions !== (adopt && drain ? layers.stats().syncs : 0)) {
+      throw new DirtytrackError(
+        'internal',
+        `${name}: ${adoptions} of ${layers.stats().syncs} syncs adopted`,
+        {
+          component: 'bench-bitmap',
+        },
+      );
+    }
     return r;
   };
   const floorDst = Bitmap.create(pages);
@@ -330,19 +366,27 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   const xchgSync = strategyMs('xchg', full);
   const rwlockSync = strategyMs('rwlock-memcpy', full);
   const hugeBefore = anonHugePagesKiB();
-  const fusedSync = fusedMs(full, true, 'fused');
+  const fusedSync = fusedMs(full, true, 'fused', true);
   const hugeAfter = anonHugePagesKiB();
-  const fused1 = fusedMs(clustered.bitmap, true, 'fused 1% clustered');
-  const fused1Spread = fusedMs(spread, true, 'fused 1% spread');
-  const fusedFull = fusedMs(full, false, 'fused (bmap full)');
+  const fused1 = fusedMs(clustered.bitmap, true, 'fused 1% clustered', true);
+  const fused1Spread = fusedMs(spread, true, 'fused 1% spread', true);
+  const fusedFull = fusedMs(full, false, 'fused (bmap full)', true);
+  const mergeSync = fusedMs(full, true, 'fused, merging', false);
+  const merge1 = fusedMs(clustered.bitmap, true, 'fused 1% clustered, merging', false);
+  const merge1Spread = fusedMs(spread, true, 'fused 1% spread, merging', false);
   const largerRuns = LARGER_RUN_PAGES.filter((run) => run <= pages).map((run) => {
-    const r = fusedMs(clusteredOnePct(pages, seed, run).bitmap, true, `fused 1% clustered, ${run}-page runs`);
-    return { 'run-pages': run, ...vs2(r), 'vs-fused': fourDigits(r.ms / fusedSync.ms) };
+    const r = fusedMs(
+      clusteredOnePct(pages, seed, run).bitmap,
+      true,
+      `fused 1% clustered, ${run}-page runs, merging`,
+      false,
+    );
+    return { 'run-pages': run, ...vs2(r), 'vs-fused-merge': fourDigits(r.ms / mergeSync.ms) };
   });
   const small = defaultBitmapAllocator;
-  const smallSync = fusedMs(full, true, 'fused, 4 KiB pages', small);
-  const small1 = fusedMs(clustered.bitmap, true, 'fused 1% clustered, 4 KiB pages', small);
-  const small1Spread = fusedMs(spread, true, 'fused 1% spread, 4 KiB pages', small);
+  const smallSync = fusedMs(full, true, 'fused, merging, 4 KiB pages', false, small);
+  const small1 = fusedMs(clustered.bitmap, true, 'fused 1% clustered, merging, 4 KiB pages', false, small);
+  const small1Spread = fusedMs(spread, true, 'fused 1% spread, merging, 4 KiB pages', false, small);
 
   step('wasm');
   const kernels = createBitmapKernels({ maxBytes: 2 * Bitmap.byteLength(pages) + 64 });
@@ -408,22 +452,27 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
       'fused-1pct': vs2(fused1),
       'fused-1pct-spread': vs2(fused1Spread),
       'fused-full-bmap': vs2(fusedFull),
+      'fused-merge': vs2(mergeSync),
+      'fused-merge-1pct': vs2(merge1),
+      'fused-merge-1pct-spread': vs2(merge1Spread),
     },
     'fused-1pct-vs-fused': fourDigits(fused1.ms / fusedSync.ms),
     'fused-1pct-spread-vs-fused': fourDigits(fused1Spread.ms / fusedSync.ms),
+    'fused-merge-1pct-vs-fused-merge': fourDigits(merge1.ms / mergeSync.ms),
+    'fused-merge-1pct-spread-vs-fused-merge': fourDigits(merge1Spread.ms / mergeSync.ms),
     allocator: {
       kind: allocator.kind,
       'anon-huge-pages-kib':
         hugeBefore === undefined || hugeAfter === undefined ? null : hugeAfter - hugeBefore,
     },
     'small-pages': {
-      fused: vs2(smallSync),
-      'fused-1pct': vs2(small1),
-      'fused-1pct-spread': vs2(small1Spread),
-      'fused-1pct-vs-fused': fourDigits(small1.ms / smallSync.ms),
-      'fused-1pct-spread-vs-fused': fourDigits(small1Spread.ms / smallSync.ms),
+      'fused-merge': vs2(smallSync),
+      'fused-merge-1pct': vs2(small1),
+      'fused-merge-1pct-spread': vs2(small1Spread),
+      'fused-merge-1pct-vs-fused-merge': fourDigits(small1.ms / smallSync.ms),
+      'fused-merge-1pct-spread-vs-fused-merge': fourDigits(small1Spread.ms / smallSync.ms),
     },
-    'fused-1pct-larger-runs': largerRuns,
+    'fused-merge-1pct-larger-runs': largerRuns,
     'touch-1pct-floor': vs2(floor),
     'touch-1pct-loads': vs2(loadsFloor),
     'touch-1pct-spread-floor': vs2(spreadFloor),
@@ -437,6 +486,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
 
 export function formatBitmapBench(r: BitmapBenchResult): string {
   const s = r.strategies;
+  const small = r['small-pages'];
   return [
     `# Bitmap sync, ${r.memory} guest (${r['bitmap-bytes']} B bitmap), medians of ${r.reps}`,
     '',
@@ -448,24 +498,28 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
     `| one xchg pass | ${r['xchg-ms']} | ${r['xchg-vs-memcpy']} |`,
     `| sync, three-layer xchg (QEMU today), 100% dirty | ${s.xchg.ms} | ${s.xchg['vs-memcpy']} |`,
     `| sync, rwlock-memcpy (the slides), 100% dirty | ${s['rwlock-memcpy'].ms} | ${s['rwlock-memcpy']['vs-memcpy']} |`,
-    `| sync, fused, 100% dirty | ${s.fused.ms} | ${s.fused['vs-memcpy']} |`,
-    `| sync, fused, 1% dirty clustered (2M runs) | ${s['fused-1pct'].ms} | ${s['fused-1pct']['vs-memcpy']} |`,
+    `| sync, fused, 100% dirty (adopts the harvested buffer) | ${s.fused.ms} | ${s.fused['vs-memcpy']} |`,
+    `| sync, fused, 1% dirty clustered (2M runs) (adopts) | ${s['fused-1pct'].ms} | ${s['fused-1pct']['vs-memcpy']} |`,
+    `| sync, fused, 1% dirty spread (every 100th 64-bit word) (adopts) | ${s['fused-1pct-spread'].ms} | ${s['fused-1pct-spread']['vs-memcpy']} |`,
+    `| sync, fused, 100% dirty into a full bmap (merges) | ${s['fused-full-bmap'].ms} | ${s['fused-full-bmap']['vs-memcpy']} |`,
+    `| sync, fused merging, 100% dirty | ${s['fused-merge'].ms} | ${s['fused-merge']['vs-memcpy']} |`,
+    `| sync, fused merging, 1% dirty clustered (2M runs) | ${s['fused-merge-1pct'].ms} | ${s['fused-merge-1pct']['vs-memcpy']} |`,
     `| floor of the clustered 1%: touching its runs only | ${r['touch-1pct-floor'].ms} | ${r['touch-1pct-floor']['vs-memcpy']} |`,
     `| below it: one load per run in each bitmap, no writes | ${r['touch-1pct-loads'].ms} | ${r['touch-1pct-loads']['vs-memcpy']} |`,
-    ...r['fused-1pct-larger-runs'].map(
+    ...r['fused-merge-1pct-larger-runs'].map(
       (x) =>
-        `| sync, fused, 1% dirty clustered (${formatSize(x['run-pages'] * PAGE_SIZE)} runs) | ${x.ms} | ${x['vs-memcpy']} |`,
+        `| sync, fused merging, 1% dirty clustered (${formatSize(x['run-pages'] * PAGE_SIZE)} runs) | ${x.ms} | ${x['vs-memcpy']} |`,
     ),
-    `| sync, fused, 1% dirty spread (every 100th 64-bit word) | ${s['fused-1pct-spread'].ms} | ${s['fused-1pct-spread']['vs-memcpy']} |`,
+    `| sync, fused merging, 1% dirty spread (every 100th 64-bit word) | ${s['fused-merge-1pct-spread'].ms} | ${s['fused-merge-1pct-spread']['vs-memcpy']} |`,
     `| floor of the spread 1%: touching its words only | ${r['touch-1pct-spread-floor'].ms} | ${r['touch-1pct-spread-floor']['vs-memcpy']} |`,
-    `| sync, fused, 100% dirty into a full bmap | ${s['fused-full-bmap'].ms} | ${s['fused-full-bmap']['vs-memcpy']} |`,
-    `| sync, fused, 100% dirty, 4 KiB pages | ${r['small-pages'].fused.ms} | ${r['small-pages'].fused['vs-memcpy']} |`,
-    `| sync, fused, 1% dirty clustered (2M runs), 4 KiB pages | ${r['small-pages']['fused-1pct'].ms} | ${r['small-pages']['fused-1pct']['vs-memcpy']} |`,
-    `| sync, fused, 1% dirty spread, 4 KiB pages | ${r['small-pages']['fused-1pct-spread'].ms} | ${r['small-pages']['fused-1pct-spread']['vs-memcpy']} |`,
+    `| sync, fused merging, 100% dirty, 4 KiB pages | ${small['fused-merge'].ms} | ${small['fused-merge']['vs-memcpy']} |`,
+    `| sync, fused merging, 1% dirty clustered (2M runs), 4 KiB pages | ${small['fused-merge-1pct'].ms} | ${small['fused-merge-1pct']['vs-memcpy']} |`,
+    `| sync, fused merging, 1% dirty spread, 4 KiB pages | ${small['fused-merge-1pct-spread'].ms} | ${small['fused-merge-1pct-spread']['vs-memcpy']} |`,
     `| ${r['wasm-or-and-zero'].kind} OR-and-zero kernel | ${r['wasm-or-and-zero'].ms} | ${r['wasm-or-and-zero']['vs-memcpy']} |`,
     '',
-    `rwlock-memcpy is ${r['rwlock-memcpy-vs-xchg']}× faster than the three-layer xchg sync; fused at 1% takes ${r['fused-1pct-vs-fused']}× its 100% time clustered in 2M runs (${r['fused-1pct-larger-runs'].map((x) => `${formatSize(x['run-pages'] * PAGE_SIZE)} runs: ${x['vs-fused']}×`).join(', ')}), ${r['fused-1pct-spread-vs-fused']}× spread.`,
-    `fused bitmaps: ${r.allocator.kind} allocator (AnonHugePages +${r.allocator['anon-huge-pages-kib'] ?? 'n/a'} KiB over the fused case); on 4 KiB pages fused at 1% takes ${r['small-pages']['fused-1pct-vs-fused']}× its 100% time clustered, ${r['small-pages']['fused-1pct-spread-vs-fused']}× spread.`,
+    `rwlock-memcpy is ${r['rwlock-memcpy-vs-xchg']}× faster than the three-layer xchg sync; fused at 1% takes ${r['fused-1pct-vs-fused']}× its 100% time clustered in 2M runs, ${r['fused-1pct-spread-vs-fused']}× spread (both adopt: O(1)).`,
+    `Merging instead: fused at 1% takes ${r['fused-merge-1pct-vs-fused-merge']}× its 100% time clustered in 2M runs (${r['fused-merge-1pct-larger-runs'].map((x) => `${formatSize(x['run-pages'] * PAGE_SIZE)} runs: ${x['vs-fused-merge']}×`).join(', ')}), ${r['fused-merge-1pct-spread-vs-fused-merge']}× spread.`,
+    `fused bitmaps: ${r.allocator.kind} allocator (AnonHugePages +${r.allocator['anon-huge-pages-kib'] ?? 'n/a'} KiB over the fused case); on 4 KiB pages the merging fused at 1% takes ${small['fused-merge-1pct-vs-fused-merge']}× its 100% time clustered, ${small['fused-merge-1pct-spread-vs-fused-merge']}× spread.`,
     `In L1 (4 KiB, ${r['l1-kind']}), per-word xchg is ${r['l1-xchg-vs-memcpy']}× a copy (plain JS Atomics.exchange vs TypedArray.set: ${r['l1-js-xchg-vs-set']}×).`,
     '',
   ].join('\n');

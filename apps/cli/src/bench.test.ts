@@ -132,6 +132,9 @@ describe('dirtytrack bench bitmap', () => {
       'fused-1pct',
       'fused-1pct-spread',
       'fused-full-bmap',
+      'fused-merge',
+      'fused-merge-1pct',
+      'fused-merge-1pct-spread',
       'rwlock-memcpy',
       'xchg',
     ]);
@@ -142,6 +145,14 @@ describe('dirtytrack bench bitmap', () => {
       r['fused-1pct-spread-vs-fused'],
       r.strategies['fused-1pct-spread'].ms / r.strategies.fused.ms,
     );
+    expectRatio(
+      r['fused-merge-1pct-vs-fused-merge'],
+      r.strategies['fused-merge-1pct'].ms / r.strategies['fused-merge'].ms,
+    );
+    expectRatio(
+      r['fused-merge-1pct-spread-vs-fused-merge'],
+      r.strategies['fused-merge-1pct-spread'].ms / r.strategies['fused-merge'].ms,
+    );
     for (const k of ['touch-1pct-floor', 'touch-1pct-loads', 'touch-1pct-spread-floor'] as const) {
       expect(r[k].ms).toBeGreaterThan(0);
       expect(r[k]['memcpy-ms']).toBeGreaterThan(0);
@@ -150,20 +161,26 @@ describe('dirtytrack bench bitmap', () => {
     // 16384 pages: one 2 MiB run (the minimum), 3 64-bit words of the 256 for the spread pattern.
     expect(r['1pct-dirty-pages']).toEqual({ clustered: 512, spread: 192 });
     // Only the 16 MiB runs fit a 64 MiB guest.
-    expect(r['fused-1pct-larger-runs'].map((x) => x['run-pages'])).toEqual([4096]);
-    for (const x of r['fused-1pct-larger-runs']) {
+    expect(r['fused-merge-1pct-larger-runs'].map((x) => x['run-pages'])).toEqual([4096]);
+    for (const x of r['fused-merge-1pct-larger-runs']) {
       expect(x.ms).toBeGreaterThan(0);
-      expectRatio(x['vs-fused'], x.ms / r.strategies.fused.ms);
+      expectRatio(x['vs-fused-merge'], x.ms / r.strategies['fused-merge'].ms);
     }
     // The fused cases on the huge-page allocator where the machine allows it, and again on plain buffers.
     expect(['huge-pages', 'default']).toContain(r.allocator.kind);
     const small = r['small-pages'];
-    for (const k of ['fused', 'fused-1pct', 'fused-1pct-spread'] as const) {
+    for (const k of ['fused-merge', 'fused-merge-1pct', 'fused-merge-1pct-spread'] as const) {
       expect(small[k].ms).toBeGreaterThan(0);
       expectRatio(small[k]['vs-memcpy'], small[k].ms / small[k]['memcpy-ms']);
     }
-    expectRatio(small['fused-1pct-vs-fused'], small['fused-1pct'].ms / small.fused.ms);
-    expectRatio(small['fused-1pct-spread-vs-fused'], small['fused-1pct-spread'].ms / small.fused.ms);
+    expectRatio(
+      small['fused-merge-1pct-vs-fused-merge'],
+      small['fused-merge-1pct'].ms / small['fused-merge'].ms,
+    );
+    expectRatio(
+      small['fused-merge-1pct-spread-vs-fused-merge'],
+      small['fused-merge-1pct-spread'].ms / small['fused-merge'].ms,
+    );
     expect(r['l1-xchg-vs-memcpy']).toBeGreaterThan(0);
     expect(r['l1-kind']).toBe('wasm-simd');
     expect(r['l1-js-xchg-vs-set']).toBeGreaterThan(0);
@@ -172,13 +189,15 @@ describe('dirtytrack bench bitmap', () => {
   it('prints both 1% patterns in the Markdown table', async () => {
     const out = await run('bench', 'bitmap', '--memory', '64M', '--reps', '1');
     expect(out.code).toBe(0);
-    expect(out.stdout).toContain('| sync, fused, 1% dirty clustered (2M runs) |');
-    expect(out.stdout).toContain('| sync, fused, 1% dirty clustered (16M runs) |');
-    expect(out.stdout).toContain('| sync, fused, 1% dirty spread (every 100th 64-bit word) |');
+    expect(out.stdout).toContain('| sync, fused, 1% dirty clustered (2M runs) (adopts) |');
+    expect(out.stdout).toContain('| sync, fused merging, 1% dirty clustered (2M runs) |');
+    expect(out.stdout).toContain('| sync, fused merging, 1% dirty clustered (16M runs) |');
+    expect(out.stdout).toContain('| sync, fused, 1% dirty spread (every 100th 64-bit word) (adopts) |');
+    expect(out.stdout).toContain('| sync, fused merging, 1% dirty spread (every 100th 64-bit word) |');
     expect(out.stdout).toContain('| floor of the clustered 1%: touching its runs only |');
     expect(out.stdout).toContain('| floor of the spread 1%: touching its words only |');
     expect(out.stdout).toContain('| below it: one load per run in each bitmap, no writes |');
-    expect(out.stdout).toContain('| sync, fused, 1% dirty clustered (2M runs), 4 KiB pages |');
+    expect(out.stdout).toContain('| sync, fused merging, 1% dirty clustered (2M runs), 4 KiB pages |');
     expect(out.stdout).toMatch(/fused bitmaps: (huge-pages|default) allocator/);
   });
 
@@ -239,25 +258,29 @@ describe('dirtytrack bench bitmap', () => {
     expect(set.every((k, i) => k === i * 100)).toBe(true);
   });
 
-  it('the fused sync leaves exactly the clustered pages in bmap, sync after sync', () => {
-    const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: PAGES };
-    const logging: LoggingControl = { enableLogging: (s) => s.pages, disableLogging: () => {} };
-    const source = createSwapDirtyLog({ slots: [slot] });
-    const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused' });
-    layers.setup();
-    for (const seed of [1, 2, 3]) {
-      // The round sent every page, then the guest dirtied the pattern.
-      const w = layers.bmap.words;
-      for (let i = 0; i < w.length; i++) if ((w[i] as number) !== 0) layers.clearSent(i, w[i] as number);
-      expect(layers.dirtyPages).toBe(0);
-      const p = clusteredOnePct(PAGES, seed);
-      source.markDirtyBitmap(slot.id, p.bitmap);
-      expect(layers.sync().newDirty).toBe(51_200);
-      expect(differingWords(layers.bmap, p.bitmap)).toEqual([]);
-      expect(layers.dirtyPages).toBe(51_200);
-      expect(layers.bmap.popcount()).toBe(51_200);
-    }
-  });
+  it.each([false, true])(
+    'the fused sync leaves exactly the clustered pages in bmap, sync after sync (migration buffer: %s)',
+    (migrationBuffer) => {
+      const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: PAGES };
+      const logging: LoggingControl = { enableLogging: (s) => s.pages, disableLogging: () => {} };
+      const source = createSwapDirtyLog({ slots: [slot], migrationBuffer });
+      const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused' });
+      layers.setup();
+      for (const seed of [1, 2, 3]) {
+        // The round sent every page, then the guest dirtied the pattern.
+        const w = layers.bmap.words;
+        for (let i = 0; i < w.length; i++) if ((w[i] as number) !== 0) layers.clearSent(i, w[i] as number);
+        expect(layers.dirtyPages).toBe(0);
+        const p = clusteredOnePct(PAGES, seed);
+        source.markDirtyBitmap(slot.id, p.bitmap);
+        expect(layers.sync().newDirty).toBe(51_200);
+        expect(differingWords(layers.bmap, p.bitmap)).toEqual([]);
+        expect(layers.dirtyPages).toBe(51_200);
+        expect(layers.bmap.popcount()).toBe(51_200);
+      }
+      expect(layers.stats().adoptions).toBe(migrationBuffer ? 3 : 0);
+    },
+  );
 
   it('rejects a bad --memory naming it', async () => {
     const out = await run('bench', 'bitmap', '--memory', 'lots');

@@ -157,7 +157,11 @@ export interface SyncResult {
 export interface MigrationBitmap {
   /** Pages covered (target pages of the RAM being migrated). */
   readonly pages: number;
-  /** 1 = the page must be (re)sent. The migration engine clears bits as it sends pages. */
+  /**
+   * 1 = the page must be (re)sent. The migration engine clears bits as it sends pages. A sync
+   * may replace it (a bitmap that adopts the producer's harvested buffer instead of copying it),
+   * so read `bmap` — and its `words` — anew after every `sync()`.
+   */
   readonly bmap: Bitmap;
   /** `migration_dirty_pages`: always equal to `bmap.popcount()`. */
   readonly dirtyPages: number;

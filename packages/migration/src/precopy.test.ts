@@ -14,11 +14,12 @@ import {
 import { createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
+import { expectDirtytrackError } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { runPrecopy, type PrecopyCapabilities, type PrecopyParameters } from './precopy.js';
 import { createSimLink } from './sim-link.js';
-import { reportingSends } from './__fixtures__/harness.js';
+import { migrate, reportingSends } from './__fixtures__/harness.js';
 
 interface Setup {
   pages: number;
@@ -271,5 +272,30 @@ describe('sim link', () => {
     expect(l.bytesSent).toBe(1000);
     expect(createSimLink({ bandwidth: 1 }).downAtNs).toBeUndefined();
     expect(() => createSimLink({ bandwidth: 1, dropAtNs: -1 })).toThrow(/link\.drop-at/);
+  });
+});
+
+describe('a migration bitmap whose count and bits disagree', () => {
+  it('fails with an internal error instead of scanning forever', () => {
+    // The count says one page more than bmap holds: once bmap is empty the sender would loop.
+    const lying = (m: MigrationBitmap): MigrationBitmap => ({
+      pages: m.pages,
+      get bmap() {
+        return m.bmap;
+      },
+      get dirtyPages() {
+        return m.dirtyPages + 1;
+      },
+      setup: () => m.setup(),
+      sync: () => m.sync(),
+      clearSent: (word, mask) => m.clearSent(word, mask),
+      cleanup: () => m.cleanup(),
+    });
+    expectDirtytrackError(
+      () => migrate({ pages: 256, rate: 0, wrapBitmap: lying }),
+      'precopy',
+      'internal',
+      /counts 1 dirty pages but a whole pass over bmap found none/,
+    );
   });
 });

@@ -392,7 +392,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   const cpuBandwidth = pageSendNs > 0 ? (channels * PAGE_SIZE * 1e9) / pageSendNs : Infinity;
   // Read per window: a live link's bandwidth is what it measured so far (a SimLink's is fixed).
   const effectiveBandwidth = (): number => Math.min(link.bandwidth, cpuBandwidth);
-  const words = bitmap.bmap.words;
+  /** bmap's words: read again after every sync, which may replace bmap (MigrationBitmap). */
+  let words = bitmap.bmap.words;
   const nz = nonzero.words;
   const sink = options.sink;
   const dataOf = options.dataOf ?? ((i: number, mask: number): number => mask & (nz[i] as number));
@@ -565,6 +566,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
 
   const sync = (): void => {
     const r = bitmap.sync();
+    words = bitmap.bmap.words;
     work(r.costNs);
     syncs++;
     const now = clock.now();
@@ -637,6 +639,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     sentNormalPages = 0;
     const nWords = words.length;
     const bulkOk = !zeroCopy || lockedMemory === Infinity;
+    /** Passes of the end of RAM since a dirty word was last found: two mean a whole empty pass. */
+    let emptyWraps = 0;
     while (bytes < cap && bitmap.dirtyPages > 0) {
       const w = words[cursor] as number;
       if (w === 0) {
@@ -648,10 +652,19 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
           cursor = c;
           continue;
         }
+        if (++emptyWraps > 1) {
+          // The bitmap's count and its bits disagree: without this the loop would never end.
+          throw new DirtytrackError(
+            'internal',
+            `the migration bitmap counts ${bitmap.dirtyPages} dirty pages but a whole pass over bmap found none`,
+            { component: 'precopy' },
+          );
+        }
         cursor = nWords - 1;
         bytes += nextWord();
         continue;
       }
+      emptyWraps = 0;
       // Bulk path: a run of dirty words that surely fits under the cap (each word is at most
       // WORD_BYTES_MAX) goes in one step — the same bytes, pages and order as word by word,
       // because multifd's packet accounting is additive. Not when zero-copy may hit its

@@ -7,6 +7,43 @@ import { migrate, reportingSends } from './__fixtures__/harness.js';
 const PROPERTY_SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261126);
 const RUNS = Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 25);
 
+/**
+ * Watches one migration: the order of the guest's writes and the sends. `check()` fails unless
+ * every page was sent after its last write.
+ */
+function watchSends(pages: number) {
+  const lastWrite = new Float64Array(pages).fill(-1);
+  const lastSend = new Float64Array(pages).fill(-1);
+  let seq = 0;
+  const wrapWorkload = (w: Workload): Workload => ({
+    kind: w.kind,
+    vcpus: w.vcpus,
+    generate: (from, to, speed, emit, speeds) =>
+      w.generate(
+        from,
+        to,
+        speed,
+        (b) => {
+          for (let i = 0; i < b.count; i++) lastWrite[b.offsets[i] as number] = seq++;
+          emit(b);
+        },
+        speeds,
+      ),
+  });
+  const wrapBitmap = (m: MigrationBitmap): MigrationBitmap =>
+    reportingSends(m, (page) => {
+      lastSend[page] = seq++;
+    });
+  const check = (): void => {
+    for (let p = 0; p < pages; p++) {
+      if (lastSend[p] === -1) throw new Error(`page ${p} was never sent`);
+      if ((lastSend[p] as number) < (lastWrite[p] as number))
+        throw new Error(`page ${p} written after its last send`);
+    }
+  };
+  return { wrapWorkload, wrapBitmap, check };
+}
+
 describe('no page is lost with dirty rings, dirty-limit and auto-converge (model plane)', () => {
   it('every page is sent after its last write when the migration completes', () => {
     fc.assert(
@@ -24,28 +61,7 @@ describe('no page is lost with dirty rings, dirty-limit and auto-converge (model
           multifd: fc.boolean(),
         }),
         (c) => {
-          const lastWrite = new Float64Array(c.pages).fill(-1);
-          const lastSend = new Float64Array(c.pages).fill(-1);
-          let seq = 0;
-          const wrapWorkload = (w: Workload): Workload => ({
-            kind: w.kind,
-            vcpus: w.vcpus,
-            generate: (from, to, speed, emit, speeds) =>
-              w.generate(
-                from,
-                to,
-                speed,
-                (b) => {
-                  for (let i = 0; i < b.count; i++) lastWrite[b.offsets[i] as number] = seq++;
-                  emit(b);
-                },
-                speeds,
-              ),
-          });
-          const wrapBitmap = (m: MigrationBitmap): MigrationBitmap =>
-            reportingSends(m, (page) => {
-              lastSend[page] = seq++;
-            });
+          const watch = watchSends(c.pages);
           const { info } = migrate({
             pages: c.pages,
             vcpus: c.vcpus,
@@ -55,8 +71,8 @@ describe('no page is lost with dirty rings, dirty-limit and auto-converge (model
             bandwidth: c.bandwidthMB * 1e6,
             ring: c.ring,
             timeLimitS: 60,
-            wrapWorkload,
-            wrapBitmap,
+            wrapWorkload: watch.wrapWorkload,
+            wrapBitmap: watch.wrapBitmap,
             precopy: {
               capabilities: {
                 'dirty-limit': c.control === 'dirty-limit',
@@ -67,15 +83,51 @@ describe('no page is lost with dirty rings, dirty-limit and auto-converge (model
             },
           });
           if (info.status !== 'completed') return; // non-convergence is allowed; loss is not
-          for (let p = 0; p < c.pages; p++) {
-            if (lastSend[p] === -1) throw new Error(`page ${p} was never sent`);
-            if ((lastSend[p] as number) < (lastWrite[p] as number))
-              throw new Error(`page ${p} written after its last send`);
-          }
+          watch.check();
           expect(info.ram.remaining).toBe(0);
         },
       ),
       { numRuns: RUNS, seed: PROPERTY_SEED },
     );
+  });
+
+  it("the same with QEMU's layers 'fused' adopting the harvested buffer as bmap after each round", () => {
+    let adoptions = 0;
+    fc.assert(
+      fc.property(
+        fc.record({
+          seed: fc.nat(),
+          kind: fc.constantFrom('uniform', 'sweep', 'hotset'),
+          vcpus: fc.integer({ min: 1, max: 4 }),
+          pages: fc.integer({ min: 256, max: 8192 }),
+          rateMiB: fc.integer({ min: 0, max: 64 }),
+          bandwidthMB: fc.integer({ min: 5, max: 200 }),
+          autoConverge: fc.boolean(),
+          multifd: fc.boolean(),
+        }),
+        (c) => {
+          const watch = watchSends(c.pages);
+          const { info, adoptions: adopted } = migrate({
+            pages: c.pages,
+            vcpus: c.vcpus,
+            kind: c.kind,
+            seed: c.seed,
+            rate: c.rateMiB * 2 ** 20,
+            bandwidth: c.bandwidthMB * 1e6,
+            layers: 'fused-adopt',
+            timeLimitS: 60,
+            wrapWorkload: watch.wrapWorkload,
+            wrapBitmap: watch.wrapBitmap,
+            precopy: { capabilities: { 'auto-converge': c.autoConverge, multifd: c.multifd } },
+          });
+          adoptions += adopted();
+          if (info.status !== 'completed') return;
+          watch.check();
+          expect(info.ram.remaining).toBe(0);
+        },
+      ),
+      { numRuns: RUNS, seed: PROPERTY_SEED },
+    );
+    expect(adoptions).toBeGreaterThan(0);
   });
 });

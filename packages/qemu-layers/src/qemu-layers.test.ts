@@ -68,6 +68,7 @@ describe('QEMU layers: exact values', () => {
         lazyClears: 0,
         clearedPages: 0,
         clearCostNs: 0,
+        adoptions: 0,
       });
       expect(m.clearBmap.popcount()).toBe(0); // no manual protect: nothing to clear lazily
       m.cleanup();

@@ -88,6 +88,11 @@ export interface QemuLayersStats {
   readonly clearedPages: number;
   /** What the lazy clears cost the sending thread (ns), priced from their HarvestCost. */
   readonly clearCostNs: number;
+  /**
+   * `'fused'` over a swap log with a migration buffer: syncs that found `bmap` empty and adopted
+   * the harvested buffer as `bmap` (no word copied).
+   */
+  readonly adoptions: number;
 }
 
 export interface QemuLayers extends MigrationBitmap {
@@ -100,7 +105,10 @@ export interface QemuLayers extends MigrationBitmap {
   readonly clearBitmapShift: number;
   /** The `'rwlock-memcpy'` lock (undefined for the other strategies). */
   readonly lock: RWLock | undefined;
-  /** `'fused'` only: bit k set iff 64-bit word k of `bmap` is non-zero. */
+  /**
+   * `'fused'` only: bit k set iff 64-bit word k of `bmap` is non-zero. Like `bmap`, a different
+   * array after a sync that adopted a buffer.
+   */
   readonly summary: Uint32Array | undefined;
   /** First dirty page at or after `from`, or -1 (uses the summary under `'fused'`). */
   findNextDirty(from?: number): number;
@@ -155,8 +163,16 @@ interface DeviceLog {
  *    already zero; otherwise the next sync zeroes only the words its summary still names,
  *    which are a subset of `bmap`'s unsent words. A 100%-dirty sync after a finished round thus
  *    costs one memcpy of the bitmap, and any sync O(summary + dirty words).
+ * 4. **Adoption** — when the log keeps a third buffer (`createSwapDirtyLog({ migrationBuffer:
+ *    true })`), `bmap` lives in it, and a sync that finds `bmap` empty (`migration_dirty_pages`
+ *    = 0: the round sent everything, QEMU's usual sync point) does no step 2 at all: T *becomes*
+ *    `bmap` (its summary and count are exact, the producers kept them), and the emptied `bmap`
+ *    becomes the spare. The sync is then O(1) whatever the share dirty — it touches no dirty
+ *    word; the sender reads T's words where it would have read their copy. `bmap` (and
+ *    `summary`) are therefore a different object after such a sync: read them anew after every
+ *    `sync()`. A sync into a non-empty `bmap` merges as in step 2.
  * Producer bits are never cleared before they reach `bmap`: the producer never clears, and T
- * leaves the producer only to be ORed into `bmap` in the same sync.
+ * leaves the producer only to be ORed into `bmap` (or to become it) in the same sync.
  */
 export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   const { source, logging, slot } = options.kvm;
@@ -183,6 +199,11 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   const manualProtect = typeof source.clearDirtyLog === 'function';
   const swapSource: SwappableDirtyLog | undefined =
     strategy === 'fused' && isSwappableDirtyLog(source) ? source : undefined;
+  /**
+   * Where `bmap` lives when the swap log keeps it (`migrationBuffer: true`): one of the log's
+   * buffers, so a sync that finds `bmap` empty can adopt the harvested buffer instead.
+   */
+  let bmapBuf: DirtyLogBuffer | undefined = swapSource?.migrationBuffer?.(slot.id);
 
   const lock =
     strategy === 'rwlock-memcpy'
@@ -224,14 +245,19 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   // The RAMBlock (one for now) and its layer-C state.
   const ramOffset = 0; // ram_addr page of the block; 64-aligned by construction
   const dirtyMemory = createRamListDirtyMemory(ramOffset + pages);
-  const bmapAt = (options.allocator ?? defaultBitmapAllocator).allocate(Bitmap.byteLength(pages));
-  const bmap = Bitmap.wrap(bmapAt.buffer, pages, bmapAt.byteOffset);
+  const ownBmap = (): Bitmap => {
+    const at = (options.allocator ?? defaultBitmapAllocator).allocate(Bitmap.byteLength(pages));
+    return Bitmap.wrap(at.buffer, pages, at.byteOffset);
+  };
+  /** Changes only when a sync adopts a harvested buffer (see bmapBuf). */
+  let bmap = bmapBuf?.bitmap ?? ownBmap();
   /** The slot's `dirty_bmap`: what the last getDirtyLog reported, minus what has been cleared. */
   const slotBmap = Bitmap.create(pages);
   const clearBmap = Bitmap.create(pages === 0 ? 0 : Math.ceil(pages / chunkPages));
   const clearMask = Bitmap.create(Math.min(chunkPages, pages));
   const words64 = bmap.words.length / 2;
-  const summary = strategy === 'fused' ? new Uint32Array(Math.ceil(words64 / 32)) : undefined;
+  let summary =
+    strategy === 'fused' ? (bmapBuf?.summary ?? new Uint32Array(Math.ceil(words64 / 32))) : undefined;
   /** The swap path's spare: a subset of bmap between syncs (clearSent clears both). */
   let spare: DirtyLogBuffer | undefined = swapSource?.spareBuffer(slot.id);
   const allOnes = vfioNone ? Bitmap.create(pages) : undefined;
@@ -249,6 +275,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   let lazyClears = 0;
   let clearedPages = 0;
   let clearCostNs = 0;
+  let adoptions = 0;
   // Per-sync counters.
   let xchg = 0;
   let copy = 0;
@@ -625,9 +652,11 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     return (t.counts[0] as number) - overlap;
   };
 
-  const syncFused = (): { fresh: number; reported: number } => {
+  /** `adopted`: the pages of a harvested buffer just adopted as bmap (nothing left to move). */
+  const syncFused = (adopted: number | undefined): { fresh: number; reported: number } => {
     let fresh = 0;
-    if (taken !== undefined) fresh += mergeTaken(taken);
+    if (adopted !== undefined) fresh += adopted;
+    else if (taken !== undefined) fresh += mergeTaken(taken);
     else {
       const words = slotBmap.words;
       for (let i = 0; i < words.length; i += 2) {
@@ -658,15 +687,36 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     return { fresh, reported };
   };
 
+  /**
+   * The adoption (swap path with a migration buffer, `bmap` empty): the harvested buffer T
+   * becomes `bmap` — its summary is exact and its count is its popcount, as the producers keep
+   * them — and the emptied `bmap` (all zero, summary zero: `clearSent` keeps both exact) becomes
+   * the next spare. Returns T's pages, all new.
+   */
+  const adopt = (t: DirtyLogBuffer): number => {
+    const old = bmapBuf as DirtyLogBuffer;
+    old.counts[0] = 0;
+    bmapBuf = t;
+    bmap = t.bitmap;
+    summary = t.summary;
+    spare = old;
+    adoptions++;
+    return t.counts[0] as number;
+  };
+
   const layers: QemuLayers = {
     pages,
-    bmap,
+    get bmap() {
+      return bmap;
+    },
     strategy,
     dirtyMemory,
     clearBmap,
     clearBitmapShift: shift,
     lock,
-    summary,
+    get summary() {
+      return summary;
+    },
     get dirtyPages() {
       return dirtyPages;
     },
@@ -687,6 +737,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
       xchg = 0;
       copy = 0;
       let reported: number;
+      let adopted: number | undefined;
       if (swapSource !== undefined) {
         // Layer A by swap: the spare must be zero; it is a subset of bmap's unsent words.
         const s = spare as DirtyLogBuffer;
@@ -696,12 +747,17 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         }
         taken = swapSource.swapDirtyLog(slot.id, s);
         reported = taken.counts[0] as number;
+        if (bmapBuf !== undefined && dirtyPages === 0) {
+          adopted = adopt(taken);
+          taken = undefined;
+        }
       } else {
         // Layer A: KVM_GET_DIRTY_LOG into the slot's dirty_bmap.
         reported = source.getDirtyLog(slot.id, slotBmap);
       }
       const harvest = source.lastHarvestCost();
-      const moved = strategy === 'xchg' ? syncXchg() : strategy === 'fused' ? syncFused() : syncRwlock();
+      const moved =
+        strategy === 'xchg' ? syncXchg() : strategy === 'fused' ? syncFused(adopted) : syncRwlock();
       if (taken !== undefined) {
         spare = taken;
         taken = undefined;
@@ -786,6 +842,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         lazyClears,
         clearedPages,
         clearCostNs,
+        adoptions,
       };
     },
   };

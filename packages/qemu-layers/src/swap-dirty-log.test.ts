@@ -1,4 +1,4 @@
-import { Bitmap, createRWLock, type MemslotInfo } from '@dirtytrack/core';
+import { Bitmap, createRWLock, DEFAULT_COST_MODEL, type MemslotInfo } from '@dirtytrack/core';
 import { createBitmapReporter } from '@dirtytrack/reporters';
 import { expectDirtytrackError } from '@dirtytrack/testkit';
 import fc from 'fast-check';
@@ -61,7 +61,7 @@ describe('createSwapDirtyLog', () => {
     expect(pagesOf(log.active(0).bitmap)).toEqual([6]);
   });
 
-  it('rejects a spare that is the active buffer, not the slot’s other buffer or not empty, and mixed harvests', () => {
+  it('rejects a spare that is the active buffer, not one of the slot’s buffers or not empty, and mixed harvests', () => {
     const log = createSwapDirtyLog({ slots: [slot] });
     const err = (
       fn: () => unknown,
@@ -69,7 +69,11 @@ describe('createSwapDirtyLog', () => {
       re: RegExp,
     ) => expectDirtytrackError(fn, 'swap-dirty-log', code, re);
     err(() => log.swapDirtyLog(0, log.active(0)), 'invalid-argument', /active buffer/);
-    err(() => log.swapDirtyLog(0, createDirtyLogBuffer(200)), 'invalid-argument', /other buffer/);
+    err(
+      () => log.swapDirtyLog(0, createDirtyLogBuffer(200)),
+      'invalid-argument',
+      /not one of slot 0's buffers/,
+    );
     const spare = log.spareBuffer(0);
     spare.bitmap.set(1);
     spare.counts[0] = 1;
@@ -83,7 +87,16 @@ describe('createSwapDirtyLog', () => {
     err(
       () => createSwapDirtyLog({ slots: [slot], buffers: new Map([[0, new SharedArrayBuffer(8)]]) }),
       'invalid-argument',
-      /has 8 bytes/,
+      /not a slot buffer \(its header names 0 buffers/,
+    );
+    // A slot buffer's header on too little memory.
+    const shared = createSwapDirtyLog({ slots: [slot], shared: true, migrationBuffer: true });
+    const short = new SharedArrayBuffer(128);
+    new Uint8Array(short).set(new Uint8Array(shared.slotBuffer(0), 0, 16));
+    err(
+      () => createSwapDirtyLog({ slots: [slot], buffers: new Map([[0, short]]) }),
+      'invalid-argument',
+      /has 128 bytes, its 200 pages need 256/,
     );
   });
 
@@ -143,7 +156,66 @@ describe("'fused' over the swap log", () => {
     expect(layers.bmap.test(3000)).toBe(true);
   });
 
-  it('dense writes: identical bmap and dirtyPages to xchg over the bitmap reporter (property)', () => {
+  it('with a migration buffer, a sync into an empty bmap adopts the harvested buffer; a non-empty one merges', () => {
+    const pages = 64 * 32 * 2;
+    const s: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
+    const log = createSwapDirtyLog({ slots: [s], migrationBuffer: true });
+    const layers = createQemuLayers({ kvm: { source: log, logging: logging(), slot: s }, strategy: 'fused' });
+    layers.setup();
+    const sendAll = (): void => {
+      const w = layers.bmap.words;
+      for (let i = 0; i < w.length; i++) if ((w[i] as number) !== 0) layers.clearSent(i, w[i] as number);
+    };
+    const firstBmap = layers.bmap;
+    expect(firstBmap.popcount()).toBe(pages);
+    sendAll();
+    const dense = Bitmap.create(pages);
+    dense.setRange(0, 2048);
+    dense.set(3000);
+    log.markDirtyBitmap(0, dense);
+    const filled = log.active(0);
+    const r = layers.sync();
+    expect(r).toEqual({ newDirty: 2049, reported: 2049, costNs: DEFAULT_COST_MODEL.bitmapCopyNsPerWord });
+    // The producer's buffer is bmap now, summary and all; nothing was copied.
+    expect(layers.bmap).toBe(filled.bitmap);
+    expect(layers.summary).toBe(filled.summary);
+    expect(layers.stats()).toMatchObject({ adoptions: 1, copiedWords: 0 });
+    expect(layers.dirtyPages).toBe(2049);
+    expect(pagesOf(layers.bmap)).toEqual(pagesOf(dense));
+    expect(layers.findNextDirty(2048)).toBe(3000);
+    // Producers write the third buffer; the old bmap (all zero) waits as the spare.
+    const third = log.active(0);
+    expect(third).not.toBe(filled);
+    expect(third.bitmap).not.toBe(firstBmap);
+    // Page 3000 sent, then 5 and 3000 written: bmap is not empty, so the sync merges.
+    layers.clearSent(3000 >>> 5, 1 << (3000 & 31));
+    log.markDirty(0, Uint32Array.of(5, 3000), 2, 0);
+    expect(layers.sync().newDirty).toBe(1); // 5 was still unsent
+    expect(layers.bmap).toBe(filled.bitmap);
+    expect(layers.dirtyPages).toBe(2049);
+    // One page left unsent (a round stopped short) is not an empty bmap either: it survives.
+    sendAll();
+    log.markDirty(0, Uint32Array.of(7, 100), 2, 0);
+    layers.sync(); // after a finished round: adopted
+    expect(layers.stats().adoptions).toBe(2);
+    layers.clearSent(100 >>> 5, 1 << (100 & 31));
+    log.markDirty(0, Uint32Array.of(4000), 1, 0);
+    expect(layers.sync().newDirty).toBe(1);
+    expect(pagesOf(layers.bmap)).toEqual([7, 4000]);
+    expect(layers.stats().adoptions).toBe(2);
+    // A finished round again: the third buffer becomes bmap, holding just the new writes.
+    sendAll();
+    const next = log.active(0);
+    log.markDirty(0, Uint32Array.of(1, 4095), 2, 0);
+    expect(layers.sync()).toMatchObject({ newDirty: 2, reported: 2 });
+    expect(layers.bmap).toBe(next.bitmap);
+    expect(pagesOf(layers.bmap)).toEqual([1, 4095]);
+    expect(layers.dirtyPages).toBe(2);
+    expect(layers.stats().adoptions).toBe(3);
+    expect([filled, next]).not.toContain(log.active(0));
+  });
+
+  it('dense writes: identical bmap and dirtyPages to xchg over the bitmap reporter, merging or adopting (property)', () => {
     // 3 summary words and a tail: dense ranges make the memcpy-run path and the word path meet.
     const pages = 64 * 32 * 3 + 100;
     const s: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
@@ -151,22 +223,31 @@ describe("'fused' over the swap log", () => {
     const op = fc.oneof(
       fc.record({ t: fc.constant('write' as const), start: fc.nat(pages - 1), len: fc.nat(3000) }),
       fc.record({ t: fc.constant('send' as const), start: fc.nat(pages - 1), len: fc.nat(3000) }),
+      fc.record({ t: fc.constant('send' as const), start: fc.constant(0), len: fc.constant(pages) }),
       fc.constant({ t: 'sync' as const }),
     );
+    let adoptions = 0;
     fc.assert(
       fc.property(fc.array(op, { maxLength: 30 }), (ops) => {
         const swap = createSwapDirtyLog({ rearmer, slots: [s] });
+        const swap3 = createSwapDirtyLog({ rearmer, slots: [s], migrationBuffer: true });
         const ref = createBitmapReporter({ rearmer, slots: [s] });
         const a = createQemuLayers({ kvm: { source: swap, logging: logging(), slot: s }, strategy: 'fused' });
+        const c = createQemuLayers({
+          kvm: { source: swap3, logging: logging(), slot: s },
+          strategy: 'fused',
+        });
         const b = createQemuLayers({ kvm: { source: ref, logging: logging(), slot: s }, strategy: 'xchg' });
         a.setup();
         b.setup();
+        c.setup();
         const scratch = Bitmap.create(pages);
         for (const o of ops) {
           if (o.t === 'write') {
             scratch.clearAll();
             scratch.setRange(o.start, Math.min(o.len, pages - o.start));
             swap.markDirtyBitmap(0, scratch);
+            swap3.markDirtyBitmap(0, scratch);
             const offs = Uint32Array.from(scratch.setBits());
             ref.markDirty(0, offs, offs.length, 0);
           } else if (o.t === 'send') {
@@ -175,19 +256,27 @@ describe("'fused' over the swap log", () => {
               if (!b.bmap.test(p)) continue;
               a.clearSent(p >>> 5, 1 << (p & 31));
               b.clearSent(p >>> 5, 1 << (p & 31));
+              c.clearSent(p >>> 5, 1 << (p & 31));
             }
           } else {
             const ra = a.sync();
             const rb = b.sync();
+            const rc = c.sync();
             expect(ra.newDirty).toBe(rb.newDirty);
             expect(ra.reported).toBe(rb.reported);
+            expect(rc.newDirty).toBe(rb.newDirty);
+            expect(rc.reported).toBe(rb.reported);
           }
-          expect([...a.bmap.words]).toEqual([...b.bmap.words]);
-          expect(a.dirtyPages).toBe(b.dirtyPages);
-          expect(a.findNextDirty(0)).toBe(b.bmap.findNextSet(0));
+          for (const x of [a, c]) {
+            expect([...x.bmap.words]).toEqual([...b.bmap.words]);
+            expect(x.dirtyPages).toBe(b.dirtyPages);
+            expect(x.findNextDirty(0)).toBe(b.bmap.findNextSet(0));
+          }
         }
+        adoptions += c.stats().adoptions;
       }),
       { numRuns: Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 100) },
     );
+    expect(adoptions).toBeGreaterThan(0);
   });
 });

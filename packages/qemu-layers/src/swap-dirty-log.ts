@@ -13,8 +13,11 @@ import {
 import { CACHE_LINE, defaultBitmapAllocator, type BitmapAllocator } from './huge-pages.js';
 
 const COMPONENT = 'swap-dirty-log';
-/** A slot memory's header: the active index (Int32 0) and where the buffers start (Int32 1). */
-const HEADER_BYTES = 8;
+/**
+ * A slot memory's header: the active index (Int32 0), where the buffers start (Int32 1) and how
+ * many buffers there are (Int32 2: 2, or 3 with `migrationBuffer`).
+ */
+const HEADER_BYTES = 16;
 
 /**
  * One buffer of a double-buffered dirty log: the bits, a summary with one bit per 64-bit (KVM)
@@ -48,18 +51,27 @@ export function createDirtyLogBuffer(pages: number, options: { shared?: boolean 
  */
 export interface SwappableDirtyLog {
   /**
-   * The slot's inactive buffer, zeroed: what the caller passes to its first `swapDirtyLog`. (A
-   * shared log has exactly two buffers per slot, both visible to producers in other threads.)
+   * An inactive buffer of the slot, zeroed: what the caller passes to its first `swapDirtyLog`.
+   * (A shared log's buffers are all visible to producers in other threads.)
    */
   spareBuffer(slot: number): DirtyLogBuffer;
   /**
-   * Installs `spare` (the slot's inactive buffer, all zero: summary zero, count 0) as the slot's
-   * active buffer and returns the buffer that was active, with every page written before the call.
-   * The caller owns the returned buffer from then on (no producer writes it again) and hands it
-   * back, zeroed, as the next call's `spare`; the source re-arms exactly its pages, as a classic
-   * `KVM_GET_DIRTY_LOG` would.
+   * Installs `spare` (one of the slot's inactive buffers, all zero: summary zero, count 0) as the
+   * slot's active buffer and returns the buffer that was active, with every page written before
+   * the call. The caller owns the returned buffer from then on (no producer writes it again) and
+   * hands it back, zeroed, as a later call's `spare`; the source re-arms exactly its pages, as a
+   * classic `KVM_GET_DIRTY_LOG` would.
    */
   swapDirtyLog(slot: number, spare: DirtyLogBuffer): DirtyLogBuffer;
+  /**
+   * Optional: the slot's third buffer, zeroed, for the collector to keep its migration bitmap in
+   * (a log created with `migrationBuffer: true`; undefined otherwise). The collector then owns
+   * two buffers besides the active one and may rotate all three: when its bitmap is empty at a
+   * sync, the returned buffer can *become* the bitmap and the emptied bitmap the next spare —
+   * a sync that touches no dirty word at all. Call it, like {@link spareBuffer}, before the first
+   * swap.
+   */
+  migrationBuffer?(slot: number): DirtyLogBuffer | undefined;
 }
 
 /** True when `source` offers {@link SwappableDirtyLog}. */
@@ -88,10 +100,18 @@ export interface SwapDirtyLogOptions {
    */
   buffers?: ReadonlyMap<number, SharedArrayBuffer>;
   /**
-   * Where each slot's memory (both buffers) comes from; e.g. `createHugePageAllocator()` to
+   * Where each slot's memory (all its buffers) comes from; e.g. `createHugePageAllocator()` to
    * back big logs with 2 MiB pages. Default: plain buffers.
    */
   allocator?: BitmapAllocator;
+  /**
+   * Keep a third buffer per slot for the collector's migration bitmap
+   * ({@link SwappableDirtyLog.migrationBuffer}): `'fused'` layers then keep `bmap` in it and, at
+   * a sync after a finished round, adopt the harvested buffer as `bmap` instead of copying it.
+   * It costs one bitmap per slot, which the layers no longer allocate. Default false. (A producer
+   * worker attached with `buffers` reads the count from the slot memory.)
+   */
+  migrationBuffer?: boolean;
 }
 
 /** A dirty log (classic, no manual protect) with a summary and an O(1) double-buffered harvest. */
@@ -99,7 +119,7 @@ export interface SwapDirtyLog extends Reporter, SwappableDirtyLog {
   readonly kind: 'swap';
   /** The buffer producers write now (tests and diagnostics; do not clear it behind the log's back). */
   active(slot: number): DirtyLogBuffer;
-  /** The memory holding a slot's two buffers and its active index: post it to producer workers. */
+  /** The memory holding a slot's buffers and its active index: post it to producer workers. */
   slotBuffer(slot: number): ArrayBufferLike;
   /**
    * ORs `src` (a whole-slot bitmap) into the active buffer word-wise, keeping summary and count:
@@ -128,8 +148,9 @@ export interface SwapDirtyLog extends Reporter, SwappableDirtyLog {
  * if its read section ended before the swap, the new one (next harvest) otherwise. Without a
  * lock there is no other thread, and the same argument holds trivially.
  *
- * Each slot has exactly two buffers and an active index in one memory ({@link SwapDirtyLog.slotBuffer}),
- * so producer workers attach with `buffers` and find the active buffer by index.
+ * Each slot has two buffers (three with `migrationBuffer`) and an active index in one memory
+ * ({@link SwapDirtyLog.slotBuffer}), so producer workers attach with `buffers` and find the active
+ * buffer by index.
  *
  * `getDirtyLog` is the same swap followed by a copy into `out` and a zeroing of the old buffer
  * (the inactive one is zero between GETs), so the `'xchg'` and `'rwlock-memcpy'` strategies read
@@ -154,9 +175,10 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
   interface Slot {
     readonly info: MemslotInfo;
     readonly memory: ArrayBufferLike;
-    /** `index[0]`: which of `bufs` is active (read and flipped with Atomics). */
+    /** `index[0]`: which of `bufs` is active (read and written with Atomics). */
     readonly index: Int32Array;
-    readonly bufs: readonly [DirtyLogBuffer, DirtyLogBuffer];
+    /** Two buffers, or three with `migrationBuffer`. */
+    readonly bufs: readonly DirtyLogBuffer[];
     /** Who harvests this slot: one collector style per slot (see getDirtyLog). */
     harvester: 'get' | 'swap' | undefined;
     touched: Uint32Array;
@@ -175,7 +197,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
     }
     return s;
   };
-  const activeOf = (s: Slot): DirtyLogBuffer => s.bufs[Atomics.load(s.index, 0) & 1] as DirtyLogBuffer;
+  const activeOf = (s: Slot): DirtyLogBuffer => s.bufs[Atomics.load(s.index, 0)] as DirtyLogBuffer;
   const readLocked = <T>(run: () => T): T => {
     if (lock === undefined) return run();
     lock.readLock();
@@ -198,12 +220,12 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
     }
   };
 
-  /** The O(1) part of every harvest: under the write lock, the other buffer becomes active. */
-  const swap = (s: Slot): DirtyLogBuffer => {
+  /** The O(1) part of every harvest: under the write lock, buffer `next` becomes active. */
+  const swap = (s: Slot, next: number): DirtyLogBuffer => {
     if (lock !== undefined) lock.writeLock();
     try {
-      const i = Atomics.load(s.index, 0) & 1;
-      Atomics.store(s.index, 0, i ^ 1);
+      const i = Atomics.load(s.index, 0);
+      Atomics.store(s.index, 0, next);
       return s.bufs[i] as DirtyLogBuffer;
     } finally {
       if (lock !== undefined) lock.writeUnlock();
@@ -254,7 +276,6 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
           },
         );
       }
-      const l = slotLayout(info.pages);
       const given = buffers?.get(info.id);
       if (buffers !== undefined && given === undefined) {
         throw new DirtytrackError('invalid-argument', `addSlot: no buffer for slot ${info.id} in buffers`, {
@@ -264,9 +285,20 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       }
       let memory: ArrayBufferLike;
       let base: number;
+      let l: SlotLayout;
       if (given !== undefined) {
-        // The creating log wrote where its buffers start (header word 1).
-        base = given.byteLength >= 8 ? (new Int32Array(given, 0, 2)[1] as number) : 0;
+        // The creating log wrote where its buffers start and how many there are (header words 1, 2).
+        const header = given.byteLength >= HEADER_BYTES ? new Int32Array(given, 0, 3) : undefined;
+        base = header?.[1] ?? 0;
+        const count = header?.[2] ?? 0;
+        if (count !== 2 && count !== 3) {
+          throw new DirtytrackError(
+            'invalid-argument',
+            `addSlot: the buffer for slot ${info.id} is not a slot buffer (its header names ${count} buffers; pass slotBuffer(${info.id}) of the creating log)`,
+            { component: COMPONENT, field: 'buffers' },
+          );
+        }
+        l = slotLayout(info.pages, count);
         const need = (base >= HEADER_BYTES ? base : CACHE_LINE) + l.bytes;
         if (given.byteLength < need) {
           throw new DirtytrackError(
@@ -284,23 +316,26 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
         }
         memory = given;
       } else {
-        // The header (active index, base) at 0, the two buffers from the first cache line of the
-        // region past it — a line of memory when the allocator knows addresses.
+        // The header (active index, base, count) at 0, the buffers from the first cache line of
+        // the region past it — a line of memory when the allocator knows addresses.
+        l = slotLayout(info.pages, options.migrationBuffer === true ? 3 : 2);
         const a = allocator.allocate(CACHE_LINE + l.bytes, { shared });
         memory = a.buffer;
         base = a.byteOffset >= HEADER_BYTES ? a.byteOffset : a.byteOffset + CACHE_LINE;
-        new Int32Array(memory, 0, 2)[1] = base;
+        const header = new Int32Array(memory, 0, 3);
+        header[1] = base;
+        header[2] = l.count;
       }
-      const buf = (b: 0 | 1): DirtyLogBuffer => ({
-        bitmap: Bitmap.wrap(memory, info.pages, base + l.bitmap[b]),
-        summary: new Uint32Array(memory, base + l.summary[b], l.summaryWords),
-        counts: new Uint32Array(memory, base + l.counts[b], 1),
+      const buf = (b: number): DirtyLogBuffer => ({
+        bitmap: Bitmap.wrap(memory, info.pages, base + b * l.stride),
+        summary: new Uint32Array(memory, base + b * l.stride + l.summary, l.summaryWords),
+        counts: new Uint32Array(memory, base + b * l.stride + l.counts, 1),
       });
       slots.set(info.id, {
         info,
         memory,
         index: new Int32Array(memory, 0, 1),
-        bufs: [buf(0), buf(1)],
+        bufs: Array.from({ length: l.count }, (_, b) => buf(b)),
         harvester: undefined,
         touched: new Uint32Array(64),
       });
@@ -385,15 +420,22 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
     spareBuffer(slot) {
       const s = slotOf(slot, 'spareBuffer');
       harvester(s, 'swap');
-      const spare = s.bufs[(Atomics.load(s.index, 0) & 1) ^ 1] as DirtyLogBuffer;
+      const spare = s.bufs[(Atomics.load(s.index, 0) + 1) % s.bufs.length] as DirtyLogBuffer;
       zeroBuffer(spare);
       return spare;
+    },
+    migrationBuffer(slot) {
+      const s = slotOf(slot, 'migrationBuffer');
+      if (s.bufs.length < 3) return undefined;
+      harvester(s, 'swap');
+      const b = s.bufs[(Atomics.load(s.index, 0) + 2) % 3] as DirtyLogBuffer;
+      zeroBuffer(b);
+      return b;
     },
     swapDirtyLog(slot, spare) {
       const s = slotOf(slot, 'swapDirtyLog');
       harvester(s, 'swap');
-      checkSpare(spare, s.info, s.bufs[(Atomics.load(s.index, 0) & 1) ^ 1] as DirtyLogBuffer, activeOf(s));
-      const taken = swap(s);
+      const taken = swap(s, spareIndex(spare, s.info, s.bufs, Atomics.load(s.index, 0)));
       const rearmedPages = rearm(s, taken);
       const reported = taken.counts[0] as number;
       last = {
@@ -415,7 +457,8 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
         );
       }
       harvester(s, 'get');
-      const taken = swap(s);
+      // GETs alternate buffers 0 and 1 (a third, if any, stays unused).
+      const taken = swap(s, Atomics.load(s.index, 0) === 0 ? 1 : 0);
       const rearmedPages = rearm(s, taken);
       const reported = taken.counts[0] as number;
       out.words.set(taken.bitmap.words);
@@ -467,13 +510,14 @@ export function zeroBuffer(buf: DirtyLogBuffer): void {
   buf.counts[0] = 0;
 }
 
-function checkSpare(
+/** Which of the slot's buffers `spare` is, checked: not the active one, and zeroed. */
+function spareIndex(
   spare: DirtyLogBuffer,
   info: MemslotInfo,
-  inactive: DirtyLogBuffer,
-  active: DirtyLogBuffer,
-): void {
-  if (spare === active) {
+  bufs: readonly DirtyLogBuffer[],
+  activeIndex: number,
+): number {
+  if (spare === bufs[activeIndex]) {
     throw new DirtytrackError(
       'invalid-argument',
       `swapDirtyLog: the spare is slot ${info.id}'s active buffer`,
@@ -483,10 +527,11 @@ function checkSpare(
       },
     );
   }
-  if (spare !== inactive) {
+  const index = bufs.indexOf(spare);
+  if (index < 0) {
     throw new DirtytrackError(
       'invalid-argument',
-      `swapDirtyLog: the spare is not slot ${info.id}'s other buffer (get it from spareBuffer, then pass back what each swap returned)`,
+      `swapDirtyLog: the spare is not one of slot ${info.id}'s buffers (get it from spareBuffer, then pass back what each swap returned)`,
       { component: COMPONENT, field: 'spare' },
     );
   }
@@ -497,30 +542,37 @@ function checkSpare(
       { component: COMPONENT, field: 'spare' },
     );
   }
+  return index;
+}
+
+/** Where a slot's buffers lie, from where they start (the slot memory's header says where). */
+interface SlotLayout {
+  /** Buffers: 2, or 3 with `migrationBuffer`. */
+  readonly count: number;
+  readonly bytes: number;
+  /** Bytes from one buffer to the next; buffer b's bitmap starts at `b * stride`. */
+  readonly stride: number;
+  readonly summaryWords: number;
+  /** Offsets of the summary and the count within a buffer. */
+  readonly summary: number;
+  readonly counts: number;
 }
 
 /**
- * Byte offsets of a slot's two buffers from where they start (the slot memory's header says
- * where): each buffer is its bitmap, summary and count, padded to a whole cache line so both
- * bitmaps start on one.
+ * Each buffer is its bitmap, summary and count, padded to a whole cache line so every bitmap
+ * starts on one.
  */
-function slotLayout(pages: number): {
-  bytes: number;
-  summaryWords: number;
-  bitmap: [number, number];
-  summary: [number, number];
-  counts: [number, number];
-} {
+function slotLayout(pages: number, count: number): SlotLayout {
   const bitmapBytes = Bitmap.byteLength(pages);
   const summaryWords = Math.ceil(bitmapBytes / 8 / 32);
   const summaryBytes = Math.ceil((summaryWords * 4) / 8) * 8;
-  const one = Math.ceil((bitmapBytes + summaryBytes + 8) / CACHE_LINE) * CACHE_LINE;
-  const at = (b: number): number => b * one;
+  const stride = Math.ceil((bitmapBytes + summaryBytes + 8) / CACHE_LINE) * CACHE_LINE;
   return {
-    bytes: 2 * one,
+    count,
+    bytes: count * stride,
+    stride,
     summaryWords,
-    bitmap: [at(0), at(1)],
-    summary: [at(0) + bitmapBytes, at(1) + bitmapBytes],
-    counts: [at(0) + bitmapBytes + summaryBytes, at(1) + bitmapBytes + summaryBytes],
+    summary: bitmapBytes,
+    counts: bitmapBytes + summaryBytes,
   };
 }

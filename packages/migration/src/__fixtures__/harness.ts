@@ -14,7 +14,12 @@ import {
   createSweepWorkload,
   createUniformWorkload,
 } from '@dirtytrack/guest';
-import { createSingleHopSync } from '@dirtytrack/qemu-layers';
+import {
+  createQemuLayers,
+  createSingleHopSync,
+  createSwapDirtyLog,
+  type QemuLayers,
+} from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
 import { runPrecopy, type PrecopyOptions } from '../precopy.js';
@@ -50,6 +55,12 @@ export interface Setup {
   wrapWorkload?: (w: Workload) => Workload;
   /** Wraps the migration bitmap (e.g. to watch the sends). */
   wrapBitmap?: (m: MigrationBitmap) => MigrationBitmap;
+  /**
+   * The migration bitmap: the single hop over the bitmap reporter (default), or `'fused-adopt'`:
+   * QEMU's layers, `'fused'`, over a swap log that keeps bmap in its third buffer, so every sync
+   * after a finished round replaces `bmap` with the harvested buffer. Not with `ring`.
+   */
+  layers?: 'single-hop' | 'fused-adopt';
 }
 
 /** One model-plane migration: sweep/uniform/hot-set guest → write-protect → bitmap or ring → single hop. */
@@ -62,7 +73,12 @@ export function migrate(s: Setup) {
     s.ring === undefined
       ? undefined
       : createRingReporter({ vcpus, entries: s.ring, rearmer: tracker, slots: [slot] });
-  const reporter = ring ?? createBitmapReporter({ rearmer: tracker, slots: [slot] });
+  if (ring !== undefined && s.layers === 'fused-adopt') throw new Error('harness: fused-adopt takes no ring');
+  const swap =
+    s.layers === 'fused-adopt'
+      ? createSwapDirtyLog({ rearmer: tracker, slots: [slot], migrationBuffer: true })
+      : undefined;
+  const reporter = ring ?? swap ?? createBitmapReporter({ rearmer: tracker, slots: [slot] });
   tracker.attach(reporter);
   const memory = createModelMemory(s.pages, s.populated ?? s.pages);
   const opts = { vcpus, pages: s.pages, bytesPerSecond: s.rate ?? 0, ...s.sweepRange };
@@ -82,7 +98,10 @@ export function migrate(s: Setup) {
     memory,
     ...(ring ? { ring: { sink: ring, onRingFull: () => void ring.reap() } } : {}),
   });
-  const hop = createSingleHopSync({ source: reporter, logging: tracker, slot });
+  const hop =
+    swap === undefined
+      ? createSingleHopSync({ source: reporter, logging: tracker, slot })
+      : createQemuLayers({ kvm: { source: swap, logging: tracker, slot }, strategy: 'fused' });
   const bitmap = s.wrapBitmap ? s.wrapBitmap(hop) : hop;
   const link = createSimLink({
     bandwidth: s.bandwidth ?? 1e9,
@@ -110,7 +129,13 @@ export function migrate(s: Setup) {
       ...s.precopy?.capabilities,
     },
   });
-  return { ...outcome, engine, clock, link };
+  return {
+    ...outcome,
+    engine,
+    clock,
+    link,
+    adoptions: () => (swap === undefined ? 0 : (hop as QemuLayers).stats().adoptions),
+  };
 }
 
 /**
