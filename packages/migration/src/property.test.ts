@@ -44,17 +44,47 @@ function watchSends(pages: number) {
   return { wrapWorkload, wrapBitmap, check };
 }
 
+/** The guest and link of one migration, for both properties. */
+const guestArbs = {
+  seed: fc.nat(),
+  kind: fc.constantFrom('uniform' as const, 'sweep' as const, 'hotset' as const),
+  vcpus: fc.integer({ min: 1, max: 4 }),
+  pages: fc.integer({ min: 256, max: 8192 }),
+  rateMiB: fc.integer({ min: 0, max: 64 }),
+  bandwidthMB: fc.integer({ min: 5, max: 200 }),
+};
+
+/** `migrate`'s options for a generated guest, watched by `watch`. */
+function guestSetup(
+  c: {
+    seed: number;
+    kind: 'uniform' | 'sweep' | 'hotset';
+    vcpus: number;
+    pages: number;
+    rateMiB: number;
+    bandwidthMB: number;
+  },
+  watch: ReturnType<typeof watchSends>,
+) {
+  return {
+    pages: c.pages,
+    vcpus: c.vcpus,
+    kind: c.kind,
+    seed: c.seed,
+    rate: c.rateMiB * 2 ** 20,
+    bandwidth: c.bandwidthMB * 1e6,
+    timeLimitS: 60,
+    wrapWorkload: watch.wrapWorkload,
+    wrapBitmap: watch.wrapBitmap,
+  };
+}
+
 describe('no page is lost with dirty rings, dirty-limit and auto-converge (model plane)', () => {
   it('every page is sent after its last write when the migration completes', () => {
     fc.assert(
       fc.property(
         fc.record({
-          seed: fc.nat(),
-          kind: fc.constantFrom('uniform', 'sweep', 'hotset'),
-          vcpus: fc.integer({ min: 1, max: 4 }),
-          pages: fc.integer({ min: 256, max: 8192 }),
-          rateMiB: fc.integer({ min: 0, max: 64 }),
-          bandwidthMB: fc.integer({ min: 5, max: 200 }),
+          ...guestArbs,
           ring: fc.constantFrom(256, 512, 1024),
           control: fc.constantFrom('none', 'dirty-limit', 'auto-converge'),
           quota: fc.integer({ min: 1, max: 100 }),
@@ -63,16 +93,8 @@ describe('no page is lost with dirty rings, dirty-limit and auto-converge (model
         (c) => {
           const watch = watchSends(c.pages);
           const { info } = migrate({
-            pages: c.pages,
-            vcpus: c.vcpus,
-            kind: c.kind,
-            seed: c.seed,
-            rate: c.rateMiB * 2 ** 20,
-            bandwidth: c.bandwidthMB * 1e6,
+            ...guestSetup(c, watch),
             ring: c.ring,
-            timeLimitS: 60,
-            wrapWorkload: watch.wrapWorkload,
-            wrapBitmap: watch.wrapBitmap,
             precopy: {
               capabilities: {
                 'dirty-limit': c.control === 'dirty-limit',
@@ -96,28 +118,15 @@ describe('no page is lost with dirty rings, dirty-limit and auto-converge (model
     fc.assert(
       fc.property(
         fc.record({
-          seed: fc.nat(),
-          kind: fc.constantFrom('uniform', 'sweep', 'hotset'),
-          vcpus: fc.integer({ min: 1, max: 4 }),
-          pages: fc.integer({ min: 256, max: 8192 }),
-          rateMiB: fc.integer({ min: 0, max: 64 }),
-          bandwidthMB: fc.integer({ min: 5, max: 200 }),
+          ...guestArbs,
           autoConverge: fc.boolean(),
           multifd: fc.boolean(),
         }),
         (c) => {
           const watch = watchSends(c.pages);
           const { info, adoptions: adopted } = migrate({
-            pages: c.pages,
-            vcpus: c.vcpus,
-            kind: c.kind,
-            seed: c.seed,
-            rate: c.rateMiB * 2 ** 20,
-            bandwidth: c.bandwidthMB * 1e6,
+            ...guestSetup(c, watch),
             layers: 'fused-adopt',
-            timeLimitS: 60,
-            wrapWorkload: watch.wrapWorkload,
-            wrapBitmap: watch.wrapBitmap,
             precopy: { capabilities: { 'auto-converge': c.autoConverge, multifd: c.multifd } },
           });
           adoptions += adopted();
