@@ -89,6 +89,14 @@ describe('createSwapDirtyLog', () => {
       'invalid-argument',
       /not a slot buffer \(its header names 0 buffers/,
     );
+    // With three buffers, the collector's two are handed out before the first swap only.
+    const three = createSwapDirtyLog({ slots: [slot], migrationBuffer: true });
+    const mine = three.migrationBuffer(0);
+    expect(mine).toBeDefined();
+    expect(log.migrationBuffer(0)).toBeUndefined(); // two buffers: none to spare
+    three.swapDirtyLog(0, three.spareBuffer(0));
+    err(() => three.spareBuffer(0), 'invalid-state', /spareBuffer: slot 0 has been swapped already/);
+    err(() => three.migrationBuffer(0), 'invalid-state', /migrationBuffer: slot 0 has been swapped/);
     // A slot buffer's header on too little memory.
     const shared = createSwapDirtyLog({ slots: [slot], shared: true, migrationBuffer: true });
     const short = new SharedArrayBuffer(128);

@@ -181,6 +181,8 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
     readonly bufs: readonly DirtyLogBuffer[];
     /** Who harvests this slot: one collector style per slot (see getDirtyLog). */
     harvester: 'get' | 'swap' | undefined;
+    /** Swaps so far: with three buffers the collector's two are handed out only before the first. */
+    swaps: number;
     touched: Uint32Array;
   }
   const slots = new Map<number, Slot>();
@@ -205,6 +207,17 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       return run();
     } finally {
       lock.readUnlock();
+    }
+  };
+  const beforeFirstSwap = (s: Slot, op: string): void => {
+    // Once swaps began, the collector's spare and migration bitmap rotate through all three
+    // buffers: handing one out (zeroed) again could zero the bitmap the collector is sending from.
+    if (s.bufs.length === 3 && s.swaps > 0) {
+      throw new DirtytrackError(
+        'invalid-state',
+        `${op}: slot ${s.info.id} has been swapped already; its collector owns its other buffers`,
+        { component: COMPONENT, field: 'slot' },
+      );
     }
   };
   const harvester = (s: Slot, style: 'get' | 'swap'): void => {
@@ -337,6 +350,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
         index: new Int32Array(memory, 0, 1),
         bufs: Array.from({ length: l.count }, (_, b) => buf(b)),
         harvester: undefined,
+        swaps: 0,
         touched: new Uint32Array(64),
       });
     },
@@ -420,6 +434,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
     spareBuffer(slot) {
       const s = slotOf(slot, 'spareBuffer');
       harvester(s, 'swap');
+      beforeFirstSwap(s, 'spareBuffer');
       const spare = s.bufs[(Atomics.load(s.index, 0) + 1) % s.bufs.length] as DirtyLogBuffer;
       zeroBuffer(spare);
       return spare;
@@ -428,6 +443,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       const s = slotOf(slot, 'migrationBuffer');
       if (s.bufs.length < 3) return undefined;
       harvester(s, 'swap');
+      beforeFirstSwap(s, 'migrationBuffer');
       const b = s.bufs[(Atomics.load(s.index, 0) + 2) % 3] as DirtyLogBuffer;
       zeroBuffer(b);
       return b;
@@ -436,6 +452,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       const s = slotOf(slot, 'swapDirtyLog');
       harvester(s, 'swap');
       const taken = swap(s, spareIndex(spare, s.info, s.bufs, Atomics.load(s.index, 0)));
+      s.swaps++;
       const rearmedPages = rearm(s, taken);
       const reported = taken.counts[0] as number;
       last = {
