@@ -119,6 +119,8 @@ export interface SwapDirtyLog extends Reporter, SwappableDirtyLog {
   readonly kind: 'swap';
   /** The buffer producers write now (tests and diagnostics; do not clear it behind the log's back). */
   active(slot: number): DirtyLogBuffer;
+  /** Always present here: undefined unless the log was created with `migrationBuffer: true`. */
+  migrationBuffer(slot: number): DirtyLogBuffer | undefined;
   /** The memory holding a slot's buffers and its active index: post it to producer workers. */
   slotBuffer(slot: number): ArrayBufferLike;
   /**
