@@ -7,8 +7,8 @@
  * destination's missing-page faults; once the migration ended it runs on for `guest.afterMs` and
  * its stats are posted (`kind: 'guest'`). With `cut`, the source connects through a TCP relay on
  * this thread that drops every connection `cut.afterRunMs` after POSTCOPY_RUN (both directions
- * reset: a link cut) and refuses connections for `cut.downMs` (the link is down), then relays
- * again.
+ * reset: a link cut) and refuses connections for `cut.downMs` (the link is down) — and, with
+ * `cut.refuseAtLeast`, until it has refused that many — then relays again.
  */
 import { createServer, connect, type Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -21,7 +21,7 @@ export interface DestinationWorkerData extends DestinationOptions {
    * The relay cuts the link `afterRunMs` after POSTCOPY_RUN, or — with `flag` — once the test
    * stores 1 in `flag`'s first Int32 (from any thread: the source's blocks in runPrecopy).
    */
-  cut?: { afterRunMs?: number; flag?: SharedArrayBuffer; downMs: number };
+  cut?: { afterRunMs?: number; flag?: SharedArrayBuffer; downMs: number; refuseAtLeast?: number };
 }
 
 const port = parentPort as NonNullable<typeof parentPort>;
@@ -59,10 +59,19 @@ if (cut !== undefined) {
   // The relay: a link that goes down after the switch, then comes back.
   const pairs = new Set<[Socket, Socket]>();
   let down = false;
+  // The link comes back once `downMs` passed and `refuseAtLeast` connections were refused: a
+  // test whose source notices the cut late (a loaded machine) still sees its first retry fail.
+  let downTimeOver = false;
+  let refused = 0;
+  const maybeUp = (): void => {
+    if (down && downTimeOver && refused >= (cut.refuseAtLeast ?? 0)) down = false;
+  };
   const sockets = new Set<Socket>();
   const relay = createServer((inbound) => {
     if (down) {
+      refused++;
       inbound.resetAndDestroy();
+      maybeUp();
       return;
     }
     const outbound = connect(destination.port, destination.host);
@@ -90,7 +99,11 @@ if (cut !== undefined) {
     }
     pairs.clear();
     port.postMessage({ kind: 'cut' });
-    setTimeout(() => (down = false), cut.downMs);
+    downTimeOver = false;
+    setTimeout(() => {
+      downTimeOver = true;
+      maybeUp();
+    }, cut.downMs);
   };
   if (cut.afterRunMs !== undefined) {
     const after = cut.afterRunMs;
