@@ -289,15 +289,11 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
       () => void layers.sync(),
     );
     expectBmap(layers, dirty, name);
-    const adoptions = layers.stats().adoptions;
-    if (adoptions !== (adopt && drain ? layers.stats().syncs : 0)) {
-      throw new DirtytrackError(
-        'internal',
-        `${name}: ${adoptions} of ${layers.stats().syncs} syncs adopted`,
-        {
-          component: 'bench-bitmap',
-        },
-      );
+    const { adoptions, syncs } = layers.stats();
+    if (adoptions !== (adopt && drain ? syncs : 0)) {
+      throw new DirtytrackError('internal', `${name}: ${adoptions} of ${syncs} syncs adopted`, {
+        component: 'bench-bitmap',
+      });
     }
     return r;
   };

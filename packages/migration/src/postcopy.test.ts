@@ -1,6 +1,6 @@
 import { Bitmap, NS_PER_MS, NS_PER_S, type Workload } from '@dirtytrack/core';
 import { describe, expect, it } from 'vitest';
-import { migrate } from './__fixtures__/harness.js';
+import { migrate, reportingWrites } from './__fixtures__/harness.js';
 import { planDiscard } from './postcopy.js';
 
 describe('postcopy discard plan (qemu.md §3)', () => {
@@ -37,22 +37,10 @@ describe('postcopy basic path (conformance check 10)', () => {
       ...base,
       kind,
       postcopyAtNs: 3 * NS_PER_S,
-      wrapWorkload: (w: Workload): Workload => ({
-        kind: w.kind,
-        vcpus: w.vcpus,
-        generate: (from, to, speed, emit, speeds) =>
-          w.generate(
-            from,
-            to,
-            speed,
-            (b) => {
-              if (inPostcopy)
-                for (let i = 0; i < b.count; i++) writes.push({ t: from, p: b.offsets[i] as number });
-              emit(b);
-            },
-            speeds,
-          ),
-      }),
+      wrapWorkload: (w: Workload): Workload =>
+        reportingWrites(w, (p, t) => {
+          if (inPostcopy) writes.push({ t, p });
+        }),
       precopy: {
         onStatus: (e) => (inPostcopy = e.status === 'postcopy-active'),
         onPlace: (page, t) => {

@@ -1,7 +1,7 @@
 import { type MigrationBitmap, type Workload } from '@dirtytrack/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { migrate, reportingSends } from './__fixtures__/harness.js';
+import { migrate, reportingSends, reportingWrites } from './__fixtures__/harness.js';
 
 /** fast-check prints this seed (and the failing case) when the property fails; override to replay. */
 const PROPERTY_SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261126);
@@ -15,21 +15,10 @@ function watchSends(pages: number) {
   const lastWrite = new Float64Array(pages).fill(-1);
   const lastSend = new Float64Array(pages).fill(-1);
   let seq = 0;
-  const wrapWorkload = (w: Workload): Workload => ({
-    kind: w.kind,
-    vcpus: w.vcpus,
-    generate: (from, to, speed, emit, speeds) =>
-      w.generate(
-        from,
-        to,
-        speed,
-        (b) => {
-          for (let i = 0; i < b.count; i++) lastWrite[b.offsets[i] as number] = seq++;
-          emit(b);
-        },
-        speeds,
-      ),
-  });
+  const wrapWorkload = (w: Workload): Workload =>
+    reportingWrites(w, (page) => {
+      lastWrite[page] = seq++;
+    });
   const wrapBitmap = (m: MigrationBitmap): MigrationBitmap =>
     reportingSends(m, (page) => {
       lastSend[page] = seq++;
@@ -54,18 +43,12 @@ const guestArbs = {
   bandwidthMB: fc.integer({ min: 5, max: 200 }),
 };
 
+type GuestCase = {
+  [K in keyof typeof guestArbs]: (typeof guestArbs)[K] extends fc.Arbitrary<infer T> ? T : never;
+};
+
 /** `migrate`'s options for a generated guest, watched by `watch`. */
-function guestSetup(
-  c: {
-    seed: number;
-    kind: 'uniform' | 'sweep' | 'hotset';
-    vcpus: number;
-    pages: number;
-    rateMiB: number;
-    bandwidthMB: number;
-  },
-  watch: ReturnType<typeof watchSends>,
-) {
+function guestSetup(c: GuestCase, watch: ReturnType<typeof watchSends>) {
   return {
     pages: c.pages,
     vcpus: c.vcpus,

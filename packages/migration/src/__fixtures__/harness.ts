@@ -139,6 +139,28 @@ export function migrate(s: Setup) {
 }
 
 /**
+ * `w` with every page it writes reported to `wrote` (with the start of the batch's interval, ns)
+ * before the write is emitted: a test records the guest's writes against the sends.
+ */
+export function reportingWrites(w: Workload, wrote: (page: number, fromNs: number) => void): Workload {
+  return {
+    kind: w.kind,
+    vcpus: w.vcpus,
+    generate: (from, to, speed, emit, speeds) =>
+      w.generate(
+        from,
+        to,
+        speed,
+        (b) => {
+          for (let i = 0; i < b.count; i++) wrote(b.offsets[i] as number, from);
+          emit(b);
+        },
+        speeds,
+      ),
+  };
+}
+
+/**
  * `m` with every `clearSent` reported page by page to `sent` first (the page is being sent now):
  * a test records the order of sends against the order of the guest's writes.
  */
