@@ -1,6 +1,6 @@
 import type { Worker } from 'node:worker_threads';
 import { Bitmap, createRWLock, type LoggingControl } from '@dirtytrack/core';
-import { startWorker } from '@dirtytrack/testkit';
+import { exitCodes, startWorker } from '@dirtytrack/testkit';
 import { describe, expect, it } from 'vitest';
 import type { SwapProducerData } from './__fixtures__/swap-producer.worker.js';
 import { createQemuLayers } from './qemu-layers.js';
@@ -43,15 +43,7 @@ describe("swap log filled by producer workers while 'fused' syncs by swapping", 
           batch: 16,
         }),
       );
-      const done = Promise.all(
-        workers.map(
-          (w) =>
-            new Promise<number>((resolve, reject) => {
-              w.once('error', reject);
-              w.once('exit', resolve);
-            }),
-        ),
-      );
+      const done = exitCodes(workers);
       let exited = false;
       void done.then(() => (exited = true));
       const sent = Bitmap.create(PAGES);

@@ -1,6 +1,6 @@
 import type { Worker } from 'node:worker_threads';
 import { createRWLock, type DirtyLogSource, type LoggingControl } from '@dirtytrack/core';
-import { startWorker } from '@dirtytrack/testkit';
+import { exited, startWorker } from '@dirtytrack/testkit';
 import { describe, expect, it } from 'vitest';
 import type { VhostDeviceData } from './__fixtures__/vhost-device.worker.js';
 import { createQemuLayers, SYNC_STRATEGIES } from './qemu-layers.js';
@@ -41,10 +41,7 @@ describe('vhost log set by a device worker while the layers sync', () => {
         stride: 13,
         every: 512,
       });
-      const done = new Promise<number>((resolve, reject) => {
-        worker.once('error', reject);
-        worker.once('exit', resolve);
-      });
+      const done = exited(worker);
       const progress = new Int32Array(control);
       let reported = 0;
       let fresh = 0;
