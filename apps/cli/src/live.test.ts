@@ -93,6 +93,22 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     expect(result.dirtytrack.link['zero-copy-bytes']).toBe(result.ram['normal-bytes']);
     expect(result.dirtytrack.link['staged-bytes']).toBe(0);
   }, 40_000);
+
+  it('--workload idle: the vCPUs write nothing, so precopy sends each page once, in 2 syncs', async () => {
+    const r = await run('migrate', '--memory', '16M', '--workload', 'idle', '--fill', 'random', '--json');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const result = parse(r.stdout);
+    expect(result).toMatchObject({ status: 'completed', verified: true, 'verify-mismatches': 0 });
+    expect(result.dirtytrack['guest-writes']).toBe(0);
+    // The setup sync (every page dirty) and the one after the round, which finds nothing new.
+    expect(result.ram['dirty-sync-count']).toBe(2);
+    // --fill random: no zero page. Each page once, as a record of an 8-byte header and its 4096 bytes.
+    expect(result.ram.normal).toBe(PAGES_16M);
+    expect(result.ram.duplicate).toBe(0);
+    expect(result.ram.transferred).toBe(PAGES_16M * 4104);
+    expect(result.dirtytrack.link['staged-bytes']).toBe(PAGES_16M * 4096);
+  }, 40_000);
 });
 
 describe('dirtytrack migrate --postcopy-after (local mode)', () => {
@@ -152,6 +168,8 @@ describe('bad input: exit 2, one line naming the flag', () => {
     [['migrate', '--dirty-limit', '8'], '--dirty-limit'],
     [['migrate', '--dirty-limit', '0', '--dirty-ring-size'], '--dirty-limit'],
     [['migrate', '--dirty-limit', '8', '--dirty-ring-size', '--auto-converge'], '--dirty-limit'],
+    [['migrate', '--workload', 'idle', '--dirty-limit', '8', '--dirty-ring-size'], '--dirty-limit'],
+    [['migrate', '--workload', 'busy'], '--workload'],
     [['migrate', '--dirty-ring-size', '1000'], '--dirty-ring-size'],
     [['migrate', '--dirty-ring-size', '131072'], '--dirty-ring-size'],
     [['migrate', '--dirty-ring-size', '128'], '--dirty-ring-size'],

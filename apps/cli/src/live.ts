@@ -44,6 +44,12 @@ export interface LiveSourceOptions {
   workload: LiveWorkload;
   /** Writes per second per vCPU; 0 = as fast as the vCPU can. */
   rate: number;
+  /**
+   * An idle guest: its vCPUs boot and run, but each at vCPU speed 0 from before the first
+   * timeslice, so they write nothing (the bench's idle precopy). Auto-converge's throttle
+   * multiplies that 0 and cannot wake them.
+   */
+  idle?: boolean;
   fill: Fill;
   seed: number;
   /** Entries of each vCPU's KVM dirty ring (QEMU's `dirty-ring-size`); absent = the dirty log bitmap. */
@@ -71,7 +77,7 @@ export async function startLiveSource(o: LiveSourceOptions) {
  */
 async function bootGuest(
   memory: SharedArrayBuffer,
-  o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed' | 'dirtyRing'>,
+  o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed' | 'dirtyRing' | 'idle'>,
 ) {
   const pages = memory.byteLength / 4096;
   const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
@@ -96,6 +102,8 @@ async function bootGuest(
     resolveFrom: import.meta.url,
   });
   guest.setValue(1); // before start: the vCPUs store it from their first write
+  // Idle: each vCPU's own speed factor 0 before start, so not even the first timeslice writes.
+  if (o.idle === true) for (let v = 0; v < o.vcpus; v++) guest.setVcpuSpeed(v, 0);
   await guest.start();
   return { guest, bitmap, ring };
 }
@@ -222,7 +230,7 @@ interface MigrateRaw {
   to?: string;
   memory: string;
   vcpus: string;
-  workload: 'uniform' | 'hot-set';
+  workload: 'uniform' | 'hot-set' | 'idle';
   rate: string;
   fill: Fill;
   seed: string;
@@ -329,6 +337,10 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   if (dirtyLimit !== undefined && raw.autoConverge === true) {
     throw new UsageError('--dirty-limit', 'conflicts with --auto-converge (QEMU allows only one of the two)');
   }
+  if (dirtyLimit !== undefined && raw.workload === 'idle') {
+    // dirty-limit sets each vCPU's own speed factor: it would wake the idle vCPUs.
+    throw new UsageError('--dirty-limit', 'an idle guest (--workload idle) dirties nothing to limit');
+  }
   if (dirtyLimit !== undefined && dirtyRing === undefined) {
     // QEMU: "dirty limit requires KVM with accelerator property 'dirty-ring-size' set".
     throw new UsageError('--dirty-limit', 'needs the KVM dirty ring: add --dirty-ring-size (e.g. 4096)');
@@ -350,6 +362,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
     vcpus,
     workload,
     rate,
+    idle: raw.workload === 'idle',
     fill: raw.fill,
     seed,
     ...(dirtyRing === undefined ? {} : { dirtyRing }),
@@ -704,8 +717,8 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .option('--memory <size>', 'guest RAM (IEC), e.g. 256M or 1G', '256M')
     .option('--vcpus <n>', 'vCPUs (worker threads)', '2')
     .addOption(
-      new Option('--workload <kind>', 'which pages the vCPUs write')
-        .choices(['uniform', 'hot-set'])
+      new Option('--workload <kind>', 'which pages the vCPUs write (idle: none, the vCPUs run at speed 0)')
+        .choices(['uniform', 'hot-set', 'idle'])
         .default('uniform'),
     )
     .option('--rate <n>', 'page writes per second per vCPU (0 = as fast as it can)', '2000')
