@@ -2,7 +2,7 @@ import { createServer } from 'node:net';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run, spawnServe } from './__fixtures__/run.js';
-import type { MigrateResult } from './live.js';
+import { formatProgress, type MigrateResult } from './live.js';
 
 // dirtytrack serve / migrate over loopback: local mode (migrate spawns its own destination), the
 // one-line usage errors, and the failures that happen before the first page.
@@ -108,6 +108,50 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     expect(result.ram.duplicate).toBe(0);
     expect(result.ram.transferred).toBe(PAGES_16M * 4104);
     expect(result.dirtytrack.link['staged-bytes']).toBe(PAGES_16M * 4096);
+  }, 40_000);
+});
+
+describe('dirtytrack migrate: progress while precopy runs', () => {
+  it('formats a line in query-migrate terms, with the rate since the line before', () => {
+    const first = { timeNs: 0, transferred: 0, remaining: 2 ** 26, total: 2 ** 26, syncs: 1 };
+    const next = { timeNs: 1e9, transferred: 2 ** 24, remaining: 3 * 2 ** 22, total: 2 ** 26, syncs: 1 };
+    expect(formatProgress(first)).toBe(
+      'progress at 0.0 s: transferred 0, remaining 64M of 64M, dirty-sync-count 1',
+    );
+    // 16 MiB in 1 s = 134.217728 Mbit/s.
+    expect(formatProgress(next, first)).toBe(
+      'progress at 1.0 s: transferred 16M, remaining 12M of 64M, dirty-sync-count 1, 134 Mbit/s',
+    );
+    // No rate without a line before, or when no time passed since it.
+    expect(formatProgress(next, next)).toBe(
+      'progress at 1.0 s: transferred 16M, remaining 12M of 64M, dirty-sync-count 1',
+    );
+  });
+
+  it('prints a line about once a second on stderr (without --json): 48M at 16M/s', async () => {
+    const r = await run(
+      'migrate',
+      '--memory',
+      '48M',
+      '--max-bandwidth',
+      '16M',
+      '--workload',
+      'idle',
+      '--fill',
+      'random',
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trimEnd()).toMatch(/^completed in .* verified true$/);
+    const lines = r.stderr.split('\n').filter((l) => l.startsWith('progress at '));
+    // ~3 s of sending: lines at 0, 1 and 2 s at least.
+    expect(lines.length).toBeGreaterThanOrEqual(3);
+    expect(lines[0]).toBe('progress at 0.0 s: transferred 0, remaining 48M of 48M, dirty-sync-count 1');
+    const sent = lines.map((l) => /transferred ([^,]+),/.exec(l)?.[1]);
+    expect(sent.every((x) => x !== undefined)).toBe(true);
+    const bytes = lines.map((l) => /remaining ([\d.]+)M of/.exec(l)?.[1]).map(Number);
+    // What remains falls from line to line (an idle guest dirties nothing).
+    for (let i = 1; i < bytes.length; i++) expect(bytes[i]).toBeLessThan(bytes[i - 1] as number);
+    expect(lines.slice(1).every((l) => / \d+ Mbit\/s$/.test(l))).toBe(true);
   }, 40_000);
 });
 

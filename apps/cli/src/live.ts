@@ -1,6 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { createRng, DirtytrackError, isDirtytrackError, parseSize, type MemslotInfo } from '@dirtytrack/core';
+import {
+  createRng,
+  DirtytrackError,
+  formatSize,
+  isDirtytrackError,
+  parseSize,
+  type MemslotInfo,
+} from '@dirtytrack/core';
 import { createLiveEngine, createLiveGuest, type LiveGuest, type LiveWorkload } from '@dirtytrack/guest';
 import {
   createDestination,
@@ -8,6 +15,7 @@ import {
   SEND_FROM,
   type DestinationResult,
   type LiveMigrationOutcome,
+  type PrecopyProgress,
   type SendFrom,
 } from '@dirtytrack/migration';
 import { allocateGuestRam, createQemuLayers, type GuestRam } from '@dirtytrack/qemu-layers';
@@ -106,6 +114,21 @@ async function bootGuest(
   if (o.idle === true) for (let v = 0; v < o.vcpus; v++) guest.setVcpuSpeed(v, 0);
   await guest.start();
   return { guest, bitmap, ring };
+}
+
+/**
+ * One progress line of a live precopy, in `query-migrate`'s terms: time since the start, bytes
+ * `transferred`, RAM `remaining` (dirty) of `total`, `dirty-sync-count`, and the rate since the
+ * line before (`prev`), e.g. `progress at 2.0 s: transferred 32.02M, remaining 32.05M of 64M,
+ * dirty-sync-count 1, 132 Mbit/s`.
+ */
+export function formatProgress(p: PrecopyProgress, prev?: PrecopyProgress): string {
+  const line =
+    `progress at ${(p.timeNs / 1e9).toFixed(1)} s: transferred ${formatSize(p.transferred)}, ` +
+    `remaining ${formatSize(p.remaining)} of ${formatSize(p.total)}, dirty-sync-count ${p.syncs}`;
+  if (prev === undefined || p.timeNs <= prev.timeNs) return line;
+  // bytes × 8 bits / (ns / 1e9) / 1e6 = Mbit/s (decimal, as QEMU's mbps).
+  return `${line}, ${Math.round(((p.transferred - prev.transferred) * 8000) / (p.timeNs - prev.timeNs))} Mbit/s`;
 }
 
 /**
@@ -384,6 +407,13 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
     }
     lastSample = { ns, dirty };
   };
+  // About once a second, while precopy runs: a progress line, and the dirty-limit samples.
+  let lastProgress: PrecopyProgress | undefined;
+  const progress = (p: PrecopyProgress) => {
+    if (dirtyLimit !== undefined) sample(p.timeNs);
+    log(formatProgress(p, lastProgress));
+    lastProgress = p;
+  };
   let outcome: LiveMigrationOutcome;
   let afterFailure: NonNullable<MigrateResult['dirtytrack']['after-failure']> | undefined;
   let completed = false;
@@ -421,7 +451,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       ...(source.ring === undefined
         ? {}
         : { dirtyRing: { entries: source.ring.entries, reap: reapWhenHalfFull(source.ring) } }),
-      ...(dirtyLimit === undefined ? {} : { onProgress: (p: { timeNs: number }) => sample(p.timeNs) }),
+      onProgress: progress,
       timeLimitNs: timeLimit * 1e9,
       linkTimeoutMs,
       sendFrom: raw.sendFrom,
