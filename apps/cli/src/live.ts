@@ -117,7 +117,7 @@ async function bootGuest(
 }
 
 /**
- * One progress line of a live precopy, in `query-migrate`'s terms: time since the start, bytes
+ * One progress line of a live migration (precopy or postcopy), in `query-migrate`'s terms: time since the start, bytes
  * `transferred`, RAM `remaining` (dirty) of `total`, `dirty-sync-count`, and the rate since the
  * line before (`prev`), e.g. `progress at 2.0 s: transferred 32.02M, remaining 32.05M of 64M,
  * dirty-sync-count 1, 132 Mbit/s`.
@@ -407,10 +407,12 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
     }
     lastSample = { ns, dirty };
   };
-  // About once a second, while precopy runs: a progress line, and the dirty-limit samples.
+  // About once a second: a progress line, and (until a postcopy switch stops the source's
+  // vCPUs) the dirty-limit samples.
   let lastProgress: PrecopyProgress | undefined;
+  let vcpusRunHere = true;
   const progress = (p: PrecopyProgress) => {
-    if (dirtyLimit !== undefined) sample(p.timeNs);
+    if (dirtyLimit !== undefined && vcpusRunHere) sample(p.timeNs);
     log(formatProgress(p, lastProgress));
     lastProgress = p;
   };
@@ -455,7 +457,10 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       timeLimitNs: timeLimit * 1e9,
       linkTimeoutMs,
       sendFrom: raw.sendFrom,
-      onStatus: (e) => log(`status ${e.status} at ${e.time} ms`),
+      onStatus: (e) => {
+        if (e.status === 'postcopy-active') vcpusRunHere = false;
+        log(`status ${e.status} at ${e.time} ms`);
+      },
     }).catch((error: unknown) => {
       // Failures before the first page (connect, handshake) come back as errors, not outcomes.
       if (isDirtytrackError(error) && error.code !== 'invalid-argument') {

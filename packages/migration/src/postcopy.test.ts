@@ -76,6 +76,30 @@ describe('postcopy basic path (conformance check 10)', () => {
     expect(stats['postcopy-request-latency']).toBe(LATENCY_SWEEP);
   });
 
+  it('reports progress once a second of migration time in both phases', () => {
+    // [ms, transferred, remaining pages, dirty-sync-count] at each onProgress.
+    const seen: number[][] = [];
+    const { events } = migrate({
+      ...base,
+      kind: 'sweep',
+      postcopyAtNs: 3 * NS_PER_S,
+      precopy: {
+        onProgress: (p) =>
+          seen.push([Math.round(p.timeNs / 1e3) / 1e3, p.transferred, p.remaining / 4096, p.syncs]),
+      },
+    });
+    expect(events.find((e) => e.status === 'postcopy-active')?.time).toBe(3002.428);
+    expect(seen).toEqual([
+      [0.034, 0, 16384, 1],
+      [1000.589, 50027760, 4194, 1],
+      [2001.168, 100022688, 5421, 2],
+      [3001.747, 150017616, 6640, 3],
+      // In postcopy (from 3002.428 ms): what the source has still to send of the pages the
+      // destination lacked at the switch, which only falls from here on.
+      [4004.378, 200115174, 4177, 4],
+    ]);
+  });
+
   it('a uniform guest (touching part of its pages) faults on fewer pages and blocks less than a sweeping one', () => {
     const sweep = run('sweep');
     const uniform = run('uniform');

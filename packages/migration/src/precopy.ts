@@ -102,7 +102,7 @@ export const DEFAULT_PRECOPY_CAPABILITIES: Readonly<PrecopyCapabilities> = Objec
   'postcopy-preempt': false,
 });
 
-/** Progress, reported about once per second of migration time. */
+/** Progress, reported about once per second of migration time, in precopy and in postcopy. */
 export interface PrecopyProgress {
   timeNs: number;
   transferred: number;
@@ -418,6 +418,23 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
   let dirtyBytesLastSync = 0;
   let cursor = 0;
   let sendCpuNs = 0;
+  /** When {@link reportProgress} next calls `onProgress`. */
+  let nextProgress = start;
+  /**
+   * `onProgress` at most once per second of migration time, from the precopy and the postcopy
+   * loops; `remaining` is what the source has still to send (QEMU's `ram_bytes_remaining`).
+   */
+  const reportProgress = (now: number, remainingPages: number): void => {
+    if (options.onProgress === undefined || now < nextProgress) return;
+    nextProgress = now + 1000 * NS_PER_MS;
+    options.onProgress({
+      timeNs: now - start,
+      transferred,
+      remaining: remainingPages * PAGE_SIZE,
+      total: bitmap.pages * PAGE_SIZE,
+      syncs,
+    });
+  };
   let multifdSyncs = 0;
   let pinned = 0;
   let peakPinned = 0;
@@ -949,6 +966,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       if (postcopyPending === 0) break;
       const t0 = clock.now();
       if (t0 - start >= options.timeLimitNs) return 'time-limit';
+      reportProgress(t0, sourcePending);
       if (peer === undefined) runDestination(t0, t0 + POSTCOPY_QUANTUM_NS);
       else peer.takeRequests(enqueue);
       postcopyRequests += queued; // every request queued now reaches the source (carried ones again)
@@ -1308,22 +1326,12 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     let inFlightAtWindowStart = link.bytesInFlight ?? 0;
     let threshold = 0;
     let bandwidth = 0; // bytes per ms, QEMU's `bw`
-    let nextProgress = start;
     let nextPeriodicSync = setupEnd + PERIODIC_SYNC_NS;
     let syncsAtLastTick = 2;
 
     for (;;) {
       const now = clock.now();
-      if (options.onProgress && now >= nextProgress) {
-        nextProgress = now + 1000 * NS_PER_MS;
-        options.onProgress({
-          timeNs: now - start,
-          transferred,
-          remaining: bitmap.dirtyPages * PAGE_SIZE,
-          total: bitmap.pages * PAGE_SIZE,
-          syncs,
-        });
-      }
+      reportProgress(now, bitmap.dirtyPages);
       if (caps['postcopy-ram'] && now >= startPostcopyAt) {
         // 10.1: RAM is all postcopiable, so must_precopy (0) ≤ threshold: switch at once.
         const ended = postcopy();
