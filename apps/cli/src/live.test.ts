@@ -2,7 +2,7 @@ import { createServer } from 'node:net';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run, spawnServe } from './__fixtures__/run.js';
-import { formatProgress, type MigrateResult } from './live.js';
+import { formatProgress, formatReceived, type MigrateResult } from './live.js';
 
 // dirtytrack serve / migrate over loopback: local mode (migrate spawns its own destination), the
 // one-line usage errors, and the failures that happen before the first page.
@@ -269,6 +269,43 @@ describe('failures before the first page: exit 1, one line', () => {
       serve.child.kill('SIGKILL');
     }
   }, 30_000);
+});
+
+describe('dirtytrack serve: progress while a guest arrives', () => {
+  it('formats a line with the rate since the line before', () => {
+    expect(formatReceived({ bytes: 0, pages: 0 })).toBe('received 0 (0 pages)\n');
+    // 16 MiB in 1 s = 134.217728 Mbit/s.
+    expect(formatReceived({ bytes: 2 ** 24, pages: 4096 }, { bytes: 0, ns: 1_000_000_000n })).toBe(
+      'received 16M (4096 pages), 134 Mbit/s\n',
+    );
+    expect(formatReceived({ bytes: 2 ** 24, pages: 4096 }, { bytes: 0, ns: 0n })).toBe(
+      'received 16M (4096 pages)\n',
+    );
+  });
+
+  it('prints a line about once a second on stderr (without --json): 48M at 16M/s', async () => {
+    const serve = await spawnServe('--once');
+    try {
+      const m = await run(
+        'migrate',
+        ...['--to', `127.0.0.1:${serve.port}`, '--memory', '48M', '--max-bandwidth', '16M'],
+        ...['--workload', 'idle', '--fill', 'random', '--json'],
+      );
+      expect(m.code, m.stderr).toBe(0);
+      const out = await serve.output;
+      expect(out.code).toBe(0);
+      expect(out.stdout).toMatch(/^completed: 12288 pages, 0 zero pages, \d+ bytes, verified true\n$/);
+      const lines = out.stderr.split('\n').filter((l) => l.startsWith('received '));
+      // ~3 s of receiving: a line at its start and about one a second after.
+      expect(lines.length).toBeGreaterThanOrEqual(3);
+      const pages = lines.map((l) => Number(/\((\d+) pages\)/.exec(l)?.[1]));
+      for (let i = 1; i < pages.length; i++) expect(pages[i]).toBeGreaterThan(pages[i - 1] as number);
+      expect(pages[pages.length - 1]).toBeLessThanOrEqual(12288);
+      expect(lines.slice(1).every((l) => / \d+ Mbit\/s$/.test(l))).toBe(true);
+    } finally {
+      serve.child.kill('SIGKILL');
+    }
+  }, 40_000);
 });
 
 describe('dirtytrack serve without --once: one migration after another, until SIGTERM', () => {

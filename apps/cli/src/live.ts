@@ -132,6 +132,20 @@ export function formatProgress(p: PrecopyProgress, prev?: PrecopyProgress): stri
 }
 
 /**
+ * One progress line of `serve`: what the destination has received so far, and the rate since
+ * the line before (`prev`: its byte count and the nanoseconds since), e.g.
+ * `received 32.02M (8192 pages), 132 Mbit/s`.
+ */
+export function formatReceived(
+  p: { bytes: number; pages: number },
+  prev?: { bytes: number; ns: bigint },
+): string {
+  const line = `received ${formatSize(p.bytes)} (${p.pages} pages)`;
+  if (prev === undefined || prev.ns <= 0n) return `${line}\n`;
+  return `${line}, ${Math.round(((p.bytes - prev.bytes) * 8000) / Number(prev.ns))} Mbit/s\n`;
+}
+
+/**
  * The dirty rings' reaper for a migration thread blocked in `runPrecopy` (it runs every few ms
  * while that thread waits): reaps every ring once one is half full, so a vCPU seldom reaches its
  * soft limit and waits there (KVM_EXIT_DIRTY_RING_FULL). In QEMU the vCPU thread reaps on its own
@@ -640,6 +654,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
          * here runs on memory a new migration writes.
          */
         const handle = async (result: DestinationResult): Promise<void> => {
+          shown = undefined; // the next migration's progress starts afresh
           const { memory: received, ...rest } = result;
           const ok = result.status === 'completed' && result.verified;
           if (!ok) setCode(1);
@@ -676,6 +691,16 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                   '\n',
           );
         };
+        // About once a second while a guest arrives (stderr; with --json only on a terminal).
+        const showProgress = io.progress || raw.json !== true;
+        let shown: { ns: bigint; bytes: number } | undefined;
+        const onProgress = (p: { bytes: number; pages: number }): void => {
+          if (!showProgress) return;
+          const now = process.hrtime.bigint();
+          if (shown !== undefined && now - shown.ns < 1_000_000_000n) return;
+          io.stderr(formatReceived(p, shown === undefined ? undefined : { ...shown, ns: now - shown.ns }));
+          shown = { ns: now, bytes: p.bytes };
+        };
         const once = raw.once === true;
         // Without --once, results are handled as they come, one migration after another.
         let handled: Promise<void> = Promise.resolve();
@@ -688,6 +713,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             allocate,
             once,
             guestVcpus: runVcpus,
+            onProgress,
             ...(once
               ? {}
               : {

@@ -68,8 +68,8 @@ export type SimulateJson = MigrationInfo & Pick<SimulateResult, 'dirtytrack'>;
 export interface ServeProcess {
   readonly child: ChildProcessWithoutNullStreams;
   readonly port: number;
-  /** Everything it printed on stdout after the "listening on" line, once it has exited. */
-  readonly output: Promise<{ code: number | null; stdout: string }>;
+  /** Everything it printed on stdout after the "listening on" line, and on stderr, once it has exited. */
+  readonly output: Promise<{ code: number | null; stdout: string; stderr: string }>;
   /** What it has printed on stdout so far after the "listening on" line. */
   printed(): string;
 }
@@ -103,8 +103,10 @@ export async function spawnServe(...args: string[]): Promise<ServeProcess> {
   lines.on('line', (line) => {
     stdout += line + '\n';
   });
-  const output = new Promise<{ code: number | null; stdout: string }>((resolve) =>
-    child.once('close', (code) => resolve({ code, stdout })),
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+  const output = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+    child.once('close', (code) => resolve({ code, stdout, stderr })),
   );
   return { child, port, output, printed: () => stdout };
 }
