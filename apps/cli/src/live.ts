@@ -141,8 +141,8 @@ export function formatReceived(
   prev?: { bytes: number; ns: bigint },
 ): string {
   const line = `received ${formatSize(p.bytes)} (${p.pages} pages)`;
-  if (prev === undefined || prev.ns <= 0n) return `${line}\n`;
-  return `${line}, ${Math.round(((p.bytes - prev.bytes) * 8000) / Number(prev.ns))} Mbit/s\n`;
+  if (prev === undefined || prev.ns <= 0n) return line;
+  return `${line}, ${Math.round(((p.bytes - prev.bytes) * 8000) / Number(prev.ns))} Mbit/s`;
 }
 
 /**
@@ -698,7 +698,9 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           if (!showProgress) return;
           const now = process.hrtime.bigint();
           if (shown !== undefined && now - shown.ns < 1_000_000_000n) return;
-          io.stderr(formatReceived(p, shown === undefined ? undefined : { ...shown, ns: now - shown.ns }));
+          io.stderr(
+            formatReceived(p, shown === undefined ? undefined : { ...shown, ns: now - shown.ns }) + '\n',
+          );
           shown = { ns: now, bytes: p.bytes };
         };
         const once = raw.once === true;
