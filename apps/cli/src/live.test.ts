@@ -141,7 +141,15 @@ describe('dirtytrack migrate: progress while precopy runs', () => {
       'random',
     );
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout.trimEnd()).toMatch(/^completed in .* verified true$/);
+    // 48 MiB at 16 MiB/s: ~3 s, so an average near 134 Mbit/s (the limiter's rate).
+    const line =
+      /^completed in ([\d.]+) ms, downtime [\d.]+ ms, (\d+) bytes \((\d+) Mbit\/s\), \d+ syncs, verified true$/.exec(
+        r.stdout.trimEnd(),
+      );
+    expect(line, r.stdout).not.toBeNull();
+    const [ms, sentBytes, mbps] = [Number(line?.[1]), Number(line?.[2]), Number(line?.[3])];
+    expect(mbps).toBe(Math.round((sentBytes * 8) / ms / 1000));
+    expect(mbps).toBeLessThanOrEqual(150);
     const lines = r.stderr.split('\n').filter((l) => l.startsWith('progress at '));
     // ~3 s of sending: lines at 0, 1 and 2 s at least.
     expect(lines.length).toBeGreaterThanOrEqual(3);

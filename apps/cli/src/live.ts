@@ -131,6 +131,13 @@ export function formatProgress(p: PrecopyProgress, prev?: PrecopyProgress): stri
   return `${line}, ${Math.round(((p.transferred - prev.transferred) * 8000) / (p.timeNs - prev.timeNs))} Mbit/s`;
 }
 
+/** ` (N Mbit/s)`: the bytes transferred over the whole `total-time` (QEMU's `ram.mbps` is the last window's). */
+function averageMbps(r: { 'total-time': number; ram: { transferred: number } }): string {
+  return r['total-time'] > 0
+    ? ` (${Math.round((r.ram.transferred * 8) / r['total-time'] / 1000)} Mbit/s)`
+    : '';
+}
+
 /**
  * One progress line of `serve`: what the destination has received so far, and the rate since
  * the line before (`prev`: its byte count and the nanoseconds since), e.g.
@@ -861,7 +868,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         raw.json === true
           ? JSON.stringify(result, null, 2) + '\n'
           : `${result.status} in ${result['total-time']} ms, downtime ${result.downtime ?? '-'} ms, ` +
-              `${result.ram.transferred} bytes, ${result.ram['dirty-sync-count']} syncs, verified ${result.verified}` +
+              `${result.ram.transferred} bytes${averageMbps(result)}, ${result.ram['dirty-sync-count']} syncs, verified ${result.verified}` +
               (result['error-desc'] ? ` (${result['error-desc']})` : '') +
               (result.dirtytrack['after-failure'] === undefined
                 ? ''
