@@ -101,8 +101,10 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     const result = parse(r.stdout);
     expect(result).toMatchObject({ status: 'completed', verified: true, 'verify-mismatches': 0 });
     expect(result.dirtytrack['guest-writes']).toBe(0);
-    // The setup sync (every page dirty) and the one after the round, which finds nothing new.
-    expect(result.ram['dirty-sync-count']).toBe(2);
+    // The setup sync (every page dirty) and the final one, which finds nothing new; plus, when a
+    // bandwidth window ended before the round did (a loaded machine), the exact sync QEMU runs
+    // once pending falls below the threshold — it finds nothing new either.
+    expect([2, 3]).toContain(result.ram['dirty-sync-count']);
     // --fill random: no zero page. Each page once, as a record of an 8-byte header and its 4096 bytes.
     expect(result.ram.normal).toBe(PAGES_16M);
     expect(result.ram.duplicate).toBe(0);
