@@ -94,7 +94,7 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     expect(result.dirtytrack.link['staged-bytes']).toBe(0);
   }, 40_000);
 
-  it('--workload idle: the vCPUs write nothing, so precopy sends each page once, in 2 syncs', async () => {
+  it('--workload idle: the vCPUs write nothing, so precopy sends each page exactly once', async () => {
     const r = await run('migrate', '--memory', '16M', '--workload', 'idle', '--fill', 'random', '--json');
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
