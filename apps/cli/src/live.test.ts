@@ -289,10 +289,10 @@ describe('dirtytrack serve: progress while a guest arrives', () => {
   it('formats a line with the rate since the line before', () => {
     expect(formatReceived({ bytes: 0, pages: 0 })).toBe('received 0 (0 pages)');
     // 16 MiB in 1 s = 134.217728 Mbit/s.
-    expect(formatReceived({ bytes: 2 ** 24, pages: 4096 }, { bytes: 0, ns: 1_000_000_000n })).toBe(
+    expect(formatReceived({ bytes: 2 ** 24, pages: 4096 }, { bytes: 0, elapsedNs: 1e9 })).toBe(
       'received 16M (4096 pages), 134 Mbit/s',
     );
-    expect(formatReceived({ bytes: 2 ** 24, pages: 4096 }, { bytes: 0, ns: 0n })).toBe(
+    expect(formatReceived({ bytes: 2 ** 24, pages: 4096 }, { bytes: 0, elapsedNs: 0 })).toBe(
       'received 16M (4096 pages)',
     );
   });

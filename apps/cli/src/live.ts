@@ -116,40 +116,42 @@ async function bootGuest(
   return { guest, bitmap, ring };
 }
 
+/** `bytes` in `ns` nanoseconds as Mbit/s (decimal, as QEMU's `mbps`), rounded: bytes × 8 / (ns / 1e9) / 1e6. */
+function mbitPerS(bytes: number, ns: number): number {
+  return Math.round((bytes * 8000) / ns);
+}
+
 /**
- * One progress line of a live migration (precopy or postcopy), in `query-migrate`'s terms: time since the start, bytes
- * `transferred`, RAM `remaining` (dirty) of `total`, `dirty-sync-count`, and the rate since the
- * line before (`prev`), e.g. `progress at 2.0 s: transferred 32.02M, remaining 32.05M of 64M,
- * dirty-sync-count 1, 132 Mbit/s`.
+ * One progress line of a live migration (precopy or postcopy), in `query-migrate`'s terms: time
+ * since the start, bytes `transferred`, RAM `remaining` (dirty) of `total`, `dirty-sync-count`,
+ * and the rate since the line before (`prev`), e.g. `progress at 2.0 s: transferred 32.02M,
+ * remaining 32.05M of 64M, dirty-sync-count 1, 132 Mbit/s`.
  */
 export function formatProgress(p: PrecopyProgress, prev?: PrecopyProgress): string {
   const line =
     `progress at ${(p.timeNs / 1e9).toFixed(1)} s: transferred ${formatSize(p.transferred)}, ` +
     `remaining ${formatSize(p.remaining)} of ${formatSize(p.total)}, dirty-sync-count ${p.syncs}`;
   if (prev === undefined || p.timeNs <= prev.timeNs) return line;
-  // bytes × 8 bits / (ns / 1e9) / 1e6 = Mbit/s (decimal, as QEMU's mbps).
-  return `${line}, ${Math.round(((p.transferred - prev.transferred) * 8000) / (p.timeNs - prev.timeNs))} Mbit/s`;
+  return `${line}, ${mbitPerS(p.transferred - prev.transferred, p.timeNs - prev.timeNs)} Mbit/s`;
 }
 
 /** ` (N Mbit/s)`: the bytes transferred over the whole `total-time` (QEMU's `ram.mbps` is the last window's). */
 function averageMbps(r: { 'total-time': number; ram: { transferred: number } }): string {
-  return r['total-time'] > 0
-    ? ` (${Math.round((r.ram.transferred * 8) / r['total-time'] / 1000)} Mbit/s)`
-    : '';
+  return r['total-time'] > 0 ? ` (${mbitPerS(r.ram.transferred, r['total-time'] * 1e6)} Mbit/s)` : '';
 }
 
 /**
  * One progress line of `serve`: what the destination has received so far, and the rate since
- * the line before (`prev`: its byte count and the nanoseconds since), e.g.
+ * the line before (`since`: the bytes it gave and the nanoseconds elapsed since), e.g.
  * `received 32.02M (8192 pages), 132 Mbit/s`.
  */
 export function formatReceived(
   p: { bytes: number; pages: number },
-  prev?: { bytes: number; ns: bigint },
+  since?: { bytes: number; elapsedNs: number },
 ): string {
   const line = `received ${formatSize(p.bytes)} (${p.pages} pages)`;
-  if (prev === undefined || prev.ns <= 0n) return line;
-  return `${line}, ${Math.round(((p.bytes - prev.bytes) * 8000) / Number(prev.ns))} Mbit/s`;
+  if (since === undefined || since.elapsedNs <= 0) return line;
+  return `${line}, ${mbitPerS(p.bytes - since.bytes, since.elapsedNs)} Mbit/s`;
 }
 
 /**
@@ -700,15 +702,15 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         };
         // About once a second while a guest arrives (stderr; with --json only on a terminal).
         const showProgress = io.progress || raw.json !== true;
-        let shown: { ns: bigint; bytes: number } | undefined;
+        let shown: { atNs: bigint; bytes: number } | undefined;
         const onProgress = (p: { bytes: number; pages: number }): void => {
           if (!showProgress) return;
           const now = process.hrtime.bigint();
-          if (shown !== undefined && now - shown.ns < 1_000_000_000n) return;
-          io.stderr(
-            formatReceived(p, shown === undefined ? undefined : { ...shown, ns: now - shown.ns }) + '\n',
-          );
-          shown = { ns: now, bytes: p.bytes };
+          if (shown !== undefined && now - shown.atNs < 1_000_000_000n) return;
+          const since =
+            shown === undefined ? undefined : { bytes: shown.bytes, elapsedNs: Number(now - shown.atNs) };
+          io.stderr(formatReceived(p, since) + '\n');
+          shown = { atNs: now, bytes: p.bytes };
         };
         const once = raw.once === true;
         // Without --once, results are handled as they come, one migration after another.
