@@ -2,6 +2,7 @@ import type { Worker } from 'node:worker_threads';
 import { Bitmap, createRWLock, type LoggingControl } from '@dirtytrack/core';
 import { exitCodes, startWorker } from '@dirtytrack/testkit';
 import { describe, expect, it } from 'vitest';
+import { summingSync } from './__fixtures__/scripted.js';
 import type { SwapProducerData } from './__fixtures__/swap-producer.worker.js';
 import { createQemuLayers } from './qemu-layers.js';
 import { createSwapDirtyLog } from './swap-dirty-log.js';
@@ -47,21 +48,15 @@ describe("swap log filled by producer workers while 'fused' syncs by swapping", 
       let exited = false;
       void done.then(() => (exited = true));
       const sent = Bitmap.create(PAGES);
-      let reported = 0;
-      let fresh = 0;
+      const totals = summingSync(m);
       let midStream = 0;
-      const sync = (): void => {
-        const r = m.sync();
-        reported += r.reported;
-        fresh += r.newDirty;
-      };
       Atomics.store(progress, 1, 1);
       Atomics.notify(progress, 1);
       const batches = PAGES / 16;
       const deadline = performance.now() + 30_000;
       while (!exited && performance.now() < deadline) {
         const before = Atomics.load(progress, 0);
-        sync();
+        totals.sync();
         // Send part of what arrived (the spare keeps bits and is zeroed at the next sync), or all.
         for (let p = m.findNextDirty(0), k = 0; p >= 0 && k < sendPerSync; p = m.findNextDirty(p + 1), k++) {
           m.clearSent(p >>> 5, 1 << (p & 31));
@@ -75,12 +70,12 @@ describe("swap log filled by producer workers while 'fused' syncs by swapping", 
         await new Promise((r) => setImmediate(r));
       }
       expect(await done).toEqual([0, 0]);
-      sync();
+      totals.sync();
       expect(midStream).toBeGreaterThan(0);
       if (migrationBuffer) expect(m.stats().adoptions).toBeGreaterThan(1);
       else expect(m.stats().adoptions).toBe(0);
-      expect(reported).toBe(PAGES); // each page reported exactly once
-      expect(fresh).toBe(PAGES);
+      expect(totals.reported).toBe(PAGES); // each page reported exactly once
+      expect(totals.fresh).toBe(PAGES);
       expect(m.dirtyPages).toBe(m.bmap.popcount());
       expect(log.active(0).counts[0]).toBe(0);
       // Every page was written once: it was either sent or is still in bmap, never both or neither.

@@ -2,6 +2,7 @@ import type { Worker } from 'node:worker_threads';
 import { createRWLock, type DirtyLogSource, type LoggingControl } from '@dirtytrack/core';
 import { exited, startWorker } from '@dirtytrack/testkit';
 import { describe, expect, it } from 'vitest';
+import { summingSync } from './__fixtures__/scripted.js';
 import type { VhostDeviceData } from './__fixtures__/vhost-device.worker.js';
 import { createQemuLayers, SYNC_STRATEGIES } from './qemu-layers.js';
 import { createVhostLog } from './vhost-log.js';
@@ -43,14 +44,8 @@ describe('vhost log set by a device worker while the layers sync', () => {
       });
       const done = exited(worker);
       const progress = new Int32Array(control);
-      let reported = 0;
-      let fresh = 0;
+      const totals = summingSync(m);
       let overlapping = 0;
-      const sync = (): void => {
-        const r = m.sync();
-        reported += r.reported;
-        fresh += r.newDirty;
-      };
       // Let the device go, then sync in a tight loop while it marks.
       Atomics.store(progress, 1, 1);
       Atomics.notify(progress, 1);
@@ -58,17 +53,17 @@ describe('vhost log set by a device worker while the layers sync', () => {
       for (;;) {
         const before = Atomics.load(progress, 0);
         if (before >= batches || performance.now() > deadline) break;
-        sync();
+        totals.sync();
         Atomics.add(progress, 2, 1);
         Atomics.notify(progress, 2);
         if (before > 0 && Atomics.load(progress, 0) < batches) overlapping++; // mid-stream
       }
       expect(await done).toBe(0);
       expect(Atomics.load(new Int32Array(control), 0)).toBe(batches);
-      sync();
+      totals.sync();
       expect(overlapping).toBeGreaterThan(0);
-      expect(reported).toBe(batches * batch); // each distinct page reported exactly once
-      expect(fresh).toBe(batches * batch);
+      expect(totals.reported).toBe(batches * batch); // each distinct page reported exactly once
+      expect(totals.fresh).toBe(batches * batch);
       expect(m.dirtyPages).toBe(batches * batch);
       expect(m.bmap.popcount()).toBe(batches * batch);
       for (let i = 0, p = 0; i < batches * batch; i++, p = (p + 13) % PAGES)

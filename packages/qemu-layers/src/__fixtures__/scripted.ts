@@ -1,4 +1,4 @@
-import type { Bitmap, DirtyLogSource, HarvestCost, LoggingControl } from '@dirtytrack/core';
+import type { Bitmap, DirtyLogSource, HarvestCost, LoggingControl, SyncResult } from '@dirtytrack/core';
 
 /**
  * A dirty-log source without manual protect that reports a scripted set of pages (`next`, used
@@ -28,5 +28,31 @@ export function logging(): LoggingControl & { on: number[] } {
     on,
     enableLogging: (s) => (on.push(s.id), s.pages),
     disableLogging: (id) => void on.splice(on.indexOf(id), 1),
+  };
+}
+
+/**
+ * `sync()` syncs `bitmap` and adds what it reported and what it newly set to `reported` and
+ * `fresh`: a worker test's running totals, to check every page arrived exactly once.
+ */
+export function summingSync(bitmap: { sync(): SyncResult }): {
+  sync(): void;
+  readonly reported: number;
+  readonly fresh: number;
+} {
+  let reported = 0;
+  let fresh = 0;
+  return {
+    sync() {
+      const r = bitmap.sync();
+      reported += r.reported;
+      fresh += r.newDirty;
+    },
+    get reported() {
+      return reported;
+    },
+    get fresh() {
+      return fresh;
+    },
   };
 }
