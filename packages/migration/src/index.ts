@@ -48,6 +48,7 @@ export {
   type VerifyResult as LiveVerifyResult,
 } from './live/live-link.js';
 export { SEND_FROM, type SendFrom } from './live/link-layout.js';
+export { fdWritesAvailable } from './live/fd-writer.js';
 export { READ_BUFFER_BYTES } from './live/read-buffer.js';
 export {
   createDestination,

@@ -47,7 +47,9 @@ export const COUNTER = {
   BUSY_NS: 8,
   /** Bytes of the batches the sender has finished (what BUSY_NS was spent on). */
   DONE_BYTES: 9,
-  WORDS: 10,
+  /** `writev` calls on a descriptor (page records from guest memory through koffi, fd-writer.ts). */
+  WRITEV_CALLS: 10,
+  WORDS: 11,
 } as const;
 
 /**

@@ -107,6 +107,13 @@ export interface LiveLinkStats {
    * and any more a run needed (more connections, slower draining).
    */
   'staging-buffers': number;
+  /**
+   * `writev` calls the sender made on the main and preempt connections' descriptors (through
+   * koffi), writing page records straight from guest memory — one per up to 1024 iovecs, plus
+   * one per retry after the socket's buffer was full. 0 when Node's stream wrote them (staged,
+   * or where koffi cannot load).
+   */
+  'writev-calls': number;
   /** Bytes written on the postcopy-preempt connection(s), after their handshakes. */
   'preempt-bytes': number;
 }
@@ -539,6 +546,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
         'zero-copy-bytes': counters[COUNTER.ZERO_COPY_BYTES] as number,
         'staged-bytes': counters[COUNTER.STAGED_BYTES] as number,
         'staging-buffers': counters[COUNTER.STAGING_BUFFERS] as number,
+        'writev-calls': counters[COUNTER.WRITEV_CALLS] as number,
         'preempt-bytes': counters[COUNTER.PREEMPT_BYTES] as number,
       };
     },

@@ -13,6 +13,7 @@ import * as net from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { popcount32 } from '@dirtytrack/core';
 import { MULTIFD_PACKET_HEADER, MULTIFD_PACKET_PAGES } from '../multifd.js';
+import { createFdWriter, fdWritesAvailable, type FdWriter, type Gather } from './fd-writer.js';
 import { clientHandshake } from './handshake.js';
 import {
   COUNTER,
@@ -69,6 +70,23 @@ const pages = data.ramBytes / PAGE;
 let failed = false;
 let finishing = false;
 let main: net.Socket | undefined;
+/** `writev` on the main and preempt connections' descriptors, where it can be called (see {@link Out}). */
+let mainDirect: FdWriter | undefined;
+let preemptDirect: FdWriter | undefined;
+
+/** The `writev` writer for a record connection, when records go that way and it has a descriptor. */
+function directWriter(socket: net.Socket): FdWriter | undefined {
+  if (!directRecords) return undefined;
+  const countWritev = () => {
+    counters[COUNTER.WRITEV_CALLS] = (counters[COUNTER.WRITEV_CALLS] as number) + 1;
+  };
+  return createFdWriter(socket as never, memory, () => !failed && !socket.destroyed, countWritev);
+}
+
+/** An {@link Out} for page records on `socket`: through `direct` when there is one, else staged per {@link stageRecords}. */
+function recordOut(socket: net.Socket, direct: FdWriter | undefined): Out {
+  return direct === undefined ? new Out(socket, stageRecords) : new Out(socket, false, direct);
+}
 const channels: net.Socket[] = [];
 let zeroPages: 'record' | 'packet' | 'none' = 'record';
 let completed = false;
@@ -175,8 +193,13 @@ function stagingBuffer(): Uint8Array {
   counters[COUNTER.STAGING_BUFFERS] = (counters[COUNTER.STAGING_BUFFERS] as number) + 1;
   return new Uint8Array(STAGING_BYTES);
 }
-/** Page records (main connection, preempt channel) are staged; multifd packets, per {@link SendFrom}. */
-const stageRecords = data.sendFrom !== 'guest-memory';
+/**
+ * Page records (main connection, preempt channel) go from guest memory through `writev` on the
+ * socket's descriptor unless staging is asked for or koffi cannot load here; then `auto` stages
+ * them. Multifd packets, per {@link SendFrom}.
+ */
+const directRecords = data.sendFrom !== 'staging' && fdWritesAvailable();
+const stageRecords = data.sendFrom === 'staging' || (data.sendFrom === 'auto' && !directRecords);
 const stagePackets = data.sendFrom === 'staging';
 if (stageRecords || stagePackets) {
   for (let i = 0; i < STAGING_PREALLOCATED; i++) {
@@ -200,6 +223,8 @@ class Out {
   /** A RAM section is open on this connection (closed by an EOS record). */
   section = false;
   private stage: Uint8Array | undefined;
+  /** With `direct`: this flush's iovec list. */
+  private list: Gather | undefined;
   private from = 0; // where the current staging buffer's unflushed bytes begin
   private at = 0; // its fill level
   /** Staging buffers referenced by `chunks`, back to `spare` once the kernel took them. */
@@ -207,9 +232,15 @@ class Out {
   constructor(
     readonly socket: net.Socket,
     readonly staging = false,
+    /** Writes through `writev` on the socket's descriptor instead of Node's stream (not staged). */
+    readonly direct?: FdWriter,
   ) {}
   push(chunk: Uint8Array): void {
     this.bytes += chunk.byteLength;
+    if (this.direct !== undefined) {
+      (this.list ??= this.direct.gather()).copy(chunk);
+      return;
+    }
     if (!this.staging) {
       this.chunks.push(chunk);
       return;
@@ -227,6 +258,12 @@ class Out {
   }
   /** Pages `first .. first + n - 1` of guest memory, as bytes on this connection. */
   pages(first: number, n: number): void {
+    if (this.direct !== undefined) {
+      this.bytes += n * PAGE;
+      (this.list ??= this.direct.gather()).memory(first * PAGE, n * PAGE);
+      counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + n * PAGE;
+      return;
+    }
     if (!this.staging) {
       this.push(memory.subarray(first * PAGE, (first + n) * PAGE));
       counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + n * PAGE;
@@ -244,6 +281,11 @@ class Out {
   /** A RAM record's header (and a zero page's fill byte), written straight into the staging buffer. */
   ramHeader(offset: number, flags: number, fill: boolean): void {
     const n = fill ? ZERO_RECORD_BYTES : RAM_HEADER_BYTES;
+    if (this.direct !== undefined) {
+      (this.list ??= this.direct.gather()).header(offset, flags, fill);
+      this.bytes += n;
+      return;
+    }
     this.room(n);
     const stage = this.stage as Uint8Array;
     this.at = writeRamHeader(stage, this.at, offset, flags);
@@ -271,6 +313,12 @@ class Out {
     this.seal();
     // The next push starts a fresh buffer: this one is the kernel's until the write completes.
     this.stage = undefined;
+    if (this.list !== undefined) {
+      const list = this.list;
+      this.list = undefined;
+      this.bytes = 0;
+      return (this.direct as FdWriter).write(list);
+    }
     if (this.chunks.length === 0) return undefined;
     const s = this.socket;
     const held = this.held;
@@ -324,9 +372,9 @@ function sendPacket(outs: Out[]): void {
 
 /** Encodes one batch of sink operations and writes it; resolves when every socket drained it, with its bytes. */
 async function sendBatch(ops: Int32Array, count: number): Promise<number> {
-  const mainOut = new Out(main as net.Socket, stageRecords);
+  const mainOut = recordOut(main as net.Socket, mainDirect);
   const outs = channels.map((c) => new Out(c, stagePackets));
-  let preemptOut = preempt === undefined ? undefined : new Out(preempt, stageRecords);
+  let preemptOut = preempt === undefined ? undefined : recordOut(preempt, preemptDirect);
   const all = [mainOut, ...outs, ...(preemptOut === undefined ? [] : [preemptOut])];
   const base = counters[COUNTER.DRAINED] as number;
   let written = 0;
@@ -368,7 +416,7 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
     out.section = true;
   };
   const record = (out: Out, offset: number, flags: number, fill: boolean): void => {
-    if (out.staging) return out.ramHeader(offset, flags, fill);
+    if (out.staging || out.direct !== undefined) return out.ramHeader(offset, flags, fill);
     const start = h;
     h = writeRamHeader(headers, h, offset, flags);
     if (fill) headers[h++] = 0;
@@ -426,7 +474,8 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
       postcopyMode = true;
       if ((data.flags & HELLO_FLAG.PREEMPT) !== 0 && preempt === undefined) {
         preempt = await connect(CHANNEL_KIND.PREEMPT, 0);
-        preemptOut = new Out(preempt, stageRecords);
+        preemptDirect = directWriter(preempt);
+        preemptOut = recordOut(preempt, preemptDirect);
         all.push(preemptOut);
       }
       continue;
@@ -563,6 +612,7 @@ async function open(): Promise<void> {
   let resumeAck: (() => void) | undefined;
   try {
     main = await connect(CHANNEL_KIND.MAIN, 0);
+    mainDirect = directWriter(main);
     if (!resume)
       for (let c = 0; c < data.channels; c++) channels.push(await connect(CHANNEL_KIND.MULTIFD, c));
     const decoder = createReturnDecoder({
@@ -610,7 +660,10 @@ async function open(): Promise<void> {
       await out.flush();
       await acked;
       counters[COUNTER.MAIN_BYTES] = (counters[COUNTER.MAIN_BYTES] as number) + 12 + 5;
-      if ((data.flags & HELLO_FLAG.PREEMPT) !== 0) preempt = await connect(CHANNEL_KIND.PREEMPT, 0);
+      if ((data.flags & HELLO_FLAG.PREEMPT) !== 0) {
+        preempt = await connect(CHANNEL_KIND.PREEMPT, 0);
+        preemptDirect = directWriter(preempt);
+      }
       Atomics.store(control, LINK.READY, 1);
       Atomics.notify(control, LINK.READY);
       return;

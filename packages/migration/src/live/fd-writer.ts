@@ -1,0 +1,251 @@
+/**
+ * `writev` on a socket's own descriptor, through koffi: page records written straight from guest
+ * memory, each record's header and its page as two iovecs, as QEMU's `qemu_put_buffer_async` hands
+ * them to `qio_channel_writev`. Node's stream layer would cost two chunk objects and a write
+ * request per page; here a slice of 512 records is one {@link Gather} list — a header's 8 bytes
+ * and two 16-byte iovecs per page, no object — written with `writev` 1024 iovecs (Linux's
+ * `IOV_MAX`) at a time.
+ *
+ * Only for the sender thread's batches on the main connection. Node still owns the socket (its
+ * reads carry the return path, its 'close' and 'error' events the faults); the writer waits until
+ * Node has nothing queued before it writes, and writes its lists one after the other, each whole,
+ * before their promises resolve — so the stream's bytes are exactly those the staged path sends.
+ */
+import { createRequire } from 'node:module';
+import { constants } from 'node:os';
+import type * as Koffi from 'koffi';
+import { RAM_HEADER_BYTES, writeRamHeader } from './wire.js';
+
+/** Linux's `IOV_MAX`: iovecs per `writev`. */
+const IOV_MAX = 1024;
+const EAGAIN = 11;
+const EINTR = 4;
+const POLLOUT = 4;
+/** How long one `poll` may block the sender thread before it yields to its event loop. */
+const POLL_MS = 5;
+const TWO32 = 0x1_0000_0000;
+
+interface Libc {
+  writev(fd: number, iov: Uint8Array, count: number): number | bigint;
+  poll(fds: Int32Array, count: number, timeoutMs: number): number;
+  addressOf(bytes: Uint8Array): number;
+  errno(): number;
+}
+
+let libc: Libc | null | undefined;
+
+/** libc through koffi, once per thread; null where it cannot load (not Linux, koffi missing). */
+function loadLibc(): Libc | null {
+  if (libc !== undefined) return libc;
+  libc = null;
+  if (process.platform !== 'linux') return libc;
+  try {
+    const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
+    const lib = koffi.load('libc.so.6');
+    const writev = lib.func('long writev(int fd, void *iov, int iovcnt)') as Libc['writev'];
+    const poll = lib.func('int poll(void *fds, unsigned long nfds, int timeout)') as Libc['poll'];
+    // memmove(p, p, 0) returns p: koffi passes a typed array's memory itself, so this is its address.
+    const memmove = lib.func('uintptr_t memmove(void *dst, void *src, size_t n)') as (
+      d: Uint8Array,
+      s: Uint8Array,
+      n: number,
+    ) => number | bigint;
+    libc = {
+      writev,
+      poll,
+      addressOf: (bytes) => Number(memmove(bytes, bytes, 0)),
+      errno: () => koffi.errno(),
+    };
+  } catch {
+    libc = null;
+  }
+  return libc;
+}
+
+/**
+ * One flush's bytes as an iovec list: ranges of guest memory in place, everything else (record
+ * headers, section markers, commands) copied into the list's own buffer. Adjacent ranges merge.
+ */
+export class Gather {
+  /** Bytes in the list. */
+  bytes = 0;
+  /** iovecs: (address low, address high, length, 0) as 32-bit words. */
+  iov = new Uint32Array(4 * 2 * IOV_MAX);
+  count = 0;
+  private arena = new Uint8Array(16 * 1024);
+  private arenaBase: number;
+  private used = 0;
+  constructor(
+    private readonly c: Libc,
+    private readonly memoryBase: number,
+  ) {
+    // Plain ArrayBuffers over 64 bytes keep their bytes off V8's heap, where they never move:
+    // an address taken once stays valid.
+    this.arenaBase = c.addressOf(this.arena);
+  }
+  /** `length` bytes of guest memory from `offset`. */
+  memory(offset: number, length: number): void {
+    this.add(this.memoryBase + offset, length);
+  }
+  /** A RAM record's header (and a zero page's fill byte). */
+  header(offset: number, flags: number, fill: boolean): void {
+    const n = fill ? RAM_HEADER_BYTES + 1 : RAM_HEADER_BYTES;
+    this.room(n);
+    const at = this.used;
+    writeRamHeader(this.arena, at, offset, flags);
+    if (fill) this.arena[at + RAM_HEADER_BYTES] = 0;
+    this.used += n;
+    this.add(this.arenaBase + at, n);
+  }
+  /** Any other bytes, copied. */
+  copy(chunk: Uint8Array): void {
+    const n = chunk.byteLength;
+    if (n === 0) return;
+    this.room(n);
+    this.arena.set(chunk, this.used);
+    this.add(this.arenaBase + this.used, n);
+    this.used += n;
+  }
+  /** Empties the list for reuse. */
+  reset(): void {
+    this.count = 0;
+    this.used = 0;
+    this.bytes = 0;
+  }
+  private add(address: number, length: number): void {
+    this.bytes += length;
+    const iov = this.iov;
+    const last = (this.count - 1) * 4;
+    if (
+      last >= 0 &&
+      (iov[last] as number) + (iov[last + 1] as number) * TWO32 + (iov[last + 2] as number) === address
+    ) {
+      iov[last + 2] = (iov[last + 2] as number) + length;
+      return;
+    }
+    if (this.count * 4 === iov.length) {
+      this.iov = new Uint32Array(iov.length * 2);
+      this.iov.set(iov);
+    }
+    const at = this.count++ * 4;
+    this.iov[at] = address % TWO32;
+    this.iov[at + 1] = Math.floor(address / TWO32);
+    this.iov[at + 2] = length;
+    this.iov[at + 3] = 0;
+  }
+  /** Makes room for `n` more bytes in the arena: a larger one (its earlier bytes stay where they are). */
+  private room(n: number): void {
+    if (this.used + n <= this.arena.byteLength) return;
+    // The old arena's bytes are still referenced by earlier iovecs: keep it alive until reset.
+    this.retired.push(this.arena);
+    this.arena = new Uint8Array(Math.max(2 * this.arena.byteLength, n));
+    this.arenaBase = this.c.addressOf(this.arena);
+    this.used = 0;
+  }
+  /** Arenas outgrown while this list was filled (their bytes are in its iovecs). */
+  private retired: Uint8Array[] = [];
+  /** Drops the outgrown arenas (after the list was written). */
+  release(): void {
+    this.retired.length = 0;
+  }
+}
+
+/** `ECONNRESET` for 104, as Node names a failed write's cause ('write ECONNRESET'). */
+export function errnoName(errno: number): string {
+  for (const [name, value] of Object.entries(constants.errno)) if (value === errno) return name;
+  return `errno ${errno}`;
+}
+
+/** Whether this thread can call `writev` through koffi (Linux, koffi loads). */
+export function fdWritesAvailable(): boolean {
+  return loadLibc() !== null;
+}
+
+/** Writes {@link Gather} lists to one socket's descriptor; see the module comment. */
+export interface FdWriter {
+  /** An empty list (reused once written). */
+  gather(): Gather;
+  /**
+   * Writes `list` after every list written before it. Resolves once the kernel has taken every
+   * byte; rejects on a socket error or when `alive()` turns false while it waits for room.
+   */
+  write(list: Gather): Promise<void>;
+}
+
+interface SocketLike {
+  _handle?: { fd?: unknown } | null;
+  writableLength: number;
+  write(b: Uint8Array, cb: () => void): boolean;
+}
+
+/**
+ * A writer for `socket` whose guest-memory ranges are offsets into `memory`, or undefined where
+ * `writev` cannot be called (not Linux, koffi missing, no descriptor): the caller then uses
+ * Node's own writes.
+ */
+export function createFdWriter(
+  socket: SocketLike,
+  memory: Uint8Array,
+  alive: () => boolean,
+  /** Called for every `writev` (the sender counts them). */
+  onWritev: () => void = () => {},
+): FdWriter | undefined {
+  const c = loadLibc();
+  const fd = socket._handle?.fd;
+  if (c === null || typeof fd !== 'number' || fd < 0) return undefined;
+  const memoryBase = c.addressOf(memory);
+  const pollFd = new Int32Array(2);
+  const spare: Gather[] = [];
+  /** The writes in order: a slice's write may start while the one before still waits for room. */
+  let tail: Promise<void> = Promise.resolve();
+
+  const writeNow = async (list: Gather): Promise<void> => {
+    // The iovecs hold raw addresses into `memory`: keep it referenced until the kernel has them
+    // (a view no one else holds could otherwise be collected, its bytes freed, mid-write).
+    if (memory.byteLength === 0 && list.count > 0) throw new Error('guest memory was detached');
+    if (socket.writableLength > 0) await new Promise<void>((r) => socket.write(new Uint8Array(0), r));
+    const iov = list.iov;
+    const bytes = new Uint8Array(iov.buffer);
+    for (let first = 0; first < list.count;) {
+      if (!alive()) throw new Error('the connection closed while a batch was being written');
+      const k = Number(c.writev(fd, bytes.subarray(first * 16), Math.min(IOV_MAX, list.count - first)));
+      onWritev();
+      if (k < 0) {
+        const errno = c.errno();
+        if (errno !== EAGAIN && errno !== EINTR) throw new Error(`writev ${errnoName(errno)}`);
+        // The socket's buffer is full: sleep in poll until it has room, at most POLL_MS, then let
+        // the event loop run (the return path, a fault) before trying again.
+        pollFd[0] = fd;
+        pollFd[1] = POLLOUT;
+        if (c.poll(pollFd, 1, POLL_MS) <= 0) await new Promise<void>((r) => setImmediate(r));
+        continue;
+      }
+      // Skip the iovecs written whole; shorten the one written in part.
+      for (let left = k; left > 0;) {
+        const length = iov[first * 4 + 2] as number;
+        if (left >= length) {
+          left -= length;
+          first++;
+        } else {
+          const at = (iov[first * 4] as number) + (iov[first * 4 + 1] as number) * TWO32 + left;
+          iov[first * 4] = at % TWO32;
+          iov[first * 4 + 1] = Math.floor(at / TWO32);
+          iov[first * 4 + 2] = length - left;
+          left = 0;
+        }
+      }
+    }
+    list.release();
+    list.reset();
+    spare.push(list);
+  };
+
+  return {
+    gather: () => spare.pop() ?? new Gather(c, memoryBase),
+    write(list) {
+      const written = tail.then(() => writeNow(list));
+      tail = written.catch(() => {});
+      return written;
+    },
+  };
+}
