@@ -44,7 +44,7 @@ describe('dirtytrack bench migrate', () => {
     expect(r['precopy-vs-loopback-memory']).toBe(fourDigits(r['precopy-mbps'] / r['loopback-memory-mbps']));
     expect(r.cases.map((c) => [c.name, c.channels, c.dirtying, c['auto-converge']])).toEqual([
       ['precopy', 0, false, false],
-      ['precopy-guest-memory', 0, false, false],
+      ['precopy-staging', 0, false, false],
       ['multifd-2', 2, false, false],
       ['multifd-4', 4, false, false],
       ['dirtying', 0, true, true],
@@ -61,29 +61,27 @@ describe('dirtytrack bench migrate', () => {
       expect(c.mbps).toBe(c.runs[0]?.mbps);
       expect(c['destination-peak-rss-mib']).toBeGreaterThan(16);
     }
-    expect(r.cases.map((c) => c['send-from'])).toEqual(['auto', 'guest-memory', 'auto', 'auto', 'auto']);
+    expect(r.cases.map((c) => c['send-from'])).toEqual(['auto', 'staging', 'auto', 'auto', 'auto']);
     for (const c of r.cases.slice(0, 4)) {
       // Idle: completed, verified, no write by the vCPUs, so nothing was sent twice but the last sync's pages.
       expect([c.status, c.verified, c['guest-writes-per-s']]).toEqual(['completed', true, 0]);
     }
     expect(r.cases[4]?.['guest-writes-per-s']).toBeGreaterThan(0);
-    const [precopy, fromMemory, mfd2, mfd4] = r.cases;
-    expect([
-      r['precopy-mbps'],
-      r['precopy-guest-memory-mbps'],
-      r['multifd-2-mbps'],
-      r['multifd-4-mbps'],
-    ]).toEqual([precopy?.mbps, fromMemory?.mbps, mfd2?.mbps, mfd4?.mbps]);
+    const [precopy, staged, mfd2, mfd4] = r.cases;
+    expect([r['precopy-mbps'], r['precopy-staging-mbps'], r['multifd-2-mbps'], r['multifd-4-mbps']]).toEqual([
+      precopy?.mbps,
+      staged?.mbps,
+      mfd2?.mbps,
+      mfd4?.mbps,
+    ]);
     expect(r['precopy-vs-loopback']).toBe(fourDigits(r['precopy-mbps'] / r['loopback-mbps']));
-    expect(r['precopy-guest-memory-vs-loopback']).toBe(
-      fourDigits(r['precopy-guest-memory-mbps'] / r['loopback-mbps']),
-    );
+    expect(r['precopy-staging-vs-loopback']).toBe(fourDigits(r['precopy-staging-mbps'] / r['loopback-mbps']));
     expect(r['multifd-2-vs-loopback']).toBe(fourDigits(r['multifd-2-mbps'] / r['loopback-mbps']));
     expect(r['multifd-4-vs-loopback']).toBe(fourDigits(r['multifd-4-mbps'] / r['loopback-mbps']));
     // One model prediction per live run, over the measured link and write rate, with its error.
     expect(r.model.map((m) => m.case)).toEqual([
       'precopy',
-      'precopy-guest-memory',
+      'precopy-staging',
       'multifd-2',
       'multifd-4',
       'dirtying',
