@@ -831,7 +831,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .addOption(
       new Option(
         '--send-from <where>',
-        'where the sender writes page bytes from: a copy in a few reused staging buffers, guest memory itself (writev of page views, as QEMU does), or auto — page records staged, multifd packets from guest memory',
+        'where the sender writes page bytes from: a copy in a few reused staging buffers, guest memory itself (writev of each record header and page, as QEMU does; through koffi on Linux), or auto — guest memory where koffi loads, else page records staged and multifd packets from guest memory',
       )
         .choices([...SEND_FROM])
         .default('auto'),

@@ -90,22 +90,20 @@ export interface SenderData {
 /**
  * Where the sender's sockets read page data from.
  * - `staging`: the pages (and their record headers) are copied into a few reused 1 MiB buffers,
- *   written as a handful of large chunks. One user-space copy (~60 ms per GiB here), and the kernel
- *   then reads the same few hot buffers again and again.
- * - `guest-memory`: each page is handed to `writev` as a view of guest memory, as QEMU's
- *   `qemu_put_buffer_async` does — no user-space copy, but the kernel reads every page of guest RAM
- *   itself, two iovecs per page. On this project's (nested, paravirtualized) test machine, with
- *   guest RAM on 4 KiB pages, the kernel reading 1 GiB of distinct user pages ran at 3–5 Gbit/s
- *   where re-reading a hot buffer ran at 13–15; with guest RAM on huge pages (`allocateGuestRam`)
- *   page records from guest memory still ran 4–21 % below staged ones (`dirtytrack bench migrate`
- *   measures both), which is why `auto` stages them.
- * - `auto` (the default): each connection from where it is faster here. Page records on the main
- *   connection (and postcopy's preempt channel) are staged — two small writes per page cost Node
- *   more than the copy; multifd packets go from guest memory, since a packet's pages are runs of
- *   consecutive pages, a view each, and the destination reads them in place, so no user-space copy
- *   is left at either end. Measured here over 1 GiB, alternating runs: multifd 2 channels
- *   12.5–13.6 Gbit/s staged against 14.6–16.4 from guest memory; 4 channels 12.5–13.9 against
- *   13.5–15.9.
+ *   written as a handful of large chunks through Node's stream. One user-space copy (~60 ms per
+ *   GiB here), and the kernel then reads the same few hot buffers again and again.
+ * - `guest-memory`: each page goes to the kernel as a view of guest memory, as QEMU's
+ *   `qemu_put_buffer_async` hands it to `writev`. Page records (main connection, postcopy's
+ *   preempt channel) are written with `writev` on the socket's own descriptor through koffi
+ *   (fd-writer.ts): a slice's headers and pages as one list of iovecs, 1024 a call, with no object
+ *   per page; where koffi cannot load (not Linux) they go through Node's stream as two chunks a
+ *   page, which costs more than the copy. Multifd packets' pages go as views of runs of
+ *   consecutive pages, which the destination reads in place.
+ * - `auto` (the default): `guest-memory` where koffi loads; elsewhere page records are staged and
+ *   multifd packets still go from guest memory. Measured here over 1 GiB idle precopy, side by side
+ *   in each repetition of `bench migrate`: records through `writev` 1.12–1.63× as fast as staged
+ *   in all 8 repetitions of two runs (median 1.18×); multifd 2 channels 12.5–13.6 Gbit/s staged
+ *   against 14.6–16.4 from guest memory.
  */
 export type SendFrom = (typeof SEND_FROM)[number];
 

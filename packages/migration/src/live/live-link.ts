@@ -56,7 +56,8 @@ export interface LiveLinkOptions {
   whileWaiting?: () => void;
   /**
    * Where page data is written from: a copy in reused staging buffers, guest memory itself, or
-   * `auto` — records staged, multifd packets from guest memory. Default `auto`.
+   * `auto` — guest memory where koffi loads (page records through `writev`), else records staged
+   * and multifd packets from guest memory. Default `auto`.
    */
   sendFrom?: SendFrom;
   /**
@@ -98,9 +99,9 @@ export interface LiveLinkStats {
   'multifd-bytes': number;
   /** Multifd packets, SYNC packets included. */
   'multifd-packets': number;
-  /** Page bytes that went from guest memory into the sockets without an intermediate copy (`sendFrom: 'guest-memory'`). */
+  /** Page bytes that went from guest memory into the sockets without an intermediate copy (`sendFrom: 'guest-memory'`, and `auto` where koffi loads). */
   'zero-copy-bytes': number;
-  /** Page bytes copied into the sender's staging buffers before the sockets took them (`sendFrom: 'staging'`). */
+  /** Page bytes copied into the sender's staging buffers before the sockets took them (`sendFrom: 'staging'`, and `auto`'s page records where koffi cannot load). */
   'staged-bytes': number;
   /**
    * Staging buffers (1 MiB each) the sender allocated: the 8 made and touched before connecting,
