@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createRng } from '@dirtytrack/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createFdWriter, errnoName, fdWritesAvailable, type FdWriter } from './fd-writer.js';
+import { createFdWriter, fdWritesAvailable, type FdWriter } from './fd-writer.js';
+import { errnoName } from './libc.js';
 import { RAM_FLAG, writeRamHeader } from './wire.js';
 
 // writev through koffi on a real loopback connection: the bytes that arrive are exactly the list's,

@@ -11,56 +11,14 @@
  * Node has nothing queued before it writes, and writes its lists one after the other, each whole,
  * before their promises resolve — so the stream's bytes are exactly those the staged path sends.
  */
-import { createRequire } from 'node:module';
-import { constants } from 'node:os';
-import type * as Koffi from 'koffi';
+import { EAGAIN, EINTR, errnoName, loadLibc, POLLOUT, type Libc } from './libc.js';
 import { RAM_HEADER_BYTES, writeRamHeader } from './wire.js';
 
 /** Linux's `IOV_MAX`: iovecs per `writev`. */
 const IOV_MAX = 1024;
-const EAGAIN = 11;
-const EINTR = 4;
-const POLLOUT = 4;
 /** How long one `poll` may block the sender thread before it yields to its event loop. */
 const POLL_MS = 5;
 const TWO32 = 0x1_0000_0000;
-
-interface Libc {
-  writev(fd: number, iov: Uint8Array, count: number): number | bigint;
-  poll(fds: Int32Array, count: number, timeoutMs: number): number;
-  addressOf(bytes: Uint8Array): number;
-  errno(): number;
-}
-
-let libc: Libc | null | undefined;
-
-/** libc through koffi, once per thread; null where it cannot load (not Linux, koffi missing). */
-function loadLibc(): Libc | null {
-  if (libc !== undefined) return libc;
-  libc = null;
-  if (process.platform !== 'linux') return libc;
-  try {
-    const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
-    const lib = koffi.load('libc.so.6');
-    const writev = lib.func('long writev(int fd, void *iov, int iovcnt)') as Libc['writev'];
-    const poll = lib.func('int poll(void *fds, unsigned long nfds, int timeout)') as Libc['poll'];
-    // memmove(p, p, 0) returns p: koffi passes a typed array's memory itself, so this is its address.
-    const memmove = lib.func('uintptr_t memmove(void *dst, void *src, size_t n)') as (
-      d: Uint8Array,
-      s: Uint8Array,
-      n: number,
-    ) => number | bigint;
-    libc = {
-      writev,
-      poll,
-      addressOf: (bytes) => Number(memmove(bytes, bytes, 0)),
-      errno: () => koffi.errno(),
-    };
-  } catch {
-    libc = null;
-  }
-  return libc;
-}
 
 /**
  * One flush's bytes as an iovec list: ranges of guest memory in place, everything else (record
@@ -148,12 +106,6 @@ export class Gather {
   release(): void {
     this.retired.length = 0;
   }
-}
-
-/** `ECONNRESET` for 104, as Node names a failed write's cause ('write ECONNRESET'). */
-export function errnoName(errno: number): string {
-  for (const [name, value] of Object.entries(constants.errno)) if (value === errno) return name;
-  return `errno ${errno}`;
 }
 
 /** Whether this thread can call `writev` through koffi (Linux, koffi loads). */
