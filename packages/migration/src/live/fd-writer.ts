@@ -16,8 +16,11 @@ import { RAM_HEADER_BYTES, writeRamHeader } from './wire.js';
 
 /** Linux's `IOV_MAX`: iovecs per `writev`. */
 const IOV_MAX = 1024;
-/** How long one `poll` may block the sender thread before it yields to its event loop. */
-const POLL_MS = 5;
+/**
+ * How long one `poll` may block the sender thread before it yields to its event loop, which
+ * carries the return path: postcopy's page requests wait at most this long behind a full socket.
+ */
+const POLL_MS = 1;
 const TWO32 = 0x1_0000_0000;
 
 /**
