@@ -152,6 +152,17 @@ describe.skipIf(!available)(`writev on a socket's descriptor (seed ${SEED})`, ()
     await expect(w.write(again)).rejects.toThrow('the connection closed while a batch was being written');
   });
 
+  it('refuses a range outside guest memory: nothing past it may reach the wire', async () => {
+    const memory = randomMemory(4 * 4096, SEED + 4);
+    const { client } = await pair();
+    const list = writer(client, memory).gather();
+    expect(() => list.memory(3 * 4096, 2 * 4096)).toThrow(
+      '8192 bytes at 12288 outside guest memory (16384 bytes)',
+    );
+    expect(() => list.memory(-4096, 4096)).toThrow('outside guest memory');
+    expect(list.count).toBe(0);
+  });
+
   it('names errno values as Node does', () => {
     expect(errnoName(104)).toBe('ECONNRESET');
     expect(errnoName(32)).toBe('EPIPE');

@@ -6,7 +6,8 @@
  * and two 16-byte iovecs per page, no object — written with `writev` 1024 iovecs (Linux's
  * `IOV_MAX`) at a time.
  *
- * Only for the sender thread's batches on the main connection. Node still owns the socket (its
+ * Only for the sender thread's batches of page records (the main connection, postcopy's preempt
+ * channel). Node still owns the socket (its
  * reads carry the return path, its 'close' and 'error' events the faults); the writer waits until
  * Node has nothing queued before it writes, and writes its lists one after the other, each whole,
  * before their promises resolve — so the stream's bytes are exactly those the staged path sends.
@@ -39,6 +40,7 @@ export class Gather {
   constructor(
     private readonly c: Libc,
     private readonly memoryBase: number,
+    private readonly memoryBytes: number,
   ) {
     // Plain ArrayBuffers over 64 bytes keep their bytes off V8's heap, where they never move:
     // an address taken once stays valid.
@@ -46,6 +48,11 @@ export class Gather {
   }
   /** `length` bytes of guest memory from `offset`. */
   memory(offset: number, length: number): void {
+    // The kernel reads whatever an iovec names: nothing outside guest memory may reach the wire.
+    if (!(offset >= 0 && length > 0 && offset + length <= this.memoryBytes))
+      throw new Error(
+        `fd-writer: ${length} bytes at ${offset} outside guest memory (${this.memoryBytes} bytes)`,
+      );
     this.add(this.memoryBase + offset, length);
   }
   /** A RAM record's header (and a zero page's fill byte). */
@@ -79,6 +86,7 @@ export class Gather {
     const last = (this.count - 1) * 4;
     if (
       last >= 0 &&
+      (iov[last + 2] as number) + length < 2 ** 31 &&
       (iov[last] as number) + (iov[last + 1] as number) * TWO32 + (iov[last + 2] as number) === address
     ) {
       iov[last + 2] = (iov[last + 2] as number) + length;
@@ -196,7 +204,7 @@ export function createFdWriter(
   };
 
   return {
-    gather: () => spare.pop() ?? new Gather(c, memoryBase),
+    gather: () => spare.pop() ?? new Gather(c, memoryBase, memory.byteLength),
     write(list) {
       const written = tail.then(() => writeNow(list));
       tail = written.catch(() => {});
