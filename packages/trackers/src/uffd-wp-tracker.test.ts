@@ -361,7 +361,10 @@ describe('uffd-wp tracker, sync mode (a worker vCPU)', () => {
     try {
       expect(await readOne()).toBe(7);
       // While the vCPU sleeps on 7 (out of guest mode, so this flush does not wait for it), a
-      // harvest re-protects 3, whose store has not retired yet. Then 7 is answered.
+      // harvest re-protects 3, whose store has not retired yet. Then 7 is answered. (The message
+      // is queued just before the vCPU leaves guest mode to sleep: wait for the sleep, or on a
+      // loaded machine the flush can catch it in between and wait for it.)
+      await waitUntil(() => t.stats().waits > 0, 10_000, 'the vCPU asleep on page 7');
       expect(t.protect(0, 3, 1)).toBe(1);
       t.unprotect(0, 7, 1);
       // Back in guest mode the vCPU checks its batch again: 3 faults anew before any store.

@@ -540,8 +540,9 @@ class Core {
         answeredSlices = 0;
         continue;
       }
-      this.counters[c] = (this.counters[c] as number) + 1;
+      // Out of guest mode before the sleep is counted: whoever sees `waits` rise sees it parked.
       this.park(vcpu);
+      this.counters[c] = (this.counters[c] as number) + 1;
       if (Atomics.wait(s.prot, w, v, this.waitSliceMs) === 'timed-out') {
         if (answered) answeredSlices++;
         if (++timedOut > this.waitSlices) {
