@@ -398,22 +398,42 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       ? { kind: 'hot-set', pages: Math.max(1, Math.floor(pages / 16)), share: 230 }
       : { kind: 'uniform' };
 
-  const local = to === undefined ? await spawnLocalDestination(memory, raw.hugePages) : undefined;
+  // Local mode: the destination starts (and preallocates its RAM) while this process fills and
+  // boots its guest — the first touch of fresh RAM is slow on a VM. A whole 1G run here, four
+  // alternating pairs: 3.2–3.3 s against 3.5–3.7 s one after the other (4.3 s in the first pair).
+  const spawning = to === undefined ? spawnLocalDestination(memory, raw.hugePages) : undefined;
+  spawning?.catch(() => {});
+  let source: Awaited<ReturnType<typeof startLiveSource>>;
+  try {
+    source = await startLiveSource({
+      memory,
+      vcpus,
+      workload,
+      rate,
+      idle: raw.workload === 'idle',
+      fill: raw.fill,
+      seed,
+      ...(dirtyRing === undefined ? {} : { dirtyRing }),
+      hugePages: raw.hugePages,
+    });
+  } catch (error) {
+    void spawning?.then(
+      (l) => l.child.kill(),
+      () => {},
+    );
+    throw error;
+  }
+  let local: Awaited<NonNullable<typeof spawning>> | undefined;
+  try {
+    local = await spawning;
+  } catch (error) {
+    await source.guest.stop().catch(() => {});
+    throw error;
+  }
   const target = to ?? (local as NonNullable<typeof local>);
   log(
     `migrating ${raw.memory} (${vcpus} vCPUs) to ${target.host}:${target.port}${local ? ' (local destination process)' : ''}…`,
   );
-  const source = await startLiveSource({
-    memory,
-    vcpus,
-    workload,
-    rate,
-    idle: raw.workload === 'idle',
-    fill: raw.fill,
-    seed,
-    ...(dirtyRing === undefined ? {} : { dirtyRing }),
-    hugePages: raw.hugePages,
-  });
   // Each vCPU's dirty rate per second of the migration (the migration thread calls onProgress
   // about once a second, from inside runPrecopy).
   const samples: { time: number; 'vcpu-dirty-rate': number[] }[] = [];
