@@ -133,6 +133,8 @@ export interface FdWriter {
    * byte; rejects on a socket error or when `alive()` turns false while it waits for room.
    */
   write(list: Gather): Promise<void>;
+  /** Bytes of the lists given to `write` that the kernel has not taken yet (Node's `writableLength`). */
+  readonly pending: number;
 }
 
 interface SocketLike {
@@ -161,6 +163,7 @@ export function createFdWriter(
   const spare: Gather[] = [];
   /** The writes in order: a slice's write may start while the one before still waits for room. */
   let tail: Promise<void> = Promise.resolve();
+  let pending = 0;
 
   const writeNow = async (list: Gather): Promise<void> => {
     // The iovecs hold raw addresses into `memory`: keep it referenced until the kernel has them
@@ -183,6 +186,7 @@ export function createFdWriter(
         if (c.poll(pollFd, 1, POLL_MS) <= 0) await new Promise<void>((r) => setImmediate(r));
         continue;
       }
+      pending -= k;
       // Skip the iovecs written whole; shorten the one written in part.
       for (let left = k; left > 0;) {
         const length = iov[first * 4 + 2] as number;
@@ -205,7 +209,11 @@ export function createFdWriter(
 
   return {
     gather: () => spare.pop() ?? new Gather(c, memoryBase, memory.byteLength),
+    get pending() {
+      return pending;
+    },
     write(list) {
+      pending += list.bytes;
       const written = tail.then(() => writeNow(list));
       tail = written.catch(() => {});
       return written;

@@ -381,7 +381,7 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
   // Progress while the batch drains, so the migration thread can tell a slow link from a dead one.
   const tick = setInterval(() => {
     let left = 0;
-    for (const o of all) left += o.socket.writableLength;
+    for (const o of all) left += o.socket.writableLength + (o.direct?.pending ?? 0);
     counters[COUNTER.DRAINED] = base + Math.max(0, written - left);
   }, 20);
   // The batch goes out in slices: one slice drains while the next is encoded, and no more than
