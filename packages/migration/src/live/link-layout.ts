@@ -102,7 +102,7 @@ export interface SenderData {
  * - `auto` (the default): `guest-memory` where koffi loads; elsewhere page records are staged and
  *   multifd packets still go from guest memory. Measured here over 1 GiB idle precopy, side by side
  *   in each repetition of `bench migrate`: records through `writev` 1.12–1.63× as fast as staged
- *   in all 8 repetitions of two runs (median 1.18×); multifd 2 channels 12.5–13.6 Gbit/s staged
+ *   in all 11 repetitions of three runs (median 1.20×); multifd 2 channels 12.5–13.6 Gbit/s staged
  *   against 14.6–16.4 from guest memory.
  */
 export type SendFrom = (typeof SEND_FROM)[number];
