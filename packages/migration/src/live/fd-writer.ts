@@ -6,11 +6,12 @@
  * and two 16-byte iovecs per page, no object — written with `writev` 1024 iovecs (Linux's
  * `IOV_MAX`) at a time.
  *
- * Only for the sender thread's batches of page records (the main connection, postcopy's preempt
- * channel). Node still owns the socket (its
- * reads carry the return path, its 'close' and 'error' events the faults); the writer waits until
- * Node has nothing queued before it writes, and writes its lists one after the other, each whole,
- * before their promises resolve — so the stream's bytes are exactly those the staged path sends.
+ * For the sender thread's batches: page records on the main connection and postcopy's preempt
+ * channel, multifd packets (a header, then runs of consecutive pages) on theirs. Node still owns
+ * each socket (its reads carry the return path, its 'close' and 'error' events the faults); the
+ * writer waits until Node has nothing queued before it writes, and writes its lists one after
+ * the other, each whole, before their promises resolve — so the stream's bytes are exactly those
+ * the staged path sends.
  */
 import { EAGAIN, EINTR, errnoName, loadLibc, POLLOUT, type Libc } from './libc.js';
 import { RAM_HEADER_BYTES, writeRamHeader } from './wire.js';

@@ -93,17 +93,19 @@ export interface SenderData {
  *   written as a handful of large chunks through Node's stream. One user-space copy (~60 ms per
  *   GiB here), and the kernel then reads the same few hot buffers again and again.
  * - `guest-memory`: each page goes to the kernel as a view of guest memory, as QEMU's
- *   `qemu_put_buffer_async` hands it to `writev`. Page records (main connection, postcopy's
- *   preempt channel) are written with `writev` on the socket's own descriptor through koffi
- *   (fd-writer.ts): a slice's headers and pages as one list of iovecs, 1024 a call, with no object
- *   per page; where koffi cannot load (not Linux) they go through Node's stream as two chunks a
- *   page, which costs more than the copy. Multifd packets' pages go as views of runs of
- *   consecutive pages, which the destination reads in place.
+ *   `qemu_put_buffer_async` hands it to `writev`. Every connection is written with `writev` on the
+ *   socket's own descriptor through koffi (fd-writer.ts): a slice's page records (header and page
+ *   as two iovecs) or multifd packets (header, then runs of consecutive pages, which the
+ *   destination reads in place) as one list of iovecs, 1024 a call, with no object per page.
+ *   Where koffi cannot load (not Linux) they go through Node's stream as chunks: two a page for
+ *   records, which costs more than the copy.
  * - `auto` (the default): `guest-memory` where koffi loads; elsewhere page records are staged and
- *   multifd packets still go from guest memory. Measured here over 1 GiB idle precopy, side by side
- *   in each repetition of `bench migrate`: records through `writev` 1.12–1.63× as fast as staged
- *   in all 11 repetitions of three runs (median 1.20×); multifd 2 channels 12.5–13.6 Gbit/s staged
- *   against 14.6–16.4 from guest memory.
+ *   multifd packets still go from guest memory through Node's stream. Measured here over 1 GiB
+ *   idle precopy, side by side in each repetition of `bench migrate`: records through `writev`
+ *   1.12–1.63× as fast as staged in all 11 repetitions of three runs (median 1.20×). Multifd
+ *   packets through `writev` against Node's stream, alternating runs: 0.94–1.31× (median 1.10×)
+ *   over 8 pairs with 2 channels, 0.97–1.17× (1.10×) over 4 with 4; from guest memory against
+ *   staged, 2 channels: 14.6–16.4 against 12.5–13.6 Gbit/s.
  */
 export type SendFrom = (typeof SEND_FROM)[number];
 

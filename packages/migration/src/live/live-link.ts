@@ -109,10 +109,10 @@ export interface LiveLinkStats {
    */
   'staging-buffers': number;
   /**
-   * `writev` calls the sender made on the main and preempt connections' descriptors (through
-   * koffi), writing page records straight from guest memory — one per up to 1024 iovecs, plus
-   * one per retry after the socket's buffer was full. 0 when Node's stream wrote them (staged,
-   * or where koffi cannot load).
+   * `writev` calls the sender made on its connections' descriptors (through koffi), writing page
+   * records and multifd packets straight from guest memory — one per up to 1024 iovecs, plus one
+   * per retry after the socket's buffer was full. 0 when Node's stream wrote them (staged, or
+   * where koffi cannot load).
    */
   'writev-calls': number;
   /** Bytes written on the postcopy-preempt connection(s), after their handshakes. */

@@ -70,13 +70,14 @@ const pages = data.ramBytes / PAGE;
 let failed = false;
 let finishing = false;
 let main: net.Socket | undefined;
-/** `writev` on the main and preempt connections' descriptors, where it can be called (see {@link Out}). */
+/** `writev` on each connection's descriptor, where it can be called (see {@link Out}). */
 let mainDirect: FdWriter | undefined;
 let preemptDirect: FdWriter | undefined;
+const channelDirect: (FdWriter | undefined)[] = [];
 
-/** The `writev` writer for a record connection, when records go that way and it has a descriptor. */
+/** The `writev` writer for a connection, when pages go that way and it has a descriptor. */
 function directWriter(socket: net.Socket): FdWriter | undefined {
-  if (!directRecords) return undefined;
+  if (!directWrites) return undefined;
   const countWritev = () => {
     counters[COUNTER.WRITEV_CALLS] = (counters[COUNTER.WRITEV_CALLS] as number) + 1;
   };
@@ -194,12 +195,13 @@ function stagingBuffer(): Uint8Array {
   return new Uint8Array(STAGING_BYTES);
 }
 /**
- * Page records (main connection, preempt channel) go from guest memory through `writev` on the
- * socket's descriptor unless staging is asked for or koffi cannot load here; then `auto` stages
- * them. Multifd packets, per {@link SendFrom}.
+ * Pages go from guest memory through `writev` on each socket's descriptor — page records on the
+ * main connection and the preempt channel, multifd packets on theirs — unless staging is asked
+ * for or koffi cannot load here; then `auto` stages page records and writes multifd packets as
+ * views of guest memory through Node's stream ({@link SendFrom}).
  */
-const directRecords = data.sendFrom !== 'staging' && fdWritesAvailable();
-const stageRecords = data.sendFrom === 'staging' || (data.sendFrom === 'auto' && !directRecords);
+const directWrites = data.sendFrom !== 'staging' && fdWritesAvailable();
+const stageRecords = data.sendFrom === 'staging' || (data.sendFrom === 'auto' && !directWrites);
 const stagePackets = data.sendFrom === 'staging';
 if (stageRecords || stagePackets) {
   for (let i = 0; i < STAGING_PREALLOCATED; i++) {
@@ -373,7 +375,10 @@ function sendPacket(outs: Out[]): void {
 /** Encodes one batch of sink operations and writes it; resolves when every socket drained it, with its bytes. */
 async function sendBatch(ops: Int32Array, count: number): Promise<number> {
   const mainOut = recordOut(main as net.Socket, mainDirect);
-  const outs = channels.map((c) => new Out(c, stagePackets));
+  const outs = channels.map((c, i) => {
+    const direct = channelDirect[i];
+    return direct === undefined ? new Out(c, stagePackets) : new Out(c, false, direct);
+  });
   let preemptOut = preempt === undefined ? undefined : recordOut(preempt, preemptDirect);
   const all = [mainOut, ...outs, ...(preemptOut === undefined ? [] : [preemptOut])];
   const base = counters[COUNTER.DRAINED] as number;
@@ -614,7 +619,11 @@ async function open(): Promise<void> {
     main = await connect(CHANNEL_KIND.MAIN, 0);
     mainDirect = directWriter(main);
     if (!resume)
-      for (let c = 0; c < data.channels; c++) channels.push(await connect(CHANNEL_KIND.MULTIFD, c));
+      for (let c = 0; c < data.channels; c++) {
+        const channel = await connect(CHANNEL_KIND.MULTIFD, c);
+        channels.push(channel);
+        channelDirect.push(directWriter(channel));
+      }
     const decoder = createReturnDecoder({
       ramBytes: data.ramBytes,
       onShut: (status) => {
