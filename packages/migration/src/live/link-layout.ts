@@ -102,7 +102,7 @@ export interface SenderData {
  * - `auto` (the default): `guest-memory` where koffi loads; elsewhere page records are staged and
  *   multifd packets still go from guest memory through Node's stream. Measured here over 1 GiB
  *   idle precopy, side by side in each repetition of `bench migrate`: records through `writev`
- *   1.12–1.63× as fast as staged in all 11 repetitions of three runs (median 1.20×). Multifd
+ *   1.09–1.63× as fast as staged in all 14 repetitions of four runs (median 1.18×). Multifd
  *   packets through `writev` against Node's stream, alternating runs: 0.94–1.31× (median 1.10×)
  *   over 8 pairs with 2 channels, 0.97–1.17× (1.10×) over 4 with 4; from guest memory against
  *   staged, 2 channels: 14.6–16.4 against 12.5–13.6 Gbit/s.
