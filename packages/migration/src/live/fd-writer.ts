@@ -160,7 +160,9 @@ export function createFdWriter(
   const fd = socket._handle?.fd;
   if (c === null || typeof fd !== 'number' || fd < 0) return undefined;
   const memoryBase = c.addressOf(memory);
+  // struct pollfd: int fd, short events, short revents.
   const pollFd = new Int32Array(2);
+  const pollEvents = new Int16Array(pollFd.buffer);
   const spare: Gather[] = [];
   /** The writes in order: a slice's write may start while the one before still waits for room. */
   let tail: Promise<void> = Promise.resolve();
@@ -183,7 +185,8 @@ export function createFdWriter(
         // The socket's buffer is full: sleep in poll until it has room, at most POLL_MS, then let
         // the event loop run (the return path, a fault) before trying again.
         pollFd[0] = fd;
-        pollFd[1] = POLLOUT;
+        pollEvents[2] = POLLOUT;
+        pollEvents[3] = 0;
         if (c.poll(pollFd, 1, POLL_MS) <= 0) await new Promise<void>((r) => setImmediate(r));
         continue;
       }
