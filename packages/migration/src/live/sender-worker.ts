@@ -409,12 +409,17 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
     if (preemptOut !== undefined)
       counters[COUNTER.PREEMPT_BYTES] = (counters[COUNTER.PREEMPT_BYTES] as number) + preemptOut.bytes;
   };
-  // Headers for this batch's records live in one buffer: at most 9 bytes per page plus a few.
-  let maxRecords = 4;
-  if (!stageRecords)
-    for (let k = 0; k < count; k++) maxRecords += popcount32(ops[k * OP_WORDS + 2] as number) + 2;
-  const headers = new Uint8Array(stageRecords ? 0 : maxRecords * 9 + 16);
+  // Headers of records written through Node's stream as chunks of their own (neither staged nor
+  // through `writev`) live in one buffer, made at the first such record: at most 9 bytes per page
+  // plus a few.
+  let headers: Uint8Array | undefined;
   let h = 0;
+  const headerBuffer = (): Uint8Array => {
+    if (headers !== undefined) return headers;
+    let maxRecords = 4;
+    for (let k = 0; k < count; k++) maxRecords += popcount32(ops[k * OP_WORDS + 2] as number) + 2;
+    return (headers = new Uint8Array(maxRecords * 9 + 16));
+  };
   const openSection = (out: Out): void => {
     if (out.section) return;
     out.push(encodeSection(completed ? VM_ITEM.SECTION_END : VM_ITEM.SECTION_PART));
@@ -422,10 +427,11 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
   };
   const record = (out: Out, offset: number, flags: number, fill: boolean): void => {
     if (out.staging || out.direct !== undefined) return out.ramHeader(offset, flags, fill);
+    const buffer = headerBuffer();
     const start = h;
-    h = writeRamHeader(headers, h, offset, flags);
-    if (fill) headers[h++] = 0;
-    out.push(headers.subarray(start, h));
+    h = writeRamHeader(buffer, h, offset, flags);
+    if (fill) buffer[h++] = 0;
+    out.push(buffer.subarray(start, h));
   };
   const closeSection = (out: Out): void => {
     if (!out.section) return;
