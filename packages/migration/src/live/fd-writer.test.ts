@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createRng } from '@dirtytrack/core';
 import { afterEach, describe, expect, it } from 'vitest';
+import { randomSharedMemory } from './__fixtures__/random-memory.js';
 import { createFdWriter, fdWritesAvailable, type FdWriter } from './fd-writer.js';
 import { errnoName } from './libc.js';
 import { RAM_FLAG, writeRamHeader } from './wire.js';
@@ -47,13 +48,8 @@ async function pair(options: { readAfterMs?: number } = {}) {
   return { client, server: server_, received };
 }
 
-function randomMemory(bytes: number, seed: number): Uint8Array {
-  const memory = new Uint8Array(new SharedArrayBuffer(bytes));
-  const words = new Uint32Array(memory.buffer);
-  const rng = createRng(seed);
-  for (let i = 0; i < words.length; i++) words[i] = rng.nextU32();
-  return memory;
-}
+const randomMemory = (bytes: number, seed: number): Uint8Array =>
+  new Uint8Array(randomSharedMemory(bytes, seed));
 
 function header(offset: number, flags: number): Uint8Array {
   const h = new Uint8Array(8);

@@ -1,6 +1,7 @@
-import { createRealClock, createRng, type Clock } from '@dirtytrack/core';
+import { createRealClock, type Clock } from '@dirtytrack/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startDestinationThread, type DestinationThread } from './__fixtures__/destination-thread.js';
+import { randomSharedMemory } from './__fixtures__/random-memory.js';
 import { openLiveLink, type LiveLink } from './live-link.js';
 import { fdWritesAvailable } from './fd-writer.js';
 import type { SendFrom } from './link-layout.js';
@@ -22,13 +23,7 @@ afterEach(async () => {
   destination = undefined;
 });
 
-function randomMemory(seed: number): SharedArrayBuffer {
-  const memory = new SharedArrayBuffer(PAGES * 4096);
-  const words = new Uint32Array(memory);
-  const rng = createRng(seed);
-  for (let i = 0; i < words.length; i++) words[i] = rng.nextU32();
-  return memory;
-}
+const randomMemory = (seed: number): SharedArrayBuffer => randomSharedMemory(PAGES * 4096, seed);
 
 async function open(
   memory: SharedArrayBuffer,
