@@ -2,7 +2,7 @@ import { createServer } from 'node:net';
 import { fdWritesAvailable } from '@dirtytrack/migration';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
-import { run, spawnServe } from './__fixtures__/run.js';
+import { run, spawnCliJob, spawnServe } from './__fixtures__/run.js';
 import { formatProgress, formatReceived, type MigrateResult } from './live.js';
 
 // dirtytrack serve / migrate over loopback: local mode (migrate spawns its own destination), the
@@ -220,6 +220,54 @@ describe('dirtytrack migrate --postcopy-after (local mode)', () => {
     },
     60_000,
   );
+});
+
+// Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group (the CLI leads
+// one here). The migration loop blocks its thread, so the CLI runs it in a worker and takes the
+// signal on the main thread. 64M at 16 MB/s with vCPUs writing at full speed: it cannot end alone.
+describe('Ctrl-C on dirtytrack migrate (local mode)', { timeout: 60_000 }, () => {
+  const ARGS = ['migrate', '--memory', '64M', '--rate', '0', '--max-bandwidth', '16M'];
+
+  it('the first cancels: cancelling → cancelled, exit 130, the destination failed (no EOF)', async () => {
+    const job = spawnCliJob(...ARGS);
+    await job.untilStderr(/status active at/, 30_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    job.signalGroup('SIGINT');
+    const r = await job.output;
+    expect(r.code).toBe(130);
+    expect(r.stderr).toMatch(
+      /^dirtytrack: SIGINT: cancelling the migration \(SIGINT again stops at once\)$/m,
+    );
+    expect(r.stderr).toMatch(/^status cancelling at [\d.]+ ms\nstatus cancelled at [\d.]+ ms$/m);
+    expect(r.stdout).toMatch(
+      /^cancelled in [\d.]+ ms, downtime - ms, \d+ bytes \(\d+ Mbit\/s\), \d+ syncs, verified false; the destination: failed \(main connection closed at byte \d+ before EOF\)\n$/,
+    );
+  });
+
+  it('a second stops at once (exit 130, no result), and the destination process goes too', async () => {
+    const job = spawnCliJob(...ARGS);
+    const [, pid] = await job.untilStderr(/\(local destination process (\d+)\)/, 30_000);
+    await job.untilStderr(/status active at/, 30_000);
+    job.signalGroup('SIGINT');
+    await job.untilStderr(/cancelling the migration/, 10_000);
+    job.signalGroup('SIGINT');
+    const r = await job.output;
+    expect(r.code).toBe(130);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^dirtytrack: SIGINT again: stopping at once$/m);
+    // Its stdin (a pipe from the CLI) closed with the CLI: it exits within moments.
+    const end = Date.now() + 10_000;
+    const alive = (): boolean => {
+      try {
+        process.kill(Number(pid), 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    while (alive() && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(alive()).toBe(false);
+  });
 });
 
 describe('bad input: exit 2, one line naming the flag', () => {

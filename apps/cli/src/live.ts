@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { Worker } from 'node:worker_threads';
 import {
   createRng,
   DirtytrackError,
@@ -24,6 +25,7 @@ import { createMmuTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
 import { cliCommand } from './cli-command.js';
+import { reviveError, type ErrorDescription } from './worker-errors.js';
 
 /** `HOST:PORT` (IPv4, a name, or `[v6]:PORT`), validated; port 0 only where `allowZero`. */
 export function parseHostPort(
@@ -238,8 +240,13 @@ export async function spawnLocalDestination(
   child: ChildProcess;
   result: Promise<ServeResult>;
 }> {
-  const child = spawn(process.execPath, localServeArgs(memory, hugePages), {
-    stdio: ['ignore', 'pipe', 'pipe'],
+  // A process group of its own: the terminal's Ctrl-C (sent to the foreground group) is for this
+  // process, which cancels the migration and then stops the destination. Its stdin is a pipe
+  // from this process, and `--parent-pipe` makes it exit when the pipe closes — when this
+  // process is gone, however it went.
+  const child = spawn(process.execPath, [...localServeArgs(memory, hugePages), '--parent-pipe'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
   });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (c: string) => {
@@ -348,8 +355,43 @@ export class MigrateFailed extends Error {
   override readonly name = 'MigrateFailed';
 }
 
-/** `dirtytrack migrate`: a live migration of a software guest, to `--to` or to a local destination. */
-export async function migrate(raw: MigrateRaw, log: (line: string) => void): Promise<MigrateResult> {
+/**
+ * `dirtytrack migrate`'s flags, validated (every bad one a one-line {@link UsageError}): what
+ * {@link runMigrate} needs, as plain data a worker thread can be handed.
+ */
+export interface MigratePlan {
+  to?: { host: string; port: number };
+  /** `--memory` as given (for the log line) and in bytes. */
+  memoryText: string;
+  memory: number;
+  vcpus: number;
+  rate: number;
+  seed: number;
+  channels: number;
+  maxBandwidth: number;
+  downtimeLimit: number;
+  timeLimit: number;
+  linkTimeoutMs: number;
+  afterFailureMs: number;
+  postcopyAfterMs?: number;
+  postcopyPreempt: boolean;
+  maxPostcopyBandwidth: number;
+  recoverEvery: number;
+  recoverAttempts: number;
+  dirtyRing?: number;
+  dirtyLimit?: number;
+  dirtyLimitPeriod: number;
+  autoConverge: boolean;
+  token?: string;
+  workload: LiveWorkload;
+  idle: boolean;
+  fill: Fill;
+  sendFrom: SendFrom;
+  hugePages: boolean;
+}
+
+/** Validates `dirtytrack migrate`'s flags (and reads `DIRTYTRACK_TOKEN`): nothing starts yet. */
+export function planMigrate(raw: MigrateRaw): MigratePlan {
   const to = raw.to === undefined ? undefined : parseHostPort('--to', raw.to, false);
   const memory = guestSize('--memory', raw.memory);
   const vcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
@@ -397,11 +439,64 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
     raw.workload === 'hot-set'
       ? { kind: 'hot-set', pages: Math.max(1, Math.floor(pages / 16)), share: 230 }
       : { kind: 'uniform' };
+  return {
+    ...(to === undefined ? {} : { to }),
+    memoryText: raw.memory,
+    memory,
+    vcpus,
+    rate,
+    seed,
+    channels,
+    maxBandwidth,
+    downtimeLimit,
+    timeLimit,
+    linkTimeoutMs,
+    afterFailureMs,
+    ...(postcopyAfterMs === undefined ? {} : { postcopyAfterMs }),
+    postcopyPreempt: raw.postcopyPreempt === true,
+    maxPostcopyBandwidth,
+    recoverEvery,
+    recoverAttempts,
+    ...(dirtyRing === undefined ? {} : { dirtyRing }),
+    ...(dirtyLimit === undefined ? {} : { dirtyLimit }),
+    dirtyLimitPeriod,
+    autoConverge: raw.autoConverge === true,
+    ...(token === undefined ? {} : { token }),
+    workload,
+    idle: raw.workload === 'idle',
+    fill: raw.fill,
+    sendFrom: raw.sendFrom,
+    hugePages: raw.hugePages,
+  };
+}
+
+/** What {@link runMigrate} reports while it runs, and what it asks. */
+export interface MigrateHooks {
+  /** A progress or status line. */
+  log: (line: string) => void;
+  /** Each status change (`setup`, `active`, …), as it happens. */
+  onStatus?: (status: string) => void;
+  /** Local mode: the destination process's pid, once it runs (to stop it on a hard exit). */
+  onDestination?: (pid: number) => void;
+  /** `migrate_cancel` when this returns true (polled once per round of the migration loop). */
+  cancelRequested?: () => boolean;
+}
+
+/**
+ * `dirtytrack migrate`: a live migration of a software guest, to `--to` or to a local destination.
+ * It blocks its thread while the migration runs (the migration loop is synchronous): the command
+ * runs it in a worker ({@link migrateInWorker}) so that Ctrl-C still reaches the main thread.
+ */
+export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promise<MigrateResult> {
+  const { to, memory, vcpus, rate, seed, channels, maxBandwidth, downtimeLimit, timeLimit } = plan;
+  const { linkTimeoutMs, afterFailureMs, postcopyAfterMs, maxPostcopyBandwidth, recoverEvery } = plan;
+  const { recoverAttempts, dirtyRing, dirtyLimit, dirtyLimitPeriod, token, workload } = plan;
+  const log = hooks.log;
 
   // Local mode: the destination starts (and preallocates its RAM) while this process fills and
   // boots its guest — the first touch of fresh RAM is slow on a VM. A whole 1G run here, four
   // alternating pairs: 3.2–3.3 s against 3.5–3.7 s one after the other (4.3 s in the first pair).
-  const spawning = to === undefined ? spawnLocalDestination(memory, raw.hugePages) : undefined;
+  const spawning = to === undefined ? spawnLocalDestination(memory, plan.hugePages) : undefined;
   spawning?.catch(() => {});
   let source: Awaited<ReturnType<typeof startLiveSource>>;
   try {
@@ -410,11 +505,11 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       vcpus,
       workload,
       rate,
-      idle: raw.workload === 'idle',
-      fill: raw.fill,
+      idle: plan.idle,
+      fill: plan.fill,
       seed,
       ...(dirtyRing === undefined ? {} : { dirtyRing }),
-      hugePages: raw.hugePages,
+      hugePages: plan.hugePages,
     });
   } catch (error) {
     void spawning?.then(
@@ -428,11 +523,14 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
     local = await spawning;
   } catch (error) {
     await source.guest.stop().catch(() => {});
-    throw error;
+    throw new MigrateFailed(
+      `the local destination did not start: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
   }
   const target = to ?? (local as NonNullable<typeof local>);
   log(
-    `migrating ${raw.memory} (${vcpus} vCPUs) to ${target.host}:${target.port}${local ? ' (local destination process)' : ''}…`,
+    `migrating ${plan.memoryText} (${vcpus} vCPUs) to ${target.host}:${target.port}${local ? ` (local destination process ${local.child.pid})` : ''}…`,
   );
   // Each vCPU's dirty rate per second of the migration (the migration thread calls onProgress
   // about once a second, from inside runPrecopy).
@@ -462,6 +560,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   let outcome: LiveMigrationOutcome;
   let afterFailure: NonNullable<MigrateResult['dirtytrack']['after-failure']> | undefined;
   let completed = false;
+  let cancelled = false;
   try {
     outcome = await runLiveMigration({
       host: target.host,
@@ -482,9 +581,9 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       },
       capabilities: {
         multifd: channels > 0,
-        'auto-converge': raw.autoConverge === true,
+        'auto-converge': plan.autoConverge,
         'postcopy-ram': postcopyAfterMs !== undefined,
-        'postcopy-preempt': raw.postcopyPreempt === true,
+        'postcopy-preempt': plan.postcopyPreempt,
         'dirty-limit': dirtyLimit !== undefined,
       },
       ...(postcopyAfterMs === undefined
@@ -499,10 +598,12 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       onProgress: progress,
       timeLimitNs: timeLimit * 1e9,
       linkTimeoutMs,
-      sendFrom: raw.sendFrom,
+      sendFrom: plan.sendFrom,
+      ...(hooks.cancelRequested === undefined ? {} : { cancelRequested: hooks.cancelRequested }),
       onStatus: (e) => {
         if (e.status === 'postcopy-active') vcpusRunHere = false;
         log(`status ${e.status} at ${e.time} ms`);
+        hooks.onStatus?.(e.status);
       },
     }).catch((error: unknown) => {
       // Failures before the first page (connect, handshake) come back as errors, not outcomes.
@@ -514,6 +615,7 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
       throw error;
     });
     completed = outcome.info.status === 'completed';
+    cancelled = outcome.info.status === 'cancelled';
     if (outcome.info.status === 'failed') {
       // QEMU resumes the source VM when a migration fails: show that this guest runs on.
       const atFailure = source.guest.stats().writes;
@@ -529,10 +631,16 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
   } finally {
     await source.guest.stop().catch(() => {});
     if (local !== undefined && local.child.exitCode === null) {
-      // A completed destination exits by itself once it has printed its result; one whose
-      // migration failed may still be waiting for a connection: stop it now.
-      if (!completed) local.child.kill();
-      else setTimeout(() => local.child.kill(), 10_000).unref();
+      // A completed destination exits by itself once it has printed its result, and so does one
+      // whose migration was cancelled (it sees the connection close: `failed` there, as in
+      // QEMU) — given a few seconds for it; one whose migration failed may still be waiting for
+      // a connection: stop it now.
+      if (completed || cancelled) {
+        const child = local.child;
+        const timer = setTimeout(() => child.kill(), completed ? 10_000 : 3000);
+        if (completed) timer.unref();
+        else await new Promise((resolve) => child.once('close', resolve)).finally(() => clearTimeout(timer));
+      } else local.child.kill();
     }
   }
   const guestStats = source.guest.stats();
@@ -564,6 +672,104 @@ export async function migrate(raw: MigrateRaw, log: (line: string) => void): Pro
           }),
     },
   };
+}
+
+/**
+ * A local destination's tie to its `migrate` process (which starts it in a process group of its
+ * own, out of the terminal's Ctrl-C): when the source is gone — exited, killed, crashed — its end
+ * of stdin closes and this process exits (1) instead of listening on for a migration that will
+ * never come.
+ */
+function watchParent(): void {
+  process.stdin.on('error', () => {});
+  process.stdin.once('close', () => process.exit(1));
+  process.stdin.resume();
+  // Reading stdin must not keep the process alive once its migration is over.
+  (process.stdin as { unref?: () => void }).unref?.();
+}
+
+/** What the migrate worker (migrate-worker.ts) tells the main thread. */
+export type MigrateWorkerMessage =
+  | { kind: 'log'; line: string }
+  | { kind: 'status'; status: string }
+  | { kind: 'result'; result: MigrateResult }
+  | { kind: 'error'; error: ErrorDescription };
+
+/** How a run of {@link migrateInWorker} ended. */
+export interface MigrateRun {
+  result: MigrateResult;
+  /** The signal that asked for the cancel (SIGINT, SIGTERM), if one did. */
+  signal?: NodeJS.Signals;
+}
+
+/**
+ * Runs {@link runMigrate} in a worker thread, keeping this (main) thread free for signals: the
+ * first SIGINT or SIGTERM sets the cancel word the migration loop polls — `migrate_cancel`:
+ * `cancelling → cancelled`, the source guest runs on, the destination sees the connection close
+ * — and a second one exits at once (128 + its number). A postcopy cannot be cancelled (QEMU
+ * neither: the guest runs on the destination); the first signal then only says so.
+ */
+export async function migrateInWorker(
+  plan: MigratePlan,
+  log: (line: string) => void,
+  notice: (line: string) => void,
+): Promise<MigrateRun> {
+  const cancel = new Int32Array(new SharedArrayBuffer(4));
+  let status = 'setup';
+  let signal: NodeJS.Signals | undefined;
+  const onSignal = (s: NodeJS.Signals): void => {
+    if (signal !== undefined) {
+      notice(`${s} again: stopping at once`);
+      process.exit(128 + (s === 'SIGINT' ? 2 : 15));
+    }
+    signal = s;
+    if (status.startsWith('postcopy')) {
+      notice(
+        `${s}: a postcopy cannot be cancelled (the guest runs on the destination); ${s} again stops at once`,
+      );
+      return;
+    }
+    Atomics.store(cancel, 0, 1);
+    notice(`${s}: cancelling the migration (${s} again stops at once)`);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const worker = startCliWorker('migrate-worker', { plan, cancel });
+  try {
+    const result = await new Promise<MigrateResult>((resolve, reject) => {
+      worker.on('message', (m: MigrateWorkerMessage) => {
+        if (m.kind === 'log') log(m.line);
+        else if (m.kind === 'status') status = m.status;
+        else if (m.kind === 'result') resolve(m.result);
+        else reject(reviveError(m.error, { MigrateFailed }));
+      });
+      worker.once('error', reject);
+      worker.once('exit', (code) =>
+        reject(new Error(`the migration's worker thread exited (${code}) without a result`)),
+      );
+    });
+    return { result, ...(signal === undefined ? {} : { signal }) };
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await worker.terminate();
+  }
+}
+
+/**
+ * Starts one of this package's worker entries: `dist/<name>.js` from the build; from the sources
+ * (tests, tsx) `src/<name>.ts` through tsx, with sibling packages resolved to their src/.
+ */
+function startCliWorker(name: string, workerData: unknown): Worker {
+  const here = import.meta.url;
+  // (tsx's tsImport adds a query to the URL: look at the path.)
+  if (!new URL(here).pathname.endsWith('.ts'))
+    return new Worker(new URL(`./${name}.js`, here), { workerData });
+  const entry = new URL(`./${name}.ts`, here);
+  return new Worker(
+    `import('tsx/esm/api').then((api) => { api.register(); return import(${JSON.stringify(entry.href)}); })`,
+    { eval: true, workerData, execArgv: [...process.execArgv, '--conditions=@dirtytrack/source'] },
+  );
 }
 
 /** A guest RAM size: a whole number of MiB in [1M, 16G]. */
@@ -646,6 +852,12 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       '2',
     )
     .option('--json', 'print each migration’s result as one JSON object on stdout')
+    .addOption(
+      new Option(
+        '--parent-pipe',
+        'local mode’s destination (migrate starts it): exit when stdin closes',
+      ).hideHelp(),
+    )
     .action(
       async (raw: {
         listen: string;
@@ -656,7 +868,9 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         vcpus: string;
         hugePages: boolean;
         json?: boolean;
+        parentPipe?: boolean;
       }) => {
+        if (raw.parentPipe === true) watchParent();
         const { host, port } = parseHostPort('--listen', raw.listen, true);
         const runAfter = intFlag('--run-after', raw.runAfter, 0, 3_600_000);
         const runVcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
@@ -874,18 +1088,27 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .option('--token <secret>', 'the destination’s shared secret (or DIRTYTRACK_TOKEN)')
     .option('--json', 'print the result as one JSON object on stdout (query-migrate names)')
     .action(async (raw: MigrateRaw) => {
-      let result: MigrateResult;
+      const plan = planMigrate(raw);
+      let run: MigrateRun;
       try {
-        result = await migrate(raw, (line) => {
-          if (io.progress || raw.json !== true) io.stderr(line + '\n');
-        });
+        run = await migrateInWorker(
+          plan,
+          (line) => {
+            if (io.progress || raw.json !== true) io.stderr(line + '\n');
+          },
+          (line) => io.stderr(`dirtytrack: ${line}\n`),
+        );
       } catch (error) {
         if (!(error instanceof MigrateFailed)) throw error;
         io.stderr(`dirtytrack: ${error.message}\n`);
         setCode(1);
         return;
       }
-      if (result.status !== 'completed' || !result.verified) setCode(1);
+      const { result, signal } = run;
+      // Cancelled on a signal: the shell's convention for it, 128 + its number.
+      if (result.status === 'cancelled' && signal !== undefined)
+        setCode(128 + (signal === 'SIGINT' ? 2 : 15));
+      else if (result.status !== 'completed' || !result.verified) setCode(1);
       io.stdout(
         raw.json === true
           ? JSON.stringify(result, null, 2) + '\n'
@@ -897,9 +1120,18 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 : `; the source guest ran on: ${result.dirtytrack['after-failure']['guest-writes-at-failure']} → ` +
                   `${result.dirtytrack['after-failure']['guest-writes']} writes in ${result.dirtytrack['after-failure'].ms} ms`) +
               dirtyLimitSummary(result.dirtytrack['dirty-limit']) +
+              destinationSummary(result) +
               '\n',
       );
     });
+}
+
+/** `; the destination: failed (why)` when a local destination did not complete, or ''. */
+function destinationSummary(result: MigrateResult): string {
+  const d = result.dirtytrack.destination;
+  if (d === undefined || d.status === 'completed') return '';
+  const why = d.error?.message.replace(/^\[dirtytrack\] \[[^\]]*\] /, '');
+  return `; the destination: ${d.status}${why === undefined ? '' : ` (${why})`}`;
 }
 
 /** `; dirty-limit 8 MB/s: vCPU dirty rates 80/79 → 9/8 MB/s` (the first and last second), or ''. */

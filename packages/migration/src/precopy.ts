@@ -136,6 +136,13 @@ export interface PrecopyOptions {
   lockedMemory?: number;
   /** `migrate_cancel` at this migration time (ns since the start); no effect once finished. */
   cancelAtNs?: number;
+  /**
+   * `migrate_cancel` when this returns true (a user's Ctrl-C, a flag another thread sets): asked
+   * once per round of the migration loop, as `cancelAtNs` is compared — so the cancel is taken
+   * within one rate-limit window (100 ms) of it. Not asked once postcopy has started (QEMU cannot
+   * cancel a postcopy: the guest already runs on the destination).
+   */
+  cancelRequested?: () => boolean;
   /** `migrate-start-postcopy` at this migration time (ns since the start); needs `postcopy-ram`. */
   startPostcopyAtNs?: number;
   /**
@@ -1344,7 +1351,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         }
         break;
       }
-      if (now >= cancelAt) {
+      if (now >= cancelAt || options.cancelRequested?.() === true) {
         setStatus('cancelling');
         finish();
         setStatus('cancelled');

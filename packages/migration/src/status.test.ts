@@ -55,6 +55,23 @@ describe('status paths (qemu.md conformance check 3)', () => {
     expect(engine.running).toBe(true);
   });
 
+  it('a cancel requested by a flag (cancelRequested, polled once per round) is taken at the next round', () => {
+    let asked = 0;
+    const { events, info, stopReason, engine } = migrate({
+      ...IDLE,
+      rate: 4096 * 1000,
+      precopy: { cancelRequested: () => ++asked === 3, parameters: { 'max-bandwidth': 100e6 } },
+    });
+    expect(events.map((e) => e.status)).toEqual(['setup', 'active', 'cancelling', 'cancelled']);
+    // Active at 0.034 ms (setup's sync); asked then and 100 ms later (a 10 MB window each), true
+    // at the third round, 200 ms after active: the pages of two windows went.
+    expect(asked).toBe(3);
+    expect(events.map((e) => e.time)).toEqual([0, 0.034, 200.034, 200.034]);
+    expect(stopReason).toBe('cancelled');
+    expect(info.ram.transferred).toBe(2 * 2437 * 4104);
+    expect(engine.running).toBe(true);
+  });
+
   it('a cancel after completion, or never reached, has no effect', () => {
     const plain = migrate(IDLE);
     const late = migrate({ ...IDLE, precopy: { cancelAtNs: 10 * NS_PER_S } });

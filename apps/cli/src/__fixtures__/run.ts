@@ -61,6 +61,46 @@ export function spawnCli(...argv: string[]): Promise<RunResult> {
   });
 }
 
+/**
+ * `dirtytrack …argv` as a real process (from the sources, like {@link spawnCli}) leading a process
+ * group of its own, as a shell runs a foreground job: `signalGroup` then signals the whole group,
+ * as a terminal's Ctrl-C does. `untilStderr` resolves once stderr matches (or rejects after `ms`).
+ */
+export function spawnCliJob(...argv: string[]): {
+  child: ChildProcessWithoutNullStreams;
+  untilStderr: (pattern: RegExp, ms: number) => Promise<RegExpExecArray>;
+  signalGroup: (signal: NodeJS.Signals) => void;
+  output: Promise<RunResult>;
+} {
+  const child = spawn(
+    process.execPath,
+    ['--conditions=@dirtytrack/source', '--import', 'tsx', 'src/bin.ts', ...argv],
+    { cwd: CLI_DIR, stdio: ['pipe', 'pipe', 'pipe'], detached: true },
+  );
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  const output = new Promise<RunResult>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+  const untilStderr = async (pattern: RegExp, ms: number): Promise<RegExpExecArray> => {
+    const end = Date.now() + ms;
+    for (;;) {
+      const m = pattern.exec(stderr);
+      if (m !== null) return m;
+      if (Date.now() > end || child.exitCode !== null)
+        throw new Error(`stderr never matched ${pattern} (exit ${child.exitCode}): ${stderr}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  };
+  const signalGroup = (signal: NodeJS.Signals): void => {
+    process.kill(-(child.pid as number), signal);
+  };
+  return { child, untilStderr, signalGroup, output };
+}
+
 /** The shape of `simulate --json` (QEMU's query-migrate names plus dirtytrack's section). */
 export type SimulateJson = MigrationInfo & Pick<SimulateResult, 'dirtytrack'>;
 

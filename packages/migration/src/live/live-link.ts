@@ -140,8 +140,13 @@ export interface LiveLink {
   dataOf(word: number, mask: number): number;
   /** After a completed run: every page's hash to the destination, which compares its copy. */
   verify(): Promise<VerifyResult>;
-  /** Sends EOF and closes every connection (after `verify`), or drops them (after a failure). */
-  close(): Promise<void>;
+  /**
+   * Sends EOF and closes every connection (after `verify`), or drops them: after a failure, or
+   * with `abort` — a migration that did not complete (cancelled, stopped at its time limit) must
+   * not send the EOF that tells the destination it has the whole guest (QEMU only sends
+   * `QEMU_VM_EOF` at completion, and shuts the socket down on a cancel: `failed` there).
+   */
+  close(options?: { abort?: boolean }): Promise<void>;
   stats(): LiveLinkStats;
   /** Why the link failed, if it did. */
   readonly failure: string | undefined;
@@ -526,10 +531,10 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
       }
       return { pages: r.pages, mismatched: r.mismatched, firstMismatch: r.firstMismatch };
     },
-    async close() {
+    async close(closeOptions) {
       if (closed) return;
       closed = true;
-      if (failure() === undefined) {
+      if (failure() === undefined && closeOptions?.abort !== true) {
         worker.postMessage({ kind: 'finish' } satisfies SenderRequest);
         const r = await next();
         if (r.kind === 'failed') {

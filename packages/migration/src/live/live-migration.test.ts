@@ -190,6 +190,42 @@ describe(`live migration over loopback TCP (seed ${SEED})`, { timeout: 180_000 }
     expect(outcome.info.verified).toBe(false);
     await expectGuestRunsOn();
   });
+
+  it('cancelled by a shared flag mid-precopy: cancelling → cancelled, no EOF (the destination fails), the source runs on', async () => {
+    // The word another thread (the CLI's main thread, on Ctrl-C) sets; set here once 4 MB went.
+    const flag = new Int32Array(new SharedArrayBuffer(4));
+    const statuses: string[] = [];
+    const { outcome, destinationResult } = await migrate({
+      parameters: { 'max-bandwidth': 8e6 },
+      cancelRequested: () => Atomics.load(flag, 0) === 1,
+      onProgress: (p) => {
+        if (p.transferred > 4e6) Atomics.store(flag, 0, 1);
+      },
+      onStatus: (e) => statuses.push(e.status),
+    });
+    expect(statuses).toEqual(['setup', 'active', 'cancelling', 'cancelled']);
+    expect(outcome.info.status).toBe('cancelled');
+    expect(outcome.info.verified).toBe(false);
+    expect(outcome.info.ram.transferred).toBeGreaterThan(4e6);
+    expect(outcome.info.ram.transferred).toBeLessThan(PAGES * 4096);
+    // QEMU: cancelled at the source, failed at the destination (qemu.md conformance check 3).
+    const result = await destinationResult;
+    expect(result.status).toBe('failed');
+    expect(result.error?.message).toMatch(/closed at byte \d+ before EOF/);
+    await expectGuestRunsOn();
+  });
+
+  it('stopped at its time limit (status active): no EOF either, so the destination does not claim the guest', async () => {
+    const { outcome, destinationResult } = await migrate({
+      parameters: { 'max-bandwidth': 8e6 },
+      timeLimitNs: 1e9,
+    });
+    expect(outcome.info.status).toBe('active');
+    expect(outcome.info.verified).toBe(false);
+    const result = await destinationResult;
+    expect(result.status).toBe('failed');
+    expect(result.error?.message).toMatch(/before EOF/);
+  });
 });
 
 describe(`live auto-converge (seed ${SEED})`, () => {

@@ -56,6 +56,12 @@ export interface LiveMigrationOptions {
   pipelined?: boolean;
   /** `migrate_cancel` after this long (ns). */
   cancelAtNs?: number;
+  /**
+   * `migrate_cancel` once this returns true — e.g. a word of a `SharedArrayBuffer` that another
+   * thread sets on Ctrl-C (this thread is blocked in the migration loop and sees no signals).
+   * Asked once per round (≤ 100 ms apart while pages flow); not after a switch to postcopy.
+   */
+  cancelRequested?: () => boolean;
   /** `migrate-start-postcopy` after this long (ns); needs capability `postcopy-ram`. */
   startPostcopyAtNs?: number;
   /**
@@ -164,6 +170,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
       ...(options.throttle === undefined ? {} : { throttle: options.throttle }),
       ...(options.dirtyRing === undefined ? {} : { dirtyRing: { entries: options.dirtyRing.entries } }),
       ...(options.cancelAtNs === undefined ? {} : { cancelAtNs: options.cancelAtNs }),
+      ...(options.cancelRequested === undefined ? {} : { cancelRequested: options.cancelRequested }),
       ...(caps['postcopy-ram']
         ? {
             startPostcopyAtNs: options.startPostcopyAtNs as number,
@@ -191,7 +198,8 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     }
   }
   const linkStats = live.stats();
-  await live.close();
+  // Only a completed migration ends with EOF; any other drops the connections (destination: failed).
+  await live.close({ abort: outcome.info.status !== 'completed' });
   const verified = verify !== undefined && verify.pages === pages && verify.mismatched === 0;
   return {
     ...outcome,
