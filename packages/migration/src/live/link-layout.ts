@@ -85,6 +85,8 @@ export interface SenderData {
   readonly bitmap: SharedArrayBuffer;
   /** Where page bytes are written from (see {@link SendFrom}). */
   readonly sendFrom: SendFrom;
+  /** False: never write through koffi's `writev`, even where it loads (OpenLiveLinkOptions.fdWrites). */
+  readonly fdWrites: boolean;
 }
 
 /**

@@ -31,6 +31,7 @@ async function open(
   bandwidth?: number,
   sendFrom?: SendFrom,
   pipelined?: boolean,
+  fdWrites?: boolean,
 ): Promise<LiveLink> {
   destination = await startDestinationThread(new SharedArrayBuffer(memory.byteLength));
   link = await openLiveLink({
@@ -42,6 +43,7 @@ async function open(
     ...(bandwidth === undefined ? {} : { bandwidth }),
     ...(sendFrom === undefined ? {} : { sendFrom }),
     ...(pipelined === undefined ? {} : { pipelined }),
+    ...(fdWrites === undefined ? {} : { fdWrites }),
   });
   link.sink.begin({ multifd: false, channels: 0, zeroPages: 'record' });
   return link;
@@ -128,12 +130,19 @@ describe('live link', { timeout: 60_000 }, () => {
     expect(await each.verify()).toEqual({ pages: PAGES, mismatched: 0, firstMismatch: -1 });
   });
 
-  it.each(['staging', 'guest-memory', 'auto'] as const)(
-    'puts exact bytes on the main connection and the destination verifies every page (sending from %s)',
-    async (sendFrom) => {
+  // fdWrites false: the path of a machine where koffi cannot load (Node's stream), taken here too.
+  it.each([
+    ['staging', true],
+    ['guest-memory', true],
+    ['auto', true],
+    ['guest-memory', false],
+    ['auto', false],
+  ] as const)(
+    'puts exact bytes on the main connection and the destination verifies every page (sending from %s, fdWrites %s)',
+    async (sendFrom, fdWrites) => {
       const memory = randomMemory(10);
-      const l = await open(memory, createRealClock(), undefined, sendFrom);
-      const direct = sendFrom !== 'staging' && fdWritesAvailable();
+      const l = await open(memory, createRealClock(), undefined, sendFrom, undefined, fdWrites);
+      const direct = sendFrom !== 'staging' && fdWrites && fdWritesAvailable();
       const staged = sendFrom === 'staging' || (sendFrom === 'auto' && !direct);
       const setup =
         encodeSection(VM_ITEM.SECTION_START).length + encodeMemSize(memory.byteLength).length + EOS;

@@ -61,6 +61,13 @@ export interface LiveLinkOptions {
    */
   sendFrom?: SendFrom;
   /**
+   * Whether the sender may write through `writev` (koffi) where it loads. Default true; false
+   * takes the path of a machine where koffi cannot load — page records and multifd packets as
+   * views of guest memory through Node's stream, or records staged with `auto` — to test or
+   * compare it on Linux.
+   */
+  fdWrites?: boolean;
+  /**
    * `transmit` returns once the batch is queued behind the one still draining (the migration
    * thread prepares the next batch meanwhile); `settle` waits for both. Batches that stop or
    * switch the guest (COMPLETE, postcopy) always wait until they have left. Default true.
@@ -203,6 +210,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     requests,
     bitmap,
     sendFrom: options.sendFrom ?? 'auto',
+    fdWrites: options.fdWrites !== false,
   };
   let replies: SenderReply[] = [];
   let waiter: ((r: SenderReply) => void) | undefined;

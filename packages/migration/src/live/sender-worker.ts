@@ -200,7 +200,7 @@ function stagingBuffer(): Uint8Array {
  * for or koffi cannot load here; then `auto` stages page records and writes multifd packets as
  * views of guest memory through Node's stream ({@link SendFrom}).
  */
-const directWrites = data.sendFrom !== 'staging' && fdWritesAvailable();
+const directWrites = data.sendFrom !== 'staging' && data.fdWrites && fdWritesAvailable();
 const stageRecords = data.sendFrom === 'staging' || (data.sendFrom === 'auto' && !directWrites);
 const stagePackets = data.sendFrom === 'staging';
 if (stageRecords || stagePackets) {
