@@ -128,3 +128,4 @@ export {
   type ReturnDecoderOptions,
   type VerifyResult as WireVerifyResult,
 } from './live/wire.js';
+export { pageHashKernel } from './live/page-hash.js';

@@ -676,12 +676,16 @@ describe('pageHashes', () => {
     expect(Array.from(a)).toEqual(Array.from(out.subarray(0, 2)));
   });
 
-  it('hashes five distinct pages to the values frozen before it hashed four at a time', () => {
-    const memory = new SharedArrayBuffer(5 * PAGE);
+  it('hashes five distinct pages to the values frozen before it hashed four at a time (in JS, and in WebAssembly in a run of 16)', () => {
+    const memory = new SharedArrayBuffer(16 * PAGE);
     const words = new Uint32Array(memory);
     for (let i = 0; i < words.length; i++) words[i] = Math.imul(i + 1, 2654435761);
-    const out = new Uint32Array(10);
-    pageHashes(memory, 0, 5, out);
+    const alone = new Uint32Array(10); // five pages: under a run of 8, all in JS
+    pageHashes(memory, 0, 5, alone);
+    const run = new Uint32Array(32); // sixteen: two runs of 8 through the kernel
+    pageHashes(memory, 0, 16, run);
+    expect(Array.from(run.subarray(0, 10))).toEqual(Array.from(alone));
+    const out = alone;
     expect(Array.from(out, (w) => w.toString(16).padStart(8, '0'))).toEqual([
       '0a8121aa',
       'ed03b14a',

@@ -1,5 +1,6 @@
 /**
- * A quick measurement of the wire codec (not a test): `pageHashes` over 1 GiB and the main and
+ * A quick measurement of the wire codec (not a test): `pageHashes` over 1 GiB (WebAssembly and
+ * JS) and the main and
  * multifd decoders over 256 MiB of page records in 64 KiB socket-sized Buffer chunks, copying
  * each page into destination memory as `createDestination` does. Prints one line per figure,
  * best of 3. Run from the repository root:
@@ -13,11 +14,13 @@ import {
   encodeMemSize,
   encodeSection,
   pageHashes,
+  pageHashesJs,
   RAM_FLAG,
   VM_ITEM,
   writeMultifdHeader,
   writeRamHeader,
 } from '../wire.js';
+import { pageHashKernel } from '../page-hash.js';
 
 const PAGE = 4096;
 const GiB = 2 ** 30;
@@ -40,7 +43,8 @@ function best(label: string, bytes: number, run: () => void): void {
   const words = new Uint32Array(memory);
   for (let i = 0; i < words.length; i += 97) words[i] = i;
   const out = new Uint32Array(2 * (GiB / PAGE));
-  best('pageHashes, 1 GiB', GiB, () => pageHashes(memory, 0, GiB / PAGE, out));
+  best(`pageHashes (${pageHashKernel()}), 1 GiB`, GiB, () => pageHashes(memory, 0, GiB / PAGE, out));
+  best('pageHashesJs, 1 GiB', GiB, () => pageHashesJs(memory, 0, GiB / PAGE, out));
 }
 
 const RAM = 256 * 2 ** 20;
