@@ -3,7 +3,7 @@ import { fdWritesAvailable } from '@dirtytrack/migration';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run, spawnCliJob, spawnServe } from './__fixtures__/run.js';
-import { formatProgress, formatReceived, type MigrateResult } from './live.js';
+import { availableMemory, fitsInMemory, formatProgress, formatReceived, type MigrateResult } from './live.js';
 
 // dirtytrack serve / migrate over loopback: local mode (migrate spawns its own destination), the
 // one-line usage errors, and the failures that happen before the first page.
@@ -267,6 +267,43 @@ describe('Ctrl-C on dirtytrack migrate (local mode)', { timeout: 60_000 }, () =>
     };
     while (alive() && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 50));
     expect(alive()).toBe(false);
+  });
+});
+
+describe('a guest that does not fit in this machine’s RAM is refused before anything is allocated', () => {
+  const GiB = 2 ** 30;
+
+  it('local mode counts it twice (the destination process holds a copy), each with a 256 MiB margin', () => {
+    // 8G twice plus two margins: 16.5 GiB.
+    expect(fitsInMemory('--memory', '8G', 2, 16.5 * GiB)).toBe(8 * GiB);
+    expect(() => fitsInMemory('--memory', '8G', 2, 16.5 * GiB - 1)).toThrow(
+      '--memory: 8G needs ~16.5 GiB of RAM (the guest here and its copy in the local destination process), but this machine has 16.5 GiB available (MemAvailable)',
+    );
+    // With --to (and in serve) once: 8.25 GiB.
+    expect(fitsInMemory('--memory', '8G', 1, 8.25 * GiB)).toBe(8 * GiB);
+    expect(() => fitsInMemory('--memory', '8G', 1, 8 * GiB)).toThrow(
+      '--memory: 8G needs ~8.3 GiB of RAM, but this machine has 8.0 GiB available (MemAvailable)',
+    );
+  });
+
+  it('reads MemAvailable here: a positive whole number of bytes, at most the machine’s RAM', async () => {
+    const { totalmem } = await import('node:os');
+    const available = availableMemory();
+    expect(Number.isSafeInteger(available) && available > 0).toBe(true);
+    expect(available).toBeLessThanOrEqual(totalmem());
+  });
+
+  it('migrate --memory 16G on a machine with less than 32.5 GiB available: exit 2, one line, nothing started', async (ctx) => {
+    if (availableMemory() >= 32.5 * GiB) {
+      console.log('skipped: this machine has room for 16G twice; the refusal cannot be shown here');
+      ctx.skip();
+    }
+    const r = await run('migrate', '--memory', '16G');
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(
+      /^dirtytrack: --memory: 16G needs ~32\.5 GiB of RAM \(the guest here and its copy in the local destination process\), but this machine has [\d.]+ GiB available \(MemAvailable\)\n$/,
+    );
   });
 });
 

@@ -1,4 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { freemem } from 'node:os';
 import { createInterface } from 'node:readline';
 import { Worker } from 'node:worker_threads';
 import {
@@ -391,9 +393,10 @@ export interface MigratePlan {
 }
 
 /** Validates `dirtytrack migrate`'s flags (and reads `DIRTYTRACK_TOKEN`): nothing starts yet. */
-export function planMigrate(raw: MigrateRaw): MigratePlan {
+export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory()): MigratePlan {
   const to = raw.to === undefined ? undefined : parseHostPort('--to', raw.to, false);
-  const memory = guestSize('--memory', raw.memory);
+  // Local mode holds the guest twice: here and in the destination process.
+  const memory = fitsInMemory('--memory', raw.memory, to === undefined ? 2 : 1, availableBytes);
   const vcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
   const rate = intFlag('--rate', raw.rate, 0, 100_000_000);
   const seed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
@@ -772,6 +775,42 @@ function startCliWorker(name: string, workerData: unknown): Worker {
   );
 }
 
+/** What a process needs beyond guest RAM (Node, its workers, buffers): a margin, not a measurement. */
+const PROCESS_HEADROOM = 256 * 2 ** 20;
+
+/**
+ * Bytes this machine can still give processes without swapping: `MemAvailable` from
+ * /proc/meminfo (Linux), else `os.freemem()`.
+ */
+export function availableMemory(): number {
+  try {
+    const m = /^MemAvailable:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+    if (m !== null) return Number(m[1]) * 1024;
+  } catch {
+    // not Linux
+  }
+  return freemem();
+}
+
+/**
+ * The guest size of `flag` (`value`), once it is known to fit `copies` times (plus a margin per
+ * process) in `availableBytes`; else a one-line {@link UsageError} — before anything is
+ * allocated, instead of the kernel's OOM killer ending one of the processes midway.
+ */
+export function fitsInMemory(flag: string, value: string, copies: 1 | 2, availableBytes: number): number {
+  const memory = guestSize(flag, value);
+  const need = copies * (memory + PROCESS_HEADROOM);
+  if (need > availableBytes) {
+    const gib = (n: number): string => `${(n / 2 ** 30).toFixed(1)} GiB`;
+    throw new UsageError(
+      flag,
+      `${value} needs ~${gib(need)} of RAM${copies === 2 ? ' (the guest here and its copy in the local destination process)' : ''}, ` +
+        `but this machine has ${gib(availableBytes)} available (MemAvailable)`,
+    );
+  }
+  return memory;
+}
+
 /** A guest RAM size: a whole number of MiB in [1M, 16G]. */
 function guestSize(flag: string, value: string): number {
   let memory: number;
@@ -878,7 +917,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         const prealloc =
           raw.memory === undefined
             ? undefined
-            : preallocate(guestSize('--memory', raw.memory), raw.hugePages);
+            : preallocate(fitsInMemory('--memory', raw.memory, 1, availableMemory()), raw.hugePages);
         const memory = prealloc?.memory;
         // Whether the RAM of the (last) migration is on huge pages: known once it is allocated.
         let hugePages = prealloc?.hugePages;
