@@ -479,8 +479,6 @@ export interface MigrateHooks {
   log: (line: string) => void;
   /** Each status change (`setup`, `active`, …), as it happens. */
   onStatus?: (status: string) => void;
-  /** Local mode: the destination process's pid, once it runs (to stop it on a hard exit). */
-  onDestination?: (pid: number) => void;
   /** `migrate_cancel` when this returns true (polled once per round of the migration loop). */
   cancelRequested?: () => boolean;
 }
