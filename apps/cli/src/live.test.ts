@@ -244,6 +244,22 @@ describe('Ctrl-C on dirtytrack migrate (local mode)', { timeout: 60_000 }, () =>
     );
   });
 
+  it('before the first page (the destination still allocating 1G): one line, exit 130, nothing started stays', async () => {
+    const job = spawnCliJob('migrate', '--memory', '1G', '--workload', 'idle', '--fill', 'zero');
+    // The local destination exists once the migration's worker runs (the handler is in place):
+    // it then needs seconds to touch its 1 GiB before it listens.
+    const child = await childOf(job.child.pid as number, /\bserve\b/, 30_000);
+    job.signalGroup('SIGINT');
+    const r = await job.output;
+    expect(r.code).toBe(130);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(
+      'dirtytrack: SIGINT: cancelling the migration (SIGINT again stops at once)\n' +
+        'dirtytrack: cancelled before the migration started\n',
+    );
+    await expectGone(child, 10_000);
+  });
+
   it('a second stops at once (exit 130, no result), and the destination process goes too', async () => {
     const job = spawnCliJob(...ARGS);
     const [, pid] = await job.untilStderr(/\(local destination process (\d+)\)/, 30_000);
@@ -256,19 +272,48 @@ describe('Ctrl-C on dirtytrack migrate (local mode)', { timeout: 60_000 }, () =>
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(/^dirtytrack: SIGINT again: stopping at once$/m);
     // Its stdin (a pipe from the CLI) closed with the CLI: it exits within moments.
-    const end = Date.now() + 10_000;
-    const alive = (): boolean => {
-      try {
-        process.kill(Number(pid), 0);
-        return true;
-      } catch {
-        return false;
-      }
-    };
-    while (alive() && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(alive()).toBe(false);
+    await expectGone(Number(pid), 10_000);
   });
 });
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** Waits (at most `ms`) for process `pid` to be gone. */
+async function expectGone(pid: number, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (alive(pid) && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 50));
+  expect(alive(pid)).toBe(false);
+}
+
+/** The pid of a child of `parent` whose command line matches `pattern` (polled /proc, at most `ms`). */
+async function childOf(parent: number, pattern: RegExp, ms: number): Promise<number> {
+  const { readdirSync, readFileSync } = await import('node:fs');
+  const end = Date.now() + ms;
+  for (;;) {
+    for (const name of readdirSync('/proc')) {
+      if (!/^\d+$/.test(name)) continue;
+      try {
+        // stat: "pid (comm) state ppid …" — comm may hold spaces, so read after the last ')'.
+        const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+        if (ppid !== parent) continue;
+        if (pattern.test(readFileSync(`/proc/${name}/cmdline`, 'utf8').replaceAll('\0', ' ')))
+          return Number(name);
+      } catch {
+        // gone meanwhile
+      }
+    }
+    if (Date.now() > end) throw new Error(`no child of ${parent} matching ${pattern} within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
 
 describe('a guest that does not fit in this machine’s RAM is refused before anything is allocated', () => {
   const GiB = 2 ** 30;

@@ -354,7 +354,16 @@ export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'traje
  * and exit code 1, not an internal error with a stack.
  */
 export class MigrateFailed extends Error {
-  override readonly name = 'MigrateFailed';
+  override readonly name: string = 'MigrateFailed';
+}
+
+/**
+ * Cancelled before the first page, while the guest booted or the local destination allocated its
+ * RAM (seconds for a big guest): nothing was migrated, so there is no result — one line, and the
+ * signal's exit code.
+ */
+export class MigrateCancelled extends MigrateFailed {
+  override readonly name = 'MigrateCancelled';
 }
 
 /**
@@ -521,9 +530,15 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
   }
   let local: Awaited<NonNullable<typeof spawning>> | undefined;
   try {
-    local = await spawning;
+    // (Checked at once, then while the destination still allocates its RAM.)
+    local = await untilCancelled(spawning, hooks.cancelRequested);
   } catch (error) {
     await source.guest.stop().catch(() => {});
+    void spawning?.then(
+      (l) => l.child.kill(),
+      () => {},
+    );
+    if (error instanceof MigrateCancelled) throw error;
     throw new MigrateFailed(
       `the local destination did not start: ${error instanceof Error ? error.message : String(error)}`,
       { cause: error },
@@ -689,6 +704,32 @@ function watchParent(): void {
   (process.stdin as { unref?: () => void }).unref?.();
 }
 
+/**
+ * `promise`, unless `cancelRequested` turns true first (polled every 50 ms, and once before):
+ * then a {@link MigrateCancelled}. Without a promise, only that check.
+ */
+async function untilCancelled<T>(
+  promise: Promise<T> | undefined,
+  cancelRequested: (() => boolean) | undefined,
+): Promise<T | undefined> {
+  const cancelled = new MigrateCancelled('cancelled before the migration started');
+  if (cancelRequested?.() === true) throw cancelled;
+  if (promise === undefined || cancelRequested === undefined) return promise;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setInterval(() => {
+          if (cancelRequested()) reject(cancelled);
+        }, 50);
+      }),
+    ]);
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 /** What the migrate worker (migrate-worker.ts) tells the main thread. */
 export type MigrateWorkerMessage =
   | { kind: 'log'; line: string }
@@ -696,11 +737,9 @@ export type MigrateWorkerMessage =
   | { kind: 'result'; result: MigrateResult }
   | { kind: 'error'; error: ErrorDescription };
 
-/** How a run of {@link migrateInWorker} ended. */
-export interface MigrateRun {
-  result: MigrateResult;
-  /** The signal that asked for the cancel (SIGINT, SIGTERM), if one did. */
-  signal?: NodeJS.Signals;
+/** The exit code of a command a signal stopped: 128 + its number, the shell's convention. */
+export function signalExitCode(signal: NodeJS.Signals): number {
+  return 128 + (signal === 'SIGINT' ? 2 : 15);
 }
 
 /**
@@ -714,16 +753,16 @@ export async function migrateInWorker(
   plan: MigratePlan,
   log: (line: string) => void,
   notice: (line: string) => void,
-): Promise<MigrateRun> {
+  signals: { signal?: NodeJS.Signals } = {},
+): Promise<MigrateResult> {
   const cancel = new Int32Array(new SharedArrayBuffer(4));
   let status = 'setup';
-  let signal: NodeJS.Signals | undefined;
   const onSignal = (s: NodeJS.Signals): void => {
-    if (signal !== undefined) {
+    if (signals.signal !== undefined) {
       notice(`${s} again: stopping at once`);
-      process.exit(128 + (s === 'SIGINT' ? 2 : 15));
+      process.exit(signalExitCode(s));
     }
-    signal = s;
+    signals.signal = s;
     if (status.startsWith('postcopy')) {
       notice(
         `${s}: a postcopy cannot be cancelled (the guest runs on the destination); ${s} again stops at once`,
@@ -737,19 +776,18 @@ export async function migrateInWorker(
   process.on('SIGTERM', onSignal);
   const worker = startCliWorker('migrate-worker', { plan, cancel });
   try {
-    const result = await new Promise<MigrateResult>((resolve, reject) => {
+    return await new Promise<MigrateResult>((resolve, reject) => {
       worker.on('message', (m: MigrateWorkerMessage) => {
         if (m.kind === 'log') log(m.line);
         else if (m.kind === 'status') status = m.status;
         else if (m.kind === 'result') resolve(m.result);
-        else reject(reviveError(m.error, { MigrateFailed }));
+        else reject(reviveError(m.error, { MigrateFailed, MigrateCancelled }));
       });
       worker.once('error', reject);
       worker.once('exit', (code) =>
         reject(new Error(`the migration's worker thread exited (${code}) without a result`)),
       );
     });
-    return { result, ...(signal === undefined ? {} : { signal }) };
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -1126,25 +1164,26 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .option('--json', 'print the result as one JSON object on stdout (query-migrate names)')
     .action(async (raw: MigrateRaw) => {
       const plan = planMigrate(raw);
-      let run: MigrateRun;
+      const signals: { signal?: NodeJS.Signals } = {};
+      let result: MigrateResult;
       try {
-        run = await migrateInWorker(
+        result = await migrateInWorker(
           plan,
           (line) => {
             if (io.progress || raw.json !== true) io.stderr(line + '\n');
           },
           (line) => io.stderr(`dirtytrack: ${line}\n`),
+          signals,
         );
       } catch (error) {
         if (!(error instanceof MigrateFailed)) throw error;
         io.stderr(`dirtytrack: ${error.message}\n`);
-        setCode(1);
+        setCode(error instanceof MigrateCancelled ? signalExitCode(signals.signal ?? 'SIGINT') : 1);
         return;
       }
-      const { result, signal } = run;
+      const signal = signals.signal;
       // Cancelled on a signal: the shell's convention for it, 128 + its number.
-      if (result.status === 'cancelled' && signal !== undefined)
-        setCode(128 + (signal === 'SIGINT' ? 2 : 15));
+      if (result.status === 'cancelled' && signal !== undefined) setCode(signalExitCode(signal));
       else if (result.status !== 'completed' || !result.verified) setCode(1);
       io.stdout(
         raw.json === true
