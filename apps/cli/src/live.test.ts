@@ -225,7 +225,7 @@ describe('dirtytrack migrate --postcopy-after (local mode)', () => {
 // Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group (the CLI leads
 // one here). The migration loop blocks its thread, so the CLI runs it in a worker and takes the
 // signal on the main thread. 64M at 16 MB/s with vCPUs writing at full speed: it cannot end alone.
-describe('Ctrl-C on dirtytrack migrate (local mode)', { timeout: 60_000 }, () => {
+describe('Ctrl-C on dirtytrack migrate', { timeout: 60_000 }, () => {
   const ARGS = ['migrate', '--memory', '64M', '--rate', '0', '--max-bandwidth', '16M'];
 
   it('the first cancels: cancelling → cancelled, exit 130, the destination failed (no EOF)', async () => {
@@ -241,6 +241,24 @@ describe('Ctrl-C on dirtytrack migrate (local mode)', { timeout: 60_000 }, () =>
     expect(r.stderr).toMatch(/^status cancelling at [\d.]+ ms\nstatus cancelled at [\d.]+ ms$/m);
     expect(r.stdout).toMatch(
       /^cancelled in [\d.]+ ms, downtime - ms, \d+ bytes \(\d+ Mbit\/s\), \d+ syncs, verified false; the destination: failed \(main connection closed at byte \d+ before EOF\)\n$/,
+    );
+  });
+
+  it('with --to: the remote destination (serve --once) sees the connection close and says why it failed', async () => {
+    const serve = await spawnServe('--once', '--memory', '64M');
+    const job = spawnCliJob(...ARGS, '--to', `127.0.0.1:${serve.port}`);
+    await job.untilStderr(/status active at/, 30_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    job.signalGroup('SIGINT');
+    const r = await job.output;
+    expect(r.code).toBe(130);
+    expect(r.stdout).toMatch(
+      /^cancelled in [\d.]+ ms, downtime - ms, \d+ bytes \(\d+ Mbit\/s\), \d+ syncs, verified false\n$/,
+    );
+    const out = await serve.output;
+    expect(out.code).toBe(1);
+    expect(out.stdout).toMatch(
+      /^failed \(main connection closed at byte \d+ before EOF\): \d+ pages, \d+ zero pages, \d+ bytes, verified false\n$/,
     );
   });
 

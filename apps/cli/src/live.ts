@@ -1002,7 +1002,8 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                   null,
                   2,
                 ) + '\n'
-              : `${result.status}: ${result.normal} pages, ${result.duplicate} zero pages, ${result['bytes-received']} bytes, verified ${result.verified}` +
+              : `${result.status}${result.error === undefined ? '' : ` (${withoutPrefix(result.error.message)})`}: ` +
+                  `${result.normal} pages, ${result.duplicate} zero pages, ${result['bytes-received']} bytes, verified ${result.verified}` +
                   (resumed === undefined
                     ? ''
                     : `; the guest ran on for ${resumed.ms} ms: ${resumed.writes} writes`) +
@@ -1206,8 +1207,12 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
 function destinationSummary(result: MigrateResult): string {
   const d = result.dirtytrack.destination;
   if (d === undefined || d.status === 'completed') return '';
-  const why = d.error?.message.replace(/^\[dirtytrack\] \[[^\]]*\] /, '');
-  return `; the destination: ${d.status}${why === undefined ? '' : ` (${why})`}`;
+  return `; the destination: ${d.status}${d.error === undefined ? '' : ` (${withoutPrefix(d.error.message)})`}`;
+}
+
+/** An error message without DirtytrackError's `[dirtytrack] [component] ` prefix (for one-line summaries). */
+function withoutPrefix(message: string): string {
+  return message.replace(/^\[dirtytrack\] \[[^\]]*\] /, '');
 }
 
 /** `; dirty-limit 8 MB/s: vCPU dirty rates 80/79 → 9/8 MB/s` (the first and last second), or ''. */
