@@ -56,6 +56,10 @@ describe('dirtytrack bench migrate', () => {
       // Verified means completed and checked byte for byte; a completed run sent every page once at least.
       expect(c.verified).toBe(c.converged);
       if (c.converged) expect(c.transferred).toBeGreaterThanOrEqual(memory);
+      // The check's own time, outside total-time: measured exactly when it ran (one repetition: its value).
+      if (c.converged) expect(c['verify-time']).toBeGreaterThan(0);
+      else expect(c['verify-time']).toBeUndefined();
+      expect(c['verify-time']).toBe(c.runs[0]?.['verify-time']);
       expect(c['within-downtime-limit']).toBe(c.converged && (c.downtime as number) <= 300);
       for (const x of c.runs) expect(x.mbps).toBe(fourDigits((x.transferred * 8) / x['total-time'] / 1000));
       expect(c.mbps).toBe(c.runs[0]?.mbps);
@@ -116,6 +120,11 @@ describe('dirtytrack bench migrate', () => {
     );
     expect(table).toContain(
       `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,
+    );
+    expect(table).toContain(
+      `Byte-for-byte check after completion (outside total-time), median ms: ${r.cases
+        .map((c) => `${c.name} ${c['verify-time'] ?? '–'}`)
+        .join(', ')}.`,
     );
     // The side-by-side ratios: each repetition over its own loopback, and their median.
     for (const c of r.cases) {

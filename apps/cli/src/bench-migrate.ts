@@ -66,6 +66,8 @@ export interface LiveRun {
   /** `transferred × 8 / total-time`, Mbit/s (decimal), four significant digits. */
   mbps: number;
   verified: boolean;
+  /** Milliseconds the byte-for-byte check took after completion (outside `total-time`). */
+  'verify-time'?: number;
   'dirty-sync-count': number;
   /** Auto-converge's throttle at the last sync, % (QEMU reports 0 once completed). */
   'cpu-throttle-percentage': number;
@@ -230,6 +232,9 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
           transferred: median(all.map((r) => r.transferred)),
           mbps: medianOf(all.map((r) => r.mbps)),
           verified: all.every((r) => r.verified),
+          ...(all.every((r) => r['verify-time'] !== undefined)
+            ? { 'verify-time': median(all.map((r) => r['verify-time'] as number)) }
+            : {}),
           'destination-peak-rss-mib': Math.max(...all.map((r) => r['destination-peak-rss-mib'])),
           'source-rss-mib': Math.max(...all.map((r) => r['source-rss-mib'])),
         };
@@ -327,6 +332,9 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
           `${c.name} over each repetition's own loopback: ${c['vs-loopback-runs'].join(', ')} (median ${c['vs-loopback-paired']}).`,
       ),
     `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,
+    `Byte-for-byte check after completion (outside total-time), median ms: ${r.cases
+      .map((c) => `${c.name} ${c['verify-time'] ?? '–'}`)
+      .join(', ')}.`,
     `Downtime limit ${BENCH_DOWNTIME_LIMIT} ms. Peak RSS: this process ${r['peak-rss-mib']} MiB, ` +
       `destination ${Math.max(...r.cases.map((c) => c['destination-peak-rss-mib']))} MiB, loopback receiver ${r['receiver-peak-rss-mib']} MiB.`,
   );
@@ -419,6 +427,7 @@ async function liveRun(o: {
     transferred: info.ram.transferred,
     mbps: fourDigits((info.ram.transferred * 8) / info['total-time'] / 1000),
     verified: info.verified,
+    ...(info['verify-time'] === undefined ? {} : { 'verify-time': info['verify-time'] }),
     'dirty-sync-count': info.ram['dirty-sync-count'],
     'cpu-throttle-percentage': last?.['cpu-throttle-percentage'] ?? 0,
     'guest-writes-per-s': fourDigits((running / ran) * 1000),

@@ -33,6 +33,7 @@ function parse(stdout: string): MigrateResult {
 /** The source's and the destination's page counts agree, and every page went at least once. */
 function expectMigrated16M(r: MigrateResult): void {
   expect(r).toMatchObject({ status: 'completed', verified: true, 'verify-mismatches': 0 });
+  expect(r['verify-time']).toBeGreaterThan(0);
   expect(r.ram.total).toBe(16 * 2 ** 20);
   expect(r.ram.remaining).toBe(0);
   // --fill half: every other page is random (normal); the rest start zero (duplicate) unless a

@@ -134,6 +134,7 @@ describe(`live migration over loopback TCP (seed ${SEED})`, { timeout: 180_000 }
     expect(info.status).toBe('completed');
     expect(info.verified).toBe(true);
     expect(info['verify-mismatches']).toBe(0);
+    expect(info['verify-time']).toBeGreaterThan(0);
     expect(result.status).toBe('completed');
     expect(result.verified).toBe(true);
     expect(sameBytes(memory, received)).toBe(true);
@@ -206,6 +207,7 @@ describe(`live migration over loopback TCP (seed ${SEED})`, { timeout: 180_000 }
     expect(statuses).toEqual(['setup', 'active', 'cancelling', 'cancelled']);
     expect(outcome.info.status).toBe('cancelled');
     expect(outcome.info.verified).toBe(false);
+    expect(outcome.info['verify-time']).toBeUndefined();
     expect(outcome.info.ram.transferred).toBeGreaterThan(4e6);
     expect(outcome.info.ram.transferred).toBeLessThan(PAGES * 4096);
     // QEMU: cancelled at the source, failed at the destination (qemu.md conformance check 3).
