@@ -769,6 +769,11 @@ export async function migrateInWorker(
       );
       return;
     }
+    if (status === 'completed') {
+      // QEMU: a cancel after completion has no effect. What is left is the check.
+      notice(`${s}: the migration has completed and is being verified; ${s} again stops at once`);
+      return;
+    }
     Atomics.store(cancel, 0, 1);
     notice(`${s}: cancelling the migration (${s} again stops at once)`);
   };
