@@ -263,6 +263,28 @@ describe('Ctrl-C on dirtytrack migrate', { timeout: 60_000 }, () => {
     );
   });
 
+  it('during postcopy it only says a postcopy cannot be cancelled; the migration completes (exit 0)', async () => {
+    // Switched to postcopy at once; 64 MiB at 16 MB/s leaves seconds to press Ctrl-C in.
+    const job = spawnCliJob(
+      'migrate',
+      '--memory',
+      '64M',
+      '--postcopy-after',
+      '0',
+      '--max-postcopy-bandwidth',
+      '16M',
+    );
+    await job.untilStderr(/status postcopy-active at/, 30_000);
+    job.signalGroup('SIGINT');
+    const r = await job.output;
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(
+      /^dirtytrack: SIGINT: a postcopy cannot be cancelled \(the guest runs on the destination\); SIGINT again stops at once$/m,
+    );
+    expect(r.stderr).not.toMatch(/cancelling/);
+    expect(r.stdout).toMatch(/^completed in [\d.]+ ms, .*verified true\n$/);
+  });
+
   it('before the first page (the destination still allocating 1G): one line, exit 130, nothing started stays', async () => {
     const job = spawnCliJob('migrate', '--memory', '1G', '--workload', 'idle', '--fill', 'zero');
     // The local destination exists once the migration's worker runs (the handler is in place):
