@@ -229,12 +229,17 @@ describe('dirtytrack migrate --postcopy-after (local mode)', () => {
 describe('Ctrl-C on dirtytrack migrate', { timeout: 60_000 }, () => {
   const ARGS = ['migrate', '--memory', '64M', '--rate', '0', '--max-bandwidth', '16M'];
 
-  it('the first cancels: cancelling → cancelled, exit 130, the destination failed (no EOF)', async () => {
-    const job = spawnCliJob(...ARGS);
+  /** `migrate …ARGS …extra`, Ctrl-C 300 ms into its active phase; what it printed and returned. */
+  async function cancelWhileActive(...extra: string[]) {
+    const job = spawnCliJob(...ARGS, ...extra);
     await job.untilStderr(/status active at/, 30_000);
     await new Promise((resolve) => setTimeout(resolve, 300));
     job.signalGroup('SIGINT');
-    const r = await job.output;
+    return job.output;
+  }
+
+  it('the first cancels: cancelling → cancelled, exit 130, the destination failed (no EOF)', async () => {
+    const r = await cancelWhileActive();
     expect(r.code).toBe(130);
     expect(r.stderr).toMatch(
       /^dirtytrack: SIGINT: cancelling the migration \(SIGINT again stops at once\)$/m,
@@ -247,11 +252,7 @@ describe('Ctrl-C on dirtytrack migrate', { timeout: 60_000 }, () => {
 
   it('with --to: the remote destination (serve --once) sees the connection close and says why it failed', async () => {
     const serve = await spawnServe('--once', '--memory', '64M');
-    const job = spawnCliJob(...ARGS, '--to', `127.0.0.1:${serve.port}`);
-    await job.untilStderr(/status active at/, 30_000);
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    job.signalGroup('SIGINT');
-    const r = await job.output;
+    const r = await cancelWhileActive('--to', `127.0.0.1:${serve.port}`);
     expect(r.code).toBe(130);
     expect(r.stdout).toMatch(
       /^cancelled in [\d.]+ ms, downtime - ms, \d+ bytes \(\d+ Mbit\/s\), \d+ syncs, verified false\n$/,

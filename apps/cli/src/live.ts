@@ -508,6 +508,12 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
   // alternating pairs: 3.2–3.3 s against 3.5–3.7 s one after the other (4.3 s in the first pair).
   const spawning = to === undefined ? spawnLocalDestination(memory, plan.hugePages) : undefined;
   spawning?.catch(() => {});
+  /** Stops the local destination once it runs, when this migration cannot go ahead. */
+  const stopDestination = (): void =>
+    void spawning?.then(
+      (l) => l.child.kill(),
+      () => {},
+    );
   let source: Awaited<ReturnType<typeof startLiveSource>>;
   try {
     source = await startLiveSource({
@@ -522,10 +528,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       hugePages: plan.hugePages,
     });
   } catch (error) {
-    void spawning?.then(
-      (l) => l.child.kill(),
-      () => {},
-    );
+    stopDestination();
     throw error;
   }
   let local: Awaited<NonNullable<typeof spawning>> | undefined;
@@ -534,10 +537,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
     local = await untilCancelled(spawning, hooks.cancelRequested);
   } catch (error) {
     await source.guest.stop().catch(() => {});
-    void spawning?.then(
-      (l) => l.child.kill(),
-      () => {},
-    );
+    stopDestination();
     if (error instanceof MigrateCancelled) throw error;
     throw new MigrateFailed(
       `the local destination did not start: ${error instanceof Error ? error.message : String(error)}`,
