@@ -15,6 +15,7 @@ import {
   createHugePageAllocator,
   createQemuLayers,
   createSwapDirtyLog,
+  createWasmBitmapAllocator,
   defaultBitmapAllocator,
   type BitmapAllocator,
   type QemuLayers,
@@ -51,6 +52,10 @@ import { fourDigits, medianMs, pairedMedians } from './bench-timing.js';
  * - `fused-merge`, `fused-merge-1pct`, `fused-merge-1pct-spread` (and the larger runs and the
  *   4 KiB-page rows): a log without it, so the harvested buffer is merged into bmap through its
  *   summary — O(summary + dirty words), the cost of any sync into a bmap that is not empty.
+ * - `fused-merge-wasm`, `fused-merge-wasm-1pct`, `fused-merge-wasm-1pct-spread`: the same merge
+ *   in the WebAssembly kernel (`merge_summary`), the log in a `WebAssembly.Memory`
+ *   (`createWasmBitmapAllocator`) with its migration buffer, and one page of the pattern left
+ *   unsent so that bmap is not empty and the sync merges.
  * Sending the round and the guest's writes are set up untimed; KVM's re-protection of the pages
  * is not counted for any strategy (the bench's producers need none). `fused-full-bmap` is the
  * worst case for `fused`: a 100%-dirty sync into a bmap still full (nothing sent since the last
@@ -93,7 +98,10 @@ export interface BitmapBenchResult {
     | 'fused-full-bmap'
     | 'fused-merge'
     | 'fused-merge-1pct'
-    | 'fused-merge-1pct-spread',
+    | 'fused-merge-1pct-spread'
+    | 'fused-merge-wasm'
+    | 'fused-merge-wasm-1pct'
+    | 'fused-merge-wasm-1pct-spread',
     SideBySideRow
   >;
   /** `fused` at 1% clustered over `fused` at 100% (the acceptance wants < 0.1), both adopting. */
@@ -103,6 +111,15 @@ export interface BitmapBenchResult {
   /** The same two ratios when the harvested buffer is merged (no migration buffer). */
   'fused-merge-1pct-vs-fused-merge': number;
   'fused-merge-1pct-spread-vs-fused-merge': number;
+  /**
+   * The same two when the merge runs in the WebAssembly kernel (`createWasmBitmapAllocator`: the
+   * swap log, with a migration buffer, in a `WebAssembly.Memory`; one page left unsent so the
+   * sync merges instead of adopting).
+   */
+  'fused-merge-wasm-1pct-vs-fused-merge-wasm': number;
+  'fused-merge-wasm-1pct-spread-vs-fused-merge-wasm': number;
+  /** The kind the WebAssembly rows' allocator got (`default`, JS merging, where the engine lacks it). */
+  'fused-merge-wasm-allocator': BitmapAllocator['kind'];
   /**
    * How the `fused` cases' bitmaps were allocated (`huge-pages`: advised `MADV_HUGEPAGE`), and
    * the growth of the process's `AnonHugePages` (KiB) over the `fused` 100% case — its bmap and
@@ -268,32 +285,47 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   };
   const allocator = options.allocator ?? createHugePageAllocator();
   /** `adopt`: the log keeps bmap (a migration buffer), so a sync into an empty bmap adopts. */
+  /**
+   * `keep`: the round left one page of the pattern unsent, so bmap is not empty and the sync
+   * merges even with a migration buffer (the WebAssembly merge needs bmap in the log's memory).
+   */
   const fusedMs = (
     dirty: Bitmap,
     drain: boolean,
     name: string,
     adopt: boolean,
     alloc = allocator,
+    keep = false,
   ): SideBySide => {
     step(`sync ${name}`);
     const source = createSwapDirtyLog({ slots: [slot], allocator: alloc, migrationBuffer: adopt });
     const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused', allocator: alloc });
     layers.setup();
+    const kept = keep ? dirty.findNextSet(0) : -1;
     const r = sideBySide(
       reps,
       () => {
-        if (drain) sendRound(layers);
+        if (drain) sendRound(layers, kept);
         source.markDirtyBitmap(slot.id, dirty);
       },
       copyBitmap,
       () => void layers.sync(),
     );
     expectBmap(layers, dirty, name);
-    const { adoptions, syncs } = layers.stats();
-    if (adoptions !== (adopt && drain ? syncs : 0)) {
+    const { adoptions, syncs, kernelMerges } = layers.stats();
+    if (adoptions !== (adopt && drain && !keep ? syncs : 0)) {
       throw new DirtytrackError('internal', `${name}: ${adoptions} of ${syncs} syncs adopted`, {
         component: 'bench-bitmap',
       });
+    }
+    if (kernelMerges !== (alloc.kind === 'wasm' && !(adopt && drain && !keep) ? syncs : 0)) {
+      throw new DirtytrackError(
+        'internal',
+        `${name}: ${kernelMerges} of ${syncs} syncs merged in the kernel`,
+        {
+          component: 'bench-bitmap',
+        },
+      );
     }
     return r;
   };
@@ -370,6 +402,24 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
   const mergeSync = fusedMs(full, true, 'fused, merging', false);
   const merge1 = fusedMs(clustered.bitmap, true, 'fused 1% clustered, merging', false);
   const merge1Spread = fusedMs(spread, true, 'fused 1% spread, merging', false);
+  const wasmAlloc = createWasmBitmapAllocator();
+  const kernelSync = fusedMs(full, true, 'fused, merging in WebAssembly', true, wasmAlloc, true);
+  const kernel1 = fusedMs(
+    clustered.bitmap,
+    true,
+    'fused 1% clustered, merging in WebAssembly',
+    true,
+    wasmAlloc,
+    true,
+  );
+  const kernel1Spread = fusedMs(
+    spread,
+    true,
+    'fused 1% spread, merging in WebAssembly',
+    true,
+    wasmAlloc,
+    true,
+  );
   const largerRuns = LARGER_RUN_PAGES.filter((run) => run <= pages).map((run) => {
     const r = fusedMs(
       clusteredOnePct(pages, seed, run).bitmap,
@@ -451,11 +501,17 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
       'fused-merge': vs2(mergeSync),
       'fused-merge-1pct': vs2(merge1),
       'fused-merge-1pct-spread': vs2(merge1Spread),
+      'fused-merge-wasm': vs2(kernelSync),
+      'fused-merge-wasm-1pct': vs2(kernel1),
+      'fused-merge-wasm-1pct-spread': vs2(kernel1Spread),
     },
     'fused-1pct-vs-fused': fourDigits(fused1.ms / fusedSync.ms),
     'fused-1pct-spread-vs-fused': fourDigits(fused1Spread.ms / fusedSync.ms),
     'fused-merge-1pct-vs-fused-merge': fourDigits(merge1.ms / mergeSync.ms),
     'fused-merge-1pct-spread-vs-fused-merge': fourDigits(merge1Spread.ms / mergeSync.ms),
+    'fused-merge-wasm-1pct-vs-fused-merge-wasm': fourDigits(kernel1.ms / kernelSync.ms),
+    'fused-merge-wasm-1pct-spread-vs-fused-merge-wasm': fourDigits(kernel1Spread.ms / kernelSync.ms),
+    'fused-merge-wasm-allocator': wasmAlloc.kind,
     allocator: {
       kind: allocator.kind,
       'anon-huge-pages-kib':
@@ -500,6 +556,9 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
     `| sync, fused, 100% dirty into a full bmap (merges) | ${s['fused-full-bmap'].ms} | ${s['fused-full-bmap']['vs-memcpy']} |`,
     `| sync, fused merging, 100% dirty | ${s['fused-merge'].ms} | ${s['fused-merge']['vs-memcpy']} |`,
     `| sync, fused merging, 1% dirty clustered (2M runs) | ${s['fused-merge-1pct'].ms} | ${s['fused-merge-1pct']['vs-memcpy']} |`,
+    `| sync, fused merging in WebAssembly, 100% dirty | ${s['fused-merge-wasm'].ms} | ${s['fused-merge-wasm']['vs-memcpy']} |`,
+    `| sync, fused merging in WebAssembly, 1% dirty clustered (2M runs) | ${s['fused-merge-wasm-1pct'].ms} | ${s['fused-merge-wasm-1pct']['vs-memcpy']} |`,
+    `| sync, fused merging in WebAssembly, 1% dirty spread | ${s['fused-merge-wasm-1pct-spread'].ms} | ${s['fused-merge-wasm-1pct-spread']['vs-memcpy']} |`,
     `| floor of the clustered 1%: touching its runs only | ${r['touch-1pct-floor'].ms} | ${r['touch-1pct-floor']['vs-memcpy']} |`,
     `| below it: one load per run in each bitmap, no writes | ${r['touch-1pct-loads'].ms} | ${r['touch-1pct-loads']['vs-memcpy']} |`,
     ...r['fused-merge-1pct-larger-runs'].map(
@@ -515,17 +574,21 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
     '',
     `rwlock-memcpy is ${r['rwlock-memcpy-vs-xchg']}× faster than the three-layer xchg sync; fused at 1% takes ${r['fused-1pct-vs-fused']}× its 100% time clustered in 2M runs, ${r['fused-1pct-spread-vs-fused']}× spread (both adopt: O(1)).`,
     `Merging instead: fused at 1% takes ${r['fused-merge-1pct-vs-fused-merge']}× its 100% time clustered in 2M runs (${r['fused-merge-1pct-larger-runs'].map((x) => `${formatSize(x['run-pages'] * PAGE_SIZE)} runs: ${x['vs-fused-merge']}×`).join(', ')}), ${r['fused-merge-1pct-spread-vs-fused-merge']}× spread.`,
+    `Merging in WebAssembly (${r['fused-merge-wasm-allocator']} allocator): fused at 1% takes ${r['fused-merge-wasm-1pct-vs-fused-merge-wasm']}× its 100% time clustered in 2M runs, ${r['fused-merge-wasm-1pct-spread-vs-fused-merge-wasm']}× spread.`,
     `fused bitmaps: ${r.allocator.kind} allocator (AnonHugePages +${r.allocator['anon-huge-pages-kib'] ?? 'n/a'} KiB over the fused case); on 4 KiB pages the merging fused at 1% takes ${small['fused-merge-1pct-vs-fused-merge']}× its 100% time clustered, ${small['fused-merge-1pct-spread-vs-fused-merge']}× spread.`,
     `In L1 (4 KiB, ${r['l1-kind']}), per-word xchg is ${r['l1-xchg-vs-memcpy']}× a copy (plain JS Atomics.exchange vs TypedArray.set: ${r['l1-js-xchg-vs-set']}×).`,
     '',
   ].join('\n');
 }
 
-/** The migration thread sent every dirty page: clears all of bmap (untimed set-up). */
-function sendRound(layers: QemuLayers): void {
+/**
+ * The migration thread sent every dirty page — all but page `keep`, when given: clears bmap
+ * (untimed set-up).
+ */
+function sendRound(layers: QemuLayers, keep = -1): void {
   const w = layers.bmap.words;
   for (let i = 0; i < w.length; i++) {
-    const m = w[i] as number;
+    const m = i === keep >>> 5 && keep >= 0 ? (w[i] as number) & ~(1 << (keep & 31)) : (w[i] as number);
     if (m !== 0) layers.clearSent(i, m);
   }
 }

@@ -135,24 +135,29 @@ describe('dirtytrack bench bitmap', () => {
       'fused-merge',
       'fused-merge-1pct',
       'fused-merge-1pct-spread',
+      'fused-merge-wasm',
+      'fused-merge-wasm-1pct',
+      'fused-merge-wasm-1pct-spread',
       'rwlock-memcpy',
       'xchg',
     ]);
     for (const s of Object.values(r.strategies)) expect(s.ms).toBeGreaterThan(0);
     expectRatio(r['xchg-vs-memcpy'], r['xchg-ms'] / r['memcpy-ms']);
-    expectRatio(r['fused-1pct-vs-fused'], r.strategies['fused-1pct'].ms / r.strategies.fused.ms);
-    expectRatio(
-      r['fused-1pct-spread-vs-fused'],
-      r.strategies['fused-1pct-spread'].ms / r.strategies.fused.ms,
-    );
-    expectRatio(
-      r['fused-merge-1pct-vs-fused-merge'],
-      r.strategies['fused-merge-1pct'].ms / r.strategies['fused-merge'].ms,
-    );
-    expectRatio(
-      r['fused-merge-1pct-spread-vs-fused-merge'],
-      r.strategies['fused-merge-1pct-spread'].ms / r.strategies['fused-merge'].ms,
-    );
+    for (const [ratio, part, whole] of [
+      ['fused-1pct-vs-fused', 'fused-1pct', 'fused'],
+      ['fused-1pct-spread-vs-fused', 'fused-1pct-spread', 'fused'],
+      ['fused-merge-1pct-vs-fused-merge', 'fused-merge-1pct', 'fused-merge'],
+      ['fused-merge-1pct-spread-vs-fused-merge', 'fused-merge-1pct-spread', 'fused-merge'],
+      ['fused-merge-wasm-1pct-vs-fused-merge-wasm', 'fused-merge-wasm-1pct', 'fused-merge-wasm'],
+      [
+        'fused-merge-wasm-1pct-spread-vs-fused-merge-wasm',
+        'fused-merge-wasm-1pct-spread',
+        'fused-merge-wasm',
+      ],
+    ] as const)
+      expectRatio(r[ratio], r.strategies[part].ms / r.strategies[whole].ms);
+    // The kernel rows ran in WebAssembly (the bench also checked each sync merged in the kernel).
+    expect(r['fused-merge-wasm-allocator']).toBe('wasm');
     for (const k of ['touch-1pct-floor', 'touch-1pct-loads', 'touch-1pct-spread-floor'] as const) {
       expect(r[k].ms).toBeGreaterThan(0);
       expect(r[k]['memcpy-ms']).toBeGreaterThan(0);
@@ -199,6 +204,10 @@ describe('dirtytrack bench bitmap', () => {
     expect(out.stdout).toContain('| below it: one load per run in each bitmap, no writes |');
     expect(out.stdout).toContain('| sync, fused merging, 1% dirty clustered (2M runs), 4 KiB pages |');
     expect(out.stdout).toMatch(/fused bitmaps: (huge-pages|default) allocator/);
+    expect(out.stdout).toContain('| sync, fused merging in WebAssembly, 1% dirty clustered (2M runs) |');
+    expect(out.stdout).toMatch(
+      /Merging in WebAssembly \(wasm allocator\): fused at 1% takes [\d.]+× its 100% time/,
+    );
   });
 
   // 5,120,000 pages (~19.5 GiB): 1% is exactly 51,200 pages, 100 runs of 512.

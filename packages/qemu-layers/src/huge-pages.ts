@@ -17,7 +17,7 @@ export interface BitmapAllocation {
   readonly buffer: ArrayBufferLike;
   /**
    * Where the region starts: on a {@link CACHE_LINE} boundary of memory when the allocator knows
-   * the buffer's address (`kind: 'huge-pages'`), 0 otherwise. Always a multiple of 8, below 64.
+   * the buffer's address (`kind: 'huge-pages'`), 0 otherwise (`'wasm'`: 0, a page boundary). Always a multiple of 8, below 64.
    */
   readonly byteOffset: number;
 }
@@ -30,9 +30,11 @@ export interface BitmapAllocation {
 export interface BitmapAllocator {
   /**
    * `'huge-pages'`: buffers of at least `minBytes` were advised `MADV_HUGEPAGE` before their
-   * first touch; `'default'`: plain `ArrayBuffer` / `SharedArrayBuffer`.
+   * first touch; `'wasm'`: each buffer is the memory of a shared `WebAssembly.Memory` of its own
+   * (`createWasmBitmapAllocator`), so WebAssembly kernels can work on it; `'default'`: plain
+   * `ArrayBuffer` / `SharedArrayBuffer`.
    */
-  readonly kind: 'huge-pages' | 'default';
+  readonly kind: 'huge-pages' | 'wasm' | 'default';
   /**
    * `bytes` zeroed bytes in a buffer of their own (a `SharedArrayBuffer` when `shared`) that
    * starts at 0: the region is `[byteOffset, byteOffset + bytes)`, and the buffer holds nothing
@@ -162,6 +164,20 @@ export function guestRamWith(
   const start = (at + BigInt(PAGE - 1)) & ~BigInt(PAGE - 1);
   const end = (at + BigInt(bytes)) & ~BigInt(PAGE - 1);
   return { memory, hugePages: end > start && madvise(start, Number(end - start), MADV_HUGEPAGE) === 0 };
+}
+
+/**
+ * `madvise(MADV_HUGEPAGE)` over the page-aligned interior of `buffer` (untouched memory: the
+ * advice applies from the first fault). False where THP cannot be advised here or the call fails.
+ */
+export function adviseHugePages(buffer: ArrayBufferLike): boolean {
+  const madvise = loadMadvise();
+  const addressOf = ffi?.addressOf;
+  if (madvise === undefined || addressOf === undefined || buffer.byteLength < HUGE_PAGE) return false;
+  const at = addressOf(new Uint8Array(buffer, 0, 1));
+  const start = (at + BigInt(PAGE - 1)) & ~BigInt(PAGE - 1);
+  const end = (at + BigInt(buffer.byteLength)) & ~BigInt(PAGE - 1);
+  return end > start && madvise(start, Number(end - start), MADV_HUGEPAGE) === 0;
 }
 
 /** `AnonHugePages` of this process in KiB (`/proc/self/smaps_rollup`), or undefined off Linux. */

@@ -17,6 +17,7 @@ export {
   type KernelMemory,
 } from './kernels/bitmap-kernels.js';
 export { BITMAP_KERNELS_WASM_BASE64 } from './kernels/bitmap-kernels.wasm.js';
+export { createWasmBitmapAllocator } from './kernels/wasm-allocator.js';
 export {
   createRamListDirtyMemory,
   DIRTY_MEMORY_BLOCK_SIZE,

@@ -3,6 +3,7 @@ import { createBitmapReporter } from '@dirtytrack/reporters';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { createQemuLayers, SYNC_STRATEGIES, type QemuLayers, type SyncStrategy } from './qemu-layers.js';
+import { createWasmBitmapAllocator } from './kernels/wasm-allocator.js';
 import { createSwapDirtyLog } from './swap-dirty-log.js';
 import { createVfioTracker } from './vfio-tracker.js';
 import { createVhostLog } from './vhost-log.js';
@@ -61,14 +62,20 @@ const rearmer = { rearm: (_slot: number, mask: Bitmap) => mask.popcount() };
 /**
  * One stack. `kvm: 'swap'` puts the double-buffered producer (createSwapDirtyLog, no manual
  * protect) under the layers: `'fused'` then takes the swap path, the others its getDirtyLog.
- * `'swap3'` is the same log with a migration buffer, so `'fused'` keeps bmap in the log and adopts.
+ * `'swap3'` is the same log with a migration buffer, so `'fused'` keeps bmap in the log and adopts;
+ * `'swap3-wasm'` puts that log in WebAssembly memory, so `'fused'` merges in the kernel.
  */
-function world(strategy: SyncStrategy, manualProtect: boolean, kvm: 'bitmap' | 'swap' | 'swap3' = 'bitmap') {
+function world(
+  strategy: SyncStrategy,
+  manualProtect: boolean,
+  kvm: 'bitmap' | 'swap' | 'swap3' | 'swap3-wasm' = 'bitmap',
+) {
   const lock = createRWLock();
+  const allocator = kvm === 'swap3-wasm' ? { allocator: createWasmBitmapAllocator() } : {};
   const reporter =
     kvm === 'bitmap'
       ? createBitmapReporter({ rearmer, slots: [slot], manualProtect })
-      : createSwapDirtyLog({ rearmer, slots: [slot], lock, migrationBuffer: kvm === 'swap3' });
+      : createSwapDirtyLog({ rearmer, slots: [slot], lock, migrationBuffer: kvm !== 'swap', ...allocator });
   const vhost = createVhostLog(PAGES, { lock });
   const vfio = createVfioTracker({ kind: 'device', ranges: VFIO_RANGES, lock });
   if (vfio.kind !== 'device') throw new Error('unreachable');
@@ -79,6 +86,7 @@ function world(strategy: SyncStrategy, manualProtect: boolean, kvm: 'bitmap' | '
     vhost,
     vfio,
     lock,
+    ...allocator,
   });
   const write = (producer: Producer, pages: number[]): void => {
     const offsets = Uint32Array.from(pages);
@@ -107,7 +115,12 @@ describe('QEMU layers: the three strategies agree and lose no write (property)',
           ...SYNC_STRATEGIES.map((s) => world(s, manualProtect)),
           ...(manualProtect
             ? []
-            : [world('fused', false, 'swap'), world('xchg', false, 'swap'), world('fused', false, 'swap3')]),
+            : [
+                world('fused', false, 'swap'),
+                world('xchg', false, 'swap'),
+                world('fused', false, 'swap3'),
+                world('fused', false, 'swap3-wasm'),
+              ]),
         ];
         const ref = worlds[0] as (typeof worlds)[number];
         const bmapOf = (w: { layers: QemuLayers }) => [...w.layers.bmap.words];

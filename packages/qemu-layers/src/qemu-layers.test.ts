@@ -69,6 +69,7 @@ describe('QEMU layers: exact values', () => {
         clearedPages: 0,
         clearCostNs: 0,
         adoptions: 0,
+        kernelMerges: 0,
       });
       expect(m.clearBmap.popcount()).toBe(0); // no manual protect: nothing to clear lazily
       m.cleanup();

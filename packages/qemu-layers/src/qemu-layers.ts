@@ -15,6 +15,7 @@ import {
 } from '@dirtytrack/core';
 import { defaultBitmapAllocator, type BitmapAllocator } from './huge-pages.js';
 import { createRamListDirtyMemory, DIRTY_MEMORY_MIGRATION, type RamListDirtyMemory } from './dirty-memory.js';
+import { mergeKernelFor } from './kernels/wasm-allocator.js';
 import {
   isSwappableDirtyLog,
   zeroBuffer,
@@ -93,6 +94,11 @@ export interface QemuLayersStats {
    * the harvested buffer as `bmap` (no word copied).
    */
   readonly adoptions: number;
+  /**
+   * `'fused'` syncs that merged a harvested buffer into bmap with the WebAssembly kernel (both in
+   * one memory of `createWasmBitmapAllocator`); the others merged in JS or adopted.
+   */
+  readonly kernelMerges: number;
 }
 
 export interface QemuLayers extends MigrationBitmap {
@@ -276,6 +282,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   let clearedPages = 0;
   let clearCostNs = 0;
   let adoptions = 0;
+  let kernelMerges = 0;
   // Per-sync counters.
   let xchg = 0;
   let copy = 0;
@@ -504,7 +511,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
    * knows addresses (give the swap log the same allocator). Only what the first pass touches
    * depends on it, never the bits.
    */
-  const linesAligned = (options.allocator ?? defaultBitmapAllocator).kind === 'huge-pages';
+  const linesAligned = (options.allocator ?? defaultBitmapAllocator).kind !== 'default';
   /** Per gathered group: the 32-bit index of its first word in T and bmap. */
   const lineAt = new Uint32Array(LINE_BATCH);
   /** Per gathered group: T's 8 summary bits, and bmap's (before the merge) shifted left by 8. */
@@ -581,9 +588,17 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     const ts = t.summary;
     const bw = bmap.words;
     const bs = summary as Uint32Array;
+    copy += Math.ceil(ts.length / 2);
+    const kernel = mergeKernelFor(tw.buffer);
+    if (kernel !== undefined && bw.buffer === tw.buffer && bs.buffer === tw.buffer) {
+      // T, bmap and its summary in one WebAssembly memory: the same merge as below, in the kernel.
+      const r = kernel.merge(tw, ts, bw, bs);
+      copy += r.words;
+      kernelMerges++;
+      return (t.counts[0] as number) - r.overlap;
+    }
     let overlap = 0;
     let n = 0;
-    copy += Math.ceil(ts.length / 2);
     for (let j = 0; j < ts.length; j++) {
       const tb = ts[j] as number;
       if (tb === 0) continue;
@@ -743,7 +758,12 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         const s = spare as DirtyLogBuffer;
         if ((s.counts[0] as number) !== 0) {
           copy += Math.ceil(s.summary.length / 2);
-          zeroBuffer(s);
+          const kernel = mergeKernelFor(s.bitmap.words.buffer);
+          if (kernel === undefined) zeroBuffer(s);
+          else {
+            kernel.zero(s.bitmap.words, s.summary);
+            s.counts[0] = 0;
+          }
         }
         taken = swapSource.swapDirtyLog(slot.id, s);
         reported = taken.counts[0] as number;
@@ -843,6 +863,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         clearedPages,
         clearCostNs,
         adoptions,
+        kernelMerges,
       };
     },
   };

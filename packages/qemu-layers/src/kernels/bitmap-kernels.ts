@@ -88,14 +88,14 @@ interface WasmExports {
 }
 
 /** The slice of the `WebAssembly` global used here (the project's lib has no DOM/wasm types). */
-interface WasmApi {
+export interface WasmApi {
   Memory: new (descriptor: { initial: number; maximum: number; shared: boolean }) => KernelMemory;
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: object) => { exports: unknown };
   validate(bytes: Uint8Array): boolean;
 }
 
-function wasmApi(): WasmApi | undefined {
+export function wasmApi(): WasmApi | undefined {
   return (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
 }
 
@@ -374,7 +374,7 @@ function checkFrom(b: Bitmap, from: number): void {
   }
 }
 
-function decodeBase64(text: string): Uint8Array {
+export function decodeBase64(text: string): Uint8Array {
   const binary = atob(text);
   const bytes = new Uint8Array(binary.length);
   for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);

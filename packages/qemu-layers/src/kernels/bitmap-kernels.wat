@@ -216,4 +216,170 @@
             (local.set $i (i32.add (local.get $i) (i32.const 8)))
             (br $loop)))
         (local.set $reps (i32.sub (local.get $reps) (i32.const 1)))
-        (br $rloop)))))
+        (br $rloop))))
+
+  ;; bmap |= T through T's summary: the 'fused' strategy's merge of a harvested buffer T into a
+  ;; bmap that is not empty (qemu-layers.ts, mergeTaken, is the plain-JS twin: the same bits, the
+  ;; same counts). $tw/$bw: T's and bmap's words; $ts/$bs: their summaries (bit k set when 64-bit
+  ;; word k may be non-zero; set for every non-zero word); $n: summary words; $scratch: 16 + 64 *
+  ;; 12 bytes of this memory the kernel may use. bmap's summary gains T's bits. Writes two f64 at
+  ;; $scratch: the pages of T that were already set in bmap (popcount of T & bmap where bmap's
+  ;; summary bit was set), then the 64-bit words visited (one per set bit of T's summary).
+  ;;
+  ;; A run of all-ones summary words over all-zero ones is one memory.copy. Other non-zero summary
+  ;; words are gathered 64 at a time and merged in two passes: first one load of the first dirty
+  ;; word of each in T and in bmap — independent loads, so their cache misses overlap (at 1%
+  ;; dirty each is a miss in both bitmaps) — then the merge, which finds them in cache.
+  (func $merge_word (param $tw i32) (param $bw i32) (param $base i32) (param $tb i32) (param $bsj i32)
+        (result i64)
+    (local $low i32) (local $off i32) (local $t64 i64) (local $b64 i64) (local $overlap i64)
+    (loop $bits
+      (local.set $low (i32.and (local.get $tb) (i32.sub (i32.const 0) (local.get $tb))))
+      (local.set $off (i32.add (local.get $base) (i32.shl (i32.ctz (local.get $tb)) (i32.const 3))))
+      (local.set $t64 (i64.load (i32.add (local.get $tw) (local.get $off))))
+      (if (i32.and (local.get $bsj) (local.get $low))
+        (then
+          (local.set $b64 (i64.load (i32.add (local.get $bw) (local.get $off))))
+          (local.set $overlap
+            (i64.add (local.get $overlap) (i64.popcnt (i64.and (local.get $t64) (local.get $b64)))))
+          (i64.store (i32.add (local.get $bw) (local.get $off)) (i64.or (local.get $b64) (local.get $t64))))
+        (else
+          (i64.store (i32.add (local.get $bw) (local.get $off)) (local.get $t64))))
+      (local.set $tb (i32.xor (local.get $tb) (local.get $low)))
+      (br_if $bits (local.get $tb)))
+    (local.get $overlap))
+
+  (func (export "merge_summary") (param $tw i32) (param $ts i32) (param $bw i32) (param $bs i32)
+        (param $n i32) (param $scratch i32)
+    (local $j i32) (local $end i32) (local $vend i32) (local $tb i32) (local $bsj i32)
+    (local $q i32) (local $k i32) (local $e i32) (local $off i32) (local $sink i32) (local $batch i32)
+    (local $overlap i64) (local $copy i64)
+    (local.set $batch (i32.add (local.get $scratch) (i32.const 16)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $vend (i32.and (local.get $end) (i32.const -16)))
+    (block $done
+      (loop $scan
+        (if (i32.or (i32.ge_u (local.get $j) (local.get $end)) (i32.eq (local.get $q) (i32.const 64)))
+          (then
+            ;; The batch's two passes. Entries: (summary byte offset, T's word, bmap's word).
+            (local.set $k (i32.const 0))
+            (block $tdone
+              (loop $touch
+                (br_if $tdone (i32.ge_u (local.get $k) (local.get $q)))
+                (local.set $e (i32.add (local.get $batch) (i32.mul (local.get $k) (i32.const 12))))
+                (local.set $off
+                  (i32.add (i32.shl (i32.load (local.get $e)) (i32.const 6))
+                    (i32.shl (i32.ctz (i32.load offset=4 (local.get $e))) (i32.const 3))))
+                (local.set $sink
+                  (i32.add (local.get $sink)
+                    (i32.add (i32.load (i32.add (local.get $tw) (local.get $off)))
+                      (i32.load (i32.add (local.get $bw) (local.get $off))))))
+                (local.set $k (i32.add (local.get $k) (i32.const 1)))
+                (br $touch)))
+            (local.set $k (i32.const 0))
+            (block $mdone
+              (loop $merge
+                (br_if $mdone (i32.ge_u (local.get $k) (local.get $q)))
+                (local.set $e (i32.add (local.get $batch) (i32.mul (local.get $k) (i32.const 12))))
+                (local.set $overlap
+                  (i64.add (local.get $overlap)
+                    (call $merge_word (local.get $tw) (local.get $bw)
+                      (i32.shl (i32.load (local.get $e)) (i32.const 6))
+                      (i32.load offset=4 (local.get $e)) (i32.load offset=8 (local.get $e)))))
+                (local.set $k (i32.add (local.get $k) (i32.const 1)))
+                (br $merge)))
+            (local.set $q (i32.const 0))))
+        (br_if $done (i32.ge_u (local.get $j) (local.get $end)))
+        ;; Four zero summary words (256 clean 64-bit words of T) at a time.
+        (if (i32.lt_u (local.get $j) (local.get $vend))
+          (then
+            (if (i32.eqz (v128.any_true (v128.load align=4 (i32.add (local.get $ts) (local.get $j)))))
+              (then
+                (local.set $j (i32.add (local.get $j) (i32.const 16)))
+                (br $scan)))))
+        (local.set $tb (i32.load (i32.add (local.get $ts) (local.get $j))))
+        (if (i32.and (i32.eq (local.get $tb) (i32.const -1))
+              (i32.eqz (i32.load (i32.add (local.get $bs) (local.get $j)))))
+          (then
+            ;; 32 dirty words over 32 clean ones, and as many such summary words as follow: one copy.
+            (local.set $e (i32.add (local.get $j) (i32.const 4)))
+            (block $rdone
+              (loop $run
+                (br_if $rdone (i32.ge_u (local.get $e) (local.get $end)))
+                (br_if $rdone (i32.ne (i32.load (i32.add (local.get $ts) (local.get $e))) (i32.const -1)))
+                (br_if $rdone (i32.load (i32.add (local.get $bs) (local.get $e))))
+                (local.set $e (i32.add (local.get $e) (i32.const 4)))
+                (br $run)))
+            (memory.copy
+              (i32.add (local.get $bw) (i32.shl (local.get $j) (i32.const 6)))
+              (i32.add (local.get $tw) (i32.shl (local.get $j) (i32.const 6)))
+              (i32.shl (i32.sub (local.get $e) (local.get $j)) (i32.const 6)))
+            (memory.fill (i32.add (local.get $bs) (local.get $j)) (i32.const 255)
+              (i32.sub (local.get $e) (local.get $j)))
+            (local.set $copy
+              (i64.add (local.get $copy)
+                (i64.extend_i32_u (i32.shl (i32.sub (local.get $e) (local.get $j)) (i32.const 3)))))
+            (local.set $j (local.get $e))
+            (br $scan)))
+        (if (local.get $tb)
+          (then
+            (local.set $bsj (i32.load (i32.add (local.get $bs) (local.get $j))))
+            (i32.store (i32.add (local.get $bs) (local.get $j)) (i32.or (local.get $bsj) (local.get $tb)))
+            (local.set $copy (i64.add (local.get $copy) (i64.extend_i32_u (i32.popcnt (local.get $tb)))))
+            (local.set $e (i32.add (local.get $batch) (i32.mul (local.get $q) (i32.const 12))))
+            (i32.store (local.get $e) (local.get $j))
+            (i32.store offset=4 (local.get $e) (local.get $tb))
+            (i32.store offset=8 (local.get $e) (local.get $bsj))
+            (local.set $q (i32.add (local.get $q) (i32.const 1)))))
+        (local.set $j (i32.add (local.get $j) (i32.const 4)))
+        (br $scan)))
+    (f64.store (local.get $scratch) (f64.convert_i64_u (local.get $overlap)))
+    (f64.store offset=8 (local.get $scratch) (f64.convert_i64_u (local.get $copy)))
+    ;; The touch loads' sum, so no engine may drop them (nothing reads it).
+    (i32.store offset=12 (local.get $batch) (local.get $sink)))
+
+  ;; Zeroes a buffer through its summary (swap-dirty-log.ts, zeroBuffer, is the JS twin): every
+  ;; 64-bit word of $w its summary $s names (a set bit), and the summary; runs of all-ones summary
+  ;; words with one memory.fill. $n: summary words.
+  (func (export "zero_summary") (param $w i32) (param $s i32) (param $n i32)
+    (local $j i32) (local $end i32) (local $vend i32) (local $tb i32) (local $e i32) (local $base i32)
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $vend (i32.and (local.get $end) (i32.const -16)))
+    (block $done
+      (loop $scan
+        (br_if $done (i32.ge_u (local.get $j) (local.get $end)))
+        (if (i32.lt_u (local.get $j) (local.get $vend))
+          (then
+            (if (i32.eqz (v128.any_true (v128.load align=4 (i32.add (local.get $s) (local.get $j)))))
+              (then
+                (local.set $j (i32.add (local.get $j) (i32.const 16)))
+                (br $scan)))))
+        (local.set $tb (i32.load (i32.add (local.get $s) (local.get $j))))
+        (if (i32.eq (local.get $tb) (i32.const -1))
+          (then
+            (local.set $e (i32.add (local.get $j) (i32.const 4)))
+            (block $rdone
+              (loop $run
+                (br_if $rdone (i32.ge_u (local.get $e) (local.get $end)))
+                (br_if $rdone (i32.ne (i32.load (i32.add (local.get $s) (local.get $e))) (i32.const -1)))
+                (local.set $e (i32.add (local.get $e) (i32.const 4)))
+                (br $run)))
+            (memory.fill (i32.add (local.get $w) (i32.shl (local.get $j) (i32.const 6))) (i32.const 0)
+              (i32.shl (i32.sub (local.get $e) (local.get $j)) (i32.const 6)))
+            (memory.fill (i32.add (local.get $s) (local.get $j)) (i32.const 0)
+              (i32.sub (local.get $e) (local.get $j)))
+            (local.set $j (local.get $e))
+            (br $scan)))
+        (if (local.get $tb)
+          (then
+            (i32.store (i32.add (local.get $s) (local.get $j)) (i32.const 0))
+            (local.set $base (i32.add (local.get $w) (i32.shl (local.get $j) (i32.const 6))))
+            (loop $bits
+              (i64.store
+                (i32.add (local.get $base) (i32.shl (i32.ctz (local.get $tb)) (i32.const 3)))
+                (i64.const 0))
+              (local.set $tb (i32.and (local.get $tb) (i32.sub (local.get $tb) (i32.const 1))))
+              (br_if $bits (local.get $tb)))))
+        (local.set $j (i32.add (local.get $j) (i32.const 4)))
+        (br $scan))))
+)

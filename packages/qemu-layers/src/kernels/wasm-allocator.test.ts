@@ -1,0 +1,136 @@
+import { type LoggingControl, type MemslotInfo } from '@dirtytrack/core';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { defaultBitmapAllocator, type BitmapAllocator } from '../huge-pages.js';
+import { createQemuLayers } from '../qemu-layers.js';
+import { createSwapDirtyLog } from '../swap-dirty-log.js';
+import { supportsWasmSimd } from './bitmap-kernels.js';
+import { createWasmBitmapAllocator, mergeKernelFor } from './wasm-allocator.js';
+
+const noLogging: LoggingControl = { enableLogging: (s) => s.pages, disableLogging: () => undefined };
+
+/** `'fused'` layers over a swap log with a migration buffer (bmap in the log's slot memory). */
+function world(pages: number, allocator: BitmapAllocator) {
+  const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
+  const log = createSwapDirtyLog({ slots: [slot], migrationBuffer: true, allocator });
+  const layers = createQemuLayers({
+    kvm: { source: log, logging: noLogging, slot },
+    strategy: 'fused',
+    allocator,
+  });
+  layers.setup();
+  return { log, layers };
+}
+
+type Op =
+  | { t: 'pages'; pages: number[] }
+  | { t: 'range'; start: number; length: number }
+  | { t: 'send'; picks: number[] }
+  | { t: 'sendRange'; start: number; length: number }
+  | { t: 'sendAll' }
+  | { t: 'sync' };
+
+// 70,000 pages: 1094 64-bit words, 35 summary words (not a multiple of 4: the kernel's scalar
+// tail), so runs of whole summary words (2048 pages) exist and the batch of 64 fills.
+const PAGES = 70_000;
+const pageArb = fc.nat(PAGES - 1);
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  fc.record({ t: fc.constant('pages' as const), pages: fc.array(pageArb, { maxLength: 300 }) }),
+  // Ranges up to 3 summary words: whole 2048-page groups, partial ones, runs across their edges.
+  fc.record({ t: fc.constant('range' as const), start: pageArb, length: fc.integer({ min: 1, max: 6200 }) }),
+  fc.record({ t: fc.constant('send' as const), picks: fc.array(fc.nat(), { maxLength: 200 }) }),
+  fc.record({
+    t: fc.constant('sendRange' as const),
+    start: pageArb,
+    length: fc.integer({ min: 1, max: 6200 }),
+  }),
+  fc.constant({ t: 'sendAll' as const }),
+  fc.constant({ t: 'sync' as const }),
+);
+
+describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitmapAllocator)', () => {
+  it('allocates each buffer as a shared WebAssembly memory with its kernel; others have none', () => {
+    const alloc = createWasmBitmapAllocator();
+    expect(alloc.kind).toBe('wasm');
+    const a = alloc.allocate(100_000, { shared: true });
+    expect(a.byteOffset).toBe(0);
+    expect(a.buffer).toBeInstanceOf(SharedArrayBuffer);
+    // Two 64 KiB pages: the bytes asked plus the kernel's scratch, rounded up.
+    expect(a.buffer.byteLength).toBe(2 * 65536);
+    expect(new Uint8Array(a.buffer).every((b) => b === 0)).toBe(true);
+    expect(mergeKernelFor(a.buffer)).toBeDefined();
+    expect(mergeKernelFor(defaultBitmapAllocator.allocate(64).buffer)).toBeUndefined();
+  });
+
+  it('a sync into a non-empty bmap merges in the kernel: exact bits, count and cost', () => {
+    const { log, layers } = world(PAGES, createWasmBitmapAllocator());
+    // Round 1's bitmap is all set; send everything but page 5 and pages [4096, 6144).
+    for (let p = 0; p < PAGES; p++)
+      if (p !== 5 && (p < 4096 || p >= 6144)) layers.clearSent(p >>> 5, 1 << (p & 31));
+    const dirty = [5, 6, 64, 2047, ...Array.from({ length: 2048 }, (_, i) => 4096 + i), 8192, 69_999];
+    log.markDirty(0, Uint32Array.from(dirty), dirty.length, 0);
+    const before = layers.stats();
+    const r = layers.sync();
+    // Pages 5 and [4096, 6144) were still dirty in bmap: 2049 of the 2054 written were already set.
+    expect(r.newDirty).toBe(dirty.length - 2049);
+    expect(layers.dirtyPages).toBe(2049 + 5);
+    expect([...layers.bmap.setBits()]).toEqual([...new Set([5, ...dirty])].sort((a, b) => a - b));
+    const after = layers.stats();
+    expect(after.kernelMerges - before.kernelMerges).toBe(1);
+    expect(after.adoptions).toBe(before.adoptions);
+    // Visited: T's summary (35 words = 18 64-bit words) + one 64-bit word per set summary bit:
+    // words 0, 1, 31 (pages 5-6, 64, 2047), 64-95 (the 2048-page range), 128, 1093.
+    expect(after.copiedWords - before.copiedWords).toBe(18 + 3 + 32 + 1 + 1);
+  });
+
+  it('gives the JS merge’s bmap, summary, dirtyPages and sync results on every step (property)', () => {
+    let kernelMerges = 0;
+    fc.assert(
+      fc.property(fc.array(opArb, { minLength: 1, maxLength: 30 }), (ops) => {
+        const js = world(PAGES, defaultBitmapAllocator);
+        const wasm = world(PAGES, createWasmBitmapAllocator());
+        const both = [js, wasm];
+        for (const op of ops) {
+          if (op.t === 'pages') {
+            for (const w of both) w.log.markDirty(0, Uint32Array.from(op.pages), op.pages.length, 0);
+          } else if (op.t === 'range') {
+            const n = Math.min(op.length, PAGES - op.start);
+            const pages = Uint32Array.from({ length: n }, (_, i) => op.start + i);
+            for (const w of both) w.log.markDirty(0, pages, n, 0);
+          } else if (op.t === 'sync') {
+            const [a, b] = both.map((w) => w.layers.sync());
+            expect(b).toEqual(a);
+          } else {
+            const dirty = [...js.layers.bmap.setBits()];
+            const sent =
+              op.t === 'sendAll'
+                ? dirty
+                : op.t === 'sendRange'
+                  ? dirty.filter((p) => p >= op.start && p < op.start + op.length)
+                  : [...new Set(op.picks.map((k) => dirty[k % Math.max(1, dirty.length)]))].filter(
+                      (p): p is number => p !== undefined,
+                    );
+            for (const p of sent) for (const w of both) w.layers.clearSent(p >>> 5, 1 << (p & 31));
+          }
+          expect([...wasm.layers.bmap.words]).toEqual([...js.layers.bmap.words]);
+          expect([...(wasm.layers.summary as Uint32Array)]).toEqual([...(js.layers.summary as Uint32Array)]);
+          expect(wasm.layers.dirtyPages).toBe(js.layers.dirtyPages);
+          expect(wasm.layers.dirtyPages).toBe(wasm.layers.bmap.popcount());
+          // The buffer the producers write now (after a sync: the spare the kernel zeroed).
+          const [ja, wa] = [js.log.active(0), wasm.log.active(0)];
+          expect([...wa.bitmap.words]).toEqual([...ja.bitmap.words]);
+          expect([...wa.summary]).toEqual([...ja.summary]);
+          expect(wa.counts[0]).toBe(ja.counts[0]);
+        }
+        const [sa, sb] = both.map((w) => w.layers.stats());
+        expect(sb?.copiedWords).toBe(sa?.copiedWords);
+        expect(sb?.adoptions).toBe(sa?.adoptions);
+        expect(sa?.kernelMerges).toBe(0);
+        kernelMerges += sb?.kernelMerges ?? 0;
+      }),
+      { numRuns: Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 100) },
+    );
+    // The kernel ran (a sync into a bmap not empty), not only adoptions.
+    expect(kernelMerges).toBeGreaterThan(20);
+  });
+});
