@@ -226,10 +226,11 @@
   ;; $scratch: the pages of T that were already set in bmap (popcount of T & bmap where bmap's
   ;; summary bit was set), then the 64-bit words visited (one per set bit of T's summary).
   ;;
-  ;; A run of all-ones summary words over all-zero ones is one memory.copy. Other non-zero summary
-  ;; words are gathered 64 at a time and merged in two passes: first one load of the first dirty
-  ;; word of each in T and in bmap — independent loads, so their cache misses overlap (at 1%
-  ;; dirty each is a miss in both bitmaps) — then the merge, which finds them in cache.
+  ;; A run of all-ones summary words over all-zero ones is one memory.copy; a summary word with one
+  ;; bit is merged at once. Other non-zero summary words are gathered 64 at a time and merged in
+  ;; two passes: first one load of the first dirty word of each in T and in bmap — independent
+  ;; loads, so their cache misses overlap (at 1% dirty each is a miss in both bitmaps) — then the
+  ;; merge, which finds them in cache.
   (func $merge_word (param $tw i32) (param $bw i32) (param $base i32) (param $tb i32) (param $bsj i32)
         (result i64)
     (local $low i32) (local $off i32) (local $t64 i64) (local $b64 i64) (local $overlap i64)
@@ -326,6 +327,16 @@
             (local.set $bsj (i32.load (i32.add (local.get $bs) (local.get $j))))
             (i32.store (i32.add (local.get $bs) (local.get $j)) (i32.or (local.get $bsj) (local.get $tb)))
             (local.set $copy (i64.add (local.get $copy) (i64.extend_i32_u (i32.popcnt (local.get $tb)))))
+            ;; One dirty word: merged at once. Lone words are what evenly spread writes leave, a
+            ;; stride the hardware prefetcher follows; batching them only adds work.
+            (if (i32.eq (i32.popcnt (local.get $tb)) (i32.const 1))
+              (then
+                (local.set $overlap
+                  (i64.add (local.get $overlap)
+                    (call $merge_word (local.get $tw) (local.get $bw) (i32.shl (local.get $j) (i32.const 6))
+                      (local.get $tb) (local.get $bsj))))
+                (local.set $j (i32.add (local.get $j) (i32.const 4)))
+                (br $scan)))
             (local.set $e (i32.add (local.get $batch) (i32.mul (local.get $q) (i32.const 12))))
             (i32.store (local.get $e) (local.get $j))
             (i32.store offset=4 (local.get $e) (local.get $tb))
