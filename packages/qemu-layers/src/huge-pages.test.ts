@@ -4,7 +4,6 @@ import { describe, expect, it } from 'vitest';
 import {
   allocateGuestRam,
   anonHugePagesKiB,
-  CACHE_LINE,
   createHugePageAllocator,
   defaultBitmapAllocator,
   guestRamWith,
@@ -33,7 +32,7 @@ describe('bitmap allocators', () => {
     expect(a.allocate(16).byteOffset).toBe(0);
   });
 
-  it('advises MADV_HUGEPAGE over the page-aligned interior of big buffers and starts the region on a cache line', () => {
+  it('advises MADV_HUGEPAGE over the page-aligned interior of big buffers and starts the region on a page', () => {
     const calls: [bigint, number, number][] = [];
     // A buffer at 0x1010, as glibc's mmap'd chunks are (page + 16).
     const a = hugePageAllocatorWith((at, len, advice) => (calls.push([at, len, advice]), 0), {
@@ -43,10 +42,10 @@ describe('bitmap allocators', () => {
     expect(a.kind).toBe('huge-pages');
     const big = a.allocate(5 * 4096, { shared: true });
     expect(big.buffer).toBeInstanceOf(SharedArrayBuffer);
-    expect(big.buffer.byteLength).toBe(5 * 4096 + CACHE_LINE);
-    expect(big.byteOffset).toBe(0x30); // 0x1010 + 0x30 = 0x1040
-    // [0x1010, 0x1010 + 5·4096 + 64) holds the whole pages [0x2000, 0x6000).
-    expect(calls).toEqual([[0x2000n, 0x4000, 14]]);
+    expect(big.buffer.byteLength).toBe(6 * 4096);
+    expect(big.byteOffset).toBe(0xff0); // 0x1010 + 0xff0 = 0x2000
+    // [0x1010, 0x1010 + 6·4096) holds the whole pages [0x2000, 0x7000).
+    expect(calls).toEqual([[0x2000n, 0x5000, 14]]);
     a.allocate(2 * 4096); // below minBytes: aligned, not advised
     expect(calls).toHaveLength(1);
   });

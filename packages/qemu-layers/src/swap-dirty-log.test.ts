@@ -104,7 +104,7 @@ describe('createSwapDirtyLog', () => {
     err(
       () => createSwapDirtyLog({ slots: [slot], buffers: new Map([[0, short]]) }),
       'invalid-argument',
-      /has 128 bytes, its 200 pages need 12352/,
+      /has 128 bytes, its 200 pages need 16384/,
     );
   });
 

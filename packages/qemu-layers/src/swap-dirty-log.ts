@@ -333,12 +333,13 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
         }
         memory = given;
       } else {
-        // The header (active index, base, count) at 0, the buffers from the first cache line of
-        // the region past it — a line of memory when the allocator knows addresses.
+        // The header (active index, base, count) at 0, the buffers from the region's start or,
+        // when the header is in the way, one 4 KiB stride into it: so they start on a page of
+        // memory when the allocator knows addresses (see slotLayout for why).
         l = slotLayout(info.pages, options.migrationBuffer === true ? 3 : 2);
-        const a = allocator.allocate(CACHE_LINE + l.bytes, { shared });
+        const a = allocator.allocate(STRIDE_ALIGN + l.bytes, { shared });
         memory = a.buffer;
-        base = a.byteOffset >= HEADER_BYTES ? a.byteOffset : a.byteOffset + CACHE_LINE;
+        base = a.byteOffset >= HEADER_BYTES ? a.byteOffset : a.byteOffset + STRIDE_ALIGN;
         const header = new Int32Array(memory, 0, 3);
         header[1] = base;
         header[2] = l.count;
