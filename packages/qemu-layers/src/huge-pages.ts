@@ -106,11 +106,7 @@ export function hugePageAllocatorWith(
       const buffer = plainBuffer(bytes + PAGE, o.shared === true);
       const at = addressOf(new Uint8Array(buffer, 0, 1));
       const byteOffset = Number(-at & BigInt(PAGE - 1));
-      if (bytes >= minBytes) {
-        const start = (at + BigInt(PAGE - 1)) & ~BigInt(PAGE - 1);
-        const end = (at + BigInt(buffer.byteLength)) & ~BigInt(PAGE - 1);
-        if (end > start) madvise(start, Number(end - start), MADV_HUGEPAGE);
-      }
+      if (bytes >= minBytes) adviseInterior(madvise, at, buffer.byteLength);
       return { buffer, byteOffset };
     },
   };
@@ -164,10 +160,18 @@ export function guestRamWith(
   const memory = new SharedArrayBuffer(bytes);
   if (madvise === undefined || addressOf === undefined || bytes < HUGE_PAGE)
     return { memory, hugePages: false };
-  const at = addressOf(new Uint8Array(memory, 0, 1));
+  return { memory, hugePages: adviseInterior(madvise, addressOf(new Uint8Array(memory, 0, 1)), bytes) };
+}
+
+/** `madvise(MADV_HUGEPAGE)` over the whole pages of `[at, at + bytes)`; true when it succeeded. */
+function adviseInterior(
+  madvise: (address: bigint, length: number, advice: number) => number,
+  at: bigint,
+  bytes: number,
+): boolean {
   const start = (at + BigInt(PAGE - 1)) & ~BigInt(PAGE - 1);
   const end = (at + BigInt(bytes)) & ~BigInt(PAGE - 1);
-  return { memory, hugePages: end > start && madvise(start, Number(end - start), MADV_HUGEPAGE) === 0 };
+  return end > start && madvise(start, Number(end - start), MADV_HUGEPAGE) === 0;
 }
 
 /**
@@ -178,10 +182,7 @@ export function adviseHugePages(buffer: ArrayBufferLike): boolean {
   const madvise = loadMadvise();
   const addressOf = ffi?.addressOf;
   if (madvise === undefined || addressOf === undefined || buffer.byteLength < HUGE_PAGE) return false;
-  const at = addressOf(new Uint8Array(buffer, 0, 1));
-  const start = (at + BigInt(PAGE - 1)) & ~BigInt(PAGE - 1);
-  const end = (at + BigInt(buffer.byteLength)) & ~BigInt(PAGE - 1);
-  return end > start && madvise(start, Number(end - start), MADV_HUGEPAGE) === 0;
+  return adviseInterior(madvise, addressOf(new Uint8Array(buffer, 0, 1)), buffer.byteLength);
 }
 
 /** `AnonHugePages` of this process in KiB (`/proc/self/smaps_rollup`), or undefined off Linux. */

@@ -1,7 +1,12 @@
 import { type LoggingControl, type MemslotInfo } from '@dirtytrack/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { defaultBitmapAllocator, type BitmapAllocator } from '../huge-pages.js';
+import {
+  anonHugePagesKiB,
+  createHugePageAllocator,
+  defaultBitmapAllocator,
+  type BitmapAllocator,
+} from '../huge-pages.js';
 import { createQemuLayers } from '../qemu-layers.js';
 import { createSwapDirtyLog } from '../swap-dirty-log.js';
 import { supportsWasmSimd } from './bitmap-kernels.js';
@@ -61,6 +66,17 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
     expect(mergeKernelFor(a.buffer)).toBeDefined();
     expect(mergeKernelFor(defaultBitmapAllocator.allocate(64).buffer)).toBeUndefined();
   });
+
+  it.skipIf(anonHugePagesKiB() === undefined || createHugePageAllocator().kind === 'default')(
+    'on this machine: a touched 64 MiB buffer is backed by huge pages',
+    () => {
+      const before = anonHugePagesKiB() as number;
+      const a = createWasmBitmapAllocator().allocate(64 * 2 ** 20);
+      new Uint8Array(a.buffer).fill(1);
+      // Not all of it need be huge (the unaligned head and tail, compaction), but some must.
+      expect((anonHugePagesKiB() as number) - before).toBeGreaterThanOrEqual(2048);
+    },
+  );
 
   it('a sync into a non-empty bmap merges in the kernel: exact bits, count and cost', () => {
     const { log, layers } = world(PAGES, createWasmBitmapAllocator());
