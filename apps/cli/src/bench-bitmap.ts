@@ -313,12 +313,13 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     );
     expectBmap(layers, dirty, name);
     const { adoptions, syncs, kernelMerges } = layers.stats();
-    if (adoptions !== (adopt && drain && !keep ? syncs : 0)) {
+    const adopts = adopt && drain && !keep;
+    if (adoptions !== (adopts ? syncs : 0)) {
       throw new DirtytrackError('internal', `${name}: ${adoptions} of ${syncs} syncs adopted`, {
         component: 'bench-bitmap',
       });
     }
-    if (kernelMerges !== (alloc.kind === 'wasm' && !(adopt && drain && !keep) ? syncs : 0)) {
+    if (kernelMerges !== (alloc.kind === 'wasm' && !adopts ? syncs : 0)) {
       throw new DirtytrackError(
         'internal',
         `${name}: ${kernelMerges} of ${syncs} syncs merged in the kernel`,

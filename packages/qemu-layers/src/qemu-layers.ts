@@ -758,12 +758,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         const s = spare as DirtyLogBuffer;
         if ((s.counts[0] as number) !== 0) {
           copy += Math.ceil(s.summary.length / 2);
-          const kernel = mergeKernelFor(s.bitmap.words.buffer);
-          if (kernel === undefined) zeroBuffer(s);
-          else {
-            kernel.zero(s.bitmap.words, s.summary);
-            s.counts[0] = 0;
-          }
+          zeroBuffer(s);
         }
         taken = swapSource.swapDirtyLog(slot.id, s);
         reported = taken.counts[0] as number;

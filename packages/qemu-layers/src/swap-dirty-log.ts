@@ -11,6 +11,7 @@ import {
 } from '@dirtytrack/core';
 
 import { CACHE_LINE, defaultBitmapAllocator, type BitmapAllocator } from './huge-pages.js';
+import { mergeKernelFor } from './kernels/wasm-allocator.js';
 
 const COMPONENT = 'swap-dirty-log';
 /**
@@ -504,11 +505,18 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
 
 /**
  * Zeroes a buffer the caller owns, visiting only the words its summary names; runs of full
- * summary words are cleared with one `fill` (a memset).
+ * summary words are cleared with one `fill` (a memset). A buffer in the memory of
+ * `createWasmBitmapAllocator` is zeroed the same way by the `zero_summary` kernel.
  */
 export function zeroBuffer(buf: DirtyLogBuffer): void {
   const w = buf.bitmap.words;
   const sum = buf.summary;
+  const kernel = mergeKernelFor(w.buffer);
+  if (kernel !== undefined && sum.buffer === w.buffer) {
+    kernel.zero(w, sum);
+    buf.counts[0] = 0;
+    return;
+  }
   for (let j = 0; j < sum.length; j++) {
     let bits = sum[j] as number;
     if (bits === 0) continue;
