@@ -218,19 +218,104 @@
         (local.set $reps (i32.sub (local.get $reps) (i32.const 1)))
         (br $rloop))))
 
-  ;; bmap |= T through T's summary: the 'fused' strategy's merge of a harvested buffer T into a
+;; bmap |= T through T's summary: the 'fused' strategy's merge of a harvested buffer T into a
   ;; bmap that is not empty (qemu-layers.ts, mergeTaken, is the plain-JS twin: the same bits, the
   ;; same counts). $tw/$bw: T's and bmap's words; $ts/$bs: their summaries (bit k set when 64-bit
-  ;; word k may be non-zero; set for every non-zero word); $n: summary words; $scratch: 16 + 64 *
-  ;; 12 bytes of this memory the kernel may use. bmap's summary gains T's bits. Writes two f64 at
-  ;; $scratch: the pages of T that were already set in bmap (popcount of T & bmap where bmap's
-  ;; summary bit was set), then the 64-bit words visited (one per set bit of T's summary).
+  ;; word k may be non-zero; set for every non-zero word); $n: summary words; $words: 64-bit words
+  ;; of each bitmap; $scratch: 16 + 64 * 4 + 4 bytes of this memory the kernel may use. bmap's
+  ;; summary gains T's bits. Writes two f64 at $scratch: the pages of T that were already set in
+  ;; bmap (popcount of T & bmap in the lines where bmap's summary was non-zero), then the 64-bit
+  ;; words visited (one per set bit of T's summary).
   ;;
-  ;; A run of all-ones summary words over all-zero ones is one memory.copy; a summary word with one
-  ;; bit is merged at once. Other non-zero summary words are gathered 64 at a time and merged in
-  ;; two passes: first one load of the first dirty word of each in T and in bmap — independent
-  ;; loads, so their cache misses overlap (at 1% dirty each is a miss in both bitmaps) — then the
-  ;; merge, which finds them in cache.
+  ;; It works by 64-byte line: a byte of a summary names the 8 words of one line of its bitmap.
+  ;; The summary is read 16 bytes at a time; a chunk of all-ones over a clean chunk of bmap's
+  ;; summary starts a run of such chunks, merged with one memory.copy. Otherwise each non-zero
+  ;; byte of the chunk is one line to merge, gathered without a branch in the common case (one
+  ;; line per chunk). Every 48 or more lines the batch is merged in two passes (merge_lines).
+  (func (export "merge_summary") (param $tw i32) (param $ts i32) (param $bw i32) (param $bs i32)
+        (param $n i32) (param $words i32) (param $scratch i32)
+    (local $j i32) (local $end i32) (local $vend i32) (local $e i32) (local $q i32) (local $batch i32)
+    (local $mask i32) (local $c v128) (local $r i64) (local $overlap i64) (local $copy i64)
+    (local.set $batch (i32.add (local.get $scratch) (i32.const 16)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $vend (i32.and (local.get $end) (i32.const -16)))
+    (block $vdone
+      (loop $scan
+        (br_if $vdone (i32.ge_u (local.get $j) (local.get $vend)))
+        (local.set $c (v128.load align=4 (i32.add (local.get $ts) (local.get $j))))
+        (local.set $mask (i8x16.bitmask (i8x16.ne (local.get $c) (v128.const i64x2 0 0))))
+        (if (i32.eq (local.get $mask) (i32.const 0xffff))
+          (then
+            (if (i32.and (i8x16.all_true (i8x16.eq (local.get $c) (v128.const i64x2 -1 -1)))
+                  (i32.eqz (v128.any_true (v128.load align=4 (i32.add (local.get $bs) (local.get $j))))))
+              (then
+                ;; 128 dirty words over 128 clean ones, and as many such chunks as follow: one copy.
+                (local.set $e (i32.add (local.get $j) (i32.const 16)))
+                (block $rdone
+                  (loop $run
+                    (br_if $rdone (i32.ge_u (local.get $e) (local.get $vend)))
+                    (br_if $rdone
+                      (i32.eqz (i8x16.all_true
+                        (i8x16.eq (v128.load align=4 (i32.add (local.get $ts) (local.get $e)))
+                          (v128.const i64x2 -1 -1)))))
+                    (br_if $rdone (v128.any_true (v128.load align=4 (i32.add (local.get $bs) (local.get $e)))))
+                    (local.set $e (i32.add (local.get $e) (i32.const 16)))
+                    (br $run)))
+                (memory.copy
+                  (i32.add (local.get $bw) (i32.shl (local.get $j) (i32.const 6)))
+                  (i32.add (local.get $tw) (i32.shl (local.get $j) (i32.const 6)))
+                  (i32.shl (i32.sub (local.get $e) (local.get $j)) (i32.const 6)))
+                (memory.fill (i32.add (local.get $bs) (local.get $j)) (i32.const 255)
+                  (i32.sub (local.get $e) (local.get $j)))
+                (local.set $copy
+                  (i64.add (local.get $copy)
+                    (i64.extend_i32_u (i32.shl (i32.sub (local.get $e) (local.get $j)) (i32.const 3)))))
+                (local.set $j (local.get $e))
+                (br $scan)))))
+        ;; The chunk's first dirty line, stored whether or not there is one (q counts it only if
+        ;; there is): at 1% dirty most chunks are clean, a branch here would mispredict.
+        (i32.store (i32.add (local.get $batch) (i32.shl (local.get $q) (i32.const 2)))
+          (i32.add (local.get $j) (i32.ctz (i32.or (local.get $mask) (i32.const 0x10000)))))
+        (local.set $q (i32.add (local.get $q) (i32.ne (local.get $mask) (i32.const 0))))
+        (local.set $mask (i32.and (local.get $mask) (i32.sub (local.get $mask) (i32.const 1))))
+        (if (local.get $mask)
+          (then
+            (loop $more
+              (i32.store (i32.add (local.get $batch) (i32.shl (local.get $q) (i32.const 2)))
+                (i32.add (local.get $j) (i32.ctz (local.get $mask))))
+              (local.set $q (i32.add (local.get $q) (i32.const 1)))
+              (local.set $mask (i32.and (local.get $mask) (i32.sub (local.get $mask) (i32.const 1))))
+              (br_if $more (local.get $mask)))))
+        (if (i32.ge_u (local.get $q) (i32.const 48))
+          (then
+            (local.set $r
+              (call $merge_lines (local.get $tw) (local.get $ts) (local.get $bw) (local.get $bs)
+                (local.get $batch) (local.get $q) (local.get $words)))
+            (local.set $overlap (i64.add (local.get $overlap) (i64.and (local.get $r) (i64.const 0xffffffff))))
+            (local.set $copy (i64.add (local.get $copy) (i64.shr_u (local.get $r) (i64.const 32))))
+            (local.set $q (i32.const 0))))
+        (local.set $j (i32.add (local.get $j) (i32.const 16)))
+        (br $scan)))
+    ;; The last 0-15 summary bytes, one at a time (at most 47 + 15 lines in the batch).
+    (block $tdone
+      (loop $tail
+        (br_if $tdone (i32.ge_u (local.get $j) (local.get $end)))
+        (if (i32.load8_u (i32.add (local.get $ts) (local.get $j)))
+          (then
+            (i32.store (i32.add (local.get $batch) (i32.shl (local.get $q) (i32.const 2))) (local.get $j))
+            (local.set $q (i32.add (local.get $q) (i32.const 1)))))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $tail)))
+    (local.set $r
+      (call $merge_lines (local.get $tw) (local.get $ts) (local.get $bw) (local.get $bs)
+        (local.get $batch) (local.get $q) (local.get $words)))
+    (local.set $overlap (i64.add (local.get $overlap) (i64.and (local.get $r) (i64.const 0xffffffff))))
+    (local.set $copy (i64.add (local.get $copy) (i64.shr_u (local.get $r) (i64.const 32))))
+    (f64.store (local.get $scratch) (f64.convert_i64_u (local.get $overlap)))
+    (f64.store offset=8 (local.get $scratch) (f64.convert_i64_u (local.get $copy))))
+
+  ;; One line's dirty words, one 64-bit word at a time: $tb names them (bit i: the word at $base +
+  ;; 8 i, non-zero), $bsj names bmap's non-zero ones among them. Returns the overlap.
   (func $merge_word (param $tw i32) (param $bw i32) (param $base i32) (param $tb i32) (param $bsj i32)
         (result i64)
     (local $low i32) (local $off i32) (local $t64 i64) (local $b64 i64) (local $overlap i64)
@@ -250,106 +335,79 @@
       (br_if $bits (local.get $tb)))
     (local.get $overlap))
 
-  (func (export "merge_summary") (param $tw i32) (param $ts i32) (param $bw i32) (param $bs i32)
-        (param $n i32) (param $scratch i32)
-    (local $j i32) (local $end i32) (local $vend i32) (local $tb i32) (local $bsj i32)
-    (local $q i32) (local $k i32) (local $e i32) (local $off i32) (local $sink i32) (local $batch i32)
-    (local $overlap i64) (local $copy i64)
-    (local.set $batch (i32.add (local.get $scratch) (i32.const 16)))
-    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
-    (local.set $vend (i32.and (local.get $end) (i32.const -16)))
-    (block $done
-      (loop $scan
-        (if (i32.or (i32.ge_u (local.get $j) (local.get $end)) (i32.eq (local.get $q) (i32.const 64)))
+  ;; Merges the $q lines whose summary byte offsets are at $batch (merge_summary's batch) in two
+  ;; passes. First one load of each line in T and in bmap and of its byte of bmap's summary:
+  ;; independent loads, so their cache misses overlap (at 1% dirty each is a miss). Then the merge,
+  ;; which finds them in cache: bmap's summary byte gains T's, the line is OR-ed in with four v128
+  ;; steps, and where bmap's byte was non-zero the overlap is counted first. A line that would
+  ;; reach past the bitmaps' last word (a length not a multiple of 8 words) goes word by word.
+  ;; Returns the overlap in the low 32 bits and the words visited in the high 32 (at most 64 lines:
+  ;; 32768 and 512).
+  (func $merge_lines (param $tw i32) (param $ts i32) (param $bw i32) (param $bs i32) (param $batch i32)
+        (param $q i32) (param $words i32) (result i64)
+    (local $k i32) (local $l i32) (local $off i32) (local $sink i32) (local $t8 i32) (local $b8 i32)
+    (local $pa i32) (local $pb i32) (local $full i32) (local $acc v128) (local $overlap i64) (local $copy i32)
+    (block $tdone
+      (loop $touch
+        (br_if $tdone (i32.ge_u (local.get $k) (local.get $q)))
+        (local.set $l (i32.load (i32.add (local.get $batch) (i32.shl (local.get $k) (i32.const 2)))))
+        (local.set $off (i32.shl (local.get $l) (i32.const 6)))
+        (local.set $sink
+          (i32.add (i32.add (local.get $sink) (i32.load8_u (i32.add (local.get $bs) (local.get $l))))
+            (i32.add (i32.load (i32.add (local.get $tw) (local.get $off)))
+              (i32.load (i32.add (local.get $bw) (local.get $off))))))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $touch)))
+    ;; The loads' sum, so no engine may drop them (nothing reads it).
+    (i32.store (i32.add (local.get $batch) (i32.const 256)) (local.get $sink))
+    (local.set $full (i32.shr_u (local.get $words) (i32.const 3)))
+    (local.set $k (i32.const 0))
+    (block $mdone
+      (loop $merge
+        (br_if $mdone (i32.ge_u (local.get $k) (local.get $q)))
+        (local.set $l (i32.load (i32.add (local.get $batch) (i32.shl (local.get $k) (i32.const 2)))))
+        (local.set $t8 (i32.load8_u (i32.add (local.get $ts) (local.get $l))))
+        (local.set $b8 (i32.load8_u (i32.add (local.get $bs) (local.get $l))))
+        (i32.store8 (i32.add (local.get $bs) (local.get $l)) (i32.or (local.get $b8) (local.get $t8)))
+        (local.set $copy (i32.add (local.get $copy) (i32.popcnt (local.get $t8))))
+        (local.set $off (i32.shl (local.get $l) (i32.const 6)))
+        (if (i32.ge_u (local.get $l) (local.get $full))
           (then
-            ;; The batch's two passes. Entries: (summary byte offset, T's word, bmap's word).
-            (local.set $k (i32.const 0))
-            (block $tdone
-              (loop $touch
-                (br_if $tdone (i32.ge_u (local.get $k) (local.get $q)))
-                (local.set $e (i32.add (local.get $batch) (i32.mul (local.get $k) (i32.const 12))))
-                (local.set $off
-                  (i32.add (i32.shl (i32.load (local.get $e)) (i32.const 6))
-                    (i32.shl (i32.ctz (i32.load offset=4 (local.get $e))) (i32.const 3))))
-                (local.set $sink
-                  (i32.add (local.get $sink)
-                    (i32.add (i32.load (i32.add (local.get $tw) (local.get $off)))
-                      (i32.load (i32.add (local.get $bw) (local.get $off))))))
-                (local.set $k (i32.add (local.get $k) (i32.const 1)))
-                (br $touch)))
-            (local.set $k (i32.const 0))
-            (block $mdone
-              (loop $merge
-                (br_if $mdone (i32.ge_u (local.get $k) (local.get $q)))
-                (local.set $e (i32.add (local.get $batch) (i32.mul (local.get $k) (i32.const 12))))
-                (local.set $overlap
-                  (i64.add (local.get $overlap)
-                    (call $merge_word (local.get $tw) (local.get $bw)
-                      (i32.shl (i32.load (local.get $e)) (i32.const 6))
-                      (i32.load offset=4 (local.get $e)) (i32.load offset=8 (local.get $e)))))
-                (local.set $k (i32.add (local.get $k) (i32.const 1)))
-                (br $merge)))
-            (local.set $q (i32.const 0))))
-        (br_if $done (i32.ge_u (local.get $j) (local.get $end)))
-        ;; Four zero summary words (256 clean 64-bit words of T) at a time.
-        (if (i32.lt_u (local.get $j) (local.get $vend))
-          (then
-            (if (i32.eqz (v128.any_true (v128.load align=4 (i32.add (local.get $ts) (local.get $j)))))
+            (local.set $overlap
+              (i64.add (local.get $overlap)
+                (call $merge_word (local.get $tw) (local.get $bw) (local.get $off) (local.get $t8) (local.get $b8)))))
+          (else
+            (local.set $pa (i32.add (local.get $tw) (local.get $off)))
+            (local.set $pb (i32.add (local.get $bw) (local.get $off)))
+            (if (local.get $b8)
               (then
-                (local.set $j (i32.add (local.get $j) (i32.const 16)))
-                (br $scan)))))
-        (local.set $tb (i32.load (i32.add (local.get $ts) (local.get $j))))
-        (if (i32.and (i32.eq (local.get $tb) (i32.const -1))
-              (i32.eqz (i32.load (i32.add (local.get $bs) (local.get $j)))))
-          (then
-            ;; 32 dirty words over 32 clean ones, and as many such summary words as follow: one copy.
-            (local.set $e (i32.add (local.get $j) (i32.const 4)))
-            (block $rdone
-              (loop $run
-                (br_if $rdone (i32.ge_u (local.get $e) (local.get $end)))
-                (br_if $rdone (i32.ne (i32.load (i32.add (local.get $ts) (local.get $e))) (i32.const -1)))
-                (br_if $rdone (i32.load (i32.add (local.get $bs) (local.get $e))))
-                (local.set $e (i32.add (local.get $e) (i32.const 4)))
-                (br $run)))
-            (memory.copy
-              (i32.add (local.get $bw) (i32.shl (local.get $j) (i32.const 6)))
-              (i32.add (local.get $tw) (i32.shl (local.get $j) (i32.const 6)))
-              (i32.shl (i32.sub (local.get $e) (local.get $j)) (i32.const 6)))
-            (memory.fill (i32.add (local.get $bs) (local.get $j)) (i32.const 255)
-              (i32.sub (local.get $e) (local.get $j)))
-            (local.set $copy
-              (i64.add (local.get $copy)
-                (i64.extend_i32_u (i32.shl (i32.sub (local.get $e) (local.get $j)) (i32.const 3)))))
-            (local.set $j (local.get $e))
-            (br $scan)))
-        (if (local.get $tb)
-          (then
-            (local.set $bsj (i32.load (i32.add (local.get $bs) (local.get $j))))
-            (i32.store (i32.add (local.get $bs) (local.get $j)) (i32.or (local.get $bsj) (local.get $tb)))
-            (local.set $copy (i64.add (local.get $copy) (i64.extend_i32_u (i32.popcnt (local.get $tb)))))
-            ;; One dirty word: merged at once. Lone words are what evenly spread writes leave, a
-            ;; stride the hardware prefetcher follows; batching them only adds work.
-            (if (i32.eq (i32.popcnt (local.get $tb)) (i32.const 1))
-              (then
+                (local.set $acc (call $popcnt32x4 (v128.and (v128.load (local.get $pa)) (v128.load (local.get $pb)))))
+                (local.set $acc
+                  (i32x4.add (local.get $acc)
+                    (call $popcnt32x4
+                      (v128.and (v128.load offset=16 (local.get $pa)) (v128.load offset=16 (local.get $pb))))))
+                (local.set $acc
+                  (i32x4.add (local.get $acc)
+                    (call $popcnt32x4
+                      (v128.and (v128.load offset=32 (local.get $pa)) (v128.load offset=32 (local.get $pb))))))
+                (local.set $acc
+                  (i32x4.add (local.get $acc)
+                    (call $popcnt32x4
+                      (v128.and (v128.load offset=48 (local.get $pa)) (v128.load offset=48 (local.get $pb))))))
                 (local.set $overlap
-                  (i64.add (local.get $overlap)
-                    (call $merge_word (local.get $tw) (local.get $bw) (i32.shl (local.get $j) (i32.const 6))
-                      (local.get $tb) (local.get $bsj))))
-                (local.set $j (i32.add (local.get $j) (i32.const 4)))
-                (br $scan)))
-            (local.set $e (i32.add (local.get $batch) (i32.mul (local.get $q) (i32.const 12))))
-            (i32.store (local.get $e) (local.get $j))
-            (i32.store offset=4 (local.get $e) (local.get $tb))
-            (i32.store offset=8 (local.get $e) (local.get $bsj))
-            (local.set $q (i32.add (local.get $q) (i32.const 1)))))
-        (local.set $j (i32.add (local.get $j) (i32.const 4)))
-        (br $scan)))
-    (f64.store (local.get $scratch) (f64.convert_i64_u (local.get $overlap)))
-    (f64.store offset=8 (local.get $scratch) (f64.convert_i64_u (local.get $copy)))
-    ;; The touch loads' sum, so no engine may drop them (nothing reads it).
-    (i32.store offset=12 (local.get $batch) (local.get $sink)))
+                  (i64.add (local.get $overlap) (i64.extend_i32_u (call $hsum (local.get $acc)))))))
+            (v128.store (local.get $pb) (v128.or (v128.load (local.get $pb)) (v128.load (local.get $pa))))
+            (v128.store offset=16 (local.get $pb)
+              (v128.or (v128.load offset=16 (local.get $pb)) (v128.load offset=16 (local.get $pa))))
+            (v128.store offset=32 (local.get $pb)
+              (v128.or (v128.load offset=32 (local.get $pb)) (v128.load offset=32 (local.get $pa))))
+            (v128.store offset=48 (local.get $pb)
+              (v128.or (v128.load offset=48 (local.get $pb)) (v128.load offset=48 (local.get $pa))))))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $merge)))
+    (i64.or (local.get $overlap) (i64.shl (i64.extend_i32_u (local.get $copy)) (i64.const 32))))
 
-  ;; Zeroes a buffer through its summary (swap-dirty-log.ts, zeroBuffer, is the JS twin): every
+    ;; Zeroes a buffer through its summary (swap-dirty-log.ts, zeroBuffer, is the JS twin): every
   ;; 64-bit word of $w its summary $s names (a set bit), and the summary; runs of all-ones summary
   ;; words with one memory.fill. $n: summary words.
   (func (export "zero_summary") (param $w i32) (param $s i32) (param $n i32)

@@ -43,21 +43,24 @@ type Op =
   | { t: 'sendAll' }
   | { t: 'sync' };
 
-// 300,000 pages: 4688 64-bit words, 147 summary words (not a multiple of 4: the kernel's scalar
-// tail), so runs of whole summary words (2048 pages) exist and a merge gathers more than one
-// batch of 64 summary words.
-const PAGES = 300_000;
+// 299,800 pages: 4685 64-bit words, so the last 64-byte line is partial (5 words; the kernel
+// merges it word by word — a whole-line merge would reach into the summary that follows), and 147
+// summary words, 588 bytes (not a multiple of 16: the kernel's scalar tail). Runs of whole
+// 16-byte summary chunks (8192 pages) exist, and a merge gathers more than one batch of 48 lines.
+const PAGES = 299_800;
 const pageArb = fc.nat(PAGES - 1);
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   fc.record({ t: fc.constant('pages' as const), pages: fc.array(pageArb, { maxLength: 300 }) }),
-  // Ranges up to 3 summary words: whole 2048-page groups, partial ones, runs across their edges.
-  fc.record({ t: fc.constant('range' as const), start: pageArb, length: fc.integer({ min: 1, max: 6200 }) }),
-  // Every step-th page: two or more dirty words in every summary word, so one merge gathers
-  // more than a batch of 64 (fc.array alone rarely writes that many pages at once).
+  // Ranges up to 2.4 summary chunks: whole 8192-page chunks (the kernel's run copy), partial ones,
+  // runs across their edges.
+  fc.record({ t: fc.constant('range' as const), start: pageArb, length: fc.integer({ min: 1, max: 20_000 }) }),
+  // Every step-th page: dirty lines in every summary chunk, so one merge gathers more than a batch
+  // (fc.array alone rarely writes that many pages at once). Step 64 dirties every word: all-ones
+  // summary chunks over words that are not all ones, some over a bmap that is not clean.
   fc.record({
     t: fc.constant('stride' as const),
     start: fc.nat(63),
-    step: fc.integer({ min: 64, max: 1000 }),
+    step: fc.oneof(fc.constant(64), fc.integer({ min: 64, max: 1000 })),
   }),
   fc.record({ t: fc.constant('send' as const), picks: fc.array(fc.nat(), { maxLength: 200 }) }),
   fc.record({
@@ -113,6 +116,23 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
     // Visited: T's summary (147 words = 74 64-bit words) + one 64-bit word per set summary bit:
     // words 0, 1, 31 (pages 5-6, 64, 2047), 64-95 (the 2048-page range), 128, 1093.
     expect(after.copiedWords - before.copiedWords).toBe(74 + 3 + 32 + 1 + 1);
+  });
+
+  it('a run of all-ones summary chunks is copied only as far as bmap is clean', () => {
+    const { log, layers } = world(PAGES, createWasmBitmapAllocator());
+    // bmap keeps page 10,000 (in the second 8192-page summary chunk) only.
+    for (let p = 0; p < PAGES; p++) if (p !== 10_000) layers.clearSent(p >>> 5, 1 << (p & 31));
+    // One page in every 64-bit word: every summary chunk of T is all ones.
+    const stride = Uint32Array.from({ length: Math.ceil((PAGES - 1) / 64) }, (_, i) => 1 + 64 * i);
+    log.markDirty(0, stride, stride.length, 0);
+    const before = layers.stats();
+    const r = layers.sync();
+    expect(r.newDirty).toBe(4685);
+    expect(layers.dirtyPages).toBe(4686);
+    expect([...layers.bmap.setBits()]).toEqual([...stride.slice(0, 157), 10_000, ...stride.slice(157)]);
+    expect(layers.stats().kernelMerges - before.kernelMerges).toBe(1);
+    // T's summary (74 64-bit words) + every word.
+    expect(layers.stats().copiedWords - before.copiedWords).toBe(74 + 4685);
   });
 
   it('gives the JS merge’s bmap, summary, dirtyPages and sync results on every step (property)', () => {

@@ -22,13 +22,21 @@ import {
 } from './bitmap-kernels.js';
 
 const WASM_PAGE = 65536;
-/** The kernel's working bytes at the end of each memory: two f64 results, 64 batch entries of 12 bytes. */
-const SCRATCH_BYTES = 16 + 64 * 12 + 16;
+/** The kernel's working bytes at the end of each memory: two f64 results, 64 batch entries of 4 bytes, a sum. */
+const SCRATCH_BYTES = 16 + 64 * 4 + 16;
 /** A wasm32 memory's largest size (65536 pages). */
 const MAX_MEMORY = 2 ** 32;
 
 interface MergeExports {
-  merge_summary(tw: number, ts: number, bw: number, bs: number, n: number, scratch: number): void;
+  merge_summary(
+    tw: number,
+    ts: number,
+    bw: number,
+    bs: number,
+    n: number,
+    words: number,
+    scratch: number,
+  ): void;
   zero_summary(w: number, s: number, n: number): void;
 }
 
@@ -140,7 +148,15 @@ export function mergeKernelFor(buffer: ArrayBufferLike): MergeKernel | undefined
           { component: 'wasm-allocator' },
         );
       }
-      k.merge_summary(tw.byteOffset, ts.byteOffset, bw.byteOffset, bs.byteOffset, ts.length, scratch);
+      k.merge_summary(
+        tw.byteOffset,
+        ts.byteOffset,
+        bw.byteOffset,
+        bs.byteOffset,
+        ts.length,
+        tw.length >>> 1,
+        scratch,
+      );
       return { overlap: out[0] as number, words: out[1] as number };
     },
   };
