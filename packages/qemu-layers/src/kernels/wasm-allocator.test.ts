@@ -53,7 +53,11 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   fc.record({ t: fc.constant('pages' as const), pages: fc.array(pageArb, { maxLength: 300 }) }),
   // Ranges up to 2.4 summary chunks: whole 8192-page chunks (the kernel's run copy), partial ones,
   // runs across their edges.
-  fc.record({ t: fc.constant('range' as const), start: pageArb, length: fc.integer({ min: 1, max: 20_000 }) }),
+  fc.record({
+    t: fc.constant('range' as const),
+    start: pageArb,
+    length: fc.integer({ min: 1, max: 20_000 }),
+  }),
   // Every step-th page: dirty lines in every summary chunk, so one merge gathers more than a batch
   // (fc.array alone rarely writes that many pages at once). Step 64 dirties every word: all-ones
   // summary chunks over words that are not all ones, some over a bmap that is not clean.
