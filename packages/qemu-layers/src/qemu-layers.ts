@@ -591,8 +591,12 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     copy += Math.ceil(ts.length / 2);
     const kernel = mergeKernelFor(tw.buffer);
     if (kernel !== undefined && bw.buffer === tw.buffer && bs.buffer === tw.buffer) {
-      // T, bmap and its summary in one WebAssembly memory: the same merge as below, in the kernel.
-      const r = kernel.merge(tw, ts, bw, bs);
+      // T, bmap and its summary in one WebAssembly memory: the same merge as below, in the kernel
+      // — through T's line list when the producers kept it complete (no summary scan).
+      const n = t.counts[1];
+      const list =
+        t.lines !== undefined && n !== undefined && n <= t.lines.length ? t.lines.subarray(0, n) : undefined;
+      const r = kernel.merge(tw, ts, bw, bs, list);
       copy += r.words;
       kernelMerges++;
       return (t.counts[0] as number) - r.overlap;

@@ -34,8 +34,19 @@ export interface DirtyLogBuffer {
   readonly bitmap: Bitmap;
   /** Bit k ⇔ 64-bit word k of `bitmap` is non-zero. */
   readonly summary: Uint32Array;
-  /** `counts[0]`: pages set in `bitmap`. A typed array so a shared buffer can carry it. */
+  /**
+   * `counts[0]`: pages set in `bitmap`. A typed array so a shared buffer can carry it. In a swap
+   * log's buffers, `counts[1]` is how many lines the producers appended to `lines`.
+   */
   readonly counts: Uint32Array;
+  /**
+   * A swap log's buffers only: the 64-byte lines of `bitmap` (a byte of `summary` each) whose
+   * summary byte went from zero to non-zero while the buffer was active, each once, in the order
+   * the producers dirtied them — the first `counts[1]` entries, unless `counts[1]` exceeds the
+   * list's length (too many lines: then the list is incomplete and the summary is the index). A
+   * merge then visits only these lines, with no scan of the summary.
+   */
+  readonly lines?: Uint32Array;
 }
 
 /** A zeroed {@link DirtyLogBuffer} for `pages` pages (`shared` backs it with shared memory). */
@@ -348,7 +359,8 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       const buf = (b: number): DirtyLogBuffer => ({
         bitmap: Bitmap.wrap(memory, info.pages, base + b * l.stride),
         summary: new Uint32Array(memory, base + b * l.stride + l.summary, l.summaryWords),
-        counts: new Uint32Array(memory, base + b * l.stride + l.counts, 1),
+        counts: new Uint32Array(memory, base + b * l.stride + l.counts, 2),
+        lines: new Uint32Array(memory, base + b * l.stride + l.lines, l.linesCap),
       });
       slots.set(info.id, {
         info,
@@ -375,7 +387,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       if (count === 0) return;
       readLocked(() => {
         // Looked up inside the read section: see the concurrency note above.
-        const { bitmap, summary, counts } = activeOf(s);
+        const { bitmap, summary, counts, lines } = activeOf(s) as Required<DirtyLogBuffer>;
         const words = bitmap.words;
         const bits = bitmap.bits;
         let fresh = 0;
@@ -397,7 +409,12 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
           fresh++;
           if (old === 0) {
             const k = p >>> 6;
-            Atomics.or(summary, k >>> 5, 1 << (k & 31));
+            const sum = Atomics.or(summary, k >>> 5, 1 << (k & 31));
+            // The line's summary byte was zero: this producer is the one that makes it non-zero.
+            if (((sum >>> (k & 24)) & 0xff) === 0) {
+              const n = Atomics.add(counts, 1, 1);
+              if (n < lines.length) lines[n] = k >>> 3;
+            }
           }
         }
         if (fresh > 0) Atomics.add(counts, 0, fresh);
@@ -413,7 +430,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
         );
       }
       return readLocked(() => {
-        const { bitmap, summary, counts } = activeOf(s);
+        const { bitmap, summary, counts, lines } = activeOf(s) as Required<DirtyLogBuffer>;
         const dst = bitmap.words;
         const w = src.words;
         let fresh = 0;
@@ -425,7 +442,11 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
           const ohi = hi === 0 ? (dst[i + 1] as number) : Atomics.or(dst, i + 1, hi);
           fresh += popcount32(lo & ~olo) + popcount32(hi & ~ohi);
           const k = i >>> 1;
-          Atomics.or(summary, k >>> 5, 1 << (k & 31));
+          const sum = Atomics.or(summary, k >>> 5, 1 << (k & 31));
+          if (((sum >>> (k & 24)) & 0xff) === 0) {
+            const n = Atomics.add(counts, 1, 1);
+            if (n < lines.length) lines[n] = k >>> 3;
+          }
         }
         if (fresh > 0) Atomics.add(counts, 0, fresh);
         return fresh;
@@ -457,7 +478,10 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
     swapDirtyLog(slot, spare) {
       const s = slotOf(slot, 'swapDirtyLog');
       harvester(s, 'swap');
-      const taken = swap(s, spareIndex(spare, s.info, s.bufs, Atomics.load(s.index, 0)));
+      const next = spareIndex(spare, s.info, s.bufs, Atomics.load(s.index, 0));
+      // Its line list starts empty: a stale entry could name a line twice.
+      Atomics.store((s.bufs[next] as DirtyLogBuffer).counts, 1, 0);
+      const taken = swap(s, next);
       s.swaps++;
       const rearmedPages = rearm(s, taken);
       const reported = taken.counts[0] as number;
@@ -514,7 +538,7 @@ export function zeroBuffer(buf: DirtyLogBuffer): void {
   const kernel = mergeKernelFor(w.buffer);
   if (kernel !== undefined && sum.buffer === w.buffer) {
     kernel.zero(w, sum);
-    buf.counts[0] = 0;
+    buf.counts.fill(0);
     return;
   }
   for (let j = 0; j < sum.length; j++) {
@@ -537,7 +561,7 @@ export function zeroBuffer(buf: DirtyLogBuffer): void {
       w[i + 1] = 0;
     }
   }
-  buf.counts[0] = 0;
+  buf.counts.fill(0);
 }
 
 /** Which of the slot's buffers `spare` is, checked: not the active one, and zeroed. */
@@ -583,9 +607,12 @@ interface SlotLayout {
   /** Bytes from one buffer to the next; buffer b's bitmap starts at `b * stride`. */
   readonly stride: number;
   readonly summaryWords: number;
-  /** Offsets of the summary and the count within a buffer. */
+  /** Entries of each buffer's line list. */
+  readonly linesCap: number;
+  /** Offsets of the summary, the counts and the line list within a buffer. */
   readonly summary: number;
   readonly counts: number;
+  readonly lines: number;
 }
 
 /**
@@ -596,17 +623,22 @@ function slotLayout(pages: number, count: number): SlotLayout {
   const bitmapBytes = Bitmap.byteLength(pages);
   const summaryWords = Math.ceil(bitmapBytes / 8 / 32);
   const summaryBytes = Math.ceil((summaryWords * 4) / 8) * 8;
+  // One line in 32 (1/8 of the summary's bytes): past that, scanning the summary costs no more
+  // than visiting the list.
+  const linesCap = Math.max(16, Math.ceil((summaryWords * 4) / 32));
   // A whole number of 4 KiB pages, so the buffers are congruent modulo 4096: a copy between two
   // of them (the merge's run of full summary words) would otherwise have its loads falsely wait
   // on its own earlier stores one line below in address bits 0-11 ("4K aliasing") — a 256 MiB
   // copy between buffers 64 bytes apart modulo 4096 took 84 ms against 26 ms congruent.
-  const stride = Math.ceil((bitmapBytes + summaryBytes + 8) / STRIDE_ALIGN) * STRIDE_ALIGN;
+  const stride = Math.ceil((bitmapBytes + summaryBytes + 8 + linesCap * 4) / STRIDE_ALIGN) * STRIDE_ALIGN;
   return {
     count,
     bytes: count * stride,
     stride,
     summaryWords,
+    linesCap,
     summary: bitmapBytes,
     counts: bitmapBytes + summaryBytes,
+    lines: bitmapBytes + summaryBytes + 8,
   };
 }

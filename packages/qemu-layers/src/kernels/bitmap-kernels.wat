@@ -222,20 +222,41 @@
   ;; bmap that is not empty (qemu-layers.ts, mergeTaken, is the plain-JS twin: the same bits, the
   ;; same counts). $tw/$bw: T's and bmap's words; $ts/$bs: their summaries (bit k set when 64-bit
   ;; word k may be non-zero; set for every non-zero word); $n: summary words; $words: 64-bit words
-  ;; of each bitmap; $scratch: 16 + 64 * 4 + 4 bytes of this memory the kernel may use. bmap's
+  ;; of each bitmap; $lines/$nlines: T's line list (swap-dirty-log.ts, DirtyLogBuffer.lines: the
+  ;; summary byte offsets of its dirty lines, each once), or $nlines = -1 when there is none or it
+  ;; overflowed; $scratch: 16 + 64 * 4 + 4 bytes of this memory the kernel may use. bmap's
   ;; summary gains T's bits. Writes two f64 at $scratch: the pages of T that were already set in
   ;; bmap (popcount of T & bmap in the lines where bmap's summary was non-zero), then the 64-bit
   ;; words visited (one per set bit of T's summary).
   ;;
   ;; It works by 64-byte line: a byte of a summary names the 8 words of one line of its bitmap.
-  ;; The summary is read 16 bytes at a time; a chunk of all-ones over a clean chunk of bmap's
+  ;; With a line list the lines are merged 48 at a time straight from it, and the summary is not
+  ;; read at all. Otherwise the summary is read 16 bytes at a time; a chunk of all-ones over a clean chunk of bmap's
   ;; summary starts a run of such chunks, merged with one memory.copy. Otherwise each non-zero
   ;; byte of the chunk is one line to merge, gathered without a branch in the common case (one
   ;; line per chunk). Every 48 or more lines the batch is merged in two passes (merge_lines).
   (func (export "merge_summary") (param $tw i32) (param $ts i32) (param $bw i32) (param $bs i32)
-        (param $n i32) (param $words i32) (param $scratch i32)
+        (param $n i32) (param $words i32) (param $lines i32) (param $nlines i32) (param $scratch i32)
     (local $j i32) (local $end i32) (local $vend i32) (local $e i32) (local $q i32) (local $batch i32)
     (local $mask i32) (local $c v128) (local $r i64) (local $overlap i64) (local $copy i64)
+    (if (i32.ne (local.get $nlines) (i32.const -1))
+      (then
+        (block $ldone
+          (loop $list
+            (br_if $ldone (i32.ge_u (local.get $j) (local.get $nlines)))
+            (local.set $q (i32.sub (local.get $nlines) (local.get $j)))
+            (if (i32.gt_u (local.get $q) (i32.const 48)) (then (local.set $q (i32.const 48))))
+            (local.set $r
+              (call $merge_lines (local.get $tw) (local.get $ts) (local.get $bw) (local.get $bs)
+                (i32.add (local.get $lines) (i32.shl (local.get $j) (i32.const 2))) (local.get $q)
+                (local.get $words) (local.get $scratch)))
+            (local.set $overlap (i64.add (local.get $overlap) (i64.and (local.get $r) (i64.const 0xffffffff))))
+            (local.set $copy (i64.add (local.get $copy) (i64.shr_u (local.get $r) (i64.const 32))))
+            (local.set $j (i32.add (local.get $j) (local.get $q)))
+            (br $list)))
+        (f64.store (local.get $scratch) (f64.convert_i64_u (local.get $overlap)))
+        (f64.store offset=8 (local.get $scratch) (f64.convert_i64_u (local.get $copy)))
+        (return)))
     (local.set $batch (i32.add (local.get $scratch) (i32.const 16)))
     (local.set $end (i32.shl (local.get $n) (i32.const 2)))
     (local.set $vend (i32.and (local.get $end) (i32.const -16)))
@@ -290,7 +311,7 @@
           (then
             (local.set $r
               (call $merge_lines (local.get $tw) (local.get $ts) (local.get $bw) (local.get $bs)
-                (local.get $batch) (local.get $q) (local.get $words)))
+                (local.get $batch) (local.get $q) (local.get $words) (local.get $scratch)))
             (local.set $overlap (i64.add (local.get $overlap) (i64.and (local.get $r) (i64.const 0xffffffff))))
             (local.set $copy (i64.add (local.get $copy) (i64.shr_u (local.get $r) (i64.const 32))))
             (local.set $q (i32.const 0))))
@@ -308,7 +329,7 @@
         (br $tail)))
     (local.set $r
       (call $merge_lines (local.get $tw) (local.get $ts) (local.get $bw) (local.get $bs)
-        (local.get $batch) (local.get $q) (local.get $words)))
+        (local.get $batch) (local.get $q) (local.get $words) (local.get $scratch)))
     (local.set $overlap (i64.add (local.get $overlap) (i64.and (local.get $r) (i64.const 0xffffffff))))
     (local.set $copy (i64.add (local.get $copy) (i64.shr_u (local.get $r) (i64.const 32))))
     (f64.store (local.get $scratch) (f64.convert_i64_u (local.get $overlap)))
@@ -344,9 +365,9 @@
   ;; Returns the overlap in the low 32 bits and the words visited in the high 32 (at most 64 lines:
   ;; 32768 and 512).
   (func $merge_lines (param $tw i32) (param $ts i32) (param $bw i32) (param $bs i32) (param $batch i32)
-        (param $q i32) (param $words i32) (result i64)
+        (param $q i32) (param $words i32) (param $scratch i32) (result i64)
     (local $k i32) (local $l i32) (local $off i32) (local $sink i32) (local $t8 i32) (local $b8 i32)
-    (local $pa i32) (local $pb i32) (local $full i32) (local $acc v128) (local $overlap i64) (local $copy i32)
+    (local $pa i32) (local $pb i32) (local $full i32) (local $lim i32) (local $acc v128) (local $overlap i64) (local $copy i32)
     (block $tdone
       (loop $touch
         (br_if $tdone (i32.ge_u (local.get $k) (local.get $q)))
@@ -359,50 +380,58 @@
         (local.set $k (i32.add (local.get $k) (i32.const 1)))
         (br $touch)))
     ;; The loads' sum, so no engine may drop them (nothing reads it).
-    (i32.store (i32.add (local.get $batch) (i32.const 256)) (local.get $sink))
+    (i32.store offset=272 (local.get $scratch) (local.get $sink))
     (local.set $full (i32.shr_u (local.get $words) (i32.const 3)))
+    (local.set $lim (i32.shr_u (i32.add (local.get $words) (i32.const 7)) (i32.const 3)))
     (local.set $k (i32.const 0))
     (block $mdone
       (loop $merge
         (br_if $mdone (i32.ge_u (local.get $k) (local.get $q)))
         (local.set $l (i32.load (i32.add (local.get $batch) (i32.shl (local.get $k) (i32.const 2)))))
-        (local.set $t8 (i32.load8_u (i32.add (local.get $ts) (local.get $l))))
-        (local.set $b8 (i32.load8_u (i32.add (local.get $bs) (local.get $l))))
-        (i32.store8 (i32.add (local.get $bs) (local.get $l)) (i32.or (local.get $b8) (local.get $t8)))
-        (local.set $copy (i32.add (local.get $copy) (i32.popcnt (local.get $t8))))
-        (local.set $off (i32.shl (local.get $l) (i32.const 6)))
-        (if (i32.ge_u (local.get $l) (local.get $full))
+        ;; A line past the bitmaps' end (a corrupt list) is not written.
+        (if (i32.lt_u (local.get $l) (local.get $lim))
           (then
-            (local.set $overlap
-              (i64.add (local.get $overlap)
-                (call $merge_word (local.get $tw) (local.get $bw) (local.get $off) (local.get $t8) (local.get $b8)))))
-          (else
-            (local.set $pa (i32.add (local.get $tw) (local.get $off)))
-            (local.set $pb (i32.add (local.get $bw) (local.get $off)))
-            (if (local.get $b8)
+            (local.set $t8 (i32.load8_u (i32.add (local.get $ts) (local.get $l))))
+            (local.set $b8 (i32.load8_u (i32.add (local.get $bs) (local.get $l))))
+            (i32.store8 (i32.add (local.get $bs) (local.get $l)) (i32.or (local.get $b8) (local.get $t8)))
+            (local.set $copy (i32.add (local.get $copy) (i32.popcnt (local.get $t8))))
+            (local.set $off (i32.shl (local.get $l) (i32.const 6)))
+            (if (i32.ge_u (local.get $l) (local.get $full))
               (then
-                (local.set $acc (call $popcnt32x4 (v128.and (v128.load (local.get $pa)) (v128.load (local.get $pb)))))
-                (local.set $acc
-                  (i32x4.add (local.get $acc)
-                    (call $popcnt32x4
-                      (v128.and (v128.load offset=16 (local.get $pa)) (v128.load offset=16 (local.get $pb))))))
-                (local.set $acc
-                  (i32x4.add (local.get $acc)
-                    (call $popcnt32x4
-                      (v128.and (v128.load offset=32 (local.get $pa)) (v128.load offset=32 (local.get $pb))))))
-                (local.set $acc
-                  (i32x4.add (local.get $acc)
-                    (call $popcnt32x4
-                      (v128.and (v128.load offset=48 (local.get $pa)) (v128.load offset=48 (local.get $pb))))))
-                (local.set $overlap
-                  (i64.add (local.get $overlap) (i64.extend_i32_u (call $hsum (local.get $acc)))))))
-            (v128.store (local.get $pb) (v128.or (v128.load (local.get $pb)) (v128.load (local.get $pa))))
-            (v128.store offset=16 (local.get $pb)
-              (v128.or (v128.load offset=16 (local.get $pb)) (v128.load offset=16 (local.get $pa))))
-            (v128.store offset=32 (local.get $pb)
-              (v128.or (v128.load offset=32 (local.get $pb)) (v128.load offset=32 (local.get $pa))))
-            (v128.store offset=48 (local.get $pb)
-              (v128.or (v128.load offset=48 (local.get $pb)) (v128.load offset=48 (local.get $pa))))))
+                ;; (merge_word needs a dirty word: a line always has one, checked all the same)
+                (if (local.get $t8)
+                  (then
+                    (local.set $overlap
+                      (i64.add (local.get $overlap)
+                        (call $merge_word (local.get $tw) (local.get $bw) (local.get $off) (local.get $t8)
+                          (local.get $b8)))))))
+              (else
+                (local.set $pa (i32.add (local.get $tw) (local.get $off)))
+                (local.set $pb (i32.add (local.get $bw) (local.get $off)))
+                (if (local.get $b8)
+                  (then
+                    (local.set $acc (call $popcnt32x4 (v128.and (v128.load (local.get $pa)) (v128.load (local.get $pb)))))
+                    (local.set $acc
+                      (i32x4.add (local.get $acc)
+                        (call $popcnt32x4
+                          (v128.and (v128.load offset=16 (local.get $pa)) (v128.load offset=16 (local.get $pb))))))
+                    (local.set $acc
+                      (i32x4.add (local.get $acc)
+                        (call $popcnt32x4
+                          (v128.and (v128.load offset=32 (local.get $pa)) (v128.load offset=32 (local.get $pb))))))
+                    (local.set $acc
+                      (i32x4.add (local.get $acc)
+                        (call $popcnt32x4
+                          (v128.and (v128.load offset=48 (local.get $pa)) (v128.load offset=48 (local.get $pb))))))
+                    (local.set $overlap
+                      (i64.add (local.get $overlap) (i64.extend_i32_u (call $hsum (local.get $acc)))))))
+                (v128.store (local.get $pb) (v128.or (v128.load (local.get $pb)) (v128.load (local.get $pa))))
+                (v128.store offset=16 (local.get $pb)
+                  (v128.or (v128.load offset=16 (local.get $pb)) (v128.load offset=16 (local.get $pa))))
+                (v128.store offset=32 (local.get $pb)
+                  (v128.or (v128.load offset=32 (local.get $pb)) (v128.load offset=32 (local.get $pa))))
+                (v128.store offset=48 (local.get $pb)
+                  (v128.or (v128.load offset=48 (local.get $pb)) (v128.load offset=48 (local.get $pa))))))))
         (local.set $k (i32.add (local.get $k) (i32.const 1)))
         (br $merge)))
     (i64.or (local.get $overlap) (i64.shl (i64.extend_i32_u (local.get $copy)) (i64.const 32))))

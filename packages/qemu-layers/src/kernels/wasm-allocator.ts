@@ -35,6 +35,8 @@ interface MergeExports {
     bs: number,
     n: number,
     words: number,
+    lines: number,
+    nlines: number,
     scratch: number,
   ): void;
   zero_summary(w: number, s: number, n: number): void;
@@ -45,13 +47,16 @@ export interface MergeKernel {
   /**
    * `bmap |= T` through T's summary, for views that all lie in this kernel's memory (`tw`, `bw`
    * words; `ts`, `bs` summaries of equal length). Returns the pages of T already set in bmap and
-   * the 64-bit words visited (one per set summary bit), as the JS twin counts them.
+   * the 64-bit words visited (one per set summary bit), as the JS twin counts them. `lines`: T's
+   * first `lines.length` line-list entries (`DirtyLogBuffer.lines`), complete — then only those
+   * lines are visited and the summary is not scanned.
    */
   merge(
     tw: Uint32Array,
     ts: Uint32Array,
     bw: Uint32Array,
     bs: Uint32Array,
+    lines?: Uint32Array,
   ): { overlap: number; words: number };
   /**
    * Zeroes the 64-bit words of `w` that its summary `s` names, and `s` (`zeroBuffer`'s loop: the
@@ -139,8 +144,8 @@ export function mergeKernelFor(buffer: ArrayBufferLike): MergeKernel | undefined
       }
       k.zero_summary(w.byteOffset, s.byteOffset, s.length);
     },
-    merge(tw, ts, bw, bs) {
-      inside('merge', [tw, ts, bw, bs]);
+    merge(tw, ts, bw, bs, lines) {
+      inside('merge', lines === undefined ? [tw, ts, bw, bs] : [tw, ts, bw, bs, lines]);
       if (ts.length !== bs.length || tw.length !== bw.length || ts.length * 64 < tw.length) {
         throw new DirtytrackError(
           'internal',
@@ -155,6 +160,8 @@ export function mergeKernelFor(buffer: ArrayBufferLike): MergeKernel | undefined
         bs.byteOffset,
         ts.length,
         tw.length >>> 1,
+        lines === undefined ? 0 : lines.byteOffset,
+        lines === undefined ? -1 : lines.length,
         scratch,
       );
       return { overlap: out[0] as number, words: out[1] as number };
