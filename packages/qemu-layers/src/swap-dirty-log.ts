@@ -623,8 +623,8 @@ function slotLayout(pages: number, count: number): SlotLayout {
   const bitmapBytes = Bitmap.byteLength(pages);
   const summaryWords = Math.ceil(bitmapBytes / 8 / 32);
   const summaryBytes = Math.ceil((summaryWords * 4) / 8) * 8;
-  // One line in 32 (1/8 of the summary's bytes): past that, scanning the summary costs no more
-  // than visiting the list.
+  // Up to one line in 32 (a list an eighth of the summary's size). Past that a merge visits so
+  // many lines that the summary scan (16 lines per SIMD step) is a small share of it.
   const linesCap = Math.max(16, Math.ceil((summaryWords * 4) / 32));
   // A whole number of 4 KiB pages, so the buffers are congruent modulo 4096: a copy between two
   // of them (the merge's run of full summary words) would otherwise have its loads falsely wait
