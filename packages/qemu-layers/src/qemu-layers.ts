@@ -580,8 +580,9 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   };
 
   /**
-   * `bmap |= T` through T's summary (the swap path); returns the 0→1 transitions, from T's page
-   * count minus the overlap counted where `bmap` was non-zero.
+   * `bmap |= T` through T's summary (the swap path), or only through the lines T's producers
+   * listed when that list is complete; returns the 0→1 transitions, from T's page count minus the
+   * overlap counted where `bmap` was non-zero.
    */
   const mergeTaken = (t: DirtyLogBuffer): number => {
     const tw = t.bitmap.words;
@@ -589,13 +590,15 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     const bw = bmap.words;
     const bs = summary as Uint32Array;
     copy += Math.ceil(ts.length / 2);
+    // T's line list, when the producers kept it complete: the lines to visit, no summary scan.
+    const listed = t.counts[1];
+    const list =
+      t.lines !== undefined && listed !== undefined && listed <= t.lines.length
+        ? t.lines.subarray(0, listed)
+        : undefined;
     const kernel = mergeKernelFor(tw.buffer);
     if (kernel !== undefined && bw.buffer === tw.buffer && bs.buffer === tw.buffer) {
-      // T, bmap and its summary in one WebAssembly memory: the same merge as below, in the kernel
-      // — through T's line list when the producers kept it complete (no summary scan).
-      const n = t.counts[1];
-      const list =
-        t.lines !== undefined && n !== undefined && n <= t.lines.length ? t.lines.subarray(0, n) : undefined;
+      // T, bmap and its summary in one WebAssembly memory: the same merge as below, in the kernel.
       const r = kernel.merge(tw, ts, bw, bs, list);
       copy += r.words;
       kernelMerges++;
@@ -603,6 +606,48 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     }
     let overlap = 0;
     let n = 0;
+    /** T's 64-byte group m/8 of summary word j: its summary byte `t8` (non-zero), bmap's `b8`. */
+    const group = (j: number, m: number, t8: number, b8: number): void => {
+      if ((t8 & (t8 - 1)) === 0) {
+        // One dirty word in the group: merged at once. Lone words are what evenly spread
+        // writes leave, a stride the hardware prefetcher follows; batching them only adds work.
+        const i = (j * 32 + m + 31 - Math.clz32(t8)) * 2;
+        const lo = tw[i] as number;
+        const hi = tw[i + 1] as number;
+        if ((b8 & t8) === 0) {
+          bw[i] = lo;
+          bw[i + 1] = hi;
+        } else {
+          const blo = bw[i] as number;
+          const bhi = bw[i + 1] as number;
+          overlap += popcount32(lo & blo) + popcount32(hi & bhi);
+          bw[i] = blo | lo;
+          bw[i + 1] = bhi | hi;
+        }
+        return;
+      }
+      lineAt[n] = (j * 32 + m) * 2;
+      lineBits[n] = t8 | (b8 << 8);
+      if (++n === LINE_BATCH) {
+        overlap += mergeLines(tw, bw, n);
+        n = 0;
+      }
+    };
+    if (list !== undefined) {
+      for (let q = 0; q < list.length; q++) {
+        const line = list[q] as number;
+        const j = line >>> 2;
+        const m = (line & 3) * 8;
+        const t8 = ((ts[j] ?? 0) >>> m) & 0xff;
+        if (t8 === 0) continue;
+        const bsj = bs[j] as number;
+        bs[j] = bsj | (t8 << m);
+        copy += popcount32(t8);
+        group(j, m, t8, (bsj >>> m) & 0xff);
+      }
+      if (n > 0) overlap += mergeLines(tw, bw, n);
+      return (t.counts[0] as number) - overlap;
+    }
     for (let j = 0; j < ts.length; j++) {
       const tb = ts[j] as number;
       if (tb === 0) continue;
@@ -637,34 +682,9 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
       const bsj = bs[j] as number;
       bs[j] = bsj | tb;
       copy += popcount32(tb);
-      // Gather the 64-byte groups (8 64-bit words, a byte of the summary) with 2+ dirty words.
       for (let m = 0; m < 32; m += 8) {
         const t8 = (tb >>> m) & 0xff;
-        if (t8 === 0) continue;
-        if ((t8 & (t8 - 1)) === 0) {
-          // One dirty word in the group: merged at once. Lone words are what evenly spread
-          // writes leave, a stride the hardware prefetcher follows; batching them only adds work.
-          const i = (j * 32 + m + 31 - Math.clz32(t8)) * 2;
-          const lo = tw[i] as number;
-          const hi = tw[i + 1] as number;
-          if (((bsj >>> m) & t8) === 0) {
-            bw[i] = lo;
-            bw[i + 1] = hi;
-          } else {
-            const blo = bw[i] as number;
-            const bhi = bw[i + 1] as number;
-            overlap += popcount32(lo & blo) + popcount32(hi & bhi);
-            bw[i] = blo | lo;
-            bw[i + 1] = bhi | hi;
-          }
-          continue;
-        }
-        lineAt[n] = (j * 32 + m) * 2;
-        lineBits[n] = t8 | (((bsj >>> m) & 0xff) << 8);
-        if (++n === LINE_BATCH) {
-          overlap += mergeLines(tw, bw, n);
-          n = 0;
-        }
+        if (t8 !== 0) group(j, m, t8, (bsj >>> m) & 0xff);
       }
     }
     if (n > 0) overlap += mergeLines(tw, bw, n);

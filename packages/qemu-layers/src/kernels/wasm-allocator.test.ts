@@ -143,42 +143,55 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
     expect(layers.stats().copiedWords - before.copiedWords).toBe(74 + 4685);
   });
 
-  it('merges through the producers’ line list, which starts empty each time a buffer goes back to them', () => {
-    const { log, layers } = world(PAGES, createWasmBitmapAllocator());
-    // bmap keeps page 0 only, so every sync below merges (none adopts).
-    for (let p = 1; p < PAGES; p++) layers.clearSent(p >>> 5, 1 << (p & 31));
-    log.markDirty(0, Uint32Array.of(5000, 5001, 70_000), 3, 0);
-    expect(log.active(0).counts[1]).toBe(2); // two lines: 5000-5001 share one
-    expect([...(log.active(0).lines ?? new Uint32Array(0)).subarray(0, 2)]).toEqual([
-      (5000 >>> 6) >>> 3,
-      (70_000 >>> 6) >>> 3,
-    ]);
-    expect(layers.sync().newDirty).toBe(3);
-    // The round sends them: the spare (that harvested buffer) is left with no page but its list.
-    for (const p of [5000, 5001, 70_000]) layers.clearSent(p >>> 5, 1 << (p & 31));
-    expect(layers.sync().newDirty).toBe(0); // it goes back to the producers unzeroed (nothing set)
-    expect(log.active(0).counts[1]).toBe(0);
-    // The same lines again: listed once each, so nothing is counted twice.
-    log.markDirty(0, Uint32Array.of(5000, 70_000), 2, 0);
-    expect(layers.sync().newDirty).toBe(2);
-    expect(layers.dirtyPages).toBe(3);
-    expect([...layers.bmap.setBits()]).toEqual([0, 5000, 70_000]);
-    expect(layers.stats().kernelMerges).toBe(3);
-  });
-
-  it('falls back to the summary when the line list overflows: exact at its length and one past it', () => {
-    for (const extra of [0, 1]) {
-      const { log, layers } = world(PAGES, createWasmBitmapAllocator());
+  // In the kernel and in its JS twin (the layers' mergeTaken), which both merge through the list.
+  it.each([
+    ['wasm', createWasmBitmapAllocator],
+    ['JS', () => defaultBitmapAllocator],
+  ] as const)(
+    'merges through the producers’ line list, which starts empty each time a buffer goes back to them (%s)',
+    (kind, allocator) => {
+      const { log, layers } = world(PAGES, allocator());
+      // bmap keeps page 0 only, so every sync below merges (none adopts).
       for (let p = 1; p < PAGES; p++) layers.clearSent(p >>> 5, 1 << (p & 31));
-      const cap = log.active(0).lines?.length ?? 0;
-      expect(cap).toBe(19); // 147 summary words: 588 bytes / 32
-      const pages = Uint32Array.from({ length: cap + extra }, (_, i) => 1 + 512 * i); // one per line
-      log.markDirty(0, pages, pages.length, 0);
-      expect(log.active(0).counts[1]).toBe(cap + extra);
-      expect(layers.sync().newDirty).toBe(cap + extra);
-      expect([...layers.bmap.setBits()]).toEqual([0, ...pages]);
-    }
-  });
+      log.markDirty(0, Uint32Array.of(5000, 5001, 70_000), 3, 0);
+      expect(log.active(0).counts[1]).toBe(2); // two lines: 5000-5001 share one
+      expect([...(log.active(0).lines ?? new Uint32Array(0)).subarray(0, 2)]).toEqual([
+        (5000 >>> 6) >>> 3,
+        (70_000 >>> 6) >>> 3,
+      ]);
+      expect(layers.sync().newDirty).toBe(3);
+      // The round sends them: the spare (that harvested buffer) is left with no page but its list.
+      for (const p of [5000, 5001, 70_000]) layers.clearSent(p >>> 5, 1 << (p & 31));
+      expect(layers.sync().newDirty).toBe(0); // it goes back to the producers unzeroed (nothing set)
+      expect(log.active(0).counts[1]).toBe(0);
+      // The same lines again: listed once each, so nothing is counted twice.
+      log.markDirty(0, Uint32Array.of(5000, 70_000), 2, 0);
+      expect(layers.sync().newDirty).toBe(2);
+      expect(layers.dirtyPages).toBe(3);
+      expect([...layers.bmap.setBits()]).toEqual([0, 5000, 70_000]);
+      expect(layers.stats().kernelMerges).toBe(kind === 'wasm' ? 3 : 0);
+    },
+  );
+
+  it.each([
+    ['wasm', createWasmBitmapAllocator],
+    ['JS', () => defaultBitmapAllocator],
+  ] as const)(
+    'falls back to the summary when the line list overflows: exact at its length and one past it (%s)',
+    (_kind, allocator) => {
+      for (const extra of [0, 1]) {
+        const { log, layers } = world(PAGES, allocator());
+        for (let p = 1; p < PAGES; p++) layers.clearSent(p >>> 5, 1 << (p & 31));
+        const cap = log.active(0).lines?.length ?? 0;
+        expect(cap).toBe(19); // 147 summary words: 588 bytes / 32
+        const pages = Uint32Array.from({ length: cap + extra }, (_, i) => 1 + 512 * i); // one per line
+        log.markDirty(0, pages, pages.length, 0);
+        expect(log.active(0).counts[1]).toBe(cap + extra);
+        expect(layers.sync().newDirty).toBe(cap + extra);
+        expect([...layers.bmap.setBits()]).toEqual([0, ...pages]);
+      }
+    },
+  );
 
   // 299,800 pages (above), and 2,500: 40 words, 5 whole lines, a summary of 8 bytes — all of it the
   // kernel's scalar tail, one batch.
