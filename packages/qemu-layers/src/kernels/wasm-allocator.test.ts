@@ -21,6 +21,12 @@ function firstDifference(a: Uint32Array, b: Uint32Array): number {
 
 const noLogging: LoggingControl = { enableLogging: (s) => s.pages, disableLogging: () => undefined };
 
+/** The kernel and its JS twin (the layers' mergeTaken), which both merge through the line list. */
+const BOTH_MERGES = [
+  ['wasm', createWasmBitmapAllocator],
+  ['JS', () => defaultBitmapAllocator],
+] as const;
+
 /** `'fused'` layers over a swap log with a migration buffer (bmap in the log's slot memory). */
 function world(pages: number, allocator: BitmapAllocator) {
   const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
@@ -143,11 +149,7 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
     expect(layers.stats().copiedWords - before.copiedWords).toBe(74 + 4685);
   });
 
-  // In the kernel and in its JS twin (the layers' mergeTaken), which both merge through the list.
-  it.each([
-    ['wasm', createWasmBitmapAllocator],
-    ['JS', () => defaultBitmapAllocator],
-  ] as const)(
+  it.each(BOTH_MERGES)(
     'merges through the producers’ line list, which starts empty each time a buffer goes back to them (%s)',
     (kind, allocator) => {
       const { log, layers } = world(PAGES, allocator());
@@ -173,10 +175,7 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
     },
   );
 
-  it.each([
-    ['wasm', createWasmBitmapAllocator],
-    ['JS', () => defaultBitmapAllocator],
-  ] as const)(
+  it.each(BOTH_MERGES)(
     'falls back to the summary when the line list overflows: exact at its length and one past it (%s)',
     (_kind, allocator) => {
       for (const extra of [0, 1]) {
