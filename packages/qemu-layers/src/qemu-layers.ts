@@ -645,46 +645,45 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         copy += popcount32(t8);
         group(j, m, t8, (bsj >>> m) & 0xff);
       }
-      if (n > 0) overlap += mergeLines(tw, bw, n);
-      return (t.counts[0] as number) - overlap;
-    }
-    for (let j = 0; j < ts.length; j++) {
-      const tb = ts[j] as number;
-      if (tb === 0) continue;
-      if (tb === 0xffffffff && (bs[j] as number) === 0) {
-        // 32 dirty 64-bit words over 32 clean ones: copy the whole run in one memcpy.
-        let e = j + 1;
-        while (e < ts.length && (ts[e] as number) === 0xffffffff && (bs[e] as number) === 0) e++;
-        const end = Math.min(tw.length, e * 64);
-        bw.set(tw.subarray(j * 64, end), j * 64);
-        bs.fill(0xffffffff, j, e);
-        copy += (end - j * 64) / 2;
-        j = e - 1;
-        continue;
-      }
-      if (tb === 0xffffffff && (bs[j] as number) === 0xffffffff) {
-        // 32 dirty words over 32 non-empty ones (a sync into a still-full bmap): OR the run in
-        // one tight loop.
-        let e = j + 1;
-        while (e < ts.length && (ts[e] as number) === 0xffffffff && (bs[e] as number) === 0xffffffff) e++;
-        const end = Math.min(tw.length, e * 64);
-        for (let i = j * 64; i < end; i++) {
-          const w = tw[i] as number;
-          if (w === 0) continue;
-          const old = bw[i] as number;
-          overlap += popcount32(w & old);
-          bw[i] = old | w;
+    } else {
+      for (let j = 0; j < ts.length; j++) {
+        const tb = ts[j] as number;
+        if (tb === 0) continue;
+        if (tb === 0xffffffff && (bs[j] as number) === 0) {
+          // 32 dirty 64-bit words over 32 clean ones: copy the whole run in one memcpy.
+          let e = j + 1;
+          while (e < ts.length && (ts[e] as number) === 0xffffffff && (bs[e] as number) === 0) e++;
+          const end = Math.min(tw.length, e * 64);
+          bw.set(tw.subarray(j * 64, end), j * 64);
+          bs.fill(0xffffffff, j, e);
+          copy += (end - j * 64) / 2;
+          j = e - 1;
+          continue;
         }
-        copy += (end - j * 64) / 2;
-        j = e - 1;
-        continue;
-      }
-      const bsj = bs[j] as number;
-      bs[j] = bsj | tb;
-      copy += popcount32(tb);
-      for (let m = 0; m < 32; m += 8) {
-        const t8 = (tb >>> m) & 0xff;
-        if (t8 !== 0) group(j, m, t8, (bsj >>> m) & 0xff);
+        if (tb === 0xffffffff && (bs[j] as number) === 0xffffffff) {
+          // 32 dirty words over 32 non-empty ones (a sync into a still-full bmap): OR the run in
+          // one tight loop.
+          let e = j + 1;
+          while (e < ts.length && (ts[e] as number) === 0xffffffff && (bs[e] as number) === 0xffffffff) e++;
+          const end = Math.min(tw.length, e * 64);
+          for (let i = j * 64; i < end; i++) {
+            const w = tw[i] as number;
+            if (w === 0) continue;
+            const old = bw[i] as number;
+            overlap += popcount32(w & old);
+            bw[i] = old | w;
+          }
+          copy += (end - j * 64) / 2;
+          j = e - 1;
+          continue;
+        }
+        const bsj = bs[j] as number;
+        bs[j] = bsj | tb;
+        copy += popcount32(tb);
+        for (let m = 0; m < 32; m += 8) {
+          const t8 = (tb >>> m) & 0xff;
+          if (t8 !== 0) group(j, m, t8, (bsj >>> m) & 0xff);
+        }
       }
     }
     if (n > 0) overlap += mergeLines(tw, bw, n);

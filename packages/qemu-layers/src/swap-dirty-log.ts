@@ -409,12 +409,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
           fresh++;
           if (old === 0) {
             const k = p >>> 6;
-            const sum = Atomics.or(summary, k >>> 5, 1 << (k & 31));
-            // The line's summary byte was zero: this producer is the one that makes it non-zero.
-            if (((sum >>> (k & 24)) & 0xff) === 0) {
-              const n = Atomics.add(counts, 1, 1);
-              if (n < lines.length) lines[n] = k >>> 3;
-            }
+            markSummary(summary, counts, lines, k);
           }
         }
         if (fresh > 0) Atomics.add(counts, 0, fresh);
@@ -442,11 +437,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
           const ohi = hi === 0 ? (dst[i + 1] as number) : Atomics.or(dst, i + 1, hi);
           fresh += popcount32(lo & ~olo) + popcount32(hi & ~ohi);
           const k = i >>> 1;
-          const sum = Atomics.or(summary, k >>> 5, 1 << (k & 31));
-          if (((sum >>> (k & 24)) & 0xff) === 0) {
-            const n = Atomics.add(counts, 1, 1);
-            if (n < lines.length) lines[n] = k >>> 3;
-          }
+          markSummary(summary, counts, lines, k);
         }
         if (fresh > 0) Atomics.add(counts, 0, fresh);
         return fresh;
@@ -528,6 +519,20 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
 }
 
 /**
+ * A producer's summary bit for 64-bit word `k` (its word just went non-zero). The producer whose
+ * bit turns the line's summary byte from zero to non-zero — only one can — appends the line to
+ * the buffer's list while there is room; `counts[1]` keeps counting past it, which marks the list
+ * incomplete.
+ */
+function markSummary(summary: Uint32Array, counts: Uint32Array, lines: Uint32Array, k: number): void {
+  const sum = Atomics.or(summary, k >>> 5, 1 << (k & 31));
+  if (((sum >>> (k & 24)) & 0xff) === 0) {
+    const n = Atomics.add(counts, 1, 1);
+    if (n < lines.length) lines[n] = k >>> 3;
+  }
+}
+
+/**
  * Zeroes a buffer the caller owns, visiting only the words its summary names; runs of full
  * summary words are cleared with one `fill` (a memset). A buffer in the memory of
  * `createWasmBitmapAllocator` is zeroed the same way by the `zero_summary` kernel.
@@ -538,7 +543,7 @@ export function zeroBuffer(buf: DirtyLogBuffer): void {
   const kernel = mergeKernelFor(w.buffer);
   if (kernel !== undefined && sum.buffer === w.buffer) {
     kernel.zero(w, sum);
-    buf.counts.fill(0);
+    buf.counts[0] = 0;
     return;
   }
   for (let j = 0; j < sum.length; j++) {
@@ -561,7 +566,7 @@ export function zeroBuffer(buf: DirtyLogBuffer): void {
       w[i + 1] = 0;
     }
   }
-  buf.counts.fill(0);
+  buf.counts[0] = 0;
 }
 
 /** Which of the slot's buffers `spare` is, checked: not the active one, and zeroed. */
