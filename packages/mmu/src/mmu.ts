@@ -488,7 +488,22 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
     }
     const n = reportCount;
     reportCount = 0;
-    sink.markDirty(slotId, report, n, vcpu);
+    // Handing the pages to the sink is host work after the exits that trapped them (KVM's
+    // mark_page_dirty runs in the fault handler, outside guest mode), so a remote TLB flush does
+    // not wait for this vCPU meanwhile. It must not: a sink that sets bits under a lock held for
+    // read (the 'locked' bitmap reporter, the swap log) can wait here for a collector that holds
+    // that lock for write while it re-arms — and re-arming flushes TLBs. Re-entering acknowledges
+    // any flush requested meanwhile before the next write, as after a slow fault.
+    const wasInGuest = inGuest[vcpu] === 1;
+    if (wasInGuest) Atomics.store(vcpuWords, vcpu * VW, VCPU_OUTSIDE);
+    try {
+      sink.markDirty(slotId, report, n, vcpu);
+    } finally {
+      if (wasInGuest) {
+        Atomics.store(vcpuWords, vcpu * VW, VCPU_IN_GUEST);
+        observeFlush(vcpu);
+      }
+    }
   }
 
   // --- TLB and flush protocol -----------------------------------------------------------------

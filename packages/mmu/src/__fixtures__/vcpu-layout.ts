@@ -42,6 +42,12 @@ export interface VcpuWorkerData {
    */
   readonly haltEvery: number;
   readonly haltMs: number;
+  /**
+   * A lock (an RWLock's memory) the sink takes for read around each batch it is handed, as the
+   * 'locked' bitmap reporter and the swap log do; the main thread harvests and re-arms holding it
+   * for write. Absent: the sink sets bits with atomics alone.
+   */
+  readonly sinkLock?: SharedArrayBuffer;
 }
 
 /** The value a vCPU stores with its `seq`-th write: the vCPU in the top bits, never 0. */

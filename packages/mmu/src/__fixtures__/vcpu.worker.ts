@@ -1,5 +1,5 @@
 import { parentPort } from 'node:worker_threads';
-import { Bitmap, createRng } from '@dirtytrack/core';
+import { attachRWLock, Bitmap, createRng } from '@dirtytrack/core';
 import { attachMmu } from '../mmu.js';
 import { CONTROL, storedValue, type VcpuWorkerData } from './vcpu-layout.js';
 
@@ -27,10 +27,16 @@ function run(data: VcpuWorkerData): void {
     const pages = data.descriptor.slots[0]?.slot.pages ?? 0;
     const dirty = Bitmap.wrap(data.dirty, pages);
     let reported = 0;
+    const lock = data.sinkLock === undefined ? undefined : attachRWLock(data.sinkLock, 0);
     mmu.attach({
       markDirty(_slot, offsets, count) {
-        for (let i = 0; i < count; i++) dirty.setAtomic(offsets[i] as number);
-        reported += count;
+        lock?.readLock();
+        try {
+          for (let i = 0; i < count; i++) dirty.setAtomic(offsets[i] as number);
+          reported += count;
+        } finally {
+          lock?.readUnlock();
+        }
       },
     });
     const memory = new Int32Array(data.memory);
