@@ -3,7 +3,15 @@ import { fdWritesAvailable } from '@dirtytrack/migration';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run, spawnCliJob, spawnServe } from './__fixtures__/run.js';
-import { availableMemory, fitsInMemory, formatProgress, formatReceived, type MigrateResult } from './live.js';
+import {
+  availableMemory,
+  fitsInMemory,
+  formatProgress,
+  formatReceived,
+  syncSummary,
+  timedSyncs,
+  type MigrateResult,
+} from './live.js';
 
 // dirtytrack serve / migrate over loopback: local mode (migrate spawns its own destination), the
 // one-line usage errors, and the failures that happen before the first page.
@@ -55,6 +63,17 @@ function expectMigrated16M(r: MigrateResult): void {
   });
 }
 
+/** The run's syncs were timed, one figure per `dirty-sync-count`, with the strategy asked for. */
+function expectSyncs(r: MigrateResult, layers: string): void {
+  const sync = r.dirtytrack.sync;
+  expect(sync.layers).toBe(layers);
+  expect(sync.count).toBe(r.ram['dirty-sync-count']);
+  expect(sync['total-ms']).toBeGreaterThan(0);
+  expect(sync['median-ms']).toBeLessThanOrEqual(sync['max-ms']);
+  expect(sync['max-ms']).toBeLessThanOrEqual(sync['total-ms']);
+  expect(sync['cost-model-ms']).toBeGreaterThan(0);
+}
+
 /** `migrate --memory 16M … --json` in local mode: exit 0, nothing on stderr, migrated and verified. */
 async function migrate16M(...args: string[]): Promise<MigrateResult> {
   const r = await run('migrate', '--memory', '16M', ...args, '--json');
@@ -75,7 +94,23 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     // Guest RAM on both sides advised huge pages, as QEMU's RAM blocks are (where THP can be).
     expect(result.dirtytrack['huge-pages']).toBe(THP);
     expect(result.dirtytrack.destination?.['huge-pages']).toBe(THP);
+    // QEMU's own sync strategy, each sync timed.
+    expectSyncs(result, 'xchg');
   }, 40_000);
+
+  // The other strategies' producers in the live plane: the vCPU workers set bits under the
+  // layers' lock (rwlock-memcpy: the bitmap reporter in 'locked' mode; fused: the swap log). A
+  // 32 MB/s cap stretches the run over several rounds while the guest dirties; a dirty page
+  // lost by a sync would fail the byte-for-byte check.
+  it.each(['rwlock-memcpy', 'fused'] as const)(
+    '--layers %s: the vCPUs write through that strategy’s producers; verified byte for byte, its syncs timed',
+    async (layers) => {
+      const result = await migrate16M('--layers', layers, '--max-bandwidth', '32M');
+      expectSyncs(result, layers);
+      expect(result.ram['dirty-sync-count']).toBeGreaterThanOrEqual(3);
+    },
+    40_000,
+  );
 
   it('--send-from guest-memory: every data page goes to the sockets as a view of guest memory (multifd too)', async () => {
     const result = await migrate16M(
@@ -124,6 +159,41 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     expect(result.ram['normal-bytes']).toBe(PAGES_16M * 4096);
     expectRecordsFrom(result, WRITEV ? 'guest-memory' : 'staging');
   }, 40_000);
+});
+
+describe('dirtytrack migrate: each sync of the migration bitmap timed', () => {
+  it('timedSyncs times sync() on the clock given and keeps the rest of the bitmap as it is', () => {
+    let dirty = 5;
+    const bitmap = {
+      pages: 64,
+      get dirtyPages() {
+        return dirty;
+      },
+      sync: () => ({ newDirty: 1, reported: 2, costNs: 250_000 }),
+      clearSent: () => void (dirty -= 1),
+    } as unknown as Parameters<typeof timedSyncs>[0];
+    const ticks = [0n, 1_500_000n, 10_000_000n, 10_250_000n, 20_000_000n, 24_000_000n];
+    const { bitmap: timed, times } = timedSyncs(bitmap, () => ticks.shift() as bigint);
+    for (let i = 0; i < 3; i++) expect(timed.sync()).toEqual({ newDirty: 1, reported: 2, costNs: 250_000 });
+    timed.clearSent(0, 1);
+    expect([timed.pages, timed.dirtyPages]).toEqual([64, 4]);
+    expect(times).toEqual({ ms: [1.5, 0.25, 4], costMs: [0.25, 0.25, 0.25] });
+    expect(syncSummary('fused', times)).toEqual({
+      layers: 'fused',
+      count: 3,
+      'total-ms': 5.75,
+      'median-ms': 1.5,
+      'max-ms': 4,
+      'cost-model-ms': 0.75,
+    });
+    // An even count: the median is the mean of the middle two; none at all: zeros.
+    expect(syncSummary('xchg', { ms: [1, 3, 2, 10], costMs: [0, 0, 0, 0] })['median-ms']).toBe(2.5);
+    expect(syncSummary('xchg', { ms: [], costMs: [] })).toMatchObject({
+      count: 0,
+      'median-ms': 0,
+      'max-ms': 0,
+    });
+  });
 });
 
 describe('dirtytrack migrate: progress while precopy runs', () => {
@@ -406,6 +476,7 @@ describe('bad input: exit 2, one line naming the flag', () => {
     [['migrate', '--link-timeout', '5'], '--link-timeout'],
     [['migrate', '--after-failure', 'x'], '--after-failure'],
     [['migrate', '--send-from', 'disk'], '--send-from'],
+    [['migrate', '--layers', 'single-hop'], '--layers'],
     // Dirty-limit: QEMU's bounds, its need for the dirty ring, its conflict with auto-converge.
     [['migrate', '--dirty-limit', '8'], '--dirty-limit'],
     [['migrate', '--dirty-limit', '0', '--dirty-ring-size'], '--dirty-limit'],

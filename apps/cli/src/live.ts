@@ -5,11 +5,13 @@ import { createInterface } from 'node:readline';
 import { Worker } from 'node:worker_threads';
 import {
   createRng,
+  createRWLock,
   DirtytrackError,
   formatSize,
   isDirtytrackError,
   parseSize,
   type MemslotInfo,
+  type MigrationBitmap,
 } from '@dirtytrack/core';
 import { createLiveEngine, createLiveGuest, type LiveGuest, type LiveWorkload } from '@dirtytrack/guest';
 import {
@@ -21,7 +23,15 @@ import {
   type PrecopyProgress,
   type SendFrom,
 } from '@dirtytrack/migration';
-import { allocateGuestRam, createQemuLayers, type GuestRam } from '@dirtytrack/qemu-layers';
+import {
+  allocateGuestRam,
+  createHugePageAllocator,
+  createQemuLayers,
+  createSwapDirtyLog,
+  SYNC_STRATEGIES,
+  type GuestRam,
+  type SyncStrategy,
+} from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter, type RingReporter } from '@dirtytrack/reporters';
 import { createMmuTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
@@ -68,39 +78,76 @@ export interface LiveSourceOptions {
   dirtyRing?: number;
   /** Advise transparent huge pages for guest RAM, as QEMU does (default true). */
   hugePages?: boolean;
+  /** QEMU's layers' sync strategy (default `xchg`, QEMU's own). */
+  layers?: SyncStrategy;
 }
 
 /**
  * A running software guest ready to migrate: RAM in a SharedArrayBuffer filled as asked, worker
  * vCPUs writing through the software MMU (write-protect tracking, as KVM's default), the bitmap
- * reporter and QEMU's three layers (`xchg`, QEMU's own sync), and the live engine over it.
+ * reporter and QEMU's three layers (`xchg`, QEMU's own sync, unless `layers` says otherwise), and
+ * the live engine over it.
  */
 export async function startLiveSource(o: LiveSourceOptions) {
   const { memory, hugePages } = allocateGuestRam(o.memory, { hugePages: o.hugePages !== false });
   fillMemory(memory, o.fill, o.seed);
   const { guest, bitmap, ring } = await bootGuest(memory, o);
   const engine = createLiveEngine({ guest });
-  return { memory, hugePages, guest, engine, bitmap, ring };
+  const syncs = timedSyncs(bitmap);
+  return { memory, hugePages, guest, engine, bitmap: syncs.bitmap, syncTimes: syncs.times, ring };
 }
 
 /**
  * Worker vCPUs running over `memory`: the software MMU (write-protect tracking, as KVM's
- * default), the bitmap reporter and QEMU's layers over them (what a migration syncs).
+ * default), a reporter and QEMU's layers over them (what a migration syncs). The reporter is the
+ * dirty ring with `dirtyRing`; otherwise the slot bitmap as each strategy's producers set it
+ * (qemu-layers' README, "Sync strategies"):
+ * - `xchg`: the bitmap reporter, bits set with `Atomics.or` and harvested word by word with
+ *   `Atomics.exchange` (today's KVM and QEMU);
+ * - `rwlock-memcpy`: the same bitmap, its bits set under the layers' lock held for read once per
+ *   batch and harvested with a plain copy under it held for write (the slides' proposal);
+ * - `fused`: the swap log — producers set bits, summary and line list in the active buffer under
+ *   the lock for read, and a sync swaps buffers and merges only the dirty words into `bmap`.
  */
 async function bootGuest(
   memory: SharedArrayBuffer,
-  o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed' | 'dirtyRing' | 'idle'>,
+  o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed' | 'dirtyRing' | 'idle' | 'layers'>,
 ) {
   const pages = memory.byteLength / 4096;
   const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
+  const strategy = o.layers ?? 'xchg';
   const tracker = createMmuTracker({ vcpus: o.vcpus, slots: [slot], shared: true });
   const ring =
     o.dirtyRing === undefined
       ? undefined
       : createRingReporter({ vcpus: o.vcpus, entries: o.dirtyRing, rearmer: tracker, slots: [slot] });
-  const reporter = ring ?? createBitmapReporter({ rearmer: tracker, slots: [slot], shared: true });
+  const lock = ring === undefined && strategy !== 'xchg' ? createRWLock() : undefined;
+  // The swap log and the layers' bmap on the same huge-page allocator (the fused merge then
+  // knows which 64-byte groups share a cache line).
+  const allocator = strategy === 'fused' ? createHugePageAllocator() : undefined;
+  const reporter =
+    ring ??
+    (strategy === 'fused'
+      ? createSwapDirtyLog({
+          rearmer: tracker,
+          slots: [slot],
+          ...(lock === undefined ? {} : { lock }),
+          ...(allocator === undefined ? {} : { allocator }),
+          migrationBuffer: true,
+        })
+      : createBitmapReporter({
+          rearmer: tracker,
+          slots: [slot],
+          shared: true,
+          ...(lock === undefined ? {} : { updates: 'locked' as const, lock }),
+        }));
   tracker.attach(reporter);
-  const bitmap = createQemuLayers({ kvm: { source: reporter, logging: tracker, slot }, strategy: 'xchg' });
+  const bitmap = createQemuLayers({
+    kvm: { source: reporter, logging: tracker, slot },
+    strategy,
+    ...(lock === undefined ? {} : { lock }),
+    ...(allocator === undefined ? {} : { allocator }),
+  });
   const guest: LiveGuest = createLiveGuest({
     memory,
     vcpus: o.vcpus,
@@ -118,6 +165,58 @@ async function bootGuest(
   if (o.idle === true) for (let v = 0; v < o.vcpus; v++) guest.setVcpuSpeed(v, 0);
   await guest.start();
   return { guest, bitmap, ring };
+}
+
+/** Each sync of a migration bitmap: its wall-clock time and what the cost model priced it at. */
+export interface SyncTimes {
+  /** Wall-clock ms of each `sync()`, in order. */
+  readonly ms: number[];
+  /** The cost model's price of each (`SyncResult.costNs`, ms). */
+  readonly costMs: number[];
+}
+
+/**
+ * `bitmap` with every `sync()` timed on the real clock — the layers themselves take no clock
+ * (time is injected into components). The wrapper inherits everything else from `bitmap`, so the
+ * engine's per-word `clearSent` calls go straight to it.
+ */
+export function timedSyncs(
+  bitmap: MigrationBitmap,
+  now: () => bigint = process.hrtime.bigint,
+): { bitmap: MigrationBitmap; times: SyncTimes } {
+  const times: SyncTimes = { ms: [], costMs: [] };
+  const timed = Object.create(bitmap) as MigrationBitmap & { sync: MigrationBitmap['sync'] };
+  Object.defineProperty(timed, 'sync', {
+    value: () => {
+      const t0 = now();
+      const r = bitmap.sync();
+      times.ms.push(Number(now() - t0) / 1e6);
+      times.costMs.push(r.costNs / 1e6);
+      return r;
+    },
+  });
+  return { bitmap: timed, times };
+}
+
+/** The sync figures of a run's JSON (`dirtytrack.sync`): count, total, median and max (ms, three decimals). */
+export function syncSummary(layers: SyncStrategy, t: SyncTimes) {
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
+  const sorted = [...t.ms].sort((a, b) => a - b);
+  const n = sorted.length;
+  const median =
+    n === 0
+      ? 0
+      : n % 2 === 1
+        ? (sorted[(n - 1) / 2] as number)
+        : ((sorted[n / 2 - 1] as number) + (sorted[n / 2] as number)) / 2;
+  return {
+    layers,
+    count: n,
+    'total-ms': r3(t.ms.reduce((a, b) => a + b, 0)),
+    'median-ms': r3(median),
+    'max-ms': r3(n === 0 ? 0 : (sorted[n - 1] as number)),
+    'cost-model-ms': r3(t.costMs.reduce((a, b) => a + b, 0)),
+  };
 }
 
 /** `bytes` in `ns` nanoseconds as Mbit/s (decimal, as QEMU's `mbps`), rounded: bytes × 8 / (ns / 1e9) / 1e6. */
@@ -305,6 +404,8 @@ interface MigrateRaw {
   linkTimeout: string;
   sendFrom: SendFrom;
   hugePages: boolean;
+  /** `--layers` (commander checks the choice); absent = `xchg`. */
+  layers?: SyncStrategy;
   afterFailure: string;
   token?: string;
   json?: boolean;
@@ -319,6 +420,11 @@ export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'traje
     'huge-pages': boolean;
     vcpus: number;
     'guest-writes': number;
+    /**
+     * The source's migration-bitmap syncs (`dirty-sync-count` of them): the layers' strategy
+     * (`--layers`), their wall-clock total, median and max, and the cost model's price of them.
+     */
+    sync: ReturnType<typeof syncSummary>;
     link: LiveMigrationOutcome['link'];
     /** The local destination's result (`serve --json`), with whether its RAM is on huge pages. */
     destination?: ServeResult;
@@ -399,6 +505,7 @@ export interface MigratePlan {
   fill: Fill;
   sendFrom: SendFrom;
   hugePages: boolean;
+  layers: SyncStrategy;
 }
 
 /** Validates `dirtytrack migrate`'s flags (and reads `DIRTYTRACK_TOKEN`): nothing starts yet. */
@@ -479,6 +586,7 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
     fill: raw.fill,
     sendFrom: raw.sendFrom,
     hugePages: raw.hugePages,
+    layers: raw.layers ?? 'xchg',
   };
 }
 
@@ -526,6 +634,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       seed,
       ...(dirtyRing === undefined ? {} : { dirtyRing }),
       hugePages: plan.hugePages,
+      layers: plan.layers,
     });
   } catch (error) {
     stopDestination();
@@ -672,6 +781,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       'huge-pages': source.hugePages,
       vcpus,
       'guest-writes': guestWrites,
+      sync: syncSummary(plan.layers, source.syncTimes),
       link: outcome.link,
       ...(destination === undefined ? {} : { destination }),
       ...(afterFailure === undefined ? {} : { 'after-failure': afterFailure }),
@@ -1154,6 +1264,14 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .option(
       '--no-huge-pages',
       'back guest RAM (here and in the local destination) with 4 KiB pages only (default: advise transparent huge pages, as QEMU does)',
+    )
+    .addOption(
+      new Option(
+        '--layers <strategy>',
+        'how QEMU’s bitmap layers sync: xchg (QEMU today: word-wise exchange at every hop), rwlock-memcpy (the slides: bits set under a read lock, copied under the write lock) or fused (a swap log merged into the migration bitmap by its summary); with --dirty-ring-size the ring fills the slot bitmap whatever the strategy',
+      )
+        .choices([...SYNC_STRATEGIES])
+        .default('xchg'),
     )
     .option('--time-limit <s>', 'give up after this long', '120')
     .option(

@@ -40,6 +40,7 @@ export {
   type SyncStrategy,
 } from './qemu-layers.js';
 export {
+  attachSwapDirtyLog,
   createDirtyLogBuffer,
   createSwapDirtyLog,
   isSwappableDirtyLog,
@@ -47,6 +48,7 @@ export {
   type DirtyLogBuffer,
   type SwapDirtyLog,
   type SwapDirtyLogOptions,
+  type SwapDirtyLogShareData,
   type SwappableDirtyLog,
 } from './swap-dirty-log.js';
 export {

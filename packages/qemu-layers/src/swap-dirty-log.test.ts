@@ -5,7 +5,13 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { logging } from './__fixtures__/scripted.js';
 import { createQemuLayers } from './qemu-layers.js';
-import { createDirtyLogBuffer, createSwapDirtyLog, zeroBuffer } from './swap-dirty-log.js';
+import {
+  attachSwapDirtyLog,
+  createDirtyLogBuffer,
+  createSwapDirtyLog,
+  zeroBuffer,
+  type SwapDirtyLogShareData,
+} from './swap-dirty-log.js';
 
 const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages: 200 };
 const pagesOf = (b: Bitmap): number[] => [...b.setBits()];
@@ -105,6 +111,52 @@ describe('createSwapDirtyLog', () => {
       () => createSwapDirtyLog({ slots: [slot], buffers: new Map([[0, short]]) }),
       'invalid-argument',
       /has 128 bytes, its 200 pages need 16384/,
+    );
+  });
+
+  it('share() names attachSwapDirtyLog: a sink over the same memory sets bits, summary, count and line list in the active buffer', () => {
+    const lock = createRWLock();
+    const log = createSwapDirtyLog({ slots: [slot], lock });
+    const spec = log.share();
+    expect({ module: spec.module, factory: spec.factory }).toEqual({
+      module: '@dirtytrack/qemu-layers',
+      factory: 'attachSwapDirtyLog',
+    });
+    const data = spec.data as SwapDirtyLogShareData;
+    expect(data.slots).toEqual([slot]);
+    expect(data.buffers).toEqual([log.slotBuffer(0)]);
+    expect(data.lock).toEqual({ buffer: lock.buffer, byteOffset: lock.byteOffset });
+    // (Here on this thread; swap-worker.test.ts attaches from producer workers.)
+    const sink = attachSwapDirtyLog(data);
+    sink.markDirty(0, Uint32Array.of(3, 3, 64, 130, 199), 5, 1);
+    const a = log.active(0);
+    expect(pagesOf(a.bitmap)).toEqual([3, 64, 130, 199]);
+    expect([...a.summary]).toEqual([0b1111]);
+    expect(a.counts[0]).toBe(4);
+    // Lines (64 bytes = 512 pages): all five pages are in line 0.
+    expect([a.counts[1], a.lines?.[0]]).toEqual([1, 0]);
+    // After a swap the sink finds the new active buffer (by the shared index), not the old one.
+    const taken = log.swapDirtyLog(0, log.spareBuffer(0));
+    sink.markDirty(0, Uint32Array.of(7), 1, 1);
+    expect(pagesOf(taken.bitmap)).toEqual([3, 64, 130, 199]);
+    expect(pagesOf(log.active(0).bitmap)).toEqual([7]);
+    expect(lock.inspect()).toEqual({ readers: 0, waitingWriters: 0, writer: false });
+  });
+
+  it('share() needs a lock; attachSwapDirtyLog checks its slots against its buffers', () => {
+    expectDirtytrackError(
+      () => createSwapDirtyLog({ slots: [slot] }).share(),
+      'swap-dirty-log',
+      'invalid-state',
+      /lock/,
+    );
+    const data = createSwapDirtyLog({ slots: [slot], lock: createRWLock() }).share()
+      .data as SwapDirtyLogShareData;
+    expectDirtytrackError(
+      () => attachSwapDirtyLog({ ...data, buffers: [] }),
+      'swap-dirty-log',
+      'invalid-argument',
+      /1 slots but 0 buffers/,
     );
   });
 

@@ -1,8 +1,11 @@
 import {
+  attachRWLock,
   Bitmap,
   DirtytrackError,
   popcount32,
+  type AttachSpec,
   type DirtyLogSource,
+  type DirtySink,
   type HarvestCost,
   type MemslotInfo,
   type Rearmer,
@@ -128,6 +131,36 @@ export interface SwapDirtyLogOptions {
   migrationBuffer?: boolean;
 }
 
+/** What {@link SwapDirtyLog.share} hands a producer worker. */
+export interface SwapDirtyLogShareData {
+  readonly slots: readonly MemslotInfo[];
+  /** Each slot's memory (`slotBuffer`), in the order of `slots`. */
+  readonly buffers: readonly SharedArrayBuffer[];
+  readonly lock: { readonly buffer: SharedArrayBuffer; readonly byteOffset: number };
+}
+
+/**
+ * The producer side of a swap log on another thread (the factory {@link SwapDirtyLog.share}
+ * names): a {@link DirtySink} whose `markDirty` sets bits, summary, count and line list in the
+ * slot's active buffer under the shared lock for read. It never harvests: swaps stay on the
+ * thread that owns the log.
+ */
+export function attachSwapDirtyLog(data: SwapDirtyLogShareData): DirtySink {
+  if (data.slots.length !== data.buffers.length) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `attachSwapDirtyLog: ${data.slots.length} slots but ${data.buffers.length} buffers`,
+      { component: COMPONENT, field: 'buffers' },
+    );
+  }
+  const log = createSwapDirtyLog({
+    slots: data.slots,
+    lock: attachRWLock(data.lock.buffer, data.lock.byteOffset),
+    buffers: new Map(data.slots.map((s, i) => [s.id, data.buffers[i] as SharedArrayBuffer])),
+  });
+  return { markDirty: (slot, offsets, count, vcpu) => void log.markDirty(slot, offsets, count, vcpu) };
+}
+
 /** A dirty log (classic, no manual protect) with a summary and an O(1) double-buffered harvest. */
 export interface SwapDirtyLog extends Reporter, SwappableDirtyLog {
   readonly kind: 'swap';
@@ -137,6 +170,13 @@ export interface SwapDirtyLog extends Reporter, SwappableDirtyLog {
   migrationBuffer(slot: number): DirtyLogBuffer | undefined;
   /** The memory holding a slot's buffers and its active index: post it to producer workers. */
   slotBuffer(slot: number): ArrayBufferLike;
+  /**
+   * What a producer worker passes to `import(module)[factory](data)` to get a {@link DirtySink}
+   * over this log's slots (`SharedReporter.share()`, the live plane's vCPU workers): the slots,
+   * their memories and the lock. Needs a log created with a `lock` (producers on other threads
+   * set bits under it for read, and the swap takes it for write).
+   */
+  share(): AttachSpec;
   /**
    * ORs `src` (a whole-slot bitmap) into the active buffer word-wise, keeping summary and count:
    * the bulk producer path (`set_dirty_lebitmap` of a reaped ring into the slot bitmap). Returns
@@ -448,6 +488,22 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
     },
     slotBuffer(slot) {
       return slotOf(slot, 'slotBuffer').memory;
+    },
+    share() {
+      if (lock === undefined || !shared) {
+        throw new DirtytrackError(
+          'invalid-state',
+          'share: producers on other threads need a log created with a lock (and shared memory)',
+          { component: COMPONENT, field: 'lock' },
+        );
+      }
+      const all = [...slots.values()];
+      const data: SwapDirtyLogShareData = {
+        slots: all.map((s) => s.info),
+        buffers: all.map((s) => s.memory as SharedArrayBuffer),
+        lock: { buffer: lock.buffer, byteOffset: lock.byteOffset },
+      };
+      return { module: '@dirtytrack/qemu-layers', factory: 'attachSwapDirtyLog', data };
     },
     spareBuffer(slot) {
       const s = slotOf(slot, 'spareBuffer');

@@ -5,10 +5,20 @@ import { describe, expect, it } from 'vitest';
 import { summingSync } from './__fixtures__/scripted.js';
 import type { SwapProducerData } from './__fixtures__/swap-producer.worker.js';
 import { createQemuLayers } from './qemu-layers.js';
-import { createSwapDirtyLog } from './swap-dirty-log.js';
+import { createSwapDirtyLog, type SwapDirtyLogShareData } from './swap-dirty-log.js';
 
 const PAGES = 1 << 16;
 const logging: LoggingControl = { enableLogging: () => 0, disableLogging: () => undefined };
+
+/** The log's `share()` as a live vCPU worker gets it (module, factory, data). */
+function shareData(log: ReturnType<typeof createSwapDirtyLog>): SwapDirtyLogShareData {
+  const spec = log.share();
+  expect({ module: spec.module, factory: spec.factory }).toEqual({
+    module: '@dirtytrack/qemu-layers',
+    factory: 'attachSwapDirtyLog',
+  });
+  return spec.data as SwapDirtyLogShareData;
+}
 
 function startProducer(data: SwapProducerData): Worker {
   return startWorker(new URL('./__fixtures__/swap-producer.worker.ts', import.meta.url), data);
@@ -35,9 +45,7 @@ describe("swap log filled by producer workers while 'fused' syncs by swapping", 
       // Two producers, interleaved pages (so they race on the same words), 16 pages per batch.
       const workers = [0, 1].map((first) =>
         startProducer({
-          buffer: log.slotBuffer(0) as SharedArrayBuffer,
-          pages: PAGES,
-          lock: { buffer: lock.buffer, byteOffset: lock.byteOffset },
+          share: shareData(log),
           control,
           first,
           step: 2,

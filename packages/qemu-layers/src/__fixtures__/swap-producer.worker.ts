@@ -1,12 +1,9 @@
 import { workerData } from 'node:worker_threads';
-import { attachRWLock } from '@dirtytrack/core';
-import { createSwapDirtyLog } from '../swap-dirty-log.js';
+import { attachSwapDirtyLog, type SwapDirtyLogShareData } from '../swap-dirty-log.js';
 
-/** Data a producer worker gets: the slot's memory, the lock, and which pages to mark. */
+/** Data a producer worker gets: the log's `share().data`, and which pages to mark. */
 export interface SwapProducerData {
-  buffer: SharedArrayBuffer;
-  pages: number;
-  lock: { buffer: SharedArrayBuffer; byteOffset: number };
+  share: SwapDirtyLogShareData;
   /**
    * Int32 [0] = batches done (all workers), [1] = go (waits for non-zero), [2] = syncs the test
    * made while the producers were mid-stream: each producer stops halfway through its batches
@@ -21,16 +18,16 @@ export interface SwapProducerData {
 }
 
 const data = workerData as SwapProducerData;
-const lock = attachRWLock(data.lock.buffer, data.lock.byteOffset);
-const slot = { id: 0, asId: 0, baseGfn: 0, pages: data.pages };
-const log = createSwapDirtyLog({ slots: [slot], lock, buffers: new Map([[0, data.buffer]]) });
+// What a live vCPU worker does with the AttachSpec the log's share() names.
+const log = attachSwapDirtyLog(data.share);
+const pages = data.share.slots[0]?.pages ?? 0;
 const control = new Int32Array(data.control);
 const offsets = new Uint32Array(data.batch);
 Atomics.wait(control, 1, 0);
-const halfway = Math.floor(Math.ceil((data.pages - data.first) / data.step) / data.batch / 2);
+const halfway = Math.floor(Math.ceil((pages - data.first) / data.step) / data.batch / 2);
 let n = 0;
 let batches = 0;
-for (let p = data.first; p < data.pages; p += data.step) {
+for (let p = data.first; p < pages; p += data.step) {
   offsets[n++] = p;
   if (n === data.batch) {
     log.markDirty(0, offsets, n, -1);
