@@ -101,7 +101,7 @@ export async function startLiveSource(o: LiveSourceOptions) {
  * Worker vCPUs running over `memory`: the software MMU (write-protect tracking, as KVM's
  * default), a reporter and QEMU's layers over them (what a migration syncs). The reporter is the
  * dirty ring with `dirtyRing`; otherwise the slot bitmap as each strategy's producers set it
- * (qemu-layers' README, "Sync strategies"):
+ * (ARCHITECTURE.md §5; qemu-layers' README):
  * - `xchg`: the bitmap reporter, bits set with `Atomics.or` and harvested word by word with
  *   `Atomics.exchange` (today's KVM and QEMU);
  * - `rwlock-memcpy`: the same bitmap, its bits set under the layers' lock held for read once per
