@@ -22,6 +22,10 @@ const THP = createHugePageAllocator().kind === 'huge-pages';
 
 /** Page records can go from guest memory through writev on the socket (Linux, koffi loads). */
 const WRITEV = fdWritesAvailable();
+if (!WRITEV)
+  console.warn(
+    'live.test.ts: the --zero-copy-send run is skipped: vmsplice through koffi needs Linux and koffi',
+  );
 
 /** Where every data page was written from, by the link's counters. */
 function expectRecordsFrom(r: MigrateResult, from: 'guest-memory' | 'staging'): void {
@@ -140,6 +144,21 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     // The default (auto): multifd packets' pages went from guest memory, none through staging.
     expectRecordsFrom(result, 'guest-memory');
   }, 40_000);
+
+  it.skipIf(!WRITEV)(
+    '--zero-copy-send over 2 multifd channels: every data page goes by reference (vmsplice + splice); verified',
+    async () => {
+      const result = await migrate16M('--multifd-channels', '2', '--zero-copy-send');
+      const link = result.dirtytrack.link;
+      // Every normal page went in multifd packets, through the channels' pipes.
+      expect(link['spliced-bytes']).toBe(result.ram['normal-bytes']);
+      expect(link['zero-copy-bytes']).toBe(result.ram['normal-bytes']);
+      expect(link['staged-bytes']).toBe(0);
+      // QEMU's counter: zero-copy never fell back to copying (splice has no fallback to count).
+      expect(result.ram['dirty-sync-missed-zero-copy']).toBe(0);
+    },
+    40_000,
+  );
 
   it('--workload idle: the vCPUs write nothing, so precopy sends each page exactly once', async () => {
     const r = await run('migrate', '--memory', '16M', '--workload', 'idle', '--fill', 'random', '--json');
@@ -477,6 +496,12 @@ describe('bad input: exit 2, one line naming the flag', () => {
     [['migrate', '--after-failure', 'x'], '--after-failure'],
     [['migrate', '--send-from', 'disk'], '--send-from'],
     [['migrate', '--layers', 'single-hop'], '--layers'],
+    // zero-copy-send: QEMU's multifd-only capability; pages must come from guest memory.
+    [['migrate', '--zero-copy-send'], '--zero-copy-send'],
+    [
+      ['migrate', '--zero-copy-send', '--multifd-channels', '2', '--send-from', 'staging'],
+      '--zero-copy-send',
+    ],
     // Dirty-limit: QEMU's bounds, its need for the dirty ring, its conflict with auto-converge.
     [['migrate', '--dirty-limit', '8'], '--dirty-limit'],
     [['migrate', '--dirty-limit', '0', '--dirty-ring-size'], '--dirty-limit'],

@@ -16,6 +16,7 @@ import {
 import { createLiveEngine, createLiveGuest, type LiveGuest, type LiveWorkload } from '@dirtytrack/guest';
 import {
   createDestination,
+  fdWritesAvailable,
   runLiveMigration,
   SEND_FROM,
   type DestinationResult,
@@ -406,6 +407,7 @@ interface MigrateRaw {
   hugePages: boolean;
   /** `--layers` (commander checks the choice); absent = `xchg`. */
   layers?: SyncStrategy;
+  zeroCopySend?: boolean;
   afterFailure: string;
   token?: string;
   json?: boolean;
@@ -506,6 +508,8 @@ export interface MigratePlan {
   sendFrom: SendFrom;
   hugePages: boolean;
   layers: SyncStrategy;
+  /** QEMU's `zero-copy-send` capability (multifd pages by reference: vmsplice + splice). */
+  zeroCopySend: boolean;
 }
 
 /** Validates `dirtytrack migrate`'s flags (and reads `DIRTYTRACK_TOKEN`): nothing starts yet. */
@@ -552,6 +556,17 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
     // QEMU: "dirty limit requires KVM with accelerator property 'dirty-ring-size' set".
     throw new UsageError('--dirty-limit', 'needs the KVM dirty ring: add --dirty-ring-size (e.g. 4096)');
   }
+  if (raw.zeroCopySend === true) {
+    // QEMU: "Zero copy only available for non-compressed non-TLS multifd migration".
+    if (channels === 0) throw new UsageError('--zero-copy-send', 'needs multifd: add --multifd-channels N');
+    if (raw.sendFrom === 'staging')
+      throw new UsageError('--zero-copy-send', 'sends pages from guest memory: not with --send-from staging');
+    if (!fdWritesAvailable())
+      throw new UsageError(
+        '--zero-copy-send',
+        'needs vmsplice and splice through koffi (Linux, koffi installed)',
+      );
+  }
   const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
   const pages = memory / 4096;
   const workload: LiveWorkload =
@@ -587,6 +602,7 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
     sendFrom: raw.sendFrom,
     hugePages: raw.hugePages,
     layers: raw.layers ?? 'xchg',
+    zeroCopySend: raw.zeroCopySend === true,
   };
 }
 
@@ -710,6 +726,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
         'postcopy-ram': postcopyAfterMs !== undefined,
         'postcopy-preempt': plan.postcopyPreempt,
         'dirty-limit': dirtyLimit !== undefined,
+        'zero-copy-send': plan.zeroCopySend,
       },
       ...(postcopyAfterMs === undefined
         ? {}
@@ -1272,6 +1289,10 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       )
         .choices([...SYNC_STRATEGIES])
         .default('xchg'),
+    )
+    .option(
+      '--zero-copy-send',
+      'QEMU capability zero-copy-send (needs --multifd-channels): each channel hands its pages to the kernel by reference — vmsplice into a pipe, splice into the socket — instead of copying them (Linux, through koffi)',
     )
     .option('--time-limit <s>', 'give up after this long', '120')
     .option(

@@ -1,7 +1,8 @@
 /**
  * The few libc calls the live link makes itself, through koffi: `writev` on a socket's descriptor
- * (page records straight from guest memory, fd-writer.ts), `poll` to wait for room, and a typed
- * array's address. Loaded once per thread, lazily; null where
+ * (page records straight from guest memory, fd-writer.ts), `poll` to wait for room, a typed
+ * array's address, and for zero-copy-send a pipe per connection that guest pages are `vmsplice`d
+ * into by reference and `splice`d from into the socket. Loaded once per thread, lazily; null where
  * it cannot load (not Linux, koffi missing), and the callers then use Node's own reads and writes.
  */
 import { createRequire } from 'node:module';
@@ -11,12 +12,26 @@ import type * as Koffi from 'koffi';
 export const EAGAIN = 11;
 export const EINTR = 4;
 export const POLLOUT = 4;
+export const O_NONBLOCK = 0o4000;
+export const O_CLOEXEC = 0o2000000;
+export const F_SETPIPE_SZ = 1031;
+export const F_GETPIPE_SZ = 1032;
+export const SPLICE_F_MOVE = 1;
+export const SPLICE_F_NONBLOCK = 2;
+export const SPLICE_F_MORE = 4;
 
 export interface Libc {
   writev(fd: number, iov: Uint8Array, count: number): number | bigint;
   poll(fds: Int32Array, count: number, timeoutMs: number): number;
   addressOf(bytes: Uint8Array): number;
   errno(): number;
+  /** `pipe2(fds, flags)`: fds[0] the read end, fds[1] the write end. */
+  pipe2(fds: Int32Array, flags: number): number;
+  fcntl(fd: number, cmd: number, arg: number): number;
+  close(fd: number): number;
+  vmsplice(fd: number, iov: Uint8Array, count: number, flags: number): number | bigint;
+  /** `splice(from, NULL, to, NULL, length, flags)` (no offsets: a pipe and a socket). */
+  splice(from: number, to: number, length: number, flags: number): number | bigint;
 }
 
 let libc: Libc | null | undefined;
@@ -37,11 +52,21 @@ export function loadLibc(): Libc | null {
       s: Uint8Array,
       n: number,
     ) => number | bigint;
+    const splice = lib.func(
+      'long splice(int from, void *fromOffset, int to, void *toOffset, unsigned long length, unsigned int flags)',
+    ) as (from: number, fo: null, to: number, tof: null, length: number, flags: number) => number | bigint;
     libc = {
       writev,
       poll,
       addressOf: (bytes) => Number(memmove(bytes, bytes, 0)),
       errno: () => koffi.errno(),
+      pipe2: lib.func('int pipe2(int *fds, int flags)') as Libc['pipe2'],
+      fcntl: lib.func('int fcntl(int fd, int cmd, int arg)') as Libc['fcntl'],
+      close: lib.func('int close(int fd)') as Libc['close'],
+      vmsplice: lib.func(
+        'long vmsplice(int fd, void *iov, unsigned long count, unsigned int flags)',
+      ) as Libc['vmsplice'],
+      splice: (from, to, length, flags) => splice(from, null, to, null, length, flags),
     };
   } catch {
     libc = null;

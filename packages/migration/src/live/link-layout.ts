@@ -49,7 +49,9 @@ export const COUNTER = {
   DONE_BYTES: 9,
   /** `writev` calls on a descriptor (page records from guest memory through koffi, fd-writer.ts). */
   WRITEV_CALLS: 10,
-  WORDS: 11,
+  /** Zero-copy-send: page bytes the multifd channels handed the kernel by reference (`vmsplice`). */
+  SPLICED_BYTES: 11,
+  WORDS: 12,
 } as const;
 
 /**
@@ -87,6 +89,8 @@ export interface SenderData {
   readonly sendFrom: SendFrom;
   /** False: never write through koffi's `writev`, even where it loads (OpenLiveLinkOptions.fdWrites). */
   readonly fdWrites: boolean;
+  /** QEMU's `zero-copy-send`: multifd pages by reference through a pipe per channel (fd-writer.ts). */
+  readonly zeroCopySend: boolean;
 }
 
 /**

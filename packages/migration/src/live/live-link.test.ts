@@ -72,6 +72,26 @@ describe('live link', { timeout: 60_000 }, () => {
     });
   });
 
+  it.each([
+    [{ channels: 0 }, 'zeroCopySend needs multifd channels'],
+    [{ channels: 2, sendFrom: 'staging' as SendFrom }, "not with sendFrom 'staging' or fdWrites false"],
+    [{ channels: 2, fdWrites: false }, "not with sendFrom 'staging' or fdWrites false"],
+  ])('refuses zeroCopySend with %o before connecting', async (more, why) => {
+    await expect(
+      openLiveLink({
+        host: '127.0.0.1',
+        port: 1,
+        memory: new SharedArrayBuffer(4096),
+        zeroCopySend: true,
+        ...more,
+      }),
+    ).rejects.toMatchObject({
+      code: 'invalid-argument',
+      message: expect.stringContaining(why) as string,
+      field: 'zeroCopySend',
+    });
+  });
+
   it('times a batch on its own clock: a caller whose clock runs ahead still gets a measured bandwidth', async () => {
     const clock = createRealClock();
     const l = await open(randomMemory(9), clock, 1);
@@ -167,6 +187,8 @@ describe('live link', { timeout: 60_000 }, () => {
         'staged-bytes': staged ? PAGES * 4096 : 0,
         // The 8 staging buffers made before connecting were enough: none was allocated in the run.
         'staging-buffers': staged ? 8 : 0,
+        // No zero-copy-send: no multifd channel, and records never go through a pipe.
+        'spliced-bytes': 0,
         'preempt-bytes': 0,
       });
       // Two iovecs per page, at most 1024 per writev (more calls when the socket was full).

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { createRealClock, DirtytrackError, NS_PER_S, type Clock, type Transport } from '@dirtytrack/core';
 import { HELLO_FLAG } from './wire.js';
+import { fdWritesAvailable } from './fd-writer.js';
 import type { PageSink } from '../precopy.js';
 import {
   COUNTER,
@@ -68,6 +69,13 @@ export interface LiveLinkOptions {
    */
   fdWrites?: boolean;
   /**
+   * QEMU's `zero-copy-send` (multifd only): each multifd channel's pages go to the kernel by
+   * reference — `vmsplice` into a pipe, `splice` into the socket — instead of being copied into
+   * the socket's buffers (fd-writer.ts). Needs `channels` > 0 and `writev`'s koffi (Linux), and
+   * not `sendFrom: 'staging'` or `fdWrites: false`. Default false.
+   */
+  zeroCopySend?: boolean;
+  /**
    * `transmit` returns once the batch is queued behind the one still draining (the migration
    * thread prepares the next batch meanwhile); `settle` waits for both. Batches that stop or
    * switch the guest (COMPLETE, postcopy) always wait until they have left. Default true.
@@ -122,6 +130,11 @@ export interface LiveLinkStats {
    * where koffi cannot load).
    */
   'writev-calls': number;
+  /**
+   * Zero-copy-send: page bytes the multifd channels handed the kernel by reference (`vmsplice`
+   * into a pipe, `splice` into the socket), so no copy on this side at all. 0 without it.
+   */
+  'spliced-bytes': number;
   /** Bytes written on the postcopy-preempt connection(s), after their handshakes. */
   'preempt-bytes': number;
 }
@@ -184,6 +197,22 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     throw bad('sendFrom', "must be 'staging', 'guest-memory' or 'auto'");
   if (!(Number.isInteger(options.port) && options.port > 0 && options.port < 65536))
     throw bad('port', 'must be 1..65535');
+  if (options.zeroCopySend === true) {
+    // QEMU: "Zero copy only available for non-compressed non-TLS multifd migration".
+    if (channels === 0) throw bad('zeroCopySend', 'needs multifd channels (channels > 0)');
+    if (options.sendFrom === 'staging' || options.fdWrites === false)
+      throw bad(
+        'zeroCopySend',
+        "sends pages from guest memory: not with sendFrom 'staging' or fdWrites false",
+      );
+    if (!fdWritesAvailable()) {
+      throw new DirtytrackError(
+        'unsupported',
+        'zeroCopySend: needs vmsplice and splice through koffi (Linux, koffi installed)',
+        { component: COMPONENT, field: 'zeroCopySend' },
+      );
+    }
+  }
   const timeoutMs = options.timeoutMs ?? 30_000;
   const batchHeadroom = options.batchHeadroom ?? DEFAULT_BATCH_HEADROOM;
   if (!(Number.isFinite(batchHeadroom) && batchHeadroom >= 1 && batchHeadroom <= 16))
@@ -211,6 +240,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     bitmap,
     sendFrom: options.sendFrom ?? 'auto',
     fdWrites: options.fdWrites !== false,
+    zeroCopySend: options.zeroCopySend === true,
   };
   let replies: SenderReply[] = [];
   let waiter: ((r: SenderReply) => void) | undefined;
@@ -561,6 +591,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
         'staged-bytes': counters[COUNTER.STAGED_BYTES] as number,
         'staging-buffers': counters[COUNTER.STAGING_BUFFERS] as number,
         'writev-calls': counters[COUNTER.WRITEV_CALLS] as number,
+        'spliced-bytes': counters[COUNTER.SPLICED_BYTES] as number,
         'preempt-bytes': counters[COUNTER.PREEMPT_BYTES] as number,
       };
     },

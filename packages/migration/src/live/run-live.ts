@@ -133,6 +133,13 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
       { component: COMPONENT, field: 'dirty-limit' },
     );
   }
+  if (caps['zero-copy-send'] && !caps.multifd) {
+    // QEMU: "Zero copy only available for non-compressed non-TLS multifd migration".
+    throw new DirtytrackError('invalid-config', 'migration.capabilities.zero-copy-send: needs multifd', {
+      component: COMPONENT,
+      field: 'zero-copy-send',
+    });
+  }
   const reap = options.dirtyRing?.reap;
   const pages = options.bitmap.pages;
   if (options.memory.byteLength !== pages * 4096) {
@@ -153,6 +160,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     ...(options.token === undefined ? {} : { token: options.token }),
     ...(options.linkTimeoutMs === undefined ? {} : { timeoutMs: options.linkTimeoutMs }),
     ...(options.sendFrom === undefined ? {} : { sendFrom: options.sendFrom }),
+    ...(caps['zero-copy-send'] ? { zeroCopySend: true } : {}),
     ...(options.pipelined === undefined ? {} : { pipelined: options.pipelined }),
     ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
     ...(reap === undefined ? {} : { whileWaiting: reap }),

@@ -75,13 +75,16 @@ let mainDirect: FdWriter | undefined;
 let preemptDirect: FdWriter | undefined;
 const channelDirect: (FdWriter | undefined)[] = [];
 
-/** The `writev` writer for a connection, when pages go that way and it has a descriptor. */
-function directWriter(socket: net.Socket): FdWriter | undefined {
+/**
+ * The `writev` writer for a connection, when pages go that way and it has a descriptor; with
+ * `splice` (zero-copy-send, multifd channels) its pages go by reference through a pipe.
+ */
+function directWriter(socket: net.Socket, splice = false): FdWriter | undefined {
   if (!directWrites) return undefined;
-  const countWritev = () => {
+  const onWritev = () => {
     counters[COUNTER.WRITEV_CALLS] = (counters[COUNTER.WRITEV_CALLS] as number) + 1;
   };
-  return createFdWriter(socket as never, memory, () => !failed && !socket.destroyed, countWritev);
+  return createFdWriter(socket as never, memory, () => !failed && !socket.destroyed, { onWritev, splice });
 }
 
 /** An {@link Out} for page records on `socket`: through `direct` when there is one, else staged per {@link stageRecords}. */
@@ -522,6 +525,9 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
     await inflight;
   } finally {
     clearInterval(tick);
+    let spliced = 0;
+    for (const d of channelDirect) spliced += d?.splicedBytes ?? 0;
+    counters[COUNTER.SPLICED_BYTES] = spliced;
   }
   counters[COUNTER.DRAINED] = base + written;
   return written;
@@ -628,7 +634,7 @@ async function open(): Promise<void> {
       for (let c = 0; c < data.channels; c++) {
         const channel = await connect(CHANNEL_KIND.MULTIFD, c);
         channels.push(channel);
-        channelDirect.push(directWriter(channel));
+        channelDirect.push(directWriter(channel, data.zeroCopySend));
       }
     const decoder = createReturnDecoder({
       ramBytes: data.ramBytes,
