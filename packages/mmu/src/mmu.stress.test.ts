@@ -411,15 +411,17 @@ describe('MMU stress: 4 worker vCPUs write while this thread enables, harvests, 
   // 15/16 of the writes go to a hot set that stays in the TLB across harvests (what a missing
   // flush needs to lose writes), the rest anywhere in the slot.
   const base = { vcpus: 4, cycles: 5, rounds: 20, hotShare: 240, budgetMs: 2_000, seed: SEED } as const;
+  /** 32 MiB on 2M backing, whole 4 KiB pages, eager-split: the runs below vary one thing each. */
+  const eagerSplit2M = {
+    ...base,
+    logging: 'eager-split',
+    backing: '2M',
+    pages: 8192,
+    wordsPerPage: 1024,
+  } as const;
 
   it('eager-split on 2M backing (32 MiB, whole 4 KiB pages): the copy equals guest memory; SPTEs intact', async () => {
-    await expectNoLostWrite({
-      ...base,
-      logging: 'eager-split',
-      backing: '2M',
-      pages: 8192,
-      wordsPerPage: 1024,
-    });
+    await expectNoLostWrite(eagerSplit2M);
   });
 
   it("write-protect on 2M backing (32 MiB): huge pages split by the vCPUs' faults; nothing lost", async () => {
@@ -445,38 +447,17 @@ describe('MMU stress: 4 worker vCPUs write while this thread enables, harvests, 
   });
 
   it('eager-split with PML on 2M backing (32 MiB): D-bit re-arm, buffered gfns drained by kicks; nothing lost', async () => {
-    await expectNoLostWrite({
-      ...base,
-      logging: 'eager-split',
-      backing: '2M',
-      pages: 8192,
-      wordsPerPage: 1024,
-      pml: true,
-    });
+    await expectNoLostWrite({ ...eagerSplit2M, pml: true });
   });
 
   it('eager-split with a locked sink (bits set under a read lock; harvest and re-arm under the write lock): no deadlock, nothing lost', async () => {
     // A vCPU hands its pages to the sink outside guest mode: a flush that waited for it while it
     // waits for the sink's lock would never end (the MMU's 5 s acknowledgement timeout).
-    await expectNoLostWrite({
-      ...base,
-      logging: 'eager-split',
-      backing: '2M',
-      pages: 8192,
-      wordsPerPage: 1024,
-      sinkLock: true,
-    });
+    await expectNoLostWrite({ ...eagerSplit2M, sinkLock: true });
   });
 
   it('negative control: the same eager-split run with skipTlbFlush loses writes (stale writable TLB entries)', async () => {
-    const cfg = {
-      ...base,
-      logging: 'eager-split',
-      backing: '2M',
-      pages: 8192,
-      wordsPerPage: 1024,
-      skipTlbFlush: true,
-    } as const;
+    const cfg = { ...eagerSplit2M, skipTlbFlush: true } as const;
     const r = await runStress(cfg);
     console.info(summary('negative control (skipTlbFlush)', r));
     expect(r.lostPages, `seed ${cfg.seed}: skipping the flush must lose pages`).toBeGreaterThan(0);
