@@ -589,13 +589,14 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
     const ts = t.summary;
     const bw = bmap.words;
     const bs = summary as Uint32Array;
-    copy += Math.ceil(ts.length / 2);
     // T's line list, when the producers kept it complete: the lines to visit, no summary scan.
     const listed = t.counts[1];
     const list =
       t.lines !== undefined && listed !== undefined && listed <= t.lines.length
         ? t.lines.subarray(0, listed)
         : undefined;
+    // What is read to find the dirty lines (in 64-bit words): the list, or the whole summary.
+    copy += Math.ceil((list === undefined ? ts.length : list.length) / 2);
     const kernel = mergeKernelFor(tw.buffer);
     if (kernel !== undefined && bw.buffer === tw.buffer && bs.buffer === tw.buffer) {
       // T, bmap and its summary in one WebAssembly memory: the same merge as below, in the kernel.

@@ -127,9 +127,10 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
     const after = layers.stats();
     expect(after.kernelMerges - before.kernelMerges).toBe(1);
     expect(after.adoptions).toBe(before.adoptions);
-    // Visited: T's summary (147 words = 74 64-bit words) + one 64-bit word per set summary bit:
-    // words 0, 1, 31 (pages 5-6, 64, 2047), 64-95 (the 2048-page range), 128, 1093.
-    expect(after.copiedWords - before.copiedWords).toBe(74 + 3 + 32 + 1 + 1);
+    // Visited: T's line list instead of its summary (8 lines: 0, 3, 8-11, 16, 136 = 4 64-bit
+    // words; the summary would be 74) + one 64-bit word per set summary bit: words 0, 1, 31
+    // (pages 5-6, 64, 2047), 64-95 (the 2048-page range), 128, 1093.
+    expect(after.copiedWords - before.copiedWords).toBe(4 + 3 + 32 + 1 + 1);
   });
 
   it('a run of all-ones summary chunks is copied only as far as bmap is clean', () => {
@@ -145,7 +146,8 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
     expect(layers.dirtyPages).toBe(4686);
     expect([...layers.bmap.setBits()]).toEqual([...stride.slice(0, 157), 10_000, ...stride.slice(157)]);
     expect(layers.stats().kernelMerges - before.kernelMerges).toBe(1);
-    // T's summary (74 64-bit words) + every word.
+    // T's summary (74 64-bit words: its line list overflowed, 137 lines past the cap of 19) +
+    // every word.
     expect(layers.stats().copiedWords - before.copiedWords).toBe(74 + 4685);
   });
 
