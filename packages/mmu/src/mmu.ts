@@ -493,7 +493,10 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
     // not wait for this vCPU meanwhile. It must not: a sink that sets bits under a lock held for
     // read (the 'locked' bitmap reporter, the swap log) can wait here for a collector that holds
     // that lock for write while it re-arms — and re-arming flushes TLBs. Re-entering acknowledges
-    // any flush requested meanwhile before the next write, as after a slow fault.
+    // any flush requested meanwhile before the next write, as after a slow fault. (PML drains
+    // stay in guest mode: a kick must wait for them, or a harvest could miss entries logged
+    // before it. A PML-full drain into such a sink while a collector flushes under the lock can
+    // still wait out the flush timeout; the live CLI tracks by write-protect, not PML.)
     const wasInGuest = inGuest[vcpu] === 1;
     if (wasInGuest) Atomics.store(vcpuWords, vcpu * VW, VCPU_OUTSIDE);
     try {
