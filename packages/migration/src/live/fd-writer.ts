@@ -30,7 +30,6 @@ import {
   EAGAIN,
   EINTR,
   errnoName,
-  F_GETPIPE_SZ,
   F_SETPIPE_SZ,
   loadLibc,
   O_CLOEXEC,
@@ -207,7 +206,7 @@ export function createFdWriter(
     if (c.pipe2(pipe, O_NONBLOCK | O_CLOEXEC) !== 0)
       throw new Error(`zero-copy-send: pipe2 ${errnoName(c.errno())}`);
     // A larger pipe means fewer calls; where pipe-max-size refuses it, the default (64 KiB) works.
-    if (c.fcntl(pipe[1] as number, F_SETPIPE_SZ, PIPE_BYTES) < 0) c.fcntl(pipe[1] as number, F_GETPIPE_SZ, 0);
+    c.fcntl(pipe[1] as number, F_SETPIPE_SZ, PIPE_BYTES);
     const fds = pipe;
     const closePipe = (): void => {
       c.close(fds[0] as number);
@@ -276,7 +275,9 @@ export function createFdWriter(
           inPipe += k;
           if (pages) splicedBytes += k;
           moved = true;
-        } else if (k < 0) {
+        } else if (k === 0) {
+          throw new Error(`${pages ? 'vmsplice' : 'write'} took nothing of ${n} iovecs`);
+        } else {
           const errno = c.errno();
           if (errno !== EAGAIN && errno !== EINTR)
             throw new Error(`${pages ? 'vmsplice' : 'write'} ${errnoName(errno)}`);
@@ -289,7 +290,10 @@ export function createFdWriter(
           inPipe -= k;
           pending -= k;
           moved = true;
-        } else if (k < 0) {
+        } else if (k === 0) {
+          // Only this writer fills and empties its pipe: an empty one here is a bug, not a wait.
+          throw new Error(`splice found the pipe empty with ${inPipe} bytes sent into it`);
+        } else {
           const errno = c.errno();
           if (errno !== EAGAIN && errno !== EINTR) throw new Error(`splice ${errnoName(errno)}`);
         }

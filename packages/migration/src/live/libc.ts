@@ -15,7 +15,6 @@ export const POLLOUT = 4;
 export const O_NONBLOCK = 0o4000;
 export const O_CLOEXEC = 0o2000000;
 export const F_SETPIPE_SZ = 1031;
-export const F_GETPIPE_SZ = 1032;
 export const SPLICE_F_MOVE = 1;
 export const SPLICE_F_NONBLOCK = 2;
 export const SPLICE_F_MORE = 4;
