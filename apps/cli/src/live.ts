@@ -92,10 +92,10 @@ export interface LiveSourceOptions {
 export async function startLiveSource(o: LiveSourceOptions) {
   const { memory, hugePages } = allocateGuestRam(o.memory, { hugePages: o.hugePages !== false });
   fillMemory(memory, o.fill, o.seed);
-  const { guest, bitmap, ring } = await bootGuest(memory, o);
+  const { guest, bitmap, ring, kvm } = await bootGuest(memory, o);
   const engine = createLiveEngine({ guest });
   const syncs = timedSyncs(bitmap);
-  return { memory, hugePages, guest, engine, bitmap: syncs.bitmap, syncTimes: syncs.times, ring };
+  return { memory, hugePages, guest, engine, bitmap: syncs.bitmap, syncTimes: syncs.times, ring, kvm };
 }
 
 /**
@@ -165,7 +165,8 @@ async function bootGuest(
   // Idle: each vCPU's own speed factor 0 before start, so not even the first timeslice writes.
   if (o.idle === true) for (let v = 0; v < o.vcpus; v++) guest.setVcpuSpeed(v, 0);
   await guest.start();
-  return { guest, bitmap, ring };
+  // The KVM side as other users of the dirty log see it (`dirtytrack dirtyrate`'s meter).
+  return { guest, bitmap, ring, kvm: { source: reporter, logging: tracker, slot } };
 }
 
 /** Each sync of a migration bitmap: its wall-clock time and what the cost model priced it at. */

@@ -207,6 +207,8 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
   (await import('./selftest.js')).registerSelftest(program, io, (c) => (code = c));
   // `serve` and `migrate` (issue 9): the live plane over TCP.
   (await import('./live.js')).registerLive(program, io, (c) => (code = c));
+  // `dirtyrate` (issue 7): QEMU's calc-dirty-rate on a live software guest.
+  (await import('./dirtyrate.js')).registerDirtyrate(program, io);
 
   benchOutput(
     bench

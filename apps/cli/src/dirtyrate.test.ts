@@ -1,0 +1,129 @@
+import { pagesDirtyRate } from '@dirtytrack/qemu-layers';
+import { describe, expect, it } from 'vitest';
+import { run } from './__fixtures__/run.js';
+import { expectedDistinctPages, liveContent, planDirtyrate, type DirtyrateOutput } from './dirtyrate.js';
+
+// `dirtytrack dirtyrate`: QEMU's calc-dirty-rate on a live guest whose rate is known — 2 vCPUs
+// at 2000 uniform page writes/s each over 64 MiB (16,384 pages) — in each of QEMU's modes.
+
+const PAGES = 16_384;
+const GIB = 2 ** 30;
+
+async function measure(...args: string[]): Promise<DirtyrateOutput> {
+  const r = await run('dirtyrate', '--memory', '64M', ...args, '--json');
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  return JSON.parse(r.stdout) as DirtyrateOutput;
+}
+
+describe('dirtytrack dirtyrate: helpers', () => {
+  it('expectedDistinctPages: pages × (1 − (1 − 1/pages)^writes)', () => {
+    expect(expectedDistinctPages(4, 2)).toBeCloseTo(1.75, 12); // 4 × (1 − 9/16)
+    expect(expectedDistinctPages(PAGES, 0)).toBe(0);
+    expect(expectedDistinctPages(PAGES, 1)).toBeCloseTo(1, 9);
+  });
+
+  it('liveContent hashes a page’s words: equal pages hash alike, one changed word changes it', () => {
+    const memory = new SharedArrayBuffer(3 * 4096);
+    const content = liveContent(memory);
+    expect(content.hashPage(0)).toBe(content.hashPage(1));
+    new Int32Array(memory)[1024 + 1023] = 7; // the last word of page 1
+    expect(content.hashPage(1)).not.toBe(content.hashPage(0));
+    expect(content.hashPage(2)).toBe(content.hashPage(0));
+  });
+
+  it('plans: QEMU’s defaults, and a dirty ring of 4096 entries per vCPU for dirty-ring mode', () => {
+    const raw = {
+      memory: '64M',
+      vcpus: '2',
+      workload: 'uniform',
+      rate: '2000',
+      fill: 'half',
+      seed: '1',
+      mode: 'page-sampling',
+      calcTime: '1',
+      calcTimeUnit: 'second',
+    } as const;
+    expect(planDirtyrate(raw, 8 * GIB)).toEqual({
+      memory: 64 * 2 ** 20,
+      vcpus: 2,
+      workload: 'uniform',
+      rate: 2000,
+      fill: 'half',
+      seed: 1,
+      mode: 'page-sampling',
+      calcTime: 1,
+      calcTimeUnit: 'second',
+    });
+    expect(planDirtyrate({ ...raw, mode: 'dirty-ring' }, 8 * GIB).dirtyRing).toBe(4096);
+    expect(planDirtyrate({ ...raw, mode: 'dirty-ring', dirtyRingSize: '1024' }, 8 * GIB).dirtyRing).toBe(
+      1024,
+    );
+  });
+});
+
+describe('dirtytrack dirtyrate on a live guest of known rate', { timeout: 60_000 }, () => {
+  it('dirty-bitmap: the pages dirty after calc-time are the distinct pages written, within 10%', async () => {
+    const r = await measure('--mode', 'dirty-bitmap');
+    expect(r).toMatchObject({
+      status: 'measured',
+      mode: 'dirty-bitmap',
+      'calc-time': 1,
+      'calc-time-unit': 'second',
+    });
+    const c = r.dirtytrack.counters;
+    if (c.mode !== 'dirty-bitmap') throw new Error(c.mode);
+    // QEMU's formula (u64: pages × 4 KiB >> 20, × 1000 / ms) over the pages the bitmap held.
+    expect(r['dirty-rate']).toBe(pagesDirtyRate(c.endPages - c.startPages, c.ms));
+    const expected = expectedDistinctPages(PAGES, r.dirtytrack['guest-writes']);
+    expect(Math.abs(c.endPages - c.startPages - expected) / expected).toBeLessThan(0.1);
+    // The vCPUs wrote meanwhile (at most 2 × 2000 in 1 s; fewer when the machine is busy).
+    expect(r.dirtytrack['guest-writes']).toBeGreaterThan(0);
+    expect(r.dirtytrack['guest-writes']).toBeLessThanOrEqual(4000 * 1.1);
+  });
+
+  it('dirty-ring: per-vCPU entries; counts re-dirtying after a reap, so between the distinct pages and the writes', async () => {
+    const r = await measure('--mode', 'dirty-ring');
+    const c = r.dirtytrack.counters;
+    if (c.mode !== 'dirty-ring') throw new Error(c.mode);
+    expect(r['vcpu-dirty-rate']?.map((v) => v.id)).toEqual([0, 1]);
+    const pages = c.vcpuPages.reduce((a, b) => a + b, 0);
+    const writes = r.dirtytrack['guest-writes'];
+    expect(pages).toBeGreaterThanOrEqual(0.9 * expectedDistinctPages(PAGES, writes));
+    expect(pages).toBeLessThanOrEqual(1.1 * writes);
+  });
+
+  it('page-sampling: hashes of sampled pages; within 30% at 1024 samples (~5 standard errors)', async () => {
+    // 16384 sample pages per GiB over 64 MiB = 1024 samples. A sampled page is dirty with
+    // p ≈ 0.22 (3,560 distinct of 16,384 pages): the standard error of p is √(p(1−p)/1024) ≈
+    // 0.013, 6% of p; 30% is 5 of them (about one run in a million) — the default 512/GiB (32 samples here)
+    // would be ~±45%.
+    const r = await measure('--mode', 'page-sampling', '--sample-pages', '16384');
+    const c = r.dirtytrack.counters;
+    if (c.mode !== 'page-sampling') throw new Error(c.mode);
+    expect(c.samples).toBe(1024);
+    const expected = expectedDistinctPages(PAGES, r.dirtytrack['guest-writes']) / PAGES;
+    expect(Math.abs(c.dirtySamples / c.samples - expected) / expected).toBeLessThan(0.3);
+  });
+});
+
+describe('dirtytrack dirtyrate: bad input, exit 2 naming the flag', { timeout: 60_000 }, () => {
+  it.each([
+    [['--mode', 'fast'], '--mode'],
+    [['--mode', 'dirty-bitmap', '--dirty-ring-size', '4096'], '--mode'],
+    [['--mode', 'dirty-bitmap', '--sample-pages', '512'], '--sample-pages'],
+    [['--dirty-ring-size', '1000'], '--dirty-ring-size'],
+    [['--calc-time', '0'], '--calc-time'],
+    [['--memory', '3'], '--memory'],
+    // QEMU's own ranges, checked by the meter once the guest runs: calc-time ≥ 50 ms, sample-pages ≥ 128.
+    [['--calc-time', '10', '--calc-time-unit', 'millisecond'], '--calc-time'],
+    [['--sample-pages', '64'], '--sample-pages'],
+  ])('%j names %s', async (args, flag) => {
+    const r = await run('dirtyrate', '--memory', '16M', ...args);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    const lines = r.stderr.trimEnd().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]?.startsWith(`dirtytrack: ${flag}: `)).toBe(true);
+  });
+});

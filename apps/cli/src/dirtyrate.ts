@@ -1,0 +1,290 @@
+import { createRng, isDirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
+import {
+  createDirtyRateMeter,
+  type DirtyRateCounters,
+  type DirtyRateMeasureMode,
+  type DirtyRateResult,
+  type DirtyRateTimeUnit,
+  type PageContent,
+} from '@dirtytrack/qemu-layers';
+import { Option, type Command } from 'commander';
+import { intFlag, UsageError } from './load-scenario.js';
+import {
+  availableMemory,
+  FILLS,
+  fitsInMemory,
+  reapWhenHalfFull,
+  startLiveSource,
+  type Fill,
+} from './live.js';
+
+/**
+ * `dirtytrack dirtyrate`: QEMU's `calc-dirty-rate` / `query-dirty-rate` on a live software guest —
+ * worker-thread vCPUs writing its RAM through the software MMU — with the meter of
+ * `@dirtytrack/qemu-layers` on the real clock, next to what the guest really wrote.
+ */
+
+export const DIRTYRATE_MODES: readonly DirtyRateMeasureMode[] = [
+  'page-sampling',
+  'dirty-bitmap',
+  'dirty-ring',
+];
+const TIME_UNITS: readonly DirtyRateTimeUnit[] = ['second', 'millisecond'];
+/** Ring entries per vCPU when `--mode dirty-ring` is given without `--dirty-ring-size`. */
+const DEFAULT_RING_ENTRIES = 4096;
+const MIB = 2 ** 20;
+
+interface DirtyrateRaw {
+  memory: string;
+  vcpus: string;
+  workload: 'uniform' | 'hot-set';
+  rate: string;
+  fill: Fill;
+  seed: string;
+  mode: DirtyRateMeasureMode;
+  calcTime: string;
+  calcTimeUnit: DirtyRateTimeUnit;
+  samplePages?: string;
+  dirtyRingSize?: string;
+  json?: boolean;
+}
+
+export interface DirtyratePlan {
+  memory: number;
+  vcpus: number;
+  workload: 'uniform' | 'hot-set';
+  rate: number;
+  fill: Fill;
+  seed: number;
+  mode: DirtyRateMeasureMode;
+  calcTime: number;
+  calcTimeUnit: DirtyRateTimeUnit;
+  samplePages?: number;
+  /** Ring entries per vCPU: the guest tracks through a KVM dirty ring (dirty-ring mode). */
+  dirtyRing?: number;
+}
+
+/** `dirtyrate`'s JSON: `query-dirty-rate`'s fields, then what the guest did meanwhile. */
+export interface DirtyrateOutput extends DirtyRateResult {
+  dirtytrack: {
+    plane: 'live';
+    memory: number;
+    vcpus: number;
+    workload: 'uniform' | 'hot-set';
+    /** Page writes per second per vCPU asked (0 = as fast as it can). */
+    rate: number;
+    /** Writes the vCPUs made while the meter measured, and their rate (MiB/s, 4 KiB a write). */
+    'guest-writes': number;
+    'guest-write-rate': number;
+    /**
+     * Uniform workload only: the rate of distinct pages those writes are expected to dirty,
+     * `pages × (1 − (1 − 1/pages)^writes)` per second (MiB/s) — what the meter should read.
+     */
+    'expected-dirty-rate'?: number;
+    /** The meter's raw counters (QEMU's `DirtyStat`). */
+    counters: DirtyRateCounters;
+  };
+}
+
+/** Validates `dirtytrack dirtyrate`'s flags: nothing starts yet. */
+export function planDirtyrate(raw: DirtyrateRaw, availableBytes = availableMemory()): DirtyratePlan {
+  const memory = fitsInMemory('--memory', raw.memory, 1, availableBytes);
+  const vcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
+  const rate = intFlag('--rate', raw.rate, 0, 100_000_000);
+  const seed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
+  // The meter checks QEMU's ranges (calc-time 50 ms..60 s, sample-pages 128..16384) and names them.
+  const calcTime = intFlag('--calc-time', raw.calcTime, 1, 60_000);
+  const samplePages =
+    raw.samplePages === undefined ? undefined : intFlag('--sample-pages', raw.samplePages, 1, 1e6);
+  if (samplePages !== undefined && raw.mode !== 'page-sampling')
+    throw new UsageError('--sample-pages', 'is used only in page-sampling mode (QEMU: sample-pages)');
+  const given = raw.dirtyRingSize;
+  const entries = given === undefined ? undefined : Number(given);
+  if (
+    given !== undefined &&
+    !(
+      /^\d+$/.test(given) &&
+      (entries as number) >= 256 &&
+      (entries as number) <= 65536 &&
+      ((entries as number) & ((entries as number) - 1)) === 0
+    )
+  )
+    throw new UsageError(
+      '--dirty-ring-size',
+      `${JSON.stringify(given)} is not a power of two in [256, 65536]`,
+    );
+  // QEMU: dirty-bitmap mode only without the dirty ring, dirty-ring mode only with it.
+  if (raw.mode === 'dirty-bitmap' && entries !== undefined)
+    throw new UsageError(
+      '--mode',
+      'dirty-bitmap is not enabled with the dirty ring (--dirty-ring-size): use dirty-ring',
+    );
+  const dirtyRing = raw.mode === 'dirty-ring' ? (entries ?? DEFAULT_RING_ENTRIES) : entries;
+  return {
+    memory,
+    vcpus,
+    workload: raw.workload,
+    rate,
+    fill: raw.fill,
+    seed,
+    mode: raw.mode,
+    calcTime,
+    calcTimeUnit: raw.calcTimeUnit,
+    ...(samplePages === undefined ? {} : { samplePages }),
+    ...(dirtyRing === undefined ? {} : { dirtyRing }),
+  };
+}
+
+/** A page's contents as page-sampling hashes them: FNV-1a over its 1024 words (QEMU: xxhash). */
+export function liveContent(memory: SharedArrayBuffer): PageContent {
+  const words = new Int32Array(memory);
+  return {
+    hashPage(page) {
+      let h = 0x811c9dc5;
+      for (let i = page * 1024, end = i + 1024; i < end; i++)
+        h = Math.imul(h ^ Atomics.load(words, i), 0x01000193);
+      return h >>> 0;
+    },
+  };
+}
+
+/** Distinct pages `writes` uniform random writes over `pages` pages are expected to touch. */
+export function expectedDistinctPages(pages: number, writes: number): number {
+  return pages * -Math.expm1(writes * Math.log1p(-1 / pages));
+}
+
+/** Boots the guest, measures once, stops the guest. */
+export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput> {
+  const source = await startLiveSource({
+    memory: plan.memory,
+    vcpus: plan.vcpus,
+    workload:
+      plan.workload === 'hot-set'
+        ? { kind: 'hot-set', pages: Math.max(1, Math.floor(plan.memory / PAGE_SIZE / 16)), share: 230 }
+        : { kind: 'uniform' },
+    rate: plan.rate,
+    fill: plan.fill,
+    seed: plan.seed,
+    ...(plan.dirtyRing === undefined ? {} : { dirtyRing: plan.dirtyRing }),
+  });
+  const { engine, guest, ring } = source;
+  const pages = plan.memory / PAGE_SIZE;
+  try {
+    const meter = createDirtyRateMeter({
+      clock: engine.clock,
+      rng: createRng(plan.seed),
+      content: liveContent(source.memory),
+      pages,
+      kvm: source.kvm,
+    });
+    const reap = ring === undefined ? undefined : reapWhenHalfFull(ring);
+    let writesFrom = 0;
+    let writes = 0;
+    let value = 1;
+    const run = (untilNs: number): void => {
+      writesFrom = guest.stats().writes;
+      // A new value every 10 ms, so a rewritten page changes its contents (page-sampling hashes
+      // them); the ring is reaped when half full, as QEMU's reaper thread would.
+      while (engine.clock.now() < untilNs) {
+        guest.setValue(++value);
+        engine.runGuestUntil(Math.min(untilNs, engine.clock.now() + 10e6));
+        reap?.();
+      }
+      writes = guest.stats().writes - writesFrom;
+    };
+    let result: DirtyRateResult;
+    try {
+      result = meter.calc({
+        mode: plan.mode,
+        calcTime: plan.calcTime,
+        calcTimeUnit: plan.calcTimeUnit,
+        ...(plan.samplePages === undefined ? {} : { samplePages: plan.samplePages }),
+        run,
+      });
+    } catch (error) {
+      // QEMU's own checks of calc-time and sample-pages: bad input, named by its flag.
+      const field = isDirtytrackError(error) ? error.field : undefined;
+      if (isDirtytrackError(error) && (field === 'calc-time' || field === 'sample-pages' || field === 'mode'))
+        throw new UsageError(`--${field}`, error.message.replace(/^\[dirtytrack\] \[[^\]]*\] /, ''));
+      throw error;
+    }
+    const counters = meter.lastCounters() as DirtyRateCounters;
+    const seconds = counters.ms / 1000;
+    const mibPerS = (n: number) => Math.round(((n * PAGE_SIZE) / MIB / seconds) * 10) / 10;
+    return {
+      ...result,
+      dirtytrack: {
+        plane: 'live',
+        memory: plan.memory,
+        vcpus: plan.vcpus,
+        workload: plan.workload,
+        rate: plan.rate,
+        'guest-writes': writes,
+        'guest-write-rate': mibPerS(writes),
+        ...(plan.workload === 'uniform'
+          ? { 'expected-dirty-rate': mibPerS(expectedDistinctPages(pages, writes)) }
+          : {}),
+        counters,
+      },
+    };
+  } finally {
+    await guest.stop().catch(() => {});
+  }
+}
+
+/** The text summary: the measured rate, then what the guest wrote. */
+export function formatDirtyrate(r: DirtyrateOutput): string {
+  const d = r.dirtytrack;
+  const what =
+    r.mode === 'page-sampling' ? `page-sampling, ${r['sample-pages']} sample pages per GiB` : r.mode;
+  const lines = [
+    `dirty-rate ${r['dirty-rate']} MB/s (${what}, calc-time ${r['calc-time']} ${r['calc-time-unit']})`,
+    `guest: ${d.vcpus} vCPUs wrote ${d['guest-writes']} pages (${d['guest-write-rate']} MiB/s)` +
+      (d['expected-dirty-rate'] === undefined
+        ? ''
+        : `; uniform writes dirty ~${d['expected-dirty-rate']} MiB/s of distinct pages`),
+  ];
+  if (r['vcpu-dirty-rate'] !== undefined)
+    lines.push(
+      `vcpu-dirty-rate ${r['vcpu-dirty-rate'].map((v) => `${v.id}: ${v['dirty-rate']}`).join(', ')} MB/s`,
+    );
+  return `${lines.join('\n')}\n`;
+}
+
+export function registerDirtyrate(program: Command, io: { stdout: (t: string) => void }): void {
+  program
+    .command('dirtyrate')
+    .description(
+      'Measure a live software guest’s dirty rate as QEMU’s calc-dirty-rate does (page-sampling, dirty-bitmap or dirty-ring), next to what its vCPUs really wrote.',
+    )
+    .addOption(
+      new Option('--mode <mode>', 'calc-dirty-rate mode')
+        .choices([...DIRTYRATE_MODES])
+        .default('page-sampling'),
+    )
+    .option('--calc-time <n>', 'calc-time: how long to measure, in --calc-time-unit', '1')
+    .addOption(
+      new Option('--calc-time-unit <unit>', 'calc-time-unit').choices([...TIME_UNITS]).default('second'),
+    )
+    .option('--sample-pages <n>', 'page-sampling: sampled pages per GiB (QEMU: 128..16384, default 512)')
+    .option('--memory <size>', 'guest RAM (IEC), e.g. 256M or 1G', '256M')
+    .option('--vcpus <n>', 'vCPUs (worker threads)', '2')
+    .addOption(
+      new Option('--workload <kind>', 'which pages the vCPUs write')
+        .choices(['uniform', 'hot-set'])
+        .default('uniform'),
+    )
+    .option('--rate <n>', 'page writes per second per vCPU (0 = as fast as it can)', '2000')
+    .addOption(new Option('--fill <kind>', 'initial RAM content').choices([...FILLS]).default('half'))
+    .option('--seed <n>', 'seed of the RAM content, the vCPUs’ pages and the sampled pages', '1')
+    .option(
+      '--dirty-ring-size <entries>',
+      'track through a KVM dirty ring of this many entries per vCPU (dirty-ring mode uses 4096 without it)',
+    )
+    .option('--json', 'print query-dirty-rate’s fields (and the guest’s) as one JSON object')
+    .action(async (raw: DirtyrateRaw) => {
+      const plan = planDirtyrate(raw);
+      const result = await runDirtyrate(plan);
+      io.stdout(raw.json === true ? `${JSON.stringify(result, null, 2)}\n` : formatDirtyrate(result));
+    });
+}
