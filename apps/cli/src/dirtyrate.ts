@@ -13,7 +13,9 @@ import {
   availableMemory,
   FILLS,
   fitsInMemory,
+  liveWorkload,
   reapWhenHalfFull,
+  ringSize,
   startLiveSource,
   type Fill,
 } from './live.js';
@@ -98,21 +100,8 @@ export function planDirtyrate(raw: DirtyrateRaw, availableBytes = availableMemor
     raw.samplePages === undefined ? undefined : intFlag('--sample-pages', raw.samplePages, 1, 1e6);
   if (samplePages !== undefined && raw.mode !== 'page-sampling')
     throw new UsageError('--sample-pages', 'is used only in page-sampling mode (QEMU: sample-pages)');
-  const given = raw.dirtyRingSize;
-  const entries = given === undefined ? undefined : Number(given);
-  if (
-    given !== undefined &&
-    !(
-      /^\d+$/.test(given) &&
-      (entries as number) >= 256 &&
-      (entries as number) <= 65536 &&
-      ((entries as number) & ((entries as number) - 1)) === 0
-    )
-  )
-    throw new UsageError(
-      '--dirty-ring-size',
-      `${JSON.stringify(given)} is not a power of two in [256, 65536]`,
-    );
+  const entries =
+    raw.dirtyRingSize === undefined ? undefined : ringSize('--dirty-ring-size', raw.dirtyRingSize);
   // QEMU: dirty-bitmap mode only without the dirty ring, dirty-ring mode only with it.
   if (raw.mode === 'dirty-bitmap' && entries !== undefined)
     throw new UsageError(
@@ -158,10 +147,7 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
   const source = await startLiveSource({
     memory: plan.memory,
     vcpus: plan.vcpus,
-    workload:
-      plan.workload === 'hot-set'
-        ? { kind: 'hot-set', pages: Math.max(1, Math.floor(plan.memory / PAGE_SIZE / 16)), share: 230 }
-        : { kind: 'uniform' },
+    workload: liveWorkload(plan.workload, plan.memory / PAGE_SIZE),
     rate: plan.rate,
     fill: plan.fill,
     seed: plan.seed,

@@ -570,10 +570,7 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
   }
   const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
   const pages = memory / 4096;
-  const workload: LiveWorkload =
-    raw.workload === 'hot-set'
-      ? { kind: 'hot-set', pages: Math.max(1, Math.floor(pages / 16)), share: 230 }
-      : { kind: 'uniform' };
+  const workload = liveWorkload(raw.workload === 'hot-set' ? 'hot-set' : 'uniform', pages);
   return {
     ...(to === undefined ? {} : { to }),
     memoryText: raw.memory,
@@ -1007,8 +1004,15 @@ export function preallocate(bytes: number, hugePages: boolean): GuestRam {
   return ram;
 }
 
+/** `--workload`'s vCPU workload over `pages` pages: uniform, or a hot set of 1/16 taking 230/256 of the writes. */
+export function liveWorkload(kind: 'uniform' | 'hot-set', pages: number): LiveWorkload {
+  return kind === 'hot-set'
+    ? { kind: 'hot-set', pages: Math.max(1, Math.floor(pages / 16)), share: 230 }
+    : { kind: 'uniform' };
+}
+
 /** KVM dirty-ring entries: a power of two in [256, 65536] (KVM's bounds without PML, as the scenario's `ring-size`). */
-function ringSize(flag: string, value: string): number {
+export function ringSize(flag: string, value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value.trim()) || !(n >= 256 && n <= 65536 && (n & (n - 1)) === 0)) {
     throw new UsageError(flag, `${JSON.stringify(value)} is not a power of two in [256, 65536]`);
