@@ -115,9 +115,12 @@ describe('dirtytrack dirtyrate: bad input, exit 2 naming the flag', { timeout: 6
     [['--dirty-ring-size', '1000'], '--dirty-ring-size'],
     [['--calc-time', '0'], '--calc-time'],
     [['--memory', '3'], '--memory'],
-    // QEMU's own ranges, checked by the meter once the guest runs: calc-time ≥ 50 ms, sample-pages ≥ 128.
+    // QEMU's own ranges, with its messages, before a guest boots: calc-time in [50 ms, 60 s],
+    // sample-pages in [128, 16384].
     [['--calc-time', '10', '--calc-time-unit', 'millisecond'], '--calc-time'],
     [['--sample-pages', '64'], '--sample-pages'],
+    [['--calc-time', '61'], '--calc-time'],
+    [['--sample-pages', '16385'], '--sample-pages'],
   ])('%j names %s', async (args, flag) => {
     const r = await run('dirtyrate', '--memory', '16M', ...args);
     expect(r.code).toBe(2);

@@ -1,6 +1,10 @@
-import { createRng, isDirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
+import { createRng, PAGE_SIZE } from '@dirtytrack/core';
 import {
   createDirtyRateMeter,
+  DIRTYRATE_MAX_CALC_TIME_MS,
+  DIRTYRATE_MAX_SAMPLE_PAGES,
+  DIRTYRATE_MIN_CALC_TIME_MS,
+  DIRTYRATE_MIN_SAMPLE_PAGES,
   type DirtyRateCounters,
   type DirtyRateMeasureMode,
   type DirtyRateResult,
@@ -94,12 +98,28 @@ export function planDirtyrate(raw: DirtyrateRaw, availableBytes = availableMemor
   const vcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
   const rate = intFlag('--rate', raw.rate, 0, 100_000_000);
   const seed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
-  // The meter checks QEMU's ranges (calc-time 50 ms..60 s, sample-pages 128..16384) and names them.
-  const calcTime = intFlag('--calc-time', raw.calcTime, 1, 60_000);
+  // QEMU's ranges, with its messages, before a guest is booted (the meter checks them again).
+  const calcTime = intFlag('--calc-time', raw.calcTime, 0, 60_000_000);
+  const calcTimeMs = raw.calcTimeUnit === 'second' ? calcTime * 1000 : calcTime;
+  if (calcTimeMs < DIRTYRATE_MIN_CALC_TIME_MS || calcTimeMs > DIRTYRATE_MAX_CALC_TIME_MS) {
+    throw new UsageError(
+      '--calc-time',
+      `Calculation time is out of range [${DIRTYRATE_MIN_CALC_TIME_MS}ms, ${DIRTYRATE_MAX_CALC_TIME_MS}ms].`,
+    );
+  }
   const samplePages =
-    raw.samplePages === undefined ? undefined : intFlag('--sample-pages', raw.samplePages, 1, 1e6);
+    raw.samplePages === undefined ? undefined : intFlag('--sample-pages', raw.samplePages, 0, 1e9);
   if (samplePages !== undefined && raw.mode !== 'page-sampling')
     throw new UsageError('--sample-pages', 'is used only in page-sampling mode (QEMU: sample-pages)');
+  if (
+    samplePages !== undefined &&
+    (samplePages < DIRTYRATE_MIN_SAMPLE_PAGES || samplePages > DIRTYRATE_MAX_SAMPLE_PAGES)
+  ) {
+    throw new UsageError(
+      '--sample-pages',
+      `sample-pages is out of range[${DIRTYRATE_MIN_SAMPLE_PAGES}, ${DIRTYRATE_MAX_SAMPLE_PAGES}].`,
+    );
+  }
   const entries =
     raw.dirtyRingSize === undefined ? undefined : ringSize('--dirty-ring-size', raw.dirtyRingSize);
   // QEMU: dirty-bitmap mode only without the dirty ring, dirty-ring mode only with it.
@@ -178,22 +198,13 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
       }
       writes = guest.stats().writes - writesFrom;
     };
-    let result: DirtyRateResult;
-    try {
-      result = meter.calc({
-        mode: plan.mode,
-        calcTime: plan.calcTime,
-        calcTimeUnit: plan.calcTimeUnit,
-        ...(plan.samplePages === undefined ? {} : { samplePages: plan.samplePages }),
-        run,
-      });
-    } catch (error) {
-      // QEMU's own checks of calc-time and sample-pages: bad input, named by its flag.
-      const field = isDirtytrackError(error) ? error.field : undefined;
-      if (isDirtytrackError(error) && (field === 'calc-time' || field === 'sample-pages' || field === 'mode'))
-        throw new UsageError(`--${field}`, error.message.replace(/^\[dirtytrack\] \[[^\]]*\] /, ''));
-      throw error;
-    }
+    const result: DirtyRateResult = meter.calc({
+      mode: plan.mode,
+      calcTime: plan.calcTime,
+      calcTimeUnit: plan.calcTimeUnit,
+      ...(plan.samplePages === undefined ? {} : { samplePages: plan.samplePages }),
+      run,
+    });
     const counters = meter.lastCounters() as DirtyRateCounters;
     const seconds = counters.ms / 1000;
     const mibPerS = (n: number) => Math.round(((n * PAGE_SIZE) / MIB / seconds) * 10) / 10;
