@@ -1,10 +1,7 @@
-import { createRng, PAGE_SIZE } from '@dirtytrack/core';
+import { createRng, isDirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import {
+  checkDirtyRateArgs,
   createDirtyRateMeter,
-  DIRTYRATE_MAX_CALC_TIME_MS,
-  DIRTYRATE_MAX_SAMPLE_PAGES,
-  DIRTYRATE_MIN_CALC_TIME_MS,
-  DIRTYRATE_MIN_SAMPLE_PAGES,
   type DirtyRateCounters,
   type DirtyRateMeasureMode,
   type DirtyRateResult,
@@ -98,27 +95,20 @@ export function planDirtyrate(raw: DirtyrateRaw, availableBytes = availableMemor
   const vcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
   const rate = intFlag('--rate', raw.rate, 0, 100_000_000);
   const seed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
-  // QEMU's ranges, with its messages, before a guest is booted (the meter checks them again).
   const calcTime = intFlag('--calc-time', raw.calcTime, 0, 60_000_000);
-  const calcTimeMs = raw.calcTimeUnit === 'second' ? calcTime * 1000 : calcTime;
-  if (calcTimeMs < DIRTYRATE_MIN_CALC_TIME_MS || calcTimeMs > DIRTYRATE_MAX_CALC_TIME_MS) {
-    throw new UsageError(
-      '--calc-time',
-      `Calculation time is out of range [${DIRTYRATE_MIN_CALC_TIME_MS}ms, ${DIRTYRATE_MAX_CALC_TIME_MS}ms].`,
-    );
-  }
   const samplePages =
     raw.samplePages === undefined ? undefined : intFlag('--sample-pages', raw.samplePages, 0, 1e9);
-  if (samplePages !== undefined && raw.mode !== 'page-sampling')
-    throw new UsageError('--sample-pages', 'is used only in page-sampling mode (QEMU: sample-pages)');
-  if (
-    samplePages !== undefined &&
-    (samplePages < DIRTYRATE_MIN_SAMPLE_PAGES || samplePages > DIRTYRATE_MAX_SAMPLE_PAGES)
-  ) {
-    throw new UsageError(
-      '--sample-pages',
-      `sample-pages is out of range[${DIRTYRATE_MIN_SAMPLE_PAGES}, ${DIRTYRATE_MAX_SAMPLE_PAGES}].`,
-    );
+  // QEMU's own checks of calc-dirty-rate's arguments, with its messages, before a guest boots.
+  try {
+    checkDirtyRateArgs({
+      mode: raw.mode,
+      calcTime,
+      calcTimeUnit: raw.calcTimeUnit,
+      ...(samplePages === undefined ? {} : { samplePages }),
+    });
+  } catch (error) {
+    if (!isDirtytrackError(error) || error.field === undefined) throw error;
+    throw new UsageError(`--${error.field}`, error.message.replace(/^\[dirtytrack\] \[[^\]]*\] /, ''));
   }
   const entries =
     raw.dirtyRingSize === undefined ? undefined : ringSize('--dirty-ring-size', raw.dirtyRingSize);

@@ -236,6 +236,81 @@ export interface DirtyRateMeter {
   lastCounters(): DirtyRateCounters | undefined;
 }
 
+/** `calc-dirty-rate`'s arguments as {@link checkDirtyRateArgs} resolves them. */
+export interface DirtyRateArgs {
+  /** `calc-time` in `unit`, and in ms. */
+  calcTime: number;
+  unit: DirtyRateTimeUnit;
+  calcTimeMs: number;
+  mode: DirtyRateMeasureMode;
+  /** Per GiB (the default where not given). */
+  samplePages: number;
+}
+
+/**
+ * `qmp_calc_dirty_rate`'s checks of its own arguments, in QEMU's order and with its messages
+ * (calc-time and its unit, mode, sample-pages); `calc` runs them first, and a caller may run them
+ * before it has a guest to measure. The checks that need the guest (ring or bitmap enabled, memory
+ * to sample) stay in `calc`.
+ */
+export function checkDirtyRateArgs(o: Omit<DirtyRateCalcOptions, 'run'>): DirtyRateArgs {
+  let calcTime: number;
+  let unit: DirtyRateTimeUnit;
+  if (o.calcTimeMs !== undefined) {
+    if (o.calcTime !== undefined || o.calcTimeUnit !== undefined) {
+      throw fail(
+        'invalid-argument',
+        'calc-time: give calcTimeMs or calcTime (+ calcTimeUnit), not both',
+        'calc-time',
+      );
+    }
+    calcTime = o.calcTimeMs;
+    unit = 'millisecond';
+  } else {
+    if (o.calcTime === undefined) throw fail('invalid-argument', 'calc-time: missing', 'calc-time');
+    calcTime = o.calcTime;
+    unit = o.calcTimeUnit ?? 'second';
+  }
+  if (unit !== 'second' && unit !== 'millisecond') {
+    throw fail(
+      'invalid-argument',
+      `calc-time-unit: ${String(unit)} is not second or millisecond`,
+      'calc-time-unit',
+    );
+  }
+  if (!Number.isSafeInteger(calcTime)) {
+    throw fail('invalid-argument', `calc-time: ${calcTime} is not an integer`, 'calc-time');
+  }
+  const calcTimeMs = unit === 'second' ? calcTime * 1000 : calcTime;
+  if (calcTimeMs < DIRTYRATE_MIN_CALC_TIME_MS || calcTimeMs > DIRTYRATE_MAX_CALC_TIME_MS) {
+    throw fail(
+      'invalid-argument',
+      `Calculation time is out of range [${DIRTYRATE_MIN_CALC_TIME_MS}ms, ${DIRTYRATE_MAX_CALC_TIME_MS}ms].`,
+      'calc-time',
+    );
+  }
+  const mode = o.mode ?? 'page-sampling';
+  if (mode !== 'page-sampling' && mode !== 'dirty-bitmap' && mode !== 'dirty-ring') {
+    throw fail('invalid-argument', `mode: ${String(mode)} is not a DirtyRateMeasureMode`, 'mode');
+  }
+  if (o.samplePages !== undefined && mode !== 'page-sampling') {
+    throw fail('invalid-argument', 'sample-pages is used only in page-sampling mode', 'sample-pages');
+  }
+  const samplePages = o.samplePages ?? DIRTYRATE_DEFAULT_SAMPLE_PAGES;
+  if (
+    !Number.isSafeInteger(samplePages) ||
+    samplePages < DIRTYRATE_MIN_SAMPLE_PAGES ||
+    samplePages > DIRTYRATE_MAX_SAMPLE_PAGES
+  ) {
+    throw fail(
+      'invalid-argument',
+      `sample-pages is out of range[${DIRTYRATE_MIN_SAMPLE_PAGES}, ${DIRTYRATE_MAX_SAMPLE_PAGES}].`,
+      'sample-pages',
+    );
+  }
+  return { calcTime, unit, calcTimeMs, mode, samplePages };
+}
+
 /**
  * page-sampling: `dirty_samples * total_MB * 1000 / (samples * ms)`, in u64 integer arithmetic
  * as `update_dirtyrate`.
@@ -439,60 +514,7 @@ export function createDirtyRateMeter(options: DirtyRateMeterOptions): DirtyRateM
         throw fail('invalid-state', 'the dirty rate is already being measured.');
       }
       if (typeof o.run !== 'function') throw fail('invalid-argument', 'run: not a function', 'run');
-      let calcTime: number;
-      let unit: DirtyRateTimeUnit;
-      if (o.calcTimeMs !== undefined) {
-        if (o.calcTime !== undefined || o.calcTimeUnit !== undefined) {
-          throw fail(
-            'invalid-argument',
-            'calc-time: give calcTimeMs or calcTime (+ calcTimeUnit), not both',
-            'calc-time',
-          );
-        }
-        calcTime = o.calcTimeMs;
-        unit = 'millisecond';
-      } else {
-        if (o.calcTime === undefined) throw fail('invalid-argument', 'calc-time: missing', 'calc-time');
-        calcTime = o.calcTime;
-        unit = o.calcTimeUnit ?? 'second';
-      }
-      if (unit !== 'second' && unit !== 'millisecond') {
-        throw fail(
-          'invalid-argument',
-          `calc-time-unit: ${String(unit)} is not second or millisecond`,
-          'calc-time-unit',
-        );
-      }
-      if (!Number.isSafeInteger(calcTime)) {
-        throw fail('invalid-argument', `calc-time: ${calcTime} is not an integer`, 'calc-time');
-      }
-      const calcTimeMs = unit === 'second' ? calcTime * 1000 : calcTime;
-      if (calcTimeMs < DIRTYRATE_MIN_CALC_TIME_MS || calcTimeMs > DIRTYRATE_MAX_CALC_TIME_MS) {
-        throw fail(
-          'invalid-argument',
-          `Calculation time is out of range [${DIRTYRATE_MIN_CALC_TIME_MS}ms, ${DIRTYRATE_MAX_CALC_TIME_MS}ms].`,
-          'calc-time',
-        );
-      }
-      const mode = o.mode ?? 'page-sampling';
-      if (mode !== 'page-sampling' && mode !== 'dirty-bitmap' && mode !== 'dirty-ring') {
-        throw fail('invalid-argument', `mode: ${String(mode)} is not a DirtyRateMeasureMode`, 'mode');
-      }
-      if (o.samplePages !== undefined && mode !== 'page-sampling') {
-        throw fail('invalid-argument', 'sample-pages is used only in page-sampling mode', 'sample-pages');
-      }
-      const samplePages = o.samplePages ?? DIRTYRATE_DEFAULT_SAMPLE_PAGES;
-      if (
-        !Number.isSafeInteger(samplePages) ||
-        samplePages < DIRTYRATE_MIN_SAMPLE_PAGES ||
-        samplePages > DIRTYRATE_MAX_SAMPLE_PAGES
-      ) {
-        throw fail(
-          'invalid-argument',
-          `sample-pages is out of range[${DIRTYRATE_MIN_SAMPLE_PAGES}, ${DIRTYRATE_MAX_SAMPLE_PAGES}].`,
-          'sample-pages',
-        );
-      }
+      const { calcTime, unit, calcTimeMs, mode, samplePages } = checkDirtyRateArgs(o);
       if ((mode === 'dirty-ring' && !ringEnabled) || (mode === 'dirty-bitmap' && ringEnabled)) {
         throw fail('unsupported', `mode ${mode} is not enabled, use other method instead.`, 'mode');
       }

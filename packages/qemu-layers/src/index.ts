@@ -77,6 +77,7 @@ export {
   type VfioTrackerOptions,
 } from './vfio-tracker.js';
 export {
+  checkDirtyRateArgs,
   createDirtyRateMeter,
   createVersionedMemory,
   pagesDirtyRate,
@@ -88,6 +89,7 @@ export {
   DIRTYRATE_MIN_CALC_TIME_MS,
   DIRTYRATE_MIN_RAMBLOCK_BYTES,
   DIRTYRATE_MIN_SAMPLE_PAGES,
+  type DirtyRateArgs,
   type DirtyRateCalcOptions,
   type DirtyRateCounters,
   type DirtyRateInfo,
