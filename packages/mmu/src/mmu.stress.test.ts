@@ -456,6 +456,13 @@ describe('MMU stress: 4 worker vCPUs write while this thread enables, harvests, 
     await expectNoLostWrite({ ...eagerSplit2M, sinkLock: true });
   });
 
+  it('eager-split with PML and a locked sink: a PML drain waiting for the lock does not hold up a flush; nothing lost', async () => {
+    // Every exit (a slow fault, a kick, a full buffer) drains the vCPU's PML buffer into the sink:
+    // a kick waits for that drain (the harvest must find the gfns), a flush must not (the flusher
+    // may hold the sink's lock). Before VCPU_DRAINING this run hit the 5 s flush timeout.
+    await expectNoLostWrite({ ...eagerSplit2M, pml: true, sinkLock: true });
+  });
+
   it('negative control: the same eager-split run with skipTlbFlush loses writes (stale writable TLB entries)', async () => {
     const cfg = { ...eagerSplit2M, skipTlbFlush: true } as const;
     const r = await runStress(cfg);

@@ -236,6 +236,12 @@ const COUNTERS = 17;
 
 const VCPU_OUTSIDE = 0;
 const VCPU_IN_GUEST = 1;
+/**
+ * Draining its PML buffer into the sink on an exit: a kick waits for the drain (the harvest after
+ * it must find the gfns), a TLB flush does not (the vCPU writes nothing meanwhile, and acknowledges
+ * the flush before its next write).
+ */
+const VCPU_DRAINING = 2;
 
 const FAST_FAULT_RETRIES = 4;
 const COMPONENT = 'mmu';
@@ -494,9 +500,8 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
     // read (the 'locked' bitmap reporter, the swap log) can wait here for a collector that holds
     // that lock for write while it re-arms — and re-arming flushes TLBs. Re-entering acknowledges
     // any flush requested meanwhile before the next write, as after a slow fault. (PML drains
-    // stay in guest mode: a kick must wait for them, or a harvest could miss entries logged
-    // before it. A PML-full drain into such a sink while a collector flushes under the lock can
-    // still wait out the flush timeout; the live CLI tracks by write-protect, not PML.)
+    // are host work too, but a kick must wait for them, or a harvest could miss entries logged
+    // before it: they run in VCPU_DRAINING, which kicks wait for and flushes do not.)
     const wasInGuest = inGuest[vcpu] === 1;
     if (wasInGuest) Atomics.store(vcpuWords, vcpu * VW, VCPU_OUTSIDE);
     try {
@@ -517,6 +522,22 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
     const index = pmlLog[at] as number;
     const n = PML_ENTRIES - 1 - index;
     if (n <= 0) return;
+    // The sink may take a lock that a collector holds for write while it flushes TLBs (the
+    // 'locked' bitmap reporter, the swap log): a flush must not wait for this drain.
+    const wasInGuest = inGuest[vcpu] === 1;
+    if (wasInGuest) Atomics.store(vcpuWords, vcpu * VW, VCPU_DRAINING);
+    try {
+      drainPmlEntries(vcpu, at, index);
+    } finally {
+      if (wasInGuest) {
+        Atomics.store(vcpuWords, vcpu * VW, VCPU_IN_GUEST);
+        observeFlush(vcpu);
+      }
+    }
+  }
+
+  /** Hands `pmlLog` entries `(index, 511]` of the buffer at `at` to the sink and empties it. */
+  function drainPmlEntries(vcpu: number, at: number, index: number): void {
     let run = 0;
     let runSlot: SlotState | undefined;
     const emit = () => {
@@ -574,12 +595,17 @@ function buildMmu(options: MmuOptions, shared: Shared, owner: boolean, attachedS
     awaitAck(kick, 2, 'kick');
   }
 
-  /** Waits until every vCPU in guest mode has acknowledged `value` in its word `word`. */
+  /**
+   * Waits until every vCPU in guest mode has acknowledged `value` in its word `word`. A kick
+   * (word 2) also waits for a vCPU draining its PML buffer; a flush (word 1) does not.
+   */
   function awaitAck(value: number, word: number, what: string): void {
+    const waitsFor = word === 2 ? VCPU_DRAINING : VCPU_IN_GUEST;
     for (let v = 0; v < vcpus; v++) {
       let waitedMs = 0;
       for (;;) {
-        if (Atomics.load(vcpuWords, v * VW) !== VCPU_IN_GUEST) break;
+        const state = Atomics.load(vcpuWords, v * VW);
+        if (state !== VCPU_IN_GUEST && state !== waitsFor) break;
         const seen = Atomics.load(vcpuWords, v * VW + word);
         if (seen - value >= 0) break;
         if (waitedMs >= timeoutMs) {

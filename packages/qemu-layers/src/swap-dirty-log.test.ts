@@ -1,5 +1,6 @@
 import { Bitmap, createRWLock, DEFAULT_COST_MODEL, type MemslotInfo } from '@dirtytrack/core';
 import { createBitmapReporter } from '@dirtytrack/reporters';
+import { createPmlTracker } from '@dirtytrack/trackers';
 import { expectDirtytrackError } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -168,6 +169,37 @@ describe('createSwapDirtyLog', () => {
     expect(pagesOf(out)).toEqual([0, 63, 199]);
     expect(log.getDirtyLog(0, out)).toBe(0);
     expect(pagesOf(out)).toEqual([]);
+  });
+
+  it('both harvests kick the vCPUs first, as KVM_GET_DIRTY_LOG: gfns still in PML buffers are in the buffer taken', () => {
+    const slots: MemslotInfo[] = [{ id: 0, asId: 0, baseGfn: 0, pages: 4096 }];
+    for (const style of ['swap', 'get'] as const) {
+      const pml = createPmlTracker({ vcpus: 2, slots });
+      const log = createSwapDirtyLog({ slots, rearmer: pml });
+      pml.attach(log);
+      pml.enableLogging(slots[0] as MemslotInfo);
+      // 600 new pages on vCPU 0: one PML-full exit drains the first 512, 88 stay buffered; vCPU 1's
+      // two writes stay buffered too.
+      const pages = Uint32Array.from({ length: 600 }, (_, i) => i * 3);
+      expect(pml.write(0, 0, pages, 600)).toBe(1);
+      expect(pml.write(1, 0, Uint32Array.of(1, 4094), 2)).toBe(0);
+      expect(log.active(0).counts[0]).toBe(512);
+      const want = [...pages, 1, 4094].sort((a, b) => a - b);
+      if (style === 'swap') {
+        const taken = log.swapDirtyLog(0, log.spareBuffer(0));
+        expect(pagesOf(taken.bitmap)).toEqual(want);
+        expect(taken.counts[0]).toBe(602);
+        expect(log.active(0).counts[0]).toBe(0);
+      } else {
+        const out = Bitmap.create(4096);
+        expect(log.getDirtyLog(0, out)).toBe(602);
+        expect(pagesOf(out)).toEqual(want);
+      }
+      // The harvest re-armed (cleared D of) all 602: writing them again logs each once more.
+      expect(pml.stats().pmlLogged).toBe(602);
+      expect(pml.write(1, 0, Uint32Array.of(1, 3), 2)).toBe(0);
+      expect(pml.stats().pmlLogged).toBe(604);
+    }
   });
 
   it('zeroBuffer clears the words its summary names, full runs with one fill', () => {

@@ -528,6 +528,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
       const next = spareIndex(spare, s.info, s.bufs, Atomics.load(s.index, 0));
       // Its line list starts empty: a stale entry could name a line twice.
       Atomics.store((s.bufs[next] as DirtyLogBuffer).counts, 1, 0);
+      rearmer?.syncDirtyLog?.(slot); // Kick vCPUs first (outside the lock): PML buffers drain in.
       const taken = swap(s, next);
       s.swaps++;
       const rearmedPages = rearm(s, taken);
@@ -551,6 +552,7 @@ export function createSwapDirtyLog(options: SwapDirtyLogOptions = {}): SwapDirty
         );
       }
       harvester(s, 'get');
+      rearmer?.syncDirtyLog?.(slot); // as KVM_GET_DIRTY_LOG: CPU-buffered state (PML) first
       // GETs alternate buffers 0 and 1 (a third, if any, stays unused).
       const taken = swap(s, Atomics.load(s.index, 0) === 0 ? 1 : 0);
       const rearmedPages = rearm(s, taken);
