@@ -1,13 +1,23 @@
+import { fdWritesAvailable } from '@dirtytrack/migration';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run } from './__fixtures__/run.js';
 import { fourDigits } from './bench-timing.js';
-import { errorPct, formatMigrateBench, type MigrateBenchResult } from './bench-migrate.js';
+import {
+  errorPct,
+  formatMigrateBench,
+  ZERO_COPY_UNAVAILABLE,
+  type MigrateBenchResult,
+} from './bench-migrate.js';
 
 // Real migrations (worker vCPUs, destination child processes, TCP on loopback) at 16 MiB: the
 // shape and the exact invariants only — no timing is asserted.
 describe('dirtytrack bench migrate', () => {
-  it('measures raw loopback, idle precopy, multifd 2 and 4 and a dirtying guest in one run, each predicted by the model', async () => {
+  it('measures raw loopback, idle precopy, multifd 2 (and with zero-copy-send) and 4 and a dirtying guest in one run, each predicted by the model', async () => {
+    // zero-copy-send needs vmsplice and splice through koffi; where koffi cannot load the bench
+    // says so instead of running the case.
+    const zeroCopy = fdWritesAvailable();
+    if (!zeroCopy) console.info(`multifd-2-zero-copy not run here: ${ZERO_COPY_UNAVAILABLE}`);
     const out = await run(
       'bench',
       'migrate',
@@ -42,12 +52,23 @@ describe('dirtytrack bench migrate', () => {
     expect(r['loopback-memory-runs']).toEqual([r['loopback-memory-mbps']]);
     expect(r['loopback-memory-mbps']).toBeGreaterThan(0);
     expect(r['precopy-vs-loopback-memory']).toBe(fourDigits(r['precopy-mbps'] / r['loopback-memory-mbps']));
-    expect(r.cases.map((c) => [c.name, c.channels, c.dirtying, c['auto-converge']])).toEqual([
-      ['precopy', 0, false, false],
-      ['precopy-staging', 0, false, false],
-      ['multifd-2', 2, false, false],
-      ['multifd-4', 4, false, false],
-      ['dirtying', 0, true, true],
+    const names = [
+      'precopy',
+      'precopy-staging',
+      'multifd-2',
+      ...(zeroCopy ? ['multifd-2-zero-copy'] : []),
+      'multifd-4',
+      'dirtying',
+    ];
+    expect(
+      r.cases.map((c) => [c.name, c.channels, c.dirtying, c['auto-converge'], c['zero-copy-send']]),
+    ).toEqual([
+      ['precopy', 0, false, false, false],
+      ['precopy-staging', 0, false, false, false],
+      ['multifd-2', 2, false, false, false],
+      ...(zeroCopy ? [['multifd-2-zero-copy', 2, false, false, true]] : []),
+      ['multifd-4', 4, false, false, false],
+      ['dirtying', 0, true, true, false],
     ]);
     for (const c of r.cases) {
       expect(c.runs).toHaveLength(1);
@@ -65,13 +86,21 @@ describe('dirtytrack bench migrate', () => {
       expect(c.mbps).toBe(c.runs[0]?.mbps);
       expect(c['destination-peak-rss-mib']).toBeGreaterThan(16);
     }
-    expect(r.cases.map((c) => c['send-from'])).toEqual(['auto', 'staging', 'auto', 'auto', 'auto']);
-    for (const c of r.cases.slice(0, 4)) {
+    expect(r.cases.map((c) => c['send-from'])).toEqual(
+      names.map((n) => (n === 'precopy-staging' ? 'staging' : 'auto')),
+    );
+    const byName = (n: string) => r.cases.find((c) => c.name === n) as MigrateBenchResult['cases'][number];
+    for (const c of r.cases.filter((x) => !x.dirtying)) {
       // Idle: completed, verified, no write by the vCPUs, so nothing was sent twice but the last sync's pages.
       expect([c.status, c.verified, c['guest-writes-per-s']]).toEqual(['completed', true, 0]);
+      // Zero-copy-send handed every page of the idle guest (all random, each sent once) to the
+      // kernel by reference; the other runs none.
+      expect(c['spliced-bytes']).toBe(c['zero-copy-send'] ? memory : 0);
     }
-    expect(r.cases[4]?.['guest-writes-per-s']).toBeGreaterThan(0);
-    const [precopy, staged, mfd2, mfd4] = r.cases;
+    expect(byName('dirtying')['guest-writes-per-s']).toBeGreaterThan(0);
+    const [precopy, staged, mfd2, mfd4] = ['precopy', 'precopy-staging', 'multifd-2', 'multifd-4'].map(
+      byName,
+    );
     expect([r['precopy-mbps'], r['precopy-staging-mbps'], r['multifd-2-mbps'], r['multifd-4-mbps']]).toEqual([
       precopy?.mbps,
       staged?.mbps,
@@ -82,20 +111,24 @@ describe('dirtytrack bench migrate', () => {
     expect(r['precopy-staging-vs-loopback']).toBe(fourDigits(r['precopy-staging-mbps'] / r['loopback-mbps']));
     expect(r['multifd-2-vs-loopback']).toBe(fourDigits(r['multifd-2-mbps'] / r['loopback-mbps']));
     expect(r['multifd-4-vs-loopback']).toBe(fourDigits(r['multifd-4-mbps'] / r['loopback-mbps']));
+    if (zeroCopy) {
+      const zc = byName('multifd-2-zero-copy');
+      expect(r['multifd-2-zero-copy-mbps']).toBe(zc.mbps);
+      expect(r['zero-copy-vs-multifd-2-runs']).toEqual([fourDigits(zc.mbps / (mfd2?.mbps as number))]);
+      expect(r['zero-copy-vs-multifd-2']).toBe(r['zero-copy-vs-multifd-2-runs']?.[0]);
+    } else {
+      expect(r['multifd-2-zero-copy-mbps']).toBe(ZERO_COPY_UNAVAILABLE);
+      expect(r['zero-copy-vs-multifd-2']).toBeUndefined();
+    }
     // One model prediction per live run, over the measured link and write rate, with its error.
-    expect(r.model.map((m) => m.case)).toEqual([
-      'precopy',
-      'precopy-staging',
-      'multifd-2',
-      'multifd-4',
-      'dirtying',
-    ]);
+    expect(r.model.map((m) => m.case)).toEqual(names);
     for (const [i, m] of r.model.entries()) {
       const c = r.cases[i] as MigrateBenchResult['cases'][number];
       expect(m.scenario.memory).toBe(memory);
       expect(m.scenario.link?.bandwidth).toBe(Math.round((r['loopback-mbps'] * 1e6) / 8));
       expect(m.scenario.workload?.rate).toBe(Math.round(c['guest-writes-per-s'] * 4096));
       expect(m.scenario.migration?.capabilities?.multifd).toBe(c.channels > 0);
+      expect(m.scenario.migration?.capabilities?.['zero-copy-send'] ?? false).toBe(c['zero-copy-send']);
       expect(m['total-time-error-pct']).toBe(errorPct(m['total-time'], c['total-time']));
       expect(m['transferred-error-pct']).toBe(errorPct(m.transferred, c.transferred));
       const at = m['at-live-rate'];
@@ -113,7 +146,18 @@ describe('dirtytrack bench migrate', () => {
       `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node}), guest RAM ` +
         (r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'),
     );
-    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(8);
+    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(zeroCopy ? 9 : 8);
+    expect(table).toContain(
+      zeroCopy
+        ? `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2']} (median ${r['zero-copy-vs-multifd-2']}).`
+        : `multifd-2 with zero-copy-send: ${ZERO_COPY_UNAVAILABLE}.`,
+    );
+    if (zeroCopy)
+      expect(
+        table.some((l) =>
+          l.startsWith('| multifd-2-zero-copy: idle 16.0 MiB, zero-copy-send (16.0 MiB spliced) |'),
+        ),
+      ).toBe(true);
     expect(table).toContain(
       `| TCP between memories: 16.0 MiB of guest RAM read in place into guest RAM | – | – | – | – | ${r['loopback-memory-mbps']} | ` +
         `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – |`,

@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import type { LiveGuestStats } from '@dirtytrack/guest';
 import {
+  fdWritesAvailable,
   READ_BUFFER_BYTES,
   runLiveMigration,
   type LiveMigrationOutcome,
@@ -25,7 +26,9 @@ import { scenarioSchema, type ScenarioInput } from './scenario.js';
  * destination child process (`dirtytrack serve`) — an idle guest by precopy and by multifd with 2
  * and 4 channels, and a guest dirtying its RAM at full speed with auto-converge — each repeated
  * `reps` times in that order (side by side in each repetition, so a noisy machine slows them
- * alike). Each live run is then predicted by the model plane (the same scenario as a preset:
+ * alike). Where koffi loads, multifd with 2 channels runs a second time with QEMU's
+ * `zero-copy-send` (pages vmspliced into a pipe and spliced into the socket), right after the
+ * plain one, and its ratio to it is reported per repetition. Each live run is then predicted by the model plane (the same scenario as a preset:
  * the measured loopback throughput as the link, the guest's measured write rate as a uniform
  * workload) and the prediction's error reported.
  *
@@ -55,7 +58,11 @@ export const BENCH_DOWNTIME_LIMIT = 300;
 /** The loopback transfer's write size: large writes from one pre-filled buffer. */
 const CHUNK = 4 * 2 ** 20;
 
-export type LiveCaseName = 'precopy' | 'precopy-staging' | 'multifd-2' | 'multifd-4' | 'dirtying';
+export type LiveCaseName =
+  'precopy' | 'precopy-staging' | 'multifd-2' | 'multifd-2-zero-copy' | 'multifd-4' | 'dirtying';
+
+/** Why `multifd-2-zero-copy` is not measured where koffi cannot load. */
+export const ZERO_COPY_UNAVAILABLE = 'not measured: zero-copy-send needs vmsplice and splice through koffi';
 
 /** One live migration, as the bench reports it (query-migrate names). */
 export interface LiveRun {
@@ -81,6 +88,8 @@ export interface LiveRun {
   'destination-peak-rss-mib': number;
   /** The source's guest RAM was advised transparent huge pages (as QEMU's RAM blocks are). */
   'huge-pages': boolean;
+  /** Page bytes handed to the kernel by reference (zero-copy-send; else 0). */
+  'spliced-bytes': number;
 }
 
 export interface LiveCase extends LiveRun {
@@ -91,6 +100,8 @@ export interface LiveCase extends LiveRun {
   channels: number;
   /** Where the sender wrote page bytes from (`precopy-staging`: staging; others: auto). */
   'send-from': SendFrom;
+  /** QEMU's `zero-copy-send` capability (`multifd-2-zero-copy` only). */
+  'zero-copy-send': boolean;
   'auto-converge': boolean;
   /** The guest's vCPUs write (full speed); false: idle (speed 0, no writes). */
   dirtying: boolean;
@@ -169,6 +180,14 @@ export interface MigrateBenchResult {
   'multifd-2-vs-loopback': number;
   'multifd-4-mbps': number;
   'multifd-4-vs-loopback': number;
+  /** `multifd-2-zero-copy`'s Mbit/s, or {@link ZERO_COPY_UNAVAILABLE}. */
+  'multifd-2-zero-copy-mbps': number | string;
+  /**
+   * Each repetition's zero-copy run over the plain `multifd-2` run just before it, and their
+   * median (the side-by-side answer to "does zero-copy-send pay here"); absent where not measured.
+   */
+  'zero-copy-vs-multifd-2-runs'?: number[];
+  'zero-copy-vs-multifd-2'?: number;
   cases: LiveCase[];
   model: ModelPrediction[];
   /** The loopback receiver's peak RSS, MiB. */
@@ -179,10 +198,20 @@ export interface MigrateBenchResult {
 
 export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBenchResult> {
   const step = o.onStep ?? (() => {});
-  const specs: { name: LiveCaseName; channels: number; dirtying: boolean; sendFrom?: SendFrom }[] = [
+  const zeroCopy = fdWritesAvailable();
+  const specs: {
+    name: LiveCaseName;
+    channels: number;
+    dirtying: boolean;
+    sendFrom?: SendFrom;
+    zeroCopySend?: boolean;
+  }[] = [
     { name: 'precopy', channels: 0, dirtying: false },
     { name: 'precopy-staging', channels: 0, dirtying: false, sendFrom: 'staging' },
     { name: 'multifd-2', channels: 2, dirtying: false },
+    ...(zeroCopy
+      ? [{ name: 'multifd-2-zero-copy' as const, channels: 2, dirtying: false, zeroCopySend: true }]
+      : []),
     { name: 'multifd-4', channels: 4, dirtying: false },
     { name: 'dirtying', channels: 0, dirtying: true },
   ];
@@ -207,7 +236,8 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
         const memory = s.dirtying ? o.dirtyMemory : o.memory;
         step(
           `${s.name}: ${s.dirtying ? 'dirtying' : 'idle'} ${memory / 2 ** 20} MiB guest, ${o.vcpus} vCPUs` +
-            `${s.channels > 0 ? `, ${s.channels} multifd channels` : ''}${s.dirtying ? ', auto-converge' : ''} (${of})`,
+            `${s.channels > 0 ? `, ${s.channels} multifd channels` : ''}${s.zeroCopySend === true ? ', zero-copy-send' : ''}` +
+            `${s.dirtying ? ', auto-converge' : ''} (${of})`,
         );
         const r = await liveRun({ ...s, memory, vcpus: o.vcpus, timeLimit: o.timeLimit, seed: o.seed + rep });
         (runs.get(s.name) as LiveRun[]).push(r);
@@ -247,6 +277,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
       vcpus: o.vcpus,
       channels: s.channels,
       'send-from': s.sendFrom ?? 'auto',
+      'zero-copy-send': s.zeroCopySend === true,
       'auto-converge': s.dirtying,
       dirtying: s.dirtying,
       'downtime-limit': BENCH_DOWNTIME_LIMIT,
@@ -262,6 +293,10 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
   const model = cases.map((c) => predict(c, loopbackMbps, o));
   const mbps = (name: LiveCaseName) => (cases.find((c) => c.name === name) as LiveCase).mbps;
   const ratio = (name: LiveCaseName) => fourDigits(mbps(name) / loopbackMbps);
+  const plain2 = runs.get('multifd-2') as LiveRun[];
+  const zeroCopyRatios = runs
+    .get('multifd-2-zero-copy')
+    ?.map((r, rep) => r.mbps / (plain2[rep] as LiveRun).mbps);
   return {
     bench: 'migrate',
     node: process.version,
@@ -285,6 +320,13 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     'multifd-2-vs-loopback': ratio('multifd-2'),
     'multifd-4-mbps': mbps('multifd-4'),
     'multifd-4-vs-loopback': ratio('multifd-4'),
+    'multifd-2-zero-copy-mbps': zeroCopy ? mbps('multifd-2-zero-copy') : ZERO_COPY_UNAVAILABLE,
+    ...(zeroCopyRatios === undefined
+      ? {}
+      : {
+          'zero-copy-vs-multifd-2-runs': zeroCopyRatios.map(fourDigits),
+          'zero-copy-vs-multifd-2': fourDigits(median(zeroCopyRatios)),
+        }),
     cases,
     model,
     'receiver-peak-rss-mib': Math.round(receiverKiB / 1024),
@@ -309,6 +351,7 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
     const m = r.model.find((x) => x.case === c.name) as ModelPrediction;
     const what =
       `${c.name}: ${c.dirtying ? 'dirtying' : 'idle'} ${mib(c.memory)}` +
+      (c['zero-copy-send'] ? `, zero-copy-send (${mib(c['spliced-bytes'])} spliced)` : '') +
       (c.dirtying ? `, ${Math.round(c['guest-writes-per-s'])} writes/s per vCPU, auto-converge` : '');
     const status = c.converged ? c.status : `**${c.status}: did not converge in ${r['time-limit']} s**`;
     const downtime =
@@ -331,6 +374,9 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
         (c) =>
           `${c.name} over each repetition's own loopback: ${c['vs-loopback-runs'].join(', ')} (median ${c['vs-loopback-paired']}).`,
       ),
+    r['zero-copy-vs-multifd-2-runs'] === undefined
+      ? `multifd-2 with zero-copy-send: ${r['multifd-2-zero-copy-mbps']}.`
+      : `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2-runs'].join(', ')} (median ${r['zero-copy-vs-multifd-2']}).`,
     `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,
     `Byte-for-byte check after completion (outside total-time), median ms: ${r.cases
       .map((c) => `${c.name} ${c['verify-time'] ?? '–'}`)
@@ -353,6 +399,7 @@ async function liveRun(o: {
   channels: number;
   dirtying: boolean;
   sendFrom?: SendFrom;
+  zeroCopySend?: boolean;
   timeLimit: number;
   seed: number;
 }): Promise<LiveRun> {
@@ -395,7 +442,11 @@ async function liveRun(o: {
         'downtime-limit': BENCH_DOWNTIME_LIMIT,
         ...(o.channels > 0 ? { 'multifd-channels': o.channels } : {}),
       },
-      capabilities: { multifd: o.channels > 0, 'auto-converge': o.dirtying },
+      capabilities: {
+        multifd: o.channels > 0,
+        'auto-converge': o.dirtying,
+        ...(o.zeroCopySend === true ? { 'zero-copy-send': true } : {}),
+      },
       timeLimitNs: o.timeLimit * 1e9,
       ...(o.sendFrom === undefined ? {} : { sendFrom: o.sendFrom }),
     });
@@ -435,6 +486,7 @@ async function liveRun(o: {
     'source-rss-mib': Math.round(process.memoryUsage().rss / 2 ** 20),
     'destination-peak-rss-mib': Math.round(peakKiB / 1024),
     'huge-pages': source.hugePages,
+    'spliced-bytes': outcome.link['spliced-bytes'],
   };
 }
 
@@ -461,7 +513,11 @@ function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): Mod
         'downtime-limit': c['downtime-limit'],
         ...(c.channels > 0 ? { 'multifd-channels': c.channels } : {}),
       },
-      capabilities: { multifd: c.channels > 0, 'auto-converge': c['auto-converge'] },
+      capabilities: {
+        multifd: c.channels > 0,
+        'auto-converge': c['auto-converge'],
+        ...(c['zero-copy-send'] ? { 'zero-copy-send': true } : {}),
+      },
     },
     'time-limit': o.timeLimit,
   });
