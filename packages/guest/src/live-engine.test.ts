@@ -5,6 +5,7 @@ import { waitUntil } from './__fixtures__/wait.js';
 import {
   createLiveEngine,
   createLiveGuest,
+  encodeTrace,
   type LiveEngine,
   type LiveGuest,
   type LiveGuestOptions,
@@ -279,5 +280,114 @@ describe('live guest pacing and failures, from synchronous code', () => {
     const { guest } = guestOf();
     expect(() => guest.pauseSync()).toThrow(expect.objectContaining({ code: 'invalid-state' }));
     expect(guest.running).toBe(false);
+  });
+});
+
+describe('live workloads beyond uniform and hot-set: sweep and trace replay', () => {
+  /** The pages whose first word holds `value` (written), over memory filled with -1 before start. */
+  const written = (memory: SharedArrayBuffer, value: number): number[] => {
+    const words = new Int32Array(memory);
+    const out: number[] = [];
+    for (let p = 0; p < slot.pages; p++) if (words[p * 1024] === value) out.push(p);
+    return out;
+  };
+  const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
+
+  it('sweep: each vCPU writes its half of the slot in ascending order, nothing else', async () => {
+    const { guest, memory } = guestOf({ workload: { kind: 'sweep' }, rate: 200 });
+    new Int32Array(memory).fill(-1);
+    guest.setValue(7);
+    await guest.start();
+    try {
+      await waitUntil(() => writesOf(guest).every((w) => w >= 20), 10_000, 'first writes');
+    } finally {
+      await guest.stop();
+    }
+    const [w0, w1] = writesOf(guest) as [number, number];
+    // 200 writes/s: far from a whole share (500 pages) in the time it took, so no wrap-around.
+    expect(w0).toBeLessThan(500);
+    expect(w1).toBeLessThan(500);
+    expect(written(memory, 7)).toEqual([...range(0, w0), ...range(500, w1)]);
+  });
+
+  it('sweep needs a page per vCPU at least', () => {
+    expect(() => guestOf({ workload: { kind: 'sweep' }, vcpus: 2, pages: 1 })).toThrow(
+      expect.objectContaining({ code: 'invalid-argument', field: 'workload' }),
+    );
+  });
+
+  const ms = 1_000_000;
+  it('trace: every record written once, by its vCPU, then the guest idles (no loop)', async () => {
+    const trace = encodeTrace({
+      pages: slot.pages,
+      vcpus: 2,
+      periodNs: 150 * ms,
+      records: [
+        { timeNs: 0, vcpu: 0, pages: Uint32Array.of(1, 2, 3) },
+        { timeNs: 20 * ms, vcpu: 1, pages: Uint32Array.of(500, 501) },
+        { timeNs: 50 * ms, vcpu: 0, pages: Uint32Array.of(10) },
+        { timeNs: 100 * ms, vcpu: 1, pages: Uint32Array.of(999) },
+      ],
+    });
+    const { guest, memory } = guestOf({ workload: { kind: 'trace', trace }, rate: 0 });
+    new Int32Array(memory).fill(-1);
+    guest.setValue(9);
+    await guest.start();
+    try {
+      await waitUntil(() => writesOf(guest)[1] === 3 && writesOf(guest)[0] === 4, 10_000, 'the whole trace');
+      await new Promise((resolve) => setTimeout(resolve, 200)); // past its end: nothing more
+    } finally {
+      await guest.stop();
+    }
+    expect(writesOf(guest)).toEqual([4, 3]);
+    expect(written(memory, 9)).toEqual([1, 2, 3, 10, 500, 501, 999]);
+  });
+
+  it('trace with loop: the records again every period, never before their time', async () => {
+    // vCPU 0 writes page 1 at 0 ms and page 2 at 50 ms of every 100 ms period, vCPU 1 page 600
+    // at 10 ms. A vCPU's replay clock runs only while it runs, and no earlier than start(): after
+    // W ms it has written at most (floor(W / 100) + 1) times each of its records.
+    const trace = encodeTrace({
+      pages: slot.pages,
+      vcpus: 2,
+      periodNs: 100 * ms,
+      records: [
+        { timeNs: 0, vcpu: 0, pages: Uint32Array.of(1) },
+        { timeNs: 10 * ms, vcpu: 1, pages: Uint32Array.of(600) },
+        { timeNs: 50 * ms, vcpu: 0, pages: Uint32Array.of(2) },
+      ],
+    });
+    const { guest, memory } = guestOf({ workload: { kind: 'trace', trace, loop: true } });
+    new Int32Array(memory).fill(-1);
+    guest.setValue(3);
+    const t0 = performance.now();
+    await guest.start();
+    try {
+      await waitUntil(() => (writesOf(guest)[0] as number) >= 6, 10_000, 'three periods');
+    } finally {
+      await guest.stop();
+    }
+    const periods = Math.floor((performance.now() - t0) / 100) + 1;
+    const [w0, w1] = writesOf(guest) as [number, number];
+    expect(w0).toBeGreaterThanOrEqual(6);
+    expect(w0).toBeLessThanOrEqual(2 * periods);
+    expect(w1).toBeGreaterThanOrEqual(1);
+    expect(w1).toBeLessThanOrEqual(periods);
+    expect(written(memory, 3)).toEqual([1, 2, 600]);
+  });
+
+  it('a bad trace fails before any vCPU boots: its byte, or the field it does not fit', () => {
+    const good = encodeTrace({ pages: slot.pages, vcpus: 4, periodNs: ms, records: [] });
+    expect(() => guestOf({ workload: { kind: 'trace', trace: good } })).toThrow(
+      expect.objectContaining({ code: 'invalid-argument', field: 'vcpus' }),
+    );
+    const other = encodeTrace({ pages: 2 * slot.pages, vcpus: 2, periodNs: ms, records: [] });
+    expect(() => guestOf({ workload: { kind: 'trace', trace: other } })).toThrow(
+      expect.objectContaining({ code: 'invalid-argument', field: 'scale' }),
+    );
+    const truncated = good.subarray(0, 20);
+    expect(() => guestOf({ workload: { kind: 'trace', trace: truncated } })).toThrow(
+      expect.objectContaining({ offset: 20 }),
+    );
   });
 });

@@ -22,6 +22,8 @@ import {
   type LiveWorkload,
 } from './live-layout.js';
 
+import { createTraceWorkload } from './trace-workload.js';
+
 export type { LiveWorkload } from './live-layout.js';
 
 const COMPONENT = 'live-guest';
@@ -150,6 +152,12 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   if (workload.kind === 'hot-set' && !(workload.pages >= 1 && workload.share >= 0 && workload.share <= 256)) {
     throw bad('workload', 'hot-set needs pages >= 1 and share in [0, 256]');
   }
+  if (workload.kind === 'sweep' && Math.floor(pages / vcpus) === 0) {
+    throw bad('workload', `sweep: ${pages} pages cannot be shared by ${vcpus} vCPUs`);
+  }
+  // A trace is parsed and checked against the guest here (its errors name the trace byte or the
+  // field), so that a bad one fails before any vCPU boots; each vCPU parses its own copy.
+  if (workload.kind === 'trace') createTraceWorkload({ ...workload, pages, vcpus });
   const rate = options.rate ?? 0;
   if (!(Number.isFinite(rate) && rate >= 0))
     throw bad('rate', 'must be a finite number of writes/s >= 0 (0 = unlimited)');

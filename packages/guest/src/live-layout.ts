@@ -66,7 +66,25 @@ export type LiveWorkload =
    * `share` out of 256 writes go to a per-vCPU hot set of `pages` pages drawn at start, the
    * rest uniform over the slot.
    */
-  | { readonly kind: 'hot-set'; readonly pages: number; readonly share: number };
+  | { readonly kind: 'hot-set'; readonly pages: number; readonly share: number }
+  /**
+   * Each vCPU sweeps its share of the slot in ascending order and wraps around (QEMU's
+   * migration-test guest; the model's `createSweepWorkload`): vCPU v owns pages
+   * `[v·share, (v+1)·share)` with `share = floor(pages / vcpus)`, the last vCPU also the rest.
+   */
+  | { readonly kind: 'sweep' }
+  /**
+   * Replays a trace file (binary or text, `parseTrace`): each vCPU writes its records' pages at
+   * their recorded times on its own replay clock — the time it has run, so a throttled or paused
+   * vCPU replays later, as in the model's `createTraceWorkload`. Without `loop` a vCPU idles once
+   * its part of the trace ends; `scale` maps a trace of another guest size onto this one.
+   */
+  | {
+      readonly kind: 'trace';
+      readonly trace: Uint8Array;
+      readonly loop?: boolean;
+      readonly scale?: boolean;
+    };
 
 /** What each vCPU worker gets as `workerData`. */
 export interface LiveVcpuData {

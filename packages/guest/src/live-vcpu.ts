@@ -10,6 +10,8 @@ import {
   type BoundedDirtySink,
   type DirtySink,
   type VcpuTracker,
+  type Workload,
+  type WriteBatch,
 } from '@dirtytrack/core';
 import {
   COUNTER,
@@ -24,6 +26,7 @@ import {
   type LiveVcpuData,
   type LiveVcpuFailure,
 } from './live-layout.js';
+import { createTraceWorkload } from './trace-workload.js';
 
 // The worker entry of the live engine: one vCPU. It rebuilds its tracker and its sink from their
 // AttachSpecs, and while told to run, loops: pick a page, write it through the tracker (which
@@ -39,6 +42,11 @@ import {
 // a speed change wake it at once. At s = 0 it makes no writes. A `rate` paces it on top: credit
 // accrues at `rate` writes/s while it runs and each write spends one; out of credit it sleeps
 // ≥ 1 ms (accurate on average, not per write).
+//
+// Workloads: uniform, a hot set, a sweep of the vCPU's share, or a trace replayed on the vCPU's
+// own replay clock — the time it has been let run (throttle sleeps, speed 0, pauses and ring-full
+// waits do not count), so a throttled vCPU replays later, as the model's trace workload does. With
+// nothing due it sleeps 1 ms outside guest mode: records replay with ~1 ms resolution.
 
 /** Writes between two clock reads while throttled (a clock read per write would cost more than the write). */
 const CHECK_EVERY = 64;
@@ -103,6 +111,49 @@ async function run(): Promise<void> {
   const hot = new Uint32Array(workload.kind === 'hot-set' ? Math.max(1, workload.pages) : 0);
   if (workload.kind === 'hot-set') rng.fillInts(hot, hot.length, pages);
   const hotShare = workload.kind === 'hot-set' ? workload.share : 0;
+  // Sweep: this vCPU's share, as the model's createSweepWorkload splits the slot.
+  const share = Math.floor(pages / data.vcpus);
+  const sweepBase = v * share;
+  const sweepSpan = v === data.vcpus - 1 ? pages - sweepBase : share;
+  let sweepCursor = 0;
+  // Trace: the model's replay, advanced for this vCPU only; its pages queue up until written.
+  const replay =
+    workload.kind === 'trace'
+      ? createTraceWorkload({
+          trace: workload.trace,
+          pages,
+          vcpus: data.vcpus,
+          loop: workload.loop ?? false,
+          scale: workload.scale ?? false,
+        })
+      : undefined;
+  const onlyThis = new Float64Array(data.vcpus);
+  onlyThis[v] = 1;
+  let queue = new Uint32Array(1024);
+  let queueHead = 0;
+  let queueEnd = 0;
+  /** Real-clock ms up to which the replay clock has run; -1: not running since (a sleep to skip). */
+  let replayedTo = -1;
+  const enqueue = (b: WriteBatch): void => {
+    if (b.vcpu !== v) return;
+    if (queueEnd + b.count > queue.length) {
+      const grown = new Uint32Array(Math.max(queueEnd + b.count, queue.length * 2));
+      grown.set(queue.subarray(0, queueEnd));
+      queue = grown;
+    }
+    queue.set(b.offsets.subarray(0, b.count), queueEnd);
+    queueEnd += b.count;
+  };
+  /** Trace: true when a page is due (queued); else advances the replay clock to now. */
+  const traceDue = (): boolean => {
+    if (queueHead < queueEnd) return true;
+    queueHead = queueEnd = 0;
+    const t = nowMs();
+    if (replayedTo >= 0 && t > replayedTo)
+      (replay as Workload).generate(replayedTo * 1e6, t * 1e6, 1, enqueue, onlyThis);
+    replayedTo = t;
+    return queueEnd > 0;
+  };
   const one = new Uint32Array(1);
   let inGuest = false;
   let writes = 0;
@@ -129,6 +180,7 @@ async function run(): Promise<void> {
     Atomics.wait(control, CTL.SEQ, seq, Math.min(ms, MAX_SLEEP_MS));
   };
   const addThrottled = (ms: number) => {
+    replayedTo = -1; // a throttled vCPU's replay clock stands still
     throttledMs += ms;
     counters[row + COUNTER.THROTTLED_MS] = throttledMs;
   };
@@ -186,7 +238,7 @@ async function run(): Promise<void> {
       if (state === STATE.STOP) break;
       if (state !== STATE.RUN) {
         exit(); // A VM exit: drains PML, and flushes stop waiting for this vCPU.
-        sliceStart = sleepFrom = paceAt = -1;
+        sliceStart = sleepFrom = paceAt = replayedTo = -1;
         if (state === STATE.PAUSE) {
           const gen = Atomics.load(control, CTL.PAUSE_GEN);
           if (Atomics.load(control, CTL.ACK + v) !== gen) {
@@ -213,6 +265,7 @@ async function run(): Promise<void> {
           }
           Atomics.wait(sleeper, 0, 0, 1);
         }
+        replayedTo = -1;
         continue;
       }
       // Speed = global × own, both fixed point (exact in a double).
@@ -230,14 +283,25 @@ async function run(): Promise<void> {
       } else {
         sliceStart = sleepFrom = -1;
       }
+      if (replay !== undefined && !traceDue()) {
+        sleep(1); // nothing due yet: the guest idles (its replay clock runs on)
+        continue;
+      }
       if (ratePerMs > 0) {
         if (!paced()) continue;
         credit -= 1;
       }
       enter();
-      const r = rng.nextU32();
-      one[0] =
-        hotShare > 0 && (r & 255) < hotShare ? (hot[(r >>> 8) % hot.length] as number) : rng.nextInt(pages);
+      if (replay !== undefined) {
+        one[0] = queue[queueHead++] as number;
+      } else if (workload.kind === 'sweep') {
+        one[0] = sweepBase + sweepCursor;
+        sweepCursor = sweepCursor + 1 === sweepSpan ? 0 : sweepCursor + 1;
+      } else {
+        const r = rng.nextU32();
+        one[0] =
+          hotShare > 0 && (r & 255) < hotShare ? (hot[(r >>> 8) % hot.length] as number) : rng.nextInt(pages);
+      }
       const trapped = tracker.write(v, slot, one, 1);
       // The store, after the write has been let through: the current value, read just before.
       Atomics.store(memory, (one[0] as number) * WORDS_PER_PAGE, Atomics.load(control, CTL.VALUE));
