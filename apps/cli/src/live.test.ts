@@ -1,7 +1,10 @@
+import { rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fdWritesAvailable } from '@dirtytrack/migration';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { run, spawnCliJob, spawnServe } from './__fixtures__/run.js';
 import {
   availableMemory,
@@ -17,6 +20,29 @@ import {
 // one-line usage errors, and the failures that happen before the first page.
 
 const PAGES_16M = (16 * 2 ** 20) / 4096;
+
+/**
+ * A text trace of a 16M guest's 2 vCPUs over 200 ms: every 10 ms each writes the next 64 pages
+ * of its half of RAM — 2,560 writes in all, each page once.
+ */
+const TRACE_16M = join(tmpdir(), `dirtytrack-live-${process.pid}.trace`);
+const TRACE_16M_WRITES = 20 * 2 * 64;
+const BAD_TRACE = join(tmpdir(), `dirtytrack-live-${process.pid}-bad.trace`);
+{
+  const lines = ['dirtytrack-trace 1 pages=4096 vcpus=2 period=200000000'];
+  for (let t = 0; t < 20; t++) {
+    for (let v = 0; v < 2; v++) {
+      const base = v * 2048 + t * 64;
+      lines.push(`${t * 10_000_000 + v} ${v} ${Array.from({ length: 64 }, (_, i) => base + i).join(',')}`);
+    }
+  }
+  writeFileSync(TRACE_16M, lines.join('\n') + '\n');
+  writeFileSync(BAD_TRACE, 'dirtytrack-trace 1 pages=4096 vcpus=2 period=10\n20 0 1\n'); // time >= period
+}
+afterAll(() => {
+  rmSync(TRACE_16M, { force: true });
+  rmSync(BAD_TRACE, { force: true });
+});
 /** Transparent huge pages can be advised here (Linux, THP not `never`, koffi loads). */
 const THP = createHugePageAllocator().kind === 'huge-pages';
 
@@ -159,6 +185,18 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     },
     40_000,
   );
+
+  it('--workload sweep: each vCPU sweeps its half of RAM as fast as it can; verified', async () => {
+    const result = await migrate16M('--workload', 'sweep', '--rate', '0');
+    expect(result.dirtytrack['guest-writes']).toBeGreaterThan(0);
+  }, 40_000);
+
+  it('--workload trace: the vCPUs replay a trace file at its times (each record once without --trace-loop); verified', async () => {
+    const result = await migrate16M('--workload', 'trace', '--trace', TRACE_16M);
+    // Not capped by --rate's default: the trace's own times. At most the trace's writes.
+    expect(result.dirtytrack['guest-writes']).toBeGreaterThan(0);
+    expect(result.dirtytrack['guest-writes']).toBeLessThanOrEqual(TRACE_16M_WRITES);
+  }, 40_000);
 
   it('--workload idle: the vCPUs write nothing, so precopy sends each page exactly once', async () => {
     const r = await run('migrate', '--memory', '16M', '--workload', 'idle', '--fill', 'random', '--json');
@@ -508,6 +546,14 @@ describe('bad input: exit 2, one line naming the flag', () => {
     [['migrate', '--dirty-limit', '8', '--dirty-ring-size', '--auto-converge'], '--dirty-limit'],
     [['migrate', '--workload', 'idle', '--dirty-limit', '8', '--dirty-ring-size'], '--dirty-limit'],
     [['migrate', '--workload', 'busy'], '--workload'],
+    // Traces: the file is read and checked against the guest before anything boots.
+    [['migrate', '--trace', TRACE_16M], '--trace'],
+    [['migrate', '--trace-loop'], '--trace-loop'],
+    [['migrate', '--workload', 'trace'], '--workload'],
+    [['migrate', '--workload', 'trace', '--trace', join(tmpdir(), 'no-such.trace')], '--trace'],
+    [['migrate', '--memory', '16M', '--workload', 'trace', '--trace', BAD_TRACE], '--trace'],
+    [['migrate', '--memory', '16M', '--vcpus', '1', '--workload', 'trace', '--trace', TRACE_16M], '--trace'],
+    [['migrate', '--memory', '32M', '--workload', 'trace', '--trace', TRACE_16M], '--trace'],
     [['migrate', '--dirty-ring-size', '1000'], '--dirty-ring-size'],
     [['migrate', '--dirty-ring-size', '131072'], '--dirty-ring-size'],
     [['migrate', '--dirty-ring-size', '128'], '--dirty-ring-size'],

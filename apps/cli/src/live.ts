@@ -37,6 +37,7 @@ import { createBitmapReporter, createRingReporter, type RingReporter } from '@di
 import { createMmuTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
+import { readTraceFile } from './pipeline.js';
 import { cliCommand } from './cli-command.js';
 import { reviveError, type ErrorDescription } from './worker-errors.js';
 
@@ -386,8 +387,14 @@ interface MigrateRaw {
   to?: string;
   memory: string;
   vcpus: string;
-  workload: 'uniform' | 'hot-set' | 'idle';
+  workload: 'uniform' | 'hot-set' | 'sweep' | 'trace' | 'idle';
+  /** `--trace FILE` (with `--workload trace`). */
+  trace?: string;
+  traceLoop?: boolean;
+  traceScale?: boolean;
   rate: string;
+  /** `--rate` was given on the command line (a trace replays uncapped unless it was). */
+  rateGiven?: boolean;
   fill: Fill;
   seed: string;
   multifdChannels?: string;
@@ -519,7 +526,9 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
   // Local mode holds the guest twice: here and in the destination process.
   const memory = fitsInMemory('--memory', raw.memory, to === undefined ? 2 : 1, availableBytes);
   const vcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
-  const rate = intFlag('--rate', raw.rate, 0, 100_000_000);
+  // A trace replays at its recorded times: --rate caps it only when given.
+  const rate =
+    raw.workload === 'trace' && raw.rateGiven !== true ? 0 : intFlag('--rate', raw.rate, 0, 100_000_000);
   const seed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
   const channels =
     raw.multifdChannels === undefined ? 0 : intFlag('--multifd-channels', raw.multifdChannels, 1, 64);
@@ -570,7 +579,7 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
   }
   const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
   const pages = memory / 4096;
-  const workload = liveWorkload(raw.workload === 'hot-set' ? 'hot-set' : 'uniform', pages);
+  const workload = migrateWorkload(raw, pages, vcpus);
   return {
     ...(to === undefined ? {} : { to }),
     memoryText: raw.memory,
@@ -1004,6 +1013,46 @@ export function preallocate(bytes: number, hugePages: boolean): GuestRam {
   return ram;
 }
 
+/**
+ * `migrate --workload`: {@link liveWorkload}'s two, a sweep, or `--trace FILE` replayed (read and
+ * checked against the guest here, every failure one line naming `--trace`); `idle` runs a uniform
+ * guest at speed 0.
+ */
+function migrateWorkload(raw: MigrateRaw, pages: number, vcpus: number): LiveWorkload {
+  const isTrace = raw.workload === 'trace';
+  for (const [flag, given] of [
+    ['--trace', raw.trace !== undefined],
+    ['--trace-loop', raw.traceLoop === true],
+    ['--trace-scale', raw.traceScale === true],
+  ] as const) {
+    if (given && !isTrace) throw new UsageError(flag, 'replays a trace: add --workload trace');
+  }
+  if (raw.workload === 'sweep') {
+    if (pages < vcpus)
+      throw new UsageError('--workload', `sweep: ${pages} pages cannot be shared by ${vcpus} vCPUs`);
+    return { kind: 'sweep' };
+  }
+  if (!isTrace) return liveWorkload(raw.workload === 'hot-set' ? 'hot-set' : 'uniform', pages);
+  if (raw.trace === undefined) throw new UsageError('--workload', 'trace needs --trace FILE');
+  const { bytes } = readTraceFile({
+    field: '--trace',
+    file: raw.trace,
+    vcpus,
+    pages,
+    scale: raw.traceScale === true,
+    vcpusName: 'this guest has',
+    vcpusFix: '--vcpus >=',
+    memoryFix: '--memory',
+    scaleFix: '--trace-scale',
+  });
+  return {
+    kind: 'trace',
+    trace: bytes,
+    ...(raw.traceLoop === true ? { loop: true } : {}),
+    ...(raw.traceScale === true ? { scale: true } : {}),
+  };
+}
+
 /** `--workload`'s vCPU workload over `pages` pages: uniform, or a hot set of 1/16 taking 230/256 of the writes. */
 export function liveWorkload(kind: 'uniform' | 'hot-set', pages: number): LiveWorkload {
   return kind === 'hot-set'
@@ -1236,11 +1285,24 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .option('--memory <size>', 'guest RAM (IEC), e.g. 256M or 1G', '256M')
     .option('--vcpus <n>', 'vCPUs (worker threads)', '2')
     .addOption(
-      new Option('--workload <kind>', 'which pages the vCPUs write (idle: none, the vCPUs run at speed 0)')
-        .choices(['uniform', 'hot-set', 'idle'])
+      new Option(
+        '--workload <kind>',
+        'which pages the vCPUs write (sweep: each vCPU its share in order; trace: replay --trace FILE; idle: none, the vCPUs run at speed 0)',
+      )
+        .choices(['uniform', 'hot-set', 'sweep', 'trace', 'idle'])
         .default('uniform'),
     )
-    .option('--rate <n>', 'page writes per second per vCPU (0 = as fast as it can)', '2000')
+    .option(
+      '--trace <file>',
+      'with --workload trace: a trace file (binary or text, @dirtytrack/guest’s format) each vCPU replays at its recorded times',
+    )
+    .option('--trace-loop', 'repeat the trace with its period (default: the guest idles once it ends)')
+    .option('--trace-scale', 'map a trace taken on a guest of another size onto this one')
+    .option(
+      '--rate <n>',
+      'page writes per second per vCPU (0 = as fast as it can; caps a trace only when given)',
+      '2000',
+    )
     .addOption(new Option('--fill <kind>', 'initial RAM content').choices([...FILLS]).default('half'))
     .option('--seed <n>', 'seed of the RAM content and the vCPUs’ pages', '1')
     .option('--multifd-channels <n>', 'turn multifd on with this many TCP channels')
@@ -1312,8 +1374,8 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     )
     .option('--token <secret>', 'the destination’s shared secret (or DIRTYTRACK_TOKEN)')
     .option('--json', 'print the result as one JSON object on stdout (query-migrate names)')
-    .action(async (raw: MigrateRaw) => {
-      const plan = planMigrate(raw);
+    .action(async (raw: MigrateRaw, cmd: Command) => {
+      const plan = planMigrate({ ...raw, rateGiven: cmd.getOptionValueSource('rate') === 'cli' });
       const signals: { signal?: NodeJS.Signals } = {};
       let result: MigrateResult;
       try {

@@ -190,13 +190,44 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
  * file is malformed.
  */
 function loadTraceWorkload(w: Scenario['workload'], vcpus: number, pages: number): Workload {
-  const file = w.file ?? '';
+  const { trace } = readTraceFile({
+    field: 'workload.file',
+    file: w.file ?? '',
+    vcpus,
+    pages,
+    scale: w.scale === true,
+    vcpusName: 'the scenario has',
+    vcpusFix: 'vcpus >=',
+    memoryFix: 'memory',
+    scaleFix: 'workload.scale: true',
+  });
+  return createTraceWorkload({ trace, pages, vcpus, loop: w.loop ?? false, scale: w.scale ?? false });
+}
+
+/**
+ * Reads and parses a trace file and checks it fits a guest of `vcpus` and `pages` (its vCPUs at
+ * most the guest's; its size the guest's unless `scale`). Every failure is a one-line usage error
+ * naming `field` (exit 2), with the trace's byte offset when the file is malformed; the `…Fix`
+ * strings name what to change, in the caller's words (scenario keys or flags).
+ */
+export function readTraceFile(o: {
+  field: string;
+  file: string;
+  vcpus: number;
+  pages: number;
+  scale: boolean;
+  vcpusName: string;
+  vcpusFix: string;
+  memoryFix: string;
+  scaleFix: string;
+}): { bytes: Uint8Array; trace: Trace } {
+  const { field, file, vcpus, pages } = o;
   let bytes: Uint8Array;
   try {
     bytes = readFileSync(resolve(file));
   } catch (cause) {
     throw new UsageError(
-      'workload.file',
+      field,
       `cannot read ${file}: ${(cause as NodeJS.ErrnoException).code ?? String(cause)}`,
     );
   }
@@ -206,19 +237,19 @@ function loadTraceWorkload(w: Scenario['workload'], vcpus: number, pages: number
   } catch (error) {
     if (!isDirtytrackError(error)) throw error;
     const what = error.message.replace(/^\[dirtytrack\] \[[^\]]*\] /, '');
-    throw new UsageError('workload.file', `${file} is not a valid trace: ${what}`);
+    throw new UsageError(field, `${file} is not a valid trace: ${what}`);
   }
   if (trace.vcpus > vcpus) {
     throw new UsageError(
-      'workload.file',
-      `${file} was taken on ${trace.vcpus} vCPUs, the scenario has ${vcpus} (accepted: vcpus >= ${trace.vcpus})`,
+      field,
+      `${file} was taken on ${trace.vcpus} vCPUs, ${o.vcpusName} ${vcpus} (accepted: ${o.vcpusFix} ${trace.vcpus})`,
     );
   }
-  if (trace.pages !== pages && w.scale !== true) {
+  if (trace.pages !== pages && !o.scale) {
     throw new UsageError(
-      'workload.file',
-      `${file} was taken on a guest of ${trace.pages} pages, the scenario has ${pages} (accepted: memory ${trace.pages * PAGE_SIZE}, or workload.scale: true)`,
+      field,
+      `${file} was taken on a guest of ${trace.pages} pages, ${o.vcpusName} ${pages} (accepted: ${o.memoryFix} ${trace.pages * PAGE_SIZE}, or ${o.scaleFix})`,
     );
   }
-  return createTraceWorkload({ trace, pages, vcpus, loop: w.loop ?? false, scale: w.scale ?? false });
+  return { bytes, trace };
 }
