@@ -1,7 +1,13 @@
 import { pagesDirtyRate } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run } from './__fixtures__/run.js';
-import { expectedDistinctPages, liveContent, planDirtyrate, type DirtyrateOutput } from './dirtyrate.js';
+import {
+  expectedDistinctPages,
+  liveContent,
+  planDirtyrate,
+  sweepDistinctPages,
+  type DirtyrateOutput,
+} from './dirtyrate.js';
 
 // `dirtytrack dirtyrate`: QEMU's calc-dirty-rate on a live guest whose rate is known — 2 vCPUs
 // at 2000 uniform page writes/s each over 64 MiB (16,384 pages) — in each of QEMU's modes.
@@ -21,6 +27,12 @@ describe('dirtytrack dirtyrate: helpers', () => {
     expect(expectedDistinctPages(4, 2)).toBeCloseTo(1.75, 12); // 4 × (1 − 9/16)
     expect(expectedDistinctPages(PAGES, 0)).toBe(0);
     expect(expectedDistinctPages(PAGES, 1)).toBeCloseTo(1, 9);
+  });
+
+  it('sweepDistinctPages: each vCPU its writes up to its share, the last vCPU also the rest', () => {
+    expect(sweepDistinctPages(10, [3, 20])).toBe(3 + 5);
+    expect(sweepDistinctPages(10, [3, 4, 5])).toBe(3 + 3 + 4); // shares 3, 3 and 4
+    expect(sweepDistinctPages(PAGES, [0, 0])).toBe(0);
   });
 
   it('liveContent hashes a page’s words: equal pages hash alike, one changed word changes it', () => {
@@ -80,6 +92,19 @@ describe('dirtytrack dirtyrate on a live guest of known rate', { timeout: 60_000
     // The vCPUs wrote meanwhile (at most 2 × 2000 in 1 s; fewer when the machine is busy).
     expect(r.dirtytrack['guest-writes']).toBeGreaterThan(0);
     expect(r.dirtytrack['guest-writes']).toBeLessThanOrEqual(4000 * 1.1);
+  });
+
+  it('dirty-bitmap over a sweep: every write a new page, so the pages dirty are the writes, within 5%', async () => {
+    // 2000 writes/s per vCPU for 1 s is far below each vCPU's share (8,192 pages): no page twice.
+    const r = await measure('--mode', 'dirty-bitmap', '--workload', 'sweep');
+    const c = r.dirtytrack.counters;
+    if (c.mode !== 'dirty-bitmap') throw new Error(c.mode);
+    const writes = r.dirtytrack['guest-writes'];
+    expect(writes).toBeGreaterThan(0);
+    expect(writes).toBeLessThan(8192);
+    expect(Math.abs(c.endPages - c.startPages - writes) / writes).toBeLessThan(0.05);
+    // The expected rate is the writes' own (MiB/s, one decimal), as the JSON says.
+    expect(r.dirtytrack['expected-dirty-rate']).toBe(r.dirtytrack['guest-write-rate']);
   });
 
   it('dirty-ring: per-vCPU entries; counts re-dirtying after a reap, so between the distinct pages and the writes', async () => {

@@ -37,10 +37,13 @@ const TIME_UNITS: readonly DirtyRateTimeUnit[] = ['second', 'millisecond'];
 const DEFAULT_RING_ENTRIES = 4096;
 const MIB = 2 ** 20;
 
+/** `--workload`: uniform or hot-set ({@link liveWorkload}), or a sweep (each vCPU its share in order). */
+export type DirtyrateWorkload = 'uniform' | 'hot-set' | 'sweep';
+
 interface DirtyrateRaw {
   memory: string;
   vcpus: string;
-  workload: 'uniform' | 'hot-set';
+  workload: DirtyrateWorkload;
   rate: string;
   fill: Fill;
   seed: string;
@@ -55,7 +58,7 @@ interface DirtyrateRaw {
 export interface DirtyratePlan {
   memory: number;
   vcpus: number;
-  workload: 'uniform' | 'hot-set';
+  workload: DirtyrateWorkload;
   rate: number;
   fill: Fill;
   seed: number;
@@ -73,15 +76,17 @@ export interface DirtyrateOutput extends DirtyRateResult {
     plane: 'live';
     memory: number;
     vcpus: number;
-    workload: 'uniform' | 'hot-set';
+    workload: DirtyrateWorkload;
     /** Page writes per second per vCPU asked (0 = as fast as it can). */
     rate: number;
     /** Writes the vCPUs made while the meter measured, and their rate (MiB/s, 4 KiB a write). */
     'guest-writes': number;
     'guest-write-rate': number;
     /**
-     * Uniform workload only: the rate of distinct pages those writes are expected to dirty,
-     * `pages × (1 − (1 − 1/pages)^writes)` per second (MiB/s) — what the meter should read.
+     * The rate of distinct pages those writes are expected to dirty (MiB/s) — what the meter
+     * should read: uniform `pages × (1 − (1 − 1/pages)^writes)` per second; sweep, exactly each
+     * vCPU's writes up to its share (a sweep writes a page again only after its whole share).
+     * Absent for hot-set.
      */
     'expected-dirty-rate'?: number;
     /** The meter's raw counters (QEMU's `DirtyStat`). */
@@ -152,12 +157,25 @@ export function expectedDistinctPages(pages: number, writes: number): number {
   return pages * -Math.expm1(writes * Math.log1p(-1 / pages));
 }
 
+/**
+ * Distinct pages a sweep dirties when vCPU v makes `writes[v]` writes: each vCPU's writes up to
+ * its share (`floor(pages / vcpus)`, the last vCPU also the rest), as the live sweep splits RAM.
+ */
+export function sweepDistinctPages(pages: number, writes: readonly number[]): number {
+  const share = Math.floor(pages / writes.length);
+  return writes.reduce(
+    (sum, w, v) => sum + Math.min(w, v === writes.length - 1 ? pages - v * share : share),
+    0,
+  );
+}
+
 /** Boots the guest, measures once, stops the guest. */
 export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput> {
   const source = await startLiveSource({
     memory: plan.memory,
     vcpus: plan.vcpus,
-    workload: liveWorkload(plan.workload, plan.memory / PAGE_SIZE),
+    workload:
+      plan.workload === 'sweep' ? { kind: 'sweep' } : liveWorkload(plan.workload, plan.memory / PAGE_SIZE),
     rate: plan.rate,
     fill: plan.fill,
     seed: plan.seed,
@@ -174,11 +192,12 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
       kvm: source.kvm,
     });
     const reap = ring === undefined ? undefined : reapWhenHalfFull(ring);
-    let writesFrom = 0;
+    let writesFrom: readonly number[] = [];
+    let perVcpu: number[] = [];
     let writes = 0;
     let value = 1;
     const run = (untilNs: number): void => {
-      writesFrom = guest.stats().writes;
+      writesFrom = guest.stats().vcpuWrites;
       // A new value every 10 ms, so a rewritten page changes its contents (page-sampling hashes
       // them); the ring is reaped when half full, as QEMU's reaper thread would.
       while (engine.clock.now() < untilNs) {
@@ -186,7 +205,8 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
         engine.runGuestUntil(Math.min(untilNs, engine.clock.now() + 10e6));
         reap?.();
       }
-      writes = guest.stats().writes - writesFrom;
+      perVcpu = guest.stats().vcpuWrites.map((w, v) => w - (writesFrom[v] ?? 0));
+      writes = perVcpu.reduce((a, b) => a + b, 0);
     };
     const result: DirtyRateResult = meter.calc({
       mode: plan.mode,
@@ -210,7 +230,9 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
         'guest-write-rate': mibPerS(writes),
         ...(plan.workload === 'uniform'
           ? { 'expected-dirty-rate': mibPerS(expectedDistinctPages(pages, writes)) }
-          : {}),
+          : plan.workload === 'sweep'
+            ? { 'expected-dirty-rate': mibPerS(sweepDistinctPages(pages, perVcpu)) }
+            : {}),
         counters,
       },
     };
@@ -229,7 +251,7 @@ export function formatDirtyrate(r: DirtyrateOutput): string {
     `guest: ${d.vcpus} vCPUs wrote ${d['guest-writes']} pages (${d['guest-write-rate']} MiB/s)` +
       (d['expected-dirty-rate'] === undefined
         ? ''
-        : `; uniform writes dirty ~${d['expected-dirty-rate']} MiB/s of distinct pages`),
+        : `; ${d.workload} writes dirty ${d.workload === 'uniform' ? '~' : ''}${d['expected-dirty-rate']} MiB/s of distinct pages`),
   ];
   if (r['vcpu-dirty-rate'] !== undefined)
     lines.push(
@@ -257,8 +279,11 @@ export function registerDirtyrate(program: Command, io: { stdout: (t: string) =>
     .option('--memory <size>', 'guest RAM (IEC), e.g. 256M or 1G', '256M')
     .option('--vcpus <n>', 'vCPUs (worker threads)', '2')
     .addOption(
-      new Option('--workload <kind>', 'which pages the vCPUs write')
-        .choices(['uniform', 'hot-set'])
+      new Option(
+        '--workload <kind>',
+        'which pages the vCPUs write (sweep: each vCPU its share of RAM in order, so every write dirties a new page until the share wraps)',
+      )
+        .choices(['uniform', 'hot-set', 'sweep'])
         .default('uniform'),
     )
     .option('--rate <n>', 'page writes per second per vCPU (0 = as fast as it can)', '2000')

@@ -1027,11 +1027,8 @@ function migrateWorkload(raw: MigrateRaw, pages: number, vcpus: number): LiveWor
   ] as const) {
     if (given && !isTrace) throw new UsageError(flag, 'replays a trace: add --workload trace');
   }
-  if (raw.workload === 'sweep') {
-    if (pages < vcpus)
-      throw new UsageError('--workload', `sweep: ${pages} pages cannot be shared by ${vcpus} vCPUs`);
-    return { kind: 'sweep' };
-  }
+  // A sweep needs a page per vCPU: --memory ≥ 1M (256 pages) and --vcpus ≤ 64 always give it.
+  if (raw.workload === 'sweep') return { kind: 'sweep' };
   if (!isTrace) return liveWorkload(raw.workload === 'hot-set' ? 'hot-set' : 'uniform', pages);
   if (raw.trace === undefined) throw new UsageError('--workload', 'trace needs --trace FILE');
   const { bytes } = readTraceFile({
