@@ -11,6 +11,8 @@ import {
   fitsInMemory,
   formatProgress,
   formatReceived,
+  localServeArgs,
+  programArgs,
   syncSummary,
   timedSyncs,
   type MigrateResult,
@@ -350,6 +352,68 @@ describe('dirtytrack migrate --postcopy-after (local mode)', () => {
   );
 });
 
+describe('the destination runs the source guest’s own program after the switch', () => {
+  it('localServeArgs hands serve the vCPUs, workload, rate, seed and trace', () => {
+    const base = localServeArgs(2 ** 24);
+    expect(base.slice(base.indexOf('serve'))).toEqual([
+      ...['serve', '--listen', '127.0.0.1:0', '--memory', '16777216', '--once', '--json'],
+    ]);
+    const trace = { file: '/t/x.trace', bytes: new Uint8Array(0), pages: 4096, loop: true, scale: false };
+    expect(
+      localServeArgs(2 ** 24, true, { program: { kind: 'trace', trace }, vcpus: 3, rate: 0, seed: 7 }).slice(
+        base.length,
+      ),
+    ).toEqual([
+      '--vcpus',
+      '3',
+      '--workload',
+      'trace',
+      '--rate',
+      '0',
+      '--seed',
+      '7',
+      '--trace',
+      '/t/x.trace',
+      '--trace-loop',
+    ]);
+    expect(programArgs({ kind: 'sweep' }, { vcpus: 1, rate: 2000, seed: 1 })).toEqual([
+      '--vcpus',
+      '1',
+      '--workload',
+      'sweep',
+      '--rate',
+      '2000',
+      '--seed',
+      '1',
+    ]);
+  });
+
+  it('postcopy in local mode: 3 vCPUs sweeping on the source run as 3 sweeping vCPUs on the destination; verified', async () => {
+    const r = await run(
+      'migrate',
+      ...['--memory', '32M', '--max-bandwidth', '16M', '--postcopy-after', '200'],
+      ...[
+        '--max-postcopy-bandwidth',
+        '8M',
+        '--vcpus',
+        '3',
+        '--workload',
+        'sweep',
+        '--rate',
+        '5000',
+        '--json',
+      ],
+    );
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const result = parse(r.stdout);
+    expect(result).toMatchObject({ status: 'completed', verified: true, 'verify-mismatches': 0 });
+    const pc = result.dirtytrack.destination?.postcopy;
+    expect(pc?.['postcopy-vcpu-blocktime']).toHaveLength(3); // before: serve's default, 2
+    expect(pc?.['guest-written-pages']).toBeGreaterThan(0);
+  }, 60_000);
+});
+
 // Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group (the CLI leads
 // one here). The migration loop blocks its thread, so the CLI runs it in a worker and takes the
 // signal on the main thread. 64M at 16 MB/s with vCPUs writing at full speed: it cannot end alone.
@@ -569,6 +633,18 @@ describe('bad input: exit 2, one line naming the flag', () => {
     // Authentication is mandatory off loopback (nothing is bound: the check comes first).
     [['serve', '--listen', '10.1.2.3:0'], '--token'],
     [['serve', '--listen', 'x'], '--listen'],
+    // The guest serve runs after the switch: its program is checked before it listens.
+    [['serve', '--listen', '127.0.0.1:0', '--workload', 'trace'], '--workload'],
+    [['serve', '--listen', '127.0.0.1:0', '--trace-loop'], '--trace-loop'],
+    [['serve', '--listen', '127.0.0.1:0', '--rate', 'fast'], '--rate'],
+    [
+      ['serve', '--listen', '127.0.0.1:0', '--memory', '32M', '--workload', 'trace', '--trace', TRACE_16M],
+      '--trace',
+    ],
+    [
+      ['serve', '--listen', '127.0.0.1:0', '--vcpus', '1', '--workload', 'trace', '--trace', TRACE_16M],
+      '--trace',
+    ],
   ])('%j names %s', async (argv, flag) => {
     const r = await run(...argv);
     expect(r.code).toBe(2);

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { freemem } from 'node:os';
+import { resolve as resolvePath } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Worker } from 'node:worker_threads';
 import {
@@ -37,7 +38,7 @@ import { createBitmapReporter, createRingReporter, type RingReporter } from '@di
 import { createMmuTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
-import { readTraceFile } from './pipeline.js';
+import { checkTraceSize, readTraceFile } from './pipeline.js';
 import { cliCommand } from './cli-command.js';
 import { reviveError, type ErrorDescription } from './worker-errors.js';
 
@@ -284,9 +285,10 @@ export function reapWhenHalfFull(ring: RingReporter): () => void {
  */
 export async function runReceivedGuest(
   memory: SharedArrayBuffer,
-  o: { vcpus: number; rate: number; ms: number; seed: number },
+  o: { vcpus: number; rate: number; ms: number; seed: number; program: GuestProgram },
 ): Promise<{ ms: number; vcpus: number; writes: number }> {
-  const { guest } = await bootGuest(memory, { ...o, workload: { kind: 'uniform' } });
+  const workload = programWorkload(o.program, memory.byteLength / 4096);
+  const { guest } = await bootGuest(memory, { ...o, workload, idle: o.program.kind === 'idle' });
   try {
     await new Promise((resolve) => setTimeout(resolve, o.ms));
     guest.check();
@@ -317,7 +319,11 @@ function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
 export type ServeResult = Omit<DestinationResult, 'memory'> & { 'huge-pages'?: boolean };
 
 /** `dirtytrack serve`'s command line for a local destination of `memory` bytes: one migration, JSON result. */
-export function localServeArgs(memory: number, hugePages = true): string[] {
+export function localServeArgs(
+  memory: number,
+  hugePages = true,
+  guest?: { program: GuestProgram; vcpus: number; rate: number; seed: number },
+): string[] {
   return [
     ...cliCommand(),
     'serve',
@@ -328,6 +334,7 @@ export function localServeArgs(memory: number, hugePages = true): string[] {
     '--once',
     '--json',
     ...(hugePages ? [] : ['--no-huge-pages']),
+    ...(guest === undefined ? [] : programArgs(guest.program, guest)),
   ];
 }
 
@@ -338,6 +345,7 @@ export function localServeArgs(memory: number, hugePages = true): string[] {
 export async function spawnLocalDestination(
   memory: number,
   hugePages = true,
+  guest?: Parameters<typeof localServeArgs>[2],
 ): Promise<{
   host: string;
   port: number;
@@ -348,7 +356,7 @@ export async function spawnLocalDestination(
   // process, which cancels the migration and then stops the destination. Its stdin is a pipe
   // from this process, and `--parent-pipe` makes it exit when the pipe closes — when this
   // process is gone, however it went.
-  const child = spawn(process.execPath, [...localServeArgs(memory, hugePages), '--parent-pipe'], {
+  const child = spawn(process.execPath, [...localServeArgs(memory, hugePages, guest), '--parent-pipe'], {
     stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
   });
@@ -387,7 +395,7 @@ interface MigrateRaw {
   to?: string;
   memory: string;
   vcpus: string;
-  workload: 'uniform' | 'hot-set' | 'sweep' | 'trace' | 'idle';
+  workload: GuestWorkloadKind;
   /** `--trace FILE` (with `--workload trace`). */
   trace?: string;
   traceLoop?: boolean;
@@ -511,6 +519,8 @@ export interface MigratePlan {
   autoConverge: boolean;
   token?: string;
   workload: LiveWorkload;
+  /** The guest's program as given (the local destination runs it after the switch too). */
+  program: GuestProgram;
   idle: boolean;
   fill: Fill;
   sendFrom: SendFrom;
@@ -579,7 +589,8 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
   }
   const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
   const pages = memory / 4096;
-  const workload = migrateWorkload(raw, pages, vcpus);
+  const program = guestProgram(raw, vcpus, pages);
+  const workload = programWorkload(program, pages);
   return {
     ...(to === undefined ? {} : { to }),
     memoryText: raw.memory,
@@ -604,6 +615,7 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
     autoConverge: raw.autoConverge === true,
     ...(token === undefined ? {} : { token }),
     workload,
+    program,
     idle: raw.workload === 'idle',
     fill: raw.fill,
     sendFrom: raw.sendFrom,
@@ -637,7 +649,11 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
   // Local mode: the destination starts (and preallocates its RAM) while this process fills and
   // boots its guest — the first touch of fresh RAM is slow on a VM. A whole 1G run here, four
   // alternating pairs: 3.2–3.3 s against 3.5–3.7 s one after the other (4.3 s in the first pair).
-  const spawning = to === undefined ? spawnLocalDestination(memory, plan.hugePages) : undefined;
+  // It runs the guest's own program after the switch (postcopy, --run-after).
+  const spawning =
+    to === undefined
+      ? spawnLocalDestination(memory, plan.hugePages, { program: plan.program, vcpus, rate, seed })
+      : undefined;
   spawning?.catch(() => {});
   /** Stops the local destination once it runs, when this migration cannot go ahead. */
   const stopDestination = (): void =>
@@ -1013,12 +1029,40 @@ export function preallocate(bytes: number, hugePages: boolean): GuestRam {
   return ram;
 }
 
+/** `--workload` and its trace flags, as `migrate` and `serve` take them. */
+export interface WorkloadFlags {
+  workload: GuestWorkloadKind;
+  trace?: string;
+  traceLoop?: boolean;
+  traceScale?: boolean;
+}
+
+export const GUEST_WORKLOADS = ['uniform', 'hot-set', 'sweep', 'trace', 'idle'] as const;
+export type GuestWorkloadKind = (typeof GUEST_WORKLOADS)[number];
+
 /**
- * `migrate --workload`: {@link liveWorkload}'s two, a sweep, or `--trace FILE` replayed (read and
- * checked against the guest here, every failure one line naming `--trace`); `idle` runs a uniform
- * guest at speed 0.
+ * The guest's program, checked: what `migrate` runs, and what `serve` runs after the switch
+ * (plain data, so a worker thread can be handed it). A trace carries its file (absolute) and bytes.
  */
-function migrateWorkload(raw: MigrateRaw, pages: number, vcpus: number): LiveWorkload {
+export interface GuestProgram {
+  kind: GuestWorkloadKind;
+  trace?: { file: string; bytes: Uint8Array; pages: number; loop: boolean; scale: boolean };
+}
+
+const TRACE_WORDS = {
+  field: '--trace',
+  vcpusName: 'this guest has',
+  vcpusFix: '--vcpus >=',
+  memoryFix: '--memory',
+  scaleFix: '--trace-scale',
+} as const;
+
+/**
+ * `--workload` with its trace flags: the trace flags only with `--workload trace`, which needs
+ * `--trace FILE`; the file is read and checked against `vcpus` (and `pages` when known) here —
+ * every failure one line naming the flag. `idle` runs a uniform guest at speed 0.
+ */
+export function guestProgram(raw: WorkloadFlags, vcpus: number, pages?: number): GuestProgram {
   const isTrace = raw.workload === 'trace';
   for (const [flag, given] of [
     ['--trace', raw.trace !== undefined],
@@ -1027,27 +1071,56 @@ function migrateWorkload(raw: MigrateRaw, pages: number, vcpus: number): LiveWor
   ] as const) {
     if (given && !isTrace) throw new UsageError(flag, 'replays a trace: add --workload trace');
   }
-  // A sweep needs a page per vCPU: --memory ≥ 1M (256 pages) and --vcpus ≤ 64 always give it.
-  if (raw.workload === 'sweep') return { kind: 'sweep' };
-  if (!isTrace) return liveWorkload(raw.workload === 'hot-set' ? 'hot-set' : 'uniform', pages);
+  if (!isTrace) return { kind: raw.workload };
   if (raw.trace === undefined) throw new UsageError('--workload', 'trace needs --trace FILE');
-  const { bytes } = readTraceFile({
-    field: '--trace',
-    file: raw.trace,
-    vcpus,
-    pages,
-    scale: raw.traceScale === true,
-    vcpusName: 'this guest has',
-    vcpusFix: '--vcpus >=',
-    memoryFix: '--memory',
-    scaleFix: '--trace-scale',
-  });
+  const scale = raw.traceScale === true;
+  const { bytes, trace } = readTraceFile({ ...TRACE_WORDS, file: raw.trace, vcpus, pages, scale });
   return {
     kind: 'trace',
-    trace: bytes,
-    ...(raw.traceLoop === true ? { loop: true } : {}),
-    ...(raw.traceScale === true ? { scale: true } : {}),
+    trace: { file: resolvePath(raw.trace), bytes, pages: trace.pages, loop: raw.traceLoop === true, scale },
   };
+}
+
+/**
+ * The vCPUs' workload of `program` over a guest of `pages` pages: {@link liveWorkload}'s two, a
+ * sweep (a page per vCPU at least: `--memory` ≥ 1M and `--vcpus` ≤ 64 always give it), or the
+ * trace (its size checked against the guest's).
+ */
+export function programWorkload(program: GuestProgram, pages: number): LiveWorkload {
+  const t = program.trace;
+  if (program.kind === 'sweep') return { kind: 'sweep' };
+  if (program.kind !== 'trace' || t === undefined)
+    return liveWorkload(program.kind === 'hot-set' ? 'hot-set' : 'uniform', pages);
+  checkTraceSize({ ...TRACE_WORDS, file: t.file, pages, tracePages: t.pages, scale: t.scale });
+  return {
+    kind: 'trace',
+    trace: t.bytes,
+    ...(t.loop ? { loop: true } : {}),
+    ...(t.scale ? { scale: true } : {}),
+  };
+}
+
+/** `serve`'s flags that make the guest it runs after the switch the source's own program. */
+export function programArgs(
+  program: GuestProgram,
+  o: { vcpus: number; rate: number; seed: number },
+): string[] {
+  const t = program.trace;
+  return [
+    ...[
+      '--vcpus',
+      String(o.vcpus),
+      '--workload',
+      program.kind,
+      '--rate',
+      String(o.rate),
+      '--seed',
+      String(o.seed),
+    ],
+    ...(t === undefined
+      ? []
+      : ['--trace', t.file, ...(t.loop ? ['--trace-loop'] : []), ...(t.scale ? ['--trace-scale'] : [])]),
+  ];
 }
 
 /** `--workload`'s vCPU workload over `pages` pages: uniform, or a hot set of 1/16 taking 230/256 of the writes. */
@@ -1109,6 +1182,23 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       'vCPUs of the guest run here (after the switch in postcopy, or with --run-after)',
       '2',
     )
+    .addOption(
+      new Option(
+        '--workload <kind>',
+        'what the guest run here writes (give the source’s: migrate’s local mode passes its own)',
+      )
+        .choices([...GUEST_WORKLOADS])
+        .default('uniform'),
+    )
+    .option('--trace <file>', 'with --workload trace: the trace file the guest run here replays')
+    .option('--trace-loop', 'repeat the trace with its period')
+    .option('--trace-scale', 'map a trace taken on a guest of another size onto this one')
+    .option(
+      '--rate <n>',
+      'page writes per second per vCPU of the guest run here (0 = as fast as it can)',
+      '2000',
+    )
+    .option('--seed <n>', 'seed of its vCPUs’ pages', '1')
     .option('--json', 'print each migration’s result as one JSON object on stdout')
     .addOption(
       new Option(
@@ -1117,26 +1207,37 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       ).hideHelp(),
     )
     .action(
-      async (raw: {
-        listen: string;
-        token?: string;
-        memory?: string;
-        once?: boolean;
-        runAfter: string;
-        vcpus: string;
-        hugePages: boolean;
-        json?: boolean;
-        parentPipe?: boolean;
-      }) => {
+      async (
+        raw: WorkloadFlags & {
+          listen: string;
+          token?: string;
+          memory?: string;
+          once?: boolean;
+          runAfter: string;
+          vcpus: string;
+          rate: string;
+          seed: string;
+          hugePages: boolean;
+          json?: boolean;
+          parentPipe?: boolean;
+        },
+      ) => {
         if (raw.parentPipe === true) watchParent();
         const { host, port } = parseHostPort('--listen', raw.listen, true);
         const runAfter = intFlag('--run-after', raw.runAfter, 0, 3_600_000);
         const runVcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
+        const runRate = intFlag('--rate', raw.rate, 0, 100_000_000);
+        const runSeed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
         const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
-        const prealloc =
-          raw.memory === undefined
-            ? undefined
-            : preallocate(fitsInMemory('--memory', raw.memory, 1, availableMemory()), raw.hugePages);
+        const memoryBytes =
+          raw.memory === undefined ? undefined : fitsInMemory('--memory', raw.memory, 1, availableMemory());
+        // The guest run here after the switch: checked now (a trace against its size once known).
+        const program = guestProgram(
+          raw,
+          runVcpus,
+          memoryBytes === undefined ? undefined : memoryBytes / 4096,
+        );
+        const prealloc = memoryBytes === undefined ? undefined : preallocate(memoryBytes, raw.hugePages);
         const memory = prealloc?.memory;
         // Whether the RAM of the (last) migration is on huge pages: known once it is allocated.
         let hugePages = prealloc?.hugePages;
@@ -1170,9 +1271,10 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           } else if (ok && runAfter > 0 && received !== undefined)
             resumed = await runReceivedGuest(received, {
               vcpus: runVcpus,
-              rate: 2000,
+              rate: runRate,
               ms: runAfter,
-              seed: 1,
+              seed: runSeed,
+              program,
             });
           io.stdout(
             raw.json === true
@@ -1240,12 +1342,14 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 sink: faults.sink,
                 slot: 0,
                 pages: ram.byteLength / 4096,
-                seed: 1,
-                rate: 2000,
-                workload: { kind: 'uniform' },
+                seed: runSeed,
+                ...(runRate > 0 ? { rate: runRate } : {}),
+                workload: programWorkload(program, ram.byteLength / 4096),
                 resolveFrom: import.meta.url,
               });
               postcopyGuest.setValue(2); // before start: every store is a 2
+              if (program.kind === 'idle')
+                for (let v = 0; v < runVcpus; v++) postcopyGuest.setVcpuSpeed(v, 0);
               await postcopyGuest.start();
             },
           });
@@ -1286,7 +1390,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         '--workload <kind>',
         'which pages the vCPUs write (sweep: each vCPU its share in order; trace: replay --trace FILE; idle: none, the vCPUs run at speed 0)',
       )
-        .choices(['uniform', 'hot-set', 'sweep', 'trace', 'idle'])
+        .choices([...GUEST_WORKLOADS])
         .default('uniform'),
     )
     .option(

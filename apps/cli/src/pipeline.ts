@@ -214,7 +214,8 @@ export function readTraceFile(o: {
   field: string;
   file: string;
   vcpus: number;
-  pages: number;
+  /** The guest's pages; undefined: not known yet (its size is checked later, {@link checkTraceSize}). */
+  pages: number | undefined;
   scale: boolean;
   vcpusName: string;
   vcpusFix: string;
@@ -245,11 +246,24 @@ export function readTraceFile(o: {
       `${file} was taken on ${trace.vcpus} vCPUs, ${o.vcpusName} ${vcpus} (accepted: ${o.vcpusFix} ${trace.vcpus})`,
     );
   }
-  if (trace.pages !== pages && !o.scale) {
-    throw new UsageError(
-      field,
-      `${file} was taken on a guest of ${trace.pages} pages, ${o.vcpusName} ${pages} (accepted: ${o.memoryFix} ${trace.pages * PAGE_SIZE}, or ${o.scaleFix})`,
-    );
-  }
+  if (pages !== undefined) checkTraceSize({ ...o, pages, tracePages: trace.pages });
   return { bytes, trace };
+}
+
+/** A trace taken on a guest of `tracePages` fits one of `pages` only when equal or `scale`d. */
+export function checkTraceSize(o: {
+  field: string;
+  file: string;
+  pages: number;
+  tracePages: number;
+  scale: boolean;
+  vcpusName: string;
+  memoryFix: string;
+  scaleFix: string;
+}): void {
+  if (o.tracePages === o.pages || o.scale) return;
+  throw new UsageError(
+    o.field,
+    `${o.file} was taken on a guest of ${o.tracePages} pages, ${o.vcpusName} ${o.pages} (accepted: ${o.memoryFix} ${o.tracePages * PAGE_SIZE}, or ${o.scaleFix})`,
+  );
 }
