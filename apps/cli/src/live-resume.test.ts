@@ -1,4 +1,7 @@
-import { describe, expect, it } from 'vitest';
+import { rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { run, spawnServe } from './__fixtures__/run.js';
 
 // QEMU's conformance check 1, "the guest runs" on the destination: serve --run-after boots
@@ -19,6 +22,39 @@ describe('serve --run-after', () => {
       resumed: { ms: 200, vcpus: 2 },
     });
     expect(destination.resumed.writes).toBeGreaterThan(0);
+  }, 60_000);
+
+  it('a trace program replays every record once and then idles: exactly the trace’s writes', async () => {
+    // 2 vCPUs, 10 batches of 8 pages each over 100 ms, no loop: 160 writes, then nothing more.
+    const lines = ['dirtytrack-trace 1 pages=4096 vcpus=2 period=100000000'];
+    for (let t = 0; t < 10; t++)
+      for (let v = 0; v < 2; v++)
+        lines.push(
+          `${t * 10_000_000 + v} ${v} ${Array.from({ length: 8 }, (_, i) => v * 2048 + t * 8 + i).join(',')}`,
+        );
+    const file = join(tmpdir(), `dirtytrack-resume-${process.pid}.trace`);
+    writeFileSync(file, lines.join('\n') + '\n');
+    onTestFinished(() => rmSync(file, { force: true }));
+    const serve = await spawnServe(
+      ...[
+        '--memory',
+        '16M',
+        '--once',
+        '--run-after',
+        '1500',
+        '--json',
+        '--workload',
+        'trace',
+        '--trace',
+        file,
+      ],
+    );
+    const r = await run('migrate', '--to', `127.0.0.1:${serve.port}`, '--memory', '16M', '--json');
+    expect(r.code).toBe(0);
+    const { code, stdout } = await serve.output;
+    expect(code).toBe(0);
+    const destination = JSON.parse(stdout) as { resumed: { ms: number; vcpus: number; writes: number } };
+    expect(destination.resumed).toEqual({ ms: 1500, vcpus: 2, writes: 160 });
   }, 60_000);
 
   it.each([

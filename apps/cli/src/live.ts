@@ -1195,7 +1195,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .option('--trace-scale', 'map a trace taken on a guest of another size onto this one')
     .option(
       '--rate <n>',
-      'page writes per second per vCPU of the guest run here (0 = as fast as it can)',
+      'page writes per second per vCPU of the guest run here (0 = as fast as it can; caps a trace only when given)',
       '2000',
     )
     .option('--seed <n>', 'seed of its vCPUs’ pages', '1')
@@ -1221,12 +1221,17 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           json?: boolean;
           parentPipe?: boolean;
         },
+        cmd: Command,
       ) => {
         if (raw.parentPipe === true) watchParent();
         const { host, port } = parseHostPort('--listen', raw.listen, true);
         const runAfter = intFlag('--run-after', raw.runAfter, 0, 3_600_000);
         const runVcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
-        const runRate = intFlag('--rate', raw.rate, 0, 100_000_000);
+        // As migrate's: a trace replays at its recorded times, --rate caps it only when given.
+        const runRate =
+          raw.workload === 'trace' && cmd.getOptionValueSource('rate') !== 'cli'
+            ? 0
+            : intFlag('--rate', raw.rate, 0, 100_000_000);
         const runSeed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
         const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
         const memoryBytes =

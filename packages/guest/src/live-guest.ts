@@ -21,7 +21,6 @@ import {
   type LiveVcpuFailure,
   type LiveWorkload,
 } from './live-layout.js';
-
 import { createTraceWorkload } from './trace-workload.js';
 
 export type { LiveWorkload } from './live-layout.js';
