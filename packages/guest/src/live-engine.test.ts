@@ -376,6 +376,26 @@ describe('live workloads beyond uniform and hot-set: sweep and trace replay', ()
     expect(written(memory, 3)).toEqual([1, 2, 600]);
   });
 
+  it('trace with scale: a trace of a guest twice as big lands on page floor(p × 1000 / 2000)', async () => {
+    const trace = encodeTrace({
+      pages: 2 * slot.pages,
+      vcpus: 1,
+      periodNs: 10 * ms,
+      records: [{ timeNs: 0, vcpu: 0, pages: Uint32Array.of(0, 1, 3, 1998, 1999) }],
+    });
+    const { guest, memory } = guestOf({ workload: { kind: 'trace', trace, scale: true } });
+    new Int32Array(memory).fill(-1);
+    guest.setValue(4);
+    await guest.start();
+    try {
+      await waitUntil(() => writesOf(guest)[0] === 5, 10_000, 'the trace');
+    } finally {
+      await guest.stop();
+    }
+    expect(writesOf(guest)).toEqual([5, 0]); // vCPU 1 has no records: it idles
+    expect(written(memory, 4)).toEqual([0, 1, 999]);
+  });
+
   it('a bad trace fails before any vCPU boots: its byte, or the field it does not fit', () => {
     const good = encodeTrace({ pages: slot.pages, vcpus: 4, periodNs: ms, records: [] });
     expect(() => guestOf({ workload: { kind: 'trace', trace: good } })).toThrow(
