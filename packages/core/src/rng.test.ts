@@ -176,6 +176,18 @@ describe('createRng', () => {
     }
     expect(chiSquareUniform(skewedCounts)).toBeGreaterThan(CHI2_9DF_P999);
   });
+
+  it('state/restore: another generator continues the sequence exactly; a bad state is refused', () => {
+    const a = createRng(42).fork(3);
+    for (let i = 0; i < 100; i++) a.nextU32();
+    const saved = a.state();
+    const want = Array.from({ length: 50 }, () => a.nextInt(1000));
+    const b = createRng(7);
+    b.restore(saved);
+    expect(Array.from({ length: 50 }, () => b.nextInt(1000))).toEqual(want);
+    expect(b.state()).toEqual(a.state());
+    expectError(() => b.restore([1, 2, 3]), 'invalid-argument');
+  });
 });
 
 function expectError(fn: () => unknown, code: DirtytrackErrorCode): DirtytrackError {

@@ -20,6 +20,13 @@ export interface Rng {
   fillInts(out: Uint32Array, count: number, n: number): void;
   /** An independent generator derived from this one's state and `stream` (e.g. a vCPU index). */
   fork(stream: number): Rng;
+  /**
+   * The 128-bit state (four 32-bit words): {@link restore} on any generator of this algorithm
+   * continues this one's sequence from here — how a migrated vCPU resumes its draws.
+   */
+  state(): Uint32Array;
+  /** Sets the state to four words taken with {@link state}. */
+  restore(state: ArrayLike<number>): void;
 }
 
 /**
@@ -146,6 +153,24 @@ function sfc32(seed: number, a0: number, b0: number, c0: number, d0: number): Rn
     },
     fork(stream) {
       return sfc32(seed, nextU32() ^ Math.imul(stream, 0x9e3779b9), nextU32(), nextU32(), stream >>> 0);
+    },
+    state() {
+      return Uint32Array.of(a, b, c, d);
+    },
+    restore(state) {
+      if (
+        state.length !== 4 ||
+        !Array.from({ length: 4 }, (_, i) => state[i]).every((w) => Number.isInteger(w))
+      ) {
+        throw new DirtytrackError('invalid-argument', 'restore: a state is four 32-bit integers', {
+          component: 'rng',
+          field: 'state',
+        });
+      }
+      a = (state[0] as number) | 0;
+      b = (state[1] as number) | 0;
+      c = (state[2] as number) | 0;
+      d = (state[3] as number) | 0;
     },
   };
 }

@@ -37,6 +37,7 @@ export {
   type LiveGuest,
   type LiveGuestOptions,
   type LiveGuestStats,
+  type LiveVcpuProgress,
   type LiveWorkload,
 } from './live-guest.js';
 export { createLiveEngine, type LiveEngine, type LiveEngineOptions } from './live-engine.js';

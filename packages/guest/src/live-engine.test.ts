@@ -1,4 +1,11 @@
-import { Bitmap, DirtytrackError, NS_PER_MS, createVirtualClock, type MemslotInfo } from '@dirtytrack/core';
+import {
+  Bitmap,
+  DirtytrackError,
+  NS_PER_MS,
+  createRng,
+  createVirtualClock,
+  type MemslotInfo,
+} from '@dirtytrack/core';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createFixtureReporter, createFixtureTracker } from './__fixtures__/shared-fixtures.js';
 import { waitUntil } from './__fixtures__/wait.js';
@@ -394,6 +401,90 @@ describe('live workloads beyond uniform and hot-set: sweep and trace replay', ()
     }
     expect(writesOf(guest)).toEqual([5, 0]); // vCPU 1 has no records: it idles
     expect(written(memory, 4)).toEqual([0, 1, 999]);
+  });
+
+  /**
+   * Runs `first` until each vCPU wrote ≥ `atLeast`, pauses it and takes its progress, then boots
+   * a second guest of the same program resumed from it over fresh memory: each guest's written
+   * pages (value 9 on the first, 8 on the second) and writes.
+   */
+  async function migrateProgress(
+    opts: Partial<LiveGuestOptions>,
+    atLeast: number,
+    then: (second: readonly number[], first: readonly number[]) => boolean,
+  ) {
+    const a = guestOf(opts);
+    new Int32Array(a.memory).fill(-1);
+    a.guest.setValue(9);
+    await a.guest.start();
+    let progress;
+    try {
+      await waitUntil(() => writesOf(a.guest).every((w) => w >= atLeast), 10_000, 'first writes');
+      await a.guest.pause();
+      progress = a.guest.progress();
+    } finally {
+      await a.guest.stop();
+    }
+    expect(() => a.guest.progress()).not.toThrow(); // stopped: still readable
+    const b = guestOf({ ...opts, resume: progress });
+    new Int32Array(b.memory).fill(-1);
+    b.guest.setValue(8);
+    await b.guest.start();
+    try {
+      await waitUntil(() => then(writesOf(b.guest), writesOf(a.guest)), 10_000, 'resumed writes');
+    } finally {
+      await b.guest.stop();
+    }
+    return {
+      progress,
+      first: { writes: writesOf(a.guest), pages: written(a.memory, 9) },
+      second: { writes: writesOf(b.guest), pages: written(b.memory, 8) },
+    };
+  }
+
+  it('progress/resume, sweep: the resumed guest goes on from each vCPU’s cursor', async () => {
+    const r = await migrateProgress({ workload: { kind: 'sweep' }, rate: 200 }, 10, (w) =>
+      w.every((x) => x >= 10),
+    );
+    const [a0, a1] = r.first.writes as [number, number];
+    const [b0, b1] = r.second.writes as [number, number];
+    expect(r.progress.map((p) => p.sweep)).toEqual([a0, a1]);
+    expect(r.second.pages).toEqual([...range(a0, b0), ...range(500 + a1, b1)]);
+  });
+
+  it('progress/resume, uniform: each vCPU draws on from its stream (the pages its generator gives next)', async () => {
+    const r = await migrateProgress({ rate: 200 }, 10, (w) => w.every((x) => x >= 10));
+    const want = new Set<number>();
+    for (const [v, p] of r.progress.entries()) {
+      const rng = createRng(SEED).fork(v);
+      rng.restore(p.rng);
+      for (let i = 0; i < (r.second.writes[v] as number); i++) {
+        rng.nextU32(); // the hot-set coin, drawn for every write
+        want.add(rng.nextInt(slot.pages));
+      }
+    }
+    expect(r.second.pages).toEqual([...want].sort((x, y) => x - y));
+  });
+
+  it('progress/resume, trace: every record written once over both guests, none twice', async () => {
+    const records = Array.from({ length: 40 }, (_, i) => ({
+      timeNs: i * 5 * ms,
+      vcpu: i % 2,
+      pages: Uint32Array.of(i * 10, i * 10 + 1, i * 10 + 2),
+    }));
+    const trace = encodeTrace({ pages: slot.pages, vcpus: 2, periodNs: 200 * ms, records });
+    const sum = (w: readonly number[]) => w.reduce((x, y) => x + y, 0);
+    const r = await migrateProgress(
+      { workload: { kind: 'trace', trace } },
+      6,
+      (b, a) => sum(a) + sum(b) === 120,
+    );
+    expect(sum(r.first.writes) + sum(r.second.writes)).toBe(120);
+    expect(sum(r.second.writes)).toBeGreaterThan(0);
+    expect(r.first.pages.filter((p) => r.second.pages.includes(p))).toEqual([]);
+    expect([...r.first.pages, ...r.second.pages].sort((x, y) => x - y)).toEqual(
+      records.flatMap((x) => [...x.pages]),
+    );
   });
 
   it('a bad trace fails before any vCPU boots: its byte, or the field it does not fit', () => {

@@ -17,13 +17,15 @@ import {
   speedWord,
   STATE,
   WORDS_PER_PAGE,
+  PROGRESS,
   type LiveVcpuData,
   type LiveVcpuFailure,
+  type LiveVcpuProgress,
   type LiveWorkload,
 } from './live-layout.js';
 import { createTraceWorkload } from './trace-workload.js';
 
-export type { LiveWorkload } from './live-layout.js';
+export type { LiveVcpuProgress, LiveWorkload } from './live-layout.js';
 
 const COMPONENT = 'live-guest';
 
@@ -61,6 +63,11 @@ export interface LiveGuestOptions {
    * Accurate on average over ~100 ms: a vCPU out of credit sleeps ≥ 1 ms. Default: unlimited.
    */
   rate?: number;
+  /**
+   * A migrated guest's vCPUs go on where the source's stood ({@link LiveGuest.progress} there):
+   * one entry per vCPU, for the same workload, seed and vCPU count. Default: a fresh start.
+   */
+  resume?: readonly LiveVcpuProgress[];
 }
 
 export interface LiveGuestStats {
@@ -119,6 +126,11 @@ export interface LiveGuest extends VcpuThrottle {
   /** The value page `page` holds in its first 8 bytes. */
   valueOf(page: number): number;
   stats(): LiveGuestStats;
+  /**
+   * Where each vCPU's workload stands (its random stream, sweep cursor, trace replay), as a
+   * migration carries it: once paused (`pause`/`pauseSync` returned) or stopped.
+   */
+  progress(): LiveVcpuProgress[];
   /** Throws the first worker failure, if any (a DirtytrackError naming the vCPU, with the cause). */
   check(): void;
 }
@@ -160,6 +172,19 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   const rate = options.rate ?? 0;
   if (!(Number.isFinite(rate) && rate >= 0))
     throw bad('rate', 'must be a finite number of writes/s >= 0 (0 = unlimited)');
+  const resumeFrom = options.resume;
+  if (resumeFrom !== undefined) {
+    const ok = (p: LiveVcpuProgress) =>
+      p.rng.length === 4 &&
+      p.rng.every((w) => Number.isInteger(w) && w >= 0 && w <= 0xffff_ffff) &&
+      [p.sweep, p.traceBeforeNs, p.traceAfterNs, p.traceWritten].every((x) => Number.isFinite(x) && x >= 0) &&
+      p.traceBeforeNs <= p.traceAfterNs;
+    if (resumeFrom.length !== vcpus || !resumeFrom.every(ok))
+      throw bad(
+        'resume',
+        `needs one progress entry per vCPU (${vcpus}), each as LiveGuest.progress() gives it`,
+      );
+  }
   const from = options.resolveFrom;
   const resolveFrom = (
     from === undefined ? [] : typeof from === 'string' || from instanceof URL ? [from] : from
@@ -169,6 +194,8 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   const counters = new Float64Array(new SharedArrayBuffer(vcpus * COUNTER.WORDS * 8));
   const clock = createRealClock();
   const failureBuffer = new SharedArrayBuffer(FAILURE_BUFFER_BYTES);
+  const progressBuffer = new SharedArrayBuffer(vcpus * PROGRESS.WORDS * 8);
+  const progressRows = new Float64Array(progressBuffer);
   Atomics.store(control, CTL.SPEED, SPEED_ONE);
   for (let v = 0; v < vcpus; v++) Atomics.store(control, speedWord(vcpus, v), SPEED_ONE);
   let speed = 1;
@@ -304,6 +331,8 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
           workload,
           resolveFrom,
           timeoutMs,
+          progress: progressBuffer,
+          ...(resumeFrom === undefined ? {} : { resume: resumeFrom[v] as LiveVcpuProgress }),
         };
         const worker = source
           ? new Worker(
@@ -413,6 +442,20 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
       return Atomics.load(mem32, page * WORDS_PER_PAGE);
     },
     stats,
+    progress() {
+      if (!started || (!stopped && Atomics.load(control, CTL.STATE) === STATE.RUN))
+        throw fail('invalid-state', 'progress: pause or stop the guest first');
+      return Array.from({ length: vcpus }, (_, v) => {
+        const at = v * PROGRESS.WORDS;
+        return {
+          rng: Array.from(progressRows.subarray(at + PROGRESS.RNG, at + PROGRESS.RNG + 4)),
+          sweep: progressRows[at + PROGRESS.SWEEP] as number,
+          traceBeforeNs: progressRows[at + PROGRESS.TRACE_BEFORE] as number,
+          traceAfterNs: progressRows[at + PROGRESS.TRACE_AFTER] as number,
+          traceWritten: progressRows[at + PROGRESS.TRACE_WRITTEN] as number,
+        };
+      });
+    },
     check,
   };
 }

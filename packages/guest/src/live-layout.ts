@@ -107,7 +107,37 @@ export interface LiveVcpuData {
   /** File URLs to resolve the AttachSpec modules from when the worker cannot import them itself. */
   readonly resolveFrom: readonly string[];
   readonly timeoutMs: number;
+  /** Float64 rows of {@link PROGRESS.WORDS}: where each vCPU publishes its progress. */
+  readonly progress: SharedArrayBuffer;
+  /** Where this vCPU's workload resumes (a migrated guest), or a fresh start. */
+  readonly resume?: LiveVcpuProgress;
 }
+
+/**
+ * Where a vCPU's workload stands — the part of its state a migration carries so that the guest
+ * goes on where it was (QEMU carries the vCPU's registers): its random stream (uniform and
+ * hot-set draws), its sweep cursor, and its trace replay — the replay clock before and after the
+ * last batch of due records it took, and how many of that batch's pages it has written.
+ */
+export interface LiveVcpuProgress {
+  /** The four 32-bit words of its `Rng` state (`Rng.state()`). */
+  readonly rng: readonly number[];
+  /** Next page of its sweep share, from the share's start. */
+  readonly sweep: number;
+  readonly traceBeforeNs: number;
+  readonly traceAfterNs: number;
+  readonly traceWritten: number;
+}
+
+/** Layout of a vCPU's progress row (Float64 words): published at every pause and at exit. */
+export const PROGRESS = {
+  RNG: 0,
+  SWEEP: 4,
+  TRACE_BEFORE: 5,
+  TRACE_AFTER: 6,
+  TRACE_WRITTEN: 7,
+  WORDS: 8,
+} as const;
 
 /** What a failing worker posts before it exits. */
 export interface LiveVcpuFailure {

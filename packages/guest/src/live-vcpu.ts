@@ -18,6 +18,7 @@ import {
   CTL,
   encodeFailure,
   FAILURE_BUFFER_BYTES,
+  PROGRESS,
   SPEED_ONE,
   speedWord,
   STATE,
@@ -134,6 +135,9 @@ async function run(): Promise<void> {
   let queueEnd = 0;
   /** Real-clock ms up to which the replay clock has run; -1: not running since (a sleep to skip). */
   let replayedTo = -1;
+  /** The replay clock (ns of trace time) before and after the batch now in the queue. */
+  let replayBeforeNs = 0;
+  let replayNs = 0;
   const enqueue = (b: WriteBatch): void => {
     if (b.vcpu !== v) return;
     if (queueEnd + b.count > queue.length) {
@@ -149,11 +153,39 @@ async function run(): Promise<void> {
     if (queueHead < queueEnd) return true;
     queueHead = queueEnd = 0;
     const t = nowMs();
-    if (replayedTo >= 0 && t > replayedTo)
-      (replay as Workload).generate(replayedTo * 1e6, t * 1e6, 1, enqueue, onlyThis);
+    if (replayedTo >= 0 && t > replayedTo) {
+      replayBeforeNs = replayNs;
+      replayNs += (t - replayedTo) * 1e6;
+      (replay as Workload).generate(replayBeforeNs, replayNs, 1, enqueue, onlyThis);
+    }
     replayedTo = t;
     return queueEnd > 0;
   };
+  const progress = new Float64Array(data.progress, v * PROGRESS.WORDS * 8, PROGRESS.WORDS);
+  /** Publishes where the workload stands (read by the owner once this vCPU is paused or gone). */
+  const publish = (): void => {
+    progress.set(rng.state(), PROGRESS.RNG);
+    progress[PROGRESS.SWEEP] = sweepCursor;
+    progress[PROGRESS.TRACE_BEFORE] = replayBeforeNs;
+    progress[PROGRESS.TRACE_AFTER] = replayNs;
+    progress[PROGRESS.TRACE_WRITTEN] = queueHead;
+  };
+  const from = data.resume;
+  if (from !== undefined) {
+    // A migrated guest: the same hot set (drawn above from the seed), then the stream, cursor and
+    // replay where they stood — the replay rebuilt up to its last batch, and that batch's pages
+    // not yet written queued again.
+    rng.restore(from.rng);
+    sweepCursor = from.sweep < sweepSpan ? from.sweep : 0;
+    if (replay !== undefined && from.traceAfterNs > 0) {
+      replay.generate(0, from.traceBeforeNs, 1, () => {}, onlyThis);
+      replay.generate(from.traceBeforeNs, from.traceAfterNs, 1, enqueue, onlyThis);
+      queueHead = Math.min(from.traceWritten, queueEnd);
+      replayBeforeNs = from.traceBeforeNs;
+      replayNs = from.traceAfterNs;
+    }
+  }
+  publish();
   const one = new Uint32Array(1);
   let inGuest = false;
   let writes = 0;
@@ -242,6 +274,7 @@ async function run(): Promise<void> {
         if (state === STATE.PAUSE) {
           const gen = Atomics.load(control, CTL.PAUSE_GEN);
           if (Atomics.load(control, CTL.ACK + v) !== gen) {
+            publish(); // before the ack: a paused guest's progress is readable
             Atomics.store(control, CTL.ACK + v, gen);
             Atomics.notify(control, CTL.ACK + v);
           }
@@ -310,6 +343,7 @@ async function run(): Promise<void> {
     }
   } finally {
     exit();
+    publish();
   }
 }
 
