@@ -54,7 +54,34 @@ describe('serve --run-after', () => {
     const { code, stdout } = await serve.output;
     expect(code).toBe(0);
     const destination = JSON.parse(stdout) as { resumed: { ms: number; vcpus: number; writes: number } };
-    expect(destination.resumed).toEqual({ ms: 1500, vcpus: 2, writes: 160 });
+    // The source's 2 vCPUs sent their state: the 2 here go on from it (a uniform source had not
+    // started the trace, so it starts at its beginning).
+    expect(destination.resumed).toEqual({ ms: 1500, vcpus: 2, writes: 160, continued: true });
+  }, 60_000);
+
+  it('the source sends its stopped vCPUs’ state (VCPU_STATE) and the guest run here goes on from it', async () => {
+    const serve = await spawnServe(
+      ...['--memory', '16M', '--once', '--run-after', '200', '--json', '--workload', 'sweep'],
+    );
+    const r = await run(
+      ...['migrate', '--to', `127.0.0.1:${serve.port}`, '--memory', '16M', '--workload', 'sweep', '--json'],
+    );
+    expect(r.code).toBe(0);
+    const source = JSON.parse(r.stdout) as {
+      dirtytrack: { 'vcpu-state': { sweep: number; rng: number[] }[] };
+    };
+    const { code, stdout } = await serve.output;
+    expect(code).toBe(0);
+    const destination = JSON.parse(stdout) as {
+      'vcpu-state': unknown;
+      resumed: { vcpus: number; writes: number; continued: boolean };
+    };
+    // What the source sent is what arrived, field for field; the sweep had moved on.
+    expect(destination['vcpu-state']).toEqual(source.dirtytrack['vcpu-state']);
+    expect(source.dirtytrack['vcpu-state']).toHaveLength(2);
+    for (const v of source.dirtytrack['vcpu-state']) expect(v.sweep).toBeGreaterThan(0);
+    expect(destination.resumed).toMatchObject({ vcpus: 2, continued: true });
+    expect(destination.resumed.writes).toBeGreaterThan(0);
   }, 60_000);
 
   it.each([
@@ -70,7 +97,8 @@ describe('serve --run-after', () => {
       const { code, stdout } = await serve.output;
       expect(code).toBe(0);
       const destination = JSON.parse(stdout) as { resumed: { ms: number; vcpus: number; writes: number } };
-      expect(destination.resumed).toMatchObject({ ms: 200, vcpus });
+      // 3 vCPUs here, 2 on the source: its state does not fit, they start afresh.
+      expect(destination.resumed).toMatchObject({ ms: 200, vcpus, continued: false });
       if (writes) expect(destination.resumed.writes).toBeGreaterThan(0);
       else expect(destination.resumed.writes).toBe(0);
     },

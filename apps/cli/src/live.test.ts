@@ -410,6 +410,11 @@ describe('the destination runs the source guest’s own program after the switch
     expect(result).toMatchObject({ status: 'completed', verified: true, 'verify-mismatches': 0 });
     const pc = result.dirtytrack.destination?.postcopy;
     expect(pc?.['postcopy-vcpu-blocktime']).toHaveLength(3); // before: serve's default, 2
+    // The stopped vCPUs' state went before the switch, and the destination's vCPUs went on from it.
+    const sent = result.dirtytrack['vcpu-state'];
+    expect(sent).toHaveLength(3);
+    expect(result.dirtytrack.destination?.['vcpu-state']).toEqual(sent);
+    expect(result.dirtytrack.destination?.resumed).toMatchObject({ vcpus: 3, continued: true });
     expect(pc?.['guest-written-pages']).toBeGreaterThan(0);
   }, 60_000);
 });

@@ -14,7 +14,13 @@ import {
   type MemslotInfo,
   type MigrationBitmap,
 } from '@dirtytrack/core';
-import { createLiveEngine, createLiveGuest, type LiveGuest, type LiveWorkload } from '@dirtytrack/guest';
+import {
+  createLiveEngine,
+  createLiveGuest,
+  type LiveGuest,
+  type LiveVcpuProgress,
+  type LiveWorkload,
+} from '@dirtytrack/guest';
 import {
   createDestination,
   fdWritesAvailable,
@@ -114,7 +120,10 @@ export async function startLiveSource(o: LiveSourceOptions) {
  */
 async function bootGuest(
   memory: SharedArrayBuffer,
-  o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed' | 'dirtyRing' | 'idle' | 'layers'>,
+  o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed' | 'dirtyRing' | 'idle' | 'layers'> & {
+    /** A migrated guest's vCPU state: its vCPUs go on from it. */
+    resume?: readonly LiveVcpuProgress[];
+  },
 ) {
   const pages = memory.byteLength / 4096;
   const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
@@ -161,6 +170,7 @@ async function bootGuest(
     seed: o.seed,
     workload: o.workload,
     ...(o.rate > 0 ? { rate: o.rate } : {}),
+    ...(o.resume === undefined ? {} : { resume: o.resume }),
     resolveFrom: import.meta.url,
   });
   guest.setValue(1); // before start: the vCPUs store it from their first write
@@ -285,17 +295,31 @@ export function reapWhenHalfFull(ring: RingReporter): () => void {
  */
 export async function runReceivedGuest(
   memory: SharedArrayBuffer,
-  o: { vcpus: number; rate: number; ms: number; seed: number; program: GuestProgram },
-): Promise<{ ms: number; vcpus: number; writes: number }> {
+  o: {
+    vcpus: number;
+    rate: number;
+    ms: number;
+    seed: number;
+    program: GuestProgram;
+    /** The source's vCPU state: used when it has one entry per vCPU here. */
+    vcpuState?: readonly LiveVcpuProgress[];
+  },
+): Promise<{ ms: number; vcpus: number; writes: number; continued: boolean }> {
   const workload = programWorkload(o.program, memory.byteLength / 4096);
-  const { guest } = await bootGuest(memory, { ...o, workload, idle: o.program.kind === 'idle' });
+  const resume = o.vcpuState?.length === o.vcpus ? o.vcpuState : undefined;
+  const { guest } = await bootGuest(memory, {
+    ...o,
+    workload,
+    idle: o.program.kind === 'idle',
+    ...(resume === undefined ? {} : { resume }),
+  });
   try {
     await new Promise((resolve) => setTimeout(resolve, o.ms));
     guest.check();
   } finally {
     await guest.stop();
   }
-  return { ms: o.ms, vcpus: o.vcpus, writes: guest.stats().writes };
+  return { ms: o.ms, vcpus: o.vcpus, writes: guest.stats().writes, continued: resume !== undefined };
 }
 
 function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
@@ -316,7 +340,11 @@ function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
 }
 
 /** What `serve --json` prints for one migration: its result, with whether its RAM is on huge pages. */
-export type ServeResult = Omit<DestinationResult, 'memory'> & { 'huge-pages'?: boolean };
+export type ServeResult = Omit<DestinationResult, 'memory'> & {
+  'huge-pages'?: boolean;
+  /** The guest run on here (`--run-after`, or postcopy); `continued`: from the source's vCPU state. */
+  resumed?: { ms: number; vcpus: number; writes: number; continued: boolean };
+};
 
 /** `dirtytrack serve`'s command line for a local destination of `memory` bytes: one migration, JSON result. */
 export function localServeArgs(
@@ -438,6 +466,8 @@ export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'traje
     'huge-pages': boolean;
     vcpus: number;
     'guest-writes': number;
+    /** The vCPU state sent with the guest (before completion or the postcopy switch). */
+    'vcpu-state'?: LiveVcpuProgress[];
     /**
      * The source's migration-bitmap syncs (`dirty-sync-count` of them): the layers' strategy
      * (`--layers`), their wall-clock total, median and max, and the cost model's price of them.
@@ -725,6 +755,8 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
   let afterFailure: NonNullable<MigrateResult['dirtytrack']['after-failure']> | undefined;
   let completed = false;
   let cancelled = false;
+  /** The vCPU state sent with the guest (VCPU_STATE), if it was. */
+  let sentState: LiveVcpuProgress[] | undefined;
   try {
     outcome = await runLiveMigration({
       host: target.host,
@@ -732,6 +764,9 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       ...(token === undefined ? {} : { token }),
       memory: source.memory,
       engine: source.engine,
+      // The stopped guest's vCPU state goes with its RAM: the destination's guest goes on from it.
+      // (Read when the guest is stopped: before completion or the postcopy switch.)
+      vcpuState: () => (sentState = source.guest.running ? undefined : source.guest.progress()),
       throttle: source.engine,
       bitmap: source.bitmap,
       parameters: {
@@ -823,6 +858,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       'guest-writes': guestWrites,
       sync: syncSummary(plan.layers, source.syncTimes),
       link: outcome.link,
+      ...(sentState === undefined ? {} : { 'vcpu-state': sentState }),
       ...(destination === undefined ? {} : { destination }),
       ...(afterFailure === undefined ? {} : { 'after-failure': afterFailure }),
       ...(dirtyRing === undefined ? {} : { 'ring-full-exits': guestStats.ringFullExits }),
@@ -1254,6 +1290,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         let destination;
         // Postcopy: the guest runs here from POSTCOPY_RUN, faulting on the pages still to come.
         let postcopyGuest: LiveGuest | undefined;
+        let postcopyContinued = false;
         /**
          * One migration's end: the guest runs on for `--run-after` (postcopy: it has been running
          * here since the switch), then the result is printed. Without `--once` the destination
@@ -1272,7 +1309,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             if (ok) await new Promise((resolve) => setTimeout(resolve, runAfter));
             const writes = guest.stats().writes;
             await guest.stop().catch(() => {});
-            if (ok) resumed = { ms: runAfter, vcpus: runVcpus, writes };
+            if (ok) resumed = { ms: runAfter, vcpus: runVcpus, writes, continued: postcopyContinued };
           } else if (ok && runAfter > 0 && received !== undefined)
             resumed = await runReceivedGuest(received, {
               vcpus: runVcpus,
@@ -1280,6 +1317,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
               ms: runAfter,
               seed: runSeed,
               program,
+              ...(result['vcpu-state'] === undefined ? {} : { vcpuState: result['vcpu-state'] }),
             });
           io.stdout(
             raw.json === true
@@ -1339,7 +1377,9 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                       }),
                     )),
                 }),
-            async onPostcopyRun({ memory: ram, faults }) {
+            async onPostcopyRun({ memory: ram, faults, vcpuState }) {
+              // The source's vCPUs go on here where they stood, when there is one state per vCPU.
+              postcopyContinued = vcpuState?.length === runVcpus;
               postcopyGuest = createLiveGuest({
                 memory: ram,
                 vcpus: runVcpus,
@@ -1350,6 +1390,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 seed: runSeed,
                 ...(runRate > 0 ? { rate: runRate } : {}),
                 workload: programWorkload(program, ram.byteLength / 4096),
+                ...(postcopyContinued && vcpuState !== undefined ? { resume: vcpuState } : {}),
                 resolveFrom: import.meta.url,
               });
               postcopyGuest.setValue(2); // before start: every store is a 2

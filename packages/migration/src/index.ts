@@ -108,6 +108,9 @@ export {
   writeMultifdHeader,
   encodeVerifyHashes,
   encodeVerifyEnd,
+  encodeVcpuState,
+  decodeVcpuState,
+  VCPU_STATE_MAX,
   encodeReturn,
   encodeReturnU32,
   encodeReqPages,
@@ -127,5 +130,6 @@ export {
   type MultifdPacketInfo,
   type ReturnDecoderOptions,
   type VerifyResult as WireVerifyResult,
+  type VcpuStateWire,
 } from './live/wire.js';
 export { pageHashKernel } from './live/page-hash.js';

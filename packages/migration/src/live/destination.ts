@@ -7,6 +7,7 @@ import {
   CHANNEL_KIND,
   createMainDecoder,
   createMultifdDecoder,
+  decodeVcpuState,
   encodeRecvBitmap,
   encodeReqPages,
   encodeReturnU32,
@@ -19,6 +20,7 @@ import {
   type Hello,
   type MainDecoder,
   type MultifdDecoder,
+  type VcpuStateWire,
   TRUNCATED_ERRNO,
 } from './wire.js';
 
@@ -69,7 +71,12 @@ export interface DestinationOptions {
    * received yet faults and is requested. Without it nobody runs the guest during postcopy and
    * the pages simply arrive in the background. A throw or rejection fails the migration.
    */
-  onPostcopyRun?: (run: { memory: SharedArrayBuffer; faults: PostcopyFaults }) => void | Promise<void>;
+  onPostcopyRun?: (run: {
+    memory: SharedArrayBuffer;
+    faults: PostcopyFaults;
+    /** The source's vCPU state, when it sent one before the switch. */
+    vcpuState?: VcpuStateWire[];
+  }) => void | Promise<void>;
   /** vCPUs of the guest `onPostcopyRun` starts (sizes the blocktime counters). Default 2. */
   guestVcpus?: number;
   /**
@@ -106,6 +113,11 @@ export interface DestinationResult {
   'verify-mismatches': number;
   /** From the main connection's acceptance to the end, in ms. */
   'total-time': number;
+  /**
+   * The source guest's vCPU state (VCPU_STATE, sent before completion or the postcopy switch):
+   * where each vCPU's workload stood, so the guest run here goes on from it. Absent if none came.
+   */
+  'vcpu-state'?: VcpuStateWire[];
   /** Postcopy only: how it went on this side (QEMU reports blocktime on the destination). */
   postcopy?: {
     /** REQ_PAGES sent (a page asked again after a recovery counts again). */
@@ -635,6 +647,9 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         m.faults.outstanding((page) => request(m, page));
         return;
       }
+      case MIG_CMD.VCPU_STATE:
+        m.vcpuState = decodeVcpuState(payload); // the decoder checked its length and fields
+        return;
       case MIG_CMD.VERIFY_HASHES: {
         const first = dv.getUint32(0) * 2 ** 32 + dv.getUint32(4);
         const n = dv.getUint16(8);
@@ -697,7 +712,13 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       }
     })();
     if (options.onPostcopyRun !== undefined) {
-      const started = (async () => options.onPostcopyRun?.({ memory: m.memory, faults }))();
+      const vcpuState = m.vcpuState;
+      const started = (async () =>
+        options.onPostcopyRun?.({
+          memory: m.memory,
+          faults,
+          ...(vcpuState === undefined ? {} : { vcpuState }),
+        }))();
       started.catch((error: unknown) => finish(m, error));
     }
   }
@@ -947,6 +968,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       verified: error === null && m.verifyEnded && m.comparedCount === m.pages && m.mismatches === 0,
       'verify-mismatches': m.mismatches,
       'total-time': Math.round((clock.now() - m.startedAt) / 1000) / 1000,
+      ...(m.vcpuState === undefined ? {} : { 'vcpu-state': m.vcpuState }),
     };
     if (m.faults !== null && m.running) {
       r.postcopy = {
@@ -1104,6 +1126,8 @@ interface Migration {
   mainWaiting: boolean;
   eof: boolean;
   done: boolean;
+  /** VCPU_STATE, once it came (the last one wins). */
+  vcpuState?: VcpuStateWire[];
   normal: number;
   duplicate: number;
   packets: number;

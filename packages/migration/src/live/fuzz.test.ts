@@ -41,6 +41,7 @@ import {
   encodeReqPages,
   encodeReturnU32,
   encodeSection,
+  encodeVcpuState,
   encodeVerifyEnd,
   encodeVerifyHashes,
   encodeVerifyResult,
@@ -97,6 +98,14 @@ const MAIN_FRAMES: Uint8Array[] = [
     ]),
   ]),
   concat([setup, encodeVerifyHashes(0, hashes, 0, 8), encodeVerifyEnd(8), encodeEof()]),
+  concat([
+    setup,
+    encodeVcpuState([
+      { rng: [1, 2, 3, 4], sweep: 9, traceWritten: 1, traceBeforeNs: 1e6, traceAfterNs: 2e6 },
+      { rng: [5, 6, 7, 8], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 0 },
+    ]),
+    encodeEof(),
+  ]),
   concat([
     setup,
     encodeCommand(MIG_CMD.RECV_BITMAP, new Uint8Array([6, ...new TextEncoder().encode('pc.ram')])),

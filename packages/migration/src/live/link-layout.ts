@@ -60,7 +60,18 @@ export const COUNTER = {
  * every later page goes as a record on the main connection) and URGENT (requested pages: on the
  * preempt channel when there is one).
  */
-export const OP = { PAGES: 1, SYNC: 2, COMPLETE: 3, DISCARD: 4, POSTCOPY_RUN: 5, URGENT: 6 } as const;
+export const OP = {
+  PAGES: 1,
+  SYNC: 2,
+  COMPLETE: 3,
+  DISCARD: 4,
+  POSTCOPY_RUN: 5,
+  URGENT: 6,
+  VCPU_STATE: 7,
+} as const;
+
+/** The VCPU_STATE command item, encoded, waits here for its op (word = its length in bytes). */
+export const VCPU_STATE_ITEM_BYTES = 5 + 2 + 40 * 1024;
 export const OP_WORDS = 4;
 
 /** What the sender worker gets as `workerData`. */
@@ -91,6 +102,8 @@ export interface SenderData {
   readonly fdWrites: boolean;
   /** QEMU's `zero-copy-send`: multifd pages by reference through a pipe per channel (fd-writer.ts). */
   readonly zeroCopySend: boolean;
+  /** {@link VCPU_STATE_ITEM_BYTES}: the VCPU_STATE item an {@link OP.VCPU_STATE} op sends. */
+  readonly vcpuState: SharedArrayBuffer;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { createRealClock, DirtytrackError, NS_PER_S, type Clock, type Transport } from '@dirtytrack/core';
-import { HELLO_FLAG } from './wire.js';
+import { encodeVcpuState, HELLO_FLAG, type VcpuStateWire } from './wire.js';
 import { fdWritesAvailable } from './fd-writer.js';
 import type { PageSink } from '../precopy.js';
 import {
@@ -14,6 +14,7 @@ import {
   REQUEST_SLOTS,
   REQUESTS_BYTES,
   SEND_FROM,
+  VCPU_STATE_ITEM_BYTES,
   type SenderData,
   type SendFrom,
   type SenderReply,
@@ -81,6 +82,12 @@ export interface LiveLinkOptions {
    * switch the guest (COMPLETE, postcopy) always wait until they have left. Default true.
    */
   pipelined?: boolean;
+  /**
+   * The stopped guest's vCPU state (`LiveGuest.progress()`), sent as a VCPU_STATE command before
+   * COMPLETE and before the postcopy switch, so the destination's vCPUs go on where these stood.
+   * Called then, on the migration thread; undefined sends none.
+   */
+  vcpuState?: () => readonly VcpuStateWire[] | undefined;
 }
 
 /**
@@ -241,6 +248,15 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     sendFrom: options.sendFrom ?? 'auto',
     fdWrites: options.fdWrites !== false,
     zeroCopySend: options.zeroCopySend === true,
+    vcpuState: new SharedArrayBuffer(VCPU_STATE_ITEM_BYTES),
+  };
+  /** Queues the VCPU_STATE item (in the shared buffer, then its op), if there is a state. */
+  const sendVcpuState = (): void => {
+    const state = options.vcpuState?.();
+    if (state === undefined) return;
+    const item = encodeVcpuState(state);
+    new Uint8Array(senderData.vcpuState).set(item);
+    push(OP.VCPU_STATE, item.length, 0, 0);
   };
   let replies: SenderReply[] = [];
   let waiter: ((r: SenderReply) => void) | undefined;
@@ -482,12 +498,14 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
       push(OP.DISCARD, firstPage, pages, 0);
     },
     postcopyRun() {
+      sendVcpuState();
       push(OP.POSTCOPY_RUN, 0, 0, 0);
     },
     multifdSync() {
       push(OP.SYNC, 0, 0, 0);
     },
     complete() {
+      sendVcpuState();
       push(OP.COMPLETE, 0, 0, 0);
     },
   };

@@ -18,7 +18,7 @@ import {
 import type { MigrationInfo, StatusEvent } from '../migration-info.js';
 import { openLiveLink, WHILE_WAITING_MS, type LiveLinkStats, type VerifyResult } from './live-link.js';
 import type { SendFrom } from './link-layout.js';
-import { HELLO_FLAG } from './wire.js';
+import { HELLO_FLAG, type VcpuStateWire } from './wire.js';
 
 const COMPONENT = 'live-migration';
 
@@ -72,6 +72,12 @@ export interface LiveMigrationOptions {
   recoverAfterMs?: readonly number[];
   onProgress?: (progress: PrecopyProgress) => void;
   onStatus?: (event: StatusEvent) => void;
+  /**
+   * The stopped guest's vCPU state (`LiveGuest.progress()`), sent before completion and before a
+   * postcopy switch: the destination's vCPUs can go on where these stood (its result's
+   * `vcpu-state`). Omit it to send none.
+   */
+  vcpuState?: () => readonly VcpuStateWire[] | undefined;
 }
 
 /** A live run's result: QEMU's `query-migrate` fields plus what only a real run can say. */
@@ -164,6 +170,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     ...(options.pipelined === undefined ? {} : { pipelined: options.pipelined }),
     ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
     ...(reap === undefined ? {} : { whileWaiting: reap }),
+    ...(options.vcpuState === undefined ? {} : { vcpuState: options.vcpuState }),
   });
   let outcome: PrecopyOutcome;
   try {

@@ -479,6 +479,12 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
       record(mainOut, 0, RAM_FLAG.MULTIFD_FLUSH, false);
       continue;
     }
+    if (op === OP.VCPU_STATE) {
+      // The guest's vCPU state, after the RAM it goes with and before COMPLETE or the switch.
+      closeSection(mainOut);
+      mainOut.push(new Uint8Array(data.vcpuState, 0, ops[at + 1] as number).slice());
+      continue;
+    }
     if (op === OP.POSTCOPY_RUN) {
       // postcopy_start: LISTEN, then RUN — the guest runs on the destination from here; the
       // preempt channel, if any, is made now (QEMU connects it at the switch).

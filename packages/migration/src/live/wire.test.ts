@@ -40,6 +40,8 @@ import {
   encodeReturnU32,
   encodeSection,
   encodeVerifyEnd,
+  encodeVcpuState,
+  decodeVcpuState,
   encodeVerifyHashes,
   encodeVerifyResult,
   HELLO_BYTES,
@@ -224,6 +226,27 @@ describe('exact bytes', () => {
     expect(hex(encodeReturn(RP_MSG.SHUT, unhex('00000001')))).toBe('0001000400000001');
     expect(hex(encodeVerifyResult({ pages: 3, mismatched: 0, firstMismatch: -1 }))).toBe(
       '00200018' + '0000000000000003' + '0000000000000000' + 'ffffffffffffffff',
+    );
+  });
+
+  it('VCPU_STATE: be16 vCPUs, then 40 bytes each; the decoder gives the values back', () => {
+    const vcpus = [
+      { rng: [1, 2, 3, 0xffff_ffff], sweep: 5, traceWritten: 2, traceBeforeNs: 1.5e6, traceAfterNs: 2.5e6 },
+      { rng: [0, 0, 0, 0], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 0 },
+    ];
+    const item = encodeVcpuState(vcpus);
+    expect(hex(item.subarray(0, 7))).toBe('080022' + '0052' + '0002');
+    expect(hex(item.subarray(7, 7 + 24))).toBe(
+      '00000001' + '00000002' + '00000003' + 'ffffffff' + '00000005' + '00000002',
+    );
+    expect(decodeVcpuState(item.subarray(5))).toEqual(vcpus);
+    const calls: string[] = [];
+    const d = createMainDecoder({ ...mainLogger(RAM, calls) });
+    d.push(item);
+    expect(calls).toEqual([`cmd 34 ${Array.from(item.subarray(5)).join(',')}`]);
+    expect(() => encodeVcpuState([])).toThrow(/vcpus/);
+    expect(() => encodeVcpuState([{ ...(vcpus[0] as (typeof vcpus)[0]), traceBeforeNs: 3e6 }])).toThrow(
+      /vCPU 0/,
     );
   });
 
@@ -434,6 +457,38 @@ describe('main decoder bounds', () => {
       /VERIFY_HASHES at byte 0: pages 7\+2 outside RAM/,
     ],
     ['discard past RAM', concat(encodeDiscard([[RAM - PAGE, 2 * PAGE]])), /range 0 ends past RAM/],
+    [
+      'VCPU_STATE of a length that is no whole vCPU',
+      encodeCommand(MIG_CMD.VCPU_STATE, new Uint8Array(2 + 39)),
+      /command 34 with a 41-byte payload/,
+    ],
+    [
+      'VCPU_STATE counting other vCPUs than it holds',
+      encodeCommand(MIG_CMD.VCPU_STATE, Uint8Array.of(0, 3, ...new Uint8Array(80))),
+      /VCPU_STATE at byte 0: 3 vCPUs in a 82-byte payload/,
+    ],
+    [
+      'VCPU_STATE with a trace clock that runs backwards',
+      (() => {
+        const item = encodeVcpuState([
+          { rng: [0, 0, 0, 0], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 1 },
+        ]);
+        new DataView(item.buffer).setFloat64(5 + 2 + 24, 2); // before 2 > after 1
+        return item;
+      })(),
+      /VCPU_STATE at byte 0: vCPU 0: trace clock is not 0 ≤ before ≤ after/,
+    ],
+    [
+      'VCPU_STATE with a NaN clock',
+      (() => {
+        const item = encodeVcpuState([
+          { rng: [0, 0, 0, 0], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 1 },
+        ]);
+        new DataView(item.buffer).setFloat64(5 + 2 + 32, Number.NaN);
+        return item;
+      })(),
+      /trace clock is not/,
+    ],
     ['bytes after EOF', Uint8Array.of(0, 0), /stream at byte 1: bytes after EOF/],
     ['truncated', concat([start, pageRecord(0, pageOf(1)).subarray(0, 100)]), /ended inside an item/],
   ])('%s', (_name, bytes, pattern) => {

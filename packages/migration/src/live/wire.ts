@@ -47,6 +47,7 @@ export const MIG_CMD = {
   RECV_BITMAP: 9,
   VERIFY_HASHES: 32,
   VERIFY_END: 33,
+  VCPU_STATE: 34,
 } as const;
 
 /** Return-path message types (QEMU's `MIG_RP_MSG_*` where one exists). */
@@ -108,6 +109,23 @@ export const COMMAND_HEADER_BYTES = 5;
 export const RETURN_HEADER_BYTES = 4;
 /** VERIFY_HASHES carries 1..4096 page hashes. */
 export const VERIFY_HASHES_MAX = 4096;
+/** VCPU_STATE carries 1..1024 vCPUs' progress, {@link VCPU_STATE_BYTES} each after a be16 count. */
+export const VCPU_STATE_MAX = 1024;
+export const VCPU_STATE_BYTES = 40;
+
+/**
+ * Where a vCPU's workload stands, as VCPU_STATE carries it (the guest package's
+ * `LiveVcpuProgress`): its Rng state, sweep cursor, and trace replay clock before and after its
+ * last batch with how many of that batch's pages it wrote.
+ */
+export interface VcpuStateWire {
+  readonly rng: readonly number[];
+  readonly sweep: number;
+  readonly traceBeforeNs: number;
+  readonly traceAfterNs: number;
+  readonly traceWritten: number;
+}
+
 /** A RECV_BITMAP's trailing marker (QEMU's `RAMBLOCK_RECV_BITMAP_ENDING`). */
 export const RECV_BITMAP_ENDING_HI = 0x01234567;
 export const RECV_BITMAP_ENDING_LO = 0x89abcdef;
@@ -440,6 +458,54 @@ export function encodeVerifyHashes(
     dv.setUint32(at + 4, hashes[2 * (from + i) + 1] as number);
   }
   return out;
+}
+
+/**
+ * VCPU_STATE's command item: be16 vCPUs, then per vCPU 4 × be32 Rng state, be32 sweep cursor,
+ * be32 trace pages written, be64 (IEEE double) trace clock before and after, ns.
+ */
+export function encodeVcpuState(vcpus: readonly VcpuStateWire[]): Uint8Array {
+  checkArg(vcpus.length >= 1 && vcpus.length <= VCPU_STATE_MAX, 'vcpus', `must be 1..${VCPU_STATE_MAX}`);
+  const payload = new Uint8Array(2 + VCPU_STATE_BYTES * vcpus.length);
+  const dv = view(payload);
+  dv.setUint16(0, vcpus.length);
+  for (const [i, v] of vcpus.entries()) {
+    checkArg(
+      v.rng.length === 4 &&
+        v.rng.every((w) => isU(w, 0xffff_ffff)) &&
+        isU(v.sweep, 0xffff_ffff) &&
+        isU(v.traceWritten, 0xffff_ffff) &&
+        validClock(v.traceBeforeNs, v.traceAfterNs),
+      'vcpus',
+      `vCPU ${i}: rng is four u32, sweep and traceWritten u32, 0 ≤ traceBeforeNs ≤ traceAfterNs (finite)`,
+    );
+    const at = 2 + i * VCPU_STATE_BYTES;
+    for (let k = 0; k < 4; k++) dv.setUint32(at + 4 * k, v.rng[k] as number);
+    dv.setUint32(at + 16, v.sweep);
+    dv.setUint32(at + 20, v.traceWritten);
+    dv.setFloat64(at + 24, v.traceBeforeNs);
+    dv.setFloat64(at + 32, v.traceAfterNs);
+  }
+  return encodeCommand(MIG_CMD.VCPU_STATE, payload);
+}
+
+const validClock = (before: number, after: number): boolean =>
+  Number.isFinite(before) && Number.isFinite(after) && before >= 0 && before <= after;
+
+/** A VCPU_STATE payload the decoder has accepted (length and every field checked) as values. */
+export function decodeVcpuState(payload: Uint8Array): VcpuStateWire[] {
+  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const n = dv.getUint16(0);
+  return Array.from({ length: n }, (_, i) => {
+    const at = 2 + i * VCPU_STATE_BYTES;
+    return {
+      rng: [0, 1, 2, 3].map((k) => dv.getUint32(at + 4 * k)),
+      sweep: dv.getUint32(at + 16),
+      traceWritten: dv.getUint32(at + 20),
+      traceBeforeNs: dv.getFloat64(at + 24),
+      traceAfterNs: dv.getFloat64(at + 32),
+    };
+  });
 }
 
 /** VERIFY_END's command item: be64 pages hashed in total. */
@@ -939,6 +1005,20 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
         if (dv.getUint32(0) >= HI_LIMIT) fail('VERIFY_END', 'page count ≥ 2^53');
         break;
       }
+      case MIG_CMD.VCPU_STATE: {
+        const n = dv.getUint16(0);
+        if (n < 1 || n > VCPU_STATE_MAX || cmdLen !== 2 + VCPU_STATE_BYTES * n)
+          fail(
+            'VCPU_STATE',
+            `${n} vCPUs in a ${cmdLen}-byte payload (1..${VCPU_STATE_MAX}, ${VCPU_STATE_BYTES} bytes each)`,
+          );
+        for (let i = 0; i < n; i++) {
+          const at = 2 + i * VCPU_STATE_BYTES;
+          if (!validClock(dv.getFloat64(at + 24), dv.getFloat64(at + 32)))
+            fail('VCPU_STATE', `vCPU ${i}: trace clock is not 0 ≤ before ≤ after (finite)`);
+        }
+        break;
+      }
       default:
         break;
     }
@@ -970,6 +1050,12 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
         break;
       case MIG_CMD.VERIFY_END:
         ok = len === 8;
+        break;
+      case MIG_CMD.VCPU_STATE:
+        ok =
+          len >= 2 + VCPU_STATE_BYTES &&
+          len <= 2 + VCPU_STATE_BYTES * VCPU_STATE_MAX &&
+          (len - 2) % VCPU_STATE_BYTES === 0;
         break;
       default:
         return fail('COMMAND', `unknown command ${c}`);
