@@ -250,6 +250,31 @@ describe('exact bytes', () => {
     );
   });
 
+  it('VCPU_STATE round trip (property): any valid state decodes to itself through the main decoder', () => {
+    const u32 = fc.integer({ min: 0, max: 0xffff_ffff });
+    const clock = fc.double({ min: 0, max: 1e18, noNaN: true, noDefaultInfinity: true });
+    const vcpu = fc
+      .record({
+        rng: fc.array(u32, { minLength: 4, maxLength: 4 }),
+        sweep: u32,
+        traceWritten: u32,
+        a: clock,
+        b: clock,
+      })
+      .map(({ a, b, ...v }) => ({ ...v, traceBeforeNs: Math.min(a, b), traceAfterNs: Math.max(a, b) }));
+    fc.assert(
+      fc.property(fc.array(vcpu, { minLength: 1, maxLength: 1024 }), (vcpus) => {
+        const item = encodeVcpuState(vcpus);
+        expect(item.length).toBe(5 + 2 + 40 * vcpus.length);
+        const calls: Uint8Array[] = [];
+        const d = createMainDecoder({ ...mainLogger(RAM, []), onCommand: (_c, p) => calls.push(p.slice()) });
+        d.push(item);
+        expect(calls.map(decodeVcpuState)).toEqual([vcpus]);
+      }),
+      { numRuns: 100, seed: SEED },
+    );
+  });
+
   it('the AUTH tag is HMAC-SHA256 over the label, HELLO and server nonce', () => {
     const tag = authTag('secret', encodeHello(HELLO), new Uint8Array(32).fill(7));
     expect(tag.length).toBe(32);
