@@ -56,7 +56,13 @@ describe('serve --run-after', () => {
     const destination = JSON.parse(stdout) as { resumed: { ms: number; vcpus: number; writes: number } };
     // The source's 2 vCPUs sent their state: the 2 here go on from it (a uniform source had not
     // started the trace, so it starts at its beginning).
-    expect(destination.resumed).toEqual({ ms: 1500, vcpus: 2, writes: 160, continued: true });
+    expect(destination.resumed).toEqual({
+      ms: 1500,
+      vcpus: 2,
+      workload: 'trace',
+      writes: 160,
+      continued: true,
+    });
   }, 60_000);
 
   it('the source sends its stopped vCPUs’ state (VCPU_STATE) and the guest run here goes on from it', async () => {
@@ -68,7 +74,7 @@ describe('serve --run-after', () => {
     );
     expect(r.code).toBe(0);
     const source = JSON.parse(r.stdout) as {
-      dirtytrack: { 'vcpu-state': { sweep: number; rng: number[] }[] };
+      dirtytrack: { 'vcpu-state': { program: { kind: string }; vcpus: { sweep: number }[] } };
     };
     const { code, stdout } = await serve.output;
     expect(code).toBe(0);
@@ -78,10 +84,24 @@ describe('serve --run-after', () => {
     };
     // What the source sent is what arrived, field for field; the sweep had moved on.
     expect(destination['vcpu-state']).toEqual(source.dirtytrack['vcpu-state']);
-    expect(source.dirtytrack['vcpu-state']).toHaveLength(2);
-    for (const v of source.dirtytrack['vcpu-state']) expect(v.sweep).toBeGreaterThan(0);
+    expect(source.dirtytrack['vcpu-state'].program.kind).toBe('sweep');
+    expect(source.dirtytrack['vcpu-state'].vcpus).toHaveLength(2);
+    for (const v of source.dirtytrack['vcpu-state'].vcpus) expect(v.sweep).toBeGreaterThan(0);
     expect(destination.resumed).toMatchObject({ vcpus: 2, continued: true });
     expect(destination.resumed.writes).toBeGreaterThan(0);
+  }, 60_000);
+
+  it('without --workload, the guest run here runs the source’s program (it came with the vCPU state)', async () => {
+    // An idle source: serve is not told, yet its guest boots at speed 0 and writes exactly nothing.
+    const serve = await spawnServe('--memory', '16M', '--once', '--run-after', '300', '--json');
+    const r = await run(
+      ...['migrate', '--to', `127.0.0.1:${serve.port}`, '--memory', '16M', '--workload', 'idle', '--json'],
+    );
+    expect(r.code).toBe(0);
+    const { code, stdout } = await serve.output;
+    expect(code).toBe(0);
+    const destination = JSON.parse(stdout) as { resumed: unknown };
+    expect(destination.resumed).toEqual({ ms: 300, vcpus: 2, workload: 'idle', writes: 0, continued: true });
   }, 60_000);
 
   it.each([

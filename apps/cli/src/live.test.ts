@@ -412,9 +412,14 @@ describe('the destination runs the source guest’s own program after the switch
     expect(pc?.['postcopy-vcpu-blocktime']).toHaveLength(3); // before: serve's default, 2
     // The stopped vCPUs' state went before the switch, and the destination's vCPUs went on from it.
     const sent = result.dirtytrack['vcpu-state'];
-    expect(sent).toHaveLength(3);
+    expect(sent?.vcpus).toHaveLength(3);
+    expect(sent?.program).toEqual({ kind: 'sweep', hotPages: 0, hotShare: 0, rate: 5000, seed: 1 });
     expect(result.dirtytrack.destination?.['vcpu-state']).toEqual(sent);
-    expect(result.dirtytrack.destination?.resumed).toMatchObject({ vcpus: 3, continued: true });
+    expect(result.dirtytrack.destination?.resumed).toMatchObject({
+      vcpus: 3,
+      workload: 'sweep',
+      continued: true,
+    });
     expect(pc?.['guest-written-pages']).toBeGreaterThan(0);
   }, 60_000);
 });

@@ -30,6 +30,7 @@ import {
   type LiveMigrationOutcome,
   type PrecopyProgress,
   type SendFrom,
+  type VcpuStateMessage,
 } from '@dirtytrack/migration';
 import {
   allocateGuestRam,
@@ -295,23 +296,15 @@ export function reapWhenHalfFull(ring: RingReporter): () => void {
  */
 export async function runReceivedGuest(
   memory: SharedArrayBuffer,
-  o: {
-    vcpus: number;
-    rate: number;
-    ms: number;
-    seed: number;
-    program: GuestProgram;
-    /** The source's vCPU state: used when it has one entry per vCPU here. */
-    vcpuState?: readonly LiveVcpuProgress[];
-  },
-): Promise<{ ms: number; vcpus: number; writes: number; continued: boolean }> {
-  const workload = programWorkload(o.program, memory.byteLength / 4096);
-  const resume = o.vcpuState?.length === o.vcpus ? o.vcpuState : undefined;
+  o: { vcpus: number; ms: number } & GuestHere,
+): Promise<ResumedGuest> {
   const { guest } = await bootGuest(memory, {
-    ...o,
-    workload,
-    idle: o.program.kind === 'idle',
-    ...(resume === undefined ? {} : { resume }),
+    vcpus: o.vcpus,
+    rate: o.rate,
+    seed: o.seed,
+    workload: o.workload,
+    idle: o.idle,
+    ...(o.resume === undefined ? {} : { resume: o.resume }),
   });
   try {
     await new Promise((resolve) => setTimeout(resolve, o.ms));
@@ -319,7 +312,70 @@ export async function runReceivedGuest(
   } finally {
     await guest.stop();
   }
-  return { ms: o.ms, vcpus: o.vcpus, writes: guest.stats().writes, continued: resume !== undefined };
+  return {
+    ms: o.ms,
+    vcpus: o.vcpus,
+    workload: o.kind,
+    writes: guest.stats().writes,
+    continued: o.resume !== undefined,
+  };
+}
+
+/** What `serve` reports of the guest it ran on (`--run-after`, or after a postcopy switch). */
+export interface ResumedGuest {
+  ms: number;
+  vcpus: number;
+  /** Its program: serve's flags, or the source's (VCPU_STATE) where they were not given. */
+  workload: GuestWorkloadKind;
+  writes: number;
+  /** Its vCPUs went on from the source's state (one entry per vCPU here). */
+  continued: boolean;
+}
+
+/** The guest `serve` runs on, resolved from its flags and what the source sent. */
+export interface GuestHere {
+  kind: GuestWorkloadKind;
+  workload: LiveWorkload;
+  idle: boolean;
+  rate: number;
+  seed: number;
+  resume?: readonly LiveVcpuProgress[];
+}
+
+/**
+ * The guest `serve` runs on `pages` pages with `vcpus` vCPUs: the flags given win; where
+ * `--workload`, `--rate` or `--seed` was not given, the source's program (`received`, from
+ * VCPU_STATE) is used — but a source's trace only with `--trace` here, which carries the file. Its
+ * vCPUs go on from the source's state when there is one entry per vCPU.
+ */
+export function guestHere(
+  o: {
+    program: GuestProgram;
+    rate: number;
+    seed: number;
+    given: { workload: boolean; rate: boolean; seed: boolean };
+  },
+  vcpus: number,
+  pages: number,
+  received: VcpuStateMessage | undefined,
+): GuestHere {
+  const src = received?.program;
+  const fromSource = src !== undefined && !o.given.workload && src.kind !== 'trace';
+  const kind = fromSource ? src.kind : o.program.kind;
+  const workload: LiveWorkload = !fromSource
+    ? programWorkload(o.program, pages)
+    : src.kind === 'hot-set' && src.hotPages >= 1 && src.hotPages <= pages
+      ? { kind: 'hot-set', pages: src.hotPages, share: src.hotShare }
+      : programWorkload({ kind: src.kind }, pages);
+  const resume = received !== undefined && received.vcpus.length === vcpus ? received.vcpus : undefined;
+  return {
+    kind,
+    workload,
+    idle: kind === 'idle',
+    rate: src !== undefined && !o.given.rate ? src.rate : o.rate,
+    seed: src !== undefined && !o.given.seed ? src.seed : o.seed,
+    ...(resume === undefined ? {} : { resume }),
+  };
 }
 
 function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
@@ -343,7 +399,7 @@ function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
 export type ServeResult = Omit<DestinationResult, 'memory'> & {
   'huge-pages'?: boolean;
   /** The guest run on here (`--run-after`, or postcopy); `continued`: from the source's vCPU state. */
-  resumed?: { ms: number; vcpus: number; writes: number; continued: boolean };
+  resumed?: ResumedGuest;
 };
 
 /** `dirtytrack serve`'s command line for a local destination of `memory` bytes: one migration, JSON result. */
@@ -467,7 +523,7 @@ export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'traje
     vcpus: number;
     'guest-writes': number;
     /** The vCPU state sent with the guest (before completion or the postcopy switch). */
-    'vcpu-state'?: LiveVcpuProgress[];
+    'vcpu-state'?: VcpuStateMessage;
     /**
      * The source's migration-bitmap syncs (`dirty-sync-count` of them): the layers' strategy
      * (`--layers`), their wall-clock total, median and max, and the cost model's price of them.
@@ -756,7 +812,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
   let completed = false;
   let cancelled = false;
   /** The vCPU state sent with the guest (VCPU_STATE), if it was. */
-  let sentState: LiveVcpuProgress[] | undefined;
+  let sentState: VcpuStateMessage | undefined;
   try {
     outcome = await runLiveMigration({
       host: target.host,
@@ -766,7 +822,21 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       engine: source.engine,
       // The stopped guest's vCPU state goes with its RAM: the destination's guest goes on from it.
       // (Read when the guest is stopped: before completion or the postcopy switch.)
-      vcpuState: () => (sentState = source.guest.running ? undefined : source.guest.progress()),
+      vcpuState: () => {
+        if (source.guest.running) return undefined;
+        const hot = workload.kind === 'hot-set' ? workload : undefined;
+        sentState = {
+          program: {
+            kind: plan.program.kind,
+            hotPages: hot?.pages ?? 0,
+            hotShare: hot?.share ?? 0,
+            rate,
+            seed,
+          },
+          vcpus: source.guest.progress(),
+        };
+        return sentState;
+      },
       throttle: source.engine,
       bitmap: source.bitmap,
       parameters: {
@@ -1221,7 +1291,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .addOption(
       new Option(
         '--workload <kind>',
-        'what the guest run here writes (give the source’s: migrate’s local mode passes its own)',
+        'what the guest run here writes (default: the source’s, sent with its vCPU state; else uniform)',
       )
         .choices([...GUEST_WORKLOADS])
         .default('uniform'),
@@ -1231,10 +1301,10 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     .option('--trace-scale', 'map a trace taken on a guest of another size onto this one')
     .option(
       '--rate <n>',
-      'page writes per second per vCPU of the guest run here (0 = as fast as it can; caps a trace only when given)',
+      'page writes per second per vCPU of the guest run here (0 = as fast as it can; default: the source’s; caps a trace only when given)',
       '2000',
     )
-    .option('--seed <n>', 'seed of its vCPUs’ pages', '1')
+    .option('--seed <n>', 'seed of its vCPUs’ pages (default: the source’s)', '1')
     .option('--json', 'print each migration’s result as one JSON object on stdout')
     .addOption(
       new Option(
@@ -1269,6 +1339,11 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             ? 0
             : intFlag('--rate', raw.rate, 0, 100_000_000);
         const runSeed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
+        const given = {
+          workload: cmd.getOptionValueSource('workload') === 'cli',
+          rate: cmd.getOptionValueSource('rate') === 'cli',
+          seed: cmd.getOptionValueSource('seed') === 'cli',
+        };
         const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
         const memoryBytes =
           raw.memory === undefined ? undefined : fitsInMemory('--memory', raw.memory, 1, availableMemory());
@@ -1290,7 +1365,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         let destination;
         // Postcopy: the guest runs here from POSTCOPY_RUN, faulting on the pages still to come.
         let postcopyGuest: LiveGuest | undefined;
-        let postcopyContinued = false;
+        let postcopyHere: GuestHere | undefined;
         /**
          * One migration's end: the guest runs on for `--run-after` (postcopy: it has been running
          * here since the switch), then the result is printed. Without `--once` the destination
@@ -1302,22 +1377,32 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           const { memory: received, ...rest } = result;
           const ok = result.status === 'completed' && result.verified;
           if (!ok) setCode(1);
-          let resumed: Awaited<ReturnType<typeof runReceivedGuest>> | undefined;
+          let resumed: ResumedGuest | undefined;
           if (postcopyGuest !== undefined) {
             const guest = postcopyGuest;
             postcopyGuest = undefined;
             if (ok) await new Promise((resolve) => setTimeout(resolve, runAfter));
             const writes = guest.stats().writes;
             await guest.stop().catch(() => {});
-            if (ok) resumed = { ms: runAfter, vcpus: runVcpus, writes, continued: postcopyContinued };
+            const here = postcopyHere as GuestHere;
+            if (ok)
+              resumed = {
+                ms: runAfter,
+                vcpus: runVcpus,
+                workload: here.kind,
+                writes,
+                continued: here.resume !== undefined,
+              };
           } else if (ok && runAfter > 0 && received !== undefined)
             resumed = await runReceivedGuest(received, {
               vcpus: runVcpus,
-              rate: runRate,
               ms: runAfter,
-              seed: runSeed,
-              program,
-              ...(result['vcpu-state'] === undefined ? {} : { vcpuState: result['vcpu-state'] }),
+              ...guestHere(
+                { program, rate: runRate, seed: runSeed, given },
+                runVcpus,
+                received.byteLength / 4096,
+                result['vcpu-state'],
+              ),
             });
           io.stdout(
             raw.json === true
@@ -1378,8 +1463,14 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                     )),
                 }),
             async onPostcopyRun({ memory: ram, faults, vcpuState }) {
-              // The source's vCPUs go on here where they stood, when there is one state per vCPU.
-              postcopyContinued = vcpuState?.length === runVcpus;
+              // The source's program and vCPU state, where the flags leave them to it.
+              const here = guestHere(
+                { program, rate: runRate, seed: runSeed, given },
+                runVcpus,
+                ram.byteLength / 4096,
+                vcpuState,
+              );
+              postcopyHere = here;
               postcopyGuest = createLiveGuest({
                 memory: ram,
                 vcpus: runVcpus,
@@ -1387,15 +1478,14 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 sink: faults.sink,
                 slot: 0,
                 pages: ram.byteLength / 4096,
-                seed: runSeed,
-                ...(runRate > 0 ? { rate: runRate } : {}),
-                workload: programWorkload(program, ram.byteLength / 4096),
-                ...(postcopyContinued && vcpuState !== undefined ? { resume: vcpuState } : {}),
+                seed: here.seed,
+                ...(here.rate > 0 ? { rate: here.rate } : {}),
+                workload: here.workload,
+                ...(here.resume === undefined ? {} : { resume: here.resume }),
                 resolveFrom: import.meta.url,
               });
               postcopyGuest.setValue(2); // before start: every store is a 2
-              if (program.kind === 'idle')
-                for (let v = 0; v < runVcpus; v++) postcopyGuest.setVcpuSpeed(v, 0);
+              if (here.idle) for (let v = 0; v < runVcpus; v++) postcopyGuest.setVcpuSpeed(v, 0);
               await postcopyGuest.start();
             },
           });

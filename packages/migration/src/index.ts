@@ -111,6 +111,7 @@ export {
   encodeVcpuState,
   decodeVcpuState,
   VCPU_STATE_MAX,
+  PROGRAM_KINDS,
   encodeReturn,
   encodeReturnU32,
   encodeReqPages,
@@ -131,5 +132,7 @@ export {
   type ReturnDecoderOptions,
   type VerifyResult as WireVerifyResult,
   type VcpuStateWire,
+  type VcpuStateMessage,
+  type GuestProgramWire,
 } from './live/wire.js';
 export { pageHashKernel } from './live/page-hash.js';

@@ -20,7 +20,7 @@ import {
   type Hello,
   type MainDecoder,
   type MultifdDecoder,
-  type VcpuStateWire,
+  type VcpuStateMessage,
   TRUNCATED_ERRNO,
 } from './wire.js';
 
@@ -75,7 +75,7 @@ export interface DestinationOptions {
     memory: SharedArrayBuffer;
     faults: PostcopyFaults;
     /** The source's vCPU state, when it sent one before the switch. */
-    vcpuState?: VcpuStateWire[];
+    vcpuState?: VcpuStateMessage;
   }) => void | Promise<void>;
   /** vCPUs of the guest `onPostcopyRun` starts (sizes the blocktime counters). Default 2. */
   guestVcpus?: number;
@@ -117,7 +117,7 @@ export interface DestinationResult {
    * The source guest's vCPU state (VCPU_STATE, sent before completion or the postcopy switch):
    * where each vCPU's workload stood, so the guest run here goes on from it. Absent if none came.
    */
-  'vcpu-state'?: VcpuStateWire[];
+  'vcpu-state'?: VcpuStateMessage;
   /** Postcopy only: how it went on this side (QEMU reports blocktime on the destination). */
   postcopy?: {
     /** REQ_PAGES sent (a page asked again after a recovery counts again). */
@@ -1127,7 +1127,7 @@ interface Migration {
   eof: boolean;
   done: boolean;
   /** VCPU_STATE, once it came (the last one wins). */
-  vcpuState?: VcpuStateWire[];
+  vcpuState?: VcpuStateMessage;
   normal: number;
   duplicate: number;
   packets: number;

@@ -100,10 +100,13 @@ const MAIN_FRAMES: Uint8Array[] = [
   concat([setup, encodeVerifyHashes(0, hashes, 0, 8), encodeVerifyEnd(8), encodeEof()]),
   concat([
     setup,
-    encodeVcpuState([
-      { rng: [1, 2, 3, 4], sweep: 9, traceWritten: 1, traceBeforeNs: 1e6, traceAfterNs: 2e6 },
-      { rng: [5, 6, 7, 8], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 0 },
-    ]),
+    encodeVcpuState({
+      program: { kind: 'hot-set', hotPages: 2, hotShare: 230, rate: 2000, seed: 1 },
+      vcpus: [
+        { rng: [1, 2, 3, 4], sweep: 9, traceWritten: 1, traceBeforeNs: 1e6, traceAfterNs: 2e6 },
+        { rng: [5, 6, 7, 8], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 0 },
+      ],
+    }),
     encodeEof(),
   ]),
   concat([

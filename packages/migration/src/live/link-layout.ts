@@ -71,7 +71,7 @@ export const OP = {
 } as const;
 
 /** The VCPU_STATE command item, encoded, waits here for its op (word = its length in bytes). */
-export const VCPU_STATE_ITEM_BYTES = 5 + 2 + 40 * 1024;
+export const VCPU_STATE_ITEM_BYTES = 5 + 18 + 40 * 1024;
 export const OP_WORDS = 4;
 
 /** What the sender worker gets as `workerData`. */

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { createRealClock, DirtytrackError, NS_PER_S, type Clock, type Transport } from '@dirtytrack/core';
-import { encodeVcpuState, HELLO_FLAG, type VcpuStateWire } from './wire.js';
+import { encodeVcpuState, HELLO_FLAG, type VcpuStateMessage } from './wire.js';
 import { fdWritesAvailable } from './fd-writer.js';
 import type { PageSink } from '../precopy.js';
 import {
@@ -87,7 +87,7 @@ export interface LiveLinkOptions {
    * COMPLETE and before the postcopy switch, so the destination's vCPUs go on where these stood.
    * Called then, on the migration thread; undefined sends none.
    */
-  vcpuState?: () => readonly VcpuStateWire[] | undefined;
+  vcpuState?: () => VcpuStateMessage | undefined;
 }
 
 /**

@@ -18,7 +18,7 @@ import {
 import type { MigrationInfo, StatusEvent } from '../migration-info.js';
 import { openLiveLink, WHILE_WAITING_MS, type LiveLinkStats, type VerifyResult } from './live-link.js';
 import type { SendFrom } from './link-layout.js';
-import { HELLO_FLAG, type VcpuStateWire } from './wire.js';
+import { HELLO_FLAG, type VcpuStateMessage } from './wire.js';
 
 const COMPONENT = 'live-migration';
 
@@ -77,7 +77,7 @@ export interface LiveMigrationOptions {
    * postcopy switch: the destination's vCPUs can go on where these stood (its result's
    * `vcpu-state`). Omit it to send none.
    */
-  vcpuState?: () => readonly VcpuStateWire[] | undefined;
+  vcpuState?: () => VcpuStateMessage | undefined;
 }
 
 /** A live run's result: QEMU's `query-migrate` fields plus what only a real run can say. */

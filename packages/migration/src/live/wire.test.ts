@@ -42,6 +42,7 @@ import {
   encodeVerifyEnd,
   encodeVcpuState,
   decodeVcpuState,
+  PROGRAM_KINDS,
   encodeVerifyHashes,
   encodeVerifyResult,
   HELLO_BYTES,
@@ -229,25 +230,30 @@ describe('exact bytes', () => {
     );
   });
 
-  it('VCPU_STATE: be16 vCPUs, then 40 bytes each; the decoder gives the values back', () => {
+  it('VCPU_STATE: be16 vCPUs, the program (16 bytes), then 40 bytes a vCPU; the decoder gives the values back', () => {
     const vcpus = [
       { rng: [1, 2, 3, 0xffff_ffff], sweep: 5, traceWritten: 2, traceBeforeNs: 1.5e6, traceAfterNs: 2.5e6 },
       { rng: [0, 0, 0, 0], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 0 },
     ];
-    const item = encodeVcpuState(vcpus);
-    expect(hex(item.subarray(0, 7))).toBe('080022' + '0052' + '0002');
-    expect(hex(item.subarray(7, 7 + 24))).toBe(
+    const program = { kind: 'hot-set', hotPages: 4096, hotShare: 230, rate: 2000, seed: 7 } as const;
+    const state = { program, vcpus };
+    const item = encodeVcpuState(state);
+    expect(hex(item.subarray(0, 23))).toBe(
+      '080022' + '0062' + '0002' + '01' + '00' + '00e6' + '00001000' + '000007d0' + '00000007',
+    );
+    expect(hex(item.subarray(23, 23 + 24))).toBe(
       '00000001' + '00000002' + '00000003' + 'ffffffff' + '00000005' + '00000002',
     );
-    expect(decodeVcpuState(item.subarray(5))).toEqual(vcpus);
+    expect(decodeVcpuState(item.subarray(5))).toEqual(state);
     const calls: string[] = [];
     const d = createMainDecoder({ ...mainLogger(RAM, calls) });
     d.push(item);
     expect(calls).toEqual([`cmd 34 ${Array.from(item.subarray(5)).join(',')}`]);
-    expect(() => encodeVcpuState([])).toThrow(/vcpus/);
-    expect(() => encodeVcpuState([{ ...(vcpus[0] as (typeof vcpus)[0]), traceBeforeNs: 3e6 }])).toThrow(
-      /vCPU 0/,
-    );
+    expect(() => encodeVcpuState({ program, vcpus: [] })).toThrow(/vcpus/);
+    expect(() =>
+      encodeVcpuState({ program, vcpus: [{ ...(vcpus[0] as (typeof vcpus)[0]), traceBeforeNs: 3e6 }] }),
+    ).toThrow(/vCPU 0/);
+    expect(() => encodeVcpuState({ program: { ...program, hotShare: 257 }, vcpus })).toThrow(/program/);
   });
 
   it('VCPU_STATE round trip (property): any valid state decodes to itself through the main decoder', () => {
@@ -262,14 +268,21 @@ describe('exact bytes', () => {
         b: clock,
       })
       .map(({ a, b, ...v }) => ({ ...v, traceBeforeNs: Math.min(a, b), traceAfterNs: Math.max(a, b) }));
+    const program = fc.record({
+      kind: fc.constantFrom(...PROGRAM_KINDS),
+      hotPages: u32,
+      hotShare: fc.integer({ min: 0, max: 256 }),
+      rate: u32,
+      seed: u32,
+    });
     fc.assert(
-      fc.property(fc.array(vcpu, { minLength: 1, maxLength: 1024 }), (vcpus) => {
-        const item = encodeVcpuState(vcpus);
-        expect(item.length).toBe(5 + 2 + 40 * vcpus.length);
+      fc.property(fc.array(vcpu, { minLength: 1, maxLength: 1024 }), program, (vcpus, prog) => {
+        const item = encodeVcpuState({ program: prog, vcpus });
+        expect(item.length).toBe(5 + 18 + 40 * vcpus.length);
         const calls: Uint8Array[] = [];
         const d = createMainDecoder({ ...mainLogger(RAM, []), onCommand: (_c, p) => calls.push(p.slice()) });
         d.push(item);
-        expect(calls.map(decodeVcpuState)).toEqual([vcpus]);
+        expect(calls.map(decodeVcpuState)).toEqual([{ program: prog, vcpus }]);
       }),
       { numRuns: 100, seed: SEED },
     );
@@ -421,6 +434,9 @@ describe('decoders take chunks of any size', () => {
   }
 });
 
+const PROGRAM = { kind: 'uniform', hotPages: 0, hotShare: 0, rate: 0, seed: 1 } as const;
+const ONE_VCPU = { rng: [0, 0, 0, 0], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 1 };
+
 describe('main decoder bounds', () => {
   const start = concat([encodeSection(VM_ITEM.SECTION_START), encodeMemSize(RAM)]);
   const run = (bytes: Uint8Array): void => {
@@ -484,21 +500,19 @@ describe('main decoder bounds', () => {
     ['discard past RAM', concat(encodeDiscard([[RAM - PAGE, 2 * PAGE]])), /range 0 ends past RAM/],
     [
       'VCPU_STATE of a length that is no whole vCPU',
-      encodeCommand(MIG_CMD.VCPU_STATE, new Uint8Array(2 + 39)),
-      /command 34 with a 41-byte payload/,
+      encodeCommand(MIG_CMD.VCPU_STATE, new Uint8Array(18 + 39)),
+      /command 34 with a 57-byte payload/,
     ],
     [
       'VCPU_STATE counting other vCPUs than it holds',
-      encodeCommand(MIG_CMD.VCPU_STATE, Uint8Array.of(0, 3, ...new Uint8Array(80))),
-      /VCPU_STATE at byte 0: 3 vCPUs in a 82-byte payload/,
+      encodeCommand(MIG_CMD.VCPU_STATE, Uint8Array.of(0, 3, ...new Uint8Array(96))),
+      /VCPU_STATE at byte 0: 3 vCPUs in a 98-byte payload/,
     ],
     [
       'VCPU_STATE with a trace clock that runs backwards',
       (() => {
-        const item = encodeVcpuState([
-          { rng: [0, 0, 0, 0], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 1 },
-        ]);
-        new DataView(item.buffer).setFloat64(5 + 2 + 24, 2); // before 2 > after 1
+        const item = encodeVcpuState({ program: PROGRAM, vcpus: [ONE_VCPU] });
+        new DataView(item.buffer).setFloat64(5 + 18 + 24, 2); // before 2 > after 1
         return item;
       })(),
       /VCPU_STATE at byte 0: vCPU 0: trace clock is not 0 ≤ before ≤ after/,
@@ -506,13 +520,20 @@ describe('main decoder bounds', () => {
     [
       'VCPU_STATE with a NaN clock',
       (() => {
-        const item = encodeVcpuState([
-          { rng: [0, 0, 0, 0], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 1 },
-        ]);
-        new DataView(item.buffer).setFloat64(5 + 2 + 32, Number.NaN);
+        const item = encodeVcpuState({ program: PROGRAM, vcpus: [ONE_VCPU] });
+        new DataView(item.buffer).setFloat64(5 + 18 + 32, Number.NaN);
         return item;
       })(),
       /trace clock is not/,
+    ],
+    [
+      'VCPU_STATE naming no program',
+      (() => {
+        const item = encodeVcpuState({ program: PROGRAM, vcpus: [ONE_VCPU] });
+        item[5 + 2] = 5; // kind 5: none
+        return item;
+      })(),
+      /VCPU_STATE at byte 0: program: kind 5/,
     ],
     ['bytes after EOF', Uint8Array.of(0, 0), /stream at byte 1: bytes after EOF/],
     ['truncated', concat([start, pageRecord(0, pageOf(1)).subarray(0, 100)]), /ended inside an item/],

@@ -109,9 +109,34 @@ export const COMMAND_HEADER_BYTES = 5;
 export const RETURN_HEADER_BYTES = 4;
 /** VERIFY_HASHES carries 1..4096 page hashes. */
 export const VERIFY_HASHES_MAX = 4096;
-/** VCPU_STATE carries 1..1024 vCPUs' progress, {@link VCPU_STATE_BYTES} each after a be16 count. */
+/**
+ * VCPU_STATE carries the guest's program ({@link VCPU_STATE_HEADER_BYTES} with the be16 count)
+ * and 1..1024 vCPUs' progress, {@link VCPU_STATE_BYTES} each.
+ */
 export const VCPU_STATE_MAX = 1024;
 export const VCPU_STATE_BYTES = 40;
+export const VCPU_STATE_HEADER_BYTES = 18;
+/** The guest programs VCPU_STATE names, by their byte. */
+export const PROGRAM_KINDS = ['uniform', 'hot-set', 'sweep', 'trace', 'idle'] as const;
+
+/**
+ * What the guest's vCPUs run (the workload, as `dirtytrack migrate --workload` names it): its
+ * hot set (`hotPages` pages taking `hotShare` of 256 writes; 0 and 0 otherwise), page writes per
+ * second per vCPU (0 = as fast as they can) and seed. A trace's file is not carried.
+ */
+export interface GuestProgramWire {
+  readonly kind: (typeof PROGRAM_KINDS)[number];
+  readonly hotPages: number;
+  readonly hotShare: number;
+  readonly rate: number;
+  readonly seed: number;
+}
+
+/** A VCPU_STATE's content: the guest's program and each vCPU's progress. */
+export interface VcpuStateMessage {
+  readonly program: GuestProgramWire;
+  readonly vcpus: readonly VcpuStateWire[];
+}
 
 /**
  * Where a vCPU's workload stands, as VCPU_STATE carries it (the guest package's
@@ -461,14 +486,32 @@ export function encodeVerifyHashes(
 }
 
 /**
- * VCPU_STATE's command item: be16 vCPUs, then per vCPU 4 × be32 Rng state, be32 sweep cursor,
- * be32 trace pages written, be64 (IEEE double) trace clock before and after, ns.
+ * VCPU_STATE's command item: be16 vCPUs; the program — u8 kind ({@link PROGRAM_KINDS}), u8 0,
+ * be16 hot share (0..256), be32 hot pages, be32 rate, be32 seed; then per vCPU 4 × be32 Rng
+ * state, be32 sweep cursor, be32 trace pages written, be64 (IEEE double) trace clock before and
+ * after, ns.
  */
-export function encodeVcpuState(vcpus: readonly VcpuStateWire[]): Uint8Array {
+export function encodeVcpuState(state: VcpuStateMessage): Uint8Array {
+  const { program, vcpus } = state;
   checkArg(vcpus.length >= 1 && vcpus.length <= VCPU_STATE_MAX, 'vcpus', `must be 1..${VCPU_STATE_MAX}`);
-  const payload = new Uint8Array(2 + VCPU_STATE_BYTES * vcpus.length);
+  const kind = PROGRAM_KINDS.indexOf(program.kind);
+  checkArg(
+    kind >= 0 &&
+      isU(program.hotShare, 256) &&
+      isU(program.hotPages, 0xffff_ffff) &&
+      isU(program.rate, 0xffff_ffff) &&
+      isU(program.seed, 0xffff_ffff),
+    'program',
+    'kind one of PROGRAM_KINDS, hotShare 0..256, hotPages, rate and seed u32',
+  );
+  const payload = new Uint8Array(VCPU_STATE_HEADER_BYTES + VCPU_STATE_BYTES * vcpus.length);
   const dv = view(payload);
   dv.setUint16(0, vcpus.length);
+  dv.setUint8(2, kind);
+  dv.setUint16(4, program.hotShare);
+  dv.setUint32(6, program.hotPages);
+  dv.setUint32(10, program.rate);
+  dv.setUint32(14, program.seed);
   for (const [i, v] of vcpus.entries()) {
     checkArg(
       v.rng.length === 4 &&
@@ -479,7 +522,7 @@ export function encodeVcpuState(vcpus: readonly VcpuStateWire[]): Uint8Array {
       'vcpus',
       `vCPU ${i}: rng is four u32, sweep and traceWritten u32, 0 ≤ traceBeforeNs ≤ traceAfterNs (finite)`,
     );
-    const at = 2 + i * VCPU_STATE_BYTES;
+    const at = VCPU_STATE_HEADER_BYTES + i * VCPU_STATE_BYTES;
     for (let k = 0; k < 4; k++) dv.setUint32(at + 4 * k, v.rng[k] as number);
     dv.setUint32(at + 16, v.sweep);
     dv.setUint32(at + 20, v.traceWritten);
@@ -493,11 +536,18 @@ const validClock = (before: number, after: number): boolean =>
   Number.isFinite(before) && Number.isFinite(after) && before >= 0 && before <= after;
 
 /** A VCPU_STATE payload the decoder has accepted (length and every field checked) as values. */
-export function decodeVcpuState(payload: Uint8Array): VcpuStateWire[] {
+export function decodeVcpuState(payload: Uint8Array): VcpuStateMessage {
   const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
   const n = dv.getUint16(0);
-  return Array.from({ length: n }, (_, i) => {
-    const at = 2 + i * VCPU_STATE_BYTES;
+  const program: GuestProgramWire = {
+    kind: PROGRAM_KINDS[dv.getUint8(2)] as GuestProgramWire['kind'],
+    hotPages: dv.getUint32(6),
+    hotShare: dv.getUint16(4),
+    rate: dv.getUint32(10),
+    seed: dv.getUint32(14),
+  };
+  const vcpus = Array.from({ length: n }, (_, i) => {
+    const at = VCPU_STATE_HEADER_BYTES + i * VCPU_STATE_BYTES;
     return {
       rng: [0, 1, 2, 3].map((k) => dv.getUint32(at + 4 * k)),
       sweep: dv.getUint32(at + 16),
@@ -506,6 +556,7 @@ export function decodeVcpuState(payload: Uint8Array): VcpuStateWire[] {
       traceAfterNs: dv.getFloat64(at + 32),
     };
   });
+  return { program, vcpus };
 }
 
 /** VERIFY_END's command item: be64 pages hashed in total. */
@@ -1007,13 +1058,18 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
       }
       case MIG_CMD.VCPU_STATE: {
         const n = dv.getUint16(0);
-        if (n < 1 || n > VCPU_STATE_MAX || cmdLen !== 2 + VCPU_STATE_BYTES * n)
+        if (n < 1 || n > VCPU_STATE_MAX || cmdLen !== VCPU_STATE_HEADER_BYTES + VCPU_STATE_BYTES * n)
           fail(
             'VCPU_STATE',
-            `${n} vCPUs in a ${cmdLen}-byte payload (1..${VCPU_STATE_MAX}, ${VCPU_STATE_BYTES} bytes each)`,
+            `${n} vCPUs in a ${cmdLen}-byte payload (1..${VCPU_STATE_MAX}, ${VCPU_STATE_BYTES} bytes each after ${VCPU_STATE_HEADER_BYTES})`,
+          );
+        if (dv.getUint8(2) >= PROGRAM_KINDS.length || dv.getUint8(3) !== 0 || dv.getUint16(4) > 256)
+          fail(
+            'VCPU_STATE',
+            `program: kind ${dv.getUint8(2)}, reserved ${dv.getUint8(3)}, hot share ${dv.getUint16(4)}`,
           );
         for (let i = 0; i < n; i++) {
-          const at = 2 + i * VCPU_STATE_BYTES;
+          const at = VCPU_STATE_HEADER_BYTES + i * VCPU_STATE_BYTES;
           if (!validClock(dv.getFloat64(at + 24), dv.getFloat64(at + 32)))
             fail('VCPU_STATE', `vCPU ${i}: trace clock is not 0 ≤ before ≤ after (finite)`);
         }
@@ -1053,9 +1109,9 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
         break;
       case MIG_CMD.VCPU_STATE:
         ok =
-          len >= 2 + VCPU_STATE_BYTES &&
-          len <= 2 + VCPU_STATE_BYTES * VCPU_STATE_MAX &&
-          (len - 2) % VCPU_STATE_BYTES === 0;
+          len >= VCPU_STATE_HEADER_BYTES + VCPU_STATE_BYTES &&
+          len <= VCPU_STATE_HEADER_BYTES + VCPU_STATE_BYTES * VCPU_STATE_MAX &&
+          (len - VCPU_STATE_HEADER_BYTES) % VCPU_STATE_BYTES === 0;
         break;
       default:
         return fail('COMMAND', `unknown command ${c}`);
