@@ -344,9 +344,10 @@ export interface GuestHere {
 
 /**
  * The guest `serve` runs on `pages` pages with `vcpus` vCPUs: the flags given win; where
- * `--workload`, `--rate` or `--seed` was not given, the source's program (`received`, from
- * VCPU_STATE) is used — but a source's trace only with `--trace` here, which carries the file. Its
- * vCPUs go on from the source's state when there is one entry per vCPU.
+ * `--workload` was not given, the source's program (`received`, from VCPU_STATE) runs, at its
+ * rate unless `--rate` was given — but not a source's trace, whose file only `--trace` here
+ * gives; its seed unless `--seed` was given. Its vCPUs go on from the source's state when there
+ * is one entry per vCPU.
  */
 export function guestHere(
   o: {
@@ -372,7 +373,8 @@ export function guestHere(
     kind,
     workload,
     idle: kind === 'idle',
-    rate: src !== undefined && !o.given.rate ? src.rate : o.rate,
+    // The source's rate goes with its program only; its seed always (a hot set is drawn from it).
+    rate: fromSource && !o.given.rate ? src.rate : o.rate,
     seed: src !== undefined && !o.given.seed ? src.seed : o.seed,
     ...(resume === undefined ? {} : { resume }),
   };
