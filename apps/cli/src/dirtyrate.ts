@@ -8,6 +8,7 @@ import {
   type DirtyRateTimeUnit,
   type PageContent,
 } from '@dirtytrack/qemu-layers';
+import { sweepShare } from '@dirtytrack/guest';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
 import {
@@ -162,11 +163,7 @@ export function expectedDistinctPages(pages: number, writes: number): number {
  * its share (`floor(pages / vcpus)`, the last vCPU also the rest), as the live sweep splits RAM.
  */
 export function sweepDistinctPages(pages: number, writes: readonly number[]): number {
-  const share = Math.floor(pages / writes.length);
-  return writes.reduce(
-    (sum, w, v) => sum + Math.min(w, v === writes.length - 1 ? pages - v * share : share),
-    0,
-  );
+  return writes.reduce((sum, w, v) => sum + Math.min(w, sweepShare(pages, writes.length, v).span), 0);
 }
 
 /** Boots the guest, measures once, stops the guest. */

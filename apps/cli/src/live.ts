@@ -624,9 +624,7 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
   // Local mode holds the guest twice: here and in the destination process.
   const memory = fitsInMemory('--memory', raw.memory, to === undefined ? 2 : 1, availableBytes);
   const vcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
-  // A trace replays at its recorded times: --rate caps it only when given.
-  const rate =
-    raw.workload === 'trace' && raw.rateGiven !== true ? 0 : intFlag('--rate', raw.rate, 0, 100_000_000);
+  const rate = workloadRate(raw.workload, raw.rate, raw.rateGiven === true);
   const seed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
   const channels =
     raw.multifdChannels === undefined ? 0 : intFlag('--multifd-channels', raw.multifdChannels, 1, 64);
@@ -1137,6 +1135,11 @@ export function preallocate(bytes: number, hugePages: boolean): GuestRam {
   return ram;
 }
 
+/** `--rate` of a guest running `workload`: a trace replays at its recorded times, so it caps one only when given. */
+function workloadRate(workload: GuestWorkloadKind, text: string, given: boolean): number {
+  return workload === 'trace' && !given ? 0 : intFlag('--rate', text, 0, 100_000_000);
+}
+
 /** `--workload` and its trace flags, as `migrate` and `serve` take them. */
 export interface WorkloadFlags {
   workload: GuestWorkloadKind;
@@ -1335,17 +1338,13 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         const { host, port } = parseHostPort('--listen', raw.listen, true);
         const runAfter = intFlag('--run-after', raw.runAfter, 0, 3_600_000);
         const runVcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
-        // As migrate's: a trace replays at its recorded times, --rate caps it only when given.
-        const runRate =
-          raw.workload === 'trace' && cmd.getOptionValueSource('rate') !== 'cli'
-            ? 0
-            : intFlag('--rate', raw.rate, 0, 100_000_000);
-        const runSeed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
         const given = {
           workload: cmd.getOptionValueSource('workload') === 'cli',
           rate: cmd.getOptionValueSource('rate') === 'cli',
           seed: cmd.getOptionValueSource('seed') === 'cli',
         };
+        const runRate = workloadRate(raw.workload, raw.rate, given.rate);
+        const runSeed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
         const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
         const memoryBytes =
           raw.memory === undefined ? undefined : fitsInMemory('--memory', raw.memory, 1, availableMemory());

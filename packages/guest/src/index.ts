@@ -1,6 +1,7 @@
 export {
   createUniformWorkload,
   createSweepWorkload,
+  sweepShare,
   createHotSetWorkload,
   type HotSetOptions,
   type WorkloadOptions,

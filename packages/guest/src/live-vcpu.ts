@@ -28,6 +28,7 @@ import {
   type LiveVcpuFailure,
 } from './live-layout.js';
 import { createTraceWorkload } from './trace-workload.js';
+import { sweepShare } from './workloads.js';
 
 // The worker entry of the live engine: one vCPU. It rebuilds its tracker and its sink from their
 // AttachSpecs, and while told to run, loops: pick a page, write it through the tracker (which
@@ -113,9 +114,7 @@ async function run(): Promise<void> {
   if (workload.kind === 'hot-set') rng.fillInts(hot, hot.length, pages);
   const hotShare = workload.kind === 'hot-set' ? workload.share : 0;
   // Sweep: this vCPU's share, as the model's createSweepWorkload splits the slot.
-  const share = Math.floor(pages / data.vcpus);
-  const sweepBase = v * share;
-  const sweepSpan = v === data.vcpus - 1 ? pages - sweepBase : share;
+  const { start: sweepBase, span: sweepSpan } = sweepShare(pages, data.vcpus, v);
   let sweepCursor = 0;
   // Trace: the model's replay, advanced for this vCPU only; its pages queue up until written.
   const replay =

@@ -43,6 +43,16 @@ export function createUniformWorkload(options: WorkloadOptions & { rng: Rng }): 
  * vCPU v owns pages `[offset + v·share, offset + (v+1)·share)`; the last vCPU also takes the
  * remainder. Deterministic, no randomness.
  */
+/**
+ * vCPU `vcpu`'s share of a sweep over `pages` pages shared by `vcpus`: it starts `start` pages in
+ * and spans `span` pages — `floor(pages / vcpus)` each, the last vCPU also the remainder.
+ */
+export function sweepShare(pages: number, vcpus: number, vcpu: number): { start: number; span: number } {
+  const share = Math.floor(pages / vcpus);
+  const start = vcpu * share;
+  return { start, span: vcpu === vcpus - 1 ? pages - start : share };
+}
+
 export function createSweepWorkload(options: WorkloadOptions): Workload {
   const shape = checkShape(options, 'sweep');
   const share = Math.floor(shape.workingSet / shape.vcpus);
@@ -58,8 +68,8 @@ export function createSweepWorkload(options: WorkloadOptions): Workload {
   }
   const cursors = new Float64Array(shape.vcpus);
   return makeWorkload('sweep', shape, (vcpu, out, count) => {
-    const base = shape.offset + vcpu * share;
-    const span = vcpu === shape.vcpus - 1 ? shape.workingSet - vcpu * share : share;
+    const { start, span } = sweepShare(shape.workingSet, shape.vcpus, vcpu);
+    const base = shape.offset + start;
     let cursor = cursors[vcpu] as number;
     for (let i = 0; i < count; i++) {
       out[i] = base + cursor;
