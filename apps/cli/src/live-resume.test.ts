@@ -65,6 +65,54 @@ describe('serve --run-after', () => {
     });
   }, 60_000);
 
+  it('a source’s trace goes with it (GUEST_TRACE): serve, given no --trace, replays the rest of it, so the two guests write every record once in all', async () => {
+    // 2 vCPUs, 10 records of 8 pages each per vCPU, one every 200 ms, no loop: the migration
+    // (about 0.3 s here) usually stops the source mid-trace. Whenever it stops, the sums hold.
+    const at = (t: number, v: number): number => t * 200_000_000 + v;
+    const lines = ['dirtytrack-trace 1 pages=4096 vcpus=2 period=2000000000'];
+    for (let t = 0; t < 10; t++)
+      for (let v = 0; v < 2; v++)
+        lines.push(`${at(t, v)} ${v} ${Array.from({ length: 8 }, (_, i) => v * 2048 + t * 8 + i).join(',')}`);
+    const text = lines.join('\n') + '\n';
+    const file = join(tmpdir(), `dirtytrack-trace-wire-${process.pid}.trace`);
+    writeFileSync(file, text);
+    onTestFinished(() => rmSync(file, { force: true }));
+    const serve = await spawnServe('--memory', '16M', '--once', '--run-after', '2500', '--json');
+    const r = await run(
+      ...['migrate', '--to', `127.0.0.1:${serve.port}`, '--memory', '16M'],
+      ...['--workload', 'trace', '--trace', file, '--json'],
+    );
+    expect(r.code).toBe(0);
+    const source = JSON.parse(r.stdout) as {
+      verified: boolean;
+      dirtytrack: { 'vcpu-state': { vcpus: { traceBeforeNs: number; traceWritten: number }[] } };
+    };
+    expect(source.verified).toBe(true);
+    const { code, stdout } = await serve.output;
+    expect(code).toBe(0);
+    const destination = JSON.parse(stdout) as {
+      'guest-trace': unknown;
+      resumed: { writes: number };
+    };
+    expect(destination['guest-trace']).toEqual({ bytes: Buffer.byteLength(text), loop: false, scale: false });
+    // What the source's vCPUs wrote of the trace: every record before their clock, and the part
+    // of the batch at it; the destination's wrote exactly the rest.
+    const state = source.dirtytrack['vcpu-state'].vcpus;
+    expect(state).toHaveLength(2);
+    const writtenThere = state.reduce((sum, v, vcpu) => {
+      let records = 0;
+      for (let t = 0; t < 10; t++) if (at(t, vcpu) < v.traceBeforeNs) records++;
+      return sum + 8 * records + v.traceWritten;
+    }, 0);
+    expect(destination.resumed).toEqual({
+      ms: 2500,
+      vcpus: 2,
+      workload: 'trace',
+      writes: 160 - writtenThere,
+      continued: true,
+    });
+  }, 60_000);
+
   it('the source sends its stopped vCPUs’ state (VCPU_STATE) and the guest run here goes on from it', async () => {
     const serve = await spawnServe(
       ...['--memory', '16M', '--once', '--run-after', '200', '--json', '--workload', 'sweep'],
@@ -91,17 +139,19 @@ describe('serve --run-after', () => {
     expect(destination.resumed.writes).toBeGreaterThan(0);
   }, 60_000);
 
-  it('without --workload, the guest run here runs the source’s program (it came with the vCPU state)', async () => {
-    // An idle source: serve is not told, yet its guest boots at speed 0 and writes exactly nothing.
+  it('without --workload or --vcpus, the guest run here is the source’s: its program and its vCPUs (they came with the vCPU state)', async () => {
+    // An idle 3-vCPU source: serve is not told, yet its guest boots 3 vCPUs (not its default 2)
+    // at speed 0, goes on from their state and writes exactly nothing.
     const serve = await spawnServe('--memory', '16M', '--once', '--run-after', '300', '--json');
     const r = await run(
-      ...['migrate', '--to', `127.0.0.1:${serve.port}`, '--memory', '16M', '--workload', 'idle', '--json'],
+      ...['migrate', '--to', `127.0.0.1:${serve.port}`, '--memory', '16M', '--vcpus', '3'],
+      ...['--workload', 'idle', '--json'],
     );
     expect(r.code).toBe(0);
     const { code, stdout } = await serve.output;
     expect(code).toBe(0);
     const destination = JSON.parse(stdout) as { resumed: unknown };
-    expect(destination.resumed).toEqual({ ms: 300, vcpus: 2, workload: 'idle', writes: 0, continued: true });
+    expect(destination.resumed).toEqual({ ms: 300, vcpus: 3, workload: 'idle', writes: 0, continued: true });
   }, 60_000);
 
   it.each([

@@ -17,6 +17,7 @@ import {
 import {
   createLiveEngine,
   createLiveGuest,
+  parseTrace,
   type LiveGuest,
   type LiveVcpuProgress,
   type LiveWorkload,
@@ -24,9 +25,11 @@ import {
 import {
   createDestination,
   fdWritesAvailable,
+  GUEST_VCPUS_FROM_SOURCE_MAX,
   runLiveMigration,
   SEND_FROM,
   type DestinationResult,
+  type GuestTraceWire,
   type LiveMigrationOutcome,
   type PrecopyProgress,
   type SendFrom,
@@ -345,9 +348,9 @@ export interface GuestHere {
 /**
  * The guest `serve` runs on `pages` pages with `vcpus` vCPUs: the flags given win; where
  * `--workload` was not given, the source's program (`received`, from VCPU_STATE) runs, at its
- * rate unless `--rate` was given — but not a source's trace, whose file only `--trace` here
- * gives; its seed unless `--seed` was given. Its vCPUs go on from the source's state when there
- * is one entry per vCPU.
+ * rate unless `--rate` was given — a source's trace with the file it sent (`trace`, from
+ * GUEST_TRACE) when that fits here, else this serve's own program; its seed unless `--seed` was
+ * given. Its vCPUs go on from the source's state when there is one entry per vCPU.
  */
 export function guestHere(
   o: {
@@ -359,15 +362,27 @@ export function guestHere(
   vcpus: number,
   pages: number,
   received: VcpuStateMessage | undefined,
+  trace?: GuestTraceWire,
 ): GuestHere {
   const src = received?.program;
-  const fromSource = src !== undefined && !o.given.workload && src.kind !== 'trace';
+  // A source's trace program runs here only with its file (GUEST_TRACE), when it fits this guest.
+  const srcTrace =
+    src?.kind === 'trace' && trace !== undefined && traceFits(trace, vcpus, pages) ? trace : undefined;
+  const fromSource =
+    src !== undefined && !o.given.workload && (src.kind !== 'trace' || srcTrace !== undefined);
   const kind = fromSource ? src.kind : o.program.kind;
   const workload: LiveWorkload = !fromSource
     ? programWorkload(o.program, pages)
-    : src.kind === 'hot-set' && src.hotPages >= 1 && src.hotPages <= pages
-      ? { kind: 'hot-set', pages: src.hotPages, share: src.hotShare }
-      : programWorkload({ kind: src.kind }, pages);
+    : srcTrace !== undefined
+      ? {
+          kind: 'trace',
+          trace: srcTrace.bytes,
+          ...(srcTrace.loop ? { loop: true } : {}),
+          ...(srcTrace.scale ? { scale: true } : {}),
+        }
+      : src.kind === 'hot-set' && src.hotPages >= 1 && src.hotPages <= pages
+        ? { kind: 'hot-set', pages: src.hotPages, share: src.hotShare }
+        : programWorkload({ kind: src.kind }, pages);
   const resume = received !== undefined && received.vcpus.length === vcpus ? received.vcpus : undefined;
   return {
     kind,
@@ -378,6 +393,26 @@ export function guestHere(
     seed: src !== undefined && !o.given.seed ? src.seed : o.seed,
     ...(resume === undefined ? {} : { resume }),
   };
+}
+
+/** A trace the source sent replays on `vcpus` vCPUs over `pages` pages (as `--trace` checks a file). */
+function traceFits(t: GuestTraceWire, vcpus: number, pages: number): boolean {
+  try {
+    const parsed = parseTrace(t.bytes);
+    return parsed.vcpus <= vcpus && (parsed.pages === pages || t.scale);
+  } catch {
+    return false; // a malformed trace: the guest here runs its own program
+  }
+}
+
+/**
+ * The vCPUs of the guest `serve` runs after a precopy (`--run-after`): `--vcpus` where given,
+ * else the source's count from its VCPU_STATE (1..64, as `--vcpus` allows), else `--vcpus`'
+ * default. After a postcopy switch the destination chooses the same way (`guestVcpus`).
+ */
+export function vcpusHere(given: boolean, flag: number, received: VcpuStateMessage | undefined): number {
+  const n = received?.vcpus.length ?? 0;
+  return !given && n >= 1 && n <= GUEST_VCPUS_FROM_SOURCE_MAX ? n : flag;
 }
 
 function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
@@ -398,18 +433,16 @@ function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
 }
 
 /** What `serve --json` prints for one migration: its result, with whether its RAM is on huge pages. */
-export type ServeResult = Omit<DestinationResult, 'memory'> & {
+export type ServeResult = Omit<DestinationResult, 'memory' | 'guest-trace'> & {
+  /** The trace file the source sent for its trace program: its size and how it replays. */
+  'guest-trace'?: { bytes: number; loop: boolean; scale: boolean };
   'huge-pages'?: boolean;
   /** The guest run on here (`--run-after`, or postcopy); `continued`: from the source's vCPU state. */
   resumed?: ResumedGuest;
 };
 
 /** `dirtytrack serve`'s command line for a local destination of `memory` bytes: one migration, JSON result. */
-export function localServeArgs(
-  memory: number,
-  hugePages = true,
-  guest?: { program: GuestProgram; vcpus: number; rate: number; seed: number },
-): string[] {
+export function localServeArgs(memory: number, hugePages = true): string[] {
   return [
     ...cliCommand(),
     'serve',
@@ -420,7 +453,6 @@ export function localServeArgs(
     '--once',
     '--json',
     ...(hugePages ? [] : ['--no-huge-pages']),
-    ...(guest === undefined ? [] : programArgs(guest.program, guest)),
   ];
 }
 
@@ -431,7 +463,6 @@ export function localServeArgs(
 export async function spawnLocalDestination(
   memory: number,
   hugePages = true,
-  guest?: Parameters<typeof localServeArgs>[2],
 ): Promise<{
   host: string;
   port: number;
@@ -442,7 +473,7 @@ export async function spawnLocalDestination(
   // process, which cancels the migration and then stops the destination. Its stdin is a pipe
   // from this process, and `--parent-pipe` makes it exit when the pipe closes — when this
   // process is gone, however it went.
-  const child = spawn(process.execPath, [...localServeArgs(memory, hugePages, guest), '--parent-pipe'], {
+  const child = spawn(process.execPath, [...localServeArgs(memory, hugePages), '--parent-pipe'], {
     stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
   });
@@ -736,10 +767,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
   // boots its guest — the first touch of fresh RAM is slow on a VM. A whole 1G run here, four
   // alternating pairs: 3.2–3.3 s against 3.5–3.7 s one after the other (4.3 s in the first pair).
   // It runs the guest's own program after the switch (postcopy, --run-after).
-  const spawning =
-    to === undefined
-      ? spawnLocalDestination(memory, plan.hugePages, { program: plan.program, vcpus, rate, seed })
-      : undefined;
+  const spawning = to === undefined ? spawnLocalDestination(memory, plan.hugePages) : undefined;
   spawning?.catch(() => {});
   /** Stops the local destination once it runs, when this migration cannot go ahead. */
   const stopDestination = (): void =>
@@ -837,6 +865,16 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
         };
         return sentState;
       },
+      // A trace program's file goes at setup: the destination replays it after the switch.
+      ...(plan.program.trace === undefined
+        ? {}
+        : {
+            guestTrace: {
+              bytes: plan.program.trace.bytes,
+              loop: plan.program.trace.loop,
+              scale: plan.program.trace.scale,
+            },
+          }),
       throttle: source.engine,
       bitmap: source.bitmap,
       parameters: {
@@ -1211,29 +1249,6 @@ export function programWorkload(program: GuestProgram, pages: number): LiveWorkl
   };
 }
 
-/** `serve`'s flags that make the guest it runs after the switch the source's own program. */
-export function programArgs(
-  program: GuestProgram,
-  o: { vcpus: number; rate: number; seed: number },
-): string[] {
-  const t = program.trace;
-  return [
-    ...[
-      '--vcpus',
-      String(o.vcpus),
-      '--workload',
-      program.kind,
-      '--rate',
-      String(o.rate),
-      '--seed',
-      String(o.seed),
-    ],
-    ...(t === undefined
-      ? []
-      : ['--trace', t.file, ...(t.loop ? ['--trace-loop'] : []), ...(t.scale ? ['--trace-scale'] : [])]),
-  ];
-}
-
 /** `--workload`'s vCPU workload over `pages` pages: uniform, or a hot set of 1/16 taking 230/256 of the writes. */
 export function liveWorkload(kind: 'uniform' | 'hot-set', pages: number): LiveWorkload {
   return kind === 'hot-set'
@@ -1290,7 +1305,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     )
     .option(
       '--vcpus <n>',
-      'vCPUs of the guest run here (after the switch in postcopy, or with --run-after)',
+      'vCPUs of the guest run here (after the switch in postcopy, or with --run-after; default: the source’s, sent with its vCPU state; else 2)',
       '2',
     )
     .addOption(
@@ -1339,6 +1354,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         const runAfter = intFlag('--run-after', raw.runAfter, 0, 3_600_000);
         const runVcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
         const given = {
+          vcpus: cmd.getOptionValueSource('vcpus') === 'cli',
           workload: cmd.getOptionValueSource('workload') === 'cli',
           rate: cmd.getOptionValueSource('rate') === 'cli',
           seed: cmd.getOptionValueSource('seed') === 'cli',
@@ -1367,6 +1383,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         // Postcopy: the guest runs here from POSTCOPY_RUN, faulting on the pages still to come.
         let postcopyGuest: LiveGuest | undefined;
         let postcopyHere: GuestHere | undefined;
+        let postcopyVcpus = runVcpus;
         /**
          * One migration's end: the guest runs on for `--run-after` (postcopy: it has been running
          * here since the switch), then the result is printed. Without `--once` the destination
@@ -1375,7 +1392,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
          */
         const handle = async (result: DestinationResult): Promise<void> => {
           shown = undefined; // the next migration's progress starts afresh
-          const { memory: received, ...rest } = result;
+          const { memory: received, 'guest-trace': trace, ...rest } = result;
           const ok = result.status === 'completed' && result.verified;
           if (!ok) setCode(1);
           let resumed: ResumedGuest | undefined;
@@ -1389,27 +1406,36 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             if (ok)
               resumed = {
                 ms: runAfter,
-                vcpus: runVcpus,
+                vcpus: postcopyVcpus,
                 workload: here.kind,
                 writes,
                 continued: here.resume !== undefined,
               };
-          } else if (ok && runAfter > 0 && received !== undefined)
+          } else if (ok && runAfter > 0 && received !== undefined) {
+            const vcpus = vcpusHere(given.vcpus, runVcpus, result['vcpu-state']);
             resumed = await runReceivedGuest(received, {
-              vcpus: runVcpus,
+              vcpus,
               ms: runAfter,
               ...guestHere(
                 { program, rate: runRate, seed: runSeed, given },
-                runVcpus,
+                vcpus,
                 received.byteLength / 4096,
                 result['vcpu-state'],
+                result['guest-trace'],
               ),
             });
+          }
           io.stdout(
             raw.json === true
               ? JSON.stringify(
                   {
                     ...rest,
+                    // The trace the source sent, not its bytes.
+                    ...(trace === undefined
+                      ? {}
+                      : {
+                          'guest-trace': { bytes: trace.bytes.length, loop: trace.loop, scale: trace.scale },
+                        }),
                     ...(hugePages === undefined ? {} : { 'huge-pages': hugePages }),
                     ...(resumed === undefined ? {} : { resumed }),
                   },
@@ -1447,7 +1473,8 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             ...(memory === undefined ? {} : { memory }),
             allocate,
             once,
-            guestVcpus: runVcpus,
+            // Without --vcpus, the guest run here after a postcopy switch gets the source's count.
+            ...(given.vcpus ? { guestVcpus: runVcpus } : {}),
             onProgress,
             ...(once
               ? {}
@@ -1463,18 +1490,22 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                       }),
                     )),
                 }),
-            async onPostcopyRun({ memory: ram, faults, vcpuState }) {
-              // The source's program and vCPU state, where the flags leave them to it.
+            async onPostcopyRun({ memory: ram, faults, vcpuState, guestTrace }) {
+              // The source's vCPU count (the destination sized the faults' counters for it),
+              // program and vCPU state, where the flags leave them to it.
+              const vcpus = faults.data.vcpus;
               const here = guestHere(
                 { program, rate: runRate, seed: runSeed, given },
-                runVcpus,
+                vcpus,
                 ram.byteLength / 4096,
                 vcpuState,
+                guestTrace,
               );
               postcopyHere = here;
+              postcopyVcpus = vcpus;
               postcopyGuest = createLiveGuest({
                 memory: ram,
-                vcpus: runVcpus,
+                vcpus,
                 tracker: faults.tracker,
                 sink: faults.sink,
                 slot: 0,
@@ -1486,7 +1517,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 resolveFrom: import.meta.url,
               });
               postcopyGuest.setValue(2); // before start: every store is a 2
-              if (here.idle) for (let v = 0; v < runVcpus; v++) postcopyGuest.setVcpuSpeed(v, 0);
+              if (here.idle) for (let v = 0; v < vcpus; v++) postcopyGuest.setVcpuSpeed(v, 0);
               await postcopyGuest.start();
             },
           });

@@ -64,7 +64,11 @@ export {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
 } from './live/handshake.js';
 export type { ClientHandshakeOptions, ServerHandshakeOptions } from './live/handshake.js';
-export { DEFAULT_MAX_MEMORY, DEFAULT_DESTINATION_TIMEOUT_MS } from './live/destination.js';
+export {
+  DEFAULT_MAX_MEMORY,
+  DEFAULT_DESTINATION_TIMEOUT_MS,
+  GUEST_VCPUS_FROM_SOURCE_MAX,
+} from './live/destination.js';
 export {
   attachDiscardSink,
   attachPostcopyFaults,
@@ -112,6 +116,11 @@ export {
   decodeVcpuState,
   VCPU_STATE_MAX,
   PROGRAM_KINDS,
+  encodeGuestTrace,
+  decodeGuestTrace,
+  GUEST_TRACE_MAX,
+  GUEST_TRACE_CHUNK_MAX,
+  GUEST_TRACE_FLAG,
   encodeReturn,
   encodeReturnU32,
   encodeReqPages,
@@ -134,5 +143,7 @@ export {
   type VcpuStateWire,
   type VcpuStateMessage,
   type GuestProgramWire,
+  type GuestTraceWire,
+  type GuestTraceChunk,
 } from './live/wire.js';
 export { pageHashKernel } from './live/page-hash.js';

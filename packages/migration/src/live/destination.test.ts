@@ -15,6 +15,7 @@ import {
   encodeEof,
   encodeEos,
   encodeFlush,
+  encodeGuestTrace,
   encodeMemSize,
   encodePing,
   encodeSection,
@@ -241,6 +242,61 @@ describe('destination end to end (hand-driven source on loopback)', () => {
     expect(r.status).toBe('completed');
     expect(r.verified).toBe(false);
     expect(r['verify-mismatches']).toBe(1);
+  });
+});
+
+describe('destination: the guest’s trace (GUEST_TRACE)', () => {
+  const ram = 4 * PAGE;
+  const trace = Uint8Array.from({ length: 150_000 }, (_, i) => (i * 7) & 0xff); // 3 chunks
+
+  it('chunks in order make the trace the result (and onPostcopyRun) reports, byte for byte', async () => {
+    const d = await destination();
+    const s = await source(d, ram);
+    const zeros = Array.from({ length: 4 }, (_, p) => zeroRecord(p * PAGE, p > 0));
+    const memory = new SharedArrayBuffer(ram);
+    await s.write(
+      s.main,
+      concat([
+        setup(ram),
+        ...encodeGuestTrace({ bytes: trace, loop: false, scale: true }),
+        encodeSection(VM_ITEM.SECTION_PART),
+        ...zeros,
+        encodeEos(),
+        verifyAll(memory),
+        encodeEof(),
+      ]),
+    );
+    const r = await d.result;
+    expect(r.status).toBe('completed');
+    expect(r.verified).toBe(true);
+    expect(r['guest-trace']?.loop).toBe(false);
+    expect(r['guest-trace']?.scale).toBe(true);
+    expect(Buffer.from(r['guest-trace']?.bytes ?? []).equals(trace)).toBe(true);
+  });
+
+  it.each([
+    [
+      'a chunk out of order',
+      () => {
+        const [a, , c] = encodeGuestTrace({ bytes: trace, loop: true, scale: false });
+        return concat([a as Uint8Array, c as Uint8Array]);
+      },
+      '[dirtytrack] [destination] GUEST_TRACE: bytes from 131050 of a 150000-byte trace, after 65525 of 150000',
+    ],
+    [
+      'a trace cut short before EOF',
+      () =>
+        concat([...encodeGuestTrace({ bytes: trace, loop: true, scale: false }).slice(0, 2), encodeEof()]),
+      "[dirtytrack] [destination] GUEST_TRACE: 131050 of the trace's 150000 bytes came before EOF",
+    ],
+  ])('%s fails the migration with a protocol error', async (_name, stream, message) => {
+    const d = await destination();
+    const s = await source(d, ram);
+    await s.write(s.main, concat([setup(ram), stream()]));
+    const r = await d.result;
+    expect(r.status).toBe('failed');
+    expect(r.error).toEqual({ code: 'protocol', message });
+    expect(r['guest-trace']).toBeUndefined();
   });
 });
 

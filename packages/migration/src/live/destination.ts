@@ -7,6 +7,7 @@ import {
   CHANNEL_KIND,
   createMainDecoder,
   createMultifdDecoder,
+  decodeGuestTrace,
   decodeVcpuState,
   encodeRecvBitmap,
   encodeReqPages,
@@ -20,6 +21,7 @@ import {
   type Hello,
   type MainDecoder,
   type MultifdDecoder,
+  type GuestTraceWire,
   type VcpuStateMessage,
   TRUNCATED_ERRNO,
 } from './wire.js';
@@ -76,8 +78,14 @@ export interface DestinationOptions {
     faults: PostcopyFaults;
     /** The source's vCPU state, when it sent one before the switch. */
     vcpuState?: VcpuStateMessage;
+    /** The trace file the source's trace program replays (GUEST_TRACE), when it sent one. */
+    guestTrace?: GuestTraceWire;
   }) => void | Promise<void>;
-  /** vCPUs of the guest `onPostcopyRun` starts (sizes the blocktime counters). Default 2. */
+  /**
+   * vCPUs of the guest `onPostcopyRun` starts (sizes the blocktime counters; `faults.data.vcpus`
+   * holds the count chosen). Default: the source's, from its VCPU_STATE, when it sent one before
+   * the switch with 1..{@link GUEST_VCPUS_FROM_SOURCE_MAX} vCPUs; else 2.
+   */
   guestVcpus?: number;
   /**
    * How long a postcopy migration whose connection dropped stays `postcopy-paused`, waiting for
@@ -118,6 +126,11 @@ export interface DestinationResult {
    * where each vCPU's workload stood, so the guest run here goes on from it. Absent if none came.
    */
   'vcpu-state'?: VcpuStateMessage;
+  /**
+   * The trace file the source's guest replays (GUEST_TRACE, sent at setup when it runs a trace
+   * program), so the guest run here can replay it too. Absent if none came.
+   */
+  'guest-trace'?: GuestTraceWire;
   /** Postcopy only: how it went on this side (QEMU reports blocktime on the destination). */
   postcopy?: {
     /** REQ_PAGES sent (a page asked again after a recovery counts again). */
@@ -186,6 +199,12 @@ function copyIn(mem: Uint8Array, data: Uint8Array, offset: number): void {
   mem.set(BOUNCE, offset);
 }
 
+/**
+ * Most vCPUs a destination gives its postcopy guest from the source's VCPU_STATE when
+ * `guestVcpus` is not set (each is a worker thread; `dirtytrack`'s `--vcpus` stops at 64 too).
+ */
+export const GUEST_VCPUS_FROM_SOURCE_MAX = 64;
+
 /** Starts a destination listening on `host:port`; resolves once it listens. */
 export async function createDestination(options: DestinationOptions = {}): Promise<Destination> {
   const host = options.host ?? '127.0.0.1';
@@ -197,6 +216,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   const fixedMemory = options.memory;
   const clock = options.clock ?? createRealClock();
   const guestVcpus = options.guestVcpus ?? 2;
+  const vcpusFromSource = options.guestVcpus === undefined;
   const recoverTimeoutMs = options.recoverTimeoutMs ?? 120_000;
   if (!isLoopback(host) && (token === undefined || token === '')) {
     throw new DirtytrackError(
@@ -403,6 +423,10 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       released: 0,
       mainWaiting: false,
       eof: false,
+      traceChunks: [],
+      traceHave: 0,
+      traceTotal: 0,
+      traceFlags: 0,
       done: false,
       normal: 0,
       duplicate: 0,
@@ -495,6 +519,10 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       onMemSize: () => {},
       onCommand: (cmd: number, payload: Uint8Array) => command(m, cmd, payload),
       onEof: () => {
+        if (m.traceHave < m.traceTotal)
+          throw protocolFailure(
+            `GUEST_TRACE: ${m.traceHave} of the trace's ${m.traceTotal} bytes came before EOF`,
+          );
         m.eof = true;
         queueMicrotask(() => tryComplete(m));
       },
@@ -649,7 +677,42 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       }
       case MIG_CMD.VCPU_STATE:
         m.vcpuState = decodeVcpuState(payload); // the decoder checked its length and fields
+        // The guest run here after the switch gets the source's vCPUs, unless the caller fixed them.
+        if (vcpusFromSource && m.faults !== null && !m.running) {
+          const n = m.vcpuState.vcpus.length;
+          if (n <= GUEST_VCPUS_FROM_SOURCE_MAX) m.faults.setVcpus(n);
+        }
         return;
+      case MIG_CMD.GUEST_TRACE: {
+        // In order, each chunk where the last ended (offset 0 starts the trace afresh); the
+        // decoder checked the header and that the chunk ends within `total`.
+        const c = decodeGuestTrace(payload);
+        const flags = (c.loop ? 1 : 0) | (c.scale ? 2 : 0);
+        if (c.offset === 0) {
+          m.traceChunks = [];
+          m.traceHave = 0;
+          m.traceTotal = c.total;
+          m.traceFlags = flags;
+          delete m.guestTrace;
+        } else if (c.offset !== m.traceHave || c.total !== m.traceTotal || flags !== m.traceFlags) {
+          throw protocolFailure(
+            `GUEST_TRACE: bytes from ${c.offset} of a ${c.total}-byte trace, after ${m.traceHave} of ${m.traceTotal}`,
+          );
+        }
+        m.traceChunks.push(c.chunk.slice()); // the payload is a view of a reused read buffer
+        m.traceHave += c.chunk.length;
+        if (m.traceHave === m.traceTotal) {
+          const bytes = new Uint8Array(m.traceTotal);
+          let at = 0;
+          for (const chunk of m.traceChunks) {
+            bytes.set(chunk, at);
+            at += chunk.length;
+          }
+          m.traceChunks = [];
+          m.guestTrace = { bytes, loop: c.loop, scale: c.scale };
+        }
+        return;
+      }
       case MIG_CMD.VERIFY_HASHES: {
         const first = dv.getUint32(0) * 2 ** 32 + dv.getUint32(4);
         const n = dv.getUint16(8);
@@ -712,12 +775,13 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       }
     })();
     if (options.onPostcopyRun !== undefined) {
-      const vcpuState = m.vcpuState;
+      const { vcpuState, guestTrace } = m;
       const started = (async () =>
         options.onPostcopyRun?.({
           memory: m.memory,
           faults,
           ...(vcpuState === undefined ? {} : { vcpuState }),
+          ...(guestTrace === undefined ? {} : { guestTrace }),
         }))();
       started.catch((error: unknown) => finish(m, error));
     }
@@ -969,6 +1033,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       'verify-mismatches': m.mismatches,
       'total-time': Math.round((clock.now() - m.startedAt) / 1000) / 1000,
       ...(m.vcpuState === undefined ? {} : { 'vcpu-state': m.vcpuState }),
+      ...(m.guestTrace === undefined ? {} : { 'guest-trace': m.guestTrace }),
     };
     if (m.faults !== null && m.running) {
       r.postcopy = {
@@ -1128,6 +1193,13 @@ interface Migration {
   done: boolean;
   /** VCPU_STATE, once it came (the last one wins). */
   vcpuState?: VcpuStateMessage;
+  /** GUEST_TRACE's chunks so far, their bytes, the trace's total (0: none began) and flags. */
+  traceChunks: Uint8Array[];
+  traceHave: number;
+  traceTotal: number;
+  traceFlags: number;
+  /** The whole trace, once its last chunk came. */
+  guestTrace?: GuestTraceWire;
   normal: number;
   duplicate: number;
   packets: number;

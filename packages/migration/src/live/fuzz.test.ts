@@ -42,6 +42,7 @@ import {
   encodeReturnU32,
   encodeSection,
   encodeVcpuState,
+  encodeGuestTrace,
   encodeVerifyEnd,
   encodeVerifyHashes,
   encodeVerifyResult,
@@ -106,6 +107,15 @@ const MAIN_FRAMES: Uint8Array[] = [
         { rng: [1, 2, 3, 4], sweep: 9, traceWritten: 1, traceBeforeNs: 1e6, traceAfterNs: 2e6 },
         { rng: [5, 6, 7, 8], sweep: 0, traceWritten: 0, traceBeforeNs: 0, traceAfterNs: 0 },
       ],
+    }),
+    encodeEof(),
+  ]),
+  concat([
+    setup,
+    ...encodeGuestTrace({
+      bytes: Uint8Array.from({ length: 70_000 }, (_, i) => i & 0xff),
+      loop: true,
+      scale: true,
     }),
     encodeEof(),
   ]),

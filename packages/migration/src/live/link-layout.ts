@@ -104,6 +104,8 @@ export interface SenderData {
   readonly zeroCopySend: boolean;
   /** {@link VCPU_STATE_ITEM_BYTES}: the VCPU_STATE item an {@link OP.VCPU_STATE} op sends. */
   readonly vcpuState: SharedArrayBuffer;
+  /** GUEST_TRACE items, sent in the setup section (the guest replays this trace). */
+  readonly guestTrace?: readonly Uint8Array[];
 }
 
 /**

@@ -1,7 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { createRealClock, DirtytrackError, NS_PER_S, type Clock, type Transport } from '@dirtytrack/core';
-import { encodeVcpuState, HELLO_FLAG, type VcpuStateMessage } from './wire.js';
+import {
+  encodeGuestTrace,
+  encodeVcpuState,
+  HELLO_FLAG,
+  type GuestTraceWire,
+  type VcpuStateMessage,
+} from './wire.js';
 import { fdWritesAvailable } from './fd-writer.js';
 import type { PageSink } from '../precopy.js';
 import {
@@ -88,6 +94,11 @@ export interface LiveLinkOptions {
    * Called then, on the migration thread; undefined sends none.
    */
   vcpuState?: () => VcpuStateMessage | undefined;
+  /**
+   * The trace file the guest's trace program replays: sent as GUEST_TRACE commands in the setup
+   * section (once; a recovery does not send it again), so the destination can replay it too.
+   */
+  guestTrace?: GuestTraceWire;
 }
 
 /**
@@ -249,6 +260,7 @@ export async function openLiveLink(options: LiveLinkOptions): Promise<LiveLink> 
     fdWrites: options.fdWrites !== false,
     zeroCopySend: options.zeroCopySend === true,
     vcpuState: new SharedArrayBuffer(VCPU_STATE_ITEM_BYTES),
+    ...(options.guestTrace === undefined ? {} : { guestTrace: encodeGuestTrace(options.guestTrace) }),
   };
   /** Queues the VCPU_STATE item (in the shared buffer, then its op), if there is a state. */
   const sendVcpuState = (): void => {

@@ -52,7 +52,10 @@ export interface PostcopyFaultData {
   readonly before: SharedArrayBuffer;
   /** {@link CTL} words, then {@link REQUEST_RING_SLOTS} ring slots. */
   readonly control: SharedArrayBuffer;
-  /** Float64 per vCPU: ms blocked; then 2 more: ms all were blocked, when that began (ms). */
+  /**
+   * Float64 per vCPU: ms blocked; then 2 more: ms all were blocked, when that began (ms). Sized
+   * for `vcpus` (see {@link PostcopyFaults.setVcpus}).
+   */
   readonly blocktime: SharedArrayBuffer;
   readonly memory: SharedArrayBuffer;
 }
@@ -73,6 +76,12 @@ export interface PostcopyFaults {
   outstanding(into: (page: number) => void): void;
   /** Wakes every waiting vCPU with an error: the migration failed, the guest is lost. */
   abort(): void;
+  /**
+   * Re-sizes the blocktime counters for a guest of `vcpus` vCPUs (`data.vcpus` becomes it): the
+   * destination learns the source's count from VCPU_STATE, after the HELLO made these. Only
+   * before any vCPU attached (before POSTCOPY_RUN); throws after.
+   */
+  setVcpus(vcpus: number): void;
   /** Resolves when a request is waiting in the ring (or at once if one is). */
   whenRequested(): Promise<void>;
   /** Pages written by the destination's guest since the switch. */
@@ -87,7 +96,8 @@ export interface PostcopyFaults {
 }
 
 /** The shared state of a destination's postcopy over `memory`, for a guest of `vcpus` vCPUs. */
-export function createPostcopyFaults(memory: SharedArrayBuffer, vcpus: number): PostcopyFaults {
+export function createPostcopyFaults(memory: SharedArrayBuffer, vcpusAtFirst: number): PostcopyFaults {
+  let vcpus = vcpusAtFirst;
   const pages = memory.byteLength / 4096;
   if (!Number.isInteger(pages) || pages === 0) {
     throw new DirtytrackError('invalid-argument', `memory: ${memory.byteLength} bytes is not whole pages`, {
@@ -95,15 +105,10 @@ export function createPostcopyFaults(memory: SharedArrayBuffer, vcpus: number): 
       field: 'memory',
     });
   }
-  if (!(Number.isInteger(vcpus) && vcpus >= 1 && vcpus < REQUEST_RING_SLOTS)) {
-    throw new DirtytrackError('invalid-argument', `vcpus: ${vcpus} must be 1..${REQUEST_RING_SLOTS - 1}`, {
-      component: COMPONENT,
-      field: 'vcpus',
-    });
-  }
+  checkVcpus(vcpus);
   const words = Math.ceil(pages / 32);
   const bits = () => new SharedArrayBuffer(words * 4);
-  const data: PostcopyFaultData = {
+  const data: { -readonly [K in keyof PostcopyFaultData]: PostcopyFaultData[K] } = {
     pages,
     vcpus,
     received: bits(),
@@ -120,13 +125,19 @@ export function createPostcopyFaults(memory: SharedArrayBuffer, vcpus: number): 
   const written = new Int32Array(data.written);
   const before = new Int32Array(data.before);
   const control = new Int32Array(data.control);
-  const times = new Float64Array(data.blocktime);
+  let times = new Float64Array(data.blocktime);
   let tail = 0;
+  let shared = false;
   const scratch = new Uint32Array(1024);
 
   return {
     data,
-    tracker: { share: () => ({ module: '@dirtytrack/migration', factory: 'attachPostcopyFaults', data }) },
+    tracker: {
+      share: () => {
+        shared = true; // a vCPU attaches with these counters: their size is fixed from here
+        return { module: '@dirtytrack/migration', factory: 'attachPostcopyFaults', data };
+      },
+    },
     sink: { share: () => ({ module: '@dirtytrack/migration', factory: 'attachDiscardSink', data: null }) },
     received,
     place(page) {
@@ -155,6 +166,19 @@ export function createPostcopyFaults(memory: SharedArrayBuffer, vcpus: number): 
           into(w * 32 + 31 - Math.clz32(bit));
         }
       }
+    },
+    setVcpus(n) {
+      checkVcpus(n);
+      if (shared) {
+        throw new DirtytrackError('invalid-state', `setVcpus(${n}): vCPUs already attached with ${vcpus}`, {
+          component: COMPONENT,
+          field: 'vcpus',
+        });
+      }
+      vcpus = n;
+      data.vcpus = n;
+      data.blocktime = new SharedArrayBuffer((n + 2) * 8);
+      times = new Float64Array(data.blocktime);
     },
     abort() {
       Atomics.store(control, CTL.ABORT, 1);
@@ -192,6 +216,15 @@ export function createPostcopyFaults(memory: SharedArrayBuffer, vcpus: number): 
       pageHashes(scratch.buffer, 0, 1, out, at / 2);
     },
   };
+}
+
+function checkVcpus(vcpus: number): void {
+  if (!(Number.isInteger(vcpus) && vcpus >= 1 && vcpus < REQUEST_RING_SLOTS)) {
+    throw new DirtytrackError('invalid-argument', `vcpus: ${vcpus} must be 1..${REQUEST_RING_SLOTS - 1}`, {
+      component: COMPONENT,
+      field: 'vcpus',
+    });
+  }
 }
 
 /**

@@ -18,7 +18,7 @@ import {
 import type { MigrationInfo, StatusEvent } from '../migration-info.js';
 import { openLiveLink, WHILE_WAITING_MS, type LiveLinkStats, type VerifyResult } from './live-link.js';
 import type { SendFrom } from './link-layout.js';
-import { HELLO_FLAG, type VcpuStateMessage } from './wire.js';
+import { HELLO_FLAG, type GuestTraceWire, type VcpuStateMessage } from './wire.js';
 
 const COMPONENT = 'live-migration';
 
@@ -78,6 +78,11 @@ export interface LiveMigrationOptions {
    * `vcpu-state`). Omit it to send none.
    */
   vcpuState?: () => VcpuStateMessage | undefined;
+  /**
+   * The trace file the guest's trace program replays (and how): sent at setup (GUEST_TRACE), so
+   * the destination can replay it after the switch (its result's `guest-trace`). Omit it to send none.
+   */
+  guestTrace?: GuestTraceWire;
 }
 
 /** A live run's result: QEMU's `query-migrate` fields plus what only a real run can say. */
@@ -171,6 +176,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
     ...(reap === undefined ? {} : { whileWaiting: reap }),
     ...(options.vcpuState === undefined ? {} : { vcpuState: options.vcpuState }),
+    ...(options.guestTrace === undefined ? {} : { guestTrace: options.guestTrace }),
   });
   let outcome: PrecopyOutcome;
   try {

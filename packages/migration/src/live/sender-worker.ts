@@ -709,6 +709,8 @@ async function open(): Promise<void> {
       advise[14] = 0x10;
       out.push(encodeCommand(MIG_CMD.POSTCOPY_ADVISE, advise));
     }
+    // The trace the guest replays, for the destination to replay after the switch.
+    for (const item of data.guestTrace ?? []) out.push(item);
     counters[COUNTER.MAIN_BYTES] = (counters[COUNTER.MAIN_BYTES] as number) + out.bytes;
     await out.flush();
     Atomics.store(control, LINK.READY, 1);

@@ -42,6 +42,10 @@ import {
   encodeVerifyEnd,
   encodeVcpuState,
   decodeVcpuState,
+  encodeGuestTrace,
+  decodeGuestTrace,
+  GUEST_TRACE_CHUNK_MAX,
+  GUEST_TRACE_MAX,
   PROGRAM_KINDS,
   encodeVerifyHashes,
   encodeVerifyResult,
@@ -286,6 +290,34 @@ describe('exact bytes', () => {
       }),
       { numRuns: 100, seed: SEED },
     );
+  });
+
+  it('GUEST_TRACE: the trace in order, at most 65525 bytes an item, each after total, offset and flags', () => {
+    const bytes = Uint8Array.from({ length: 2 * GUEST_TRACE_CHUNK_MAX + 7 }, (_, i) => (i * 31) & 0xff);
+    const items = encodeGuestTrace({ bytes, loop: true, scale: false });
+    expect(items.map((i) => i.length)).toEqual([65540, 65540, 5 + 10 + 7]);
+    // 0x08, cmd 35, length; total 131057, offset 65525, flags 1 (loop), 0.
+    expect(hex(items[1]?.subarray(0, 15) as Uint8Array)).toBe(
+      '080023ffff' + '0001fff1' + '0000fff5' + '01' + '00',
+    );
+    expect(hex(items[2]?.subarray(0, 15) as Uint8Array)).toBe(
+      '080023' + '0011' + '0001fff1' + '0001ffea' + '01' + '00',
+    );
+    const calls: Uint8Array[] = [];
+    const d = createMainDecoder({ ...mainLogger(RAM, []), onCommand: (_c, p) => calls.push(p.slice()) });
+    for (const item of items) d.push(item);
+    const chunks = calls.map(decodeGuestTrace);
+    expect(chunks.map((c) => [c.total, c.offset, c.loop, c.scale, c.chunk.length])).toEqual([
+      [bytes.length, 0, true, false, GUEST_TRACE_CHUNK_MAX],
+      [bytes.length, GUEST_TRACE_CHUNK_MAX, true, false, GUEST_TRACE_CHUNK_MAX],
+      [bytes.length, 2 * GUEST_TRACE_CHUNK_MAX, true, false, 7],
+    ]);
+    expect(Buffer.concat(chunks.map((c) => c.chunk)).equals(bytes)).toBe(true);
+    expect(encodeGuestTrace({ bytes: Uint8Array.of(9), loop: false, scale: true }).map(hex)).toEqual([
+      '080023000b' + '00000001' + '00000000' + '02' + '00' + '09',
+    ]);
+    expect(() => encodeGuestTrace({ bytes: new Uint8Array(0), loop: false, scale: false })).toThrow(/bytes/);
+    expect(GUEST_TRACE_MAX).toBe(256 * 2 ** 20);
   });
 
   it('the AUTH tag is HMAC-SHA256 over the label, HELLO and server nonce', () => {
@@ -534,6 +566,26 @@ describe('main decoder bounds', () => {
         return item;
       })(),
       /VCPU_STATE at byte 0: program: kind 5/,
+    ],
+    [
+      'GUEST_TRACE with no byte of the trace',
+      encodeCommand(MIG_CMD.GUEST_TRACE, new Uint8Array(10)),
+      /command 35 with a 10-byte payload/,
+    ],
+    [
+      'GUEST_TRACE whose chunk runs past the trace it names',
+      encodeCommand(MIG_CMD.GUEST_TRACE, Uint8Array.of(0, 0, 0, 8, 0, 0, 0, 5, 0, 0, 1, 2, 3, 4)),
+      /GUEST_TRACE at byte 0: bytes 5\+4 of a 8-byte trace/,
+    ],
+    [
+      'GUEST_TRACE of more than 256 MiB',
+      encodeCommand(MIG_CMD.GUEST_TRACE, Uint8Array.of(0x10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1)),
+      /bytes 0\+1 of a 268435457-byte trace/,
+    ],
+    [
+      'GUEST_TRACE with an unknown flag',
+      encodeCommand(MIG_CMD.GUEST_TRACE, Uint8Array.of(0, 0, 0, 1, 0, 0, 0, 0, 4, 0, 1)),
+      /GUEST_TRACE at byte 0: flags 0x4, reserved 0/,
     ],
     ['bytes after EOF', Uint8Array.of(0, 0), /stream at byte 1: bytes after EOF/],
     ['truncated', concat([start, pageRecord(0, pageOf(1)).subarray(0, 100)]), /ended inside an item/],

@@ -48,6 +48,7 @@ export const MIG_CMD = {
   VERIFY_HASHES: 32,
   VERIFY_END: 33,
   VCPU_STATE: 34,
+  GUEST_TRACE: 35,
 } as const;
 
 /** Return-path message types (QEMU's `MIG_RP_MSG_*` where one exists). */
@@ -149,6 +150,34 @@ export interface VcpuStateWire {
   readonly traceBeforeNs: number;
   readonly traceAfterNs: number;
   readonly traceWritten: number;
+}
+
+/** Largest trace file GUEST_TRACE carries (bytes). */
+export const GUEST_TRACE_MAX = 256 * 2 ** 20;
+/** GUEST_TRACE's header before its chunk: be32 total, be32 offset, u8 flags, u8 0. */
+export const GUEST_TRACE_HEADER_BYTES = 10;
+/** Most trace bytes in one GUEST_TRACE (a command's payload is at most 65535 bytes). */
+export const GUEST_TRACE_CHUNK_MAX = 0xffff - GUEST_TRACE_HEADER_BYTES;
+/** GUEST_TRACE flags: how the trace program replays it (`--trace-loop`, `--trace-scale`). */
+export const GUEST_TRACE_FLAG = { LOOP: 1, SCALE: 2 } as const;
+
+/**
+ * The trace file a trace program replays (binary or text, `@dirtytrack/guest`'s format, as it was
+ * read: the destination parses it), with how it replays. GUEST_TRACE carries it in chunks.
+ */
+export interface GuestTraceWire {
+  readonly bytes: Uint8Array;
+  readonly loop: boolean;
+  readonly scale: boolean;
+}
+
+/** One GUEST_TRACE payload the decoder has accepted, as values (`chunk` is a view of it). */
+export interface GuestTraceChunk {
+  readonly total: number;
+  readonly offset: number;
+  readonly loop: boolean;
+  readonly scale: boolean;
+  readonly chunk: Uint8Array;
 }
 
 /** A RECV_BITMAP's trailing marker (QEMU's `RAMBLOCK_RECV_BITMAP_ENDING`). */
@@ -557,6 +586,46 @@ export function decodeVcpuState(payload: Uint8Array): VcpuStateMessage {
     };
   });
   return { program, vcpus };
+}
+
+/**
+ * GUEST_TRACE's command items for `trace`: its bytes in order, {@link GUEST_TRACE_CHUNK_MAX} at
+ * most per item, each after be32 total bytes, be32 offset of the chunk, u8 flags
+ * ({@link GUEST_TRACE_FLAG}), u8 0.
+ */
+export function encodeGuestTrace(trace: GuestTraceWire): Uint8Array[] {
+  const total = trace.bytes.length;
+  checkArg(
+    total >= 1 && total <= GUEST_TRACE_MAX,
+    'bytes',
+    `is ${total} bytes, must be 1..${GUEST_TRACE_MAX}`,
+  );
+  const flags = (trace.loop ? GUEST_TRACE_FLAG.LOOP : 0) | (trace.scale ? GUEST_TRACE_FLAG.SCALE : 0);
+  const items: Uint8Array[] = [];
+  for (let offset = 0; offset < total; offset += GUEST_TRACE_CHUNK_MAX) {
+    const chunk = trace.bytes.subarray(offset, Math.min(total, offset + GUEST_TRACE_CHUNK_MAX));
+    const payload = new Uint8Array(GUEST_TRACE_HEADER_BYTES + chunk.length);
+    const dv = view(payload);
+    dv.setUint32(0, total);
+    dv.setUint32(4, offset);
+    dv.setUint8(8, flags);
+    payload.set(chunk, GUEST_TRACE_HEADER_BYTES);
+    items.push(encodeCommand(MIG_CMD.GUEST_TRACE, payload));
+  }
+  return items;
+}
+
+/** A GUEST_TRACE payload the decoder has accepted (its header checked) as values. */
+export function decodeGuestTrace(payload: Uint8Array): GuestTraceChunk {
+  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const flags = dv.getUint8(8);
+  return {
+    total: dv.getUint32(0),
+    offset: dv.getUint32(4),
+    loop: (flags & GUEST_TRACE_FLAG.LOOP) !== 0,
+    scale: (flags & GUEST_TRACE_FLAG.SCALE) !== 0,
+    chunk: payload.subarray(GUEST_TRACE_HEADER_BYTES),
+  };
 }
 
 /** VERIFY_END's command item: be64 pages hashed in total. */
@@ -1075,6 +1144,19 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
         }
         break;
       }
+      case MIG_CMD.GUEST_TRACE: {
+        const total = dv.getUint32(0);
+        const offset = dv.getUint32(4);
+        const chunk = cmdLen - GUEST_TRACE_HEADER_BYTES;
+        if (total < 1 || total > GUEST_TRACE_MAX || offset + chunk > total)
+          fail('GUEST_TRACE', `bytes ${offset}+${chunk} of a ${total}-byte trace (1..${GUEST_TRACE_MAX})`);
+        if (
+          (dv.getUint8(8) & ~(GUEST_TRACE_FLAG.LOOP | GUEST_TRACE_FLAG.SCALE)) !== 0 ||
+          dv.getUint8(9) !== 0
+        )
+          fail('GUEST_TRACE', `flags 0x${dv.getUint8(8).toString(16)}, reserved ${dv.getUint8(9)}`);
+        break;
+      }
       default:
         break;
     }
@@ -1112,6 +1194,9 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
           len >= VCPU_STATE_HEADER_BYTES + VCPU_STATE_BYTES &&
           len <= VCPU_STATE_HEADER_BYTES + VCPU_STATE_BYTES * VCPU_STATE_MAX &&
           (len - VCPU_STATE_HEADER_BYTES) % VCPU_STATE_BYTES === 0;
+        break;
+      case MIG_CMD.GUEST_TRACE:
+        ok = len > GUEST_TRACE_HEADER_BYTES; // at most 0xffff: the length is a be16
         break;
       default:
         return fail('COMMAND', `unknown command ${c}`);
