@@ -219,6 +219,16 @@ const cases: BadCase[] = [
     says: ['migration.start-postcopy-at', 'needs migration.capabilities.postcopy-ram'],
   },
   {
+    what: 'a switchover share of 0',
+    argv: ['--set', 'migration.switchover-share=0'],
+    says: ['migration.switchover-share', '(0, 1]'],
+  },
+  {
+    what: 'a switchover share above 1',
+    argv: ['--set', 'migration.switchover-share=1.5'],
+    says: ['migration.switchover-share', '(0, 1]'],
+  },
+  {
     what: 'a negative cancel time',
     argv: ['--set', 'migration.cancel-at=-1'],
     says: ['migration.cancel-at', '[0, 10000000]'],

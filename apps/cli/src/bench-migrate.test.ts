@@ -120,6 +120,7 @@ describe('dirtytrack bench migrate', () => {
       expect(r['multifd-2-zero-copy-mbps']).toBe(ZERO_COPY_UNAVAILABLE);
       expect(r['zero-copy-vs-multifd-2']).toBeUndefined();
     }
+    const table = formatMigrateBench(r).split('\n');
     // One model prediction per live run, over the measured link and write rate, with its error.
     expect(r.model.map((m) => m.case)).toEqual(names);
     for (const [i, m] of r.model.entries()) {
@@ -129,19 +130,28 @@ describe('dirtytrack bench migrate', () => {
       expect(m.scenario.workload?.rate).toBe(Math.round(c['guest-writes-per-s'] * 4096));
       expect(m.scenario.migration?.capabilities?.multifd).toBe(c.channels > 0);
       expect(m.scenario.migration?.capabilities?.['zero-copy-send'] ?? false).toBe(c['zero-copy-send']);
+      // The live run's algorithm: its final copy planned for half of downtime-limit.
+      expect(m.scenario.migration?.['switchover-share']).toBe(0.5);
       expect(m['total-time-error-pct']).toBe(errorPct(m['total-time'], c['total-time']));
       expect(m['transferred-error-pct']).toBe(errorPct(m.transferred, c.transferred));
       const at = m['at-live-rate'];
       expect(at['link-mbps']).toBe(c.mbps);
       expect(at['total-time-error-pct']).toBe(errorPct(at['total-time'], c['total-time']));
       expect(at['transferred-error-pct']).toBe(errorPct(at.transferred, c.transferred));
+      if (c.downtime !== undefined && c.downtime > 0 && at.downtime !== undefined)
+        expect(at['downtime-error-pct']).toBe(errorPct(at.downtime, c.downtime));
+      const row = table.find((l) => l.startsWith(`| ${c.name}:`)) as string;
+      expect(
+        row.endsWith(
+          ` | ${at.downtime} (${(at['downtime-error-pct'] as number) > 0 ? '+' : ''}${(at['downtime-error-pct'] as number).toFixed(1)}%) |`,
+        ),
+      ).toBe(true);
     }
     // An idle guest of random pages: the model sends exactly what the live run did but headers.
     expect(r.model[0]?.status).toBe('completed');
     expect(r['peak-rss-mib']).toBeGreaterThan(0);
     expect(r['receiver-peak-rss-mib']).toBeGreaterThan(0);
 
-    const table = formatMigrateBench(r).split('\n');
     expect(table[0]).toBe(
       `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node}), guest RAM ` +
         (r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'),
@@ -160,7 +170,7 @@ describe('dirtytrack bench migrate', () => {
       ).toBe(true);
     expect(table).toContain(
       `| TCP between memories: 16.0 MiB of guest RAM read in place into guest RAM | – | – | – | – | ${r['loopback-memory-mbps']} | ` +
-        `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – |`,
+        `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
     );
     expect(table).toContain(
       `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,

@@ -9,6 +9,7 @@ import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import type { LiveGuestStats } from '@dirtytrack/guest';
 import {
   fdWritesAvailable,
+  LIVE_SWITCHOVER_SHARE,
   READ_BUFFER_BYTES,
   runLiveMigration,
   type LiveMigrationOutcome,
@@ -128,6 +129,8 @@ export interface ModelRun {
   /** `(model − live) / live`, %, one decimal. */
   'total-time-error-pct': number;
   'transferred-error-pct': number;
+  /** The same for downtime, where both runs completed (absent otherwise). */
+  'downtime-error-pct'?: number;
 }
 
 /** The model plane's prediction of one live case. */
@@ -334,6 +337,13 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
   };
 }
 
+/** A prediction's downtime and its error, for the table ('–' where there is none). */
+function liveRateDowntime(m: ModelRun): string {
+  if (m.downtime === undefined) return '–';
+  const e = m['downtime-error-pct'];
+  return e === undefined ? String(m.downtime) : `${m.downtime} (${e > 0 ? '+' : ''}${e.toFixed(1)}%)`;
+}
+
 /** The Markdown table the README shows. */
 export function formatMigrateBench(r: MigrateBenchResult): string {
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
@@ -341,11 +351,11 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
   const lines = [
     `# migrate: live migration on loopback, ${r.vcpus} vCPUs per guest, medians of ${r.reps} (Node ${r.node}), guest RAM ${r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'}`,
     '',
-    '| run | status | total-time ms | downtime ms | transferred | Mbit/s | vs loopback | verified | syncs | throttle % | model total-time ms (error) | model transferred (error) | model at the live rate: total-time ms (error) |',
-    '|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|',
-    `| raw TCP, ${mib(r.memory)} to a discarding process | – | – | – | – | ${r['loopback-mbps']} | 1 | – | – | – | – | – | – |`,
+    '| run | status | total-time ms | downtime ms | transferred | Mbit/s | vs loopback | verified | syncs | throttle % | model total-time ms (error) | model transferred (error) | model at the live rate: total-time ms (error) | model at the live rate: downtime ms (error) |',
+    '|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|',
+    `| raw TCP, ${mib(r.memory)} to a discarding process | – | – | – | – | ${r['loopback-mbps']} | 1 | – | – | – | – | – | – | – |`,
     `| TCP between memories: ${mib(r.memory)} of guest RAM read in place into guest RAM | – | – | – | – | ${r['loopback-memory-mbps']} | ` +
-      `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – |`,
+      `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
   ];
   for (const c of r.cases) {
     const m = r.model.find((x) => x.case === c.name) as ModelPrediction;
@@ -363,7 +373,8 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
         `${fourDigits(c.mbps / r['loopback-mbps'])} | ${c.verified ? 'yes' : '**no**'} | ${c['dirty-sync-count']} | ` +
         `${c['cpu-throttle-percentage']} | ${m['total-time']} (${err(m['total-time-error-pct'])}) | ` +
         `${mib(m.transferred)} (${err(m['transferred-error-pct'])}) | ` +
-        `${m['at-live-rate']['total-time']} (${err(m['at-live-rate']['total-time-error-pct'])}) |`,
+        `${m['at-live-rate']['total-time']} (${err(m['at-live-rate']['total-time-error-pct'])}) | ` +
+        `${liveRateDowntime(m['at-live-rate'])} |`,
     );
   }
   lines.push(
@@ -518,6 +529,8 @@ function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): Mod
         'auto-converge': c['auto-converge'],
         ...(c['zero-copy-send'] ? { 'zero-copy-send': true } : {}),
       },
+      // The live run plans its final copy for this share of downtime-limit: the same algorithm.
+      'switchover-share': LIVE_SWITCHOVER_SHARE,
     },
     'time-limit': o.timeLimit,
   });
@@ -534,6 +547,9 @@ function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): Mod
       'dirty-sync-count': ram['dirty-sync-count'],
       'total-time-error-pct': errorPct(totalTime, c['total-time']),
       'transferred-error-pct': errorPct(ram.transferred, c.transferred),
+      ...(downtime === undefined || c.downtime === undefined || c.downtime <= 0
+        ? {}
+        : { 'downtime-error-pct': errorPct(downtime, c.downtime) }),
     };
   };
   const scenario = scenarioAt(loopbackMbps);

@@ -708,7 +708,9 @@ describe('dirtytrack serve: progress while a guest arrives', () => {
 
 describe('dirtytrack serve without --once: one migration after another, until SIGTERM', () => {
   it('receives three guests into the same preallocated RAM, each verified; holds a new source while the last guest runs on', async () => {
-    const serve = await spawnServe('--memory', '4M', '--run-after', '3000', '--vcpus', '1', '--json');
+    // Each guest runs on for 6 s: long enough that the held source below (a new process booting
+    // a guest) arrives inside it even on a loaded CI, where 3 s once was not.
+    const serve = await spawnServe('--memory', '4M', '--run-after', '6000', '--vcpus', '1', '--json');
     const port = serve.port;
     const to = ['--to', `127.0.0.1:${port}`, '--memory', '4M', '--json'];
     try {
@@ -716,7 +718,7 @@ describe('dirtytrack serve without --once: one migration after another, until SI
       // overwrite the first guest's data in the reused RAM.
       const first = await run('migrate', ...to, '--fill', 'random', '--seed', '3');
       expect(first.code).toBe(0);
-      // The first guest runs on for 3 s: a source arriving meanwhile is refused at the handshake.
+      // The first guest runs on for 6 s: a source arriving meanwhile is refused at the handshake.
       const held = await run('migrate', ...to, '--fill', 'zero');
       expect(held.code).toBe(1);
       expect(held.stderr).toMatch(/the previous migration is still being handled here\n$/);
@@ -753,8 +755,8 @@ describe('dirtytrack serve without --once: one migration after another, until SI
       ['completed', true, 4 * 2 ** 20],
       ['completed', true, 4 * 2 ** 20],
     ]);
-    expect(results.map((r) => r.resumed?.ms)).toEqual([3000, 3000, 3000]);
-  }, 60_000);
+    expect(results.map((r) => r.resumed?.ms)).toEqual([6000, 6000, 6000]);
+  }, 120_000);
 });
 
 /** A port nobody listens on: one the kernel just handed out and took back. */

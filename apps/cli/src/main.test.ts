@@ -439,6 +439,23 @@ describe('simulate: migration capabilities and status paths (issue 8)', () => {
     ]);
   });
 
+  it('switchover-share 0.5 (the live plane’s) plans the final copy for half of downtime-limit: it stops later, with less downtime', async () => {
+    const [whole, half] = await Promise.all(
+      ['1', '0.5'].map(async (share) => {
+        const { result } = await runJson('simulate', '--set', `migration.switchover-share=${share}`);
+        return [
+          result['total-time'],
+          result.downtime,
+          result.ram.transferred,
+          result.ram['dirty-sync-count'],
+        ];
+      }),
+    );
+    // The default scenario (README): QEMU's share, 1; then half of it.
+    expect(whole).toEqual([4093.578, 191.241, 4426533360, 4]);
+    expect(half).toEqual([4110.018, 107.68, 4429459512, 4]);
+  });
+
   it('link.drop-at: the migration fails with an error-desc', async () => {
     const { result } = await runJson('simulate', '--preset', 'no-converge', '--set', 'link.drop-at=1');
     expect(result.status).toBe('failed');

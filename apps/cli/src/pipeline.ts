@@ -145,6 +145,7 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
     costModel,
     ...(ring ? { dirtyRing: { entries: scenario['ring-size'] } } : {}),
     ...(m['locked-memory'] === undefined ? {} : { lockedMemory: m['locked-memory'] }),
+    ...(m['switchover-share'] === 1 ? {} : { switchoverShare: m['switchover-share'] }),
     hostPageSize: BACKING_BYTES[scenario.backing],
     ...(m['postcopy-double-map'] ? { postcopyDoubleMap: true } : {}),
     ...(m['postcopy-uffd-minor'] ? { postcopyUffdMinor: true } : {}),

@@ -217,6 +217,16 @@ export const scenarioSchema = z
         'cancel-at': number(0, 1e7).optional(),
         /** Bytes the process may lock (`ulimit -l`); zero-copy-send pins the pages in flight. Default unlimited. */
         'locked-memory': size().optional(),
+        /**
+         * The share of `downtime-limit` the final copy is planned for (switchover when pending ≤
+         * bandwidth × downtime-limit × this): QEMU's 1 by default; the live plane plans for 0.5
+         * (`LIVE_SWITCHOVER_SHARE`), so a model of a live run sets that.
+         */
+        'switchover-share': z
+          .number({ invalid_type_error: 'expected a number in (0, 1]' })
+          .gt(0, 'must be in (0, 1]')
+          .lte(1, 'must be in (0, 1]')
+          .default(1),
       })
       .strict()
       .default({}),

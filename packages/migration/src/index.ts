@@ -39,7 +39,12 @@ export type {
   StatusEvent,
   TrajectoryEntry,
 } from './migration-info.js';
-export { runLiveMigration, type LiveMigrationOptions, type LiveMigrationOutcome } from './live/run-live.js';
+export {
+  runLiveMigration,
+  LIVE_SWITCHOVER_SHARE,
+  type LiveMigrationOptions,
+  type LiveMigrationOutcome,
+} from './live/run-live.js';
 export {
   openLiveLink,
   type LiveLink,

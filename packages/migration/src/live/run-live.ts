@@ -270,4 +270,4 @@ function reapingWhileWaiting(engine: Engine, reap: () => void): Engine {
  * copy running at 0.65 of the last window's rate (154 MB in 281 ms after a 6.8 Gbit/s window).
  * The cost is a window or two more of precopy, auto-converge throttling a little sooner.
  */
-const LIVE_SWITCHOVER_SHARE = 0.5;
+export const LIVE_SWITCHOVER_SHARE = 0.5;
