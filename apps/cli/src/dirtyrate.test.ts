@@ -1,11 +1,16 @@
+import { rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encodeTrace } from '@dirtytrack/guest';
 import { pagesDirtyRate } from '@dirtytrack/qemu-layers';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { run } from './__fixtures__/run.js';
 import {
   expectedDistinctPages,
   liveContent,
   planDirtyrate,
   sweepDistinctPages,
+  traceDistinctPages,
   type DirtyrateOutput,
 } from './dirtyrate.js';
 
@@ -35,6 +40,61 @@ describe('dirtytrack dirtyrate: helpers', () => {
     expect(sweepDistinctPages(PAGES, [0, 0])).toBe(0);
   });
 
+  it('traceDistinctPages: the distinct pages of what each vCPU replayed between two snapshots, partial batches and loops included', () => {
+    // 16 pages, 2 vCPUs, a 100 ns period: vCPU 0 writes [0,1,2] at 0, [3,4] at 20, [0,5] at 50;
+    // vCPU 1 writes [8,9] at 10 and [8,10] at 60.
+    const trace = encodeTrace({
+      pages: 16,
+      vcpus: 2,
+      periodNs: 100,
+      records: [
+        { timeNs: 0, vcpu: 0, pages: [0, 1, 2] },
+        { timeNs: 10, vcpu: 1, pages: [8, 9] },
+        { timeNs: 20, vcpu: 0, pages: [3, 4] },
+        { timeNs: 50, vcpu: 0, pages: [0, 5] },
+        { timeNs: 60, vcpu: 1, pages: [8, 10] },
+      ],
+    });
+    const at = (traceBeforeNs: number, traceAfterNs: number, traceWritten: number) => ({
+      rng: [0, 0, 0, 0],
+      sweep: 0,
+      traceBeforeNs,
+      traceAfterNs,
+      traceWritten,
+    });
+    const start = [at(0, 0, 0), at(0, 0, 0)];
+    // vCPU 0: [0,1,2], then 1 of its batch [3,4]; vCPU 1: 1 of its batch [8,9].
+    expect(traceDistinctPages({ kind: 'trace', trace }, 16, start, [at(20, 30, 1), at(0, 30, 1)])).toBe(5);
+    // Nothing replayed between equal snapshots; the written part of a batch is not counted again.
+    expect(traceDistinctPages({ kind: 'trace', trace }, 16, start, start)).toBe(0);
+    expect(
+      traceDistinctPages(
+        { kind: 'trace', trace },
+        16,
+        [at(20, 30, 1), at(0, 0, 0)],
+        [at(20, 30, 2), at(0, 0, 0)],
+      ),
+    ).toBe(1); // page 4
+    // Looping: from page 5 of the batch at 50 through the second period's [0,1,2] and page 3.
+    expect(
+      traceDistinctPages(
+        { kind: 'trace', trace, loop: true },
+        16,
+        [at(40, 60, 1), at(0, 0, 0)],
+        [at(120, 130, 1), at(0, 0, 0)],
+      ),
+    ).toBe(5);
+    // Without the loop the trace ends at 100: only page 5.
+    expect(
+      traceDistinctPages(
+        { kind: 'trace', trace },
+        16,
+        [at(40, 60, 1), at(0, 0, 0)],
+        [at(120, 130, 0), at(0, 0, 0)],
+      ),
+    ).toBe(1);
+  });
+
   it('liveContent hashes a page’s words: equal pages hash alike, one changed word changes it', () => {
     const memory = new SharedArrayBuffer(3 * 4096);
     const content = liveContent(memory);
@@ -60,6 +120,7 @@ describe('dirtytrack dirtyrate: helpers', () => {
       memory: 64 * 2 ** 20,
       vcpus: 2,
       workload: 'uniform',
+      program: { kind: 'uniform' },
       rate: 2000,
       fill: 'half',
       seed: 1,
@@ -107,6 +168,31 @@ describe('dirtytrack dirtyrate on a live guest of known rate', { timeout: 60_000
     expect(r.dirtytrack['expected-dirty-rate']).toBe(r.dirtytrack['guest-write-rate']);
   });
 
+  it('dirty-bitmap over a looping trace: each page rewritten every 100 ms, so the bitmap reads the trace’s distinct pages, a tenth of the writes, within 10%', async () => {
+    // 2 vCPUs, each 10 records of 128 pages in a 100 ms period (2,560 distinct pages in all),
+    // looping: ~25,600 writes/s over 2,560 pages.
+    const lines = ['dirtytrack-trace 1 pages=16384 vcpus=2 period=100000000'];
+    for (let t = 0; t < 10; t++)
+      for (let v = 0; v < 2; v++)
+        lines.push(
+          `${t * 10_000_000 + v} ${v} ${Array.from({ length: 128 }, (_, i) => v * 8192 + t * 128 + i).join(',')}`,
+        );
+    const file = join(tmpdir(), `dirtytrack-dirtyrate-${process.pid}.trace`);
+    writeFileSync(file, lines.join('\n') + '\n');
+    onTestFinished(() => rmSync(file, { force: true }));
+    const r = await measure('--mode', 'dirty-bitmap', '--workload', 'trace', '--trace', file, '--trace-loop');
+    const c = r.dirtytrack.counters;
+    if (c.mode !== 'dirty-bitmap') throw new Error(c.mode);
+    // Over a whole period (calc-time 1 s) each vCPU replayed every record: exactly 2,560 pages.
+    const seconds = c.ms / 1000;
+    expect(r.dirtytrack['expected-dirty-rate']).toBe(
+      Math.round(((2560 * 4096) / 2 ** 20 / seconds) * 10) / 10,
+    );
+    expect(Math.abs(c.endPages - c.startPages - 2560) / 2560).toBeLessThan(0.1);
+    // The writes were many times the pages: a rate of writes would overstate it.
+    expect(r.dirtytrack['guest-writes']).toBeGreaterThan(5 * 2560);
+  });
+
   it('dirty-ring: per-vCPU entries; counts re-dirtying after a reap, so between the distinct pages and the writes', async () => {
     const r = await measure('--mode', 'dirty-ring');
     const c = r.dirtytrack.counters;
@@ -146,6 +232,9 @@ describe('dirtytrack dirtyrate: bad input, exit 2 naming the flag', { timeout: 6
     [['--sample-pages', '64'], '--sample-pages'],
     [['--calc-time', '61'], '--calc-time'],
     [['--sample-pages', '16385'], '--sample-pages'],
+    [['--workload', 'trace'], '--workload'],
+    [['--trace', 'x.trace'], '--trace'],
+    [['--workload', 'trace', '--trace', '/nonexistent.trace'], '--trace'],
   ])('%j names %s', async (args, flag) => {
     const r = await run('dirtyrate', '--memory', '16M', ...args);
     expect(r.code).toBe(2);

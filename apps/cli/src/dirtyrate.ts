@@ -8,18 +8,22 @@ import {
   type DirtyRateTimeUnit,
   type PageContent,
 } from '@dirtytrack/qemu-layers';
-import { sweepShare } from '@dirtytrack/guest';
+import type { WriteBatch } from '@dirtytrack/core';
+import { createTraceWorkload, sweepShare, type LiveVcpuProgress, type LiveWorkload } from '@dirtytrack/guest';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
 import {
   availableMemory,
   FILLS,
   fitsInMemory,
-  liveWorkload,
+  guestProgram,
+  programWorkload,
   reapWhenHalfFull,
   ringSize,
   startLiveSource,
+  workloadRate,
   type Fill,
+  type GuestProgram,
 } from './live.js';
 
 /**
@@ -38,14 +42,22 @@ const TIME_UNITS: readonly DirtyRateTimeUnit[] = ['second', 'millisecond'];
 const DEFAULT_RING_ENTRIES = 4096;
 const MIB = 2 ** 20;
 
-/** `--workload`: uniform or hot-set ({@link liveWorkload}), or a sweep (each vCPU its share in order). */
-export type DirtyrateWorkload = 'uniform' | 'hot-set' | 'sweep';
+/**
+ * `--workload`: uniform or hot-set (`liveWorkload` in live.ts), a sweep (each vCPU its share in order),
+ * or a trace replayed (`--trace FILE`).
+ */
+export type DirtyrateWorkload = 'uniform' | 'hot-set' | 'sweep' | 'trace';
 
 interface DirtyrateRaw {
   memory: string;
   vcpus: string;
   workload: DirtyrateWorkload;
+  trace?: string;
+  traceLoop?: boolean;
+  traceScale?: boolean;
   rate: string;
+  /** `--rate` was given (it caps a trace only then). */
+  rateGiven?: boolean;
   fill: Fill;
   seed: string;
   mode: DirtyRateMeasureMode;
@@ -60,6 +72,8 @@ export interface DirtyratePlan {
   memory: number;
   vcpus: number;
   workload: DirtyrateWorkload;
+  /** The vCPUs' program (a trace's bytes read and checked against the guest here). */
+  program: GuestProgram;
   rate: number;
   fill: Fill;
   seed: number;
@@ -84,10 +98,12 @@ export interface DirtyrateOutput extends DirtyRateResult {
     'guest-writes': number;
     'guest-write-rate': number;
     /**
-     * The rate of distinct pages those writes are expected to dirty (MiB/s) — what the meter
-     * should read: uniform `pages × (1 − (1 − 1/pages)^writes)` per second; sweep, exactly each
-     * vCPU's writes up to its share (a sweep writes a page again only after its whole share).
-     * Absent for hot-set.
+     * The rate of distinct pages those writes are expected to dirty (MiB/s) — what the
+     * dirty-bitmap and page-sampling modes should read (the ring counts a page again each time
+     * it is dirtied after a reap re-armed it): uniform `pages × (1 − (1 − 1/pages)^writes)` per second; sweep, exactly each
+     * vCPU's writes up to its share (a sweep writes a page again only after its whole share);
+     * trace, exactly the distinct pages of the records each vCPU replayed while the meter
+     * measured (from its replay position before to after). Absent for hot-set.
      */
     'expected-dirty-rate'?: number;
     /** The meter's raw counters (QEMU's `DirtyStat`). */
@@ -99,7 +115,9 @@ export interface DirtyrateOutput extends DirtyRateResult {
 export function planDirtyrate(raw: DirtyrateRaw, availableBytes = availableMemory()): DirtyratePlan {
   const memory = fitsInMemory('--memory', raw.memory, 1, availableBytes);
   const vcpus = intFlag('--vcpus', raw.vcpus, 1, 64);
-  const rate = intFlag('--rate', raw.rate, 0, 100_000_000);
+  const rate = workloadRate(raw.workload, raw.rate, raw.rateGiven === true);
+  // The trace file is read and checked against this guest before anything boots.
+  const program = guestProgram(raw, vcpus, memory / PAGE_SIZE);
   const seed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
   const calcTime = intFlag('--calc-time', raw.calcTime, 0, 60_000_000);
   const samplePages =
@@ -129,6 +147,7 @@ export function planDirtyrate(raw: DirtyrateRaw, availableBytes = availableMemor
     memory,
     vcpus,
     workload: raw.workload,
+    program,
     rate,
     fill: raw.fill,
     seed,
@@ -153,6 +172,56 @@ export function liveContent(memory: SharedArrayBuffer): PageContent {
   };
 }
 
+/**
+ * Distinct pages a trace replay dirtied between two progress snapshots of its vCPUs (`from`,
+ * `to`: `LiveGuest.progress()`). vCPU v had written, at a snapshot, every page of its records
+ * before `traceBeforeNs` and the first `traceWritten` pages of the batch `[traceBeforeNs,
+ * traceAfterNs)`; so between the two it wrote the pages of its replay (this trace program,
+ * `workload`, generated as its vCPU generates it) from position `from.traceWritten` after
+ * `from.traceBeforeNs` to position `n + to.traceWritten`, `n` the pages of its records in
+ * `[from.traceBeforeNs, to.traceBeforeNs)`.
+ */
+export function traceDistinctPages(
+  workload: Extract<LiveWorkload, { kind: 'trace' }>,
+  pages: number,
+  from: readonly LiveVcpuProgress[],
+  to: readonly LiveVcpuProgress[],
+): number {
+  const vcpus = from.length;
+  const seen = new Uint8Array(pages);
+  let distinct = 0;
+  for (let v = 0; v < vcpus; v++) {
+    const a = from[v] as LiveVcpuProgress;
+    const b = to[v] as LiveVcpuProgress;
+    const replay = createTraceWorkload({
+      trace: workload.trace,
+      pages,
+      vcpus,
+      loop: workload.loop ?? false,
+      scale: workload.scale ?? false,
+    });
+    const only = new Float64Array(vcpus);
+    only[v] = 1;
+    let at = 0;
+    let end = Number.POSITIVE_INFINITY;
+    const take = (batch: WriteBatch): void => {
+      if (batch.vcpu !== v) return;
+      for (let i = 0; i < batch.count; i++, at++) {
+        const page = batch.offsets[i] as number;
+        if (at >= a.traceWritten && at < end && seen[page] === 0) {
+          seen[page] = 1;
+          distinct++;
+        }
+      }
+    };
+    replay.generate(0, a.traceBeforeNs, 1, () => {}, only);
+    replay.generate(a.traceBeforeNs, b.traceBeforeNs, 1, take, only);
+    end = at + b.traceWritten;
+    replay.generate(b.traceBeforeNs, b.traceAfterNs, 1, take, only);
+  }
+  return distinct;
+}
+
 /** Distinct pages `writes` uniform random writes over `pages` pages are expected to touch. */
 export function expectedDistinctPages(pages: number, writes: number): number {
   return pages * -Math.expm1(writes * Math.log1p(-1 / pages));
@@ -168,11 +237,11 @@ export function sweepDistinctPages(pages: number, writes: readonly number[]): nu
 
 /** Boots the guest, measures once, stops the guest. */
 export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput> {
+  const workload = programWorkload(plan.program, plan.memory / PAGE_SIZE);
   const source = await startLiveSource({
     memory: plan.memory,
     vcpus: plan.vcpus,
-    workload:
-      plan.workload === 'sweep' ? { kind: 'sweep' } : liveWorkload(plan.workload, plan.memory / PAGE_SIZE),
+    workload,
     rate: plan.rate,
     fill: plan.fill,
     seed: plan.seed,
@@ -193,7 +262,20 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
     let perVcpu: number[] = [];
     let writes = 0;
     let value = 1;
+    // A trace's expected pages come from where each vCPU's replay stood before and after: read
+    // with the vCPUs paused for a moment (progress is published at a pause).
+    const snapshot = (): LiveVcpuProgress[] | undefined => {
+      if (workload.kind !== 'trace') return undefined;
+      engine.pause();
+      try {
+        return guest.progress();
+      } finally {
+        engine.resume();
+      }
+    };
+    let replayed: { from: LiveVcpuProgress[]; to: LiveVcpuProgress[] } | undefined;
     const run = (untilNs: number): void => {
+      const from = snapshot();
       writesFrom = guest.stats().vcpuWrites;
       // A new value every 10 ms, so a rewritten page changes its contents (page-sampling hashes
       // them); the ring is reaped when half full, as QEMU's reaper thread would.
@@ -202,8 +284,10 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
         engine.runGuestUntil(Math.min(untilNs, engine.clock.now() + 10e6));
         reap?.();
       }
+      const to = snapshot();
       perVcpu = guest.stats().vcpuWrites.map((w, v) => w - (writesFrom[v] ?? 0));
       writes = perVcpu.reduce((a, b) => a + b, 0);
+      if (from !== undefined && to !== undefined) replayed = { from, to };
     };
     const result: DirtyRateResult = meter.calc({
       mode: plan.mode,
@@ -229,7 +313,13 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
           ? { 'expected-dirty-rate': mibPerS(expectedDistinctPages(pages, writes)) }
           : plan.workload === 'sweep'
             ? { 'expected-dirty-rate': mibPerS(sweepDistinctPages(pages, perVcpu)) }
-            : {}),
+            : workload.kind === 'trace' && replayed !== undefined
+              ? {
+                  'expected-dirty-rate': mibPerS(
+                    traceDistinctPages(workload, pages, replayed.from, replayed.to),
+                  ),
+                }
+              : {}),
         counters,
       },
     };
@@ -278,12 +368,22 @@ export function registerDirtyrate(program: Command, io: { stdout: (t: string) =>
     .addOption(
       new Option(
         '--workload <kind>',
-        'which pages the vCPUs write (sweep: each vCPU its share of RAM in order, so every write dirties a new page until the share wraps)',
+        'which pages the vCPUs write (sweep: each vCPU its share of RAM in order, so every write dirties a new page until the share wraps; trace: replay --trace FILE)',
       )
-        .choices(['uniform', 'hot-set', 'sweep'])
+        .choices(['uniform', 'hot-set', 'sweep', 'trace'])
         .default('uniform'),
     )
-    .option('--rate <n>', 'page writes per second per vCPU (0 = as fast as it can)', '2000')
+    .option(
+      '--trace <file>',
+      'with --workload trace: a trace file (binary or text, @dirtytrack/guest’s format) each vCPU replays at its recorded times',
+    )
+    .option('--trace-loop', 'repeat the trace with its period (default: the guest idles once it ends)')
+    .option('--trace-scale', 'map a trace taken on a guest of another size onto this one')
+    .option(
+      '--rate <n>',
+      'page writes per second per vCPU (0 = as fast as it can; caps a trace only when given)',
+      '2000',
+    )
     .addOption(new Option('--fill <kind>', 'initial RAM content').choices([...FILLS]).default('half'))
     .option('--seed <n>', 'seed of the RAM content, the vCPUs’ pages and the sampled pages', '1')
     .option(
@@ -291,8 +391,8 @@ export function registerDirtyrate(program: Command, io: { stdout: (t: string) =>
       'track through a KVM dirty ring of this many entries per vCPU (dirty-ring mode uses 4096 without it)',
     )
     .option('--json', 'print query-dirty-rate’s fields (and the guest’s) as one JSON object')
-    .action(async (raw: DirtyrateRaw) => {
-      const plan = planDirtyrate(raw);
+    .action(async (raw: DirtyrateRaw, cmd: Command) => {
+      const plan = planDirtyrate({ ...raw, rateGiven: cmd.getOptionValueSource('rate') === 'cli' });
       const result = await runDirtyrate(plan);
       io.stdout(raw.json === true ? `${JSON.stringify(result, null, 2)}\n` : formatDirtyrate(result));
     });

@@ -1174,7 +1174,7 @@ export function preallocate(bytes: number, hugePages: boolean): GuestRam {
 }
 
 /** `--rate` of a guest running `workload`: a trace replays at its recorded times, so it caps one only when given. */
-function workloadRate(workload: GuestWorkloadKind, text: string, given: boolean): number {
+export function workloadRate(workload: GuestWorkloadKind, text: string, given: boolean): number {
   return workload === 'trace' && !given ? 0 : intFlag('--rate', text, 0, 100_000_000);
 }
 
