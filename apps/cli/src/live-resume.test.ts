@@ -154,6 +154,28 @@ describe('serve --run-after', () => {
     expect(destination.resumed).toEqual({ ms: 300, vcpus: 3, workload: 'idle', writes: 0, continued: true });
   }, 60_000);
 
+  it('a program given here (--workload) keeps --vcpus’ count (default 2), whatever the source had', async () => {
+    const serve = await spawnServe(
+      '--memory',
+      '16M',
+      '--once',
+      '--run-after',
+      '200',
+      '--json',
+      '--workload',
+      'idle',
+    );
+    const r = await run(
+      ...['migrate', '--to', `127.0.0.1:${serve.port}`, '--memory', '16M', '--vcpus', '3', '--json'],
+    );
+    expect(r.code).toBe(0);
+    const { code, stdout } = await serve.output;
+    expect(code).toBe(0);
+    const destination = JSON.parse(stdout) as { resumed: unknown };
+    // 2 here, 3 on the source: the state does not fit, they start afresh (and idle: no write).
+    expect(destination.resumed).toEqual({ ms: 200, vcpus: 2, workload: 'idle', writes: 0, continued: false });
+  }, 60_000);
+
   it.each([
     // An idle program boots its vCPUs at speed 0: exactly no write.
     [['--vcpus', '3', '--workload', 'idle'], 3, false],

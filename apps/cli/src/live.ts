@@ -406,13 +406,14 @@ function traceFits(t: GuestTraceWire, vcpus: number, pages: number): boolean {
 }
 
 /**
- * The vCPUs of the guest `serve` runs after a precopy (`--run-after`): `--vcpus` where given,
- * else the source's count from its VCPU_STATE (1..64, as `--vcpus` allows), else `--vcpus`'
- * default. After a postcopy switch the destination chooses the same way (`guestVcpus`).
+ * The vCPUs of the guest `serve` runs after a precopy (`--run-after`): `--vcpus` (or its default)
+ * where `own` (`--vcpus` or `--workload` given), else the source's count from its VCPU_STATE
+ * (1..64, as `--vcpus` allows), else `--vcpus`' default. After a postcopy switch the destination
+ * chooses the same way (`guestVcpus`).
  */
-export function vcpusHere(given: boolean, flag: number, received: VcpuStateMessage | undefined): number {
+export function vcpusHere(own: boolean, flag: number, received: VcpuStateMessage | undefined): number {
   const n = received?.vcpus.length ?? 0;
-  return !given && n >= 1 && n <= GUEST_VCPUS_FROM_SOURCE_MAX ? n : flag;
+  return !own && n >= 1 && n <= GUEST_VCPUS_FROM_SOURCE_MAX ? n : flag;
 }
 
 function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
@@ -433,9 +434,7 @@ function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
 }
 
 /** What `serve --json` prints for one migration: its result, with whether its RAM is on huge pages. */
-export type ServeResult = Omit<DestinationResult, 'memory' | 'guest-trace'> & {
-  /** The trace file the source sent for its trace program: its size and how it replays. */
-  'guest-trace'?: { bytes: number; loop: boolean; scale: boolean };
+export type ServeResult = Omit<DestinationResult, 'memory' | 'guestTrace'> & {
   'huge-pages'?: boolean;
   /** The guest run on here (`--run-after`, or postcopy); `continued`: from the source's vCPU state. */
   resumed?: ResumedGuest;
@@ -1305,7 +1304,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
     )
     .option(
       '--vcpus <n>',
-      'vCPUs of the guest run here (after the switch in postcopy, or with --run-after; default: the source’s, sent with its vCPU state; else 2)',
+      'vCPUs of the guest run here (after the switch in postcopy, or with --run-after; default: the source’s, sent with its vCPU state, unless --workload is given; else 2)',
       '2',
     )
     .addOption(
@@ -1359,6 +1358,9 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           rate: cmd.getOptionValueSource('rate') === 'cli',
           seed: cmd.getOptionValueSource('seed') === 'cli',
         };
+        // The guest here is the source's, vCPU count included, unless its count or its own
+        // program is given (a program given here was checked against --vcpus, default 2).
+        const ownVcpus = given.vcpus || given.workload;
         const runRate = workloadRate(raw.workload, raw.rate, given.rate);
         const runSeed = intFlag('--seed', raw.seed, 0, 0xffff_ffff);
         const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
@@ -1392,7 +1394,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
          */
         const handle = async (result: DestinationResult): Promise<void> => {
           shown = undefined; // the next migration's progress starts afresh
-          const { memory: received, 'guest-trace': trace, ...rest } = result;
+          const { memory: received, guestTrace: trace, ...rest } = result;
           const ok = result.status === 'completed' && result.verified;
           if (!ok) setCode(1);
           let resumed: ResumedGuest | undefined;
@@ -1412,7 +1414,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 continued: here.resume !== undefined,
               };
           } else if (ok && runAfter > 0 && received !== undefined) {
-            const vcpus = vcpusHere(given.vcpus, runVcpus, result['vcpu-state']);
+            const vcpus = vcpusHere(ownVcpus, runVcpus, result['vcpu-state']);
             resumed = await runReceivedGuest(received, {
               vcpus,
               ms: runAfter,
@@ -1421,7 +1423,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 vcpus,
                 received.byteLength / 4096,
                 result['vcpu-state'],
-                result['guest-trace'],
+                trace,
               ),
             });
           }
@@ -1430,12 +1432,6 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
               ? JSON.stringify(
                   {
                     ...rest,
-                    // The trace the source sent, not its bytes.
-                    ...(trace === undefined
-                      ? {}
-                      : {
-                          'guest-trace': { bytes: trace.bytes.length, loop: trace.loop, scale: trace.scale },
-                        }),
                     ...(hugePages === undefined ? {} : { 'huge-pages': hugePages }),
                     ...(resumed === undefined ? {} : { resumed }),
                   },
@@ -1473,8 +1469,9 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             ...(memory === undefined ? {} : { memory }),
             allocate,
             once,
-            // Without --vcpus, the guest run here after a postcopy switch gets the source's count.
-            ...(given.vcpus ? { guestVcpus: runVcpus } : {}),
+            // Without --vcpus or --workload, the guest run here after a postcopy switch gets the
+            // source's count.
+            ...(ownVcpus ? { guestVcpus: runVcpus } : {}),
             onProgress,
             ...(once
               ? {}

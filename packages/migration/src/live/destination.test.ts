@@ -269,9 +269,10 @@ describe('destination: the guest’s trace (GUEST_TRACE)', () => {
     const r = await d.result;
     expect(r.status).toBe('completed');
     expect(r.verified).toBe(true);
-    expect(r['guest-trace']?.loop).toBe(false);
-    expect(r['guest-trace']?.scale).toBe(true);
-    expect(Buffer.from(r['guest-trace']?.bytes ?? []).equals(trace)).toBe(true);
+    expect(r['guest-trace']).toEqual({ bytes: 150_000, loop: false, scale: true });
+    expect(r.guestTrace?.loop).toBe(false);
+    expect(r.guestTrace?.scale).toBe(true);
+    expect(Buffer.from(r.guestTrace?.bytes ?? []).equals(trace)).toBe(true);
   });
 
   it.each([
@@ -297,6 +298,7 @@ describe('destination: the guest’s trace (GUEST_TRACE)', () => {
     expect(r.status).toBe('failed');
     expect(r.error).toEqual({ code: 'protocol', message });
     expect(r['guest-trace']).toBeUndefined();
+    expect(r.guestTrace).toBeUndefined();
   });
 });
 

@@ -128,9 +128,11 @@ export interface DestinationResult {
   'vcpu-state'?: VcpuStateMessage;
   /**
    * The trace file the source's guest replays (GUEST_TRACE, sent at setup when it runs a trace
-   * program), so the guest run here can replay it too. Absent if none came.
+   * program): its size and how it replays. Absent if none came.
    */
-  'guest-trace'?: GuestTraceWire;
+  'guest-trace'?: { bytes: number; loop: boolean; scale: boolean };
+  /** That trace itself, so the guest run here can replay it too (not for printing: its bytes). */
+  guestTrace?: GuestTraceWire;
   /** Postcopy only: how it went on this side (QEMU reports blocktime on the destination). */
   postcopy?: {
     /** REQ_PAGES sent (a page asked again after a recovery counts again). */
@@ -1033,7 +1035,16 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       'verify-mismatches': m.mismatches,
       'total-time': Math.round((clock.now() - m.startedAt) / 1000) / 1000,
       ...(m.vcpuState === undefined ? {} : { 'vcpu-state': m.vcpuState }),
-      ...(m.guestTrace === undefined ? {} : { 'guest-trace': m.guestTrace }),
+      ...(m.guestTrace === undefined
+        ? {}
+        : {
+            'guest-trace': {
+              bytes: m.guestTrace.bytes.length,
+              loop: m.guestTrace.loop,
+              scale: m.guestTrace.scale,
+            },
+            guestTrace: m.guestTrace,
+          }),
     };
     if (m.faults !== null && m.running) {
       r.postcopy = {
