@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fdWritesAvailable } from '@dirtytrack/migration';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { run, spawnCliJob, spawnServe } from './__fixtures__/run.js';
 import {
   availableMemory,
@@ -635,6 +635,27 @@ describe('bad input: exit 2, one line naming the flag', () => {
     expect(lines[0]?.startsWith(`dirtytrack: ${flag}: `)).toBe(true);
   });
 });
+
+it('a trace too large to go with the migration (GUEST_TRACE carries 256 MiB) is refused before anything boots', async () => {
+  // A valid binary trace of 256 MiB + 56 bytes: one record of 2^26 writes to page 0.
+  const file = join(tmpdir(), `dirtytrack-live-${process.pid}-huge.trace`);
+  const bytes = Buffer.alloc(40 + 16 + 4 * 2 ** 26);
+  bytes.write('DTTRACE\0', 0, 'latin1');
+  bytes.writeUInt32LE(1, 8); // version
+  bytes.writeUInt32LE(2, 12); // vCPUs
+  bytes.writeBigUInt64LE(4096n, 16); // pages (16 MiB)
+  bytes.writeBigUInt64LE(1_000_000n, 24); // period, ns
+  bytes.writeUInt32LE(1, 32); // records
+  bytes.writeUInt32LE(2 ** 26, 40 + 12); // the record's writes (time 0, vCPU 0, pages 0)
+  writeFileSync(file, bytes);
+  onTestFinished(() => rmSync(file, { force: true }));
+  const r = await run('migrate', '--memory', '16M', '--workload', 'trace', '--trace', file);
+  expect(r.code).toBe(2);
+  expect(r.stdout).toBe('');
+  expect(r.stderr).toBe(
+    `dirtytrack: --trace: ${file} is 268435512 bytes; a migration carries a trace of at most 268435456 bytes (256 MiB)\n`,
+  );
+}, 60_000);
 
 describe('failures before the first page: exit 1, one line', () => {
   it('nobody listens on the port: connection refused', async () => {

@@ -25,6 +25,7 @@ import {
 import {
   createDestination,
   fdWritesAvailable,
+  GUEST_TRACE_MAX,
   GUEST_VCPUS_FROM_SOURCE_MAX,
   runLiveMigration,
   SEND_FROM,
@@ -706,6 +707,12 @@ export function planMigrate(raw: MigrateRaw, availableBytes = availableMemory())
   const token = raw.token ?? process.env['DIRTYTRACK_TOKEN'];
   const pages = memory / 4096;
   const program = guestProgram(raw, vcpus, pages);
+  // The trace goes to the destination with the guest (GUEST_TRACE), whose size is bounded.
+  if (program.trace !== undefined && program.trace.bytes.length > GUEST_TRACE_MAX)
+    throw new UsageError(
+      '--trace',
+      `${program.trace.file} is ${program.trace.bytes.length} bytes; a migration carries a trace of at most ${GUEST_TRACE_MAX} bytes (256 MiB)`,
+    );
   const workload = programWorkload(program, pages);
   return {
     ...(to === undefined ? {} : { to }),
