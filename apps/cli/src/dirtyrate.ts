@@ -21,6 +21,7 @@ import {
   reapWhenHalfFull,
   ringSize,
   startLiveSource,
+  traceAndRateOptions,
   workloadRate,
   type Fill,
   type GuestProgram,
@@ -348,7 +349,7 @@ export function formatDirtyrate(r: DirtyrateOutput): string {
 }
 
 export function registerDirtyrate(program: Command, io: { stdout: (t: string) => void }): void {
-  program
+  const dirtyrate = program
     .command('dirtyrate')
     .description(
       'Measure a live software guest’s dirty rate as QEMU’s calc-dirty-rate does (page-sampling, dirty-bitmap or dirty-ring), next to what its vCPUs really wrote.',
@@ -372,18 +373,8 @@ export function registerDirtyrate(program: Command, io: { stdout: (t: string) =>
       )
         .choices(['uniform', 'hot-set', 'sweep', 'trace'])
         .default('uniform'),
-    )
-    .option(
-      '--trace <file>',
-      'with --workload trace: a trace file (binary or text, @dirtytrack/guest’s format) each vCPU replays at its recorded times',
-    )
-    .option('--trace-loop', 'repeat the trace with its period (default: the guest idles once it ends)')
-    .option('--trace-scale', 'map a trace taken on a guest of another size onto this one')
-    .option(
-      '--rate <n>',
-      'page writes per second per vCPU (0 = as fast as it can; caps a trace only when given)',
-      '2000',
-    )
+    );
+  traceAndRateOptions(dirtyrate)
     .addOption(new Option('--fill <kind>', 'initial RAM content').choices([...FILLS]).default('half'))
     .option('--seed <n>', 'seed of the RAM content, the vCPUs’ pages and the sampled pages', '1')
     .option(

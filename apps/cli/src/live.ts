@@ -1184,6 +1184,25 @@ export function workloadRate(workload: GuestWorkloadKind, text: string, given: b
   return workload === 'trace' && !given ? 0 : intFlag('--rate', text, 0, 100_000_000);
 }
 
+/**
+ * `--trace`, `--trace-loop`, `--trace-scale` and `--rate` on `command`, as `migrate` and
+ * `dirtyrate` take them (a trace's `--rate` is a cap only when given: {@link workloadRate}).
+ */
+export function traceAndRateOptions(command: Command): Command {
+  return command
+    .option(
+      '--trace <file>',
+      'with --workload trace: a trace file (binary or text, @dirtytrack/guest’s format) each vCPU replays at its recorded times',
+    )
+    .option('--trace-loop', 'repeat the trace with its period (default: the guest idles once it ends)')
+    .option('--trace-scale', 'map a trace taken on a guest of another size onto this one')
+    .option(
+      '--rate <n>',
+      'page writes per second per vCPU (0 = as fast as it can; caps a trace only when given)',
+      '2000',
+    );
+}
+
 /** `--workload` and its trace flags, as `migrate` and `serve` take them. */
 export interface WorkloadFlags {
   workload: GuestWorkloadKind;
@@ -1548,7 +1567,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       },
     );
 
-  program
+  const migrate = program
     .command('migrate')
     .description(
       'Live-migrate a software guest (worker-thread vCPUs writing its RAM) over TCP, verified byte for ' +
@@ -1564,18 +1583,8 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
       )
         .choices([...GUEST_WORKLOADS])
         .default('uniform'),
-    )
-    .option(
-      '--trace <file>',
-      'with --workload trace: a trace file (binary or text, @dirtytrack/guest’s format) each vCPU replays at its recorded times',
-    )
-    .option('--trace-loop', 'repeat the trace with its period (default: the guest idles once it ends)')
-    .option('--trace-scale', 'map a trace taken on a guest of another size onto this one')
-    .option(
-      '--rate <n>',
-      'page writes per second per vCPU (0 = as fast as it can; caps a trace only when given)',
-      '2000',
-    )
+    );
+  traceAndRateOptions(migrate)
     .addOption(new Option('--fill <kind>', 'initial RAM content').choices([...FILLS]).default('half'))
     .option('--seed <n>', 'seed of the RAM content and the vCPUs’ pages', '1')
     .option('--multifd-channels <n>', 'turn multifd on with this many TCP channels')
