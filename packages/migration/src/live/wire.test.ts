@@ -320,6 +320,34 @@ describe('exact bytes', () => {
     expect(GUEST_TRACE_MAX).toBe(256 * 2 ** 20);
   });
 
+  it('GUEST_TRACE round trip (property): any trace, in any split of the stream, decodes to its bytes and flags', () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ minLength: 1, maxLength: 3 * GUEST_TRACE_CHUNK_MAX + 17 }),
+        fc.boolean(),
+        fc.boolean(),
+        fc.integer({ min: 1, max: 100_000 }),
+        (bytes, loop, scale, split) => {
+          const stream = Buffer.concat(encodeGuestTrace({ bytes, loop, scale }));
+          const chunks: ReturnType<typeof decodeGuestTrace>[] = [];
+          const d = createMainDecoder({
+            ...mainLogger(RAM, []),
+            onCommand: (_c, p) => chunks.push(decodeGuestTrace(p.slice())),
+          });
+          for (let at = 0; at < stream.length; at += split) d.push(stream.subarray(at, at + split));
+          expect(chunks.length).toBe(Math.ceil(bytes.length / GUEST_TRACE_CHUNK_MAX));
+          let offset = 0;
+          for (const c of chunks) {
+            expect([c.total, c.offset, c.loop, c.scale]).toEqual([bytes.length, offset, loop, scale]);
+            offset += c.chunk.length;
+          }
+          expect(Buffer.concat(chunks.map((c) => c.chunk)).equals(bytes)).toBe(true);
+        },
+      ),
+      { numRuns: 60, seed: SEED },
+    );
+  });
+
   it('the AUTH tag is HMAC-SHA256 over the label, HELLO and server nonce', () => {
     const tag = authTag('secret', encodeHello(HELLO), new Uint8Array(32).fill(7));
     expect(tag.length).toBe(32);
