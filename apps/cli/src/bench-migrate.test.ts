@@ -176,6 +176,11 @@ describe('dirtytrack bench migrate', () => {
       `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,
     );
     expect(table).toContain(
+      `Downtime of each repetition, ms (the live link is pipelined: when the last window queued the rest of RAM, almost nothing is pending at the stop): ${r.cases
+        .map((c) => `${c.name} ${(c.runs[0] as { downtime?: number }).downtime ?? '–'}`)
+        .join('; ')}.`,
+    );
+    expect(table).toContain(
       `Byte-for-byte check after completion (outside total-time), median ms: ${r.cases
         .map((c) => `${c.name} ${c['verify-time'] ?? '–'}`)
         .join(', ')}.`,

@@ -389,6 +389,9 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
       ? `multifd-2 with zero-copy-send: ${r['multifd-2-zero-copy-mbps']}.`
       : `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2-runs'].join(', ')} (median ${r['zero-copy-vs-multifd-2']}).`,
     `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,
+    `Downtime of each repetition, ms (the live link is pipelined: when the last window queued the rest of RAM, almost nothing is pending at the stop): ${r.cases
+      .map((c) => `${c.name} ${c.runs.map((run) => run.downtime ?? '–').join(', ')}`)
+      .join('; ')}.`,
     `Byte-for-byte check after completion (outside total-time), median ms: ${r.cases
       .map((c) => `${c.name} ${c['verify-time'] ?? '–'}`)
       .join(', ')}.`,
