@@ -9,7 +9,13 @@ import {
   type PageContent,
 } from '@dirtytrack/qemu-layers';
 import type { WriteBatch } from '@dirtytrack/core';
-import { createTraceWorkload, sweepShare, type LiveVcpuProgress, type LiveWorkload } from '@dirtytrack/guest';
+import {
+  createTraceWorkload,
+  parseTrace,
+  sweepShare,
+  type LiveVcpuProgress,
+  type LiveWorkload,
+} from '@dirtytrack/guest';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
 import {
@@ -190,12 +196,13 @@ export function traceDistinctPages(
 ): number {
   const vcpus = from.length;
   const seen = new Uint8Array(pages);
+  const trace = parseTrace(workload.trace); // once: each vCPU's replay below starts from it
   let distinct = 0;
   for (let v = 0; v < vcpus; v++) {
     const a = from[v] as LiveVcpuProgress;
     const b = to[v] as LiveVcpuProgress;
     const replay = createTraceWorkload({
-      trace: workload.trace,
+      trace,
       pages,
       vcpus,
       loop: workload.loop ?? false,

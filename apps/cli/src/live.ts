@@ -375,12 +375,7 @@ export function guestHere(
   const workload: LiveWorkload = !fromSource
     ? programWorkload(o.program, pages)
     : srcTrace !== undefined
-      ? {
-          kind: 'trace',
-          trace: srcTrace.bytes,
-          ...(srcTrace.loop ? { loop: true } : {}),
-          ...(srcTrace.scale ? { scale: true } : {}),
-        }
+      ? traceWorkload(srcTrace)
       : src.kind === 'hot-set' && src.hotPages >= 1 && src.hotPages <= pages
         ? { kind: 'hot-set', pages: src.hotPages, share: src.hotShare }
         : programWorkload({ kind: src.kind }, pages);
@@ -1266,6 +1261,11 @@ export function programWorkload(program: GuestProgram, pages: number): LiveWorkl
   if (program.kind !== 'trace' || t === undefined)
     return liveWorkload(program.kind === 'hot-set' ? 'hot-set' : 'uniform', pages);
   checkTraceSize({ ...TRACE_WORDS, file: t.file, pages, tracePages: t.pages, scale: t.scale });
+  return traceWorkload(t);
+}
+
+/** The vCPUs' workload replaying the trace `t` (its bytes, loop and scale; checked by the caller). */
+function traceWorkload(t: { bytes: Uint8Array; loop: boolean; scale: boolean }): LiveWorkload {
   return {
     kind: 'trace',
     trace: t.bytes,

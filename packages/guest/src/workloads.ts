@@ -38,12 +38,6 @@ export function createUniformWorkload(options: WorkloadOptions & { rng: Rng }): 
 }
 
 /**
- * Every vCPU sweeps its share of the working set in ascending order and wraps around, like the
- * guest QEMU's migration tests boot (it increments one byte of every page, page after page).
- * vCPU v owns pages `[offset + v·share, offset + (v+1)·share)`; the last vCPU also takes the
- * remainder. Deterministic, no randomness.
- */
-/**
  * vCPU `vcpu`'s share of a sweep over `pages` pages shared by `vcpus`: it starts `start` pages in
  * and spans `span` pages — `floor(pages / vcpus)` each, the last vCPU also the remainder.
  */
@@ -53,6 +47,12 @@ export function sweepShare(pages: number, vcpus: number, vcpu: number): { start:
   return { start, span: vcpu === vcpus - 1 ? pages - start : share };
 }
 
+/**
+ * Every vCPU sweeps its share of the working set in ascending order and wraps around, like the
+ * guest QEMU's migration tests boot (it increments one byte of every page, page after page).
+ * vCPU v owns pages `[offset + v·share, offset + (v+1)·share)`; the last vCPU also takes the
+ * remainder. Deterministic, no randomness.
+ */
 export function createSweepWorkload(options: WorkloadOptions): Workload {
   const shape = checkShape(options, 'sweep');
   const share = Math.floor(shape.workingSet / shape.vcpus);
