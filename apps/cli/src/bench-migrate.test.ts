@@ -52,6 +52,10 @@ describe('dirtytrack bench migrate', () => {
     expect(r['loopback-memory-runs']).toEqual([r['loopback-memory-mbps']]);
     expect(r['loopback-memory-mbps']).toBeGreaterThan(0);
     expect(r['precopy-vs-loopback-memory']).toBe(fourDigits(r['precopy-mbps'] / r['loopback-memory-mbps']));
+    // TCP in QEMU's page records (every page counted, sampled pages compared), once per repetition.
+    expect(r['loopback-records-runs']).toEqual([r['loopback-records-mbps']]);
+    expect(r['loopback-records-mbps']).toBeGreaterThan(0);
+    expect(r['precopy-vs-loopback-records']).toBe(fourDigits(r['precopy-mbps'] / r['loopback-records-mbps']));
     const names = [
       'precopy',
       'precopy-staging',
@@ -156,7 +160,7 @@ describe('dirtytrack bench migrate', () => {
       `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node}), guest RAM ` +
         (r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'),
     );
-    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(zeroCopy ? 9 : 8);
+    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(zeroCopy ? 10 : 9);
     expect(table).toContain(
       zeroCopy
         ? `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2']} (median ${r['zero-copy-vs-multifd-2']}).`
@@ -173,7 +177,12 @@ describe('dirtytrack bench migrate', () => {
         `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
     );
     expect(table).toContain(
-      `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,
+      `| TCP in QEMU's page records: 16.0 MiB, each page copied from the read buffer into guest RAM | – | – | – | – | ${r['loopback-records-mbps']} | ` +
+        `${fourDigits(r['loopback-records-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
+    );
+    expect(table).toContain(
+      `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}; ` +
+        `over TCP in its own page records (the least a destination of that format does): ${r['precopy-vs-loopback-records']}.`,
     );
     expect(table).toContain(
       `Downtime of each repetition, ms (the live link is pipelined: when the last window queued the rest of RAM, almost nothing is pending at the stop): ${r.cases

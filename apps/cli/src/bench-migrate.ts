@@ -10,8 +10,11 @@ import type { LiveGuestStats } from '@dirtytrack/guest';
 import {
   fdWritesAvailable,
   LIVE_SWITCHOVER_SHARE,
+  PAGE_RECORD_BYTES,
+  RAM_FLAG,
   READ_BUFFER_BYTES,
   runLiveMigration,
+  writeRamHeader,
   type LiveMigrationOutcome,
   type SendFrom,
 } from '@dirtytrack/migration';
@@ -165,6 +168,17 @@ export interface MigrateBenchResult {
   'loopback-memory-runs': number[];
   /** `precopy-mbps / loopback-memory-mbps`: how much of that ceiling precopy reaches. */
   'precopy-vs-loopback-memory': number;
+  /**
+   * The ceiling of precopy's own stream here: the same `memory` bytes as QEMU's page records
+   * (each 4 KiB page after its 8-byte header, as precopy sends them) written from prebuilt
+   * buffers, and a worker thread that reads them into one reused buffer and copies each page to
+   * its offset in a guest RAM — all a destination of this format must do, and nothing else.
+   * Mbit/s of page bytes, median.
+   */
+  'loopback-records-mbps': number;
+  'loopback-records-runs': number[];
+  /** `precopy-mbps / loopback-records-mbps`: how much of its format's ceiling precopy reaches. */
+  'precopy-vs-loopback-records': number;
   /** Every run's guest RAM was advised transparent huge pages (source and destination, as QEMU does). */
   'huge-pages': boolean;
   'precopy-mbps': number;
@@ -220,6 +234,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
   ];
   const loopback: number[] = [];
   const loopbackMemory: number[] = [];
+  const loopbackRecords: number[] = [];
   let receiverKiB = 0;
   const runs = new Map<LiveCaseName, LiveRun[]>(specs.map((s) => [s.name, []]));
   const receiver = await spawnReceiver();
@@ -234,6 +249,11 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
         `loopback between memories: ${o.memory} bytes of guest RAM into guest RAM over one connection (${of})`,
       );
       loopbackMemory.push(await memoryToMemory(o.memory));
+      collectGarbage();
+      step(
+        `loopback in page records: ${o.memory} bytes as QEMU's page records, each page copied into guest RAM (${of})`,
+      );
+      loopbackRecords.push(await recordsToMemory(o.memory));
       collectGarbage();
       for (const s of specs) {
         const memory = s.dirtying ? o.dirtyMemory : o.memory;
@@ -313,6 +333,9 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     'loopback-memory-mbps': medianOf(loopbackMemory),
     'loopback-memory-runs': loopbackMemory,
     'precopy-vs-loopback-memory': fourDigits(mbps('precopy') / medianOf(loopbackMemory)),
+    'loopback-records-mbps': medianOf(loopbackRecords),
+    'loopback-records-runs': loopbackRecords,
+    'precopy-vs-loopback-records': fourDigits(mbps('precopy') / medianOf(loopbackRecords)),
     'huge-pages': cases.every((c) => c.runs.every((run) => run['huge-pages'])),
     'precopy-mbps': mbps('precopy'),
     'precopy-vs-loopback': ratio('precopy'),
@@ -356,6 +379,8 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
     `| raw TCP, ${mib(r.memory)} to a discarding process | – | – | – | – | ${r['loopback-mbps']} | 1 | – | – | – | – | – | – | – |`,
     `| TCP between memories: ${mib(r.memory)} of guest RAM read in place into guest RAM | – | – | – | – | ${r['loopback-memory-mbps']} | ` +
       `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
+    `| TCP in QEMU's page records: ${mib(r.memory)}, each page copied from the read buffer into guest RAM | – | – | – | – | ${r['loopback-records-mbps']} | ` +
+      `${fourDigits(r['loopback-records-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
   ];
   for (const c of r.cases) {
     const m = r.model.find((x) => x.case === c.name) as ModelPrediction;
@@ -388,7 +413,8 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
     r['zero-copy-vs-multifd-2-runs'] === undefined
       ? `multifd-2 with zero-copy-send: ${r['multifd-2-zero-copy-mbps']}.`
       : `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2-runs'].join(', ')} (median ${r['zero-copy-vs-multifd-2']}).`,
-    `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}.`,
+    `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}; ` +
+      `over TCP in its own page records (the least a destination of that format does): ${r['precopy-vs-loopback-records']}.`,
     `Downtime of each repetition, ms (the live link is pipelined: when the last window queued the rest of RAM, almost nothing is pending at the stop): ${r.cases
       .map((c) => `${c.name} ${c.runs.map((run) => run.downtime ?? '–').join(', ')}`)
       .join('; ')}.`,
@@ -698,15 +724,46 @@ async function memoryToMemory(bytes: number): Promise<number> {
   for (let o = 0; o < bytes; o += CHUNK)
     from.set(o + CHUNK <= bytes ? pattern : pattern.subarray(0, bytes - o), o);
   const into = preallocate(bytes, true).memory;
+  const { mbps, reported } = await toReaderThread(
+    'the in-place reader',
+    MEMORY_READER,
+    into,
+    bytes,
+    (socket) => writeAll(socket, bytes, (at, n) => from.subarray(at, at + n)),
+  );
+  if (reported !== bytes) throw internal(`TCP between memories: ${String(reported)} of ${bytes} bytes read`);
+  const got = new Uint8Array(into);
+  for (let o = 0; o < bytes; o += PAGE_SIZE * 61) {
+    if (got[o] !== from[o])
+      throw internal(`TCP between memories: byte ${o} arrived as ${got[o]}, sent ${from[o]}`);
+  }
+  return mbps;
+}
+
+/**
+ * Times one loopback transfer to a worker thread: `script` runs with `{ port, memory: into, read }`
+ * as its `workerData`, connects to `port`, and posts one message (what it counted) when the
+ * sender's end arrives, then ends its side; `send` writes `bytes` into the accepted connection.
+ * Mbit/s from the connection to the reader's end, and the reader's message; rejects if the reader
+ * fails or exits first.
+ */
+async function toReaderThread(
+  what: string,
+  script: string,
+  into: SharedArrayBuffer,
+  bytes: number,
+  send: (socket: Socket) => void,
+): Promise<{ mbps: number; reported: unknown }> {
   const { server, port } = await listenLoopback();
-  const reader = new Worker(MEMORY_READER, {
+  const reader = new Worker(script, {
     eval: true,
     workerData: { port, memory: into, read: READ_BUFFER_BYTES },
   });
   try {
-    const failed = new Promise<never>((_, reject) => {
+    const reported = new Promise<unknown>((resolve, reject) => {
+      reader.once('message', resolve);
       reader.once('error', reject);
-      reader.once('exit', (code) => reject(internal(`the in-place reader exited (${code})`)));
+      reader.once('exit', (code) => reject(internal(`${what} exited (${code})`)));
     });
     const mbps = new Promise<number>((resolve, reject) => {
       server.once('connection', (socket) => {
@@ -716,16 +773,11 @@ async function memoryToMemory(bytes: number): Promise<number> {
         socket.on('end', () =>
           resolve(fourDigits((bytes * 8) / (Number(process.hrtime.bigint() - t0) / 1e3))),
         );
-        writeAll(socket, bytes, (at, n) => from.subarray(at, at + n));
+        send(socket);
       });
     });
-    const r = await Promise.race([mbps, failed]);
-    const got = new Uint8Array(into);
-    for (let o = 0; o < bytes; o += PAGE_SIZE * 61) {
-      if (got[o] !== from[o])
-        throw internal(`TCP between memories: byte ${o} arrived as ${got[o]}, sent ${from[o]}`);
-    }
-    return r;
+    const [m, r] = await Promise.all([mbps, reported]);
+    return { mbps: m, reported: r };
   } finally {
     await reader.terminate();
     server.close();
@@ -735,7 +787,7 @@ async function memoryToMemory(bytes: number): Promise<number> {
 /** The in-place reader: reads the connection into its memory, then ends it (the sender's clock stops). */
 const MEMORY_READER = `
 const net = require('node:net');
-const { workerData } = require('node:worker_threads');
+const { workerData, parentPort } = require('node:worker_threads');
 const memory = new Uint8Array(workerData.memory);
 const scratch = new Uint8Array(4096);
 let at = 0;
@@ -748,7 +800,129 @@ const c = net.connect({
     callback: (n) => { at += n; },
   },
 });
-c.on('end', () => c.end());
+c.on('end', () => { parentPort.postMessage(at); c.end(); });
+c.on('error', (e) => { throw e; });
+`;
+
+/** Page records per buffer of {@link recordsToMemory}'s sender (one {@link CHUNK} or less). */
+const RECORDS_PER_CHUNK = Math.floor(CHUNK / PAGE_RECORD_BYTES);
+/** Buffers the sender rotates through: one is rewritten only after its last write has left. */
+const RECORDS_POOL = 4;
+
+/**
+ * TCP in QEMU's page records, the ceiling of precopy's stream here: `bytes` of guest RAM as
+ * records (an 8-byte header, `PAGE|CONTINUE` and the page's offset, then its 4096 bytes, as precopy
+ * sends every page of an idle guest with random RAM), written in {@link CHUNK}-sized buffers
+ * built beforehand — only the headers are rewritten when a buffer comes round again — and read by
+ * a worker thread into one reused `READ_BUFFER_BYTES` buffer, which copies each page to its offset
+ * in a second guest RAM touched beforehand (through a bounce page beside the read buffer, as the
+ * destination does). That is what any destination of this format must do: one copy in user space
+ * per page, after the kernel's. Mbit/s of page bytes; every page is counted, sampled pages compared.
+ */
+async function recordsToMemory(bytes: number): Promise<number> {
+  const pages = bytes / PAGE_SIZE;
+  const pool = Array.from({ length: RECORDS_POOL }, () =>
+    randomFillSync(Buffer.allocUnsafeSlow(RECORDS_PER_CHUNK * PAGE_RECORD_BYTES)),
+  );
+  const into = preallocate(bytes, true).memory;
+  const { mbps, reported } = await toReaderThread(
+    'the page-record reader',
+    RECORDS_READER,
+    into,
+    bytes,
+    (socket) => sendRecords(socket, pages, pool).catch((e: unknown) => socket.destroy(e as Error)),
+  );
+  if (reported !== pages) throw internal(`TCP in page records: ${String(reported)} of ${pages} pages placed`);
+  const got = Buffer.from(into);
+  for (let page = 0; page < pages; page += 61) {
+    const at = (page % RECORDS_PER_CHUNK) * PAGE_RECORD_BYTES + 8;
+    const sent = (pool[Math.floor(page / RECORDS_PER_CHUNK) % RECORDS_POOL] as Buffer).subarray(
+      at,
+      at + PAGE_SIZE,
+    );
+    if (!sent.equals(got.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE)))
+      throw internal(`TCP in page records: page ${page} arrived other than it was sent`);
+  }
+  return mbps;
+}
+
+/** Writes `pages` records from `pool`'s buffers in turn (a buffer waits for its last write), then ends. */
+async function sendRecords(socket: Socket, pages: number, pool: Buffer[]): Promise<void> {
+  const left: (Promise<void> | undefined)[] = [];
+  for (let chunk = 0, page = 0; page < pages; chunk++) {
+    const k = chunk % pool.length;
+    await left[k];
+    const buffer = pool[k] as Buffer;
+    const n = Math.min(RECORDS_PER_CHUNK, pages - page);
+    for (let i = 0; i < n; i++)
+      writeRamHeader(
+        buffer,
+        i * PAGE_RECORD_BYTES,
+        (page + i) * PAGE_SIZE,
+        RAM_FLAG.PAGE | RAM_FLAG.CONTINUE,
+      );
+    left[k] = new Promise<void>((resolve, reject) =>
+      socket.write(buffer.subarray(0, n * PAGE_RECORD_BYTES), (e) => (e ? reject(e) : resolve())),
+    );
+    page += n;
+  }
+  socket.end();
+}
+
+/**
+ * The page-record reader: parses records out of its reused read buffer (a record may straddle two
+ * reads) and copies each page to its offset; posts the pages it placed when the stream ends. A
+ * header that is not `PAGE|CONTINUE` or names an offset outside its RAM throws (the worker fails).
+ */
+const RECORDS_READER = `
+const net = require('node:net');
+const { workerData, parentPort } = require('node:worker_threads');
+const PAGE = ${PAGE_SIZE}, RECORD = ${PAGE_RECORD_BYTES}, FLAGS = ${RAM_FLAG.PAGE | RAM_FLAG.CONTINUE};
+const memory = new Uint8Array(workerData.memory);
+const READ = workerData.read;
+// The read buffer and a bounce page in one plain buffer: copyWithin is a memmove and allocates
+// nothing, then one copy of the whole page into the shared guest RAM.
+const whole = new Uint8Array(READ + PAGE);
+const buffer = whole.subarray(0, READ);
+const bounce = whole.subarray(READ);
+const header = new Uint8Array(8);
+let got = 0; // header bytes of the record in progress (8: its page is in progress)
+let into = 0; // page bytes of the record in progress
+let offset = 0;
+let placed = 0;
+function parse(b, at) {
+  const hi = ((b[at] << 24) | (b[at + 1] << 16) | (b[at + 2] << 8) | b[at + 3]) >>> 0;
+  const lo = ((b[at + 4] << 24) | (b[at + 5] << 16) | (b[at + 6] << 8) | b[at + 7]) >>> 0;
+  const o = hi * 0x100000000 + (lo - (lo & 0xfff));
+  if ((lo & 0xfff) !== FLAGS || o + PAGE > memory.byteLength) throw new Error('bad record header at page ' + placed);
+  return o;
+}
+function onRead(n) {
+  let p = 0;
+  while (p < n) {
+    if (got === 0 && n - p >= RECORD) {
+      const o = parse(buffer, p);
+      whole.copyWithin(READ, p + 8, p + RECORD);
+      memory.set(bounce, o);
+      placed++;
+      p += RECORD;
+    } else if (got < 8) {
+      const k = Math.min(8 - got, n - p);
+      header.set(buffer.subarray(p, p + k), got);
+      got += k;
+      p += k;
+      if (got === 8) offset = parse(header, 0);
+    } else {
+      const k = Math.min(PAGE - into, n - p);
+      memory.set(buffer.subarray(p, p + k), offset + into);
+      into += k;
+      p += k;
+      if (into === PAGE) { got = 0; into = 0; placed++; }
+    }
+  }
+}
+const c = net.connect({ host: '127.0.0.1', port: workerData.port, onread: { buffer, callback: onRead } });
+c.on('end', () => { parentPort.postMessage(placed); c.end(); });
 c.on('error', (e) => { throw e; });
 `;
 
