@@ -54,7 +54,7 @@ export {
 } from './live/live-link.js';
 export { SEND_FROM, type SendFrom } from './live/link-layout.js';
 export { fdWritesAvailable } from './live/fd-writer.js';
-export { READ_BUFFER_BYTES } from './live/read-buffer.js';
+export { MAIN_READ_BUFFER_BYTES, READ_BUFFER_BYTES } from './live/read-buffer.js';
 export {
   createDestination,
   type Destination,

@@ -1,7 +1,13 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createRealClock, DirtytrackError, isDirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
 import { isLoopback, serverHandshake } from './handshake.js';
-import { withReadBuffer, type BufferedSocket, type InPlaceReads } from './read-buffer.js';
+import {
+  MAIN_READ_BUFFER_BYTES,
+  READ_BUFFER_BYTES,
+  withReadBuffer,
+  type BufferedSocket,
+  type InPlaceReads,
+} from './read-buffer.js';
 import { createPostcopyFaults, type PostcopyFaults } from './postcopy-faults.js';
 import {
   CHANNEL_KIND,
@@ -298,7 +304,10 @@ export async function createDestination(options: DestinationOptions = {}): Promi
           return;
         }
         // From here the connection reads into one reused buffer (read-buffer.ts), when it can.
-        const buffered = withReadBuffer(socket);
+        const buffered = withReadBuffer(
+          socket,
+          hello.kind === CHANNEL_KIND.MAIN ? MAIN_READ_BUFFER_BYTES : READ_BUFFER_BYTES,
+        );
         if (buffered !== undefined) {
           sockets.delete(socket);
           track(buffered.socket);
