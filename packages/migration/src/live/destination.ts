@@ -4,6 +4,7 @@ import { isLoopback, serverHandshake } from './handshake.js';
 import {
   MAIN_READ_BUFFER_BYTES,
   READ_BUFFER_BYTES,
+  stagePage,
   withReadBuffer,
   type BufferedSocket,
   type InPlaceReads,
@@ -197,9 +198,18 @@ const HANDSHAKE_BYTES = 64 + 32;
  */
 const BOUNCE = new Uint8Array(PAGE_SIZE);
 
-/** Copies one page's bytes (or less) to `offset` of guest memory, through {@link BOUNCE}. */
-function copyIn(mem: Uint8Array, data: Uint8Array, offset: number): void {
-  if (data === ZERO_PAGE || data.byteLength !== PAGE_SIZE || data.buffer instanceof SharedArrayBuffer) {
+/**
+ * Copies one page's bytes (or less) to `offset` of guest memory, through {@link BOUNCE} — unless
+ * `hot`: a page {@link stagePage} has just copied into its read buffer's scratch page is in L1
+ * already.
+ */
+function copyIn(mem: Uint8Array, data: Uint8Array, offset: number, hot = false): void {
+  if (
+    hot ||
+    data === ZERO_PAGE ||
+    data.byteLength !== PAGE_SIZE ||
+    data.buffer instanceof SharedArrayBuffer
+  ) {
     mem.set(data, offset);
     return;
   }
@@ -487,16 +497,16 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       return true;
     };
     /** Writes a page's bytes (once placed in postcopy: never over a page already in place). */
-    const put = (offset: number, data: Uint8Array): boolean => {
+    const put = (offset: number, data: Uint8Array, hot = false): boolean => {
       if (offset + PAGE_SIZE > ramBytes)
         throw new DirtytrackError('internal', `page at ${offset} outside RAM`, { component: 'destination' });
       if (!m.running) {
-        copyIn(mem, data, offset);
+        copyIn(mem, data, offset, hot);
         landed(offset);
         return true;
       }
       if (!landed(offset)) return false;
-      copyIn(mem, data, offset);
+      copyIn(mem, data, offset, hot);
       m.faults?.place(offset / PAGE_SIZE);
       m.placed++;
       return true;
@@ -504,12 +514,19 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     const onPage = (offset: number, data: Uint8Array): void => {
       if (put(offset, data)) m.normal++;
     };
+    /** A whole page record in a read: staged out of the read buffer without a view of it. */
+    const onPageAt = (offset: number, chunk: Uint8Array, at: number): void => {
+      const staged = stagePage(chunk, at);
+      if (staged === undefined) onPage(offset, chunk.subarray(at, at + PAGE_SIZE));
+      else if (put(offset, staged, true)) m.normal++;
+    };
     const onZero = (offset: number): void => {
       if (put(offset, ZERO_PAGE)) m.duplicate++;
     };
     const mainOptions = {
       ramBytes,
       onPage,
+      onPageAt,
       onZero,
       onFlush: () => {
         const k = ++m.flushSeen;
@@ -547,6 +564,10 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         onPage: (offset, data) => {
           m.preemptBytes += PAGE_SIZE;
           onPage(offset, data);
+        },
+        onPageAt: (offset, chunk, at) => {
+          m.preemptBytes += PAGE_SIZE;
+          onPageAt(offset, chunk, at);
         },
         onFlush: () => {
           throw protocolFailure('MULTIFD_FLUSH on the preempt channel');

@@ -1,7 +1,7 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { createRng } from '@dirtytrack/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { withReadBuffer } from './read-buffer.js';
+import { stagePage, withReadBuffer } from './read-buffer.js';
 
 let server: Server | undefined;
 afterEach(() => {
@@ -68,6 +68,48 @@ describe('withReadBuffer', () => {
     // The old socket left the server's count: close completes once the new one is gone.
     await new Promise<void>((resolve) => (server as Server).close(() => resolve()));
     server = undefined;
+  });
+
+  it('stages a page of a chunk into the one scratch page after its read buffer, and only there', async () => {
+    const sent = pattern(256 * 1024, 11);
+    let resolve!: () => void;
+    const ended = new Promise<void>((r) => (resolve = r));
+    const pages = new Set<Uint8Array>();
+    let at = 0; // stream offset of the current chunk
+    let staged = 0;
+    const mismatches: string[] = [];
+    const port = await listen((socket) => {
+      const b = withReadBuffer(socket, 64 * 1024) as NonNullable<ReturnType<typeof withReadBuffer>>;
+      b.socket.on('end', () => {
+        b.socket.end();
+        resolve();
+      });
+      b.start((chunk) => {
+        const before = chunk.slice();
+        for (const k of chunk.length >= 4099 ? [3, chunk.length - 4096] : []) {
+          const page = stagePage(chunk, k) as Uint8Array;
+          staged++;
+          pages.add(page);
+          const want = sent.subarray(at + k, at + k + 4096);
+          if (page.buffer !== chunk.buffer || !Buffer.from(page).equals(Buffer.from(want)))
+            mismatches.push(`page at stream byte ${at + k}`);
+        }
+        // Staging wrote nothing of the chunk, and refuses a page that ends past it.
+        if (!Buffer.from(chunk).equals(Buffer.from(before))) mismatches.push(`chunk at ${at} changed`);
+        if (stagePage(chunk, chunk.length - 4095) !== undefined) mismatches.push(`page past chunk at ${at}`);
+        at += chunk.length;
+        return true;
+      });
+    });
+    const client = connect({ port, host: '127.0.0.1' });
+    client.end(sent);
+    await ended;
+    expect(mismatches).toEqual([]);
+    expect(at).toBe(sent.length);
+    expect(staged).toBeGreaterThanOrEqual(8); // at least four reads of 64 KiB, two pages each
+    expect(pages.size).toBe(1);
+    // Not a read buffer's chunk: nothing to stage into.
+    expect(stagePage(new Uint8Array(8192), 0)).toBeUndefined();
   });
 
   it('leaves a socket that already holds bytes alone', async () => {

@@ -1,4 +1,4 @@
-import { Bitmap, DirtytrackError } from '@dirtytrack/core';
+import { Bitmap, createRng, DirtytrackError } from '@dirtytrack/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
@@ -20,6 +20,7 @@ import {
   sampleMainStream,
   sampleMultifdStream,
   sampleReturnStream,
+  sum,
   syncPacket,
   zeroRecord,
 } from './__fixtures__/wire-streams.js';
@@ -441,6 +442,39 @@ describe('decoders take chunks of any size', () => {
     expect(log.slice(13, 16)).toEqual(['section 3', 'flush', 'eos']);
     expect(log[16]).toMatch(/^cmd 32 0,0,0,0,0,0,0,0,0,8,/);
     expect(log.slice(17)).toEqual(['cmd 33 0,0,0,0,0,0,0,8', 'eof']);
+  });
+
+  it('main stream: onPageAt takes every whole page record in a chunk, onPage the rest, same log', () => {
+    const stream = concat([
+      decoders.main.stream.subarray(0, decoders.main.stream.length - 1), // all but EOF
+      encodeSection(VM_ITEM.SECTION_PART),
+      pageRecord(5 * PAGE, pageOf(5), false),
+      pageRecord(6 * PAGE, pageOf(6)),
+      pageRecord(7 * PAGE, pageOf(7)),
+      encodeEos(),
+      Uint8Array.of(VM_ITEM.EOF),
+    ]);
+    const reference = feed((log) => createMainDecoder(mainLogger(RAM, log)), stream, []);
+    const rng = createRng(SEED);
+    for (const sizes of [[], [4104 * 2 + 3], Array.from({ length: 40 }, () => 1 + rng.nextInt(9000))]) {
+      let fast = 0;
+      const log = feed(
+        (l) =>
+          createMainDecoder({
+            ...mainLogger(RAM, l),
+            onPageAt: (o, chunk, at) => {
+              fast++;
+              expect(at + PAGE).toBeLessThanOrEqual(chunk.length);
+              l.push(`page ${o} ${sum(chunk.subarray(at, at + PAGE))}`);
+            },
+          }),
+        stream,
+        sizes,
+      );
+      expect(log, `chunk sizes ${sizes.join(',')} (seed ${SEED})`).toEqual(reference);
+      // Fed whole: the three records with CONTINUE that follow a record (3 × PAGE, 6 × PAGE, 7 × PAGE).
+      if (sizes.length === 0) expect(fast).toBe(3);
+    }
   });
 
   it('multifd and return path: the whole call log', () => {

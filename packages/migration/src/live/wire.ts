@@ -937,6 +937,11 @@ export interface MainDecoderOptions {
   /** Guest RAM size: MEM_SIZE must say it, every page must lie inside it. */
   ramBytes: number;
   onPage(offsetBytes: number, data: Uint8Array): void;
+  /**
+   * A page record wholly inside the pushed chunk (the common case), its page at `chunk[at]`:
+   * called instead of `onPage` when given, so the handler can copy the page without a view of it.
+   */
+  onPageAt?(offsetBytes: number, chunk: Uint8Array, at: number): void;
   onZero(offsetBytes: number): void;
   /** MULTIFD_FLUSH: return false to stop before the next item until `resume()`. */
   onFlush(): boolean;
@@ -1256,7 +1261,9 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
               if (flags === (RAM_FLAG.PAGE | RAM_FLAG.CONTINUE)) {
                 itemAt = r.base + p;
                 r.p = p + PAGE_RECORD_BYTES;
-                options.onPage(offset, chunk.subarray(p + 8, p + PAGE_RECORD_BYTES));
+                if (options.onPageAt === undefined)
+                  options.onPage(offset, chunk.subarray(p + 8, p + PAGE_RECORD_BYTES));
+                else options.onPageAt(offset, chunk, p + 8);
                 break;
               }
               if (flags === (RAM_FLAG.ZERO | RAM_FLAG.CONTINUE) && chunk[p + 8] === 0) {
