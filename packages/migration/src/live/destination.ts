@@ -194,7 +194,10 @@ const HANDSHAKE_BYTES = 64 + 32;
  * Straight from the 1 MiB read buffer, which the kernel has just filled, that copy took
  * 355–500 ms per GiB received (a third to a half of the destination thread's time); through this
  * page — a real `memmove` into L1, then the relaxed copy out of L1 — 165–270 ms, and a 1 GiB
- * migration ran 9–35% faster (four alternating pairs).
+ * migration ran 9–35% faster (four alternating pairs). The main connection's whole page records
+ * now stop in their read buffer's own scratch page instead (`stagePage`, no view per page); this
+ * one serves the rest: a record split between two reads, a multifd page not read in place, a
+ * connection read without a reused buffer.
  */
 const BOUNCE = new Uint8Array(PAGE_SIZE);
 
