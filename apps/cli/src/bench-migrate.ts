@@ -10,9 +10,9 @@ import type { LiveGuestStats } from '@dirtytrack/guest';
 import {
   fdWritesAvailable,
   LIVE_SWITCHOVER_SHARE,
+  MAIN_READ_BUFFER_BYTES,
   PAGE_RECORD_BYTES,
   RAM_FLAG,
-  MAIN_READ_BUFFER_BYTES,
   runLiveMigration,
   writeRamHeader,
   type LiveMigrationOutcome,
@@ -620,11 +620,11 @@ const RSS_PRELOAD =
  * The loopback receiver: a child process that, for each line on its stdin, connects to the
  * sender, counts what arrives, discards it, and once the sender has ended answers with the count
  * and its peak RSS — the sender's clock stops at the answer, so every byte is timed into the
- * receiver. It reads into one reused buffer of the size the destination reads its main connection
- * with (Node's `onread`), as the destination does and as iperf does: with Node's default reads (a fresh 64 KiB buffer each) this
- * receiver measured 12–16 Gbit/s in a fresh process and 20–27 once its heap had grown over a few
- * transfers, so the baseline rose with every repetition; with one buffer it measured 25–29 from
- * the first.
+ * receiver. It reads into one reused buffer of the size the destination reads its main
+ * connection with (Node's `onread`), as the destination does and as iperf does: with Node's
+ * default reads (a fresh 64 KiB buffer each) this receiver measured 12–16 Gbit/s in a fresh
+ * process and 20–27 once its heap had grown over a few transfers, so the baseline rose with every
+ * repetition; with one buffer it measured 25–29 from the first.
  */
 const RECEIVER = (port: number) => `
 const net = require('node:net');
@@ -712,8 +712,8 @@ function writeAll(socket: Socket, bytes: number, chunk: (at: number, n: number) 
 /**
  * TCP between two memories, the ceiling of any migration over one connection here: `bytes` of
  * guest RAM (allocated as the runs' RAM is, filled with random bytes) written whole into a socket
- * in {@link CHUNK} views, and read by a worker thread in place, `MAIN_READ_BUFFER_BYTES` at a time,
- * into a second guest RAM touched beforehand — so the kernel's two copies are the only ones, as
+ * in {@link CHUNK} views, and read by a worker thread in place, `MAIN_READ_BUFFER_BYTES` at a
+ * time, into a second guest RAM touched beforehand — so the kernel's two copies are the only ones, as
  * they would be for a migration with no records and no copy in user space. Mbit/s. The raw
  * loopback above reads from a hot 4 MiB buffer and discards; this one reads and writes cold RAM
  * on both ends.
@@ -814,9 +814,9 @@ const RECORDS_POOL = 4;
  * records (an 8-byte header, `PAGE|CONTINUE` and the page's offset, then its 4096 bytes, as precopy
  * sends every page of an idle guest with random RAM), written in {@link CHUNK}-sized buffers
  * built beforehand — only the headers are rewritten when a buffer comes round again — and read by
- * a worker thread into one reused `MAIN_READ_BUFFER_BYTES` buffer, which copies each page to its offset
- * in a second guest RAM touched beforehand (through a bounce page beside the read buffer, as the
- * destination does). That is what any destination of this format must do: one copy in user space
+ * a worker thread into one reused `MAIN_READ_BUFFER_BYTES` buffer, which copies each page to its
+ * offset in a second guest RAM touched beforehand (through a scratch page after the read buffer,
+ * as the destination does). That is what any destination of this format must do: one copy in user space
  * per page, after the kernel's. Mbit/s of page bytes; every page is counted, sampled pages compared.
  */
 async function recordsToMemory(bytes: number): Promise<number> {
