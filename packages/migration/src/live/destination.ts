@@ -15,6 +15,7 @@ import {
   createMainDecoder,
   createMultifdDecoder,
   decodeGuestTrace,
+  GUEST_TRACE_FLAG,
   decodeVcpuState,
   encodeRecvBitmap,
   encodeReqPages,
@@ -722,7 +723,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         // In order, each chunk where the last ended (offset 0 starts the trace afresh); the
         // decoder checked the header and that the chunk ends within `total`.
         const c = decodeGuestTrace(payload);
-        const flags = (c.loop ? 1 : 0) | (c.scale ? 2 : 0);
+        const flags = (c.loop ? GUEST_TRACE_FLAG.LOOP : 0) | (c.scale ? GUEST_TRACE_FLAG.SCALE : 0);
         if (c.offset === 0) {
           m.traceChunks = [];
           m.traceHave = 0;

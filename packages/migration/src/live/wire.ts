@@ -617,7 +617,7 @@ export function encodeGuestTrace(trace: GuestTraceWire): Uint8Array[] {
 
 /** A GUEST_TRACE payload the decoder has accepted (its header checked) as values. */
 export function decodeGuestTrace(payload: Uint8Array): GuestTraceChunk {
-  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const dv = view(payload);
   const flags = dv.getUint8(8);
   return {
     total: dv.getUint32(0),
