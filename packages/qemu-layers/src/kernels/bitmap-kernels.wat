@@ -227,11 +227,14 @@
   ;; overflowed; $scratch: 16 + 64 * 4 + 4 bytes of this memory the kernel may use. bmap's
   ;; summary gains T's bits. Writes two f64 at $scratch: the pages of T that were already set in
   ;; bmap (popcount of T & bmap in the lines where bmap's summary was non-zero), then the 64-bit
-  ;; words visited (one per set bit of T's summary).
+  ;; words visited (one per set bit of T's summary). With a line list, T also leaves all zero
+  ;; (its listed lines and their summary bytes, which are all it has): its lines are in cache
+  ;; right after their merge, where zeroing them later, as the next sync's spare, means scanning
+  ;; its whole summary (4 MiB at 8T) for what is left.
   ;;
   ;; It works by 64-byte line: a byte of a summary names the 8 words of one line of its bitmap.
   ;; With a line list the lines are merged 48 at a time straight from it, and the summary is not
-  ;; read at all. Otherwise the summary is read 16 bytes at a time; a chunk of all-ones over a clean chunk of bmap's
+  ;; scanned. Otherwise the summary is read 16 bytes at a time; a chunk of all-ones over a clean chunk of bmap's
   ;; summary starts a run of such chunks, merged with one memory.copy. Otherwise each non-zero
   ;; byte of the chunk is one line to merge, gathered without a branch in the common case (one
   ;; line per chunk). Every 48 or more lines the batch is merged in two passes (merge_lines).
@@ -249,7 +252,7 @@
             (local.set $r
               (call $merge_lines (local.get $tw) (local.get $ts) (local.get $bw) (local.get $bs)
                 (i32.add (local.get $lines) (i32.shl (local.get $j) (i32.const 2))) (local.get $q)
-                (local.get $words) (local.get $scratch)))
+                (local.get $words) (local.get $scratch) (i32.const 1)))
             (local.set $overlap (i64.add (local.get $overlap) (i64.and (local.get $r) (i64.const 0xffffffff))))
             (local.set $copy (i64.add (local.get $copy) (i64.shr_u (local.get $r) (i64.const 32))))
             (local.set $j (i32.add (local.get $j) (local.get $q)))
@@ -311,7 +314,7 @@
           (then
             (local.set $r
               (call $merge_lines (local.get $tw) (local.get $ts) (local.get $bw) (local.get $bs)
-                (local.get $batch) (local.get $q) (local.get $words) (local.get $scratch)))
+                (local.get $batch) (local.get $q) (local.get $words) (local.get $scratch) (i32.const 0)))
             (local.set $overlap (i64.add (local.get $overlap) (i64.and (local.get $r) (i64.const 0xffffffff))))
             (local.set $copy (i64.add (local.get $copy) (i64.shr_u (local.get $r) (i64.const 32))))
             (local.set $q (i32.const 0))))
@@ -329,16 +332,17 @@
         (br $tail)))
     (local.set $r
       (call $merge_lines (local.get $tw) (local.get $ts) (local.get $bw) (local.get $bs)
-        (local.get $batch) (local.get $q) (local.get $words) (local.get $scratch)))
+        (local.get $batch) (local.get $q) (local.get $words) (local.get $scratch) (i32.const 0)))
     (local.set $overlap (i64.add (local.get $overlap) (i64.and (local.get $r) (i64.const 0xffffffff))))
     (local.set $copy (i64.add (local.get $copy) (i64.shr_u (local.get $r) (i64.const 32))))
     (f64.store (local.get $scratch) (f64.convert_i64_u (local.get $overlap)))
     (f64.store offset=8 (local.get $scratch) (f64.convert_i64_u (local.get $copy))))
 
   ;; One line's dirty words, one 64-bit word at a time: $tb names them (bit i: the word at $base +
-  ;; 8 i, non-zero), $bsj names bmap's non-zero ones among them. Returns the overlap.
+  ;; 8 i, non-zero), $bsj names bmap's non-zero ones among them; $zero: zero each word of T once
+  ;; merged. Returns the overlap.
   (func $merge_word (param $tw i32) (param $bw i32) (param $base i32) (param $tb i32) (param $bsj i32)
-        (result i64)
+        (param $zero i32) (result i64)
     (local $low i32) (local $off i32) (local $t64 i64) (local $b64 i64) (local $overlap i64)
     (loop $bits
       (local.set $low (i32.and (local.get $tb) (i32.sub (i32.const 0) (local.get $tb))))
@@ -352,20 +356,23 @@
           (i64.store (i32.add (local.get $bw) (local.get $off)) (i64.or (local.get $b64) (local.get $t64))))
         (else
           (i64.store (i32.add (local.get $bw) (local.get $off)) (local.get $t64))))
+      (if (local.get $zero) (then (i64.store (i32.add (local.get $tw) (local.get $off)) (i64.const 0))))
       (local.set $tb (i32.xor (local.get $tb) (local.get $low)))
       (br_if $bits (local.get $tb)))
     (local.get $overlap))
 
   ;; Merges the $q lines whose summary byte offsets are at $batch (merge_summary's batch) in two
-  ;; passes. First one load of each line in T and in bmap and of its byte of bmap's summary:
-  ;; independent loads, so their cache misses overlap (at 1% dirty each is a miss). Then the merge,
-  ;; which finds them in cache: bmap's summary byte gains T's, the line is OR-ed in with four v128
-  ;; steps, and where bmap's byte was non-zero the overlap is counted first. A line that would
-  ;; reach past the bitmaps' last word (a length not a multiple of 8 words) goes word by word.
+  ;; passes. First one load of each line in T and in bmap and of its byte of both summaries:
+  ;; independent loads, so their cache misses overlap (at 1% dirty each is a miss; T's summary
+  ;; byte too — left to the second pass it cost 0.6-0.8 ms of the 8T 1% merge's ~3). Then the
+  ;; merge, which finds them in cache: bmap's summary byte gains T's, the line is OR-ed in with
+  ;; four v128 steps, and where bmap's byte was non-zero the overlap is counted first; with $zero
+  ;; T's line and its summary byte are then zeroed. A line that would reach past the bitmaps' last
+  ;; word (a length not a multiple of 8 words) goes word by word.
   ;; Returns the overlap in the low 32 bits and the words visited in the high 32 (at most 64 lines:
   ;; 32768 and 512).
   (func $merge_lines (param $tw i32) (param $ts i32) (param $bw i32) (param $bs i32) (param $batch i32)
-        (param $q i32) (param $words i32) (param $scratch i32) (result i64)
+        (param $q i32) (param $words i32) (param $scratch i32) (param $zero i32) (result i64)
     (local $k i32) (local $l i32) (local $off i32) (local $sink i32) (local $t8 i32) (local $b8 i32)
     (local $pa i32) (local $pb i32) (local $full i32) (local $lim i32) (local $acc v128) (local $overlap i64) (local $copy i32)
     (block $tdone
@@ -374,7 +381,10 @@
         (local.set $l (i32.load (i32.add (local.get $batch) (i32.shl (local.get $k) (i32.const 2)))))
         (local.set $off (i32.shl (local.get $l) (i32.const 6)))
         (local.set $sink
-          (i32.add (i32.add (local.get $sink) (i32.load8_u (i32.add (local.get $bs) (local.get $l))))
+          (i32.add
+            (i32.add (local.get $sink)
+              (i32.add (i32.load8_u (i32.add (local.get $ts) (local.get $l)))
+                (i32.load8_u (i32.add (local.get $bs) (local.get $l)))))
             (i32.add (i32.load (i32.add (local.get $tw) (local.get $off)))
               (i32.load (i32.add (local.get $bw) (local.get $off))))))
         (local.set $k (i32.add (local.get $k) (i32.const 1)))
@@ -404,7 +414,7 @@
                     (local.set $overlap
                       (i64.add (local.get $overlap)
                         (call $merge_word (local.get $tw) (local.get $bw) (local.get $off) (local.get $t8)
-                          (local.get $b8)))))))
+                          (local.get $b8) (local.get $zero)))))))
               (else
                 (local.set $pa (i32.add (local.get $tw) (local.get $off)))
                 (local.set $pb (i32.add (local.get $bw) (local.get $off)))
@@ -431,7 +441,14 @@
                 (v128.store offset=32 (local.get $pb)
                   (v128.or (v128.load offset=32 (local.get $pb)) (v128.load offset=32 (local.get $pa))))
                 (v128.store offset=48 (local.get $pb)
-                  (v128.or (v128.load offset=48 (local.get $pb)) (v128.load offset=48 (local.get $pa))))))))
+                  (v128.or (v128.load offset=48 (local.get $pb)) (v128.load offset=48 (local.get $pa))))
+                (if (local.get $zero)
+                  (then
+                    (v128.store (local.get $pa) (v128.const i64x2 0 0))
+                    (v128.store offset=16 (local.get $pa) (v128.const i64x2 0 0))
+                    (v128.store offset=32 (local.get $pa) (v128.const i64x2 0 0))
+                    (v128.store offset=48 (local.get $pa) (v128.const i64x2 0 0))))))
+            (if (local.get $zero) (then (i32.store8 (i32.add (local.get $ts) (local.get $l)) (i32.const 0))))))
         (local.set $k (i32.add (local.get $k) (i32.const 1)))
         (br $merge)))
     (i64.or (local.get $overlap) (i64.shl (i64.extend_i32_u (local.get $copy)) (i64.const 32))))

@@ -178,6 +178,31 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
   );
 
   it.each(BOTH_MERGES)(
+    'a merge through the line list leaves the harvested buffer all zero, so the next sync clears nothing (%s)',
+    (_kind, allocator) => {
+      const { log, layers } = world(PAGES, allocator());
+      // bmap keeps page 0 only, so the sync merges. The round sends none of the pages written
+      // below: before, they stayed in the harvested buffer until the next sync scanned its summary.
+      for (let p = 1; p < PAGES; p++) layers.clearSent(p >>> 5, 1 << (p & 31));
+      // Lone words, a whole-line run, and the last, partial line (merged word by word).
+      const dirty = [5, 6, 64, 2047, ...Array.from({ length: 2048 }, (_, i) => 4096 + i), 69_999, PAGES - 1];
+      const taken = log.active(0);
+      log.markDirty(0, Uint32Array.from(dirty), dirty.length, 0);
+      expect(taken.counts[1]).toBeLessThanOrEqual(taken.lines?.length ?? 0); // the list is complete
+      expect(layers.sync().newDirty).toBe(dirty.length);
+      expect([...layers.bmap.setBits()]).toEqual([0, ...dirty]);
+      expect(taken.counts[0]).toBe(0);
+      expect(firstDifference(taken.bitmap.words, new Uint32Array(taken.bitmap.words.length))).toBe(-1);
+      expect(firstDifference(taken.summary, new Uint32Array(taken.summary.length))).toBe(-1);
+      // The next sync installs it for the producers as it is; with nothing listed it visits nothing.
+      const before = layers.stats().copiedWords;
+      expect(layers.sync().newDirty).toBe(0);
+      expect(log.active(0)).toBe(taken);
+      expect(layers.stats().copiedWords - before).toBe(0);
+    },
+  );
+
+  it.each(BOTH_MERGES)(
     'falls back to the summary when the line list overflows: exact at its length and one past it (%s)',
     (_kind, allocator) => {
       for (const extra of [0, 1]) {

@@ -49,7 +49,8 @@ export interface MergeKernel {
    * words; `ts`, `bs` summaries of equal length). Returns the pages of T already set in bmap and
    * the 64-bit words visited (one per set summary bit), as the JS twin counts them. `lines`: T's
    * first `lines.length` line-list entries (`DirtyLogBuffer.lines`), complete — then only those
-   * lines are visited and the summary is not scanned.
+   * lines are visited, the summary is not scanned, and T's words and summary are left all zero
+   * (the caller zeroes its count).
    */
   merge(
     tw: Uint32Array,
