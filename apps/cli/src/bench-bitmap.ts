@@ -40,7 +40,8 @@ import { fourDigits, medianMs, pairedMedians } from './bench-timing.js';
  *   spread. That touches one cache line in 12.5 of both bitmaps, so its floor is a large share
  *   of a memcpy whatever the sync does.
  * Each has a floor row (`touch-1pct-floor`, `touch-1pct-spread-floor`): only copying the dirty
- * words from the pattern into another bitmap, no summary, no bookkeeping.
+ * words from the pattern into another bitmap, no summary, no bookkeeping — in memory from the
+ * `fused` cases' allocator, so a floor and the syncs above it pay the same TLB misses.
  *
  * Every sync is timed whole (`layers.sync()`: harvest, hops, bookkeeping) from the state QEMU
  * syncs in: the round has sent every page (bmap empty), then the guest dirtied the share under
@@ -70,7 +71,7 @@ export interface BitmapBenchOptions {
   /**
    * The allocator of the `fused` cases' bitmaps (bmap and the swap log). Default
    * `createHugePageAllocator()`: 2 MiB pages where the machine allows, plain buffers elsewhere.
-   * The `small-pages` rows always use plain buffers, side by side.
+   * The floor rows use it too. The `small-pages` rows always use plain buffers, side by side.
    */
   allocator?: BitmapAllocator;
   onStep?: (step: string) => void;
@@ -133,6 +134,8 @@ export interface BitmapBenchResult {
     'fused-merge-1pct-spread': SideBySideRow;
     'fused-merge-1pct-vs-fused-merge': number;
     'fused-merge-1pct-spread-vs-fused-merge': number;
+    /** `touch-1pct-loads` on plain buffers: what the random lines cost without huge pages. */
+    'touch-1pct-loads': SideBySideRow;
   };
   /**
    * The merging `fused` at 1% clustered in the {@link LARGER_RUN_PAGES} runs that fit the guest,
@@ -143,7 +146,8 @@ export interface BitmapBenchResult {
    * The floor under a clustered 1% sync that writes the bits into bmap: only touching those words
    * (read the pattern's, write another bitmap's, 16 32-bit words per run — 1% of the cache lines
    * of each), no summary, no bookkeeping, beside a memcpy; in fused's two passes (a load per run
-   * in both bitmaps for 128 runs, then their copy).
+   * in both bitmaps for 128 runs, then their copy). Both bitmaps come from the `fused` cases'
+   * allocator (huge pages by default), as do the other floor rows.
    */
   'touch-1pct-floor': SideBySideRow;
   /**
@@ -330,8 +334,27 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     }
     return r;
   };
-  const floorDst = Bitmap.create(pages);
+  /** A zeroed bitmap from the `fused` cases' allocator (huge pages by default). */
+  const allocated = (alloc: BitmapAllocator): Bitmap => {
+    const a = alloc.allocate(Bitmap.byteLength(pages));
+    return Bitmap.wrap(a.buffer, pages, a.byteOffset);
+  };
+  const floorSrc = allocated(allocator);
+  floorSrc.copyFrom(clustered.bitmap);
+  const floorDst = allocated(allocator);
+  const spreadSrc = allocated(allocator);
+  spreadSrc.copyFrom(spread);
   const floorSink = new Int32Array(1);
+  /** One load of each clustered run's line in `a` and `b`: the least any sync that moves the bits can do. */
+  const loadRuns = (a: Uint32Array, b: Uint32Array): void => {
+    const starts = clustered.runStarts;
+    let sink = 0;
+    for (let r = 0; r < starts.length; r++) {
+      const i = (starts[r] as number) >>> 5;
+      sink = (sink + (a[i] as number) + (b[i] as number)) | 0;
+    }
+    floorSink[0] = sink;
+  };
   step('1% floor (clustered)');
   const floor = sideBySide(
     reps,
@@ -340,7 +363,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     () => {
       // As fused merges groups: 128 runs at a time, a load of each run's line in both bitmaps
       // first (independent, so the misses overlap), then the copy.
-      const a = clustered.bitmap.words;
+      const a = floorSrc.words;
       const b = floorDst.words;
       const starts = clustered.runStarts;
       const words = clustered.runPages / 32;
@@ -364,19 +387,15 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     reps,
     () => {},
     copyBitmap,
-    () => {
-      // Only one load of each run's line in both bitmaps: the least any sync that moves the
-      // bits can do.
-      const a = clustered.bitmap.words;
-      const b = floorDst.words;
-      const starts = clustered.runStarts;
-      let sink = 0;
-      for (let r = 0; r < starts.length; r++) {
-        const i = (starts[r] as number) >>> 5;
-        sink = (sink + (a[i] as number) + (b[i] as number)) | 0;
-      }
-      floorSink[0] = sink;
-    },
+    () => loadRuns(floorSrc.words, floorDst.words),
+  );
+  step('1% loads only (clustered), 4 KiB pages');
+  const smallLoadsDst = Bitmap.create(pages);
+  const smallLoadsFloor = sideBySide(
+    reps,
+    () => {},
+    copyBitmap,
+    () => loadRuns(clustered.bitmap.words, smallLoadsDst.words),
   );
   step('1% floor (spread)');
   const spreadFloor = sideBySide(
@@ -384,7 +403,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     () => {},
     copyBitmap,
     () => {
-      const a = spread.words;
+      const a = spreadSrc.words;
       const b = floorDst.words;
       for (let i = 0; i < a.length; i += 200) {
         b[i] = a[i] as number;
@@ -529,6 +548,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
       'fused-merge-1pct-spread': vs2(small1Spread),
       'fused-merge-1pct-vs-fused-merge': fourDigits(small1.ms / smallSync.ms),
       'fused-merge-1pct-spread-vs-fused-merge': fourDigits(small1Spread.ms / smallSync.ms),
+      'touch-1pct-loads': vs2(smallLoadsFloor),
     },
     'fused-merge-1pct-larger-runs': largerRuns,
     'touch-1pct-floor': vs2(floor),
@@ -567,6 +587,7 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
     `| sync, fused merging in WebAssembly, 1% dirty spread | ${s['fused-merge-wasm-1pct-spread'].ms} | ${s['fused-merge-wasm-1pct-spread']['vs-memcpy']} |`,
     `| floor of the clustered 1%: touching its runs only | ${r['touch-1pct-floor'].ms} | ${r['touch-1pct-floor']['vs-memcpy']} |`,
     `| below it: one load per run in each bitmap, no writes | ${r['touch-1pct-loads'].ms} | ${r['touch-1pct-loads']['vs-memcpy']} |`,
+    `| the same loads, 4 KiB pages | ${small['touch-1pct-loads'].ms} | ${small['touch-1pct-loads']['vs-memcpy']} |`,
     ...r['fused-merge-1pct-larger-runs'].map(
       (x) =>
         `| sync, fused merging, 1% dirty clustered (${formatSize(x['run-pages'] * PAGE_SIZE)} runs) | ${x.ms} | ${x['vs-memcpy']} |`,

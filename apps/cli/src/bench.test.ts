@@ -174,7 +174,12 @@ describe('dirtytrack bench bitmap', () => {
     // The fused cases on the huge-page allocator where the machine allows it, and again on plain buffers.
     expect(['huge-pages', 'default']).toContain(r.allocator.kind);
     const small = r['small-pages'];
-    for (const k of ['fused-merge', 'fused-merge-1pct', 'fused-merge-1pct-spread'] as const) {
+    for (const k of [
+      'fused-merge',
+      'fused-merge-1pct',
+      'fused-merge-1pct-spread',
+      'touch-1pct-loads',
+    ] as const) {
       expect(small[k].ms).toBeGreaterThan(0);
       expectRatio(small[k]['vs-memcpy'], small[k].ms / small[k]['memcpy-ms']);
     }
@@ -202,6 +207,7 @@ describe('dirtytrack bench bitmap', () => {
     expect(out.stdout).toContain('| floor of the clustered 1%: touching its runs only |');
     expect(out.stdout).toContain('| floor of the spread 1%: touching its words only |');
     expect(out.stdout).toContain('| below it: one load per run in each bitmap, no writes |');
+    expect(out.stdout).toContain('| the same loads, 4 KiB pages |');
     expect(out.stdout).toContain('| sync, fused merging, 1% dirty clustered (2M runs), 4 KiB pages |');
     expect(out.stdout).toMatch(/fused bitmaps: (huge-pages|default) allocator/);
     expect(out.stdout).toContain('| sync, fused merging in WebAssembly, 1% dirty clustered (2M runs) |');

@@ -554,8 +554,15 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
       const old = m >>> 8;
       if (m === 0xff) {
         // All 8 words dirty in T over 8 zero words of bmap: a straight copy of 16 32-bit words.
-        for (let i = i0, e = Math.min(i0 + 16, bw.length); i < e; i++) bw[i] = tw[i] as number;
-        if (zero) tw.fill(0, i0, i0 + 16);
+        const e = Math.min(i0 + 16, bw.length);
+        if (zero) {
+          for (let i = i0; i < e; i++) {
+            bw[i] = tw[i] as number;
+            tw[i] = 0;
+          }
+        } else {
+          for (let i = i0; i < e; i++) bw[i] = tw[i] as number;
+        }
         continue;
       }
       let bits = m & 0xff;
