@@ -191,6 +191,9 @@ describe('dirtytrack bench bitmap', () => {
       small['fused-merge-1pct-spread-vs-fused-merge'],
       small['fused-merge-1pct-spread'].ms / small['fused-merge'].ms,
     );
+    // One repetition: the interleaved ratio is that repetition's, each sync time rounded apart.
+    const xOverW = r.strategies.xchg.ms / r.strategies['rwlock-memcpy'].ms;
+    expect(Math.abs(r['rwlock-memcpy-vs-xchg'] / xOverW - 1)).toBeLessThan(2e-3);
     expect(r['l1-xchg-vs-memcpy']).toBeGreaterThan(0);
     expect(r['l1-kind']).toBe('wasm-simd');
     expect(r['l1-js-xchg-vs-set']).toBeGreaterThan(0);
