@@ -358,14 +358,14 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     return r;
   };
   /** A zeroed bitmap from the `fused` cases' allocator (huge pages by default). */
-  const allocated = (alloc: BitmapAllocator): Bitmap => {
-    const a = alloc.allocate(Bitmap.byteLength(pages));
+  const allocated = (): Bitmap => {
+    const a = allocator.allocate(Bitmap.byteLength(pages));
     return Bitmap.wrap(a.buffer, pages, a.byteOffset);
   };
-  const floorSrc = allocated(allocator);
+  const floorSrc = allocated();
   floorSrc.copyFrom(clustered.bitmap);
-  const floorDst = allocated(allocator);
-  const spreadSrc = allocated(allocator);
+  const floorDst = allocated();
+  const spreadSrc = allocated();
   spreadSrc.copyFrom(spread);
   const floorSink = new Int32Array(1);
   /** One load of each clustered run's line in `a` and `b`: the least any sync that moves the bits can do. */
