@@ -3,7 +3,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fdWritesAvailable } from '@dirtytrack/migration';
-import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
+import { createHugePageAllocator, supportsWasmSimd } from '@dirtytrack/qemu-layers';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { run, spawnCliJob, spawnServe } from './__fixtures__/run.js';
 import {
@@ -139,6 +139,16 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
       const result = await migrate16M('--layers', layers, '--max-bandwidth', '32M');
       expectSyncs(result, layers);
       expect(result.ram['dirty-sync-count']).toBeGreaterThanOrEqual(3);
+      const { sync } = result.dirtytrack;
+      if (layers === 'fused') {
+        // Every fused sync adopts the harvested buffer or merges it; with WebAssembly SIMD (Node
+        // 20 has it) the live plane's buffers sit in the kernel's memory, so no merge ran in JS.
+        const merged = sync.count - (sync.adoptions as number);
+        expect(sync['kernel-merges']).toBe(supportsWasmSimd() ? merged : 0);
+        expect(merged).toBeGreaterThan(0);
+      } else {
+        expect(sync).not.toHaveProperty('kernel-merges');
+      }
     },
     40_000,
   );
@@ -244,6 +254,12 @@ describe('dirtytrack migrate: each sync of the migration bitmap timed', () => {
       'max-ms': 4,
       'cost-model-ms': 0.75,
     });
+    // fused with the layers' stats: adoptions and kernel merges; other strategies never show them.
+    expect(syncSummary('fused', times, { adoptions: 1, kernelMerges: 2 })).toMatchObject({
+      adoptions: 1,
+      'kernel-merges': 2,
+    });
+    expect(syncSummary('xchg', times, { adoptions: 0, kernelMerges: 0 })).not.toHaveProperty('adoptions');
     // An even count: the median is the mean of the middle two; none at all: zeros.
     expect(syncSummary('xchg', { ms: [1, 3, 2, 10], costMs: [0, 0, 0, 0] })['median-ms']).toBe(2.5);
     expect(syncSummary('xchg', { ms: [], costMs: [] })).toMatchObject({

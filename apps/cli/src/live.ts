@@ -38,11 +38,12 @@ import {
 } from '@dirtytrack/migration';
 import {
   allocateGuestRam,
-  createHugePageAllocator,
   createQemuLayers,
   createSwapDirtyLog,
+  createWasmBitmapAllocator,
   SYNC_STRATEGIES,
   type GuestRam,
+  type QemuLayersStats,
   type SyncStrategy,
 } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter, type RingReporter } from '@dirtytrack/reporters';
@@ -108,7 +109,17 @@ export async function startLiveSource(o: LiveSourceOptions) {
   const { guest, bitmap, ring, kvm } = await bootGuest(memory, o);
   const engine = createLiveEngine({ guest });
   const syncs = timedSyncs(bitmap);
-  return { memory, hugePages, guest, engine, bitmap: syncs.bitmap, syncTimes: syncs.times, ring, kvm };
+  return {
+    memory,
+    hugePages,
+    guest,
+    engine,
+    bitmap: syncs.bitmap,
+    syncTimes: syncs.times,
+    layers: bitmap,
+    ring,
+    kvm,
+  };
 }
 
 /**
@@ -139,9 +150,10 @@ async function bootGuest(
       ? undefined
       : createRingReporter({ vcpus: o.vcpus, entries: o.dirtyRing, rearmer: tracker, slots: [slot] });
   const lock = ring === undefined && strategy !== 'xchg' ? createRWLock() : undefined;
-  // The swap log and the layers' bmap on the same huge-page allocator (the fused merge then
-  // knows which 64-byte groups share a cache line).
-  const allocator = strategy === 'fused' ? createHugePageAllocator() : undefined;
+  // The swap log's buffers and the layers' bmap in one WebAssembly memory (advised huge pages, as
+  // the huge-page allocator's are), so the fused merge runs in the SIMD kernel; where the engine
+  // has no WebAssembly SIMD the allocator hands out plain buffers and the JS twin merges.
+  const allocator = strategy === 'fused' ? createWasmBitmapAllocator() : undefined;
   const reporter =
     ring ??
     (strategy === 'fused'
@@ -217,8 +229,16 @@ export function timedSyncs(
   return { bitmap: timed, times };
 }
 
-/** The sync figures of a run's JSON (`dirtytrack.sync`): count, total, median and max (ms, three decimals). */
-export function syncSummary(layers: SyncStrategy, t: SyncTimes) {
+/**
+ * The sync figures of a run's JSON (`dirtytrack.sync`): count, total, median and max (ms, three
+ * decimals); for `fused`, given the layers' stats, how many syncs adopted the harvested buffer and
+ * how many merged it in the WebAssembly kernel (the rest merged in JS).
+ */
+export function syncSummary(
+  layers: SyncStrategy,
+  t: SyncTimes,
+  stats?: Pick<QemuLayersStats, 'adoptions' | 'kernelMerges'>,
+) {
   const r3 = (x: number) => Math.round(x * 1000) / 1000;
   const sorted = [...t.ms].sort((a, b) => a - b);
   const n = sorted.length;
@@ -235,6 +255,9 @@ export function syncSummary(layers: SyncStrategy, t: SyncTimes) {
     'median-ms': r3(median),
     'max-ms': r3(n === 0 ? 0 : (sorted[n - 1] as number)),
     'cost-model-ms': r3(t.costMs.reduce((a, b) => a + b, 0)),
+    ...(layers === 'fused' && stats !== undefined
+      ? { adoptions: stats.adoptions, 'kernel-merges': stats.kernelMerges }
+      : {}),
   };
 }
 
@@ -965,7 +988,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       'huge-pages': source.hugePages,
       vcpus,
       'guest-writes': guestWrites,
-      sync: syncSummary(plan.layers, source.syncTimes),
+      sync: syncSummary(plan.layers, source.syncTimes, source.layers.stats()),
       link: outcome.link,
       ...(sentState === undefined ? {} : { 'vcpu-state': sentState }),
       ...(destination === undefined ? {} : { destination }),
