@@ -673,6 +673,19 @@ it('a trace too large to go with the migration (GUEST_TRACE carries 256 MiB) is 
   );
 }, 60_000);
 
+it('serve on a port already taken: exit 2, one line naming --listen and why', async () => {
+  const taken = createServer();
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+  onTestFinished(() => new Promise<void>((resolve) => taken.close(() => resolve())));
+  const { port } = taken.address() as { port: number };
+  const r = await run('serve', '--listen', `127.0.0.1:${port}`, '--once');
+  expect(r.code).toBe(2);
+  expect(r.stdout).toBe('');
+  expect(r.stderr).toBe(
+    `dirtytrack: --listen: cannot listen on 127.0.0.1:${port}: the port is already in use (EADDRINUSE)\n`,
+  );
+});
+
 describe('failures before the first page: exit 1, one line', () => {
   it('nobody listens on the port: connection refused', async () => {
     const port = await freePort();

@@ -1568,8 +1568,12 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             },
           });
         } catch (error) {
-          if (error instanceof DirtytrackError && error.field === 'token')
-            throw new UsageError('--token', error.message.replace(/^\[dirtytrack\] \[[^\]]*\] token: /, ''));
+          // A bad token or an address this machine cannot listen on: one line naming the flag.
+          if (error instanceof DirtytrackError && (error.field === 'token' || error.field === 'listen'))
+            throw new UsageError(
+              `--${error.field}`,
+              error.message.replace(/^\[dirtytrack\] \[[^\]]*\] (token|listen): /, ''),
+            );
           throw error;
         }
         io.stdout(`listening on ${destination.host}:${destination.port}\n`);

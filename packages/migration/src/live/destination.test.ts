@@ -1,4 +1,4 @@
-import { createRng } from '@dirtytrack/core';
+import { createRng, DirtytrackError } from '@dirtytrack/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startHandSource, type HandSource } from './__fixtures__/hand-source.js';
 import {
@@ -303,6 +303,23 @@ describe('destination: the guest’s trace (GUEST_TRACE)', () => {
 });
 
 describe('destination failures are clean', () => {
+  it('an address it cannot listen on: a typed error naming the field and the errno, nothing left listening', async () => {
+    const first = await destination();
+    const error = await createDestination({ port: first.port }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(DirtytrackError);
+    expect(error).toMatchObject({
+      code: 'invalid-argument',
+      component: 'destination',
+      field: 'listen',
+      errno: 'EADDRINUSE',
+      message: `[dirtytrack] [destination] listen: cannot listen on 127.0.0.1:${first.port}: the port is already in use (EADDRINUSE)`,
+    });
+    expect((error as Error).cause).toMatchObject({ code: 'EADDRINUSE' });
+  });
+
   it('a protocol error: SHUT 1 on the return path, sockets closed, result failed with the typed error', async () => {
     const ram = 8 * PAGE;
     const d = await destination();

@@ -1141,9 +1141,26 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   }
 
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    // The address cannot be listened on: a host that does not resolve (ENOTFOUND), one not on
+    // this machine (EADDRNOTAVAIL), a port taken (EADDRINUSE) or not ours to bind (EACCES).
+    const failed = (error: NodeJS.ErrnoException): void => {
+      const errno = typeof error.code === 'string' ? error.code : undefined;
+      reject(
+        new DirtytrackError(
+          'invalid-argument',
+          `listen: cannot listen on ${host}:${options.port ?? 0}: ${listenReason(error)}`,
+          {
+            component: 'destination',
+            field: 'listen',
+            ...(errno === undefined ? {} : { errno }),
+            cause: error,
+          },
+        ),
+      );
+    };
+    server.once('error', failed);
     server.listen(options.port ?? 0, host, () => {
-      server.off('error', reject);
+      server.off('error', failed);
       resolve();
     });
   });
@@ -1288,6 +1305,20 @@ function sameId(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/** Why a listen failed, in words, with the errno: `address already in use (EADDRINUSE)`. */
+function listenReason(error: NodeJS.ErrnoException): string {
+  const words: Record<string, string> = {
+    ENOTFOUND: 'the host name does not resolve',
+    EAI_AGAIN: 'the host name could not be resolved now',
+    EADDRNOTAVAIL: 'the address is not on this machine',
+    EADDRINUSE: 'the port is already in use',
+    EACCES: 'permission denied (a port below 1024 needs privileges)',
+  };
+  const code = typeof error.code === 'string' ? error.code : undefined;
+  const why = code === undefined ? undefined : words[code];
+  return why === undefined ? error.message : `${why} (${code})`;
 }
 
 function describeError(error: unknown): string {
