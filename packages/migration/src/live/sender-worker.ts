@@ -182,6 +182,24 @@ function connect(kind: number, channel: number): Promise<net.Socket> {
   });
 }
 
+/**
+ * What the page loop compares and writes, as plain constants: a property of an imported object
+ * read for the first time in optimized code (the first section opened after a drain, the first
+ * op that is not PAGES) deoptimizes it for want of type feedback.
+ */
+const URGENT_OP: number = OP.URGENT;
+/**
+ * 1 at the page ops (PAGES, URGENT): one load and one comparison that every op makes, where
+ * `op !== PAGES && op !== URGENT` left its second comparison without feedback until the first
+ * op that was not PAGES, which then deoptimized the page loop.
+ */
+const PAGE_OPS = new Uint8Array(Math.max(...Object.values(OP)) + 1);
+PAGE_OPS[OP.PAGES] = PAGE_OPS[OP.URGENT] = 1;
+const SECTION_PART: number = VM_ITEM.SECTION_PART;
+const SECTION_END: number = VM_ITEM.SECTION_END;
+const DATA_RECORD: number = RAM_FLAG.PAGE | RAM_FLAG.CONTINUE;
+const ZERO_RECORD: number = RAM_FLAG.ZERO | RAM_FLAG.CONTINUE;
+
 /** Bytes of one staging buffer (a slice of 512 pages fills about two). */
 const STAGING_BYTES = 2 ** 20;
 /** Staging buffers no flush holds, for reuse: the kernel keeps reading the same few hot buffers. */
@@ -383,7 +401,11 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
     return direct === undefined ? new Out(c, stagePackets) : new Out(c, false, direct);
   });
   let preemptOut = preempt === undefined ? undefined : recordOut(preempt, preemptDirect);
-  const all = [mainOut, ...outs, ...(preemptOut === undefined ? [] : [preemptOut])];
+  // Pushed one by one: spreading a possibly empty array here deoptimized this function ("wrong
+  // map") early in every migration.
+  const all: Out[] = [mainOut];
+  for (const o of outs) all.push(o);
+  if (preemptOut !== undefined) all.push(preemptOut);
   const base = counters[COUNTER.DRAINED] as number;
   let written = 0;
   // Progress while the batch drains, so the migration thread can tell a slow link from a dead one.
@@ -425,7 +447,7 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
   };
   const openSection = (out: Out): void => {
     if (out.section) return;
-    out.push(encodeSection(completed ? VM_ITEM.SECTION_END : VM_ITEM.SECTION_PART));
+    out.push(encodeSection(completed ? SECTION_END : SECTION_PART));
     out.section = true;
   };
   const record = (out: Out, offset: number, flags: number, fill: boolean): void => {
@@ -445,10 +467,10 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
   const pageRecord = (out: Out, page: number, isData: boolean): void => {
     openSection(out);
     if (isData) {
-      record(out, page * PAGE, RAM_FLAG.PAGE | RAM_FLAG.CONTINUE, false);
+      record(out, page * PAGE, DATA_RECORD, false);
       out.pages(page, 1);
     } else {
-      record(out, page * PAGE, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE, true);
+      record(out, page * PAGE, ZERO_RECORD, true);
     }
   };
   /** Discard ranges gathered from consecutive DISCARD ops, sent as commands (≤ 12 ranges each). */
@@ -459,9 +481,62 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
     for (const c of encodeDiscard(discards)) mainOut.push(c);
     discards.length = 0;
   };
+  /** The pages of the page op at `at` (PAGES or URGENT), as records or into multifd packets. */
+  const encodePageOp = (at: number): void => {
+    const word = ops[at + 1] as number;
+    const mask = ops[at + 2] as number;
+    const dataMask = ops[at + 3] as number;
+    const urgentOut = ops[at] === URGENT_OP && preemptOut !== undefined ? preemptOut : mainOut;
+    for (let rest = mask >>> 0; rest !== 0; rest = (rest & (rest - 1)) >>> 0) {
+      const bit = rest & -rest;
+      const page = word * 32 + 31 - Math.clz32(bit);
+      const isData = (dataMask & bit) !== 0 || zeroPages === 'none';
+      if (outs.length === 0 || postcopyMode) {
+        pageRecord(urgentOut, page, isData);
+        continue;
+      }
+      if (isData) normal[normalCount++] = page;
+      else if (zeroPages === 'packet') zero[zeroCount++] = page;
+      else {
+        pageRecord(mainOut, page, false);
+        continue;
+      }
+      if (normalCount + zeroCount === MULTIFD_PACKET_PAGES) sendPacket(outs);
+    }
+  };
+  /**
+   * The hot loop, on its own: the page ops from `k` on, up to the first other op, the end of the
+   * batch, or a page op that fills the slice (whose slice must drain first). Returns where it
+   * stopped. Kept apart from the rare ops below so that meeting one of them late in a migration
+   * (VCPU_STATE, COMPLETE) does not throw away the optimized page loop: when the loop lived in
+   * this async function, each such first meeting deoptimized all of it, and V8 compiled it three
+   * times per migration (~120 ms of compiling per GiB on the two cores the migration runs on).
+   */
+  const encodePages = (k: number): number => {
+    for (; k < count; k++) {
+      const at = k * OP_WORDS;
+      const op = ops[at] as number;
+      if (PAGE_OPS[op] !== 1) return k;
+      const n = popcount32(ops[at + 2] as number);
+      if (slicePages + n >= SLICE_PAGES) return k;
+      slicePages += n;
+      encodePageOp(at);
+    }
+    return k;
+  };
   for (let k = 0; k < count; k++) {
+    // Discard ranges gathered so far go out before any other op, page ops included.
+    if (discards.length !== 0 && ops[k * OP_WORDS] !== OP.DISCARD) sendDiscards();
+    k = encodePages(k);
+    if (k >= count) break;
     const at = k * OP_WORDS;
     const op = ops[at] as number;
+    if (PAGE_OPS[op] === 1) {
+      // This op fills the slice: the slice so far goes out, then the op's pages start the next.
+      await flushSlice();
+      encodePageOp(at);
+      continue;
+    }
     if (op === OP.DISCARD) {
       discards.push([(ops[at + 1] as number) * PAGE, (ops[at + 2] as number) * PAGE]);
       continue;
@@ -499,28 +574,6 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
         all.push(preemptOut);
       }
       continue;
-    }
-    const word = ops[at + 1] as number;
-    const mask = ops[at + 2] as number;
-    const dataMask = ops[at + 3] as number;
-    slicePages += popcount32(mask);
-    if (slicePages >= SLICE_PAGES) await flushSlice();
-    const urgentOut = op === OP.URGENT && preemptOut !== undefined ? preemptOut : mainOut;
-    for (let rest = mask >>> 0; rest !== 0; rest = (rest & (rest - 1)) >>> 0) {
-      const bit = rest & -rest;
-      const page = word * 32 + 31 - Math.clz32(bit);
-      const isData = (dataMask & bit) !== 0 || zeroPages === 'none';
-      if (outs.length === 0 || postcopyMode) {
-        pageRecord(urgentOut, page, isData);
-        continue;
-      }
-      if (isData) normal[normalCount++] = page;
-      else if (zeroPages === 'packet') zero[zeroCount++] = page;
-      else {
-        pageRecord(mainOut, page, false);
-        continue;
-      }
-      if (normalCount + zeroCount === MULTIFD_PACKET_PAGES) sendPacket(outs);
     }
   }
   sendDiscards();

@@ -189,6 +189,15 @@ export const MAX_RAM_BYTES = 2 ** 53;
 export const RECV_BITMAP_MAX_BYTES = (64 * 2 ** 30) / PAGE_SIZE / 8;
 
 const TWO32 = 4294967296;
+/**
+ * What the main decoder's fast loop makes of a record's 12 flag bits: 1 PAGE|CONTINUE, 2
+ * ZERO|CONTINUE, 0 anything else (left to `run`). One load and comparisons every record makes:
+ * a comparison first reached at the end of a run of pages (`flags === ZERO|CONTINUE`) had no
+ * type feedback and deoptimized the loop (see `wholeRecords`).
+ */
+const FAST_RECORD = new Uint8Array(0x1000);
+FAST_RECORD[RAM_FLAG.PAGE | RAM_FLAG.CONTINUE] = 1;
+FAST_RECORD[RAM_FLAG.ZERO | RAM_FLAG.CONTINUE] = 2;
 const HI_LIMIT = MAX_RAM_BYTES / TWO32; // a be64 whose high word reaches this is ≥ 2^53
 const BLOCK_NAME = new TextEncoder().encode(RAM_BLOCK);
 const PAGE_WORDS = PAGE_SIZE / 4;
@@ -1209,6 +1218,38 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
     if (!ok) fail('COMMAND', `command ${c} with a ${len}-byte payload (out of bounds)`);
   }
 
+  /**
+   * The hot loop: whole PAGE and ZERO records with CONTINUE, one after another inside `chunk`
+   * from `r.p` (nothing buffered), up to the first bytes that are anything else — which `run`
+   * then decodes. Apart from `run` so that the items met once or late in a migration (a section
+   * marker, a command, EOF, a record split between two reads) do not throw away the optimized
+   * record loop: inside `run`, each such first meeting deoptimized the whole decoder, which V8
+   * then compiled three times per migration.
+   */
+  function wholeRecords(chunk: Uint8Array, len: number): void {
+    for (let p = r.p; len - p >= PAGE_RECORD_BYTES; p = r.p) {
+      const hi = be32(chunk, p);
+      const lo = be32(chunk, p + 4);
+      const flags = lo & 0xfff;
+      const offset = hi * TWO32 + (lo - flags);
+      const kind = FAST_RECORD[flags] as number;
+      if (kind === 0 || !(hi < HI_LIMIT && offset + PAGE_SIZE <= ramBytes)) return;
+      if (kind === 1) {
+        itemAt = r.base + p;
+        r.p = p + PAGE_RECORD_BYTES;
+        if (options.onPageAt === undefined)
+          options.onPage(offset, chunk.subarray(p + 8, p + PAGE_RECORD_BYTES));
+        else options.onPageAt(offset, chunk, p + 8);
+      } else {
+        // A ZERO record: its fill byte must be 0, or `run` reports it.
+        if (chunk[p + 8] !== 0) return;
+        itemAt = r.base + p;
+        r.p = p + ZERO_RECORD_BYTES;
+        options.onZero(offset);
+      }
+    }
+  }
+
   /** Decodes `chunk` from `r.p`; returns false when a handler paused the decoder. */
   function run(chunk: Uint8Array): boolean {
     r.begin(chunk);
@@ -1250,30 +1291,8 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
           break;
         }
         case M_RECORD: {
-          // Fast path: a whole PAGE/ZERO record with CONTINUE inside this chunk.
-          if (r.have === 0 && len - r.p >= PAGE_RECORD_BYTES && !firstRecord && blockKnown) {
-            const p = r.p;
-            const hi = be32(chunk, p);
-            const lo = be32(chunk, p + 4);
-            const flags = lo & 0xfff;
-            const offset = hi * TWO32 + (lo - flags);
-            if (hi < HI_LIMIT && offset + PAGE_SIZE <= ramBytes) {
-              if (flags === (RAM_FLAG.PAGE | RAM_FLAG.CONTINUE)) {
-                itemAt = r.base + p;
-                r.p = p + PAGE_RECORD_BYTES;
-                if (options.onPageAt === undefined)
-                  options.onPage(offset, chunk.subarray(p + 8, p + PAGE_RECORD_BYTES));
-                else options.onPageAt(offset, chunk, p + 8);
-                break;
-              }
-              if (flags === (RAM_FLAG.ZERO | RAM_FLAG.CONTINUE) && chunk[p + 8] === 0) {
-                itemAt = r.base + p;
-                r.p = p + ZERO_RECORD_BYTES;
-                options.onZero(offset);
-                break;
-              }
-            }
-          }
+          // Fast path: the whole PAGE/ZERO records with CONTINUE inside this chunk.
+          if (r.have === 0 && !firstRecord && blockKnown) wholeRecords(chunk, len);
           if (r.have === 0) itemAt = r.base + r.p;
           if (!r.need(RAM_HEADER_BYTES)) return true;
           if (!record(r.buf, r.at)) {
