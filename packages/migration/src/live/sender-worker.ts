@@ -184,8 +184,8 @@ function connect(kind: number, channel: number): Promise<net.Socket> {
 
 /**
  * What the page loop compares and writes, as plain constants: a property of an imported object
- * read for the first time in optimized code (the first section opened after a drain, the first
- * op that is not PAGES) deoptimizes it for want of type feedback.
+ * read for the first time in optimized code (say, the section marker of the first section opened
+ * after the loop was optimized) deoptimizes it for want of type feedback.
  */
 const URGENT_OP: number = OP.URGENT;
 /**
