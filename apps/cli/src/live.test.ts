@@ -650,6 +650,17 @@ describe('bad input: exit 2, one line naming the flag', () => {
     expect(lines).toHaveLength(1);
     expect(lines[0]?.startsWith(`dirtytrack: ${flag}: `)).toBe(true);
   });
+
+  // A size that is not one, and sizes that are but fall outside the guest's range, say which.
+  it.each([
+    ['3X', '"3X" is not a size such as 256M or 1G'],
+    ['100000T', '100000T must be a whole number of MiB in [1M, 16G]'],
+    ['1.0000001K', '1.0000001K must be a whole number of MiB in [1M, 16G]'],
+    ['1.5M', '1.5M must be a whole number of MiB in [1M, 16G]'],
+  ])('migrate --memory %s: %s', async (size, why) => {
+    const r = await run('migrate', '--memory', size);
+    expect([r.code, r.stdout, r.stderr]).toEqual([2, '', `dirtytrack: --memory: ${why}\n`]);
+  });
 });
 
 it('a trace too large to go with the migration (GUEST_TRACE carries 256 MiB) is refused before anything boots', async () => {

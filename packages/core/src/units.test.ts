@@ -52,8 +52,16 @@ describe('parseSize', () => {
       expectInvalid(() => parseSize(input, 'memory'), 'memory');
     }
     for (const input of [-3, 1.5, NaN, Infinity, 2 ** 53]) expectInvalid(() => parseSize(input), 'size');
-    expectInvalid(() => parseSize('8P'), 'size'); // 2^53 bytes is not a safe integer
-    expectInvalid(() => parseSize('1.0000001K'), 'size'); // not a whole number of bytes
+    // Well formed, but not an exact count of bytes: the message says which.
+    expect(expectInvalid(() => parseSize('8P'), 'size').message).toBe(
+      '[dirtytrack] [units] size: size "8P" is more than 2^53 - 1 bytes (8 PiB), the largest size counted exactly',
+    );
+    expect(expectInvalid(() => parseSize('100000T', 'memory'), 'memory').message).toBe(
+      '[dirtytrack] [units] memory: size "100000T" is more than 2^53 - 1 bytes (8 PiB), the largest size counted exactly',
+    );
+    expect(expectInvalid(() => parseSize('1.0000001K'), 'size').message).toBe(
+      '[dirtytrack] [units] size: size "1.0000001K" is 1024.0001024 bytes, not a whole number',
+    );
   });
 });
 

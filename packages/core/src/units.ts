@@ -25,7 +25,10 @@ export function parseSize(input: string | number, field = 'size'): number {
   if (!m) throw sizeError(input, field);
   const shift = IEC_SHIFT[(m[2] ?? '').toUpperCase()] ?? 0;
   const bytes = Number(m[1]) * 2 ** shift;
-  if (!Number.isSafeInteger(bytes)) throw sizeError(input, field);
+  // Well formed, but not a count dirtytrack can hold exactly: say which.
+  if (bytes > Number.MAX_SAFE_INTEGER)
+    throw sizeError(input, field, 'is more than 2^53 - 1 bytes (8 PiB), the largest size counted exactly');
+  if (!Number.isSafeInteger(bytes)) throw sizeError(input, field, `is ${bytes} bytes, not a whole number`);
   return bytes;
 }
 
@@ -72,10 +75,12 @@ export function parseRate(input: string | number, field = 'rate'): number {
   }
 }
 
-function sizeError(input: string, field: string): DirtytrackError {
+function sizeError(input: string, field: string, why?: string): DirtytrackError {
   return new DirtytrackError(
     'invalid-argument',
-    `${field}: invalid size ${JSON.stringify(input)} (accepted: ${ACCEPTED_SIZE})`,
+    why === undefined
+      ? `${field}: invalid size ${JSON.stringify(input)} (accepted: ${ACCEPTED_SIZE})`
+      : `${field}: size ${JSON.stringify(input)} ${why}`,
     {
       component: 'units',
       field,
