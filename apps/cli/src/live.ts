@@ -1178,7 +1178,7 @@ function guestSize(flag: string, value: string): number {
   } catch (error) {
     // Well formed but no exact count of bytes (beyond 8 PiB, or a fraction of a byte): the
     // range is what to say, not the syntax.
-    const outOfRange = error instanceof DirtytrackError && !error.message.includes('invalid size');
+    const outOfRange = error instanceof DirtytrackError && error.errno === 'ERANGE';
     throw new UsageError(
       flag,
       outOfRange

@@ -53,6 +53,10 @@ describe('parseSize', () => {
     }
     for (const input of [-3, 1.5, NaN, Infinity, 2 ** 53]) expectInvalid(() => parseSize(input), 'size');
     // Well formed, but not an exact count of bytes: the message says which.
+    // ERANGE marks them (a caller may word its own range); a malformed size has no errno.
+    expect(expectInvalid(() => parseSize('8P'), 'size').errno).toBe('ERANGE');
+    expect(expectInvalid(() => parseSize('1.0000001K'), 'size').errno).toBe('ERANGE');
+    expect(expectInvalid(() => parseSize('3X'), 'size').errno).toBeUndefined();
     expect(expectInvalid(() => parseSize('8P'), 'size').message).toBe(
       '[dirtytrack] [units] size: size "8P" is more than 2^53 - 1 bytes (8 PiB), the largest size counted exactly',
     );

@@ -84,6 +84,8 @@ function sizeError(input: string, field: string, why?: string): DirtytrackError 
     {
       component: 'units',
       field,
+      // A well-formed size that is no exact count of bytes is out of range, not malformed.
+      ...(why === undefined ? {} : { errno: 'ERANGE' }),
     },
   );
 }
