@@ -1307,17 +1307,19 @@ function sameId(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-/** Why a listen failed, in words, with the errno: `address already in use (EADDRINUSE)`. */
+/** The listen failures {@link listenReason} puts in words. */
+const LISTEN_FAILURES: Readonly<Record<string, string>> = {
+  ENOTFOUND: 'the host name does not resolve',
+  EAI_AGAIN: 'the host name could not be resolved now',
+  EADDRNOTAVAIL: 'the address is not on this machine',
+  EADDRINUSE: 'the port is already in use',
+  EACCES: 'permission denied (a port below 1024 needs privileges)',
+};
+
+/** Why a listen failed, in words, with the errno: `the port is already in use (EADDRINUSE)`; else Node's message. */
 function listenReason(error: NodeJS.ErrnoException): string {
-  const words: Record<string, string> = {
-    ENOTFOUND: 'the host name does not resolve',
-    EAI_AGAIN: 'the host name could not be resolved now',
-    EADDRNOTAVAIL: 'the address is not on this machine',
-    EADDRINUSE: 'the port is already in use',
-    EACCES: 'permission denied (a port below 1024 needs privileges)',
-  };
   const code = typeof error.code === 'string' ? error.code : undefined;
-  const why = code === undefined ? undefined : words[code];
+  const why = code === undefined ? undefined : LISTEN_FAILURES[code];
   return why === undefined ? error.message : `${why} (${code})`;
 }
 
