@@ -1176,17 +1176,13 @@ function guestSize(flag: string, value: string): number {
   try {
     memory = parseSize(value, flag);
   } catch (error) {
-    // Well formed but no exact count of bytes (beyond 8 PiB, or a fraction of a byte): the
-    // range is what to say, not the syntax.
-    const outOfRange = error instanceof DirtytrackError && error.errno === 'ERANGE';
-    throw new UsageError(
-      flag,
-      outOfRange
-        ? `${value} must be a whole number of MiB in [1M, 16G]`
-        : `${JSON.stringify(value)} is not a size such as 256M or 1G`,
-    );
+    if (!(error instanceof DirtytrackError && error.errno === 'ERANGE'))
+      throw new UsageError(flag, `${JSON.stringify(value)} is not a size such as 256M or 1G`);
+    // Well formed but no exact count of bytes (beyond 8 PiB, or a fraction of a byte): outside
+    // the range below, which is what to say.
+    memory = Number.NaN;
   }
-  if (memory < 2 ** 20 || memory % 2 ** 20 !== 0 || memory > 16 * 2 ** 30) {
+  if (!(memory >= 2 ** 20 && memory % 2 ** 20 === 0 && memory <= 16 * 2 ** 30)) {
     throw new UsageError(flag, `${value} must be a whole number of MiB in [1M, 16G]`);
   }
   return memory;
