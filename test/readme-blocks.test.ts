@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { matchesExpected, parseRunnableBlocks } from './readme-blocks.js';
+import { matchesExpected, parseRunnableBlocks, parseTranscripts } from './readme-blocks.js';
 
 describe('parseRunnableBlocks', () => {
   const text = [
@@ -77,5 +77,44 @@ describe('matchesExpected', () => {
     expect(matchesExpected('P|MW|HW|D', 'P|MW|HW|D')).toBe(true);
     expect(matchesExpected('P', 'P|MW')).toBe(false);
     expect(matchesExpected('1x5', '1.5')).toBe(false);
+  });
+});
+
+describe('parseTranscripts', () => {
+  const text = [
+    '```', // 1: no run
+    '$ dirtytrack simulate',
+    'ignored',
+    '```',
+    '```console run', // 5
+    '$ dirtytrack simulate --set a=1 \\',
+    '    --set b=2',
+    'line one',
+    '  line two',
+    '$ dirtytrack migrate --dirty-limit 8',
+    '```',
+  ].join('\n');
+
+  it('takes each command of a ```console run block, joined over \\, with the lines it prints', () => {
+    expect(parseTranscripts('R.md', text)).toEqual([
+      {
+        file: 'R.md',
+        line: 5,
+        commands: [
+          {
+            command: 'dirtytrack simulate --set a=1 --set b=2',
+            line: 6,
+            expected: ['line one', '  line two'],
+          },
+          { command: 'dirtytrack migrate --dirty-limit 8', line: 10, expected: [] },
+        ],
+      },
+    ]);
+  });
+
+  it('refuses output before any command', () => {
+    expect(() => parseTranscripts('R.md', '```console run\noutput\n```\n')).toThrow(
+      "R.md:2: a console block's output before any $ command",
+    );
   });
 });

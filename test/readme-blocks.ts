@@ -14,6 +14,14 @@ export interface RunnableBlock {
   expected: { text: string; line: number }[];
 }
 
+/** A ` ```console run ` block: shell commands, each with the lines it prints (stdout and stderr). */
+export interface Transcript {
+  file: string;
+  /** The line of its opening fence (1-based). */
+  line: number;
+  commands: { command: string; line: number; expected: string[] }[];
+}
+
 const FENCE_OPEN = /^```(\w+)[ \t]*(.*)$/;
 const EXPECTED = /\/\/ → (.*)$/;
 
@@ -59,4 +67,37 @@ export function matchesExpected(printed: string, expected: string): boolean {
     .split('…')
     .map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
   return new RegExp(`^${parts.join('.*')}$`, 's').test(squeeze(printed));
+}
+
+/**
+ * The runnable transcripts of one README's text: in a ` ```console run ` block, a line `$ …` is a
+ * command (a line ending in `\\` goes on in the next), and the lines after it, up to the next
+ * `$ `, what it prints.
+ */
+export function parseTranscripts(file: string, text: string): Transcript[] {
+  const lines = text.split('\n');
+  const out: Transcript[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const open = FENCE_OPEN.exec(lines[i] as string);
+    if (open === null) continue;
+    const runnable = open[1] === 'console' && (open[2] as string).split(/\s+/).includes('run');
+    const start = i;
+    const commands: Transcript['commands'] = [];
+    for (i++; i < lines.length && !(lines[i] as string).startsWith('```'); i++) {
+      const l = lines[i] as string;
+      if (!runnable) continue;
+      if (l.startsWith('$ ')) {
+        const line = i + 1;
+        let command = l.slice(2);
+        while (command.endsWith('\\') && i + 1 < lines.length)
+          command = command.slice(0, -1) + (lines[++i] as string).trim();
+        commands.push({ command, line, expected: [] });
+      } else if (commands.length === 0) {
+        throw new Error(`${file}:${i + 1}: a console block's output before any $ command`);
+      } else (commands[commands.length - 1] as Transcript['commands'][number]).expected.push(l);
+    }
+    if (i === lines.length) throw new Error(`${file}:${start + 1}: a code block that never closes`);
+    if (runnable) out.push({ file, line: start + 1, commands });
+  }
+  return out;
 }

@@ -1,13 +1,27 @@
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { join, relative } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { parseRunnableBlocks, matchesExpected, type RunnableBlock } from './readme-blocks.js';
+import {
+  matchesExpected,
+  parseRunnableBlocks,
+  parseTranscripts,
+  type RunnableBlock,
+} from './readme-blocks.js';
 
 /**
  * The READMEs' runnable snippets run, and print what their `// → …` comments say.
@@ -65,6 +79,45 @@ writeFileSync(
     include: ['*.mts'],
   }),
 );
+
+/** `dirtytrack` on the transcripts' PATH: the CLI's build. */
+const bin = join(dir, 'bin');
+mkdirSync(bin);
+writeFileSync(
+  join(bin, 'dirtytrack'),
+  `#!/bin/sh\nexec "${process.execPath}" "${join(root, 'apps', 'cli', 'dist', 'bin.js')}" "$@"\n`,
+);
+chmodSync(join(bin, 'dirtytrack'), 0o755);
+const transcripts = readmes.flatMap((file) => parseTranscripts(file, readFileSync(join(root, file), 'utf8')));
+
+describe('README transcripts', () => {
+  it.each(transcripts.map((t) => [`${t.file}:${t.line}`, t] as const))('%s', async (name, transcript) => {
+    expect(transcript.commands.length).toBeGreaterThan(0);
+    const cwd = join(dir, name.replace(/[/.:]/g, '-'));
+    mkdirSync(cwd);
+    for (const { command, line, expected } of transcript.commands) {
+      // Exit codes aside (2 for bad input): what it prints, stdout and stderr as a terminal shows them.
+      const { stdout } = await run('/bin/bash', ['-c', `{ ${command}\n} 2>&1`], {
+        cwd,
+        timeout: 120_000,
+        maxBuffer: 16 * 2 ** 20,
+        env: { ...process.env, PATH: `${bin}:${process.env['PATH'] ?? ''}`, NO_COLOR: '1' },
+      }).catch((error: Error & { stdout?: string; killed?: boolean }) => {
+        if (error.killed === true || error.stdout === undefined) throw error;
+        return { stdout: error.stdout };
+      });
+      const printed = stdout.replace(/\n+$/, '').split('\n');
+      const want = expected.length === 0 ? [''] : expected;
+      expect(printed.length, `line ${line}: $ ${command}\nprinted:\n${stdout}`).toBe(want.length);
+      printed.forEach((got, i) => {
+        expect(
+          matchesExpected(got, want[i] as string),
+          `README line ${line}, $ ${command}: its output line ${i + 1} is ${got}, the README says ${want[i]}`,
+        ).toBe(true);
+      });
+    }
+  });
+});
 
 describe('README snippets', () => {
   it('type-check', async () => {
