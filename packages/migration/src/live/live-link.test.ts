@@ -150,6 +150,22 @@ describe('live link', { timeout: 60_000 }, () => {
     expect(await each.verify()).toEqual({ pages: PAGES, mismatched: 0, firstMismatch: -1 });
   });
 
+  it("sends a batch's discard ranges before the page ops after them: pages re-sent after their discard stay", async () => {
+    const memory = randomMemory(11);
+    const l = await open(memory, createRealClock());
+    for (let w = 0; w < PAGES / 32; w++) l.sink.pages(w, -1, -1);
+    l.link.transmit(0, 0);
+    settle(l);
+    // One batch: pages 0–63 discarded (the destination zeroes them), then sent again. Were the
+    // discard sent after the pages, as the sender gathers consecutive discards, they would stay zero.
+    l.sink.discard(0, 64);
+    l.sink.pages(0, -1, -1);
+    l.sink.pages(1, -1, -1);
+    l.sink.complete();
+    l.link.transmit(0, 0);
+    expect(await l.verify()).toEqual({ pages: PAGES, mismatched: 0, firstMismatch: -1 });
+  });
+
   // fdWrites false: the path of a machine where koffi cannot load (Node's stream), taken here too.
   it.each([
     ['staging', true],
