@@ -25,36 +25,51 @@ export interface Transcript {
 const FENCE_OPEN = /^```(\w+)[ \t]*(.*)$/;
 const EXPECTED = /\/\/ → (.*)$/;
 
-/** The runnable blocks of one README's text. */
-export function parseRunnableBlocks(file: string, text: string): RunnableBlock[] {
+/** A fenced code block with a language: its fence's words, its line, and its body's lines. */
+interface Fenced {
+  lang: string;
+  meta: string[];
+  /** The line of its opening fence (1-based); body line k (0-based) is line `line + 1 + k`. */
+  line: number;
+  body: string[];
+}
+
+/** The fenced blocks of a README's text that name a language (` ```ts `, ` ```console run `…). */
+function fencedBlocks(file: string, text: string): Fenced[] {
   const lines = text.split('\n');
-  const blocks: RunnableBlock[] = [];
+  const blocks: Fenced[] = [];
   for (let i = 0; i < lines.length; i++) {
     const open = FENCE_OPEN.exec(lines[i] as string);
     if (open === null) continue;
-    const meta = (open[2] as string).split(/\s+/);
-    const runnable = open[1] === 'ts' && meta.includes('run');
-    const serve = meta.find((m) => m.startsWith('serve='))?.slice('serve='.length);
     const start = i;
     const body: string[] = [];
     for (i++; i < lines.length && !(lines[i] as string).startsWith('```'); i++) body.push(lines[i] as string);
     if (i === lines.length) throw new Error(`${file}:${start + 1}: a code block that never closes`);
-    if (!runnable) continue;
-    const expected: RunnableBlock['expected'] = [];
-    body.forEach((l, k) => {
-      const m = EXPECTED.exec(l);
-      if (m !== null)
-        expected.push({ text: (m[1] as string).split(' — ')[0] as string, line: start + 2 + k });
-    });
-    blocks.push({
-      file,
-      line: start + 1,
-      code: body.join('\n') + '\n',
-      ...(serve === undefined ? {} : { serve }),
-      expected,
-    });
+    blocks.push({ lang: open[1] as string, meta: (open[2] as string).split(/\s+/), line: start + 1, body });
   }
   return blocks;
+}
+
+/** The runnable blocks of one README's text. */
+export function parseRunnableBlocks(file: string, text: string): RunnableBlock[] {
+  return fencedBlocks(file, text)
+    .filter((b) => b.lang === 'ts' && b.meta.includes('run'))
+    .map(({ meta, line, body }) => {
+      const serve = meta.find((m) => m.startsWith('serve='))?.slice('serve='.length);
+      const expected: RunnableBlock['expected'] = [];
+      body.forEach((l, k) => {
+        const m = EXPECTED.exec(l);
+        if (m !== null)
+          expected.push({ text: (m[1] as string).split(' — ')[0] as string, line: line + 1 + k });
+      });
+      return {
+        file,
+        line,
+        code: body.join('\n') + '\n',
+        ...(serve === undefined ? {} : { serve }),
+        expected,
+      };
+    });
 }
 
 /**
@@ -75,29 +90,22 @@ export function matchesExpected(printed: string, expected: string): boolean {
  * `$ `, what it prints.
  */
 export function parseTranscripts(file: string, text: string): Transcript[] {
-  const lines = text.split('\n');
-  const out: Transcript[] = [];
-  for (let i = 0; i < lines.length; i++) {
-    const open = FENCE_OPEN.exec(lines[i] as string);
-    if (open === null) continue;
-    const runnable = open[1] === 'console' && (open[2] as string).split(/\s+/).includes('run');
-    const start = i;
-    const commands: Transcript['commands'] = [];
-    for (i++; i < lines.length && !(lines[i] as string).startsWith('```'); i++) {
-      const l = lines[i] as string;
-      if (!runnable) continue;
-      if (l.startsWith('$ ')) {
-        const line = i + 1;
-        let command = l.slice(2);
-        while (command.endsWith('\\') && i + 1 < lines.length)
-          command = command.slice(0, -1) + (lines[++i] as string).trim();
-        commands.push({ command, line, expected: [] });
-      } else if (commands.length === 0) {
-        throw new Error(`${file}:${i + 1}: a console block's output before any $ command`);
-      } else (commands[commands.length - 1] as Transcript['commands'][number]).expected.push(l);
-    }
-    if (i === lines.length) throw new Error(`${file}:${start + 1}: a code block that never closes`);
-    if (runnable) out.push({ file, line: start + 1, commands });
-  }
-  return out;
+  return fencedBlocks(file, text)
+    .filter((b) => b.lang === 'console' && b.meta.includes('run'))
+    .map(({ line, body }) => {
+      const commands: Transcript['commands'] = [];
+      for (let k = 0; k < body.length; k++) {
+        const l = body[k] as string;
+        if (l.startsWith('$ ')) {
+          const at = line + 1 + k;
+          let command = l.slice(2);
+          while (command.endsWith('\\') && k + 1 < body.length)
+            command = command.slice(0, -1) + (body[++k] as string).trim();
+          commands.push({ command, line: at, expected: [] });
+        } else if (commands.length === 0) {
+          throw new Error(`${file}:${line + 1 + k}: a console block's output before any $ command`);
+        } else (commands[commands.length - 1] as Transcript['commands'][number]).expected.push(l);
+      }
+      return { file, line, commands };
+    });
 }
