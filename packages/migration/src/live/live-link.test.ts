@@ -158,6 +158,7 @@ describe('live link', { timeout: 60_000 }, () => {
     settle(l);
     // One batch: pages 0–63 discarded (the destination zeroes them), then sent again. Were the
     // discard sent after the pages, as the sender gathers consecutive discards, they would stay zero.
+    if (l.sink.discard === undefined) throw new Error('the live sink has no discard');
     l.sink.discard(0, 64);
     l.sink.pages(0, -1, -1);
     l.sink.pages(1, -1, -1);
