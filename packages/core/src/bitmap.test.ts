@@ -6,7 +6,7 @@ import type { DirtytrackError } from './errors.js';
 import { type DirtytrackErrorCode } from './errors.js';
 import { createRng } from './rng.js';
 import { SETTER_CONTROL, type SetterData } from './__fixtures__/layouts.js';
-import { propertyParams } from './__fixtures__/property.js';
+import { assertProperty } from './__fixtures__/property.js';
 import { exited, startWorker, terminateAll, waitUntil } from './__fixtures__/workers.js';
 
 /** The exact words a bitmap of `bits` pages holding `pages` must have (padding words/bits 0). */
@@ -356,7 +356,7 @@ function expectMatches(bitmap: Bitmap, ref: Set<number>, froms: readonly number[
 }
 
 describe('Bitmap vs a Set<number> reference (property)', () => {
-  it('random op sequences leave the same set, seen through every read operation', () => {
+  it('random op sequences leave the same set, seen through every read operation', async () => {
     const scenario = fc.integer({ min: 1, max: 2000 }).chain((bits) =>
       fc.record({
         bits: fc.constant(bits),
@@ -366,18 +366,18 @@ describe('Bitmap vs a Set<number> reference (property)', () => {
         batch: fc.integer({ min: 1, max: 9 }),
       }),
     );
-    fc.assert(
+    await assertProperty(
       fc.property(scenario, ({ bits, shared, ops, froms, batch }) => {
         const bitmap = Bitmap.create(bits, { shared });
         const ref = new Set<number>();
         for (const op of ops) apply(bitmap, ref, op);
         expectMatches(bitmap, ref, froms, batch);
       }),
-      propertyParams(150),
+      150,
     );
   });
 
-  it('or, andNot, copyFrom and collectInto (xchg and plain) act word-wise like set algebra', () => {
+  it('or, andNot, copyFrom and collectInto (xchg and plain) act word-wise like set algebra', async () => {
     const scenario = fc.integer({ min: 1, max: 2000 }).chain((bits) =>
       fc.record({
         bits: fc.constant(bits),
@@ -388,7 +388,7 @@ describe('Bitmap vs a Set<number> reference (property)', () => {
         fillA: fc.boolean(),
       }),
     );
-    fc.assert(
+    await assertProperty(
       fc.property(scenario, ({ bits, a, b, sharedA, sharedB, fillA }) => {
         const A = new Set(
           fillA ? Array.from({ length: bits }, (_, i) => i).filter((p) => !b.includes(p)) : a,
@@ -423,7 +423,7 @@ describe('Bitmap vs a Set<number> reference (property)', () => {
           expect(src.collectInto(dst, mode)).toBe(0);
         }
       }),
-      propertyParams(150),
+      150,
     );
   });
 });

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DirtytrackError } from './errors.js';
 import { PAGE_SHIFT, PAGE_SIZE, formatSize, parseRate, parseSize } from './units.js';
-import { propertyParams } from './__fixtures__/property.js';
+import { assertProperty } from './__fixtures__/property.js';
 
 const ACCEPTED_SIZE = 'a byte count or a number with an IEC suffix (K, M, G, T, P; e.g. 4K, 512M, 3T)';
 const ACCEPTED_RATE = 'bytes per second, a size per second such as 128M, or bits such as 25Gbit';
@@ -88,30 +88,30 @@ describe('formatSize', () => {
     for (const bytes of [-1, NaN, Infinity]) expectInvalid(() => formatSize(bytes), 'size');
   });
 
-  it('round-trips through parseSize for k * 2^s with small k (property)', () => {
+  it('round-trips through parseSize for k * 2^s with small k (property)', async () => {
     // k <= 8 keeps the formatted value within two exact decimals (k / 2^j with j <= 2).
     const size = fc
       .tuple(fc.integer({ min: 0, max: 8 }), fc.integer({ min: 0, max: 50 }))
       .map(([k, s]) => k * 2 ** s)
       .filter((x) => Number.isSafeInteger(x));
-    fc.assert(
+    await assertProperty(
       fc.property(size, (x) => {
         expect(parseSize(formatSize(x))).toBe(x);
       }),
-      propertyParams(500),
+      500,
     );
   });
 
-  it('round-trips any whole or quarter number of a unit (property)', () => {
+  it('round-trips any whole or quarter number of a unit (property)', async () => {
     const size = fc
       .tuple(fc.integer({ min: 4, max: 4 * 1023 + 3 }), fc.constantFrom(10, 20, 30, 40, 50))
       .map(([quarters, shift]) => quarters * 2 ** (shift - 2))
       .filter((x) => Number.isSafeInteger(x)); // parseSize takes safe integers only
-    fc.assert(
+    await assertProperty(
       fc.property(size, (x) => {
         expect(parseSize(formatSize(x))).toBe(x);
       }),
-      propertyParams(500),
+      500,
     );
   });
 });

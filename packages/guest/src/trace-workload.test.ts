@@ -22,9 +22,10 @@ import {
   TraceFormatError,
 } from './trace-workload.js';
 import { createHotSetWorkload, createSweepWorkload, createUniformWorkload } from './workloads.js';
+import { assertProperty } from './__fixtures__/property.js';
 
 const PROPERTY_SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261125);
-const PROPERTY_RUNS = Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 60);
+const PROPERTY_RUNS = 60; // DIRTYTRACK_PROPERTY_RUNS for more
 
 /** Trace A: a 16-page, 2-vCPU guest, 1000 ns; vCPU 0 writes 1, 2 at 0 ns, vCPU 1 writes 15 at 500 ns. */
 const A = {
@@ -329,7 +330,7 @@ describe('bad traces: a TraceFormatError with the code and the byte offset', () 
     });
   }
 
-  it('property: any corruption of a valid trace parses or throws a TraceFormatError, never anything else', () => {
+  it('property: any corruption of a valid trace parses or throws a TraceFormatError, never anything else', async () => {
     const valid = encodeTrace({
       pages: 300,
       vcpus: 3,
@@ -340,7 +341,7 @@ describe('bad traces: a TraceFormatError with the code and the byte offset', () 
         { timeNs: 4999, vcpu: 1, pages: [1, 2, 3, 4] },
       ],
     });
-    fc.assert(
+    await assertProperty(
       fc.property(
         fc.array(fc.record({ at: fc.nat({ max: valid.length - 1 }), value: fc.nat({ max: 255 }) }), {
           maxLength: 6,
@@ -358,7 +359,8 @@ describe('bad traces: a TraceFormatError with the code and the byte offset', () 
           }
         },
       ),
-      { numRuns: PROPERTY_RUNS * 20, seed: PROPERTY_SEED },
+      PROPERTY_RUNS * 20,
+      { seed: PROPERTY_SEED },
     );
   });
 
@@ -564,8 +566,8 @@ function runInEngine(workload: Workload, pages: number, stepNs: number, untilNs:
 }
 
 describe('property: a recorded workload replays to the same dirty pages (seed printed on failure)', () => {
-  it('uniform and hot-set, any vCPU count, rate, duration, recording quantum and replay step', () => {
-    fc.assert(
+  it('uniform and hot-set, any vCPU count, rate, duration, recording quantum and replay step', async () => {
+    await assertProperty(
       fc.property(
         fc.record({
           seed: fc.nat(),
@@ -599,7 +601,8 @@ describe('property: a recorded workload replays to the same dirty pages (seed pr
           expect(runInEngine(replay(), c.pages, c.quantumNs, c.durationNs).batches).toEqual(original.batches);
         },
       ),
-      { numRuns: PROPERTY_RUNS, seed: PROPERTY_SEED },
+      PROPERTY_RUNS,
+      { seed: PROPERTY_SEED },
     );
   });
 });

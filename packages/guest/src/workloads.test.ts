@@ -2,6 +2,7 @@ import { createRng, NS_PER_MS, NS_PER_S, type WriteBatch } from '@dirtytrack/cor
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { createHotSetWorkload, createSweepWorkload, createUniformWorkload, fillBelow } from './workloads.js';
+import { assertProperty } from './__fixtures__/property.js';
 
 const PROPERTY_SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261125);
 const HOT_COUNT_SEED_3 = 36_014;
@@ -146,8 +147,8 @@ describe('hot-set workload', () => {
     expect(() => make(1, { hotWriteFraction: 1.5 })).toThrow(/workload\.hot-write-fraction/);
   });
 
-  it('property: every write lands in the working set, hot writes in the hot set (seed printed on failure)', () => {
-    fc.assert(
+  it('property: every write lands in the working set, hot writes in the hot set (seed printed on failure)', async () => {
+    await assertProperty(
       fc.property(
         fc.record({
           seed: fc.nat(),
@@ -179,7 +180,8 @@ describe('hot-set workload', () => {
           expect(n).toBe(500);
         },
       ),
-      { numRuns: 60, seed: PROPERTY_SEED },
+      60,
+      { seed: PROPERTY_SEED },
     );
   });
 });

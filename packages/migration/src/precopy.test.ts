@@ -14,7 +14,7 @@ import {
 import { createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
-import { expectDirtytrackError } from '@dirtytrack/testkit';
+import { assertProperty, expectDirtytrackError } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { runPrecopy, type PrecopyCapabilities, type PrecopyParameters } from './precopy.js';
@@ -170,9 +170,9 @@ describe('precopy, exact values', () => {
 const PROPERTY_SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261125);
 
 describe('precopy invariant: every page reaches the destination after its last write', () => {
-  it('holds for random workloads, seeds, links, downtime limits, multifd, zero-copy, zero-page modes and auto-converge (model plane)', () => {
-    const runs = Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 40);
-    fc.assert(
+  it('holds for random workloads, seeds, links, downtime limits, multifd, zero-copy, zero-page modes and auto-converge (model plane)', async () => {
+    const runs = 40; // DIRTYTRACK_PROPERTY_RUNS for more
+    await assertProperty(
       fc.property(
         fc.record({
           seed: fc.nat(),
@@ -241,7 +241,8 @@ describe('precopy invariant: every page reaches the destination after its last w
           expect(info.ram.normal + info.ram.duplicate).toBeGreaterThanOrEqual(c.pages);
         },
       ),
-      { numRuns: runs, seed: PROPERTY_SEED },
+      runs,
+      { seed: PROPERTY_SEED },
     );
   });
 });

@@ -2,10 +2,11 @@ import { type MigrationBitmap, type Workload } from '@dirtytrack/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { migrate, reportingSends, reportingWrites } from './__fixtures__/harness.js';
+import { assertProperty } from '@dirtytrack/testkit';
 
 /** fast-check prints this seed (and the failing case) when the property fails; override to replay. */
 const PROPERTY_SEED = Number(process.env['DIRTYTRACK_PROPERTY_SEED'] ?? 20261126);
-const RUNS = Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 25);
+const RUNS = 25; // DIRTYTRACK_PROPERTY_RUNS for more
 
 /**
  * Watches one migration: the order of the guest's writes and the sends. `check()` fails unless
@@ -63,8 +64,8 @@ function guestSetup(c: GuestCase, watch: ReturnType<typeof watchSends>) {
 }
 
 describe('no page is lost with dirty rings, dirty-limit and auto-converge (model plane)', () => {
-  it('every page is sent after its last write when the migration completes', () => {
-    fc.assert(
+  it('every page is sent after its last write when the migration completes', async () => {
+    await assertProperty(
       fc.property(
         fc.record({
           ...guestArbs,
@@ -92,13 +93,14 @@ describe('no page is lost with dirty rings, dirty-limit and auto-converge (model
           expect(info.ram.remaining).toBe(0);
         },
       ),
-      { numRuns: RUNS, seed: PROPERTY_SEED },
+      RUNS,
+      { seed: PROPERTY_SEED },
     );
   });
 
-  it("the same with QEMU's layers 'fused' adopting the harvested buffer as bmap after each round", () => {
+  it("the same with QEMU's layers 'fused' adopting the harvested buffer as bmap after each round", async () => {
     let adoptions = 0;
-    fc.assert(
+    await assertProperty(
       fc.property(
         fc.record({
           ...guestArbs,
@@ -118,7 +120,8 @@ describe('no page is lost with dirty rings, dirty-limit and auto-converge (model
           expect(info.ram.remaining).toBe(0);
         },
       ),
-      { numRuns: RUNS, seed: PROPERTY_SEED },
+      RUNS,
+      { seed: PROPERTY_SEED },
     );
     expect(adoptions).toBeGreaterThan(0);
   });

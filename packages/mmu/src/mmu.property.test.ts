@@ -1,6 +1,6 @@
 import { Bitmap } from '@dirtytrack/core';
 import { createBitmapReporter, type BitmapReporter } from '@dirtytrack/reporters';
-import { propertyRuns } from '@dirtytrack/testkit';
+import { assertProperty } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
@@ -75,12 +75,12 @@ function checkSpte(spte: number, level: number, loggingStrict: boolean, where: s
 
 describe('MMU properties: random writes, harvests, logging toggles and flushes', () => {
   for (const mode of LOGGING_MODES) {
-    it(`${mode}: every page written while logging is in the next harvest, and the SPTEs stay well-formed`, () => {
-      fc.assert(
+    it(`${mode}: every page written while logging is in the next harvest, and the SPTEs stay well-formed`, async () => {
+      await assertProperty(
         fc.property(layouts, fc.array(op, { maxLength: 40 }), ({ backing, pages, gpaPages }, ops) =>
           runCase(mode, backing, pages, gpaPages, ops),
         ),
-        { numRuns: propertyRuns(mode === 'write-protect' ? 150 : 50) },
+        mode === 'write-protect' ? 150 : 50,
       );
     });
   }

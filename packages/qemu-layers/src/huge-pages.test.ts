@@ -12,6 +12,7 @@ import {
 } from './huge-pages.js';
 import { createQemuLayers } from './qemu-layers.js';
 import { createSwapDirtyLog } from './swap-dirty-log.js';
+import { assertProperty } from '@dirtytrack/testkit';
 
 const MiB = 1024 * 1024;
 
@@ -145,7 +146,7 @@ function fusedWorld(allocator: BitmapAllocator) {
 }
 
 describe("'fused' over the swap log: the allocator never changes the bits (property)", () => {
-  it('identical bmap, dirtyPages and sync results with default, fallback, fake-aligned and real huge-page allocators', () => {
+  it('identical bmap, dirtyPages and sync results with default, fallback, fake-aligned and real huge-page allocators', async () => {
     const allocators: BitmapAllocator[] = [
       defaultBitmapAllocator,
       hugePageAllocatorWith(undefined),
@@ -163,7 +164,7 @@ describe("'fused' over the swap log: the allocator never changes the bits (prope
       fc.record({ t: fc.constant('send' as const), every: fc.integer({ min: 1, max: 7 }) }),
       fc.constant({ t: 'sync' as const }),
     );
-    fc.assert(
+    await assertProperty(
       fc.property(fc.array(opArb, { maxLength: 30 }), (ops) => {
         const worlds = allocators.map(fusedWorld);
         const ref = worlds[0] as (typeof worlds)[number];
@@ -188,7 +189,7 @@ describe("'fused' over the swap log: the allocator never changes the bits (prope
           }
         }
       }),
-      { numRuns: Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 100) },
+      100,
     );
   });
 });

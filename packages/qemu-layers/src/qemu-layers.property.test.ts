@@ -7,6 +7,7 @@ import { createWasmBitmapAllocator } from './kernels/wasm-allocator.js';
 import { createSwapDirtyLog } from './swap-dirty-log.js';
 import { createVfioTracker } from './vfio-tracker.js';
 import { createVhostLog } from './vhost-log.js';
+import { assertProperty } from '@dirtytrack/testkit';
 
 // 200 pages: not a multiple of 32 (a tail word) and 4 clear_bmap chunks of 64 with shift 6.
 const PAGES = 200;
@@ -106,9 +107,9 @@ function world(
 }
 
 describe('QEMU layers: the three strategies agree and lose no write (property)', () => {
-  it('identical bmap and dirtyPages after every step; producer bits cleared only after reaching layer C', () => {
+  it('identical bmap and dirtyPages after every step; producer bits cleared only after reaching layer C', async () => {
     let adoptions = 0;
-    fc.assert(
+    await assertProperty(
       fc.property(fc.boolean(), fc.array(opArb, { maxLength: 40 }), (manualProtect, ops) => {
         // The swap producer has no manual protect: its worlds join only the classic runs.
         const worlds = [
@@ -185,7 +186,7 @@ describe('QEMU layers: the three strategies agree and lose no write (property)',
         }
         for (const w of worlds) adoptions += w.layers.stats().adoptions;
       }),
-      { numRuns: Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 200) },
+      200,
     );
     // The adoption path ran (it needs a finished round then a sync, in a run without manual protect).
     expect(adoptions).toBeGreaterThan(0);

@@ -1,7 +1,7 @@
 import { Bitmap, createRWLock, DEFAULT_COST_MODEL, type MemslotInfo } from '@dirtytrack/core';
 import { createBitmapReporter } from '@dirtytrack/reporters';
 import { createPmlTracker } from '@dirtytrack/trackers';
-import { expectDirtytrackError } from '@dirtytrack/testkit';
+import { assertProperty, expectDirtytrackError } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { logging } from './__fixtures__/scripted.js';
@@ -308,7 +308,7 @@ describe("'fused' over the swap log", () => {
     expect([filled, next]).not.toContain(log.active(0));
   });
 
-  it('dense writes: identical bmap and dirtyPages to xchg over the bitmap reporter, merging or adopting (property)', () => {
+  it('dense writes: identical bmap and dirtyPages to xchg over the bitmap reporter, merging or adopting (property)', async () => {
     // 3 summary words and a tail: dense ranges make the memcpy-run path and the word path meet.
     const pages = 64 * 32 * 3 + 100;
     const s: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
@@ -320,7 +320,7 @@ describe("'fused' over the swap log", () => {
       fc.constant({ t: 'sync' as const }),
     );
     let adoptions = 0;
-    fc.assert(
+    await assertProperty(
       fc.property(fc.array(op, { maxLength: 30 }), (ops) => {
         const swap = createSwapDirtyLog({ rearmer, slots: [s] });
         const swap3 = createSwapDirtyLog({ rearmer, slots: [s], migrationBuffer: true });
@@ -368,7 +368,7 @@ describe("'fused' over the swap log", () => {
         }
         adoptions += c.stats().adoptions;
       }),
-      { numRuns: Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? 100) },
+      100,
     );
     expect(adoptions).toBeGreaterThan(0);
   });

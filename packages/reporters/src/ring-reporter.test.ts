@@ -6,7 +6,7 @@ import {
   type Rearmer,
   type TouchedWords,
 } from '@dirtytrack/core';
-import { describeReporter, expectDirtytrackError, propertyRuns } from '@dirtytrack/testkit';
+import { describeReporter, expectDirtytrackError, assertProperty } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { runRingStress } from './__fixtures__/ring-stress.js';
@@ -625,13 +625,13 @@ describe('ring reporter: property', () => {
       { weight: 1, arbitrary: fc.constant({ kind: 'reset' as const }) },
     );
 
-  it('harvests every push exactly once in per-ring order; used ≤ soft limit; reset re-arms exactly the harvested pages', () => {
+  it('harvests every push exactly once in per-ring order; used ≤ soft limit; reset re-arms exactly the harvested pages', async () => {
     const slotInfo: MemslotInfo[] = [
       { id: 1, asId: 0, baseGfn: 0, pages: 300 },
       { id: 4, asId: 1, baseGfn: 0x8000, pages: 300 },
     ];
     const fields = [1, (1 << 16) | 4];
-    fc.assert(
+    await assertProperty(
       fc.property(
         fc.integer({ min: 1, max: 3 }).chain((vcpus) =>
           fc.record({
@@ -736,7 +736,7 @@ describe('ring reporter: property', () => {
           expect(r.stats().maxUsed).toBeLessThanOrEqual(r.softLimit);
         },
       ),
-      { numRuns: propertyRuns(300) },
+      300,
     );
   });
 });

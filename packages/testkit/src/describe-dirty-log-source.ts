@@ -8,7 +8,7 @@ import {
 } from '@dirtytrack/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { propertyRuns } from './runs.js';
+import { assertProperty } from './runs.js';
 
 export interface DescribeDirtyLogSourceOptions {
   /**
@@ -92,7 +92,7 @@ export function describeDirtyLogSource(
       expect(dirty.size).toBe(initiallySet ? 130 : 0);
     });
 
-    it('GET reports exactly the pages marked and not yet cleared; CLEAR re-arms exactly mask ∩ dirty', () => {
+    it('GET reports exactly the pages marked and not yet cleared; CLEAR re-arms exactly mask ∩ dirty', async () => {
       const mark = fc.record({
         op: fc.constant('mark' as const),
         pages: fc.array(fc.nat(), { maxLength: 60 }),
@@ -111,7 +111,7 @@ export function describeDirtyLogSource(
         /** Give the mask 64 extra pages and set every bit beyond num_pages: KVM ignores them. */
         garbage: fc.boolean(),
       });
-      fc.assert(
+      await assertProperty(
         fc.property(
           fc.integer({ min: 1, max: 600 }),
           fc.array(fc.oneof(mark, mark, get, clear, clear), { maxLength: 40 }),
@@ -153,16 +153,17 @@ export function describeDirtyLogSource(
             t.get();
           },
         ),
-        params(200),
+        200,
+        replaySeed(),
       );
     });
 
-    it("CLEAR accepts exactly KVM's windows and rejects the rest with KVM's errno, in KVM's order, changing nothing", () => {
+    it("CLEAR accepts exactly KVM's windows and rejects the rest with KVM's errno, in KVM's order, changing nothing", async () => {
       const first = fc.oneof(
         fc.nat(12).map((k) => 64 * k),
         fc.nat(800),
       );
-      fc.assert(
+      await assertProperty(
         fc.property(
           fc.integer({ min: 1, max: 600 }),
           fc.array(
@@ -220,7 +221,8 @@ export function describeDirtyLogSource(
             }
           },
         ),
-        params(200),
+        200,
+        replaySeed(),
       );
     });
   });
@@ -242,9 +244,9 @@ export function kvmClearErrno(
   return undefined;
 }
 
-/** fast-check parameters: `propertyRuns` cases, replaying `DIRTYTRACK_PROPERTY_SEED` when set. */
-function params(runs: number): { numRuns: number; seed?: number } {
+/** `DIRTYTRACK_PROPERTY_SEED` as fast-check's `seed`, when it is set: replays a printed failure. */
+function replaySeed(): { seed?: number } {
   const raw = process.env['DIRTYTRACK_PROPERTY_SEED'];
   const seed = raw === undefined || raw.trim() === '' ? NaN : Number(raw);
-  return Number.isSafeInteger(seed) ? { numRuns: propertyRuns(runs), seed } : { numRuns: propertyRuns(runs) };
+  return Number.isSafeInteger(seed) ? { seed } : {};
 }

@@ -1,7 +1,7 @@
 import { Bitmap, type MemslotInfo, type Rearmer, type Reporter } from '@dirtytrack/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { propertyRuns } from './runs.js';
+import { assertProperty } from './runs.js';
 
 /**
  * The reporter conformance suite: pages marked dirty come back from the next `getDirtyLog`
@@ -14,8 +14,8 @@ export function describeReporter(
   create: (rearmer: Rearmer, slot: MemslotInfo) => Reporter,
 ): void {
   describe(`reporter conformance: ${name}`, () => {
-    it('returns exactly the pages marked since the previous harvest and re-arms exactly them', () => {
-      fc.assert(
+    it('returns exactly the pages marked since the previous harvest and re-arms exactly them', async () => {
+      await assertProperty(
         fc.property(
           fc.integer({ min: 1, max: 500 }),
           fc.array(fc.oneof(fc.array(fc.nat(), { maxLength: 50 }), fc.constant(null)), { maxLength: 40 }),
@@ -49,7 +49,7 @@ export function describeReporter(
             harvest();
           },
         ),
-        { numRuns: propertyRuns(200) },
+        200,
       );
     });
   });

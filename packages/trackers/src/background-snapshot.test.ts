@@ -1,5 +1,5 @@
 import { DEFAULT_COST_MODEL, type MemslotInfo } from '@dirtytrack/core';
-import { expectDirtytrackError, propertyRuns } from '@dirtytrack/testkit';
+import { expectDirtytrackError, assertProperty } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { createBackgroundSnapshot } from './background-snapshot.js';
@@ -119,8 +119,8 @@ describe('background snapshot, sync mode (model plane)', () => {
     expect(snap.done).toBe(true);
   });
 
-  it(`property (seed ${SEED}): under any interleaving of guest batches and sweep steps the image is memory at start, each page once`, () => {
-    fc.assert(
+  it(`property (seed ${SEED}): under any interleaving of guest batches and sweep steps the image is memory at start, each page once`, async () => {
+    await assertProperty(
       fc.property(
         fc.integer({ min: 1, max: 80 }),
         fc.array(
@@ -160,7 +160,8 @@ describe('background snapshot, sync mode (model plane)', () => {
           expect(g.tracker.pendingFaults()).toBe(0);
         },
       ),
-      { numRuns: propertyRuns(300), seed: SEED },
+      300,
+      { seed: SEED },
     );
   });
 
@@ -282,8 +283,8 @@ describe('background snapshot, async mode (scans; model plane)', () => {
     expect(g.tracker.protection(0).popcount()).toBe(0);
   });
 
-  it(`property (seed ${SEED}): any interleaving, then pause and finish: the image equals memory at finish`, () => {
-    fc.assert(
+  it(`property (seed ${SEED}): any interleaving, then pause and finish: the image equals memory at finish`, async () => {
+    await assertProperty(
       fc.property(
         fc.integer({ min: 1, max: 80 }),
         fc.array(
@@ -320,7 +321,8 @@ describe('background snapshot, async mode (scans; model plane)', () => {
           expect(snap.saveCounts.every((c) => c >= 1)).toBe(true);
         },
       ),
-      { numRuns: propertyRuns(300), seed: SEED },
+      300,
+      { seed: SEED },
     );
   });
 });

@@ -11,6 +11,7 @@ import { createQemuLayers } from '../qemu-layers.js';
 import { createSwapDirtyLog } from '../swap-dirty-log.js';
 import { supportsWasmSimd } from './bitmap-kernels.js';
 import { createWasmBitmapAllocator, mergeKernelFor } from './wasm-allocator.js';
+import { assertProperty } from '@dirtytrack/testkit';
 
 /** The first index where `a` and `b` differ (or where one ends), -1 when they are equal. */
 function firstDifference(a: Uint32Array, b: Uint32Array): number {
@@ -226,9 +227,9 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
     [2_500, 40],
   ])(
     'gives the JS merge’s bmap, summary, dirtyPages and sync results on every step, %i pages (property)',
-    (slotPages, runs) => {
+    async (slotPages, runs) => {
       let kernelMerges = 0;
-      fc.assert(
+      await assertProperty(
         fc.property(fc.array(opsOver(slotPages), { minLength: 1, maxLength: 30 }), (ops) => {
           const js = world(slotPages, defaultBitmapAllocator);
           const wasm = world(slotPages, createWasmBitmapAllocator());
@@ -279,7 +280,7 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
           expect(sa?.kernelMerges).toBe(0);
           kernelMerges += sb?.kernelMerges ?? 0;
         }),
-        { numRuns: Number(process.env['DIRTYTRACK_PROPERTY_RUNS'] ?? runs) },
+        runs,
       );
       // The kernel ran (a sync into a bmap not empty), not only adoptions: 19-44 times in 40-60
       // runs when measured, so at least one run in six.
