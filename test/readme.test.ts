@@ -26,7 +26,7 @@ import {
 /**
  * The READMEs' runnable snippets run, and print what their `// → …` comments say.
  *
- * A block fenced ` ```ts run ` is a whole ES module: it runs as it stands, from `apps/examples`
+ * A block fenced ` ```ts run ` is a whole ES module: it runs as it stands, in `apps/examples`
  * (where every `@dirtytrack/*` package resolves to its build, as a user's install would), under
  * tsx. Each `console.log` call prints one line here (objects on one line), and the block's
  * `// → expected` comments, in order, are those lines: whitespace aside, `…` standing for anything,
@@ -152,7 +152,9 @@ describe('README snippets', () => {
         process.execPath,
         ['--import', 'tsx', '--import', pathToFileURL(prelude).href, file],
         {
-          cwd: examples,
+          // Beside the snippet (inside apps/examples, so the packages resolve): a file it writes
+          // lands in this run's directory, never in the repository.
+          cwd: dir,
           timeout: 60_000,
           maxBuffer: 16 * 2 ** 20,
           env: {
