@@ -24,7 +24,8 @@ import {
 } from './readme-blocks.js';
 
 /**
- * The READMEs' runnable snippets run, and print what their `// → …` comments say.
+ * The READMEs' runnable snippets run, and print what their `// → …` comments say; their
+ * transcripts (` ```console run `) print what is written under each `$ dirtytrack …` line.
  *
  * A block fenced ` ```ts run ` is a whole ES module: it runs as it stands, in `apps/examples`
  * (where every `@dirtytrack/*` package resolves to its build, as a user's install would), under
@@ -184,10 +185,10 @@ describe('README snippets', () => {
 
 /** `dirtytrack serve --once` on a free loopback port, `memory` of RAM: its port and exit code. */
 async function serve(memory: string) {
-  const bin = join(root, 'apps', 'cli', 'dist', 'bin.js');
+  const cli = join(root, 'apps', 'cli', 'dist', 'bin.js');
   const child = spawn(
     process.execPath,
-    [bin, 'serve', '--listen', '127.0.0.1:0', '--memory', memory, '--once'],
+    [cli, 'serve', '--listen', '127.0.0.1:0', '--memory', memory, '--once'],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
     },
