@@ -93,6 +93,10 @@ describe('parseTranscripts', () => {
     '  line two',
     '$ dirtytrack migrate --dirty-limit 8',
     '```',
+    '```console run cwd=apps/examples', // 12
+    '$ node src/x.ts',
+    'done',
+    '```',
   ].join('\n');
 
   it('takes each command of a ```console run block, joined over \\, with the lines it prints', () => {
@@ -108,6 +112,12 @@ describe('parseTranscripts', () => {
           },
           { command: 'dirtytrack migrate --dirty-limit 8', line: 10, expected: [] },
         ],
+      },
+      {
+        file: 'R.md',
+        line: 12,
+        cwd: 'apps/examples',
+        commands: [{ command: 'node src/x.ts', line: 13, expected: ['done'] }],
       },
     ]);
   });

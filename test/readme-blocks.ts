@@ -19,6 +19,8 @@ export interface Transcript {
   file: string;
   /** The line of its opening fence (1-based). */
   line: number;
+  /** `cwd=DIR` after `run`: the commands run there (relative to the repository), not in a scratch directory. */
+  cwd?: string;
   commands: { command: string; line: number; expected: string[] }[];
 }
 
@@ -92,7 +94,8 @@ export function matchesExpected(printed: string, expected: string): boolean {
 export function parseTranscripts(file: string, text: string): Transcript[] {
   return fencedBlocks(file, text)
     .filter((b) => b.lang === 'console' && b.meta.includes('run'))
-    .map(({ line, body }) => {
+    .map(({ meta, line, body }) => {
+      const cwd = meta.find((m) => m.startsWith('cwd='))?.slice('cwd='.length);
       const commands: Transcript['commands'] = [];
       for (let k = 0; k < body.length; k++) {
         const l = body[k] as string;
@@ -106,6 +109,6 @@ export function parseTranscripts(file: string, text: string): Transcript[] {
           throw new Error(`${file}:${line + 1 + k}: a console block's output before any $ command`);
         } else (commands[commands.length - 1] as Transcript['commands'][number]).expected.push(l);
       }
-      return { file, line, commands };
+      return { file, line, ...(cwd === undefined ? {} : { cwd }), commands };
     });
 }

@@ -94,8 +94,9 @@ const transcripts = readmes.flatMap((file) => parseTranscripts(file, readFileSyn
 describe('README transcripts', () => {
   it.each(transcripts.map((t) => [`${t.file}:${t.line}`, t] as const))('%s', async (name, transcript) => {
     expect(transcript.commands.length).toBeGreaterThan(0);
-    const cwd = join(dir, name.replace(/[/.:]/g, '-'));
-    mkdirSync(cwd);
+    const cwd =
+      transcript.cwd === undefined ? join(dir, name.replace(/[/.:]/g, '-')) : join(root, transcript.cwd);
+    if (transcript.cwd === undefined) mkdirSync(cwd);
     for (const { command, line, expected } of transcript.commands) {
       // Exit codes aside (2 for bad input): what it prints, stdout and stderr as a terminal shows them.
       const { stdout } = await run('/bin/bash', ['-c', `{ ${command}\n} 2>&1`], {
