@@ -69,6 +69,14 @@ describe('assertProperty', () => {
     expect(r.seen.slice(30, 60)).not.toEqual(first.seen);
   });
 
+  it('an explicit total runs in chunks of the fallback too, whatever DIRTYTRACK_PROPERTY_RUNS says', async () => {
+    vi.stubEnv('DIRTYTRACK_PROPERTY_RUNS', undefined);
+    const r = recording();
+    await assertProperty(r.property, 30, { seed: 7 }, 70);
+    expect(r.seen).toHaveLength(70);
+    expect(new Set(r.loopTurns).size).toBe(3);
+  });
+
   it('fails as fc.assert does, with the seed to replay', async () => {
     vi.stubEnv('DIRTYTRACK_PROPERTY_RUNS', '100');
     const failing = fc.property(fc.integer({ min: 0, max: 1000 }), (n) => n < 900);

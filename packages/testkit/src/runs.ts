@@ -23,8 +23,9 @@ export async function assertProperty<Ts>(
   property: fc.IProperty<Ts>,
   fallback: number,
   params: Omit<fc.Parameters<Ts>, 'numRuns'> = {},
+  /** The runs in all, when a test scales them itself (in chunks of `fallback` all the same). */
+  total = propertyRuns(fallback),
 ): Promise<void> {
-  const total = propertyRuns(fallback);
   for (let done = 0, chunk = 0; done < total; chunk++) {
     const numRuns = Math.min(fallback, total - done);
     const seed =
