@@ -12,9 +12,9 @@ export function propertyRuns(fallback: number): number {
 }
 
 /**
- * `fc.assert(property)` over {@link propertyRuns}`(fallback)` cases. By default that is one
- * `fc.assert` of `fallback` runs with `params` as given. A long run (`DIRTYTRACK_PROPERTY_RUNS`)
- * goes in chunks of `fallback` runs — each chunk after the first on a seed of its own, derived
+ * `fc.assert(property)` over `total` cases ({@link propertyRuns}`(fallback)` unless the test
+ * scales its own). By default that is one `fc.assert` of `fallback` runs with `params` as given.
+ * More (`DIRTYTRACK_PROPERTY_RUNS`, or a larger `total`) go in chunks of `fallback` runs — each chunk after the first on a seed of its own, derived
  * from `params.seed` when there is one — and lets the event loop run between chunks: a test that
  * held the thread for over a minute made vitest's worker report a timeout of its own and fail
  * the run, whatever the test's timeout.
