@@ -36,6 +36,8 @@ import {
 const root = join(import.meta.dirname, '..');
 const examples = join(root, 'apps', 'examples');
 const run = promisify(execFile);
+/** The CLI's build: what the transcripts and the live snippet's destination run. */
+const cli = join(root, 'apps', 'cli', 'dist', 'bin.js');
 
 const readmes = [
   'README.md',
@@ -45,8 +47,9 @@ const readmes = [
       .filter((f) => existsSync(join(root, f))),
   ),
 ];
+const texts = new Map(readmes.map((file) => [file, readFileSync(join(root, file), 'utf8')] as const));
 const blocks: RunnableBlock[] = readmes.flatMap((file) =>
-  parseRunnableBlocks(file, readFileSync(join(root, file), 'utf8')),
+  parseRunnableBlocks(file, texts.get(file) as string),
 );
 
 const dir = mkdtempSync(join(examples, '.readme-'));
@@ -84,12 +87,9 @@ writeFileSync(
 /** `dirtytrack` on the transcripts' PATH: the CLI's build. */
 const bin = join(dir, 'bin');
 mkdirSync(bin);
-writeFileSync(
-  join(bin, 'dirtytrack'),
-  `#!/bin/sh\nexec "${process.execPath}" "${join(root, 'apps', 'cli', 'dist', 'bin.js')}" "$@"\n`,
-);
+writeFileSync(join(bin, 'dirtytrack'), `#!/bin/sh\nexec "${process.execPath}" "${cli}" "$@"\n`);
 chmodSync(join(bin, 'dirtytrack'), 0o755);
-const transcripts = readmes.flatMap((file) => parseTranscripts(file, readFileSync(join(root, file), 'utf8')));
+const transcripts = readmes.flatMap((file) => parseTranscripts(file, texts.get(file) as string));
 
 describe('README transcripts', () => {
   it.each(transcripts.map((t) => [`${t.file}:${t.line}`, t] as const))('%s', async (name, transcript) => {
@@ -186,7 +186,6 @@ describe('README snippets', () => {
 
 /** `dirtytrack serve --once` on a free loopback port, `memory` of RAM: its port and exit code. */
 async function serve(memory: string) {
-  const cli = join(root, 'apps', 'cli', 'dist', 'bin.js');
   const child = spawn(
     process.execPath,
     [cli, 'serve', '--listen', '127.0.0.1:0', '--memory', memory, '--once'],

@@ -6,7 +6,7 @@ import fc, { type IProperty, type Parameters } from 'fast-check';
  * (and the printed path via fast-check's `path` if needed). DIRTYTRACK_PROPERTY_RUNS overrides
  * every property's number of runs, e.g. DIRTYTRACK_PROPERTY_RUNS=10000 for a soak.
  */
-export function propertyParams<T = unknown>(defaultRuns: number): Parameters<T> {
+function propertyParams<T = unknown>(defaultRuns: number): Parameters<T> {
   const params: Parameters<T> = { numRuns: envInt('DIRTYTRACK_PROPERTY_RUNS', 1) ?? defaultRuns };
   const seed = envInt('DIRTYTRACK_PROPERTY_SEED', -(2 ** 31));
   if (seed !== undefined) params.seed = seed;
