@@ -6,8 +6,11 @@ import { buildKernels, OUT_PATH } from '../../scripts/build-kernels.mjs';
 import {
   createBitmapKernels,
   createJsBitmapKernels,
+  decodeBase64,
   supportsWasmSimd,
+  wasmApi,
   type BitmapKernels,
+  type WasmApi,
 } from './bitmap-kernels.js';
 import { BITMAP_KERNELS_WASM_BASE64 } from './bitmap-kernels.wasm.js';
 
@@ -59,6 +62,57 @@ describe('bitmap kernels: build', () => {
     expect(k.memory.buffer).toBeInstanceOf(SharedArrayBuffer);
     expect(k.memory.buffer.byteLength).toBe(65536);
     expect(createJsBitmapKernels({ maxBytes: 1024 }).kind).toBe('js');
+  });
+});
+
+describe('touch_lines (the merge floor bench: loads only)', () => {
+  /** A one-page memory: T at 0, its summary at 1024, bmap at 2048, its summary at 3072, lines at 4096. */
+  const setUp = () => {
+    const wasm = wasmApi() as WasmApi;
+    const memory = new wasm.Memory({ initial: 1, maximum: 1, shared: true });
+    const module = new wasm.Module(decodeBase64(BITMAP_KERNELS_WASM_BASE64));
+    const k = new wasm.Instance(module, { env: { memory } }).exports as {
+      touch_lines(
+        tw: number,
+        ts: number,
+        bw: number,
+        bs: number,
+        l: number,
+        n: number,
+        what: number,
+        s: number,
+      ): void;
+    };
+    const u8 = new Uint8Array(memory.buffer);
+    const u32 = new Uint32Array(memory.buffer);
+    // Line 3 of T starts with 7, line 9 with 100; bmap's line 3 with 5, line 9 with 1000. Summary
+    // bytes: T's 0x81 and 0x01, bmap's 0x10 and 0x02. Lines listed: 3, 9.
+    u32[(3 * 64) / 4] = 7;
+    u32[(9 * 64) / 4] = 100;
+    u32[(2048 + 3 * 64) / 4] = 5;
+    u32[(2048 + 9 * 64) / 4] = 1000;
+    u8[1024 + 3] = 0x81;
+    u8[1024 + 9] = 0x01;
+    u8[3072 + 3] = 0x10;
+    u8[3072 + 9] = 0x02;
+    u32[4096 / 4] = 3;
+    u32[4096 / 4 + 1] = 9;
+    const before = u8.slice(0, 8192);
+    const touch = (n: number, what: number): number => {
+      k.touch_lines(0, 1024, 2048, 3072, 4096, n, what, 8192);
+      expect(u8.slice(0, 8192)).toEqual(before); // nothing written but the sum
+      return u32[(8192 + 272) / 4] as number;
+    };
+    return touch;
+  };
+
+  it('sums the first word of each listed line in T and bmap (1), their summary bytes (2), or both (3)', () => {
+    const touch = setUp();
+    expect(touch(2, 1)).toBe(7 + 5 + 100 + 1000);
+    expect(touch(2, 2)).toBe(0x81 + 0x10 + 0x01 + 0x02);
+    expect(touch(2, 3)).toBe(1112 + 0x94);
+    expect(touch(1, 3)).toBe(7 + 5 + 0x81 + 0x10);
+    expect(touch(0, 3)).toBe(0);
   });
 });
 

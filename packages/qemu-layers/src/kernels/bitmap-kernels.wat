@@ -218,7 +218,37 @@
         (local.set $reps (i32.sub (local.get $reps) (i32.const 1)))
         (br $rloop))))
 
-;; bmap |= T through T's summary: the 'fused' strategy's merge of a harvested buffer T into a
+;; The floor under merge_summary's line-list path, for the bench (bench/merge-floor.bench.ts):
+  ;; only the loads any merge through a one-bit-per-word summary must do for each of the $nlines
+  ;; lines at $lines (summary byte offsets, as merge_summary takes them) — with $what bit 1, one
+  ;; load of the line in T ($tw) and in bmap ($bw); with bit 2, one of its byte in each summary
+  ;; ($ts, $bs). No store but their sum, at $scratch + 272 (merge_lines' slot), so no engine may
+  ;; drop the loads.
+  (func (export "touch_lines") (param $tw i32) (param $ts i32) (param $bw i32) (param $bs i32)
+        (param $lines i32) (param $nlines i32) (param $what i32) (param $scratch i32)
+    (local $k i32) (local $l i32) (local $off i32) (local $sink i32)
+    (block $done
+      (loop $touch
+        (br_if $done (i32.ge_u (local.get $k) (local.get $nlines)))
+        (local.set $l (i32.load (i32.add (local.get $lines) (i32.shl (local.get $k) (i32.const 2)))))
+        (if (i32.and (local.get $what) (i32.const 1))
+          (then
+            (local.set $off (i32.shl (local.get $l) (i32.const 6)))
+            (local.set $sink
+              (i32.add (local.get $sink)
+                (i32.add (i32.load (i32.add (local.get $tw) (local.get $off)))
+                  (i32.load (i32.add (local.get $bw) (local.get $off))))))))
+        (if (i32.and (local.get $what) (i32.const 2))
+          (then
+            (local.set $sink
+              (i32.add (local.get $sink)
+                (i32.add (i32.load8_u (i32.add (local.get $ts) (local.get $l)))
+                  (i32.load8_u (i32.add (local.get $bs) (local.get $l))))))))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $touch)))
+    (i32.store offset=272 (local.get $scratch) (local.get $sink)))
+
+  ;; bmap |= T through T's summary: the 'fused' strategy's merge of a harvested buffer T into a
   ;; bmap that is not empty (qemu-layers.ts, mergeTaken, is the plain-JS twin: the same bits, the
   ;; same counts). $tw/$bw: T's and bmap's words; $ts/$bs: their summaries (bit k set when 64-bit
   ;; word k may be non-zero; set for every non-zero word); $n: summary words; $words: 64-bit words
