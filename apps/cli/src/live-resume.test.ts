@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { run, spawnServe } from './__fixtures__/run.js';
+import { vcpuStateJson } from './live.js';
 
 // QEMU's conformance check 1, "the guest runs" on the destination: serve --run-after boots
 // worker vCPUs over the memory it received, once the migration completed and verified.
@@ -85,7 +86,7 @@ describe('serve --run-after', () => {
     expect(r.code).toBe(0);
     const source = JSON.parse(r.stdout) as {
       verified: boolean;
-      dirtytrack: { 'vcpu-state': { vcpus: { traceBeforeNs: number; traceWritten: number }[] } };
+      dirtytrack: { 'vcpu-state': { vcpus: { 'trace-before-ns': number; 'trace-written': number }[] } };
     };
     expect(source.verified).toBe(true);
     const { code, stdout } = await serve.output;
@@ -101,8 +102,8 @@ describe('serve --run-after', () => {
     expect(state).toHaveLength(2);
     const writtenThere = state.reduce((sum, v, vcpu) => {
       let records = 0;
-      for (let t = 0; t < 10; t++) if (at(t, vcpu) < v.traceBeforeNs) records++;
-      return sum + 8 * records + v.traceWritten;
+      for (let t = 0; t < 10; t++) if (at(t, vcpu) < v['trace-before-ns']) records++;
+      return sum + 8 * records + v['trace-written'];
     }, 0);
     expect(destination.resumed).toEqual({
       ms: 2500,
@@ -196,4 +197,24 @@ describe('serve --run-after', () => {
     },
     60_000,
   );
+});
+
+describe('vcpuStateJson: VCPU_STATE in the JSON results', () => {
+  it('every field, renamed to kebab-case, values as they are', () => {
+    const json = vcpuStateJson({
+      program: { kind: 'hot-set', hotPages: 4096, hotShare: 230, rate: 5000, seed: 7 },
+      vcpus: [
+        { rng: [1, 2, 3, 4], sweep: 17, traceBeforeNs: 2e9, traceAfterNs: 3e9, traceWritten: 5 },
+        { rng: [5, 6, 7, 8], sweep: 0, traceBeforeNs: 0, traceAfterNs: 0, traceWritten: 0 },
+      ],
+    });
+    expect(json).toEqual({
+      program: { kind: 'hot-set', 'hot-pages': 4096, 'hot-share': 230, rate: 5000, seed: 7 },
+      vcpus: [
+        { rng: [1, 2, 3, 4], sweep: 17, 'trace-before-ns': 2e9, 'trace-after-ns': 3e9, 'trace-written': 5 },
+        { rng: [5, 6, 7, 8], sweep: 0, 'trace-before-ns': 0, 'trace-after-ns': 0, 'trace-written': 0 },
+      ],
+    });
+    expect(JSON.stringify(json)).not.toMatch(/[a-z][A-Z]/); // no camelCase key left
+  });
 });

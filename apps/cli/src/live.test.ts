@@ -422,7 +422,7 @@ describe('the destination runs the source guest’s own program after the switch
     // The stopped vCPUs' state went before the switch, and the destination's vCPUs went on from it.
     const sent = result.dirtytrack['vcpu-state'];
     expect(sent?.vcpus).toHaveLength(3);
-    expect(sent?.program).toEqual({ kind: 'sweep', hotPages: 0, hotShare: 0, rate: 5000, seed: 1 });
+    expect(sent?.program).toEqual({ kind: 'sweep', 'hot-pages': 0, 'hot-share': 0, rate: 5000, seed: 1 });
     expect(result.dirtytrack.destination?.['vcpu-state']).toEqual(sent);
     expect(result.dirtytrack.destination?.resumed).toMatchObject({
       vcpus: 3,

@@ -452,8 +452,46 @@ function fillMemory(memory: SharedArrayBuffer, fill: Fill, seed: number): void {
   }
 }
 
+/**
+ * VCPU_STATE as the JSON results print it (`dirtytrack.vcpu-state` in migrate's, `vcpu-state` in
+ * serve's), in the kebab-case of the fields around it: the guest's program and each vCPU's
+ * Rng state, sweep cursor and trace position.
+ */
+export interface VcpuStateJson {
+  program: {
+    kind: VcpuStateMessage['program']['kind'];
+    'hot-pages': number;
+    'hot-share': number;
+    rate: number;
+    seed: number;
+  };
+  vcpus: {
+    rng: number[];
+    sweep: number;
+    'trace-before-ns': number;
+    'trace-after-ns': number;
+    'trace-written': number;
+  }[];
+}
+
+/** {@link VcpuStateJson} of a VCPU_STATE message. */
+export function vcpuStateJson(m: VcpuStateMessage): VcpuStateJson {
+  const p = m.program;
+  return {
+    program: { kind: p.kind, 'hot-pages': p.hotPages, 'hot-share': p.hotShare, rate: p.rate, seed: p.seed },
+    vcpus: m.vcpus.map((v) => ({
+      rng: [...v.rng],
+      sweep: v.sweep,
+      'trace-before-ns': v.traceBeforeNs,
+      'trace-after-ns': v.traceAfterNs,
+      'trace-written': v.traceWritten,
+    })),
+  };
+}
+
 /** What `serve --json` prints for one migration: its result, with whether its RAM is on huge pages. */
-export type ServeResult = Omit<DestinationResult, 'memory' | 'guestTrace'> & {
+export type ServeResult = Omit<DestinationResult, 'memory' | 'guestTrace' | 'vcpu-state'> & {
+  'vcpu-state'?: VcpuStateJson;
   'huge-pages'?: boolean;
   /** The guest run on here (`--run-after`, or postcopy); `continued`: from the source's vCPU state. */
   resumed?: ResumedGuest;
@@ -574,7 +612,7 @@ export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'traje
     vcpus: number;
     'guest-writes': number;
     /** The vCPU state sent with the guest (before completion or the postcopy switch). */
-    'vcpu-state'?: VcpuStateMessage;
+    'vcpu-state'?: VcpuStateJson;
     /**
      * The source's migration-bitmap syncs (`dirty-sync-count` of them): the layers' strategy
      * (`--layers`), their wall-clock total, median and max, and the cost model's price of them.
@@ -990,7 +1028,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       'guest-writes': guestWrites,
       sync: syncSummary(plan.layers, source.syncTimes, source.layers.stats()),
       link: outcome.link,
-      ...(sentState === undefined ? {} : { 'vcpu-state': sentState }),
+      ...(sentState === undefined ? {} : { 'vcpu-state': vcpuStateJson(sentState) }),
       ...(destination === undefined ? {} : { destination }),
       ...(afterFailure === undefined ? {} : { 'after-failure': afterFailure }),
       ...(dirtyRing === undefined ? {} : { 'ring-full-exits': guestStats.ringFullExits }),
@@ -1447,7 +1485,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
          */
         const handle = async (result: DestinationResult): Promise<void> => {
           shown = undefined; // the next migration's progress starts afresh
-          const { memory: received, guestTrace: trace, ...rest } = result;
+          const { memory: received, guestTrace: trace, 'vcpu-state': state, ...rest } = result;
           const ok = result.status === 'completed' && result.verified;
           if (!ok) setCode(1);
           let resumed: ResumedGuest | undefined;
@@ -1485,6 +1523,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
               ? JSON.stringify(
                   {
                     ...rest,
+                    ...(state === undefined ? {} : { 'vcpu-state': vcpuStateJson(state) }),
                     ...(hugePages === undefined ? {} : { 'huge-pages': hugePages }),
                     ...(resumed === undefined ? {} : { resumed }),
                   },
