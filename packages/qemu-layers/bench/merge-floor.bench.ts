@@ -23,27 +23,16 @@ import { BITMAP_KERNELS_WASM_BASE64 } from '@dirtytrack/qemu-layers';
 import { round, writeReport, type BenchRow } from '../../../scripts/bench-report.js';
 import { adviseHugePages, anonHugePagesKiB } from '../src/huge-pages.js';
 import { decodeBase64, wasmApi, type WasmApi } from '../src/kernels/bitmap-kernels.js';
+import { SCRATCH_BYTES, type MergeExports } from '../src/kernels/wasm-allocator.js';
 
 const sizes = (process.env['BENCH_SIZES'] ?? '3T,8T').split(',').map((s) => parseSize(s.trim()));
 const reps = Number(process.env['BENCH_REPS'] ?? 9);
 const seed = Number(process.env['BENCH_SEED'] ?? 24301);
 /** Pages per dirty run: 2 MiB of guest, one 64-byte line of bitmap. */
 const RUN_PAGES = 512;
-/** merge_summary's scratch: 16 + 64 * 4 + 16 bytes (wasm-allocator.ts). */
-const SCRATCH = 288;
 
-interface Kernel {
-  merge_summary(
-    tw: number,
-    ts: number,
-    bw: number,
-    bs: number,
-    n: number,
-    words: number,
-    lines: number,
-    nlines: number,
-    scratch: number,
-  ): void;
+/** The merge kernel, and the floor under it. */
+interface Kernel extends Pick<MergeExports, 'merge_summary'> {
   touch_lines(
     tw: number,
     ts: number,
@@ -81,7 +70,7 @@ for (const memory of sizes) {
   const at = { tw: 0, ts: bitmapBytes, bw: bitmapBytes + summaryBytes, bs: 2 * bitmapBytes + summaryBytes };
   const linesAt = 2 * (bitmapBytes + summaryBytes);
   const scratch = linesAt + runs * 4;
-  const wasmPages = Math.ceil((scratch + SCRATCH) / 65536);
+  const wasmPages = Math.ceil((scratch + SCRATCH_BYTES) / 65536);
   const mem = new wasm.Memory({ initial: wasmPages, maximum: wasmPages, shared: true });
   const hugeBefore = anonHugePagesKiB();
   const huge = adviseHugePages(mem.buffer);

@@ -23,11 +23,12 @@ import {
 
 const WASM_PAGE = 65536;
 /** The kernel's working bytes at the end of each memory: two f64 results, 64 batch entries of 4 bytes, a sum. */
-const SCRATCH_BYTES = 16 + 64 * 4 + 16;
+export const SCRATCH_BYTES = 16 + 64 * 4 + 16;
 /** A wasm32 memory's largest size (65536 pages). */
 const MAX_MEMORY = 2 ** 32;
 
-interface MergeExports {
+/** The kernel module's exports the merge uses (and `bench/merge-floor.bench.ts`). */
+export interface MergeExports {
   merge_summary(
     tw: number,
     ts: number,
