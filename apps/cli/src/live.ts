@@ -1505,7 +1505,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 continued: here.resume !== undefined,
               };
           } else if (ok && runAfter > 0 && received !== undefined) {
-            const vcpus = vcpusHere(ownVcpus, runVcpus, result['vcpu-state']);
+            const vcpus = vcpusHere(ownVcpus, runVcpus, state);
             resumed = await runReceivedGuest(received, {
               vcpus,
               ms: runAfter,
@@ -1513,7 +1513,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 { program, rate: runRate, seed: runSeed, given },
                 vcpus,
                 received.byteLength / 4096,
-                result['vcpu-state'],
+                state,
                 trace,
               ),
             });
