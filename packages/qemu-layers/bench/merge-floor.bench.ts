@@ -5,7 +5,8 @@
  * One shared WebAssembly memory, laid out as the `fused` cases of `dirtytrack bench bitmap` use
  * it: T (the harvested buffer) and its summary, bmap and its summary, T's line list. T holds 1% of
  * the pages as randomly placed 2 MiB-aligned runs of 512 pages (one 64-byte line of bitmap each,
- * seeded), listed in its line list; bmap holds one page, so the merge cannot adopt. Every
+ * seeded), listed in its line list; bmap holds one page, so the merge cannot adopt (each merge case
+ * starts from that state: everything else zero). Every
  * repetition runs each case once, the order rotating, each right after a copy of a 256 MiB (8T)
  * or 96 MiB (3T) buffer that leaves the caches cold (timed too: the memcpy column):
  * - `merge 1%`: the production kernel, `merge_summary` through T's line list (T leaves zeroed);
@@ -94,12 +95,9 @@ for (const memory of sizes) {
 
   const evictSrc = new Uint8Array(bitmapBytes).fill(1);
   const evictDst = new Uint8Array(bitmapBytes);
-  /** bmap holds one page of the first run; T is zero (as the merge leaves it) or full. */
+  /** T, bmap and both summaries all zero but for one page of the first run in bmap. */
   const bmapOnePage = (): void => {
-    for (const l of lines) {
-      u32.fill(0, (at.bw + l * 64) / 4, (at.bw + l * 64 + 64) / 4);
-      u8[at.bs + l] = 0;
-    }
+    u8.fill(0, at.tw, at.bs + summaryBytes);
     u32[(at.bw + kept * 64) / 4] = 1;
     u8[at.bs + kept] = 1;
   };
@@ -115,9 +113,7 @@ for (const memory of sizes) {
       dirtyOnePct();
     },
     'merge 100%': () => {
-      u8.fill(0, at.bw, at.bs + summaryBytes);
-      u32[(at.bw + kept * 64) / 4] = 1;
-      u8[at.bs + kept] = 1;
+      bmapOnePage();
       u8.fill(0xff, at.tw, at.tw + bitmapBytes + summaryBytes);
     },
     'floor: lines': dirtyOnePct,
@@ -133,22 +129,32 @@ for (const memory of sizes) {
     'floor: summaries': () => k.touch_lines(at.tw, at.ts, at.bw, at.bs, linesAt, runs, 2, scratch),
     'floor: lines + summaries': () => k.touch_lines(at.tw, at.ts, at.bw, at.bs, linesAt, runs, 3, scratch),
   };
-  /** Untimed, after each merge: bmap holds exactly T's pages and the kept one. */
+  /**
+   * Untimed, after each merge: bmap holds every page of T (every word of each listed line, or of
+   * the whole bitmap) and its summary names exactly those lines; after the 1% merge T's listed
+   * lines and summary bytes are zero again.
+   */
   const check = (c: Case): void => {
     if (c === 'merge 1%') {
       for (const l of lines) {
-        const w = (at.bw + l * 64) / 4;
-        if (u32[w] !== 0xffff_ffff || u32[w + 15] !== 0xffff_ffff || u8[at.bs + l] !== 0xff) {
-          throw new Error(`${label} merge 1%: line ${l} of bmap is not all set`);
+        for (let w = (at.bw + l * 64) / 4, e = w + 16; w < e; w++) {
+          if (u32[w] !== 0xffff_ffff) throw new Error(`${label} merge 1%: line ${l} of bmap is not all set`);
         }
+        if (u8[at.bs + l] !== 0xff) throw new Error(`${label} merge 1%: bmap's summary lacks line ${l}`);
         if (u32[(at.tw + l * 64) / 4] !== 0 || u8[at.ts + l] !== 0) {
           throw new Error(`${label} merge 1%: line ${l} of T is not zeroed`);
         }
       }
+      let named = 0;
+      for (let b = at.bs; b < at.bs + summaryBytes; b++) if (u8[b] !== 0) named++;
+      if (named !== runs)
+        throw new Error(`${label} merge 1%: bmap's summary names ${named} lines, not ${runs}`);
     } else if (c === 'merge 100%') {
-      const last = (at.bw + bitmapBytes) / 4 - 1;
-      if (u32[at.bw / 4] !== 0xffff_ffff || u32[last] !== 0xffff_ffff) {
-        throw new Error(`${label} merge 100%: bmap is not all set`);
+      for (let w = at.bw / 4, e = (at.bw + bitmapBytes) / 4; w < e; w++) {
+        if (u32[w] !== 0xffff_ffff) throw new Error(`${label} merge 100%: bmap is not all set`);
+      }
+      for (let b = at.bs; b < at.bs + summaryBytes; b++) {
+        if (u8[b] !== 0xff) throw new Error(`${label} merge 100%: bmap's summary is not all set`);
       }
     }
   };
