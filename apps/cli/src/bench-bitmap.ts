@@ -122,6 +122,12 @@ export interface BitmapBenchResult {
   /** The kind the WebAssembly rows' allocator got (`default`, JS merging, where the engine lacks it). */
   'fused-merge-wasm-allocator': BitmapAllocator['kind'];
   /**
+   * The share of the WebAssembly merge's syncs (warm-ups included) that the allocator split between
+   * the calling thread and its helper (`createWasmBitmapAllocator`'s `parallel`: line lists of
+   * 8,192 lines or more).
+   */
+  'fused-merge-wasm-split': { '100pct': number; '1pct': number; '1pct-spread': number };
+  /**
    * How the `fused` cases' bitmaps were allocated (`huge-pages`: advised `MADV_HUGEPAGE`), and
    * the growth of the process's `AnonHugePages` (KiB) over the `fused` 100% case — its bmap and
    * swap log (null off Linux).
@@ -323,7 +329,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     adopt: boolean,
     alloc = allocator,
     keep = false,
-  ): SideBySide => {
+  ): SideBySide & { split: number } => {
     step(`sync ${name}`);
     const source = createSwapDirtyLog({ slots: [slot], allocator: alloc, migrationBuffer: adopt });
     const layers = createQemuLayers({ kvm: { source, logging, slot }, strategy: 'fused', allocator: alloc });
@@ -339,7 +345,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
       () => void layers.sync(),
     );
     expectBmap(layers, dirty, name);
-    const { adoptions, syncs, kernelMerges } = layers.stats();
+    const { adoptions, syncs, kernelMerges, parallelMerges } = layers.stats();
     const adopts = adopt && drain && !keep;
     if (adoptions !== (adopts ? syncs : 0)) {
       throw new DirtytrackError('internal', `${name}: ${adoptions} of ${syncs} syncs adopted`, {
@@ -355,7 +361,7 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
         },
       );
     }
-    return r;
+    return { ...r, split: fourDigits(parallelMerges / syncs) };
   };
   /** A zeroed bitmap from the `fused` cases' allocator (huge pages by default). */
   const allocated = (): Bitmap => {
@@ -559,6 +565,11 @@ export function benchBitmap(options: BitmapBenchOptions): BitmapBenchResult {
     'fused-merge-wasm-1pct-vs-fused-merge-wasm': fourDigits(kernel1.ms / kernelSync.ms),
     'fused-merge-wasm-1pct-spread-vs-fused-merge-wasm': fourDigits(kernel1Spread.ms / kernelSync.ms),
     'fused-merge-wasm-allocator': wasmAlloc.kind,
+    'fused-merge-wasm-split': {
+      '100pct': kernelSync.split,
+      '1pct': kernel1.split,
+      '1pct-spread': kernel1Spread.split,
+    },
     allocator: {
       kind: allocator.kind,
       'anon-huge-pages-kib':
@@ -623,7 +634,7 @@ export function formatBitmapBench(r: BitmapBenchResult): string {
     '',
     `rwlock-memcpy is ${r['rwlock-memcpy-vs-xchg']}× faster than the three-layer xchg sync; fused at 1% takes ${r['fused-1pct-vs-fused']}× its 100% time clustered in 2M runs, ${r['fused-1pct-spread-vs-fused']}× spread (both adopt: O(1)).`,
     `Merging instead: fused at 1% takes ${r['fused-merge-1pct-vs-fused-merge']}× its 100% time clustered in 2M runs (${r['fused-merge-1pct-larger-runs'].map((x) => `${formatSize(x['run-pages'] * PAGE_SIZE)} runs: ${x['vs-fused-merge']}×`).join(', ')}), ${r['fused-merge-1pct-spread-vs-fused-merge']}× spread.`,
-    `Merging in WebAssembly (${r['fused-merge-wasm-allocator']} allocator): fused at 1% takes ${r['fused-merge-wasm-1pct-vs-fused-merge-wasm']}× its 100% time clustered in 2M runs, ${r['fused-merge-wasm-1pct-spread-vs-fused-merge-wasm']}× spread.`,
+    `Merging in WebAssembly (${r['fused-merge-wasm-allocator']} allocator): fused at 1% takes ${r['fused-merge-wasm-1pct-vs-fused-merge-wasm']}× its 100% time clustered in 2M runs, ${r['fused-merge-wasm-1pct-spread-vs-fused-merge-wasm']}× spread (share of syncs split between two threads: 100% ${r['fused-merge-wasm-split']['100pct']}, 1% ${r['fused-merge-wasm-split']['1pct']}, spread ${r['fused-merge-wasm-split']['1pct-spread']}).`,
     `fused bitmaps: ${r.allocator.kind} allocator (AnonHugePages +${r.allocator['anon-huge-pages-kib'] ?? 'n/a'} KiB over the fused case); on 4 KiB pages the merging fused at 1% takes ${small['fused-merge-1pct-vs-fused-merge']}× its 100% time clustered, ${small['fused-merge-1pct-spread-vs-fused-merge']}× spread.`,
     `In L1 (4 KiB, ${r['l1-kind']}), per-word xchg is ${r['l1-xchg-vs-memcpy']}× a copy (plain JS Atomics.exchange vs TypedArray.set: ${r['l1-js-xchg-vs-set']}×).`,
     '',

@@ -70,6 +70,7 @@ describe('QEMU layers: exact values', () => {
         clearCostNs: 0,
         adoptions: 0,
         kernelMerges: 0,
+        parallelMerges: 0,
       });
       expect(m.clearBmap.popcount()).toBe(0); // no manual protect: nothing to clear lazily
       m.cleanup();

@@ -99,6 +99,8 @@ export interface QemuLayersStats {
    * one memory of `createWasmBitmapAllocator`); the others merged in JS or adopted.
    */
   readonly kernelMerges: number;
+  /** Of those, the merges split between two threads (`createWasmBitmapAllocator`'s `parallel`). */
+  readonly parallelMerges: number;
 }
 
 export interface QemuLayers extends MigrationBitmap {
@@ -283,6 +285,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
   let clearCostNs = 0;
   let adoptions = 0;
   let kernelMerges = 0;
+  let parallelMerges = 0;
   // Per-sync counters.
   let xchg = 0;
   let copy = 0;
@@ -626,6 +629,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
       const r = kernel.merge(tw, ts, bw, bs, list);
       copy += r.words;
       kernelMerges++;
+      if (r.threads === 2) parallelMerges++;
       const fresh = (t.counts[0] as number) - r.overlap;
       if (zero) t.counts[0] = 0;
       return fresh;
@@ -915,6 +919,7 @@ export function createQemuLayers(options: QemuLayersOptions): QemuLayers {
         clearCostNs,
         adoptions,
         kernelMerges,
+        parallelMerges,
       };
     },
   };

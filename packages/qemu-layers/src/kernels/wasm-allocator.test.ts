@@ -10,7 +10,12 @@ import {
 import { createQemuLayers } from '../qemu-layers.js';
 import { createSwapDirtyLog } from '../swap-dirty-log.js';
 import { supportsWasmSimd } from './bitmap-kernels.js';
-import { createWasmBitmapAllocator, mergeKernelFor } from './wasm-allocator.js';
+import {
+  createWasmBitmapAllocator,
+  mergeKernelFor,
+  PARALLEL_MERGE_DEFAULT,
+  splitMerge,
+} from './wasm-allocator.js';
 import { assertProperty } from '@dirtytrack/testkit';
 
 /** The first index where `a` and `b` differ (or where one ends), -1 when they are equal. */
@@ -226,14 +231,24 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
     [PAGES, 60],
     [2_500, 40],
   ])(
-    'gives the JS merge’s bmap, summary, dirtyPages and sync results on every step, %i pages (property)',
+    'gives the JS merge’s bmap, summary, dirtyPages and sync results on every step, in one thread or split with the helper, %i pages (property)',
     async (slotPages, runs) => {
       let kernelMerges = 0;
+      let parallelMerges = 0;
       await assertProperty(
         fc.property(fc.array(opsOver(slotPages), { minLength: 1, maxLength: 30 }), (ops) => {
           const js = world(slotPages, defaultBitmapAllocator);
-          const wasm = world(slotPages, createWasmBitmapAllocator());
-          const both = [js, wasm];
+          const wasm = world(slotPages, createWasmBitmapAllocator({ parallel: false }));
+          // Every merge of 2 lines or more, or of a summary of 8 words or more, split: the helper
+          // thread merges all the pieces but the caller's first, or all of them.
+          const split = (callerPieces: number) =>
+            world(
+              slotPages,
+              createWasmBitmapAllocator({ parallel: { minLines: 2, minSummaryWords: 8, callerPieces } }),
+            );
+          const helped = [split(1), split(0)];
+          const kernels = [wasm, ...helped];
+          const both = [js, ...kernels];
           for (const op of ops) {
             if (op.t === 'pages') {
               for (const w of both) w.log.markDirty(0, Uint32Array.from(op.pages), op.pages.length, 0);
@@ -248,8 +263,8 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
               );
               for (const w of both) w.log.markDirty(0, pages, pages.length, 0);
             } else if (op.t === 'sync') {
-              const [a, b] = both.map((w) => w.layers.sync());
-              expect(b).toEqual(a);
+              const [a, ...b] = both.map((w) => w.layers.sync());
+              for (const r of b) expect(r).toEqual(a);
             } else {
               const dirty = [...js.layers.bmap.setBits()];
               const sent =
@@ -262,29 +277,84 @@ describe.skipIf(!supportsWasmSimd())('fused merge in WebAssembly (createWasmBitm
                       );
               for (const p of sent) for (const w of both) w.layers.clearSent(p >>> 5, 1 << (p & 31));
             }
-            expect(firstDifference(wasm.layers.bmap.words, js.layers.bmap.words)).toBe(-1);
-            expect(
-              firstDifference(wasm.layers.summary as Uint32Array, js.layers.summary as Uint32Array),
-            ).toBe(-1);
-            expect(wasm.layers.dirtyPages).toBe(js.layers.dirtyPages);
-            expect(wasm.layers.dirtyPages).toBe(wasm.layers.bmap.popcount());
-            // The buffer the producers write now (after a sync: the spare the kernel zeroed).
-            const [ja, wa] = [js.log.active(0), wasm.log.active(0)];
-            expect(firstDifference(wa.bitmap.words, ja.bitmap.words)).toBe(-1);
-            expect(firstDifference(wa.summary, ja.summary)).toBe(-1);
-            expect(wa.counts[0]).toBe(ja.counts[0]);
+            for (const w of kernels) {
+              expect(firstDifference(w.layers.bmap.words, js.layers.bmap.words)).toBe(-1);
+              expect(firstDifference(w.layers.summary as Uint32Array, js.layers.summary as Uint32Array)).toBe(
+                -1,
+              );
+              expect(w.layers.dirtyPages).toBe(js.layers.dirtyPages);
+              expect(w.layers.dirtyPages).toBe(w.layers.bmap.popcount());
+              // The buffer the producers write now (after a sync: the spare the kernel zeroed).
+              const [ja, wa] = [js.log.active(0), w.log.active(0)];
+              expect(firstDifference(wa.bitmap.words, ja.bitmap.words)).toBe(-1);
+              expect(firstDifference(wa.summary, ja.summary)).toBe(-1);
+              expect(wa.counts[0]).toBe(ja.counts[0]);
+            }
           }
-          const [sa, sb] = both.map((w) => w.layers.stats());
-          expect(sb?.copiedWords).toBe(sa?.copiedWords);
-          expect(sb?.adoptions).toBe(sa?.adoptions);
+          const [sa, ...sk] = both.map((w) => w.layers.stats());
+          for (const sb of sk) {
+            expect(sb.copiedWords).toBe(sa?.copiedWords);
+            expect(sb.adoptions).toBe(sa?.adoptions);
+            expect(sb.kernelMerges).toBe(sk[0]?.kernelMerges);
+          }
           expect(sa?.kernelMerges).toBe(0);
-          kernelMerges += sb?.kernelMerges ?? 0;
+          expect(sk[0]?.parallelMerges).toBe(0);
+          kernelMerges += sk[0]?.kernelMerges ?? 0;
+          // With no piece left to the caller, every split merge is the helper's.
+          parallelMerges += helped[1]?.layers.stats().parallelMerges ?? 0;
         }),
         runs,
       );
       // The kernel ran (a sync into a bmap not empty), not only adoptions: 19-44 times in 40-60
       // runs when measured, so at least one run in six.
       expect(kernelMerges).toBeGreaterThan(runs / 6);
+      // And the helper merged split ones (a merge of one line, most of them at 2,500 pages, is
+      // not split): 5-30 in the runs measured.
+      expect(parallelMerges).toBeGreaterThan(0);
     },
   );
+});
+
+describe('splitMerge: the pieces of a merge split between two threads', () => {
+  const p = { minLines: 8, minSummaryWords: 8, callerPieces: Infinity };
+
+  it('a line list of at least minLines: runs of it, at most 16, at least minLines / 4 lines each', () => {
+    expect(splitMerge([0, 100_000, 200_000, 300_000, 40, 1276, 1000, 10], p)).toEqual(
+      [1000, 1008, 1016, 1024, 1032].map((at) => [0, 100_000, 200_000, 300_000, 40, 1276, at, 2]),
+    );
+    expect(splitMerge([0, 100_000, 200_000, 300_000, 40, 1276, 1000, 7], p)).toBeUndefined();
+    const many = splitMerge([0, 1, 2, 3, 4, 5, 0, 100_000], p) ?? [];
+    expect(many).toHaveLength(16);
+    expect(many.reduce((n, a) => n + a[7], 0)).toBe(100_000);
+    expect(many[15]?.[6]).toBe(4 * 93_750);
+  });
+
+  it('a summary scan: runs of whole 16-byte chunks of full lines, the last piece keeping the rest', () => {
+    // 40 summary words (160 bytes, 10 chunks) over 1276 64-bit words (159 full lines and a
+    // partial one): 9 chunks of full lines, so 9 pieces, the last taking 32 summary bytes.
+    const pieces = splitMerge([0, 100_000, 200_000, 300_000, 40, 1276, 0, -1], p) ?? [];
+    expect(pieces).toHaveLength(9);
+    for (let i = 0; i < 8; i++) {
+      expect(pieces[i]).toEqual([
+        16 * i * 64,
+        100_000 + 16 * i,
+        200_000 + 16 * i * 64,
+        300_000 + 16 * i,
+        4,
+        128,
+        0,
+        -1,
+      ]);
+    }
+    expect(pieces[8]).toEqual([128 * 64, 100_128, 200_000 + 128 * 64, 300_128, 8, 1276 - 1024, 0, -1]);
+    expect(pieces.reduce((n, a) => n + a[4], 0)).toBe(40);
+    expect(pieces.reduce((n, a) => n + a[5], 0)).toBe(1276);
+    expect(splitMerge([0, 100_000, 200_000, 300_000, 7, 1276, 0, -1], p)).toBeUndefined();
+  });
+
+  it('by default only line lists of 8,192 lines or more are split, never a summary scan', () => {
+    expect(splitMerge([0, 1, 2, 3, 4, 5, 0, 8191], PARALLEL_MERGE_DEFAULT)).toBeUndefined();
+    expect(splitMerge([0, 1, 2, 3, 4, 5, 0, 8192], PARALLEL_MERGE_DEFAULT)).toHaveLength(4);
+    expect(splitMerge([0, 1, 2, 3, 2 ** 20, 2 ** 25, 0, -1], PARALLEL_MERGE_DEFAULT)).toBeUndefined();
+  });
 });
