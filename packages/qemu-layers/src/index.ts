@@ -17,7 +17,12 @@ export {
   type KernelMemory,
 } from './kernels/bitmap-kernels.js';
 export { BITMAP_KERNELS_WASM_BASE64 } from './kernels/bitmap-kernels.wasm.js';
-export { createWasmBitmapAllocator } from './kernels/wasm-allocator.js';
+export {
+  createWasmBitmapAllocator,
+  PARALLEL_MERGE_DEFAULT,
+  type ParallelMerge,
+  type WasmBitmapAllocatorOptions,
+} from './kernels/wasm-allocator.js';
 export {
   createRamListDirtyMemory,
   DIRTY_MEMORY_BLOCK_SIZE,

@@ -369,9 +369,16 @@ function mergeHelper(): MergeHelper | undefined {
     });
     worker.unref();
     port1.unref();
+    // A helper that could not start, or stopped, is not used again (a merge posted to it then is
+    // finished by the caller: it takes every piece the helper has not).
+    const gone = (): void => {
+      if (helper === live) helper = null;
+    };
+    worker.on('error', gone);
+    worker.on('exit', gone);
     let sent: KernelMemory | undefined;
     let gen = 0;
-    helper = {
+    const live: MergeHelper = {
       run(memory, pieces, scratch, here, callerPieces) {
         if (memory !== sent) {
           sent = memory;
@@ -412,6 +419,7 @@ function mergeHelper(): MergeHelper | undefined {
         Atomics.notify(c, 0);
         if (s !== DONE) {
           helper = null; // a helper that failed or hung is not used again
+          void worker.terminate();
           throw new DirtytrackError(
             'internal',
             s === FAILED ? 'merge: the helper thread failed' : 'merge: the helper thread did not finish',
@@ -421,7 +429,8 @@ function mergeHelper(): MergeHelper | undefined {
         return { overlap, words, threads: helped > 0 ? 2 : 1 };
       },
     };
-    return helper;
+    helper = live;
+    return live;
   } catch {
     helper = null;
     return undefined;
