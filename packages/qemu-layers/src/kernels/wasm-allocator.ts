@@ -74,7 +74,7 @@ export interface MergeKernel {
 /** Each memory this allocator handed out, with its kernel instance (made on first use). */
 const kernels = new WeakMap<
   ArrayBufferLike,
-  { memory: KernelMemory; parallel: Required<ParallelMerge> | undefined; kernel?: MergeKernel }
+  { memory: KernelMemory; parallel: Readonly<Required<ParallelMerge>> | undefined; kernel?: MergeKernel }
 >();
 let compiled: object | undefined;
 
@@ -100,11 +100,11 @@ export interface ParallelMerge {
  * flight (8T, 1% dirty: 0.76-0.78× the time); a dense one streams at the memory's bandwidth,
  * which one thread already takes (8T, 100%: 1.08× the time with two).
  */
-export const PARALLEL_MERGE_DEFAULT: Required<ParallelMerge> = {
+export const PARALLEL_MERGE_DEFAULT: Readonly<Required<ParallelMerge>> = Object.freeze({
   minLines: 8192,
   minSummaryWords: Number.POSITIVE_INFINITY,
   callerPieces: Number.POSITIVE_INFINITY,
-};
+});
 
 export interface WasmBitmapAllocatorOptions {
   /**
@@ -238,7 +238,7 @@ const MAX_PIECES = 16;
  * line list, or runs of the bitmaps cut at summary bytes that are multiples of 16 (the scan's
  * chunk), each with its own words, summary and length (the last keeps the partial line).
  */
-export function splitMerge(whole: MergeArgs, p: Required<ParallelMerge>): MergeArgs[] | undefined {
+export function splitMerge(whole: MergeArgs, p: Readonly<Required<ParallelMerge>>): MergeArgs[] | undefined {
   const [tw, ts, bw, bs, n, words, lines, nlines] = whole;
   if (nlines >= 0) {
     if (nlines < Math.max(2, p.minLines)) return undefined;
