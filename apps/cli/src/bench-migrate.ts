@@ -9,7 +9,6 @@ import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import type { LiveGuestStats } from '@dirtytrack/guest';
 import {
   fdWritesAvailable,
-  LIVE_SWITCHOVER_SHARE,
   MAIN_READ_BUFFER_BYTES,
   PAGE_RECORD_BYTES,
   RAM_FLAG,
@@ -21,6 +20,7 @@ import {
 import { allocateGuestRam } from '@dirtytrack/qemu-layers';
 import { fourDigits, medianOf } from './bench-timing.js';
 import { localServeArgs, preallocate, startLiveSource } from './live.js';
+import { liveScenario } from './live-scenario.js';
 import { simulate } from './pipeline.js';
 import { scenarioSchema, type ScenarioInput } from './scenario.js';
 
@@ -537,32 +537,21 @@ async function liveRun(o: {
  * throughput with no latency, the same migration parameters and capabilities and time limit.
  */
 function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): ModelPrediction {
-  const scenarioAt = (mbps: number): ScenarioInput => ({
-    name: `bench-migrate-${c.name}`,
-    seed: o.seed,
-    memory: c.memory,
-    vcpus: c.vcpus,
-    tracker: 'mmu-wp',
-    layers: 'xchg',
-    populated: 1,
-    workload: { kind: 'uniform', rate: Math.round(c['guest-writes-per-s'] * PAGE_SIZE) },
-    link: { bandwidth: Math.round((mbps * 1e6) / 8), latency: 0 },
-    migration: {
-      parameters: {
-        'max-bandwidth': 0,
-        'downtime-limit': c['downtime-limit'],
-        ...(c.channels > 0 ? { 'multifd-channels': c.channels } : {}),
-      },
-      capabilities: {
-        multifd: c.channels > 0,
-        'auto-converge': c['auto-converge'],
-        ...(c['zero-copy-send'] ? { 'zero-copy-send': true } : {}),
-      },
-      // The live run plans its final copy for this share of downtime-limit: the same algorithm.
-      'switchover-share': LIVE_SWITCHOVER_SHARE,
-    },
-    'time-limit': o.timeLimit,
-  });
+  const scenarioAt = (mbps: number): ScenarioInput =>
+    liveScenario({
+      name: `bench-migrate-${c.name}`,
+      seed: o.seed,
+      memory: c.memory,
+      vcpus: c.vcpus,
+      writesPerVcpu: c['guest-writes-per-s'],
+      linkBytesPerSecond: (mbps * 1e6) / 8,
+      maxBandwidth: 0,
+      downtimeLimit: c['downtime-limit'],
+      channels: c.channels,
+      autoConverge: c['auto-converge'],
+      zeroCopySend: c['zero-copy-send'],
+      timeLimit: o.timeLimit,
+    });
   const run = (scenario: ScenarioInput): ModelRun => {
     const r = simulate(scenarioSchema.parse(scenario));
     const ram = r['ram'] as { transferred: number; 'dirty-sync-count': number };

@@ -8,7 +8,7 @@ import {
 } from '@dirtytrack/core';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { assertProperty } from './runs.js';
+import { assertProperty, replaySeed } from './runs.js';
 
 export interface DescribeDirtyLogSourceOptions {
   /**
@@ -242,11 +242,4 @@ export function kvmClearErrno(
   if (firstPage > npages || numPages > npages - firstPage) return 'EINVAL';
   if (numPages % 64 !== 0 && firstPage + numPages < npages) return 'EINVAL';
   return undefined;
-}
-
-/** `DIRTYTRACK_PROPERTY_SEED` as fast-check's `seed`, when it is set: replays a printed failure. */
-function replaySeed(): { seed?: number } {
-  const raw = process.env['DIRTYTRACK_PROPERTY_SEED'];
-  const seed = raw === undefined || raw.trim() === '' ? NaN : Number(raw);
-  return Number.isSafeInteger(seed) ? { seed } : {};
 }

@@ -12,6 +12,6 @@ export {
   type DescribeDirtyLogSourceOptions,
   type ManualDirtyLogSource,
 } from './describe-dirty-log-source.js';
-export { assertProperty, propertyRuns } from './runs.js';
+export { assertProperty, propertyRuns, replaySeed } from './runs.js';
 export { expectDirtytrackError } from './expect-error.js';
 export { blockUntil, exitCodes, exited, sleepSync, startWorker, terminateAll, waitUntil } from './workers.js';

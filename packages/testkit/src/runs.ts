@@ -35,3 +35,10 @@ export async function assertProperty<Ts>(
     if (done < total) await new Promise<void>((resolve) => setImmediate(resolve));
   }
 }
+
+/** `DIRTYTRACK_PROPERTY_SEED` as fast-check's `seed`, when it is set: replays a printed failure. */
+export function replaySeed(): { seed?: number } {
+  const raw = process.env['DIRTYTRACK_PROPERTY_SEED'];
+  const seed = raw === undefined || raw.trim() === '' ? NaN : Number(raw);
+  return Number.isSafeInteger(seed) ? { seed } : {};
+}
