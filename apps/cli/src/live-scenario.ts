@@ -22,6 +22,10 @@ export interface LiveRunShape {
   channels: number;
   autoConverge: boolean;
   zeroCopySend: boolean;
+  /** `migrate-start-postcopy` this many seconds into the run (postcopy-ram on); none: precopy only. */
+  postcopyAfter?: number;
+  /** QEMU `max-postcopy-bandwidth`, bytes/s (0 = the link's speed). */
+  maxPostcopyBandwidth?: number;
   /** Seconds after which the run gives up. */
   timeLimit: number;
 }
@@ -30,8 +34,9 @@ export interface LiveRunShape {
  * A live migration as a model-plane scenario (ARCHITECTURE.md §8, invariant 6): the same guest
  * (size, vCPUs, all pages holding data, the live pipeline's MMU write-protect tracker, bitmap
  * reporter and QEMU's `xchg` layers), a uniform workload at the live vCPUs' write rate, the link,
- * the same migration parameters, capabilities and time limit, and the live plane's switchover
- * share (it plans its final copy for half of `downtime-limit`: the same algorithm).
+ * the same migration parameters, capabilities (postcopy started at the same time) and time limit,
+ * and the live plane's switchover share (it plans its final copy for half of `downtime-limit`:
+ * the same algorithm).
  */
 export function liveScenario(s: LiveRunShape): ScenarioInput {
   return {
@@ -49,13 +54,16 @@ export function liveScenario(s: LiveRunShape): ScenarioInput {
         'max-bandwidth': s.maxBandwidth,
         'downtime-limit': s.downtimeLimit,
         ...(s.channels > 0 ? { 'multifd-channels': s.channels } : {}),
+        ...(s.maxPostcopyBandwidth === undefined ? {} : { 'max-postcopy-bandwidth': s.maxPostcopyBandwidth }),
       },
       capabilities: {
         multifd: s.channels > 0,
         'auto-converge': s.autoConverge,
         ...(s.zeroCopySend ? { 'zero-copy-send': true } : {}),
+        ...(s.postcopyAfter === undefined ? {} : { 'postcopy-ram': true }),
       },
       'switchover-share': LIVE_SWITCHOVER_SHARE,
+      ...(s.postcopyAfter === undefined ? {} : { 'start-postcopy-at': s.postcopyAfter }),
     },
     'time-limit': s.timeLimit,
   };
