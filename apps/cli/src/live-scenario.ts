@@ -26,6 +26,8 @@ export interface LiveRunShape {
   postcopyAfter?: number;
   /** QEMU `max-postcopy-bandwidth`, bytes/s (0 = the link's speed). */
   maxPostcopyBandwidth?: number;
+  /** QEMU's `postcopy-preempt` (with `postcopyAfter`). */
+  postcopyPreempt?: boolean;
   /** Seconds after which the run gives up. */
   timeLimit: number;
 }
@@ -61,6 +63,7 @@ export function liveScenario(s: LiveRunShape): ScenarioInput {
         'auto-converge': s.autoConverge,
         ...(s.zeroCopySend ? { 'zero-copy-send': true } : {}),
         ...(s.postcopyAfter === undefined ? {} : { 'postcopy-ram': true }),
+        ...(s.postcopyPreempt === true ? { 'postcopy-preempt': true } : {}),
       },
       'switchover-share': LIVE_SWITCHOVER_SHARE,
       ...(s.postcopyAfter === undefined ? {} : { 'start-postcopy-at': s.postcopyAfter }),

@@ -1,3 +1,4 @@
+import { fdWritesAvailable } from '@dirtytrack/migration';
 import { propertyRuns, replaySeed } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -47,6 +48,8 @@ interface Case {
    */
   mode: 'precopy' | 'auto-converge' | 'postcopy';
   postcopyShare: number;
+  /** QEMU's `zero-copy-send` (multifd, not postcopy; where koffi loads), or postcopy-preempt (postcopy). */
+  extra: boolean;
   channels: number;
   downtimeLimit: number;
   seed: number;
@@ -58,6 +61,7 @@ const cases = fc.record({
   dirtyShare: fc.oneof(fc.constant(0), fc.double({ min: 0.05, max: 0.45, noNaN: true })),
   mode: fc.constantFrom('precopy' as const, 'auto-converge' as const, 'postcopy' as const),
   postcopyShare: fc.double({ min: 0.2, max: 0.6, noNaN: true }),
+  extra: fc.boolean(),
   channels: fc.constantFrom(0, 2, 4),
   downtimeLimit: fc.constantFrom(100, 200, 300),
   seed: fc.integer({ min: 1, max: 1_000_000 }),
@@ -71,6 +75,8 @@ async function liveAndModel(c: Case) {
   const share = c.mode === 'auto-converge' ? c.dirtyShare : Math.min(c.dirtyShare, 0.3);
   const writesPerVcpu = Math.round((share * maxBandwidth) / VCPUS / 4096);
   const postcopyMs = c.mode === 'postcopy' ? Math.round(c.onePassS * c.postcopyShare * 1000) : undefined;
+  const zeroCopySend = c.extra && c.channels > 0 && postcopyMs === undefined && fdWritesAvailable();
+  const preempt = c.extra && postcopyMs !== undefined;
   const r = await run(
     'migrate',
     '--memory',
@@ -90,6 +96,8 @@ async function liveAndModel(c: Case) {
       : ['--workload', 'uniform', '--rate', String(writesPerVcpu)]),
     ...(c.channels > 0 ? ['--multifd-channels', String(c.channels)] : []),
     ...(c.mode === 'auto-converge' ? ['--auto-converge'] : []),
+    ...(zeroCopySend ? ['--zero-copy-send'] : []),
+    ...(preempt ? ['--postcopy-preempt'] : []),
     ...(postcopyMs === undefined
       ? []
       : ['--postcopy-after', String(postcopyMs), '--max-postcopy-bandwidth', String(maxBandwidth)]),
@@ -111,11 +119,15 @@ async function liveAndModel(c: Case) {
         downtimeLimit: c.downtimeLimit,
         channels: c.channels,
         autoConverge: c.mode === 'auto-converge',
-        zeroCopySend: false,
+        zeroCopySend,
         timeLimit: 120,
         ...(postcopyMs === undefined
           ? {}
-          : { postcopyAfter: postcopyMs / 1000, maxPostcopyBandwidth: maxBandwidth }),
+          : {
+              postcopyAfter: postcopyMs / 1000,
+              maxPostcopyBandwidth: maxBandwidth,
+              postcopyPreempt: preempt,
+            }),
       }),
     ),
   );
@@ -172,6 +184,7 @@ describe('the model predicts live migrations (invariant 6)', () => {
                 dirtyShare: 0.2878,
                 mode: 'postcopy',
                 postcopyShare: 0.2,
+                extra: false,
                 channels: 2,
                 downtimeLimit: 300,
                 seed: 4,
