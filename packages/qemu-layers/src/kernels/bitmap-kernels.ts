@@ -99,6 +99,16 @@ export function wasmApi(): WasmApi | undefined {
   return (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
 }
 
+let compiledKernels: object | undefined;
+
+/**
+ * The bitmap-kernels module, decoded and compiled once per realm (an engine with WebAssembly):
+ * every instance — each kernel set, each allocator memory, the merge helper's — shares it.
+ */
+export function kernelsModule(wasm: WasmApi): object {
+  return (compiledKernels ??= new wasm.Module(decodeBase64(BITMAP_KERNELS_WASM_BASE64)));
+}
+
 // (module (import "e" "m" (memory 1 1 shared))
 //   (func (result i32) (i32x4.extract_lane 0 (i8x16.popcnt (v128.load (i32.const 0))))))
 const PROBE = new Uint8Array([
@@ -128,9 +138,7 @@ export function createBitmapKernels(options: BitmapKernelsOptions): BitmapKernel
   if (!supportsWasmSimd()) return createJsBitmapKernels(options);
   const wasm = wasmApi() as WasmApi;
   const region = createRegion(options);
-  const instance = new wasm.Instance(new wasm.Module(decodeBase64(BITMAP_KERNELS_WASM_BASE64)), {
-    env: { memory: region.memory },
-  });
+  const instance = new wasm.Instance(kernelsModule(wasm), { env: { memory: region.memory } });
   const k = instance.exports as WasmExports;
   return {
     kind: 'wasm-simd',

@@ -14,9 +14,8 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { DirtytrackError } from '@dirtytrack/core';
 
 import { adviseHugePages, defaultBitmapAllocator, type BitmapAllocator } from '../huge-pages.js';
-import { BITMAP_KERNELS_WASM_BASE64 } from './bitmap-kernels.wasm.js';
 import {
-  decodeBase64,
+  kernelsModule,
   supportsWasmSimd,
   wasmApi,
   type KernelMemory,
@@ -76,7 +75,6 @@ const kernels = new WeakMap<
   ArrayBufferLike,
   { memory: KernelMemory; parallel: Readonly<Required<ParallelMerge>> | undefined; kernel?: MergeKernel }
 >();
-let compiled: object | undefined;
 
 /**
  * When a merge is split between the calling thread and a helper thread (one per process, started
@@ -164,8 +162,7 @@ export function mergeKernelFor(buffer: ArrayBufferLike): MergeKernel | undefined
   if (entry === undefined) return undefined;
   if (entry.kernel !== undefined) return entry.kernel;
   const wasm = wasmApi() as WasmApi;
-  compiled ??= new wasm.Module(decodeBase64(BITMAP_KERNELS_WASM_BASE64));
-  const k = new wasm.Instance(compiled, { env: { memory: entry.memory } }).exports as MergeExports;
+  const k = new wasm.Instance(kernelsModule(wasm), { env: { memory: entry.memory } }).exports as MergeExports;
   const scratch = buffer.byteLength - RESERVED_BYTES;
   const helperScratch = buffer.byteLength - SCRATCH_BYTES;
   const out = new Float64Array(buffer, scratch, 2);
@@ -356,15 +353,14 @@ let helper: MergeHelper | null | undefined;
 function mergeHelper(): MergeHelper | undefined {
   if (helper !== undefined) return helper ?? undefined;
   try {
-    const wasm = wasmApi() as WasmApi;
-    compiled ??= new wasm.Module(decodeBase64(BITMAP_KERNELS_WASM_BASE64));
+    const module = kernelsModule(wasmApi() as WasmApi);
     const control = new SharedArrayBuffer(C_SUMS_BYTE + 3 * 8);
     const c = new Int32Array(control);
     const sums = new Float64Array(control, C_SUMS_BYTE, 3);
     const { port1, port2 } = new MessageChannel();
     const worker = new Worker(HELPER_SOURCE, {
       eval: true,
-      workerData: { control, module: compiled, port: port2 },
+      workerData: { control, module, port: port2 },
       transferList: [port2 as MessagePort],
     });
     worker.unref();
