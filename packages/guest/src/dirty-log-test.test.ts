@@ -88,7 +88,9 @@ describe('createLiveGuest', () => {
     try {
       guest.setValue(7);
       await guest.start();
-      await waitUntil(() => guest.stats().writes > 1000, 10_000, 'writes');
+      // Each worker starts on its own schedule: on a busy machine one vCPU can be 1000 writes behind.
+      const everyVcpuWrote = () => guest.stats().vcpuWrites.every((w) => w > 0);
+      await waitUntil(() => guest.stats().writes > 1000 && everyVcpuWrote(), 10_000, 'writes');
       await guest.pause();
       const paused = guest.stats();
       await new Promise((resolve) => setTimeout(resolve, 20));
@@ -98,7 +100,14 @@ describe('createLiveGuest', () => {
       expect([...values].sort()).toEqual([0, 7]);
       guest.setValue(8);
       guest.resume();
-      await waitUntil(() => guest.stats().writes > paused.writes + 1000, 10_000, 'writes after resume');
+      // Resume releases every vCPU, not just the first to wake.
+      const everyVcpuResumed = () =>
+        guest.stats().vcpuWrites.every((w, v) => w > (paused.vcpuWrites[v] as number));
+      await waitUntil(
+        () => guest.stats().writes > paused.writes + 1000 && everyVcpuResumed(),
+        10_000,
+        'writes after resume',
+      );
       const stopped = await guest.stop();
       expect(stopped.vcpuWrites.every((w) => w > 0)).toBe(true);
       expect(stopped.writes).toBe(stopped.vcpuWrites.reduce((a, b) => a + b, 0));
