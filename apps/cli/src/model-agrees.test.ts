@@ -3,7 +3,7 @@ import { propertyRuns, replaySeed } from '@dirtytrack/testkit';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { run } from './__fixtures__/run.js';
-import type { MigrateResult } from './live.js';
+import { liveWorkload, type MigrateResult } from './live.js';
 import { liveScenario } from './live-scenario.js';
 import { simulate } from './pipeline.js';
 import { scenarioSchema } from './scenario.js';
@@ -40,6 +40,8 @@ interface Case {
   onePassS: number;
   /** 0: an idle guest; else the vCPUs' writes as a share of `max-bandwidth`. */
   dirtyShare: number;
+  /** The writes go `--workload hot-set` (else uniform). */
+  hotSet: boolean;
   /**
    * precopy; auto-converge (with writes up to 45 % of the rate limit: several syncs, the throttle
    * raised); or postcopy, switched at `postcopyShare` of one pass, `max-postcopy-bandwidth` the
@@ -59,6 +61,7 @@ const cases = fc.record({
   memoryMiB: fc.constantFrom(16, 32, 48),
   onePassS: fc.double({ min: 0.8, max: 1.5, noNaN: true }),
   dirtyShare: fc.oneof(fc.constant(0), fc.double({ min: 0.05, max: 0.45, noNaN: true })),
+  hotSet: fc.boolean(),
   mode: fc.constantFrom('precopy' as const, 'auto-converge' as const, 'postcopy' as const),
   postcopyShare: fc.double({ min: 0.2, max: 0.6, noNaN: true }),
   extra: fc.boolean(),
@@ -77,6 +80,8 @@ async function liveAndModel(c: Case) {
   const postcopyMs = c.mode === 'postcopy' ? Math.round(c.onePassS * c.postcopyShare * 1000) : undefined;
   const zeroCopySend = c.extra && c.channels > 0 && postcopyMs === undefined && fdWritesAvailable();
   const preempt = c.extra && postcopyMs !== undefined;
+  const workload = writesPerVcpu === 0 ? 'idle' : c.hotSet ? 'hot-set' : 'uniform';
+  const hot = liveWorkload('hot-set', memory / 4096);
   const r = await run(
     'migrate',
     '--memory',
@@ -91,9 +96,9 @@ async function liveAndModel(c: Case) {
     String(maxBandwidth),
     '--downtime-limit',
     String(c.downtimeLimit),
-    ...(writesPerVcpu === 0
-      ? ['--workload', 'idle']
-      : ['--workload', 'uniform', '--rate', String(writesPerVcpu)]),
+    '--workload',
+    workload,
+    ...(workload === 'idle' ? [] : ['--rate', String(writesPerVcpu)]),
     ...(c.channels > 0 ? ['--multifd-channels', String(c.channels)] : []),
     ...(c.mode === 'auto-converge' ? ['--auto-converge'] : []),
     ...(zeroCopySend ? ['--zero-copy-send'] : []),
@@ -114,6 +119,9 @@ async function liveAndModel(c: Case) {
         memory,
         vcpus: VCPUS,
         writesPerVcpu,
+        ...(workload === 'hot-set' && hot.kind === 'hot-set'
+          ? { hotSet: { pages: hot.pages, share: hot.share } }
+          : {}),
         linkBytesPerSecond: LINK_BYTES_PER_SECOND,
         maxBandwidth,
         downtimeLimit: c.downtimeLimit,
@@ -182,6 +190,7 @@ describe('the model predicts live migrations (invariant 6)', () => {
                 memoryMiB: 16,
                 onePassS: 0.96,
                 dirtyShare: 0.2878,
+                hotSet: false,
                 mode: 'postcopy',
                 postcopyShare: 0.2,
                 extra: false,
