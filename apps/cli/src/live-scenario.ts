@@ -17,6 +17,15 @@ export interface LiveRunShape {
    * hot pages (with repeats) and sends `share`/256 of its writes there, the rest uniformly over RAM.
    */
   hotSet?: { pages: number; share: number };
+  /** The live guest's `sweep` workload instead (`--workload sweep`): each vCPU writes its share of RAM in order. */
+  sweep?: boolean;
+  /**
+   * The live guest's `trace` workload instead (`--workload trace --trace FILE`, with
+   * `--trace-loop` when `loop`): the model replays the same file.
+   */
+  trace?: { file: string; loop: boolean };
+  /** Seconds the live guest had run when the migration began (`guest-run-before` / 1000). */
+  runBefore?: number;
   /** The link's throughput, bytes/s (the model's link has no latency, as loopback). */
   linkBytesPerSecond: number;
   /** QEMU `max-bandwidth`, bytes/s (0 = the link's speed). */
@@ -59,7 +68,8 @@ export function modelHotSet(
 /**
  * A live migration as a model-plane scenario (ARCHITECTURE.md §8, invariant 6): the same guest
  * (size, vCPUs, all pages holding data, the live pipeline's MMU write-protect tracker, bitmap
- * reporter and QEMU's `xchg` layers), a uniform or hot-set workload at the live vCPUs' write rate, the link,
+ * reporter and QEMU's `xchg` layers), the workload (uniform, hot-set or sweep at the live vCPUs' write rate,
+ * or the trace they replay) as far along as the live guest's was when its migration began, the link,
  * the same migration parameters, capabilities (postcopy started at the same time) and time limit,
  * and the live plane's switchover share (it plans its final copy for half of `downtime-limit`:
  * the same algorithm).
@@ -74,9 +84,16 @@ export function liveScenario(s: LiveRunShape): ScenarioInput {
     layers: 'xchg',
     populated: 1,
     workload: {
-      kind: s.hotSet === undefined ? 'uniform' : 'hotset',
-      rate: Math.round(s.writesPerVcpu * PAGE_SIZE),
-      ...(s.hotSet === undefined ? {} : modelHotSet(s.hotSet, s.memory / PAGE_SIZE, s.vcpus)),
+      ...(s.trace !== undefined
+        ? { kind: 'trace', file: s.trace.file, loop: s.trace.loop }
+        : s.hotSet !== undefined
+          ? {
+              kind: 'hotset',
+              rate: Math.round(s.writesPerVcpu * PAGE_SIZE),
+              ...modelHotSet(s.hotSet, s.memory / PAGE_SIZE, s.vcpus),
+            }
+          : { kind: s.sweep === true ? 'sweep' : 'uniform', rate: Math.round(s.writesPerVcpu * PAGE_SIZE) }),
+      ...(s.runBefore === undefined ? {} : { 'run-before': s.runBefore }),
     },
     link: { bandwidth: Math.round(s.linkBytesPerSecond), latency: 0 },
     migration: {

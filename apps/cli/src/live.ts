@@ -611,6 +611,12 @@ export interface MigrateResult extends Omit<LiveMigrationOutcome['info'], 'traje
     'huge-pages': boolean;
     vcpus: number;
     'guest-writes': number;
+    /**
+     * How long the guest had run when the migration began (ms): it boots first, and runs while the
+     * local destination starts. A trace's replay and a sweep's cursor were that far along — the
+     * model's `workload.run-before` (s).
+     */
+    'guest-run-before'?: number;
     /** The vCPU state sent with the guest (before completion or the postcopy switch). */
     'vcpu-state'?: VcpuStateJson;
     /**
@@ -903,6 +909,8 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
   let cancelled = false;
   /** The vCPU state sent with the guest (VCPU_STATE), if it was. */
   let sentState: VcpuStateMessage | undefined;
+  /** How long the guest had run when the migration began (ms), from its first status change. */
+  let guestRunBefore: number | undefined;
   try {
     outcome = await runLiveMigration({
       host: target.host,
@@ -971,6 +979,8 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       sendFrom: plan.sendFrom,
       ...(hooks.cancelRequested === undefined ? {} : { cancelRequested: hooks.cancelRequested }),
       onStatus: (e) => {
+        // The engine's clock started as the guest did; the event's time counts from the migration's start.
+        guestRunBefore ??= Math.round(source.engine.clock.now() / 1000) / 1000 - e.time;
         if (e.status === 'postcopy-active') vcpusRunHere = false;
         log(`status ${e.status} at ${e.time} ms`);
         hooks.onStatus?.(e.status);
@@ -1026,6 +1036,9 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
       'huge-pages': source.hugePages,
       vcpus,
       'guest-writes': guestWrites,
+      ...(guestRunBefore === undefined
+        ? {}
+        : { 'guest-run-before': Math.round(guestRunBefore * 1000) / 1000 }),
       sync: syncSummary(plan.layers, source.syncTimes, source.layers.stats()),
       link: outcome.link,
       ...(sentState === undefined ? {} : { 'vcpu-state': vcpuStateJson(sentState) }),

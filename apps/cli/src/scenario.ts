@@ -118,6 +118,11 @@ export const scenarioSchema = z
         kind: z.enum(['uniform', 'sweep', 'hotset', 'trace']).default('uniform'),
         /** Bytes of page writes per second, per vCPU. */
         rate: rate({ positive: false }).default('8M'),
+        /**
+         * Seconds the guest has run when the migration starts (a live guest runs while its
+         * destination starts): a trace's replay and a sweep's cursor are that far along.
+         */
+        'run-before': number(0, 3600).default(0),
         'working-set': size({ min: PAGE_SIZE, pageAligned: true }).optional(),
         offset: size({ pageAligned: true }).default(0),
         /** hotset: fraction of the working set that is hot, (0, 1]. */

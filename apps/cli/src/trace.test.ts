@@ -69,6 +69,30 @@ describe('simulate with workload kind: trace', () => {
     expect(result.ram.transferred).toBe((64 + 12) * NORMAL_RECORD);
   });
 
+  it('run-before: the guest has run that long when the migration starts, and the replay is that far along', async () => {
+    // 6 ms in, the one pass is over: nothing is written during the migration.
+    const { result: over } = await runJson(...guest(traceFile, '--set', 'workload.run-before=0.006'));
+    expect(over.dirtytrack.vcpu.writes).toBe(0);
+    expect(over.ram.normal).toBe(64);
+    expect(over.ram.transferred).toBe(64 * NORMAL_RECORD);
+    // 3 ms in, pages 0–9 were written before (not logged), pages 10 and 11 come 2 ms into the run.
+    const { result: mid } = await runJson(...guest(traceFile, '--set', 'workload.run-before=0.003'));
+    expect(mid.dirtytrack.vcpu.writes).toBe(2);
+    expect(mid.trajectory.map((t) => t['new-dirty-pages'])).toEqual([0, 2, 0]);
+    expect(mid.ram.normal).toBe(64 + 2);
+    // Looping, a whole number of periods ahead is where it started: the same run as none.
+    const loop = ['--set', 'workload.loop=true'];
+    const { result: none } = await runJson(...guest(traceFile, ...loop));
+    const { result: three } = await runJson(
+      ...guest(traceFile, ...loop, '--set', 'workload.run-before=0.03'),
+    );
+    expect(three.ram).toEqual(none.ram);
+    expect(three.dirtytrack.vcpu.writes).toBe(none.dirtytrack.vcpu.writes);
+    const bad = await run(...guest(traceFile, '--set', 'workload.run-before=-1'));
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^[^\n]*workload\.run-before[^\n]*\n$/);
+  });
+
   it('an empty trace writes nothing: every page is sent once', async () => {
     const { result } = await runJson(...guest(emptyFile));
     expect(result.dirtytrack.vcpu.writes).toBe(0);
