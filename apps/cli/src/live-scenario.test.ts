@@ -31,6 +31,17 @@ describe('liveScenario', () => {
     });
   });
 
+  it('a sweep at the live rate, a trace as its file, each as far along as the live guest was', () => {
+    expect(liveScenario({ ...shape, sweep: true, runBefore: 0.25 }).workload).toEqual({
+      kind: 'sweep',
+      rate: 4_096_000,
+      'run-before': 0.25,
+    });
+    expect(
+      liveScenario({ ...shape, trace: { file: '/t/guest.trace', loop: true }, runBefore: 0.3 }).workload,
+    ).toEqual({ kind: 'trace', file: '/t/guest.trace', loop: true, 'run-before': 0.3 });
+  });
+
   it("modelHotSet's hot fraction is the share of RAM the live vCPUs' own draws cover", () => {
     // As live-vcpu.ts draws them: each vCPU's generator (the seed's fork) picks its hot pages with repeats.
     const pages = 8192;
