@@ -97,6 +97,14 @@ describe('withReadBuffer', () => {
         // Staging wrote nothing of the chunk, and refuses a page that ends past it.
         if (!Buffer.from(chunk).equals(Buffer.from(before))) mismatches.push(`chunk at ${at} changed`);
         if (stagePage(chunk, chunk.length - 4095) !== undefined) mismatches.push(`page past chunk at ${at}`);
+        // A view into the chunk at another offset, after a chunk of no read buffer, stages its own bytes.
+        if (chunk.length >= 4096 + 24) {
+          if (stagePage(new Uint8Array(8192), 0) !== undefined) mismatches.push('a plain array staged');
+          const inner = stagePage(chunk.subarray(24), 0);
+          const want = sent.subarray(at + 24, at + 24 + 4096);
+          if (inner === undefined || !Buffer.from(inner).equals(Buffer.from(want)))
+            mismatches.push(`page of a view at ${at + 24}`);
+        }
         at += chunk.length;
         return true;
       });
