@@ -10,14 +10,17 @@ export interface LiveRunShape {
   /** Guest RAM, bytes (every page holds data: the live guests here are filled with random bytes). */
   memory: number;
   vcpus: number;
-  /** Page writes per second of each vCPU, uniform over RAM (0: an idle guest) unless `hotSet`. */
+  /**
+   * Page writes per second of each vCPU (0: an idle guest): uniform over RAM unless `hotSet` or
+   * `sweep` says otherwise; a `trace` keeps its own times.
+   */
   writesPerVcpu: number;
   /**
    * The live guest's `hot-set` workload (`--workload hot-set`): each vCPU draws its own `pages`
    * hot pages (with repeats) and sends `share`/256 of its writes there, the rest uniformly over RAM.
    */
   hotSet?: { pages: number; share: number };
-  /** The live guest's `sweep` workload instead (`--workload sweep`): each vCPU writes its share of RAM in order. */
+  /** The live guest's `sweep` workload instead (`--workload sweep`): each vCPU writes its share in order. */
   sweep?: boolean;
   /**
    * The live guest's `trace` workload instead (`--workload trace --trace FILE`, with
@@ -68,11 +71,11 @@ export function modelHotSet(
 /**
  * A live migration as a model-plane scenario (ARCHITECTURE.md §8, invariant 6): the same guest
  * (size, vCPUs, all pages holding data, the live pipeline's MMU write-protect tracker, bitmap
- * reporter and QEMU's `xchg` layers), the workload (uniform, hot-set or sweep at the live vCPUs' write rate,
- * or the trace they replay) as far along as the live guest's was when its migration began, the link,
- * the same migration parameters, capabilities (postcopy started at the same time) and time limit,
- * and the live plane's switchover share (it plans its final copy for half of `downtime-limit`:
- * the same algorithm).
+ * reporter and QEMU's `xchg` layers), the workload (uniform, hot-set or sweep at the live vCPUs'
+ * write rate, or the trace they replay) as far along as the live guest's was when its migration
+ * began, the link, the same migration parameters, capabilities (postcopy started at the same time)
+ * and time limit, and the live plane's switchover share (it plans its final copy for half of
+ * `downtime-limit`: the same algorithm).
  */
 export function liveScenario(s: LiveRunShape): ScenarioInput {
   return {

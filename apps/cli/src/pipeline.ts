@@ -189,10 +189,9 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
  * Runs `workload` for `ns` before the migration starts (`workload.run-before`), in 1 ms steps as
  * the engine would, discarding its writes: dirty logging starts with the migration, so they are
  * not tracked (nor do they turn zero pages into data: `populated` says what holds data at the
- * start). Only where the workload stands
- * moves — a trace's replay clock, a sweep's cursor, the random draws — which is what makes a
- * live run's trace or sweep meet the migration's syncs where it does (a live guest runs while its
- * destination starts: 150–400 ms).
+ * start). Only where the workload stands moves — a trace's replay clock, a sweep's cursor, the
+ * random draws — which is what makes a live run's looping trace meet the migration's syncs where
+ * it does (a live guest runs while its destination starts: 150–480 ms here).
  */
 function advance(workload: Workload, ns: number): void {
   const discard = (): void => {};

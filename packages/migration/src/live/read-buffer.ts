@@ -48,8 +48,8 @@ const scratchOf = new WeakMap<ArrayBufferLike, { whole: Uint8Array; page: Uint8A
  */
 export function stagePage(chunk: Uint8Array, at: number): Uint8Array | undefined {
   if (chunk !== staged.chunk) {
-    // Once per chunk, not per page: `chunk.buffer` is a call into the runtime (with the WeakMap
-    // lookup, ~10 % of staging a page; the destination's thread spent 5 % of a migration in it).
+    // Once per chunk, not per page: `chunk.buffer` is a call into V8's runtime (with the WeakMap
+    // lookup, ~10 % of staging a page; ~6 % of the destination thread's time in a migration).
     const s = scratchOf.get(chunk.buffer);
     staged.chunk = chunk;
     staged.scratch = s;
