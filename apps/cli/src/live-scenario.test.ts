@@ -2,6 +2,7 @@ import { createRng } from '@dirtytrack/core';
 import { describe, expect, it } from 'vitest';
 import { liveScenario, modelHotSet, type LiveRunShape } from './live-scenario.js';
 import { liveWorkload } from './live.js';
+import { scenarioSchema } from './scenario.js';
 
 const shape: LiveRunShape = {
   name: 'x',
@@ -40,6 +41,13 @@ describe('liveScenario', () => {
     expect(
       liveScenario({ ...shape, trace: { file: '/t/guest.trace', loop: true }, runBefore: 0.3 }).workload,
     ).toEqual({ kind: 'trace', file: '/t/guest.trace', loop: true, 'run-before': 0.3 });
+  });
+
+  it("the dirty log bitmap, or a dirty ring of the live run's size", () => {
+    expect(liveScenario(shape).reporter).toBeUndefined(); // the scenario's default: bitmap
+    const ring = liveScenario({ ...shape, dirtyRing: 256 });
+    expect([ring.reporter, ring['ring-size']]).toEqual(['ring', 256]);
+    expect(scenarioSchema.parse(ring).reporter).toBe('ring');
   });
 
   it("modelHotSet's hot fraction is the share of RAM the live vCPUs' own draws cover", () => {

@@ -29,6 +29,8 @@ export interface LiveRunShape {
   trace?: { file: string; loop: boolean };
   /** Seconds the live guest had run when the migration began (`guest-run-before` / 1000). */
   runBefore?: number;
+  /** Entries of each vCPU's KVM dirty ring (`--dirty-ring-size`); absent: the dirty log bitmap. */
+  dirtyRing?: number;
   /** The link's throughput, bytes/s (the model's link has no latency, as loopback). */
   linkBytesPerSecond: number;
   /** QEMU `max-bandwidth`, bytes/s (0 = the link's speed). */
@@ -71,7 +73,7 @@ export function modelHotSet(
 /**
  * A live migration as a model-plane scenario (ARCHITECTURE.md §8, invariant 6): the same guest
  * (size, vCPUs, all pages holding data, the live pipeline's MMU write-protect tracker, bitmap
- * reporter and QEMU's `xchg` layers), the workload (uniform, hot-set or sweep at the live vCPUs'
+ * or dirty-ring reporter and QEMU's `xchg` layers), the workload (uniform, hot-set or sweep at the live vCPUs'
  * write rate, or the trace they replay) as far along as the live guest's was when its migration
  * began, the link, the same migration parameters, capabilities (postcopy started at the same time)
  * and time limit, and the live plane's switchover share (it plans its final copy for half of
@@ -84,6 +86,7 @@ export function liveScenario(s: LiveRunShape): ScenarioInput {
     memory: s.memory,
     vcpus: s.vcpus,
     tracker: 'mmu-wp',
+    ...(s.dirtyRing === undefined ? {} : { reporter: 'ring', 'ring-size': s.dirtyRing }),
     layers: 'xchg',
     populated: 1,
     workload: {

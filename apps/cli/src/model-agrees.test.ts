@@ -68,6 +68,8 @@ interface Case {
   /** QEMU's `zero-copy-send` (multifd, not postcopy; where koffi loads), or postcopy-preempt (postcopy). */
   extra: boolean;
   channels: number;
+  /** Entries of each vCPU's KVM dirty ring (`--dirty-ring-size`); 0: the dirty log bitmap. */
+  dirtyRing: number;
   downtimeLimit: number;
   seed: number;
 }
@@ -87,6 +89,7 @@ const cases = fc.noBias(
     postcopyShare: fc.double({ min: 0.2, max: 0.6, noNaN: true }),
     extra: fc.boolean(),
     channels: fc.constantFrom(0, 2, 4),
+    dirtyRing: fc.constantFrom(0, 256, 4096),
     downtimeLimit: fc.constantFrom(100, 200, 300),
     seed: fc.integer({ min: 1, max: 1_000_000 }),
   }),
@@ -132,6 +135,7 @@ async function liveAndModel(c: Case) {
         ? []
         : ['--rate', String(writesPerVcpu)]),
     ...(c.channels > 0 ? ['--multifd-channels', String(c.channels)] : []),
+    ...(c.dirtyRing > 0 ? ['--dirty-ring-size', String(c.dirtyRing)] : []),
     ...(c.mode === 'auto-converge' ? ['--auto-converge'] : []),
     ...(zeroCopySend ? ['--zero-copy-send'] : []),
     ...(preempt ? ['--postcopy-preempt'] : []),
@@ -156,6 +160,7 @@ async function liveAndModel(c: Case) {
           : {}),
         ...(workload === 'sweep' ? { sweep: true } : {}),
         ...(trace === undefined ? {} : { trace: { file: trace, loop: true } }),
+        ...(c.dirtyRing > 0 ? { dirtyRing: c.dirtyRing } : {}),
         ...(live.dirtytrack['guest-run-before'] === undefined
           ? {}
           : { runBefore: live.dirtytrack['guest-run-before'] / 1000 }),
@@ -235,6 +240,7 @@ describe('the model predicts live migrations (invariant 6)', () => {
                 postcopyShare: 0.2,
                 extra: false,
                 channels: 2,
+                dirtyRing: 0,
                 downtimeLimit: 300,
                 seed: 4,
               },
