@@ -72,12 +72,12 @@ export function modelHotSet(
 
 /**
  * A live migration as a model-plane scenario (ARCHITECTURE.md §8, invariant 6): the same guest
- * (size, vCPUs, all pages holding data, the live pipeline's MMU write-protect tracker, bitmap
- * or dirty-ring reporter and QEMU's `xchg` layers), the workload (uniform, hot-set or sweep at the live vCPUs'
- * write rate, or the trace they replay) as far along as the live guest's was when its migration
- * began, the link, the same migration parameters, capabilities (postcopy started at the same time)
- * and time limit, and the live plane's switchover share (it plans its final copy for half of
- * `downtime-limit`: the same algorithm).
+ * (size, vCPUs, all pages holding data, the live pipeline's MMU write-protect tracker, bitmap or
+ * dirty-ring reporter and QEMU's `xchg` layers), the workload (uniform, hot-set or sweep at the
+ * live vCPUs' write rate, or the trace they replay) as far along as the live guest's was when its
+ * migration began, the link, the same migration parameters, capabilities (postcopy started at the
+ * same time) and time limit, and the live plane's switchover share (it plans its final copy for
+ * half of `downtime-limit`: the same algorithm).
  */
 export function liveScenario(s: LiveRunShape): ScenarioInput {
   return {
