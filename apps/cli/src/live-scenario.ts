@@ -80,6 +80,7 @@ export function modelHotSet(
  * half of `downtime-limit`: the same algorithm).
  */
 export function liveScenario(s: LiveRunShape): ScenarioInput {
+  const rate = Math.round(s.writesPerVcpu * PAGE_SIZE);
   return {
     name: s.name,
     seed: s.seed,
@@ -93,12 +94,8 @@ export function liveScenario(s: LiveRunShape): ScenarioInput {
       ...(s.trace !== undefined
         ? { kind: 'trace', file: s.trace.file, loop: s.trace.loop }
         : s.hotSet !== undefined
-          ? {
-              kind: 'hotset',
-              rate: Math.round(s.writesPerVcpu * PAGE_SIZE),
-              ...modelHotSet(s.hotSet, s.memory / PAGE_SIZE, s.vcpus),
-            }
-          : { kind: s.sweep === true ? 'sweep' : 'uniform', rate: Math.round(s.writesPerVcpu * PAGE_SIZE) }),
+          ? { kind: 'hotset', rate, ...modelHotSet(s.hotSet, s.memory / PAGE_SIZE, s.vcpus) }
+          : { kind: s.sweep === true ? 'sweep' : 'uniform', rate }),
       ...(s.runBefore === undefined ? {} : { 'run-before': s.runBefore }),
     },
     link: { bandwidth: Math.round(s.linkBytesPerSecond), latency: 0 },
