@@ -219,6 +219,11 @@ const cases: BadCase[] = [
     says: ['migration.start-postcopy-at', 'needs migration.capabilities.postcopy-ram'],
   },
   {
+    what: 'a negative setup time',
+    argv: ['--set', 'migration.setup-time=-1'],
+    says: ['migration.setup-time', '[0, 10000000]'],
+  },
+  {
     what: 'a switchover share of 0',
     argv: ['--set', 'migration.switchover-share=0'],
     says: ['migration.switchover-share', '(0, 1]'],

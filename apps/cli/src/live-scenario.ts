@@ -29,6 +29,12 @@ export interface LiveRunShape {
   trace?: { file: string; loop: boolean };
   /** Seconds the live guest had run when the migration began (`guest-run-before` / 1000). */
   runBefore?: number;
+  /**
+   * The live run's `setup-time`, ms (threads and connections starting, the first write-protect:
+   * 1–30 ms here, against the model's modelled costs of ~0.03 ms). Its rate-limit windows start
+   * after it, so it decides which window acts on `migrate-start-postcopy`.
+   */
+  setupTime?: number;
   /** Entries of each vCPU's KVM dirty ring (`--dirty-ring-size`); absent: the dirty log bitmap. */
   dirtyRing?: number;
   /** The link's throughput, bytes/s (the model's link has no latency, as loopback). */
@@ -115,6 +121,7 @@ export function liveScenario(s: LiveRunShape): ScenarioInput {
       },
       'switchover-share': LIVE_SWITCHOVER_SHARE,
       ...(s.postcopyAfter === undefined ? {} : { 'start-postcopy-at': s.postcopyAfter }),
+      ...(s.setupTime === undefined ? {} : { 'setup-time': s.setupTime }),
     },
     'time-limit': s.timeLimit,
   };

@@ -75,7 +75,7 @@ interface Case {
 }
 
 // Unbiased: fast-check leans towards the bounds of a range, and drew a 5 % writer or an idle
-// guest in most cases — with five runs a CI run, the rates between were seldom tried.
+// guest in most cases — with a handful of runs a CI run, the rates between were seldom tried.
 const cases = fc.noBias(
   fc.record({
     memoryMiB: fc.constantFrom(16, 32, 48),
@@ -162,6 +162,7 @@ async function liveAndModel(c: Case) {
         ...(live.dirtytrack['guest-run-before'] === undefined
           ? {}
           : { runBefore: live.dirtytrack['guest-run-before'] / 1000 }),
+        setupTime: live['setup-time'],
         linkBytesPerSecond: LINK_BYTES_PER_SECOND,
         maxBandwidth,
         downtimeLimit: c.downtimeLimit,
@@ -222,7 +223,7 @@ describe('the model predicts live migrations (invariant 6)', () => {
           expect(Math.abs(r.transferredError)).toBeLessThanOrEqual(TRANSFERRED_ERROR);
         }),
         {
-          numRuns: propertyRuns(5),
+          numRuns: propertyRuns(6),
           endOnFailure: true,
           // First, the case that found live postcopy sending 13 % under max-postcopy-bandwidth
           // (its sleeps' late returns cost every 10 ms step its budget): −14 to −16 % before the
@@ -241,6 +242,25 @@ describe('the model predicts live migrations (invariant 6)', () => {
                 dirtyRing: 0,
                 downtimeLimit: 300,
                 seed: 4,
+              },
+            ],
+            // Then the case whose live setup (8 ms and more beside other tests) moved its rate-limit
+            // windows past its migrate-start-postcopy at 408 ms: it switched one window sooner than
+            // the model, +8.1 % transferred in 3 of 3 runs, before the model took the live
+            // setup-time (−0.8 to −4.6 % and 0.1 to 0.2 % after).
+            [
+              {
+                memoryMiB: 48,
+                onePassS: 0.82,
+                dirtyShare: 0.2363,
+                workload: 'trace',
+                mode: 'postcopy',
+                postcopyShare: 0.4974,
+                extra: false,
+                channels: 4,
+                dirtyRing: 4096,
+                downtimeLimit: 300,
+                seed: 257954,
               },
             ],
           ],

@@ -214,6 +214,12 @@ export const scenarioSchema = z
           .default({}),
         /** Seconds of migration time at which `migrate-start-postcopy` is issued (needs postcopy-ram). */
         'start-postcopy-at': number(0, 1e7).optional(),
+        /**
+         * ms the setup lasts at least (QEMU's `setup-time`, as `query-migrate` measured it), where
+         * the modelled costs fall short: a live run's threads and connections starting, a large
+         * guest's memslots. The guest runs meanwhile; the rate-limit windows start after it.
+         */
+        'setup-time': number(0, 1e7).default(0),
         /** Postcopy on huge pages: the destination maps 4 KiB pieces as they arrive (the slides' hugetlbfs double-map). */
         'postcopy-double-map': bool.default(false),
         /** Postcopy with userfaultfd minor mode: the page cache survives the switch, only stale pages are re-sent. */

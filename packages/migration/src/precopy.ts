@@ -146,6 +146,14 @@ export interface PrecopyOptions {
   /** `migrate-start-postcopy` at this migration time (ns since the start); needs `postcopy-ram`. */
   startPostcopyAtNs?: number;
   /**
+   * The setup lasts at least this long (ns): a measured `setup-time` where the modelled costs
+   * (enabling dirty logging, the first sync, the channels' handshakes) fall short of it — a live
+   * run's threads and connections starting, a large guest's memslots. The guest runs meanwhile,
+   * and the rate-limit windows (so the moment `migrate-start-postcopy` is acted on) start after
+   * it. Default 0.
+   */
+  minSetupNs?: number;
+  /**
    * Postcopy recovery: at each of these migration times (ns since the start) the user issues
    * `migrate-recover` on the destination and `migrate resume=true` on the source, over a new
    * connection on the same link (a `SimLink` with `upAtNs`). Only a paused migration resumes; an
@@ -363,6 +371,13 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     throw new DirtytrackError('invalid-argument', `switchover-share: ${share} must be in (0, 1]`, {
       component: 'precopy',
       field: 'switchover-share',
+    });
+  }
+  const minSetupNs = options.minSetupNs ?? 0;
+  if (!(Number.isFinite(minSetupNs) && minSetupNs >= 0)) {
+    throw new DirtytrackError('invalid-argument', `setup-time: ${minSetupNs} ns must be >= 0`, {
+      component: 'precopy',
+      field: 'setup-time',
     });
   }
   const lockedMemory = options.lockedMemory ?? Infinity;
@@ -1339,6 +1354,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       precopyBytes += b;
       advance(transmit(b, 0));
     }
+    if (minSetupNs > 0) advance(start + minSetupNs);
     setupEnd = clock.now();
     setStatus('active');
 
