@@ -219,6 +219,11 @@ const cases: BadCase[] = [
     says: ['migration.start-postcopy-at', 'needs migration.capabilities.postcopy-ram'],
   },
   {
+    what: 'an unknown hot layout',
+    argv: ['--set', 'workload.kind=hotset', '--set', 'workload.hot-layout=middle'],
+    says: ['workload.hot-layout', 'accepted: first, spread'],
+  },
+  {
     what: 'a negative setup time',
     argv: ['--set', 'migration.setup-time=-1'],
     says: ['migration.setup-time', '[0, 10000000]'],

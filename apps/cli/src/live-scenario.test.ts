@@ -20,7 +20,7 @@ const shape: LiveRunShape = {
 };
 
 describe('liveScenario', () => {
-  it('writes uniformly at the live rate unless the live guest runs a hot set', () => {
+  it('writes uniformly at the live rate unless the live guest runs a hot set, spread as the live draws are', () => {
     expect(liveScenario(shape).workload).toEqual({ kind: 'uniform', rate: 4_096_000 });
     const hot = liveScenario({ ...shape, hotSet: { pages: 2, share: 128 }, memory: 4 * 4096, vcpus: 1 });
     // 1 − (3/4)² of RAM hot; half the writes go there, and of the other half 0.4375 land there too.
@@ -29,6 +29,7 @@ describe('liveScenario', () => {
       rate: 4_096_000,
       'hot-fraction': 0.4375,
       'hot-write-fraction': 0.71875,
+      'hot-layout': 'spread',
     });
   });
 

@@ -100,7 +100,12 @@ export function liveScenario(s: LiveRunShape): ScenarioInput {
       ...(s.trace !== undefined
         ? { kind: 'trace', file: s.trace.file, loop: s.trace.loop }
         : s.hotSet !== undefined
-          ? { kind: 'hotset', rate, ...modelHotSet(s.hotSet, s.memory / PAGE_SIZE, s.vcpus) }
+          ? {
+              kind: 'hotset',
+              rate,
+              ...modelHotSet(s.hotSet, s.memory / PAGE_SIZE, s.vcpus),
+              'hot-layout': 'spread',
+            }
           : { kind: s.sweep === true ? 'sweep' : 'uniform', rate }),
       ...(s.runBefore === undefined ? {} : { 'run-before': s.runBefore }),
     },

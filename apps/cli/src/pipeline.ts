@@ -72,6 +72,7 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
             rng,
             hotFraction: w['hot-fraction'],
             hotWriteFraction: w['hot-write-fraction'],
+            hotLayout: w['hot-layout'],
           })
         : w.kind === 'trace'
           ? loadTraceWorkload(w, scenario.vcpus, pages)

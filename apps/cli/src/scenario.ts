@@ -134,6 +134,12 @@ export const scenarioSchema = z
         /** hotset: fraction of the writes that go to the hot pages, [0, 1]. */
         'hot-write-fraction': number(0, 1).default(0.9),
         /**
+         * hotset: where the hot pages lie — `first`, the working set's first pages; `spread`, one
+         * every working-set / hot pages, as a live guest's hot pages drawn at random lie (precopy
+         * sends in order: a hot page sent early has the whole first pass to be dirtied again).
+         */
+        'hot-layout': z.enum(['first', 'spread']).default('first'),
+        /**
          * trace: the trace file (binary or text, @dirtytrack/guest's format). A relative path
          * resolves against the scenario file's directory ({@link resolveScenarioPaths}), or the
          * current directory for `--set`.

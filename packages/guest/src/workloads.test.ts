@@ -98,7 +98,10 @@ describe('per-vCPU speeds', () => {
 });
 
 describe('hot-set workload', () => {
-  const make = (seed: number, extra: { hotFraction?: number; hotWriteFraction?: number } = {}) =>
+  const make = (
+    seed: number,
+    extra: { hotFraction?: number; hotWriteFraction?: number; hotLayout?: 'first' | 'spread' } = {},
+  ) =>
     createHotSetWorkload({
       vcpus: 2,
       pages: 1 << 16,
@@ -128,6 +131,42 @@ describe('hot-set workload', () => {
     expect(total).toBe(40_000);
   });
 
+  it('spread: the same draws, the hot pages one every stride pages, the cold ones between and after', () => {
+    // 1000 hot pages of 10,000: stride 10, hot pages 1000, 1010, ..., 10,990.
+    const batches = collect(make(3, { hotLayout: 'spread' }), 0, NS_PER_S);
+    let hot = 0;
+    for (const b of batches) {
+      for (const p of b.offsets) {
+        expect(p >= 1000 && p < 11_000).toBe(true);
+        if ((p - 1000) % 10 === 0) hot++;
+      }
+    }
+    // The coins are the first layout's: as many hot writes, exactly.
+    expect(hot).toBe(HOT_COUNT_SEED_3);
+    // 7 pages, 2 hot: stride 3, hot pages 0 and 3; cold pages 1, 2, 4, 5 and the tail's 6.
+    const tiny = (hotWriteFraction: number): number[] => {
+      const w = createHotSetWorkload({
+        vcpus: 1,
+        pages: 100,
+        bytesPerSecond: 4096 * 1000,
+        offset: 50,
+        workingSet: 7,
+        hotFraction: 2 / 7,
+        hotWriteFraction,
+        hotLayout: 'spread',
+        rng: createRng(9),
+      });
+      const seen = new Set<number>();
+      w.generate(0, NS_PER_S, 1, (b) => {
+        for (let i = 0; i < b.count; i++) seen.add(b.offsets[i] as number);
+      });
+      return [...seen].sort((a, b) => a - b);
+    };
+    expect(tiny(1)).toEqual([50, 53]);
+    expect(tiny(0)).toEqual([51, 52, 54, 55, 56]);
+    expect(() => make(1, { hotLayout: 'middle' as 'first' })).toThrow(/workload\.hot-layout: middle/);
+  });
+
   it('is reproducible per seed and differs across seeds', () => {
     expect(collect(make(5), 0, NS_PER_S)).toEqual(collect(make(5), 0, NS_PER_S));
     expect(collect(make(5), 0, NS_PER_S)).not.toEqual(collect(make(6), 0, NS_PER_S));
@@ -147,7 +186,7 @@ describe('hot-set workload', () => {
     expect(() => make(1, { hotWriteFraction: 1.5 })).toThrow(/workload\.hot-write-fraction/);
   });
 
-  it('property: every write lands in the working set, hot writes in the hot set (seed printed on failure)', async () => {
+  it('property: every write lands in the working set, hot writes in the hot set, cold ones outside it, either layout (seed printed on failure)', async () => {
     await assertProperty(
       fc.property(
         fc.record({
@@ -155,6 +194,7 @@ describe('hot-set workload', () => {
           ws: fc.integer({ min: 1, max: 5000 }),
           hf: fc.double({ min: 0.001, max: 1, noNaN: true }),
           hw: fc.double({ min: 0, max: 1, noNaN: true }),
+          spread: fc.boolean(),
         }),
         (c) => {
           const w = createHotSetWorkload({
@@ -165,15 +205,19 @@ describe('hot-set workload', () => {
             workingSet: c.ws,
             hotFraction: c.hf,
             hotWriteFraction: c.hw,
+            hotLayout: c.spread ? 'spread' : 'first',
             rng: createRng(c.seed),
           });
           const hotPages = Math.min(c.ws, Math.max(1, Math.round(c.ws * c.hf)));
+          const stride = c.spread ? Math.floor(c.ws / hotPages) : 1;
+          const isHot = (p: number): boolean => (p - 7) % stride === 0 && (p - 7) / stride < hotPages;
           let n = 0;
           w.generate(0, NS_PER_S, 1, (b) => {
             for (let i = 0; i < b.count; i++) {
               const p = b.offsets[i] as number;
               if (!(p >= 7 && p < 7 + c.ws)) throw new Error(`page ${p} outside the working set`);
-              if (c.hw === 1 && p >= 7 + hotPages) throw new Error(`page ${p} outside the hot set`);
+              if (c.hw === 1 && !isHot(p)) throw new Error(`page ${p} outside the hot set`);
+              if (c.hw === 0 && hotPages < c.ws && isHot(p)) throw new Error(`cold page ${p} in the hot set`);
               n++;
             }
           });

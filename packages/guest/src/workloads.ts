@@ -88,6 +88,14 @@ export interface HotSetOptions {
   hotFraction?: number;
   /** Fraction of writes that go to the hot set, in [0, 1]; the rest hit the cold pages. Default 0.9. */
   hotWriteFraction?: number;
+  /**
+   * Where the hot pages lie: `first` (default), the first pages of the working set; `spread`, one
+   * every `floor(workingSet / hotPages)` pages from its start, the cold pages between them and
+   * after. Precopy sends RAM in order, so the layout decides how long after its first send a hot
+   * page has to be dirtied again: spread, about half the first pass on average (as a live guest's
+   * hot pages drawn at random), first, all of it.
+   */
+  hotLayout?: 'first' | 'spread';
 }
 
 /**
@@ -110,8 +118,16 @@ export function createHotSetWorkload(options: WorkloadOptions & HotSetOptions & 
   if (!(hotFraction > 0 && hotFraction <= 1)) fail('hot-fraction', `${hotFraction} is not in (0, 1]`);
   if (!(hotWriteFraction >= 0 && hotWriteFraction <= 1))
     fail('hot-write-fraction', `${hotWriteFraction} is not in [0, 1]`);
+  const hotLayout = options.hotLayout ?? 'first';
+  if (hotLayout !== 'first' && hotLayout !== 'spread')
+    fail('hot-layout', `${String(hotLayout)} (accepted: first, spread)`);
   const hotPages = Math.min(shape.workingSet, Math.max(1, Math.round(shape.workingSet * hotFraction)));
   const coldPages = shape.workingSet - hotPages;
+  // spread: hot page i at i × stride; each stride's other pages, then the tail, are the cold ones
+  // (stride 1 is the first layout).
+  const stride = hotLayout === 'spread' ? Math.floor(shape.workingSet / hotPages) : 1;
+  const coldPerStride = stride - 1;
+  const tail = hotPages * stride;
   // A coin below this (out of 2^32) sends the write to the hot set; no cold pages → always hot.
   const hotBelow = coldPages === 0 ? 0x1_0000_0000 : Math.round(hotWriteFraction * 0x1_0000_0000);
   const rngs = Array.from({ length: shape.vcpus }, (_, v) => options.rng.fork(v));
@@ -136,11 +152,26 @@ export function createHotSetWorkload(options: WorkloadOptions & HotSetOptions & 
     if (h > 0) fillBelow(rng, hs, h, hotPages);
     if (count - h > 0) fillBelow(rng, cs, count - h, coldPages);
     const base = shape.offset;
-    const coldBase = shape.offset + hotPages;
     let hi = 0;
     let ci = 0;
+    if (coldPerStride === 0) {
+      const coldBase = shape.offset + hotPages;
+      for (let i = 0; i < count; i++) {
+        out[i] = (c[i] as number) < below ? base + (hs[hi++] as number) : coldBase + (cs[ci++] as number);
+      }
+      return;
+    }
+    const st = stride;
+    const per = coldPerStride;
+    const inStrides = hotPages * per;
     for (let i = 0; i < count; i++) {
-      out[i] = (c[i] as number) < below ? base + (hs[hi++] as number) : coldBase + (cs[ci++] as number);
+      if ((c[i] as number) < below) {
+        out[i] = base + (hs[hi++] as number) * st;
+      } else {
+        const j = cs[ci++] as number;
+        out[i] =
+          j < inStrides ? base + Math.floor(j / per) * st + 1 + (j % per) : base + tail + (j - inStrides);
+      }
     }
   });
 }
