@@ -539,8 +539,8 @@ async function liveRun(o: {
  * The model plane's prediction of a live case: the same guest (size, vCPUs, all pages holding
  * data, the live pipeline's MMU write-protect tracker, bitmap reporter and QEMU's xchg layers),
  * a uniform workload at the live guest's measured write rate, a link of the measured loopback
- * throughput with no latency, the live run's setup time, the same migration parameters and capabilities
- * and time limit.
+ * throughput with no latency, the live run's setup time, the same migration parameters and
+ * capabilities and time limit.
  */
 function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): ModelPrediction {
   const scenarioAt = (mbps: number): ScenarioInput =>

@@ -31,8 +31,9 @@ export interface LiveRunShape {
   runBefore?: number;
   /**
    * The live run's `setup-time`, ms (threads and connections starting, the first write-protect:
-   * 1–30 ms here, against the model's modelled costs of ~0.03 ms). Its rate-limit windows start
-   * after it, so it decides which window acts on `migrate-start-postcopy`.
+   * 1–30 ms for the property's guests here, 9–66 ms for `bench migrate`'s 1 GiB and 512 MiB
+   * ones, against modelled costs of ~0.03 ms). Its rate-limit windows start after it, so it
+   * decides which window acts on `migrate-start-postcopy`.
    */
   setupTime?: number;
   /** Entries of each vCPU's KVM dirty ring (`--dirty-ring-size`); absent: the dirty log bitmap. */

@@ -30,6 +30,7 @@ interface Setup {
   capabilities?: Partial<PrecopyCapabilities>;
   timeLimitS?: number;
   switchoverShare?: number;
+  minSetupNs?: number;
   /** Wrap the migration bitmap (to observe sends). */
   wrap?: (m: MigrationBitmap, now: () => number) => MigrationBitmap;
 }
@@ -57,6 +58,7 @@ function run(s: Setup) {
     throttle: engine,
     timeLimitNs: (s.timeLimitS ?? 600) * NS_PER_S,
     ...(s.switchoverShare === undefined ? {} : { switchoverShare: s.switchoverShare }),
+    ...(s.minSetupNs === undefined ? {} : { minSetupNs: s.minSetupNs }),
   });
 }
 
@@ -139,6 +141,21 @@ describe('precopy, exact values', () => {
       /switchover-share: 0 must be in \(0, 1\]/,
     );
     expect(() => run({ pages: 16384, switchoverShare: 1.5 })).toThrow(/switchover-share/);
+  });
+
+  it('a measured setup time: the setup lasts that long, and the rate-limit windows start after it', () => {
+    // As the max-bandwidth case, with the setup stretched from 0.034 to 10 ms: the same 61
+    // windows, all 10 ms later.
+    const { info } = run({ pages: 16384, parameters: { 'max-bandwidth': 10 * 2 ** 20 }, minSetupNs: 10e6 });
+    const total = 10e6 + 61 * 100e6 + SYNC_IDLE_NS + SYNC_IDLE_NS + 768 * 4104;
+    expect(info['setup-time']).toBe(10);
+    expect(info['total-time']).toBe(Math.round(total / 1000) / 1000);
+    expect(info['total-time']).toBe(6113.154);
+    expect(info.ram['precopy-bytes']).toBe(61 * 256 * 4104);
+    // Shorter than the modelled costs: no effect.
+    expect(run({ pages: 16384, minSetupNs: 1000 }).info['total-time']).toBe(67.275);
+    expect(() => run({ pages: 16384, minSetupNs: -1 })).toThrow(/setup-time: -1 ns must be >= 0/);
+    expect(() => run({ pages: 16384, minSetupNs: NaN })).toThrow(/setup-time/);
   });
 
   it('a guest dirtying faster than the link stays active until the time limit', () => {
