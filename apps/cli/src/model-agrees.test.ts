@@ -189,6 +189,9 @@ async function liveAndModel(c: Case) {
   };
 }
 
+/** A case's live run and the model's. */
+type Runs = Awaited<ReturnType<typeof liveAndModel>>;
+
 describe('the model predicts live migrations (invariant 6)', () => {
   it(`within ${TOTAL_TIME_ERROR * 100} % + ${TOTAL_TIME_FIXED_MS} ms of total-time and ${TRANSFERRED_ERROR * 100} % of transferred, over random guests, rates, links and modes`, async () => {
     const seen: string[] = [];
@@ -196,11 +199,11 @@ describe('the model predicts live migrations (invariant 6)', () => {
       .assert(
         fc.asyncProperty(cases, async (c) => {
           /** The stated error of `total-time` for this run: 10 % of it plus 30 ms. */
-          const timeBound = (r: Awaited<ReturnType<typeof liveAndModel>>): number =>
+          const timeBound = (r: Runs): number =>
             TOTAL_TIME_ERROR + TOTAL_TIME_FIXED_MS / r.live['total-time'];
-          const within = (r: Awaited<ReturnType<typeof liveAndModel>>): boolean =>
+          const within = (r: Runs): boolean =>
             Math.abs(r.totalTimeError) <= timeBound(r) && Math.abs(r.transferredError) <= TRANSFERRED_ERROR;
-          const line = (r: Awaited<ReturnType<typeof liveAndModel>>): string =>
+          const line = (r: Runs): string =>
             `${JSON.stringify(c)}: live ${r.live['total-time']} ms ${r.live.ram.transferred} B, ` +
             `model ${String(r.model['total-time'])} ms (${(r.totalTimeError * 100).toFixed(1)} %), ` +
             `transferred ${(r.transferredError * 100).toFixed(1)} %`;

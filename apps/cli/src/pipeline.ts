@@ -158,7 +158,7 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
     ...(m['start-postcopy-at'] === undefined
       ? {}
       : { startPostcopyAtNs: Math.round(m['start-postcopy-at'] * NS_PER_S) }),
-    ...(m['setup-time'] === 0 ? {} : { minSetupNs: Math.round(m['setup-time'] * NS_PER_MS) }),
+    minSetupNs: Math.round(m['setup-time'] * NS_PER_MS),
     timeLimitNs: scenario['time-limit'] * NS_PER_S,
     ...(onProgress ? { onProgress } : {}),
   });

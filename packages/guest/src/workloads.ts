@@ -154,6 +154,8 @@ export function createHotSetWorkload(options: WorkloadOptions & HotSetOptions & 
     const base = shape.offset;
     let hi = 0;
     let ci = 0;
+    // The first layout (stride 1) on its own loop: the general one below gives the same pages
+    // (no cold page between hot ones, the tail from hotPages) but ran 3–8 % slower (20 M writes).
     if (coldPerStride === 0) {
       const coldBase = shape.offset + hotPages;
       for (let i = 0; i < count; i++) {
