@@ -221,7 +221,7 @@ const cases: BadCase[] = [
   {
     what: 'an unknown hot layout',
     argv: ['--set', 'workload.kind=hotset', '--set', 'workload.hot-layout=middle'],
-    says: ['workload.hot-layout', 'accepted: first, spread'],
+    says: ['workload.hot-layout', 'accepted: first, spread, lists'],
   },
   {
     what: 'a negative setup time',

@@ -1,6 +1,7 @@
-import { createRng } from '@dirtytrack/core';
+import { createRng, NS_PER_S } from '@dirtytrack/core';
+import { createHotSetWorkload } from '@dirtytrack/guest';
 import { describe, expect, it } from 'vitest';
-import { liveScenario, modelHotSet, type LiveRunShape } from './live-scenario.js';
+import { liveScenario, type LiveRunShape } from './live-scenario.js';
 import { liveWorkload } from './live.js';
 import { scenarioSchema } from './scenario.js';
 
@@ -20,16 +21,16 @@ const shape: LiveRunShape = {
 };
 
 describe('liveScenario', () => {
-  it('writes uniformly at the live rate unless the live guest runs a hot set, spread as the live draws are', () => {
+  it("writes uniformly at the live rate unless the live guest runs a hot set: then each vCPU its own list, as the live vCPUs' are", () => {
     expect(liveScenario(shape).workload).toEqual({ kind: 'uniform', rate: 4_096_000 });
     const hot = liveScenario({ ...shape, hotSet: { pages: 2, share: 128 }, memory: 4 * 4096, vcpus: 1 });
-    // 1 − (3/4)² of RAM hot; half the writes go there, and of the other half 0.4375 land there too.
+    // Lists of 2 of the 4 pages; half of each vCPU's writes go to its list.
     expect(hot.workload).toEqual({
       kind: 'hotset',
       rate: 4_096_000,
-      'hot-fraction': 0.4375,
-      'hot-write-fraction': 0.71875,
-      'hot-layout': 'spread',
+      'hot-fraction': 0.5,
+      'hot-write-fraction': 0.5,
+      'hot-layout': 'lists',
     });
   });
 
@@ -51,26 +52,36 @@ describe('liveScenario', () => {
     expect(scenarioSchema.parse(ring).reporter).toBe('ring');
   });
 
-  it("modelHotSet's hot fraction is the share of RAM the live vCPUs' own draws cover", () => {
-    // As live-vcpu.ts draws them: each vCPU's generator (the seed's fork) picks its hot pages with repeats.
+  it("the model's vCPUs write to exactly the live vCPUs' hot pages (the same seed's draws)", () => {
     const pages = 8192;
-    const hot = liveWorkload('hot-set', pages);
-    if (hot.kind !== 'hot-set') throw new Error('not a hot set');
-    const { 'hot-fraction': fraction } = modelHotSet(hot, pages, 2);
-    expect(fraction).toBeCloseTo(0.1175, 4);
-    let covered = 0;
-    const seeds = 20;
-    for (let seed = 1; seed <= seeds; seed++) {
-      const seen = new Uint8Array(pages);
-      for (let v = 0; v < 2; v++) {
-        const draw = new Uint32Array(hot.pages);
-        createRng(seed).fork(v).fillInts(draw, draw.length, pages);
-        for (const p of draw) seen[p] = 1;
-      }
-      covered += seen.reduce((a, b) => a + b, 0);
+    const live = liveWorkload('hot-set', pages);
+    if (live.kind !== 'hot-set') throw new Error('not a hot set');
+    const w = scenarioSchema.parse(
+      liveScenario({ ...shape, seed: 7, memory: pages * 4096, hotSet: live }),
+    ).workload;
+    const model = createHotSetWorkload({
+      vcpus: 2,
+      pages,
+      bytesPerSecond: 4096 * 100_000,
+      hotFraction: w['hot-fraction'],
+      hotWriteFraction: 1,
+      hotLayout: w['hot-layout'],
+      rng: createRng(7),
+    });
+    const written = [new Set<number>(), new Set<number>()];
+    model.generate(0, NS_PER_S, 1, (b) => {
+      for (let i = 0; i < b.count; i++) written[b.vcpu]?.add(b.offsets[i] as number);
+    });
+    for (const v of [0, 1]) {
+      // As live-vcpu.ts draws a vCPU's hot pages: its generator's first draws, with repeats.
+      const drawn = new Uint32Array(live.pages);
+      createRng(7).fork(v).fillInts(drawn, drawn.length, pages);
+      const distinct = new Set(drawn);
+      // 512 draws of 8,192 pages: 502 and 495 distinct, every one written (100,000 writes each).
+      expect(distinct.size).toBe(v === 0 ? 502 : 495);
+      expect([...(written[v] as Set<number>)].sort((a, b) => a - b)).toEqual(
+        [...distinct].sort((a, b) => a - b),
+      );
     }
-    // About 963 pages expected per seed; the mean of these 20 seeds is 0.9993 of it.
-    expect(covered / seeds / pages / fraction).toBeGreaterThan(0.99);
-    expect(covered / seeds / pages / fraction).toBeLessThan(1.01);
   });
 });

@@ -17,7 +17,8 @@ export interface LiveRunShape {
   writesPerVcpu: number;
   /**
    * The live guest's `hot-set` workload (`--workload hot-set`): each vCPU draws its own `pages`
-   * hot pages (with repeats) and sends `share`/256 of its writes there, the rest uniformly over RAM.
+   * hot pages (with repeats) and sends `share`/256 of its writes there, the rest uniformly over
+   * RAM — the model's `hot-layout: lists`, whose vCPUs draw the same lists from the same seed.
    */
   hotSet?: { pages: number; share: number };
   /** The live guest's `sweep` workload instead (`--workload sweep`): each vCPU writes its share in order. */
@@ -59,25 +60,6 @@ export interface LiveRunShape {
 }
 
 /**
- * The model's hot set for the live one: the model has one hot set, the first pages of RAM, that
- * every vCPU shares, and sends its cold writes to the other pages only; live, each vCPU draws
- * its own `pages` pages at random (with repeats) and sends its cold writes anywhere. As many pages
- * are hot, and written as often, if the model's hot fraction is the share of RAM the draws cover,
- * 1 − (1 − 1/N)^(vCPUs × pages), and its hot-write fraction counts the cold writes that land on
- * hot pages too. (With the hot set as its draws' mean, 1/16 per vCPU, and the hot-write fraction
- * as `share`/256, the model sent 4 % more than a 32 MiB auto-converge run; with these, 0.2 % less.)
- */
-export function modelHotSet(
-  hot: { pages: number; share: number },
-  pages: number,
-  vcpus: number,
-): { 'hot-fraction': number; 'hot-write-fraction': number } {
-  const fraction = 1 - Math.pow(1 - 1 / pages, vcpus * hot.pages);
-  const share = hot.share / 256;
-  return { 'hot-fraction': fraction, 'hot-write-fraction': share + (1 - share) * fraction };
-}
-
-/**
  * A live migration as a model-plane scenario (ARCHITECTURE.md §8, invariant 6): the same guest
  * (size, vCPUs, all pages holding data, the live pipeline's MMU write-protect tracker, bitmap or
  * dirty-ring reporter and QEMU's `xchg` layers), the workload (uniform, hot-set or sweep at the
@@ -104,8 +86,10 @@ export function liveScenario(s: LiveRunShape): ScenarioInput {
           ? {
               kind: 'hotset',
               rate,
-              ...modelHotSet(s.hotSet, s.memory / PAGE_SIZE, s.vcpus),
-              'hot-layout': 'spread',
+              'hot-fraction': s.hotSet.pages / (s.memory / PAGE_SIZE),
+              'hot-write-fraction': s.hotSet.share / 256,
+              // Each vCPU its own list, drawn as the live vCPU draws it: the same pages.
+              'hot-layout': 'lists',
             }
           : { kind: s.sweep === true ? 'sweep' : 'uniform', rate }),
       ...(s.runBefore === undefined ? {} : { 'run-before': s.runBefore }),

@@ -136,9 +136,12 @@ export const scenarioSchema = z
         /**
          * hotset: where the hot pages lie — `first`, the working set's first pages; `spread`, one
          * every working-set / hot pages, as a live guest's hot pages drawn at random lie (precopy
-         * sends in order: a hot page sent early has the whole first pass to be dirtied again).
+         * sends in order: a hot page sent early has the whole first pass to be dirtied again);
+         * `lists`, as a live guest's vCPUs write theirs: each vCPU its own list of hot-fraction ×
+         * working set pages drawn with repeats (the live vCPUs' very pages, with their seed), its
+         * other writes anywhere in the working set.
          */
-        'hot-layout': z.enum(['first', 'spread']).default('first'),
+        'hot-layout': z.enum(['first', 'spread', 'lists']).default('first'),
         /**
          * trace: the trace file (binary or text, @dirtytrack/guest's format). A relative path
          * resolves against the scenario file's directory ({@link resolveScenarioPaths}), or the

@@ -97,10 +97,17 @@ describe('per-vCPU speeds', () => {
   });
 });
 
+/** lists, seed 3: cold writes on a listed page; each vCPU's pages drawn once and twice. */
+const LISTS_COLD_ON_LIST_SEED_3 = 397;
+const LISTS_ONCE_TWICE_SEED_3 = [
+  [903, 44],
+  [907, 45],
+];
+
 describe('hot-set workload', () => {
   const make = (
     seed: number,
-    extra: { hotFraction?: number; hotWriteFraction?: number; hotLayout?: 'first' | 'spread' } = {},
+    extra: { hotFraction?: number; hotWriteFraction?: number; hotLayout?: 'first' | 'spread' | 'lists' } = {},
   ) =>
     createHotSetWorkload({
       vcpus: 2,
@@ -167,6 +174,50 @@ describe('hot-set workload', () => {
     expect(() => make(1, { hotLayout: 'middle' as 'first' })).toThrow(/workload\.hot-layout: middle/);
   });
 
+  it("lists: each vCPU's hot writes on its own list, drawn with repeats as a live vCPU draws it; a page drawn twice gets twice the writes", () => {
+    // 10 % of the 10,000-page working set: lists of 1,000 draws, createRng(3).fork(v)'s first ones.
+    const lists = [0, 1].map((v) => {
+      const l = new Uint32Array(1000);
+      createRng(3).fork(v).fillInts(l, 1000, 10_000);
+      return l;
+    });
+    const writes = [new Uint32Array(10_000), new Uint32Array(10_000)];
+    let hot = 0;
+    for (const b of collect(make(3, { hotLayout: 'lists' }), 0, NS_PER_S)) {
+      const list = lists[b.vcpu] as Uint32Array;
+      for (const p of b.offsets) {
+        expect(p >= 1000 && p < 11_000).toBe(true);
+        const counts = writes[b.vcpu] as Uint32Array;
+        counts[p - 1000] = (counts[p - 1000] as number) + 1;
+        if (list.includes(p - 1000)) hot++;
+      }
+    }
+    // The first layout's hot coins (the same generator), and the cold writes that land on a list.
+    expect(hot).toBe(HOT_COUNT_SEED_3 + LISTS_COLD_ON_LIST_SEED_3);
+    for (const v of [0, 1]) {
+      const list = [...(lists[v] as Uint32Array)];
+      const drawn = new Uint8Array(10_000);
+      for (const p of list) drawn[p] = (drawn[p] as number) + 1;
+      const w = writes[v] as Uint32Array;
+      // Mean writes per draw of the pages drawn once, and of those drawn twice.
+      const perDraw = (k: number): number => {
+        let sum = 0;
+        let n = 0;
+        for (let p = 0; p < 10_000; p++) {
+          if (drawn[p] !== k) continue;
+          sum += (w[p] as number) / k;
+          n++;
+        }
+        return sum / n;
+      };
+      expect([drawn.filter((k) => k === 1).length, drawn.filter((k) => k === 2).length]).toEqual(
+        LISTS_ONCE_TWICE_SEED_3[v],
+      );
+      expect(perDraw(2) / perDraw(1)).toBeGreaterThan(0.9);
+      expect(perDraw(2) / perDraw(1)).toBeLessThan(1.1);
+    }
+  });
+
   it('is reproducible per seed and differs across seeds', () => {
     expect(collect(make(5), 0, NS_PER_S)).toEqual(collect(make(5), 0, NS_PER_S));
     expect(collect(make(5), 0, NS_PER_S)).not.toEqual(collect(make(6), 0, NS_PER_S));
@@ -186,7 +237,7 @@ describe('hot-set workload', () => {
     expect(() => make(1, { hotWriteFraction: 1.5 })).toThrow(/workload\.hot-write-fraction/);
   });
 
-  it('property: every write lands in the working set, hot writes in the hot set, cold ones outside it, either layout (seed printed on failure)', async () => {
+  it('property: every write lands in the working set, hot writes in the hot set, cold ones outside it (but for lists), every layout (seed printed on failure)', async () => {
     await assertProperty(
       fc.property(
         fc.record({
@@ -194,7 +245,7 @@ describe('hot-set workload', () => {
           ws: fc.integer({ min: 1, max: 5000 }),
           hf: fc.double({ min: 0.001, max: 1, noNaN: true }),
           hw: fc.double({ min: 0, max: 1, noNaN: true }),
-          spread: fc.boolean(),
+          layout: fc.constantFrom('first' as const, 'spread' as const, 'lists' as const),
         }),
         (c) => {
           const w = createHotSetWorkload({
@@ -205,19 +256,26 @@ describe('hot-set workload', () => {
             workingSet: c.ws,
             hotFraction: c.hf,
             hotWriteFraction: c.hw,
-            hotLayout: c.spread ? 'spread' : 'first',
+            hotLayout: c.layout,
             rng: createRng(c.seed),
           });
           const hotPages = Math.min(c.ws, Math.max(1, Math.round(c.ws * c.hf)));
-          const stride = c.spread ? Math.floor(c.ws / hotPages) : 1;
-          const isHot = (p: number): boolean => (p - 7) % stride === 0 && (p - 7) / stride < hotPages;
+          const stride = c.layout === 'spread' ? Math.floor(c.ws / hotPages) : 1;
+          const list = new Uint32Array(hotPages);
+          createRng(c.seed).fork(0).fillInts(list, hotPages, c.ws);
+          // lists: the vCPU's list; cold writes may land on it too.
+          const isHot = (p: number): boolean =>
+            c.layout === 'lists'
+              ? list.includes(p - 7)
+              : (p - 7) % stride === 0 && (p - 7) / stride < hotPages;
           let n = 0;
           w.generate(0, NS_PER_S, 1, (b) => {
             for (let i = 0; i < b.count; i++) {
               const p = b.offsets[i] as number;
               if (!(p >= 7 && p < 7 + c.ws)) throw new Error(`page ${p} outside the working set`);
               if (c.hw === 1 && !isHot(p)) throw new Error(`page ${p} outside the hot set`);
-              if (c.hw === 0 && hotPages < c.ws && isHot(p)) throw new Error(`cold page ${p} in the hot set`);
+              if (c.hw === 0 && hotPages < c.ws && c.layout !== 'lists' && isHot(p))
+                throw new Error(`cold page ${p} in the hot set`);
               n++;
             }
           });

@@ -1,4 +1,5 @@
 import {
+  createRng,
   DirtytrackError,
   NS_PER_S,
   PAGE_SIZE,
@@ -93,9 +94,13 @@ export interface HotSetOptions {
    * every `floor(workingSet / hotPages)` pages from its start, the cold pages between them and
    * after. Precopy sends RAM in order, so the layout decides how long after its first send a hot
    * page has to be dirtied again: spread, about half the first pass on average (as a live guest's
-   * hot pages drawn at random), first, all of it.
+   * hot pages drawn at random), first, all of it. `lists`: as the live guest's vCPUs draw theirs
+   * (`--workload hot-set`): each vCPU its own list of `max(1, round(workingSet × hotFraction))`
+   * pages of the working set, drawn at random with repeats; a hot write takes an entry of its
+   * vCPU's list (a page drawn twice gets twice the writes), a cold write any page of the working
+   * set, hot ones included.
    */
-  hotLayout?: 'first' | 'spread';
+  hotLayout?: 'first' | 'spread' | 'lists';
 }
 
 /**
@@ -119,8 +124,8 @@ export function createHotSetWorkload(options: WorkloadOptions & HotSetOptions & 
   if (!(hotWriteFraction >= 0 && hotWriteFraction <= 1))
     fail('hot-write-fraction', `${hotWriteFraction} is not in [0, 1]`);
   const hotLayout = options.hotLayout ?? 'first';
-  if (hotLayout !== 'first' && hotLayout !== 'spread')
-    fail('hot-layout', `${String(hotLayout)} (accepted: first, spread)`);
+  if (hotLayout !== 'first' && hotLayout !== 'spread' && hotLayout !== 'lists')
+    fail('hot-layout', `${String(hotLayout)} (accepted: first, spread, lists)`);
   const hotPages = Math.min(shape.workingSet, Math.max(1, Math.round(shape.workingSet * hotFraction)));
   const coldPages = shape.workingSet - hotPages;
   // spread: hot page i at i × stride; each stride's other pages, then the tail, are the cold ones
@@ -131,6 +136,7 @@ export function createHotSetWorkload(options: WorkloadOptions & HotSetOptions & 
   // A coin below this (out of 2^32) sends the write to the hot set; no cold pages → always hot.
   const hotBelow = coldPages === 0 ? 0x1_0000_0000 : Math.round(hotWriteFraction * 0x1_0000_0000);
   const rngs = Array.from({ length: shape.vcpus }, (_, v) => options.rng.fork(v));
+  if (hotLayout === 'lists') return hotListsWorkload(shape, hotPages, hotWriteFraction, rngs, options.rng);
   let coins = new Uint32Array(1024);
   let hot = new Uint32Array(1024);
   let cold = new Uint32Array(1024);
@@ -174,6 +180,51 @@ export function createHotSetWorkload(options: WorkloadOptions & HotSetOptions & 
         out[i] =
           j < inStrides ? base + Math.floor(j / per) * st + 1 + (j % per) : base + tail + (j - inStrides);
       }
+    }
+  });
+}
+
+/**
+ * The `lists` layout. vCPU v's list is the first draws of `createRng(seed).fork(v)`, as a live
+ * vCPU draws its own (live-vcpu.ts): with the live guest's seed and a working set of all its
+ * pages, the model's vCPUs write to exactly the live vCPUs' hot pages. Per quantum, as the other
+ * layouts: coins, then list entries for the hot writes and working-set pages for the cold ones.
+ */
+function hotListsWorkload(
+  shape: Shape,
+  listLength: number,
+  hotWriteFraction: number,
+  rngs: Rng[],
+  root: Rng,
+): Workload {
+  const lists = rngs.map((_, v) => {
+    const list = new Uint32Array(listLength);
+    fillBelow(createRng(root.seed).fork(v), list, listLength, shape.workingSet);
+    return list;
+  });
+  const below = Math.round(hotWriteFraction * 0x1_0000_0000);
+  let coins = new Uint32Array(1024);
+  let draws = new Uint32Array(1024);
+  return makeWorkload('hotset', shape, (vcpu, out, count) => {
+    const rng = rngs[vcpu] as Rng;
+    const list = lists[vcpu] as Uint32Array;
+    if (count > coins.length) {
+      coins = new Uint32Array(out.length);
+      draws = new Uint32Array(out.length);
+    }
+    const c = coins;
+    const d = draws;
+    rng.fillInts(c, count, 0x1_0000_0000);
+    let h = 0;
+    for (let i = 0; i < count; i++) if ((c[i] as number) < below) h++;
+    // The hot draws first, then the cold ones, in one array: list indices, then pages.
+    if (h > 0) fillBelow(rng, d, h, listLength);
+    if (count - h > 0) fillBelow(rng, d.subarray(h), count - h, shape.workingSet);
+    const base = shape.offset;
+    let hi = 0;
+    let ci = h;
+    for (let i = 0; i < count; i++) {
+      out[i] = base + ((c[i] as number) < below ? (list[d[hi++] as number] as number) : (d[ci++] as number));
     }
   });
 }
