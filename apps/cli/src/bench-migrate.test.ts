@@ -120,9 +120,17 @@ describe('dirtytrack bench migrate', () => {
       expect(r['multifd-2-zero-copy-mbps']).toBe(zc.mbps);
       expect(r['zero-copy-vs-multifd-2-runs']).toEqual([fourDigits(zc.mbps / (mfd2?.mbps as number))]);
       expect(r['zero-copy-vs-multifd-2']).toBe(r['zero-copy-vs-multifd-2-runs']?.[0]);
+      // Its data path alone: every byte spliced, placed and sampled, or the bench throws.
+      expect(r['loopback-zero-copy-runs']).toEqual([r['loopback-zero-copy-mbps']]);
+      expect(r['loopback-zero-copy-mbps']).toBeGreaterThan(0);
+      expect(r['multifd-2-zero-copy-vs-loopback-zero-copy']).toBe(
+        fourDigits(zc.mbps / (r['loopback-zero-copy-mbps'] as number)),
+      );
     } else {
       expect(r['multifd-2-zero-copy-mbps']).toBe(ZERO_COPY_UNAVAILABLE);
       expect(r['zero-copy-vs-multifd-2']).toBeUndefined();
+      expect(r['loopback-zero-copy-mbps']).toBe(ZERO_COPY_UNAVAILABLE);
+      expect(r['multifd-2-zero-copy-vs-loopback-zero-copy']).toBeUndefined();
     }
     const table = formatMigrateBench(r).split('\n');
     // One model prediction per live run, over the measured link and write rate, with its error.
@@ -172,12 +180,22 @@ describe('dirtytrack bench migrate', () => {
       `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node}), guest RAM ` +
         (r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'),
     );
-    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(zeroCopy ? 10 : 9);
+    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(zeroCopy ? 11 : 9);
     expect(table).toContain(
       zeroCopy
         ? `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2']} (median ${r['zero-copy-vs-multifd-2']}).`
         : `multifd-2 with zero-copy-send: ${ZERO_COPY_UNAVAILABLE}.`,
     );
+    expect(table).toContain(
+      zeroCopy
+        ? `multifd-2 with zero-copy-send over TCP between memories in its own packets, zero-copy (its data path alone): ${r['multifd-2-zero-copy-vs-loopback-zero-copy']}.`
+        : `TCP between memories with zero-copy-send: ${ZERO_COPY_UNAVAILABLE}.`,
+    );
+    if (zeroCopy)
+      expect(table).toContain(
+        `| TCP between memories in multifd packets, zero-copy-send: 16.0 MiB of guest RAM spliced, read in place | – | – | – | – | ${r['loopback-zero-copy-mbps']} | ` +
+          `${fourDigits((r['loopback-zero-copy-mbps'] as number) / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
+      );
     if (zeroCopy)
       expect(
         table.some((l) =>

@@ -8,8 +8,11 @@ import { Worker } from 'node:worker_threads';
 import { DirtytrackError, PAGE_SIZE } from '@dirtytrack/core';
 import type { LiveGuestStats } from '@dirtytrack/guest';
 import {
+  createFdWriter,
   fdWritesAvailable,
   MAIN_READ_BUFFER_BYTES,
+  MULTIFD_PACKET_HEADER,
+  MULTIFD_PACKET_PAGES,
   PAGE_RECORD_BYTES,
   RAM_FLAG,
   runLiveMigration,
@@ -182,6 +185,18 @@ export interface MigrateBenchResult {
   'loopback-records-runs': number[];
   /** `precopy-mbps / loopback-records-mbps`: how much of its format's ceiling precopy reaches. */
   'precopy-vs-loopback-records': number;
+  /**
+   * The ceiling of multifd with zero-copy-send here: the same `memory` bytes of guest RAM as
+   * multifd packets (a `MULTIFD_PACKET_HEADER`-byte header, then `MULTIFD_PACKET_PAGES` pages)
+   * handed to the kernel by reference through the sender's own writer (`vmsplice` into a pipe,
+   * `splice` into the socket), and read by a worker thread in place — headers into a scratch
+   * buffer, pages straight into a second guest RAM: the receiver's copy is the only one. Mbit/s of
+   * page bytes, median; {@link ZERO_COPY_UNAVAILABLE} where koffi cannot load.
+   */
+  'loopback-zero-copy-mbps': number | string;
+  'loopback-zero-copy-runs'?: number[];
+  /** `multifd-2-zero-copy-mbps / loopback-zero-copy-mbps`: how much of its data path's ceiling it reaches. */
+  'multifd-2-zero-copy-vs-loopback-zero-copy'?: number;
   /** Every run's guest RAM was advised transparent huge pages (source and destination, as QEMU does). */
   'huge-pages': boolean;
   'precopy-mbps': number;
@@ -238,6 +253,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
   const loopback: number[] = [];
   const loopbackMemory: number[] = [];
   const loopbackRecords: number[] = [];
+  const loopbackZeroCopy: number[] = [];
   let receiverKiB = 0;
   const runs = new Map<LiveCaseName, LiveRun[]>(specs.map((s) => [s.name, []]));
   const receiver = await spawnReceiver();
@@ -258,6 +274,13 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
       );
       loopbackRecords.push(await recordsToMemory(o.memory));
       collectGarbage();
+      if (zeroCopy) {
+        step(
+          `loopback zero-copy: ${o.memory} bytes of guest RAM spliced in multifd packets, read in place (${of})`,
+        );
+        loopbackZeroCopy.push(await zeroCopyToMemory(o.memory));
+        collectGarbage();
+      }
       for (const s of specs) {
         const memory = s.dirtying ? o.dirtyMemory : o.memory;
         step(
@@ -340,6 +363,15 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     'loopback-records-mbps': medianOf(loopbackRecords),
     'loopback-records-runs': loopbackRecords,
     'precopy-vs-loopback-records': fourDigits(mbps('precopy') / medianOf(loopbackRecords)),
+    ...(zeroCopy
+      ? {
+          'loopback-zero-copy-mbps': medianOf(loopbackZeroCopy),
+          'loopback-zero-copy-runs': loopbackZeroCopy,
+          'multifd-2-zero-copy-vs-loopback-zero-copy': fourDigits(
+            mbps('multifd-2-zero-copy') / medianOf(loopbackZeroCopy),
+          ),
+        }
+      : { 'loopback-zero-copy-mbps': ZERO_COPY_UNAVAILABLE }),
     'huge-pages': cases.every((c) => c.runs.every((run) => run['huge-pages'])),
     'precopy-mbps': mbps('precopy'),
     'precopy-vs-loopback': ratio('precopy'),
@@ -385,6 +417,12 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
       `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
     `| TCP in QEMU's page records: ${mib(r.memory)}, each page copied from the read buffer into guest RAM | – | – | – | – | ${r['loopback-records-mbps']} | ` +
       `${fourDigits(r['loopback-records-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
+    ...(typeof r['loopback-zero-copy-mbps'] === 'number'
+      ? [
+          `| TCP between memories in multifd packets, zero-copy-send: ${mib(r.memory)} of guest RAM spliced, read in place | – | – | – | – | ${r['loopback-zero-copy-mbps']} | ` +
+            `${fourDigits(r['loopback-zero-copy-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
+        ]
+      : []),
   ];
   for (const c of r.cases) {
     const m = r.model.find((x) => x.case === c.name) as ModelPrediction;
@@ -419,6 +457,9 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
       : `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2-runs'].join(', ')} (median ${r['zero-copy-vs-multifd-2']}).`,
     `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}; ` +
       `over TCP in its own page records (the least a destination of that format does): ${r['precopy-vs-loopback-records']}.`,
+    r['multifd-2-zero-copy-vs-loopback-zero-copy'] === undefined
+      ? `TCP between memories with zero-copy-send: ${String(r['loopback-zero-copy-mbps'])}.`
+      : `multifd-2 with zero-copy-send over TCP between memories in its own packets, zero-copy (its data path alone): ${r['multifd-2-zero-copy-vs-loopback-zero-copy']}.`,
     `Downtime of each repetition, ms (the live link is pipelined: when the last window queued the rest of RAM, almost nothing is pending at the stop): ${r.cases
       .map((c) => `${c.name} ${c.runs.map((run) => run.downtime ?? '–').join(', ')}`)
       .join('; ')}.`,
@@ -843,6 +884,108 @@ async function recordsToMemory(bytes: number): Promise<number> {
   }
   return mbps;
 }
+
+/** Packets per gather list of {@link zeroCopyToMemory}'s sender (2 MiB of pages, the sender's slice). */
+const ZERO_COPY_PACKETS_PER_LIST = 4;
+
+/**
+ * TCP between memories in multifd's packets with zero-copy-send, the ceiling of
+ * `multifd-2-zero-copy`'s data path here: `bytes` of guest RAM (filled with random bytes) as
+ * packets of `MULTIFD_PACKET_PAGES` pages, each after a `MULTIFD_PACKET_HEADER`-byte header,
+ * written through the sender thread's own writer (`createFdWriter` with `splice`: the pages
+ * `vmsplice`d into a pipe by reference, the headers copied into it, the pipe `splice`d into the
+ * socket), at most two lists of four packets queued, as the sender queues its slices; read by a
+ * worker thread in place — each header into a scratch buffer, each packet's pages straight into a
+ * second guest RAM touched beforehand. On loopback the receiver's copy is the only one: no
+ * encoding, no batches, no records. Mbit/s of page bytes; every byte is counted, sampled pages
+ * compared. Only where `fdWritesAvailable()`.
+ */
+async function zeroCopyToMemory(bytes: number): Promise<number> {
+  const from = new Uint8Array(allocateGuestRam(bytes).memory);
+  const pattern = randomFillSync(Buffer.allocUnsafe(CHUNK));
+  for (let o = 0; o < bytes; o += CHUNK)
+    from.set(o + CHUNK <= bytes ? pattern : pattern.subarray(0, bytes - o), o);
+  const into = preallocate(bytes, true).memory;
+  const packet = MULTIFD_PACKET_PAGES * PAGE_SIZE;
+  const header = new Uint8Array(MULTIFD_PACKET_HEADER).fill(0x5a);
+  const send = async (socket: Socket): Promise<void> => {
+    const writer = createFdWriter(socket, from, () => !socket.destroyed, { splice: true });
+    if (writer === undefined)
+      throw internal('TCP between memories with zero-copy-send: no descriptor to splice into');
+    let before: Promise<void> = Promise.resolve();
+    for (let at = 0; at < bytes;) {
+      const list = writer.gather();
+      for (let k = 0; k < ZERO_COPY_PACKETS_PER_LIST && at < bytes; k++, at += packet) {
+        list.copy(header);
+        list.memory(at, Math.min(packet, bytes - at));
+      }
+      const written = writer.write(list);
+      await before;
+      before = written;
+    }
+    await before;
+    socket.end();
+  };
+  const { mbps, reported } = await toReaderThread(
+    'the zero-copy reader',
+    ZERO_COPY_READER,
+    into,
+    bytes,
+    (socket) => void send(socket).catch((e: unknown) => socket.destroy(e as Error)),
+  );
+  const [placed, headers, stray] = reported as [number, number, number];
+  const packets = Math.ceil(bytes / packet);
+  if (placed !== bytes || headers !== packets || stray !== 0)
+    throw internal(
+      `TCP between memories with zero-copy-send: ${placed} of ${bytes} bytes placed, ` +
+        `${headers} of ${packets} headers, ${stray} bytes past the end`,
+    );
+  const got = new Uint8Array(into);
+  for (let o = 0; o < bytes; o += PAGE_SIZE * 61) {
+    if (got[o] !== from[o])
+      throw internal(
+        `TCP between memories with zero-copy-send: byte ${o} arrived as ${got[o]}, sent ${from[o]}`,
+      );
+  }
+  return mbps;
+}
+
+/**
+ * The in-place packet reader: each multifd header into a scratch buffer, each packet's pages into
+ * its memory; posts [bytes placed, headers read, bytes past the end] when the sender's end arrives.
+ */
+const ZERO_COPY_READER = `
+const net = require('node:net');
+const { workerData, parentPort } = require('node:worker_threads');
+const memory = new Uint8Array(workerData.memory);
+const header = new Uint8Array(${MULTIFD_PACKET_HEADER});
+const packet = ${MULTIFD_PACKET_PAGES * PAGE_SIZE};
+const scratch = new Uint8Array(4096);
+let at = 0, inHeader = header.length, inPacket = 0, headers = 0, stray = 0;
+const c = net.connect({
+  host: '127.0.0.1',
+  port: workerData.port,
+  onread: {
+    buffer: () =>
+      inHeader > 0
+        ? at < memory.byteLength ? header.subarray(header.length - inHeader) : scratch
+        : memory.subarray(at, at + inPacket),
+    callback: (n) => {
+      if (inHeader > 0 && at >= memory.byteLength) stray += n;
+      else if (inHeader > 0) {
+        inHeader -= n;
+        if (inHeader === 0) { headers++; inPacket = Math.min(packet, memory.byteLength - at); }
+      } else {
+        at += n;
+        inPacket -= n;
+        if (inPacket === 0) inHeader = header.length;
+      }
+    },
+  },
+});
+c.on('end', () => { parentPort.postMessage([at, headers, stray]); c.end(); });
+c.on('error', (e) => { throw e; });
+`;
 
 /** Writes `pages` records from `pool`'s buffers in turn (a buffer waits for its last write), then ends. */
 async function sendRecords(socket: Socket, pages: number, pool: Buffer[]): Promise<void> {

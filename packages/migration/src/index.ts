@@ -53,7 +53,7 @@ export {
   type VerifyResult as LiveVerifyResult,
 } from './live/live-link.js';
 export { SEND_FROM, type SendFrom } from './live/link-layout.js';
-export { fdWritesAvailable } from './live/fd-writer.js';
+export { createFdWriter, fdWritesAvailable, type FdWriter, type Gather } from './live/fd-writer.js';
 export { MAIN_READ_BUFFER_BYTES, READ_BUFFER_BYTES } from './live/read-buffer.js';
 export {
   createDestination,
