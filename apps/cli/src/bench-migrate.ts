@@ -749,6 +749,26 @@ function writeAll(socket: Socket, bytes: number, chunk: (at: number, n: number) 
 }
 
 /**
+ * The two memories of a ceiling run: guest RAM allocated as the runs' is, filled with random
+ * bytes (a reused 4 MiB pattern), and a second guest RAM, touched, to read into.
+ */
+function twoMemories(bytes: number): { from: Uint8Array; into: SharedArrayBuffer } {
+  const from = new Uint8Array(allocateGuestRam(bytes).memory);
+  const pattern = randomFillSync(Buffer.allocUnsafe(CHUNK));
+  for (let o = 0; o < bytes; o += CHUNK)
+    from.set(o + CHUNK <= bytes ? pattern : pattern.subarray(0, bytes - o), o);
+  return { from, into: preallocate(bytes, true).memory };
+}
+
+/** Compares one byte in every 61st page of `into` with `from`'s; throws naming `what` on the first difference. */
+function compareSampled(what: string, from: Uint8Array, into: SharedArrayBuffer): void {
+  const got = new Uint8Array(into);
+  for (let o = 0; o < from.byteLength; o += PAGE_SIZE * 61) {
+    if (got[o] !== from[o]) throw internal(`${what}: byte ${o} arrived as ${got[o]}, sent ${from[o]}`);
+  }
+}
+
+/**
  * TCP between two memories, the ceiling of any migration over one connection here: `bytes` of
  * guest RAM (allocated as the runs' RAM is, filled with random bytes) written whole into a socket
  * in {@link CHUNK} views, and read by a worker thread in place, `MAIN_READ_BUFFER_BYTES` at a
@@ -758,11 +778,7 @@ function writeAll(socket: Socket, bytes: number, chunk: (at: number, n: number) 
  * on both ends.
  */
 async function memoryToMemory(bytes: number): Promise<number> {
-  const from = new Uint8Array(allocateGuestRam(bytes).memory);
-  const pattern = randomFillSync(Buffer.allocUnsafe(CHUNK));
-  for (let o = 0; o < bytes; o += CHUNK)
-    from.set(o + CHUNK <= bytes ? pattern : pattern.subarray(0, bytes - o), o);
-  const into = preallocate(bytes, true).memory;
+  const { from, into } = twoMemories(bytes);
   const { mbps, reported } = await toReaderThread(
     'the in-place reader',
     MEMORY_READER,
@@ -771,11 +787,7 @@ async function memoryToMemory(bytes: number): Promise<number> {
     (socket) => writeAll(socket, bytes, (at, n) => from.subarray(at, at + n)),
   );
   if (reported !== bytes) throw internal(`TCP between memories: ${String(reported)} of ${bytes} bytes read`);
-  const got = new Uint8Array(into);
-  for (let o = 0; o < bytes; o += PAGE_SIZE * 61) {
-    if (got[o] !== from[o])
-      throw internal(`TCP between memories: byte ${o} arrived as ${got[o]}, sent ${from[o]}`);
-  }
+  compareSampled('TCP between memories', from, into);
   return mbps;
 }
 
@@ -901,11 +913,7 @@ const ZERO_COPY_PACKETS_PER_LIST = 4;
  * compared. Only where `fdWritesAvailable()`.
  */
 async function zeroCopyToMemory(bytes: number): Promise<number> {
-  const from = new Uint8Array(allocateGuestRam(bytes).memory);
-  const pattern = randomFillSync(Buffer.allocUnsafe(CHUNK));
-  for (let o = 0; o < bytes; o += CHUNK)
-    from.set(o + CHUNK <= bytes ? pattern : pattern.subarray(0, bytes - o), o);
-  const into = preallocate(bytes, true).memory;
+  const { from, into } = twoMemories(bytes);
   const packet = MULTIFD_PACKET_PAGES * PAGE_SIZE;
   const header = new Uint8Array(MULTIFD_PACKET_HEADER).fill(0x5a);
   const send = async (socket: Socket): Promise<void> => {
@@ -940,13 +948,7 @@ async function zeroCopyToMemory(bytes: number): Promise<number> {
       `TCP between memories with zero-copy-send: ${placed} of ${bytes} bytes placed, ` +
         `${headers} of ${packets} headers, ${stray} bytes past the end`,
     );
-  const got = new Uint8Array(into);
-  for (let o = 0; o < bytes; o += PAGE_SIZE * 61) {
-    if (got[o] !== from[o])
-      throw internal(
-        `TCP between memories with zero-copy-send: byte ${o} arrived as ${got[o]}, sent ${from[o]}`,
-      );
-  }
+  compareSampled('TCP between memories with zero-copy-send', from, into);
   return mbps;
 }
 
