@@ -235,7 +235,9 @@ describe('dirtytrack bench migrate', () => {
     expect(table).toContain(
       `precopy over each repetition's own loopback: ${r.cases[0]?.['vs-loopback-runs'][0]} (median ${r['precopy-vs-loopback-paired']}).`,
     );
-  });
+    // Six live migrations and four loopback runs: ~14 s alone, ~22 s beside two busy loops, and once
+    // over 60 s beside a whole second npm test on the same 2 cores.
+  }, 120_000);
 
   it('errorPct is (model − live) / live in %, one decimal', () => {
     expect([errorPct(110, 100), errorPct(50, 200), errorPct(1, 3)]).toEqual([10, -75, -66.7]);
