@@ -96,9 +96,10 @@ export interface HotSetOptions {
    * page has to be dirtied again: spread, about half the first pass on average (as a live guest's
    * hot pages drawn at random), first, all of it. `lists`: as the live guest's vCPUs draw theirs
    * (`--workload hot-set`): each vCPU its own list of `max(1, round(workingSet × hotFraction))`
-   * pages of the working set, drawn at random with repeats; a hot write takes an entry of its
-   * vCPU's list (a page drawn twice gets twice the writes), a cold write any page of the working
-   * set, hot ones included.
+   * pages of the working set, drawn at random with repeats — vCPU v's from
+   * `createRng(rng.seed).fork(v)`, as a live vCPU draws its own (so `rng`'s own draws do not
+   * move); a hot write takes an entry of its vCPU's list (a page drawn twice gets twice the
+   * writes), a cold write any page of the working set, hot ones included.
    */
   hotLayout?: 'first' | 'spread' | 'lists';
 }
