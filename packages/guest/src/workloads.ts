@@ -153,9 +153,7 @@ export function createHotSetWorkload(options: WorkloadOptions & HotSetOptions & 
     const hs = hot;
     const cs = cold;
     const below = hotBelow;
-    rng.fillInts(c, count, 0x1_0000_0000);
-    let h = 0;
-    for (let i = 0; i < count; i++) if ((c[i] as number) < below) h++;
+    const h = drawCoins(rng, c, count, below);
     if (h > 0) fillBelow(rng, hs, h, hotPages);
     if (count - h > 0) fillBelow(rng, cs, count - h, coldPages);
     const base = shape.offset;
@@ -215,9 +213,7 @@ function hotListsWorkload(
     }
     const c = coins;
     const d = draws;
-    rng.fillInts(c, count, 0x1_0000_0000);
-    let h = 0;
-    for (let i = 0; i < count; i++) if ((c[i] as number) < below) h++;
+    const h = drawCoins(rng, c, count, below);
     // The hot draws first, then the cold ones, in one array: list indices, then pages.
     if (h > 0) fillBelow(rng, d, h, listLength);
     if (count - h > 0) fillBelow(rng, d.subarray(h), count - h, shape.workingSet);
@@ -228,6 +224,17 @@ function hotListsWorkload(
       out[i] = base + ((c[i] as number) < below ? (list[d[hi++] as number] as number) : (d[ci++] as number));
     }
   });
+}
+
+/**
+ * A hot-set quantum's coins: `count` draws of 32 bits into `coins`; returns how many fall below
+ * `below` (out of 2^32) — the quantum's hot writes. Every layout draws them this way.
+ */
+function drawCoins(rng: Rng, coins: Uint32Array, count: number, below: number): number {
+  rng.fillInts(coins, count, 0x1_0000_0000);
+  let h = 0;
+  for (let i = 0; i < count; i++) if ((coins[i] as number) < below) h++;
+  return h;
 }
 
 /**
