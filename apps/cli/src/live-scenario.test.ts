@@ -52,6 +52,24 @@ describe('liveScenario', () => {
     expect(scenarioSchema.parse(ring).reporter).toBe('ring');
   });
 
+  it("dirty-limit with the live run's quota and period (off without it)", () => {
+    expect(
+      liveScenario({ ...shape, dirtyRing: 4096 }).migration?.capabilities?.['dirty-limit'],
+    ).toBeUndefined();
+    const limited = liveScenario({ ...shape, dirtyRing: 4096, dirtyLimit: { quota: 3, periodMs: 500 } });
+    expect(limited.migration?.capabilities?.['dirty-limit']).toBe(true);
+    expect(limited.migration?.parameters).toMatchObject({
+      'vcpu-dirty-limit': 3,
+      'x-vcpu-dirty-limit-period': 500,
+    });
+    const parsed = scenarioSchema.parse(limited).migration;
+    expect([
+      parsed.capabilities['dirty-limit'],
+      parsed.parameters['vcpu-dirty-limit'],
+      parsed.parameters['x-vcpu-dirty-limit-period'],
+    ]).toEqual([true, 3, 500]);
+  });
+
   it("the model's vCPUs write to exactly the live vCPUs' hot pages (the same seed's draws)", () => {
     const pages = 8192;
     const live = liveWorkload('hot-set', pages);

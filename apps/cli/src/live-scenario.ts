@@ -39,6 +39,11 @@ export interface LiveRunShape {
   setupTime?: number;
   /** Entries of each vCPU's KVM dirty ring (`--dirty-ring-size`); absent: the dirty log bitmap. */
   dirtyRing?: number;
+  /**
+   * QEMU's dirty-limit (`--dirty-limit MB/s`, with `dirtyRing`): `vcpu-dirty-limit` and
+   * `x-vcpu-dirty-limit-period` (`--x-vcpu-dirty-limit-period`, ms).
+   */
+  dirtyLimit?: { quota: number; periodMs: number };
   /** The link's throughput, bytes/s (the model's link has no latency, as loopback). */
   linkBytesPerSecond: number;
   /** QEMU `max-bandwidth`, bytes/s (0 = the link's speed). */
@@ -65,7 +70,7 @@ export interface LiveRunShape {
  * dirty-ring reporter and QEMU's `xchg` layers), the workload (uniform, hot-set or sweep at the
  * live vCPUs' write rate, or the trace they replay) as far along as the live guest's was when its
  * migration began, the link, the same migration parameters, capabilities (postcopy started at the
- * same time) and time limit, and the live plane's switchover share (it plans its final copy for
+ * same time; dirty-limit with its quota and period) and time limit, and the live plane's switchover share (it plans its final copy for
  * half of `downtime-limit`: the same algorithm).
  */
 export function liveScenario(s: LiveRunShape): ScenarioInput {
@@ -101,10 +106,17 @@ export function liveScenario(s: LiveRunShape): ScenarioInput {
         'downtime-limit': s.downtimeLimit,
         ...(s.channels > 0 ? { 'multifd-channels': s.channels } : {}),
         ...(s.maxPostcopyBandwidth === undefined ? {} : { 'max-postcopy-bandwidth': s.maxPostcopyBandwidth }),
+        ...(s.dirtyLimit === undefined
+          ? {}
+          : {
+              'vcpu-dirty-limit': s.dirtyLimit.quota,
+              'x-vcpu-dirty-limit-period': s.dirtyLimit.periodMs,
+            }),
       },
       capabilities: {
         multifd: s.channels > 0,
         'auto-converge': s.autoConverge,
+        ...(s.dirtyLimit === undefined ? {} : { 'dirty-limit': true }),
         ...(s.zeroCopySend ? { 'zero-copy-send': true } : {}),
         ...(s.postcopyAfter === undefined ? {} : { 'postcopy-ram': true }),
         ...(s.postcopyPreempt === true ? { 'postcopy-preempt': true } : {}),

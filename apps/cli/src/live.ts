@@ -27,6 +27,7 @@ import {
   fdWritesAvailable,
   GUEST_TRACE_MAX,
   GUEST_VCPUS_FROM_SOURCE_MAX,
+  ringReaps,
   runLiveMigration,
   SEND_FROM,
   type DestinationResult,
@@ -302,8 +303,8 @@ export function formatReceived(
 /**
  * The dirty rings' reaper for a migration thread blocked in `runPrecopy` (it runs every few ms
  * while that thread waits): reaps every ring once one is half full, so a vCPU seldom reaches its
- * soft limit and waits there (KVM_EXIT_DIRTY_RING_FULL). In QEMU the vCPU thread reaps on its own
- * exit; here only the thread owning the rings may harvest them.
+ * soft limit and waits there (KVM_EXIT_DIRTY_RING_FULL). `dirtyrate`'s dirty-ring measurement
+ * uses it; a migration reaps as QEMU does instead (`ringReaps` of `@dirtytrack/migration`).
  */
 export function reapWhenHalfFull(ring: RingReporter): () => void {
   return () => {
@@ -972,7 +973,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
           }),
       ...(source.ring === undefined
         ? {}
-        : { dirtyRing: { entries: source.ring.entries, reap: reapWhenHalfFull(source.ring) } }),
+        : { dirtyRing: { entries: source.ring.entries, ...ringReaps(source.ring) } }),
       onProgress: progress,
       timeLimitNs: timeLimit * 1e9,
       linkTimeoutMs,

@@ -59,11 +59,11 @@ interface Case {
   workload: 'uniform' | 'hot-set' | 'sweep' | 'trace';
   /**
    * precopy; auto-converge (with writes up to 45 % of the rate limit: several syncs, the throttle
-   * raised); or postcopy, switched at `postcopyShare` of one pass, `max-postcopy-bandwidth` the
+   * raised); postcopy, switched at `postcopyShare` of one pass, `max-postcopy-bandwidth` the
    * same rate limit (unlimited, the pages would go at loopback's own speed, which the model's link
-   * does not know).
+   * does not know); or dirty-limit (see {@link DIRTY_LIMIT}).
    */
-  mode: 'precopy' | 'auto-converge' | 'postcopy';
+  mode: 'precopy' | 'auto-converge' | 'postcopy' | 'dirty-limit';
   postcopyShare: number;
   /** QEMU's `zero-copy-send` (multifd, not postcopy; where koffi loads), or postcopy-preempt (postcopy). */
   extra: boolean;
@@ -73,6 +73,18 @@ interface Case {
   downtimeLimit: number;
   seed: number;
 }
+
+/**
+ * A dirty-limit case: a 48 MiB guest whose vCPUs sweep their halves of RAM at 9,000–11,000 pages/s
+ * each (from `dirtyShare`), above every rate limit drawn here, through dirty rings (4096 entries
+ * where the case drew none), limited to QEMU's default `vcpu-dirty-limit` of 1 MB/s. The limit
+ * acts only on a vCPU that dirties more than the quota plus QEMU's 25 MB/s tolerance: a sweep
+ * pushes every write (35–43 MB/s), where a uniform writer over these small guests meets pages it
+ * dirtied since its ring was last reaped and pushed ~23 MB/s (left alone: the run never converges),
+ * and a larger quota leaves these slow links barely faster than the limited guest (a 16 MiB guest
+ * at quota 4 converged in 24 s live and 12 s in the model: each round only 7 or 20 % smaller).
+ */
+const DIRTY_LIMIT = { memoryMiB: 48, quota: 1, minRate: 9000, maxRate: 11_000, ring: 4096 };
 
 // Unbiased: fast-check leans towards the bounds of a range, and drew a 5 % writer or an idle
 // guest in most cases — with a handful of runs a CI run, the rates between were seldom tried.
@@ -85,7 +97,12 @@ const cases = fc.noBias(
       { arbitrary: fc.double({ min: 0.05, max: 0.45, noNaN: true }), weight: 3 },
     ),
     workload: fc.constantFrom('uniform' as const, 'hot-set' as const, 'sweep' as const, 'trace' as const),
-    mode: fc.constantFrom('precopy' as const, 'auto-converge' as const, 'postcopy' as const),
+    mode: fc.constantFrom(
+      'precopy' as const,
+      'auto-converge' as const,
+      'postcopy' as const,
+      'dirty-limit' as const,
+    ),
     postcopyShare: fc.double({ min: 0.2, max: 0.6, noNaN: true }),
     extra: fc.boolean(),
     channels: fc.constantFrom(0, 2, 4),
@@ -97,15 +114,20 @@ const cases = fc.noBias(
 
 /** The live run and the model's, with the errors (model − live) / live. */
 async function liveAndModel(c: Case) {
-  const memory = c.memoryMiB * MIB;
+  const limited = c.mode === 'dirty-limit';
+  const memoryMiB = limited ? DIRTY_LIMIT.memoryMiB : c.memoryMiB;
+  const memory = memoryMiB * MIB;
   const maxBandwidth = Math.round(memory / c.onePassS);
   // Without auto-converge, writes at most 30 % of the rate limit: the run converges unthrottled.
   const share = c.mode === 'auto-converge' ? c.dirtyShare : Math.min(c.dirtyShare, 0.3);
-  const writesPerVcpu = Math.round((share * maxBandwidth) / VCPUS / PAGE_SIZE);
+  const writesPerVcpu = limited
+    ? Math.round(DIRTY_LIMIT.minRate + ((DIRTY_LIMIT.maxRate - DIRTY_LIMIT.minRate) * c.dirtyShare) / 0.45)
+    : Math.round((share * maxBandwidth) / VCPUS / PAGE_SIZE);
+  const dirtyRing = limited && c.dirtyRing === 0 ? DIRTY_LIMIT.ring : c.dirtyRing;
   const postcopyMs = c.mode === 'postcopy' ? Math.round(c.onePassS * c.postcopyShare * 1000) : undefined;
   const zeroCopySend = c.extra && c.channels > 0 && postcopyMs === undefined && fdWritesAvailable();
   const preempt = c.extra && postcopyMs !== undefined;
-  const workload = writesPerVcpu === 0 ? 'idle' : c.workload;
+  const workload = limited ? 'sweep' : writesPerVcpu === 0 ? 'idle' : c.workload;
   const pages = memory / PAGE_SIZE;
   const hot = workload === 'hot-set' ? liveWorkload('hot-set', pages) : undefined;
   const trace = workload === 'trace' ? join(dir, `sweep-${c.seed}.trace`) : undefined;
@@ -116,7 +138,7 @@ async function liveAndModel(c: Case) {
   const r = await run(
     'migrate',
     '--memory',
-    `${c.memoryMiB}M`,
+    `${memoryMiB}M`,
     '--vcpus',
     String(VCPUS),
     '--fill',
@@ -135,8 +157,9 @@ async function liveAndModel(c: Case) {
         ? []
         : ['--rate', String(writesPerVcpu)]),
     ...(c.channels > 0 ? ['--multifd-channels', String(c.channels)] : []),
-    ...(c.dirtyRing > 0 ? ['--dirty-ring-size', String(c.dirtyRing)] : []),
+    ...(dirtyRing > 0 ? ['--dirty-ring-size', String(dirtyRing)] : []),
     ...(c.mode === 'auto-converge' ? ['--auto-converge'] : []),
+    ...(limited ? ['--dirty-limit', String(DIRTY_LIMIT.quota)] : []),
     ...(zeroCopySend ? ['--zero-copy-send'] : []),
     ...(preempt ? ['--postcopy-preempt'] : []),
     ...(postcopyMs === undefined
@@ -158,7 +181,8 @@ async function liveAndModel(c: Case) {
         ...(hot?.kind === 'hot-set' ? { hotSet: { pages: hot.pages, share: hot.share } } : {}),
         ...(workload === 'sweep' ? { sweep: true } : {}),
         ...(trace === undefined ? {} : { trace: { file: trace, loop: true } }),
-        ...(c.dirtyRing > 0 ? { dirtyRing: c.dirtyRing } : {}),
+        ...(dirtyRing > 0 ? { dirtyRing } : {}),
+        ...(limited ? { dirtyLimit: { quota: DIRTY_LIMIT.quota, periodMs: 1000 } } : {}),
         ...(live.dirtytrack['guest-run-before'] === undefined
           ? {}
           : { runBefore: live.dirtytrack['guest-run-before'] / 1000 }),
@@ -264,6 +288,26 @@ describe('the model predicts live migrations (invariant 6)', () => {
                 dirtyRing: 4096,
                 downtimeLimit: 300,
                 seed: 257954,
+              },
+            ],
+            // Then dirty-limit, which the property did not draw until both planes reaped the dirty
+            // rings as QEMU does: the live plane reaped a ring once it was half full, so its vCPUs
+            // pushed far more pages per second than QEMU's (a uniform writer 28.5 against ~21 MB/s)
+            // and the limit acted on a guest QEMU's would leave alone (live 6.3 s, the model never
+            // converging); the model never reaped between syncs, which QEMU's reaper thread does.
+            [
+              {
+                memoryMiB: 48,
+                onePassS: 1.35,
+                dirtyShare: 0.2,
+                workload: 'sweep',
+                mode: 'dirty-limit',
+                postcopyShare: 0.2,
+                extra: false,
+                channels: 2,
+                dirtyRing: 256,
+                downtimeLimit: 300,
+                seed: 11,
               },
             ],
           ],

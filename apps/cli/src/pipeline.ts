@@ -145,7 +145,8 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
     capabilities: m.capabilities,
     throttle: engine,
     costModel,
-    ...(ring ? { dirtyRing: { entries: scenario['ring-size'] } } : {}),
+    // QEMU's reaper thread reaps every ring once a second (not while dirty-limit is in service).
+    ...(ring ? { dirtyRing: { entries: scenario['ring-size'], reap: () => void ring.reap() } } : {}),
     ...(m['locked-memory'] === undefined ? {} : { lockedMemory: m['locked-memory'] }),
     ...(m['switchover-share'] === 1 ? {} : { switchoverShare: m['switchover-share'] }),
     hostPageSize: BACKING_BYTES[scenario.backing],

@@ -129,6 +129,20 @@ describe('dirty-limit in a migration (conformance check 7)', () => {
     expect(mibPerS.map(Math.round)).toEqual([51, 51]);
   });
 
+  it("QEMU's reaper thread reaps every ring once a second, but not while the limit is in service", () => {
+    const reaps: number[] = [];
+    const { info } = migrate({
+      ...base,
+      onReap: (atNs) => reaps.push(atNs),
+      precopy: { capabilities: { 'dirty-limit': true }, parameters: params },
+    });
+    expect(info.status).toBe('completed');
+    // The migration starts at 0; the limit is in service from the trigger at sync 5 (2000.453 ms)
+    // to the end (4.7 s): the reaper's turns at 3 and 4 s pass without a reap.
+    expect(reaps).toEqual([NS_PER_S, 2 * NS_PER_S]);
+    expect(info['total-time']).toBeGreaterThan(4000);
+  });
+
   it('a cancel removes the limit: throttle time 0, full speed', () => {
     const { info, engine } = migrate({
       ...base,

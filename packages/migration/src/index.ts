@@ -2,6 +2,7 @@ export { createSimChannel, createSimLink, type SimLinkOptions, type SimLinkOutag
 export {
   runPrecopy,
   DEFAULT_PRECOPY_PARAMETERS,
+  DIRTY_RING_REAPER_PERIOD_NS,
   DEFAULT_PRECOPY_CAPABILITIES,
   RATE_LIMIT_WINDOW_NS,
   type PrecopyCapabilities,
@@ -42,6 +43,9 @@ export type {
 export {
   runLiveMigration,
   LIVE_SWITCHOVER_SHARE,
+  RING_FULL_SHARE,
+  ringReaps,
+  type ReapableRings,
   type LiveMigrationOptions,
   type LiveMigrationOutcome,
 } from './live/run-live.js';

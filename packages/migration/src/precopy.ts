@@ -124,8 +124,15 @@ export interface PrecopyOptions {
   capabilities?: Partial<PrecopyCapabilities>;
   /** What auto-converge and dirty-limit slow down (usually the engine itself). Needed by both. */
   throttle?: VcpuThrottle;
-  /** The KVM dirty ring the guest's writes go through, if any; dirty-limit needs it. */
-  dirtyRing?: { entries: number };
+  /**
+   * The KVM dirty ring the guest's writes go through, if any; dirty-limit needs it. With `reap`
+   * (harvest every vCPU's ring now) the migration runs QEMU's reaper thread too
+   * (`kvm_dirty_ring_reaper_thread`): every {@link DIRTY_RING_REAPER_PERIOD_NS} it reaps all
+   * rings, except while dirty-limit is in service — so a page a vCPU dirtied is re-armed, and
+   * pushed again when written again, within about a second even between syncs. That is what a
+   * vCPU's dirty rate (`cpu->dirty_pages`), and so dirty-limit, measures.
+   */
+  dirtyRing?: { entries: number; reap?: () => void };
   /** Prices the page sends (copy vs zero-copy). Default {@link DEFAULT_COST_MODEL}. */
   costModel?: CostModel;
   /**
@@ -322,6 +329,8 @@ const ZERO_RECORD = RECORD_HEADER + 1;
 const WORD_BYTES_MAX = 32 * NORMAL_RECORD + MULTIFD_PACKET_HEADER;
 /** QEMU recomputes the dirty-page rate (and runs the throttle trigger) once a sync period exceeds 1 s. */
 const DIRTY_RATE_PERIOD_NS = 1000 * NS_PER_MS;
+/** QEMU's dirty-ring reaper thread sleeps this long between reaps (`sleep(1)` in kvm-all.c). */
+export const DIRTY_RING_REAPER_PERIOD_NS = 1000 * NS_PER_MS;
 /** With auto-converge, a timer forces a sync when none happened for 5 s (9.2+). */
 const PERIODIC_SYNC_NS = 5000 * NS_PER_MS;
 /** The model's postcopy step: destination faults are collected and served per 10 ms. */
@@ -510,15 +519,30 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     options.onStatus?.(event);
   };
 
-  /** Runs the guest until `untilNs`, firing the dirty-limit thread's periods on the way. */
+  const reapRings = options.dirtyRing?.reap;
+  let nextReap = reapRings === undefined ? Infinity : start + DIRTY_RING_REAPER_PERIOD_NS;
+
+  /**
+   * Runs the guest until `untilNs`, firing the dirty-limit thread's periods and the dirty-ring
+   * reaper's on the way, in time order.
+   */
   const advance = (untilNs: number): void => {
-    while (limiter !== undefined && nextLimitTick <= untilNs) {
-      engine.runGuestUntil(Math.max(clock.now(), nextLimitTick));
-      const l = limiter;
-      const t = throttle as VcpuThrottle;
-      l.tick((v) => t.vcpuDirtyPages(v), params['x-vcpu-dirty-limit-period']);
-      for (let v = 0; v < t.vcpus; v++) t.setVcpuSpeed(v, l.speedOf(v));
-      nextLimitTick += limitPeriodNs;
+    for (;;) {
+      const tickAt = limiter === undefined ? Infinity : nextLimitTick;
+      const at = Math.min(tickAt, nextReap);
+      if (!(at <= untilNs)) break;
+      engine.runGuestUntil(Math.max(clock.now(), at));
+      if (at === tickAt) {
+        const l = limiter as DirtyLimiter;
+        const t = throttle as VcpuThrottle;
+        l.tick((v) => t.vcpuDirtyPages(v), params['x-vcpu-dirty-limit-period']);
+        for (let v = 0; v < t.vcpus; v++) t.setVcpuSpeed(v, l.speedOf(v));
+        nextLimitTick += limitPeriodNs;
+      } else {
+        // kvm_dirty_ring_reaper_thread: `if (dirtylimit_in_service()) continue;`
+        if (limiter === undefined) (reapRings as () => void)();
+        nextReap += DIRTY_RING_REAPER_PERIOD_NS;
+      }
     }
     engine.runGuestUntil(Math.max(clock.now(), untilNs));
   };

@@ -41,6 +41,11 @@ export interface Setup {
   /** Further link outages (a second drop during recovery). */
   outages?: SimLinkOptions['outages'];
   ring?: number;
+  /**
+   * With `ring`: run QEMU's dirty-ring reaper thread too (`runPrecopy`'s `dirtyRing.reap`), and
+   * call this at each of its reaps with the virtual time.
+   */
+  onReap?: (atNs: number) => void;
   costModel?: CostModel;
   seed?: number;
   timeLimitS?: number;
@@ -116,7 +121,21 @@ export function migrate(s: Setup) {
     link: s.wrapLink ? s.wrapLink(link) : link,
     nonzero: memory.nonzero,
     throttle: engine,
-    ...(s.ring === undefined ? {} : { dirtyRing: { entries: s.ring } }),
+    ...(ring === undefined || s.ring === undefined
+      ? {}
+      : {
+          dirtyRing: {
+            entries: s.ring,
+            ...(s.onReap === undefined
+              ? {}
+              : {
+                  reap: () => {
+                    s.onReap?.(clock.now());
+                    ring.reap();
+                  },
+                }),
+          },
+        }),
     ...(s.costModel ? { costModel: s.costModel } : {}),
     timeLimitNs: (s.timeLimitS ?? 600) * NS_PER_S,
     ...(s.postcopyAtNs === undefined

@@ -39,13 +39,15 @@ export interface LiveMigrationOptions {
   parameters?: Partial<PrecopyParameters>;
   capabilities?: Partial<PrecopyCapabilities>;
   /**
-   * The dirty ring, if the guest's writes go through one (dirty-limit needs it). `reap` harvests
-   * the rings (e.g. a ring reporter's `reap`, or only when one fills): only the thread owning the
-   * rings may harvest, and that is this one, blocked in `runPrecopy` — so `reap` is called every
-   * {@link WHILE_WAITING_MS} ms while it waits for the guest or the link. Without it the rings
-   * are reaped only at syncs, and a vCPU at its soft limit waits (KVM_EXIT_DIRTY_RING_FULL) until then.
+   * The dirty ring, if the guest's writes go through one (dirty-limit needs it). Only the thread
+   * owning the rings may harvest them, and that is this one, blocked in `runPrecopy`: so
+   * `whenFull` — a harvest when a vCPU's ring is (nearly) full, QEMU's reap on
+   * KVM_EXIT_DIRTY_RING_FULL — is called every {@link WHILE_WAITING_MS} ms while it waits for the
+   * guest or the link, and `reap` — every ring at once — once a second (QEMU's reaper thread;
+   * `runPrecopy`'s `dirtyRing.reap`). Without `whenFull` a vCPU at its soft limit waits until a
+   * sync or `reap` harvests its ring.
    */
-  dirtyRing?: { entries: number; reap?: () => void };
+  dirtyRing?: { entries: number; whenFull?: () => void; reap?: () => void };
   /** Give up (status stays `active`) after this long (ns of real time). */
   timeLimitNs: number;
   /** A batch that makes no progress for this long fails the link. Default 30 s. */
@@ -151,7 +153,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
       field: 'zero-copy-send',
     });
   }
-  const reap = options.dirtyRing?.reap;
+  const whenFull = options.dirtyRing?.whenFull;
   const pages = options.bitmap.pages;
   if (options.memory.byteLength !== pages * 4096) {
     throw new DirtytrackError(
@@ -174,7 +176,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
     ...(caps['zero-copy-send'] ? { zeroCopySend: true } : {}),
     ...(options.pipelined === undefined ? {} : { pipelined: options.pipelined }),
     ...(params['max-bandwidth'] > 0 ? { bandwidth: params['max-bandwidth'] } : {}),
-    ...(reap === undefined ? {} : { whileWaiting: reap }),
+    ...(whenFull === undefined ? {} : { whileWaiting: whenFull }),
     ...(options.vcpuState === undefined ? {} : { vcpuState: options.vcpuState }),
     ...(options.guestTrace === undefined ? {} : { guestTrace: options.guestTrace }),
   });
@@ -182,7 +184,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
   try {
     // The page sends cost real CPU here: the model's per-page price must not be added on top.
     outcome = runPrecopy({
-      engine: reap === undefined ? options.engine : reapingWhileWaiting(options.engine, reap),
+      engine: whenFull === undefined ? options.engine : reapingWhileWaiting(options.engine, whenFull),
       bitmap: options.bitmap,
       link: live.link,
       sink: live.sink,
@@ -194,7 +196,14 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
       timeLimitNs: options.timeLimitNs,
       switchoverShare: LIVE_SWITCHOVER_SHARE,
       ...(options.throttle === undefined ? {} : { throttle: options.throttle }),
-      ...(options.dirtyRing === undefined ? {} : { dirtyRing: { entries: options.dirtyRing.entries } }),
+      ...(options.dirtyRing === undefined
+        ? {}
+        : {
+            dirtyRing: {
+              entries: options.dirtyRing.entries,
+              ...(options.dirtyRing.reap === undefined ? {} : { reap: options.dirtyRing.reap }),
+            },
+          }),
       ...(options.cancelAtNs === undefined ? {} : { cancelAtNs: options.cancelAtNs }),
       ...(options.cancelRequested === undefined ? {} : { cancelRequested: options.cancelRequested }),
       ...(caps['postcopy-ram']
@@ -239,6 +248,48 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
       ...(verifyMs === undefined ? {} : { 'verify-time': verifyMs }),
     },
     link: linkStats,
+  };
+}
+
+/** What {@link ringReaps} needs of the guest's dirty rings (`@dirtytrack/reporters`' `RingReporter`). */
+export interface ReapableRings {
+  readonly vcpus: number;
+  /** Entries a vCPU may push before it exits with KVM_EXIT_DIRTY_RING_FULL. */
+  readonly softLimit: number;
+  /** Entries in vCPU `vcpu`'s ring not yet reset. */
+  used(vcpu: number): number;
+  /** Harvests every ring and resets them (QEMU's `kvm_dirty_ring_reap`). */
+  reap(): number;
+}
+
+/**
+ * The share of its soft limit at which a live vCPU's ring counts as full (`ringReaps`'
+ * `whenFull`): that reap is polled every {@link WHILE_WAITING_MS} ms, so a ring is reaped a
+ * little before it is full, for its vCPU not to stop at the limit and wait for the next poll.
+ */
+export const RING_FULL_SHARE = 7 / 8;
+
+/**
+ * A live migration's reaps of the guest's dirty rings, as QEMU reaps them ({@link LiveMigrationOptions}'
+ * `dirtyRing`): `whenFull` harvests every ring once a vCPU's holds {@link RING_FULL_SHARE} of
+ * its soft limit — QEMU's vCPU thread reaps all rings when it exits with KVM_EXIT_DIRTY_RING_FULL
+ * (only its own while dirty-limit is in service, which this does not distinguish) — and `reap`
+ * harvests every ring, for the reaper thread's reap once a second. With each sync's, that is all
+ * QEMU reaps: how soon a written page is re-armed, and so how many pages a vCPU pushes per second
+ * (the dirty rate dirty-limit measures), is QEMU's.
+ */
+export function ringReaps(ring: ReapableRings): { whenFull: () => void; reap: () => void } {
+  const full = Math.max(1, Math.floor(ring.softLimit * RING_FULL_SHARE));
+  return {
+    whenFull: () => {
+      for (let v = 0; v < ring.vcpus; v++) {
+        if (ring.used(v) >= full) {
+          ring.reap();
+          return;
+        }
+      }
+    },
+    reap: () => void ring.reap(),
   };
 }
 
