@@ -292,7 +292,7 @@ describe('the model predicts live migrations (invariant 6)', () => {
             ],
             // Then dirty-limit, which the property did not draw until both planes reaped the dirty
             // rings as QEMU does: the live plane reaped a ring once it was half full, so its vCPUs
-            // pushed far more pages per second than QEMU's (a uniform writer 28.5 against ~21 MB/s)
+            // pushed far more pages per second than QEMU's (a uniform writer 28.5 against 15–22.5 MB/s)
             // and the limit acted on a guest QEMU's would leave alone (live 6.3 s, the model never
             // converging); the model never reaped between syncs, which QEMU's reaper thread does.
             [
