@@ -16,6 +16,7 @@ import {
   type LiveVcpuProgress,
   type LiveWorkload,
 } from '@dirtytrack/guest';
+import { DIRTY_RING_REAPER_PERIOD_NS, ringReaps } from '@dirtytrack/migration';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
 import {
@@ -24,7 +25,6 @@ import {
   fitsInMemory,
   guestProgram,
   programWorkload,
-  reapWhenHalfFull,
   ringSize,
   startLiveSource,
   traceAndRateOptions,
@@ -265,7 +265,10 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
       pages,
       kvm: source.kvm,
     });
-    const reap = ring === undefined ? undefined : reapWhenHalfFull(ring);
+    // The rings are reaped as QEMU reaps them: a vCPU's when it is (nearly) full, and every ring
+    // once a second (its reaper thread, running since the guest booted).
+    const reaps = ring === undefined ? undefined : ringReaps(ring);
+    let nextReap = engine.clock.now() + DIRTY_RING_REAPER_PERIOD_NS;
     let writesFrom: readonly number[] = [];
     let perVcpu: number[] = [];
     let writes = 0;
@@ -286,11 +289,16 @@ export async function runDirtyrate(plan: DirtyratePlan): Promise<DirtyrateOutput
       const from = snapshot();
       writesFrom = guest.stats().vcpuWrites;
       // A new value every 10 ms, so a rewritten page changes its contents (page-sampling hashes
-      // them); the ring is reaped when half full, as QEMU's reaper thread would.
+      // them); the rings are looked at as often.
       while (engine.clock.now() < untilNs) {
         guest.setValue(++value);
         engine.runGuestUntil(Math.min(untilNs, engine.clock.now() + 10e6));
-        reap?.();
+        if (reaps === undefined) continue;
+        reaps.whenFull();
+        if (engine.clock.now() >= nextReap) {
+          reaps.reap();
+          nextReap += DIRTY_RING_REAPER_PERIOD_NS;
+        }
       }
       const to = snapshot();
       perVcpu = guest.stats().vcpuWrites.map((w, v) => w - (writesFrom[v] ?? 0));

@@ -47,7 +47,7 @@ import {
   type QemuLayersStats,
   type SyncStrategy,
 } from '@dirtytrack/qemu-layers';
-import { createBitmapReporter, createRingReporter, type RingReporter } from '@dirtytrack/reporters';
+import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createMmuTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
@@ -298,23 +298,6 @@ export function formatReceived(
   const line = `received ${formatSize(p.bytes)} (${p.pages} pages)`;
   if (since === undefined || since.elapsedNs <= 0) return line;
   return `${line}, ${mbitPerS(p.bytes - since.bytes, since.elapsedNs)} Mbit/s`;
-}
-
-/**
- * The dirty rings' reaper for a migration thread blocked in `runPrecopy` (it runs every few ms
- * while that thread waits): reaps every ring once one is half full, so a vCPU seldom reaches its
- * soft limit and waits there (KVM_EXIT_DIRTY_RING_FULL). `dirtyrate`'s dirty-ring measurement
- * uses it; a migration reaps as QEMU does instead (`ringReaps` of `@dirtytrack/migration`).
- */
-export function reapWhenHalfFull(ring: RingReporter): () => void {
-  return () => {
-    for (let v = 0; v < ring.vcpus; v++) {
-      if (ring.used(v) * 2 >= ring.softLimit) {
-        ring.reap();
-        return;
-      }
-    }
-  };
 }
 
 /**
