@@ -47,7 +47,7 @@ import {
   type QemuLayersStats,
   type SyncStrategy,
 } from '@dirtytrack/qemu-layers';
-import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
+import { createBitmapReporter, createRingReporter, type RingReporter } from '@dirtytrack/reporters';
 import { createMmuTracker } from '@dirtytrack/trackers';
 import { Option, type Command } from 'commander';
 import { intFlag, UsageError } from './load-scenario.js';
@@ -298,6 +298,12 @@ export function formatReceived(
   const line = `received ${formatSize(p.bytes)} (${p.pages} pages)`;
   if (since === undefined || since.elapsedNs <= 0) return line;
   return `${line}, ${mbitPerS(p.bytes - since.bytes, since.elapsedNs)} Mbit/s`;
+}
+
+/** The live migration's `dirtyRing`: `ring`'s entries and its reaps as QEMU's (`ringReaps`). */
+function liveRingReaps(ring: RingReporter) {
+  const { whenFull, reap, onLimit } = ringReaps(ring);
+  return { entries: ring.entries, whenFull, reap, onLimit };
 }
 
 /**
@@ -954,9 +960,7 @@ export async function runMigrate(plan: MigratePlan, hooks: MigrateHooks): Promis
             startPostcopyAtNs: postcopyAfterMs * 1e6,
             recoverAfterMs: Array.from({ length: recoverAttempts }, (_, i) => (i + 1) * recoverEvery),
           }),
-      ...(source.ring === undefined
-        ? {}
-        : { dirtyRing: { entries: source.ring.entries, ...ringReaps(source.ring) } }),
+      ...(source.ring === undefined ? {} : { dirtyRing: liveRingReaps(source.ring) }),
       onProgress: progress,
       timeLimitNs: timeLimit * 1e9,
       linkTimeoutMs,

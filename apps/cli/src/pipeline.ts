@@ -21,7 +21,13 @@ import {
   parseTrace,
   type Trace,
 } from '@dirtytrack/guest';
-import { createSimLink, runPrecopy, type PrecopyOutcome, type PrecopyProgress } from '@dirtytrack/migration';
+import {
+  createSimLink,
+  ringReaps,
+  runPrecopy,
+  type PrecopyOutcome,
+  type PrecopyProgress,
+} from '@dirtytrack/migration';
 import { createQemuLayers, createSingleHopSync } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createMmuTracker, createWriteProtectTracker } from '@dirtytrack/trackers';
@@ -106,14 +112,16 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
       : createBitmapReporter({ rearmer: tracker, slots: [slot] }));
   tracker.attach(reporter);
   const memory = createModelMemory(pages, Math.round(pages * scenario.populated));
-  // On KVM_EXIT_DIRTY_RING_FULL, QEMU's vCPU thread reaps every ring into the slot bitmaps.
+  // The rings are reaped as QEMU's: on KVM_EXIT_DIRTY_RING_FULL the vCPU thread reaps every ring
+  // (only its own while dirty-limit is in service), the reaper thread every ring once a second.
+  const reaps = ring === undefined ? undefined : ringReaps(ring);
   const engine = createModelEngine({
     clock,
     workload,
     tracker,
     memory,
     costModel,
-    ...(ring ? { ring: { sink: ring, onRingFull: () => void ring.reap() } } : {}),
+    ...(ring && reaps ? { ring: { sink: ring, onRingFull: reaps.onFull } } : {}),
   });
   const kvm = { source: reporter, logging: tracker, slot };
   const bitmap =
@@ -145,8 +153,9 @@ export function simulate(scenario: Scenario, onProgress?: (p: PrecopyProgress) =
     capabilities: m.capabilities,
     throttle: engine,
     costModel,
-    // QEMU's reaper thread reaps every ring once a second (not while dirty-limit is in service).
-    ...(ring ? { dirtyRing: { entries: scenario['ring-size'], reap: () => void ring.reap() } } : {}),
+    ...(reaps === undefined
+      ? {}
+      : { dirtyRing: { entries: scenario['ring-size'], reap: reaps.reap, onLimit: reaps.onLimit } }),
     ...(m['locked-memory'] === undefined ? {} : { lockedMemory: m['locked-memory'] }),
     ...(m['switchover-share'] === 1 ? {} : { switchoverShare: m['switchover-share'] }),
     hostPageSize: BACKING_BYTES[scenario.backing],

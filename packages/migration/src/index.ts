@@ -45,7 +45,8 @@ export {
   LIVE_SWITCHOVER_SHARE,
   RING_FULL_SHARE,
   ringReaps,
-  type ReapableRings,
+  type GuestRings,
+  type RingReaps,
   type LiveMigrationOptions,
   type LiveMigrationOutcome,
 } from './live/run-live.js';

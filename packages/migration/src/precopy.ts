@@ -130,9 +130,11 @@ export interface PrecopyOptions {
    * (`kvm_dirty_ring_reaper_thread`): every {@link DIRTY_RING_REAPER_PERIOD_NS} it reaps all
    * rings, except while dirty-limit is in service — so a page a vCPU dirtied is re-armed, and
    * pushed again when written again, within about a second even between syncs. That is what a
-   * vCPU's dirty rate (`cpu->dirty_pages`), and so dirty-limit, measures.
+   * vCPU's dirty rate (`cpu->dirty_pages`), and so dirty-limit, measures. `onLimit` hears when
+   * dirty-limit goes into service (`true`) and out of it (`false`): while it is in service a
+   * vCPU's ring-full exit reaps only its own ring (the caller's to do; `ringReaps` does it).
    */
-  dirtyRing?: { entries: number; reap?: () => void };
+  dirtyRing?: { entries: number; reap?: () => void; onLimit?: (inService: boolean) => void };
   /** Prices the page sends (copy vs zero-copy). Default {@link DEFAULT_COST_MODEL}. */
   costModel?: CostModel;
   /**
@@ -614,6 +616,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
         (v) => t.vcpuDirtyPages(v),
       );
       nextLimitTick = clock.now() + limitPeriodNs;
+      options.dirtyRing?.onLimit?.(true);
     }
   };
 
@@ -623,6 +626,7 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
       throttle.speed = 1;
       for (let v = 0; v < throttle.vcpus; v++) throttle.setVcpuSpeed(v, 1);
     }
+    if (limiter !== undefined) options.dirtyRing?.onLimit?.(false);
     limiter = undefined;
     nextLimitTick = Infinity;
   };

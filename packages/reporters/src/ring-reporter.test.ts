@@ -524,6 +524,21 @@ describe('ring reporter: getDirtyLog (QEMU layer A) and ring + bitmap', () => {
     expect(rearmer.calls.length).toBe(1);
   });
 
+  it('reaps one vCPU’s ring alone: its entries harvested and reset, the others left in their rings', () => {
+    const rearmer = rearmLog();
+    const r = createRingReporter({ vcpus: 2, entries: 256, rearmer, slots: [B] });
+    push(r, 0, [5, 70], 0);
+    push(r, 0, [129], 1);
+    expect(r.reap(1)).toBe(1);
+    expect(rearmer.calls.map((c) => c.pages)).toEqual([[129]]);
+    expect([r.used(0), r.used(1)]).toEqual([2, 0]);
+    expect(() => r.reap(2)).toThrow(/vCPU 2/);
+    const out = Bitmap.create(130);
+    expect(r.getDirtyLog(0, out)).toBe(3);
+    expect([...out.setBits()]).toEqual([5, 70, 129]);
+    expect([r.used(0), r.used(1)]).toEqual([0, 0]);
+  });
+
   it('keeps other slots’ reaped pages pending for their own getDirtyLog', () => {
     const rearmer = rearmLog();
     const r = createRingReporter({ vcpus: 1, entries: 256, rearmer, slots: [A, B] });

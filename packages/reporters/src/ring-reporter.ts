@@ -171,9 +171,11 @@ export interface RingReporter extends SharedReporter, BoundedDirtySink {
   /**
    * QEMU's `kvm_dirty_ring_reap`: harvests every ring into the per-slot pending bitmaps (QEMU's
    * slot `dirty_bmap`), then resets. What QEMU does on `KVM_EXIT_DIRTY_RING_FULL` and in
-   * `kvm_log_sync_global`. Returns the entries harvested.
+   * `kvm_log_sync_global`. With `vcpu`, only that vCPU's ring (`kvm_dirty_ring_reap(s, cpu)`:
+   * QEMU's vCPU thread on its own ring-full exit while dirty-limit is in service), and no kick of
+   * the other vCPUs first. Returns the entries harvested.
    */
-  reap(): number;
+  reap(vcpu?: number): number;
   /**
    * The vCPU exits with `KVM_EXIT_DIRTY_RING_FULL`: counts the exit (shared, see
    * `stats().fullExits`), then, if `timeoutMs > 0`, blocks (`Atomics.wait` on the ring's
@@ -710,10 +712,15 @@ export function createRingReporter(options: RingReporterOptions): RingReporter {
       lastReset = { reset: n, rearmed: pages };
       return n;
     },
-    reap() {
-      rearmer.syncDirtyLog?.(); // QEMU kicks every vCPU first: PML buffers drain into the rings.
+    reap(vcpu?: number) {
       let n = 0;
-      for (let v = 0; v < vcpus; v++) n += harvestRing(v, Infinity, recordPending);
+      if (vcpu === undefined) {
+        rearmer.syncDirtyLog?.(); // QEMU kicks every vCPU first: PML buffers drain into the rings.
+        for (let v = 0; v < vcpus; v++) n += harvestRing(v, Infinity, recordPending);
+      } else {
+        checkVcpu(vcpu, 'reap');
+        n = harvestRing(vcpu, Infinity, recordPending);
+      }
       reporter.reset();
       return n;
     },

@@ -22,6 +22,7 @@ import {
 } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
+import { ringReaps } from '../live/run-live.js';
 import { runPrecopy, type PrecopyOptions } from '../precopy.js';
 import { createSimLink, type SimLinkOptions } from '../sim-link.js';
 
@@ -46,6 +47,8 @@ export interface Setup {
    * call this at each of its reaps with the virtual time.
    */
   onReap?: (atNs: number) => void;
+  /** With `ring`: called when dirty-limit goes into service and out of it, with the virtual time. */
+  onLimit?: (inService: boolean, atNs: number) => void;
   costModel?: CostModel;
   seed?: number;
   timeLimitS?: number;
@@ -86,6 +89,9 @@ export function migrate(s: Setup) {
   const reporter = ring ?? swap ?? createBitmapReporter({ rearmer: tracker, slots: [slot] });
   tracker.attach(reporter);
   const memory = createModelMemory(s.pages, s.populated ?? s.pages);
+  // QEMU's reaps (run-live.ts): every ring on a ring-full exit, only the vCPU's own while
+  // dirty-limit is in service.
+  const reaps = ring === undefined ? undefined : ringReaps(ring);
   const opts = { vcpus, pages: s.pages, bytesPerSecond: s.rate ?? 0, ...s.sweepRange };
   const rng = createRng(s.seed ?? 1);
   const made =
@@ -101,7 +107,7 @@ export function migrate(s: Setup) {
     workload,
     tracker,
     memory,
-    ...(ring ? { ring: { sink: ring, onRingFull: () => void ring.reap() } } : {}),
+    ...(ring && reaps ? { ring: { sink: ring, onRingFull: reaps.onFull } } : {}),
   });
   const hop =
     swap === undefined
@@ -121,17 +127,21 @@ export function migrate(s: Setup) {
     link: s.wrapLink ? s.wrapLink(link) : link,
     nonzero: memory.nonzero,
     throttle: engine,
-    ...(ring === undefined || s.ring === undefined
+    ...(reaps === undefined || s.ring === undefined
       ? {}
       : {
           dirtyRing: {
             entries: s.ring,
+            onLimit: (inService: boolean) => {
+              s.onLimit?.(inService, clock.now());
+              reaps.onLimit(inService);
+            },
             ...(s.onReap === undefined
               ? {}
               : {
                   reap: () => {
                     s.onReap?.(clock.now());
-                    ring.reap();
+                    reaps.reap();
                   },
                 }),
           },

@@ -44,10 +44,16 @@ export interface LiveMigrationOptions {
    * `whenFull` — a harvest when a vCPU's ring is (nearly) full, QEMU's reap on
    * KVM_EXIT_DIRTY_RING_FULL — is called every {@link WHILE_WAITING_MS} ms while it waits for the
    * guest or the link, and `reap` — every ring at once — once a second (QEMU's reaper thread;
-   * `runPrecopy`'s `dirtyRing.reap`). Without `whenFull` a vCPU at its soft limit waits until a
-   * sync or `reap` harvests its ring.
+   * `runPrecopy`'s `dirtyRing.reap`); `onLimit` hears dirty-limit go in and out of service.
+   * Without `whenFull` a vCPU at its soft limit waits until a sync or `reap` harvests its ring.
+   * {@link ringReaps} gives all three.
    */
-  dirtyRing?: { entries: number; whenFull?: () => void; reap?: () => void };
+  dirtyRing?: {
+    entries: number;
+    whenFull?: () => void;
+    reap?: () => void;
+    onLimit?: (inService: boolean) => void;
+  };
   /** Give up (status stays `active`) after this long (ns of real time). */
   timeLimitNs: number;
   /** A batch that makes no progress for this long fails the link. Default 30 s. */
@@ -202,6 +208,7 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
             dirtyRing: {
               entries: options.dirtyRing.entries,
               ...(options.dirtyRing.reap === undefined ? {} : { reap: options.dirtyRing.reap }),
+              ...(options.dirtyRing.onLimit === undefined ? {} : { onLimit: options.dirtyRing.onLimit }),
             },
           }),
       ...(options.cancelAtNs === undefined ? {} : { cancelAtNs: options.cancelAtNs }),
@@ -252,14 +259,14 @@ export async function runLiveMigration(options: LiveMigrationOptions): Promise<L
 }
 
 /** What {@link ringReaps} needs of the guest's dirty rings (`@dirtytrack/reporters`' `RingReporter`). */
-export interface ReapableRings {
+export interface GuestRings {
   readonly vcpus: number;
   /** Entries a vCPU may push before it exits with KVM_EXIT_DIRTY_RING_FULL. */
   readonly softLimit: number;
   /** Entries in vCPU `vcpu`'s ring not yet reset. */
   used(vcpu: number): number;
-  /** Harvests every ring and resets them (QEMU's `kvm_dirty_ring_reap`). */
-  reap(): number;
+  /** Harvests every ring (or only `vcpu`'s) and resets them (QEMU's `kvm_dirty_ring_reap`). */
+  reap(vcpu?: number): number;
 }
 
 /**
@@ -269,27 +276,44 @@ export interface ReapableRings {
  */
 export const RING_FULL_SHARE = 7 / 8;
 
+/** A migration's reaps of the guest's dirty rings, as QEMU's (see {@link ringReaps}). */
+export interface RingReaps {
+  /** A vCPU's ring is full (KVM_EXIT_DIRTY_RING_FULL): the model engine's `onRingFull`. */
+  onFull(vcpu: number): void;
+  /** Polled (the live plane): reaps as {@link RingReaps.onFull} once a ring holds {@link RING_FULL_SHARE} of its soft limit. */
+  whenFull(): void;
+  /** Every ring: the reaper thread's reap once a second (`runPrecopy`'s `dirtyRing.reap`). */
+  reap(): void;
+  /** Dirty-limit in or out of service (`runPrecopy`'s `dirtyRing.onLimit`). */
+  onLimit(inService: boolean): void;
+}
+
 /**
- * A live migration's reaps of the guest's dirty rings, as QEMU reaps them ({@link LiveMigrationOptions}'
- * `dirtyRing`): `whenFull` harvests every ring once a vCPU's holds {@link RING_FULL_SHARE} of
- * its soft limit — QEMU's vCPU thread reaps all rings when it exits with KVM_EXIT_DIRTY_RING_FULL
- * (only its own while dirty-limit is in service, which this does not distinguish) — and `reap`
- * harvests every ring, for the reaper thread's reap once a second. With each sync's, that is all
- * QEMU reaps: how soon a written page is re-armed, and so how many pages a vCPU pushes per second
- * (the dirty rate dirty-limit measures), is QEMU's.
+ * The reaps of the guest's dirty rings during a migration, as QEMU reaps them — in both planes
+ * (the model's engine calls `onFull`, the live migration thread polls `whenFull`). On a vCPU's
+ * ring-full exit QEMU's vCPU thread reaps every ring, or only its own while dirty-limit is in
+ * service (`kvm_dirty_ring_reap(s, cpu)`: the others' rings fill until their own exits, where
+ * their throttle sleeps are taken); its reaper thread reaps every ring once a second (not while
+ * dirty-limit is in service); each sync reaps every ring. How soon a written page is re-armed —
+ * and so how many pages a vCPU pushes per second, the dirty rate dirty-limit measures — follows.
  */
-export function ringReaps(ring: ReapableRings): { whenFull: () => void; reap: () => void } {
+export function ringReaps(ring: GuestRings): RingReaps {
   const full = Math.max(1, Math.floor(ring.softLimit * RING_FULL_SHARE));
+  let limiting = false;
+  const onFull = (vcpu: number): void => void (limiting ? ring.reap(vcpu) : ring.reap());
   return {
-    whenFull: () => {
+    onFull,
+    whenFull() {
       for (let v = 0; v < ring.vcpus; v++) {
-        if (ring.used(v) >= full) {
-          ring.reap();
-          return;
-        }
+        if (ring.used(v) < full) continue;
+        onFull(v);
+        if (!limiting) return;
       }
     },
     reap: () => void ring.reap(),
+    onLimit(inService) {
+      limiting = inService;
+    },
   };
 }
 
