@@ -17,7 +17,7 @@ import {
   type MemslotInfo,
 } from '@dirtytrack/core';
 import { createHotSetWorkload, createModelEngine, createModelMemory } from '@dirtytrack/guest';
-import { createSimLink, runPrecopy, type PrecopyOutcome } from '@dirtytrack/migration';
+import { createSimLink, ringReaps, runPrecopy, type PrecopyOutcome } from '@dirtytrack/migration';
 import { createQemuLayers } from '@dirtytrack/qemu-layers';
 import { createRingReporter } from '@dirtytrack/reporters';
 import { createPmlTracker } from '@dirtytrack/trackers';
@@ -48,7 +48,9 @@ export function migratePmlRingFused(seed = 1): PmlRingFusedRun {
   });
   tracker.attach(ring);
 
-  // The guest, in virtual time; at KVM_EXIT_DIRTY_RING_FULL QEMU reaps every ring.
+  // The guest, in virtual time. The rings are reaped as QEMU's: every ring at a vCPU's
+  // KVM_EXIT_DIRTY_RING_FULL, and once a second by its reaper thread (and at each sync).
+  const reaps = ringReaps(ring);
   const clock = createVirtualClock();
   const workload = createHotSetWorkload({
     vcpus,
@@ -64,7 +66,7 @@ export function migratePmlRingFused(seed = 1): PmlRingFusedRun {
     workload,
     tracker,
     memory,
-    ring: { sink: ring, onRingFull: () => void ring.reap() },
+    ring: { sink: ring, onRingFull: reaps.onFull },
   });
 
   // QEMU's side: one hop from the rings into the migration bitmap, then multifd precopy.
@@ -78,7 +80,7 @@ export function migratePmlRingFused(seed = 1): PmlRingFusedRun {
     capabilities: { multifd: true },
     parameters: { 'multifd-channels': 4, 'downtime-limit': 300 },
     throttle: engine,
-    dirtyRing: { entries: ringEntries },
+    dirtyRing: { entries: ringEntries, reap: reaps.reap, onLimit: reaps.onLimit },
     timeLimitNs: 600 * NS_PER_S,
   });
   const stats = tracker.stats();
