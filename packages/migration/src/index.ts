@@ -43,13 +43,10 @@ export type {
 export {
   runLiveMigration,
   LIVE_SWITCHOVER_SHARE,
-  RING_FULL_SHARE,
-  ringReaps,
-  type GuestRings,
-  type RingReaps,
   type LiveMigrationOptions,
   type LiveMigrationOutcome,
 } from './live/run-live.js';
+export { RING_FULL_SHARE, ringReaps, type GuestRings, type RingReaps } from './ring-reaps.js';
 export {
   openLiveLink,
   type LiveLink,

@@ -22,7 +22,7 @@ import {
 } from '@dirtytrack/qemu-layers';
 import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters';
 import { createWriteProtectTracker } from '@dirtytrack/trackers';
-import { ringReaps } from '../live/run-live.js';
+import { ringReaps } from '../ring-reaps.js';
 import { runPrecopy, type PrecopyOptions } from '../precopy.js';
 import { createSimLink, type SimLinkOptions } from '../sim-link.js';
 
@@ -89,7 +89,7 @@ export function migrate(s: Setup) {
   const reporter = ring ?? swap ?? createBitmapReporter({ rearmer: tracker, slots: [slot] });
   tracker.attach(reporter);
   const memory = createModelMemory(s.pages, s.populated ?? s.pages);
-  // QEMU's reaps (run-live.ts): every ring on a ring-full exit, only the vCPU's own while
+  // QEMU's reaps (ring-reaps.ts): every ring on a ring-full exit, only the vCPU's own while
   // dirty-limit is in service.
   const reaps = ring === undefined ? undefined : ringReaps(ring);
   const opts = { vcpus, pages: s.pages, bytesPerSecond: s.rate ?? 0, ...s.sweepRange };

@@ -5,7 +5,8 @@ import { createBitmapReporter, createRingReporter } from '@dirtytrack/reporters'
 import { createMmuTracker } from '@dirtytrack/trackers';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startDestinationThread, type DestinationThread } from './__fixtures__/destination-thread.js';
-import { ringReaps, runLiveMigration, type LiveMigrationOptions } from './run-live.js';
+import { ringReaps } from '../ring-reaps.js';
+import { runLiveMigration, type LiveMigrationOptions } from './run-live.js';
 
 // Real migrations over loopback TCP: a software guest whose 2 worker vCPUs keep writing through
 // the software MMU (write-protect tracking), the bitmap reporter and QEMU's layers, migrated by

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { RING_FULL_SHARE, ringReaps } from './run-live.js';
+import { RING_FULL_SHARE, ringReaps } from './ring-reaps.js';
 
 /** Two rings with a 64-entry soft limit whose fill levels the test sets; reaps are logged. */
 function rings() {
