@@ -532,7 +532,8 @@ export function runPrecopy(options: PrecopyOptions): PrecopyOutcome {
     for (;;) {
       const tickAt = limiter === undefined ? Infinity : nextLimitTick;
       const at = Math.min(tickAt, nextReap);
-      if (!(at <= untilNs)) break;
+      // Neither thread scheduled (no limiter, no reaper): nothing to fire, even up to Infinity.
+      if (at === Infinity || !(at <= untilNs)) break;
       engine.runGuestUntil(Math.max(clock.now(), at));
       if (at === tickAt) {
         const l = limiter as DirtyLimiter;
