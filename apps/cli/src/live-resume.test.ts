@@ -20,7 +20,7 @@ describe('serve --run-after', () => {
     expect(destination).toMatchObject({
       status: 'completed',
       verified: true,
-      resumed: { ms: 200, vcpus: 2 },
+      resumed: { ms: 200, vcpus: 2, 'booted-ahead': 2 },
     });
     expect(destination.resumed.writes).toBeGreaterThan(0);
   }, 60_000);
@@ -63,6 +63,7 @@ describe('serve --run-after', () => {
       workload: 'trace',
       writes: 160,
       continued: true,
+      'booted-ahead': 2,
     });
   }, 60_000);
 
@@ -111,6 +112,7 @@ describe('serve --run-after', () => {
       workload: 'trace',
       writes: 160 - writtenThere,
       continued: true,
+      'booted-ahead': 2,
     });
   }, 60_000);
 
@@ -141,8 +143,9 @@ describe('serve --run-after', () => {
   }, 60_000);
 
   it('without --workload or --vcpus, the guest run here is the source’s: its program and its vCPUs (they came with the vCPU state)', async () => {
-    // An idle 3-vCPU source: serve is not told, yet its guest boots 3 vCPUs (not its default 2)
-    // at speed 0, goes on from their state and writes exactly nothing.
+    // An idle 3-vCPU source: serve is not told, yet its guest runs 3 vCPUs (not its default 2)
+    // at speed 0, goes on from their state and writes exactly nothing. Its default 2 were booted
+    // ahead (standing by since serve started); the third boots when the guest arrives.
     const serve = await spawnServe('--memory', '16M', '--once', '--run-after', '300', '--json');
     const r = await run(
       ...['migrate', '--to', `127.0.0.1:${serve.port}`, '--memory', '16M', '--vcpus', '3'],
@@ -152,7 +155,14 @@ describe('serve --run-after', () => {
     const { code, stdout } = await serve.output;
     expect(code).toBe(0);
     const destination = JSON.parse(stdout) as { resumed: unknown };
-    expect(destination.resumed).toEqual({ ms: 300, vcpus: 3, workload: 'idle', writes: 0, continued: true });
+    expect(destination.resumed).toEqual({
+      ms: 300,
+      vcpus: 3,
+      workload: 'idle',
+      writes: 0,
+      continued: true,
+      'booted-ahead': 2,
+    });
   }, 60_000);
 
   it('a program given here (--workload) keeps --vcpus’ count (default 2), whatever the source had', async () => {
@@ -174,7 +184,14 @@ describe('serve --run-after', () => {
     expect(code).toBe(0);
     const destination = JSON.parse(stdout) as { resumed: unknown };
     // 2 here, 3 on the source: the state does not fit, they start afresh (and idle: no write).
-    expect(destination.resumed).toEqual({ ms: 200, vcpus: 2, workload: 'idle', writes: 0, continued: false });
+    expect(destination.resumed).toEqual({
+      ms: 200,
+      vcpus: 2,
+      workload: 'idle',
+      writes: 0,
+      continued: false,
+      'booted-ahead': 2,
+    });
   }, 60_000);
 
   it.each([
@@ -191,7 +208,8 @@ describe('serve --run-after', () => {
       expect(code).toBe(0);
       const destination = JSON.parse(stdout) as { resumed: { ms: number; vcpus: number; writes: number } };
       // 3 vCPUs here, 2 on the source: its state does not fit, they start afresh.
-      expect(destination.resumed).toMatchObject({ ms: 200, vcpus, continued: false });
+      // --vcpus 3 here: all 3 stood by from serve's start.
+      expect(destination.resumed).toMatchObject({ ms: 200, vcpus, continued: false, 'booted-ahead': 3 });
       if (writes) expect(destination.resumed.writes).toBeGreaterThan(0);
       else expect(destination.resumed.writes).toBe(0);
     },

@@ -377,6 +377,8 @@ describe('dirtytrack migrate --postcopy-after (local mode)', () => {
       expect(result.ram['postcopy-requests']).toBeGreaterThanOrEqual(asked - 2);
       expect(pc?.['postcopy-vcpu-blocktime']).toHaveLength(2);
       expect(pc?.['guest-written-pages']).toBeGreaterThan(0);
+      // Its vCPUs were booted before the guest came (serve's standby), so they ran from the switch.
+      expect(result.dirtytrack.destination?.resumed?.['booted-ahead']).toBe(2);
       expect(pc?.['postcopy-duplicates']).toBe(0);
       if (more.length > 0) {
         expect(result.ram['multifd-bytes']).toBeGreaterThan(0);
@@ -424,10 +426,12 @@ describe('the destination runs the source guest’s own program after the switch
     expect(sent?.vcpus).toHaveLength(3);
     expect(sent?.program).toEqual({ kind: 'sweep', 'hot-pages': 0, 'hot-share': 0, rate: 5000, seed: 1 });
     expect(result.dirtytrack.destination?.['vcpu-state']).toEqual(sent);
+    // serve's default 2 stood by from its start; the third booted at the switch.
     expect(result.dirtytrack.destination?.resumed).toMatchObject({
       vcpus: 3,
       workload: 'sweep',
       continued: true,
+      'booted-ahead': 2,
     });
     expect(pc?.['guest-written-pages']).toBeGreaterThan(0);
   }, 60_000);
@@ -830,7 +834,7 @@ describe('dirtytrack serve without --once: one migration after another, until SI
             status: string;
             verified: boolean;
             'ram-bytes': number;
-            resumed?: { ms: number };
+            resumed?: { ms: number; 'booted-ahead': number };
           },
       );
     expect(results.map((r) => [r.status, r.verified, r['ram-bytes']])).toEqual([
@@ -839,6 +843,8 @@ describe('dirtytrack serve without --once: one migration after another, until SI
       ['completed', true, 4 * 2 ** 20],
     ]);
     expect(results.map((r) => r.resumed?.ms)).toEqual([6000, 6000, 6000]);
+    // Each guest's vCPU was standing by: serve boots a new standby once a guest took the last.
+    expect(results.map((r) => r.resumed?.['booted-ahead'])).toEqual([1, 1, 1]);
   }, 120_000);
 });
 

@@ -17,8 +17,10 @@ import {
 import {
   createLiveEngine,
   createLiveGuest,
+  createVcpuStandby,
   parseTrace,
   type LiveGuest,
+  type VcpuStandby,
   type LiveVcpuProgress,
   type LiveWorkload,
 } from '@dirtytrack/guest';
@@ -140,6 +142,8 @@ async function bootGuest(
   o: Pick<LiveSourceOptions, 'vcpus' | 'workload' | 'rate' | 'seed' | 'dirtyRing' | 'idle' | 'layers'> & {
     /** A migrated guest's vCPU state: its vCPUs go on from it. */
     resume?: readonly LiveVcpuProgress[];
+    /** vCPU workers booted ahead (a destination's), taken by this guest. */
+    standby?: VcpuStandby;
   },
 ) {
   const pages = memory.byteLength / 4096;
@@ -190,6 +194,7 @@ async function bootGuest(
     ...(o.rate > 0 ? { rate: o.rate } : {}),
     ...(o.resume === undefined ? {} : { resume: o.resume }),
     resolveFrom: import.meta.url,
+    ...(o.standby === undefined ? {} : { standby: o.standby }),
   });
   guest.setValue(1); // before start: the vCPUs store it from their first write
   // Idle: each vCPU's own speed factor 0 before start, so not even the first timeslice writes.
@@ -313,9 +318,10 @@ function liveRingReaps(ring: RingReporter) {
  */
 export async function runReceivedGuest(
   memory: SharedArrayBuffer,
-  o: { vcpus: number; ms: number } & GuestHere,
+  o: { vcpus: number; ms: number; standby?: VcpuStandby } & GuestHere,
 ): Promise<ResumedGuest> {
   const { guest } = await bootGuest(memory, {
+    ...(o.standby === undefined ? {} : { standby: o.standby }),
     vcpus: o.vcpus,
     rate: o.rate,
     seed: o.seed,
@@ -335,6 +341,7 @@ export async function runReceivedGuest(
     workload: o.kind,
     writes: guest.stats().writes,
     continued: o.resume !== undefined,
+    'booted-ahead': guest.bootedAhead,
   };
 }
 
@@ -347,6 +354,8 @@ export interface ResumedGuest {
   writes: number;
   /** Its vCPUs went on from the source's state (one entry per vCPU here). */
   continued: boolean;
+  /** Its vCPUs that were booted before it arrived (standing by, as QEMU's vCPU threads); the rest booted then. */
+  'booted-ahead': number;
 }
 
 /** The guest `serve` runs on, resolved from its flags and what the source sent. */
@@ -1474,6 +1483,25 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           return ram.memory;
         };
         let destination;
+        // The vCPUs of the guest run here (from a postcopy switch, or for --run-after) exist before
+        // it arrives, as QEMU's destination has its vCPU threads from the start: booted now, they
+        // run the guest from the switch on, not after a boot then (~0.1 s built, ~1 s from the
+        // sources). A guest takes them; the next migration gets a new standby.
+        let standby: VcpuStandby | undefined;
+        const standBy = (): void => {
+          standby = createVcpuStandby({
+            vcpus: runVcpus,
+            // The modules of both guests' trackers and sinks: postcopy's faults, run-after's MMU.
+            preload: ['@dirtytrack/migration', '@dirtytrack/mmu', '@dirtytrack/reporters'],
+            resolveFrom: import.meta.url,
+          });
+        };
+        /** The standby for a guest starting now; its workers that guest does not take end when it has started. */
+        const takeStandby = (): VcpuStandby | undefined => {
+          const taken = standby;
+          standby = undefined;
+          return taken;
+        };
         // Postcopy: the guest runs here from POSTCOPY_RUN, faulting on the pages still to come.
         let postcopyGuest: LiveGuest | undefined;
         let postcopyHere: GuestHere | undefined;
@@ -1504,12 +1532,15 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 workload: here.kind,
                 writes,
                 continued: here.resume !== undefined,
+                'booted-ahead': guest.bootedAhead,
               };
           } else if (ok && runAfter > 0 && received !== undefined) {
             const vcpus = vcpusHere(ownVcpus, runVcpus, state);
+            const taken = takeStandby();
             resumed = await runReceivedGuest(received, {
               vcpus,
               ms: runAfter,
+              ...(taken === undefined ? {} : { standby: taken }),
               ...guestHere(
                 { program, rate: runRate, seed: runSeed, given },
                 vcpus,
@@ -1518,7 +1549,10 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 trace,
               ),
             });
+            await taken?.close();
           }
+          // A server's next migration: vCPUs standing by again.
+          if (!once && standby === undefined) standBy();
           io.stdout(
             raw.json === true
               ? JSON.stringify(
@@ -1554,6 +1588,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         const once = raw.once === true;
         // Without --once, results are handled as they come, one migration after another.
         let handled: Promise<void> = Promise.resolve();
+        standBy();
         try {
           destination = await createDestination({
             host,
@@ -1593,6 +1628,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
               );
               postcopyHere = here;
               postcopyVcpus = vcpus;
+              const taken = takeStandby();
               postcopyGuest = createLiveGuest({
                 memory: ram,
                 vcpus,
@@ -1605,13 +1641,16 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 workload: here.workload,
                 ...(here.resume === undefined ? {} : { resume: here.resume }),
                 resolveFrom: import.meta.url,
+                ...(taken === undefined ? {} : { standby: taken }),
               });
               postcopyGuest.setValue(2); // before start: every store is a 2
               if (here.idle) for (let v = 0; v < vcpus; v++) postcopyGuest.setVcpuSpeed(v, 0);
               await postcopyGuest.start();
+              await taken?.close();
             },
           });
         } catch (error) {
+          await standby?.close();
           // A bad token or an address this machine cannot listen on: one line naming the flag.
           if (error instanceof DirtytrackError && (error.field === 'token' || error.field === 'listen'))
             throw new UsageError(
@@ -1625,6 +1664,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           const result = await destination.result;
           await destination.close();
           await handle(result);
+          await standby?.close();
           return;
         }
         // A server: it receives migrations one at a time until SIGINT or SIGTERM.
@@ -1635,6 +1675,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         await destination.close();
         await handled;
         await postcopyGuest?.stop().catch(() => {});
+        await standby?.close();
       },
     );
 

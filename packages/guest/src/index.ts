@@ -35,6 +35,9 @@ export {
 } from './model-engine.js';
 export {
   createLiveGuest,
+  createVcpuStandby,
+  type VcpuStandby,
+  type VcpuStandbyOptions,
   type LiveGuest,
   type LiveGuestOptions,
   type LiveGuestStats,

@@ -12,6 +12,7 @@ import { waitUntil } from './__fixtures__/wait.js';
 import {
   createLiveEngine,
   createLiveGuest,
+  createVcpuStandby,
   encodeTrace,
   type LiveEngine,
   type LiveGuest,
@@ -287,6 +288,69 @@ describe('live guest pacing and failures, from synchronous code', () => {
     const { guest } = guestOf();
     expect(() => guest.pauseSync()).toThrow(expect.objectContaining({ code: 'invalid-state' }));
     expect(guest.running).toBe(false);
+  });
+});
+
+describe('vCPUs booted ahead of their guest (createVcpuStandby)', () => {
+  const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
+
+  it('a 3-vCPU guest takes a standby of 2 and boots the third: each vCPU sweeps its own third, exactly', async () => {
+    const standby = createVcpuStandby({ vcpus: 2 });
+    onTestFinished(() => standby.close());
+    await standby.ready;
+    expect(standby.size).toBe(2);
+    const { guest, memory } = guestOf({ vcpus: 3, workload: { kind: 'sweep' }, rate: 200, standby });
+    new Int32Array(memory).fill(-1);
+    guest.setValue(9);
+    await guest.start();
+    expect(standby.size).toBe(0);
+    expect(guest.bootedAhead).toBe(2);
+    try {
+      await waitUntil(() => writesOf(guest).every((w) => w >= 20), 10_000, 'first writes');
+    } finally {
+      await guest.stop();
+    }
+    const [w0, w1, w2] = writesOf(guest) as [number, number, number];
+    // Shares of floor(1000 / 3) = 333 pages (the last one 334): far from wrapping at 200 writes/s.
+    const words = new Int32Array(memory);
+    const written = range(0, slot.pages).filter((p) => words[p * 1024] === 9);
+    expect(written).toEqual([...range(0, w0), ...range(333, w1), ...range(666, w2)]);
+    expect(Math.min(w0, w1, w2)).toBeGreaterThanOrEqual(20);
+  });
+
+  it('a guest takes only the workers it needs; close() ends the rest, and a later guest boots its own', async () => {
+    const standby = createVcpuStandby({ vcpus: 4, preload: ['@dirtytrack/no-such-module'] });
+    onTestFinished(() => standby.close());
+    // A module that does not load is not the standby's failure: the workers stand by all the same.
+    await standby.ready;
+    expect(standby.size).toBe(4);
+    const first = guestOf({ standby });
+    await first.guest.start();
+    expect(standby.size).toBe(2);
+    expect(first.guest.bootedAhead).toBe(2);
+    await waitUntil(() => writesOf(first.guest).every((w) => w > 0), 10_000, 'first writes');
+    await first.guest.stop();
+    await standby.close();
+    expect(standby.size).toBe(0);
+    const second = guestOf({ standby });
+    await second.guest.start();
+    expect(second.guest.bootedAhead).toBe(0);
+    try {
+      await waitUntil(() => writesOf(second.guest).every((w) => w > 0), 10_000, 'second guest writes');
+    } finally {
+      await second.guest.stop();
+    }
+  });
+
+  it('refuses a vCPU count out of 1..1024, and a standby it did not make', () => {
+    for (const vcpus of [0, 1025, 1.5])
+      expect(() => createVcpuStandby({ vcpus })).toThrow(
+        expect.objectContaining({ code: 'invalid-argument', field: 'vcpus' }),
+      );
+    const fake = { size: 2, ready: Promise.resolve(), close: async () => {} };
+    expect(() => guestOf({ standby: fake })).toThrow(
+      expect.objectContaining({ code: 'invalid-argument', field: 'standby' }),
+    );
   });
 });
 

@@ -18,9 +18,12 @@ import {
   STATE,
   WORDS_PER_PAGE,
   PROGRESS,
+  type LiveVcpuConfigure,
   type LiveVcpuData,
   type LiveVcpuFailure,
   type LiveVcpuProgress,
+  type LiveVcpuStandbyData,
+  type LiveVcpuStandingBy,
   type LiveWorkload,
 } from './live-layout.js';
 import { createTraceWorkload } from './trace-workload.js';
@@ -56,6 +59,12 @@ export interface LiveGuestOptions {
    * directory.
    */
   resolveFrom?: string | URL | readonly (string | URL)[];
+  /**
+   * Workers booted ahead ({@link createVcpuStandby}): the guest takes up to `vcpus` of them and
+   * boots only the rest, so that it starts without a worker's boot (its module loading) — as
+   * QEMU's destination, whose vCPU threads exist before the guest arrives, runs it at once.
+   */
+  standby?: VcpuStandby;
   /** Longest any wait (boot, pause, stop) may take before a `timeout` error. Default 30 s. */
   timeoutMs?: number;
   /**
@@ -105,6 +114,8 @@ export interface LiveGuest extends VcpuThrottle {
   resume(): void;
   /** Started, not stopped and not paused. */
   readonly running: boolean;
+  /** Its vCPUs that were standing by ({@link LiveGuestOptions.standby}) when it started; it booted the rest. */
+  readonly bootedAhead: number;
   /**
    * Fraction of full speed every vCPU runs at, in [0, 1] (auto-converge sets 1 − pct/100).
    * Below 1 a vCPU runs a 10 ms timeslice, then sleeps `(1 − s) / s` × that outside guest mode
@@ -189,6 +200,8 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   const resolveFrom = (
     from === undefined ? [] : typeof from === 'string' || from instanceof URL ? [from] : from
   ).map(String);
+  if (options.standby !== undefined && !standbys.has(options.standby))
+    throw bad('standby', 'was not made by createVcpuStandby');
 
   const control = new Int32Array(new SharedArrayBuffer(controlWords(vcpus) * 4));
   const counters = new Float64Array(new SharedArrayBuffer(vcpus * COUNTER.WORDS * 8));
@@ -206,6 +219,7 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   let failure: DirtytrackError | undefined;
   let started = false;
   let stopped = false;
+  let bootedAhead = 0;
 
   const fail = (code: DirtytrackErrorCode, message: string, cause?: unknown) =>
     new DirtytrackError(code, message, { component: COMPONENT, ...(cause === undefined ? {} : { cause }) });
@@ -313,7 +327,8 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
       started = true;
       const trackerSpec = tracker.share();
       const sinkSpec = sink.share();
-      const { url, source } = workerEntry();
+      const adopted = options.standby === undefined ? [] : takeStandby(options.standby, vcpus);
+      bootedAhead = adopted.length;
       for (let v = 0; v < vcpus; v++) {
         const data: LiveVcpuData = {
           vcpu: v,
@@ -334,18 +349,13 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
           progress: progressBuffer,
           ...(resumeFrom === undefined ? {} : { resume: resumeFrom[v] as LiveVcpuProgress }),
         };
-        const worker = source
-          ? new Worker(
-              // Sources only (tests, tsx): load the .ts entry through tsx, with sibling packages
-              // resolved to their src/ as in the tests. The built package boots dist/live-vcpu.js.
-              `import('tsx/esm/api').then((api) => { api.register(); return import(${JSON.stringify(url.href)}); })`,
-              {
-                eval: true,
-                workerData: data,
-                execArgv: [...process.execArgv, '--conditions=@dirtytrack/source'],
-              },
-            )
-          : new Worker(url, { workerData: data });
+        let worker = adopted[v];
+        if (worker === undefined) {
+          worker = spawnVcpu(data);
+        } else {
+          worker.ref();
+          worker.postMessage({ kind: 'configure', data } satisfies LiveVcpuConfigure);
+        }
         worker.on('message', (m: LiveVcpuFailure) => {
           if (m.kind === 'failed') recordFailure(m.vcpu, causeOf(m), m.message);
         });
@@ -393,6 +403,9 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
     resume() {
       check();
       setState(STATE.RUN);
+    },
+    get bootedAhead() {
+      return bootedAhead;
     },
     get running() {
       return started && !stopped && Atomics.load(control, CTL.STATE) === STATE.RUN;
@@ -467,6 +480,116 @@ function causeOf(m: LiveVcpuFailure): Error {
     ...(m.code === undefined ? {} : { code: m.code }),
     ...(m.stack === undefined ? {} : { stack: m.stack }),
   });
+}
+
+/** Boots one vCPU worker with `workerData` (a guest's vCPU, or a standby one). */
+function spawnVcpu(workerData: LiveVcpuData | LiveVcpuStandbyData): Worker {
+  const { url, source } = workerEntry();
+  return source
+    ? new Worker(
+        // Sources only (tests, tsx): load the .ts entry through tsx, with sibling packages
+        // resolved to their src/ as in the tests. The built package boots dist/live-vcpu.js.
+        `import('tsx/esm/api').then((api) => { api.register(); return import(${JSON.stringify(url.href)}); })`,
+        {
+          eval: true,
+          workerData,
+          execArgv: [...process.execArgv, '--conditions=@dirtytrack/source'],
+        },
+      )
+    : new Worker(url, { workerData });
+}
+
+export interface VcpuStandbyOptions {
+  /** Workers to boot (1..1024). */
+  vcpus: number;
+  /**
+   * AttachSpec modules the guest's tracker and sink will come from (e.g. `'@dirtytrack/mmu'`),
+   * imported ahead. One that does not load is ignored here; the guest's attach reports it.
+   */
+  preload?: readonly string[];
+  /** Where the workers resolve `preload` and, later, the guest's modules ({@link LiveGuestOptions.resolveFrom}). */
+  resolveFrom?: string | URL | readonly (string | URL)[];
+}
+
+/** vCPU workers booted ahead of their guest: see {@link createVcpuStandby}. */
+export interface VcpuStandby {
+  /** Workers still standing by: booted or booting, not taken by a guest, not exited. */
+  readonly size: number;
+  /** Resolves once every worker has booted and imported its modules (or exited). */
+  readonly ready: Promise<void>;
+  /** Terminates the workers no guest took. */
+  close(): Promise<void>;
+}
+
+interface StandbyState {
+  workers: Worker[];
+}
+const standbys = new WeakMap<VcpuStandby, StandbyState>();
+
+/**
+ * Boots `vcpus` vCPU workers before there is a guest for them, as QEMU's destination creates its
+ * vCPU threads before the migration arrives: each imports the live engine and `preload`, then
+ * waits. A guest given the standby ({@link LiveGuestOptions.standby}) takes them at `start()`
+ * (booting any it lacks) and runs at once, where booting costs ~0.1 s per guest from the built
+ * package and ~1 s from the sources (tsx). The waiting workers do not keep the process alive.
+ */
+export function createVcpuStandby(options: VcpuStandbyOptions): VcpuStandby {
+  const { vcpus } = options;
+  if (!(Number.isInteger(vcpus) && vcpus >= 1 && vcpus <= 1024)) {
+    throw new DirtytrackError('invalid-argument', 'vcpus must be 1..1024', {
+      component: COMPONENT,
+      field: 'vcpus',
+    });
+  }
+  const from = options.resolveFrom;
+  const data: LiveVcpuStandbyData = {
+    standby: true,
+    preload: [...(options.preload ?? [])],
+    resolveFrom: (from === undefined
+      ? []
+      : typeof from === 'string' || from instanceof URL
+        ? [from]
+        : from
+    ).map(String),
+  };
+  const state: StandbyState = { workers: [] };
+  const booted: Promise<void>[] = [];
+  for (let i = 0; i < vcpus; i++) {
+    const worker = spawnVcpu(data);
+    worker.unref();
+    state.workers.push(worker);
+    booted.push(
+      new Promise<void>((resolve) => {
+        worker.on('message', (m: LiveVcpuStandingBy | LiveVcpuFailure) => {
+          if (m.kind === 'standing-by') resolve();
+        });
+        worker.once('error', () => resolve());
+        worker.once('exit', () => {
+          // Gone before a guest took it (failed, or terminated): no guest gets it.
+          const at = state.workers.indexOf(worker);
+          if (at >= 0) state.workers.splice(at, 1);
+          resolve();
+        });
+      }),
+    );
+  }
+  const standby: VcpuStandby = {
+    get size() {
+      return state.workers.length;
+    },
+    ready: Promise.all(booted).then(() => {}),
+    async close() {
+      const left = state.workers.splice(0);
+      await Promise.all(left.map((w) => w.terminate()));
+    },
+  };
+  standbys.set(standby, state);
+  return standby;
+}
+
+/** Up to `n` of the standby's workers, no longer its own (createLiveGuest checked it is one). */
+function takeStandby(standby: VcpuStandby, n: number): Worker[] {
+  return (standbys.get(standby) as StandbyState).workers.splice(0, n);
 }
 
 /** The worker entry next to this module: `.js` in the built package, `.ts` in the sources. */

@@ -114,6 +114,29 @@ export interface LiveVcpuData {
 }
 
 /**
+ * `workerData` of a vCPU worker booted ahead of its guest ({@link createVcpuStandby}): it imports
+ * its own modules and `preload`, posts {@link LiveVcpuStandingBy}, then waits for its
+ * {@link LiveVcpuData} in a {@link LiveVcpuConfigure} message.
+ */
+export interface LiveVcpuStandbyData {
+  readonly standby: true;
+  /** Modules (AttachSpec module names) imported ahead, so that the guest's attach finds them loaded. */
+  readonly preload: readonly string[];
+  readonly resolveFrom: readonly string[];
+}
+
+/** A standby vCPU worker's first message: booted, its modules loaded. */
+export interface LiveVcpuStandingBy {
+  readonly kind: 'standing-by';
+}
+
+/** The message that turns a standby worker into vCPU `data.vcpu` of a guest. */
+export interface LiveVcpuConfigure {
+  readonly kind: 'configure';
+  readonly data: LiveVcpuData;
+}
+
+/**
  * Where a vCPU's workload stands — the part of its state a migration carries so that the guest
  * goes on where it was (QEMU carries the vCPU's registers): its random stream (uniform and
  * hot-set draws), its sweep cursor, and its trace replay — the replay clock before and after the

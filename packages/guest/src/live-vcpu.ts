@@ -24,8 +24,11 @@ import {
   STATE,
   THROTTLE_TIMESLICE_MS,
   WORDS_PER_PAGE,
+  type LiveVcpuConfigure,
   type LiveVcpuData,
   type LiveVcpuFailure,
+  type LiveVcpuStandbyData,
+  type LiveVcpuStandingBy,
 } from './live-layout.js';
 import { createTraceWorkload } from './trace-workload.js';
 import { sweepShare } from './workloads.js';
@@ -55,37 +58,62 @@ const CHECK_EVERY = 64;
 /** Longest sleep without re-reading the speed words (a speed change also notifies the state word). */
 const MAX_SLEEP_MS = 50;
 
-const data = workerData as LiveVcpuData;
-const control = new Int32Array(data.control);
-const v = data.vcpu;
+const boot = workerData as LiveVcpuData | LiveVcpuStandbyData;
+// Set by configure(): at once from workerData, or (a standby worker) from the owner's message.
+let data: LiveVcpuData;
+let control: Int32Array;
+let v = -1;
+
+/**
+ * A standby worker (QEMU's destination has its vCPU threads before the guest arrives): imports
+ * `preload` (a module that does not load fails later, in attach, with the guest's error), says
+ * so, then waits for the guest's LiveVcpuData. Either way, sets `data`, `control` and `v`.
+ */
+async function configure(): Promise<void> {
+  let given: LiveVcpuData;
+  if ('standby' in boot) {
+    await Promise.all(boot.preload.map((module) => importModule(module, boot.resolveFrom).catch(() => {})));
+    given = await new Promise<LiveVcpuData>((resolve) => {
+      parentPort?.once('message', (m: LiveVcpuConfigure) => resolve(m.data));
+      parentPort?.postMessage({ kind: 'standing-by' } satisfies LiveVcpuStandingBy);
+    });
+  } else {
+    given = boot;
+  }
+  data = given;
+  control = new Int32Array(given.control);
+  v = given.vcpu;
+}
 
 async function load(spec: AttachSpec): Promise<unknown> {
-  // The owner's resolveFrom first (it knows which copy of the package it shares memory with),
-  // then this package's own resolution, then the current directory.
+  const mod = (await importModule(spec.module, data.resolveFrom)) as Record<string, unknown>;
+  const factory = mod[spec.factory];
+  if (typeof factory !== 'function') throw new Error(`${spec.module} has no export ${spec.factory}`);
+  return (factory as (d: unknown) => unknown)(spec.data);
+}
+
+/**
+ * Imports `module`: from the owner's `resolveFrom` first (it knows which copy of the package it
+ * shares memory with), then this package's own resolution, then the current directory.
+ */
+async function importModule(module: string, resolveFrom: readonly string[]): Promise<unknown> {
   const importers: (() => Promise<unknown>)[] = [
-    ...data.resolveFrom.map((from) => () => importFrom(from, spec.module)),
-    () => import(spec.module),
-    () => importFrom(pathToFileURL(`${process.cwd()}/`).href, spec.module),
+    ...resolveFrom.map((from) => () => importFrom(from, module)),
+    () => import(module),
+    () => importFrom(pathToFileURL(`${process.cwd()}/`).href, module),
   ];
-  let mod: Record<string, unknown> | undefined;
   let firstError: unknown;
   for (const attempt of importers) {
     try {
-      mod = (await attempt()) as Record<string, unknown>;
-      break;
+      return await attempt();
     } catch (error) {
       firstError ??= error;
     }
   }
-  if (mod === undefined) {
-    throw new Error(
-      `cannot import ${spec.module} (tried from ${[...data.resolveFrom, 'the guest package', process.cwd()].join(', ')})`,
-      { cause: firstError },
-    );
-  }
-  const factory = mod[spec.factory];
-  if (typeof factory !== 'function') throw new Error(`${spec.module} has no export ${spec.factory}`);
-  return (factory as (d: unknown) => unknown)(spec.data);
+  throw new Error(
+    `cannot import ${module} (tried from ${[...resolveFrom, 'the guest package', process.cwd()].join(', ')})`,
+    { cause: firstError },
+  );
 }
 
 /** Imports `specifier` as a module inside the package of file URL `from` would see it. */
@@ -98,6 +126,7 @@ function importFrom(from: string, specifier: string): Promise<unknown> {
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
 async function run(): Promise<void> {
+  await configure();
   const tracker = (await load(data.tracker)) as VcpuTracker;
   const sink = (await load(data.sink)) as DirtySink;
   tracker.attach(sink);
@@ -359,6 +388,12 @@ run().then(
       ...(typeof code === 'string' ? { code } : {}),
       ...(e.stack === undefined ? {} : { stack: e.stack }),
     };
+    // A standby worker that failed before it was given a guest has only its message to send.
+    if (v < 0) {
+      parentPort?.postMessage(failure);
+      parentPort?.close();
+      return;
+    }
     if (Atomics.compareExchange(control, CTL.FAILED, 0, v + 1) === 0) {
       // First to fail: the report goes into shared memory too, so an owner blocked in
       // synchronous code (pauseSync, a live engine's runGuestUntil) can read it.

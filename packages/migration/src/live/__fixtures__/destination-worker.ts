@@ -12,7 +12,7 @@
  */
 import { createServer, connect, type Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
-import { createLiveGuest, type LiveGuest } from '@dirtytrack/guest';
+import { createLiveGuest, createVcpuStandby, type LiveGuest } from '@dirtytrack/guest';
 import { createDestination, type DestinationOptions } from '../destination.js';
 
 export interface DestinationWorkerData extends DestinationOptions {
@@ -29,6 +29,15 @@ const { guest: guestOptions, cut, ...options } = workerData as DestinationWorker
 let guest: LiveGuest | undefined;
 let runAt: (() => void) | undefined;
 const ran = new Promise<void>((resolve) => (runAt = resolve));
+// The guest's vCPUs exist before it arrives (as serve's, and QEMU's): booted now, run at the switch.
+const standby =
+  guestOptions === undefined
+    ? undefined
+    : createVcpuStandby({
+        vcpus: guestOptions.vcpus,
+        preload: ['@dirtytrack/migration'],
+        resolveFrom: import.meta.url,
+      });
 const destination = await createDestination({
   ...options,
   ...(guestOptions === undefined ? {} : { guestVcpus: guestOptions.vcpus }),
@@ -46,6 +55,7 @@ const destination = await createDestination({
       rate: guestOptions.rate,
       workload: { kind: 'uniform' },
       resolveFrom: import.meta.url,
+      ...(standby === undefined ? {} : { standby }),
     });
     // The value first: a vCPU stores from its first write on, and a store of the initial 0 before
     // setValue would look like a corrupted page to the test's byte compare.
@@ -127,6 +137,7 @@ if (cut !== undefined) {
 port.postMessage({ kind: 'listening', ...address });
 const result = await destination.result;
 const { memory: _memory, ...rest } = result;
+await standby?.close(); // what no guest took (a migration that never switched)
 port.postMessage({ kind: 'result', result: rest });
 if (guest !== undefined) {
   // The guest runs on here after the migration (QEMU's check 1), then stops.
