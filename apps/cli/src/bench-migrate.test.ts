@@ -212,7 +212,7 @@ describe('dirtytrack bench migrate', () => {
     );
     expect(table).toContain(
       `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}; ` +
-        `over TCP in its own page records (the least a destination of that format does): ${r['precopy-vs-loopback-records']}.`,
+        `over TCP in its own page records (read as the bench's Node reader reads them): ${r['precopy-vs-loopback-records']}.`,
     );
     expect(table).toContain(
       `Downtime of each repetition, ms (the live link is pipelined: when the last window queued the rest of RAM, almost nothing is pending at the stop): ${r.cases

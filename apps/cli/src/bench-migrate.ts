@@ -175,11 +175,12 @@ export interface MigrateBenchResult {
   /** `precopy-mbps / loopback-memory-mbps`: how much of that ceiling precopy reaches. */
   'precopy-vs-loopback-memory': number;
   /**
-   * The ceiling of precopy's own stream here: the same `memory` bytes as QEMU's page records
-   * (each 4 KiB page after its 8-byte header, as precopy sends them) written from prebuilt
-   * buffers, and a worker thread that reads them into one reused buffer and copies each page to
-   * its offset in a guest RAM — all a destination of this format must do, and nothing else.
-   * Mbit/s of page bytes, median.
+   * Precopy's own stream with nothing else: the same `memory` bytes as QEMU's page records (each
+   * 4 KiB page after its 8-byte header, as precopy sends them) written from prebuilt buffers, and
+   * a worker thread that reads them through `onread` into one reused buffer and copies each page
+   * to its offset in a guest RAM, as the destination does. The ceiling of a destination that
+   * reads this way, not of the format: ends written in C reach ~0.95 of raw with the same copy
+   * (the migration README). Mbit/s of page bytes, median.
    */
   'loopback-records-mbps': number;
   'loopback-records-runs': number[];
@@ -456,7 +457,7 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
       ? `multifd-2 with zero-copy-send: ${r['multifd-2-zero-copy-mbps']}.`
       : `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2-runs'].join(', ')} (median ${r['zero-copy-vs-multifd-2']}).`,
     `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}; ` +
-      `over TCP in its own page records (the least a destination of that format does): ${r['precopy-vs-loopback-records']}.`,
+      `over TCP in its own page records (read as the bench's Node reader reads them): ${r['precopy-vs-loopback-records']}.`,
     r['multifd-2-zero-copy-vs-loopback-zero-copy'] === undefined
       ? `TCP between memories with zero-copy-send: ${String(r['loopback-zero-copy-mbps'])}.`
       : `multifd-2 with zero-copy-send over TCP between memories in its own packets, zero-copy (its data path alone): ${r['multifd-2-zero-copy-vs-loopback-zero-copy']}.`,
@@ -861,14 +862,14 @@ const RECORDS_PER_CHUNK = Math.floor(CHUNK / PAGE_RECORD_BYTES);
 const RECORDS_POOL = 4;
 
 /**
- * TCP in QEMU's page records, the ceiling of precopy's stream here: `bytes` of guest RAM as
+ * TCP in QEMU's page records, the ceiling of precopy's stream as the destination reads it: `bytes` of guest RAM as
  * records (an 8-byte header, `PAGE|CONTINUE` and the page's offset, then its 4096 bytes, as precopy
  * sends every page of an idle guest with random RAM), written in {@link CHUNK}-sized buffers
  * built beforehand — only the headers are rewritten when a buffer comes round again — and read by
  * a worker thread into one reused `MAIN_READ_BUFFER_BYTES` buffer, which copies each page to its
  * offset in a second guest RAM touched beforehand (through a scratch page after the read buffer,
- * as the destination does). That is what any destination of this format must do: one copy in user space
- * per page, after the kernel's. Mbit/s of page bytes; every page is counted, sampled pages compared.
+ * as the destination does): one copy in user space per page, after the kernel's, through the event
+ * loop's reads. Mbit/s of page bytes; every page is counted, sampled pages compared.
  */
 async function recordsToMemory(bytes: number): Promise<number> {
   const pages = bytes / PAGE_SIZE;
