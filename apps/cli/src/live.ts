@@ -1537,19 +1537,22 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           } else if (ok && runAfter > 0 && received !== undefined) {
             const vcpus = vcpusHere(ownVcpus, runVcpus, state);
             const taken = takeStandby();
-            resumed = await runReceivedGuest(received, {
-              vcpus,
-              ms: runAfter,
-              ...(taken === undefined ? {} : { standby: taken }),
-              ...guestHere(
-                { program, rate: runRate, seed: runSeed, given },
+            try {
+              resumed = await runReceivedGuest(received, {
                 vcpus,
-                received.byteLength / 4096,
-                state,
-                trace,
-              ),
-            });
-            await taken?.close();
+                ms: runAfter,
+                ...(taken === undefined ? {} : { standby: taken }),
+                ...guestHere(
+                  { program, rate: runRate, seed: runSeed, given },
+                  vcpus,
+                  received.byteLength / 4096,
+                  state,
+                  trace,
+                ),
+              });
+            } finally {
+              await taken?.close(); // what the guest did not take, even if it failed
+            }
           }
           // A server's next migration: vCPUs standing by again.
           if (!once && standby === undefined) standBy();
@@ -1629,24 +1632,27 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
               postcopyHere = here;
               postcopyVcpus = vcpus;
               const taken = takeStandby();
-              postcopyGuest = createLiveGuest({
-                memory: ram,
-                vcpus,
-                tracker: faults.tracker,
-                sink: faults.sink,
-                slot: 0,
-                pages: ram.byteLength / 4096,
-                seed: here.seed,
-                ...(here.rate > 0 ? { rate: here.rate } : {}),
-                workload: here.workload,
-                ...(here.resume === undefined ? {} : { resume: here.resume }),
-                resolveFrom: import.meta.url,
-                ...(taken === undefined ? {} : { standby: taken }),
-              });
-              postcopyGuest.setValue(2); // before start: every store is a 2
-              if (here.idle) for (let v = 0; v < vcpus; v++) postcopyGuest.setVcpuSpeed(v, 0);
-              await postcopyGuest.start();
-              await taken?.close();
+              try {
+                postcopyGuest = createLiveGuest({
+                  memory: ram,
+                  vcpus,
+                  tracker: faults.tracker,
+                  sink: faults.sink,
+                  slot: 0,
+                  pages: ram.byteLength / 4096,
+                  seed: here.seed,
+                  ...(here.rate > 0 ? { rate: here.rate } : {}),
+                  workload: here.workload,
+                  ...(here.resume === undefined ? {} : { resume: here.resume }),
+                  resolveFrom: import.meta.url,
+                  ...(taken === undefined ? {} : { standby: taken }),
+                });
+                postcopyGuest.setValue(2); // before start: every store is a 2
+                if (here.idle) for (let v = 0; v < vcpus; v++) postcopyGuest.setVcpuSpeed(v, 0);
+                await postcopyGuest.start();
+              } finally {
+                await taken?.close(); // what it did not take, even if it failed to start
+              }
             },
           });
         } catch (error) {
