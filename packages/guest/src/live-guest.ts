@@ -161,9 +161,7 @@ export interface LiveGuest extends VcpuThrottle {
 export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   const { memory, vcpus, tracker, sink, slot, pages, seed } = options;
   const timeoutMs = options.timeoutMs ?? 30_000;
-  const bad = (field: string, why: string) =>
-    new DirtytrackError('invalid-argument', `${field} ${why}`, { component: COMPONENT, field });
-  if (!(Number.isInteger(vcpus) && vcpus >= 1 && vcpus <= 1024)) throw bad('vcpus', 'must be 1..1024');
+  checkVcpuCount(vcpus);
   if (!(Number.isInteger(pages) && pages >= 1)) throw bad('pages', 'must be a positive integer');
   if (!(memory instanceof SharedArrayBuffer) || memory.byteLength < pages * 4096) {
     throw bad('memory', `must be a SharedArrayBuffer of at least ${pages} × 4096 bytes`);
@@ -196,10 +194,7 @@ export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
         `needs one progress entry per vCPU (${vcpus}), each as LiveGuest.progress() gives it`,
       );
   }
-  const from = options.resolveFrom;
-  const resolveFrom = (
-    from === undefined ? [] : typeof from === 'string' || from instanceof URL ? [from] : from
-  ).map(String);
+  const resolveFrom = fileUrls(options.resolveFrom);
   if (options.standby !== undefined && !standbys.has(options.standby))
     throw bad('standby', 'was not made by createVcpuStandby');
 
@@ -482,6 +477,22 @@ function causeOf(m: LiveVcpuFailure): Error {
   });
 }
 
+/** An `invalid-argument` error naming the option `field`. */
+const bad = (field: string, why: string) =>
+  new DirtytrackError('invalid-argument', `${field} ${why}`, { component: COMPONENT, field });
+
+/** A guest's or a standby's vCPU count: one worker each, 1..1024. */
+function checkVcpuCount(vcpus: number): void {
+  if (!(Number.isInteger(vcpus) && vcpus >= 1 && vcpus <= 1024)) throw bad('vcpus', 'must be 1..1024');
+}
+
+/** A `resolveFrom` option as the workers get it: a list of URL strings. */
+function fileUrls(from: string | URL | readonly (string | URL)[] | undefined): string[] {
+  return (from === undefined ? [] : typeof from === 'string' || from instanceof URL ? [from] : from).map(
+    String,
+  );
+}
+
 /** Boots one vCPU worker with `workerData` (a guest's vCPU, or a standby one). */
 function spawnVcpu(workerData: LiveVcpuData | LiveVcpuStandbyData): Worker {
   const { url, source } = workerEntry();
@@ -535,22 +546,11 @@ const standbys = new WeakMap<VcpuStandby, StandbyState>();
  */
 export function createVcpuStandby(options: VcpuStandbyOptions): VcpuStandby {
   const { vcpus } = options;
-  if (!(Number.isInteger(vcpus) && vcpus >= 1 && vcpus <= 1024)) {
-    throw new DirtytrackError('invalid-argument', 'vcpus must be 1..1024', {
-      component: COMPONENT,
-      field: 'vcpus',
-    });
-  }
-  const from = options.resolveFrom;
+  checkVcpuCount(vcpus);
   const data: LiveVcpuStandbyData = {
     standby: true,
     preload: [...(options.preload ?? [])],
-    resolveFrom: (from === undefined
-      ? []
-      : typeof from === 'string' || from instanceof URL
-        ? [from]
-        : from
-    ).map(String),
+    resolveFrom: fileUrls(options.resolveFrom),
   };
   const state: StandbyState = { workers: [] };
   const booted: Promise<void>[] = [];
