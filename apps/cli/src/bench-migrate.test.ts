@@ -1,9 +1,11 @@
+import { availableParallelism } from 'node:os';
 import { fdWritesAvailable } from '@dirtytrack/migration';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
 import { run } from './__fixtures__/run.js';
 import { fourDigits } from './bench-timing.js';
 import {
+  cpuLoad,
   errorPct,
   formatMigrateBench,
   ZERO_COPY_UNAVAILABLE,
@@ -89,7 +91,24 @@ describe('dirtytrack bench migrate', () => {
       for (const x of c.runs) expect(x.mbps).toBe(fourDigits((x.transferred * 8) / x['total-time'] / 1000));
       expect(c.mbps).toBe(c.runs[0]?.mbps);
       expect(c['destination-peak-rss-mib']).toBeGreaterThan(16);
+      // CPU time: both processes worked (the destination at least received and hashed 16 MiB), and
+      // the load is exactly their sum over the wall time and this machine's cores.
+      expect(c['source-cpu-ms']).toBeGreaterThan(0);
+      expect(c['destination-cpu-ms']).toBeGreaterThan(0);
+      // The window runs from setup done to the end: total-time less setup-time (the end's status
+      // is set a few µs before total-time is read).
+      expect(Math.abs(c['cpu-window-ms'] - (c['total-time'] - c['setup-time']))).toBeLessThan(1);
+      expect(c['cpu-load']).toBe(cpuLoad(c['source-cpu-ms'], c['destination-cpu-ms'], c['cpu-window-ms']));
+      expect(c['cpu-load']).toBe(
+        fourDigits((c['source-cpu-ms'] + c['destination-cpu-ms']) / (c['cpu-window-ms'] * r.cores)),
+      );
+      expect([c['cpu-window-ms'], c['source-cpu-ms'], c['destination-cpu-ms']]).toEqual([
+        c.runs[0]?.['cpu-window-ms'],
+        c.runs[0]?.['source-cpu-ms'],
+        c.runs[0]?.['destination-cpu-ms'],
+      ]);
     }
+    expect(r.cores).toBe(availableParallelism());
     expect(r.cases.map((c) => c['send-from'])).toEqual(
       names.map((n) => (n === 'precopy-staging' ? 'staging' : 'auto')),
     );
@@ -222,6 +241,14 @@ describe('dirtytrack bench migrate', () => {
     expect(table).toContain(
       `Byte-for-byte check after completion (outside total-time), median ms: ${r.cases
         .map((c) => `${c.name} ${c['verify-time'] ?? '–'}`)
+        .join(', ')}.`,
+    );
+    expect(table).toContain(
+      `CPU time from setup done to completed (the middle repetition by total-time; each process's every thread; ${r.cores} cores), ms: ${r.cases
+        .map(
+          (c) =>
+            `${c.name} source ${c['source-cpu-ms']} + destination ${c['destination-cpu-ms']} in ${Math.round(c['cpu-window-ms'])} (load ${c['cpu-load']})`,
+        )
         .join(', ')}.`,
     );
     // The side-by-side ratios: each repetition over its own loopback, and their median.

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { createInterface } from 'node:readline';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -19,6 +20,7 @@ import {
   writeRamHeader,
   type LiveMigrationOutcome,
   type SendFrom,
+  type StatusEvent,
 } from '@dirtytrack/migration';
 import { allocateGuestRam } from '@dirtytrack/qemu-layers';
 import { fourDigits, medianOf } from './bench-timing.js';
@@ -95,6 +97,20 @@ export interface LiveRun {
   'source-rss-mib': number;
   /** The destination process's peak RSS (its maxRSS, VmHWM), MiB. */
   'destination-peak-rss-mib': number;
+  /**
+   * Milliseconds from the status `active` (setup done) to `completed` (or the run's last status):
+   * the pages' transfer, the stop-and-copy included — the window of the three CPU figures below.
+   */
+  'cpu-window-ms': number;
+  /** CPU time of this (source) process over the window, ms: every thread (migration, sender, vCPUs, V8's own). */
+  'source-cpu-ms': number;
+  /** CPU time of the destination process over the window, ms (asked for by SIGUSR2 at each end). */
+  'destination-cpu-ms': number;
+  /**
+   * `(source-cpu-ms + destination-cpu-ms) / (cpu-window-ms × cores)`, four significant digits:
+   * near 1, the two processes kept every core of this machine busy — the run was bound by CPU time.
+   */
+  'cpu-load': number;
   /** The source's guest RAM was advised transparent huge pages (as QEMU's RAM blocks are). */
   'huge-pages': boolean;
   /** Page bytes handed to the kernel by reference (zero-copy-send; else 0). */
@@ -230,6 +246,8 @@ export interface MigrateBenchResult {
   'receiver-peak-rss-mib': number;
   /** This process's peak RSS over the whole bench, MiB. */
   'peak-rss-mib': number;
+  /** Cores this machine offers (`os.availableParallelism()`): the `cpu-load` of each case is over them. */
+  cores: number;
 }
 
 export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBenchResult> {
@@ -318,6 +336,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
             : {}),
           'destination-peak-rss-mib': Math.max(...all.map((r) => r['destination-peak-rss-mib'])),
           'source-rss-mib': Math.max(...all.map((r) => r['source-rss-mib'])),
+          // The CPU window and figures stay those of the middle repetition, so that they add up.
         };
     const converged = base.status === 'completed';
     // Each repetition over the loopback measured just before it.
@@ -394,6 +413,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     model,
     'receiver-peak-rss-mib': Math.round(receiverKiB / 1024),
     'peak-rss-mib': Math.round(process.resourceUsage().maxRSS / 1024),
+    cores: availableParallelism(),
   };
 }
 
@@ -467,6 +487,12 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
     `Byte-for-byte check after completion (outside total-time), median ms: ${r.cases
       .map((c) => `${c.name} ${c['verify-time'] ?? '–'}`)
       .join(', ')}.`,
+    `CPU time from setup done to completed (the middle repetition by total-time; each process's every thread; ${r.cores} cores), ms: ${r.cases
+      .map(
+        (c) =>
+          `${c.name} source ${c['source-cpu-ms']} + destination ${c['destination-cpu-ms']} in ${Math.round(c['cpu-window-ms'])} (load ${c['cpu-load']})`,
+      )
+      .join(', ')}.`,
     `Downtime limit ${BENCH_DOWNTIME_LIMIT} ms. Peak RSS: this process ${r['peak-rss-mib']} MiB, ` +
       `destination ${Math.max(...r.cases.map((c) => c['destination-peak-rss-mib']))} MiB, loopback receiver ${r['receiver-peak-rss-mib']} MiB.`,
   );
@@ -513,6 +539,17 @@ async function liveRun(o: {
   let before: LiveGuestStats;
   let after: LiveGuestStats;
   let wallMs: number;
+  /**
+   * At `active` and at the run's end: this process's CPU time (µs), the migration's time (ms) and
+   * the destination's CPU time, asked for now and read once this thread is free again.
+   */
+  const marks: { atMs: number; sourceUs: number; destinationUs: Promise<number> }[] = [];
+  const mark = (e: StatusEvent): void => {
+    const terminal = e.status === 'completed' || e.status === 'failed' || e.status === 'cancelled';
+    if (!(e.status === 'active' ? marks.length === 0 : terminal && marks.length === 1)) return;
+    const u = process.cpuUsage();
+    marks.push({ atMs: e.time, sourceUs: u.user + u.system, destinationUs: destination.cpuNow() });
+  };
   try {
     before = source.guest.stats();
     const t0 = process.hrtime.bigint();
@@ -534,6 +571,7 @@ async function liveRun(o: {
         ...(o.zeroCopySend === true ? { 'zero-copy-send': true } : {}),
       },
       timeLimitNs: o.timeLimit * 1e9,
+      onStatus: mark,
       ...(o.sendFrom === undefined ? {} : { sendFrom: o.sendFrom }),
     });
     wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -557,6 +595,11 @@ async function liveRun(o: {
     ran += Math.max(1, wallMs - slept);
   }
   const { peakKiB } = await destination.exited;
+  const [from, to] = marks as [(typeof marks)[number], (typeof marks)[number]];
+  if (marks.length !== 2) throw internal(`the run reported ${marks.length} of its 2 CPU marks`);
+  const window = Math.round((to.atMs - from.atMs) * 1000) / 1000;
+  const sourceCpuMs = Math.round((to.sourceUs - from.sourceUs) / 1000);
+  const destinationCpuMs = Math.round(((await to.destinationUs) - (await from.destinationUs)) / 1000);
   return {
     status: info.status,
     'total-time': info['total-time'],
@@ -572,6 +615,10 @@ async function liveRun(o: {
     'guest-writes-per-s-throttled': fourDigits((after.writes - before.writes) / o.vcpus / (wallMs / 1000)),
     'source-rss-mib': Math.round(process.memoryUsage().rss / 2 ** 20),
     'destination-peak-rss-mib': Math.round(peakKiB / 1024),
+    'cpu-window-ms': window,
+    'source-cpu-ms': sourceCpuMs,
+    'destination-cpu-ms': destinationCpuMs,
+    'cpu-load': cpuLoad(sourceCpuMs, destinationCpuMs, window),
     'huge-pages': source.hugePages,
     'spliced-bytes': outcome.link['spliced-bytes'],
   };
@@ -630,6 +677,11 @@ function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): Mod
   };
 }
 
+/** `(source + destination CPU ms) / (window ms × this machine's cores)`, four significant digits. */
+export function cpuLoad(sourceCpuMs: number, destinationCpuMs: number, windowMs: number): number {
+  return fourDigits((sourceCpuMs + destinationCpuMs) / (windowMs * availableParallelism()));
+}
+
 /** The median itself (upper middle of an even count), unrounded: exact bytes, exact ms. */
 function median(values: number[]): number {
   return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] as number;
@@ -647,13 +699,18 @@ export function errorPct(model: number, live: number): number {
  */
 const PEAK_KIB = `(() => { try { return Number(/VmHWM:\\s+(\\d+)/.exec(require('node:fs').readFileSync('/proc/self/status', 'utf8'))[1]); } catch { return process.resourceUsage().maxRSS; } })()`;
 
-/** Reports the process's peak RSS (KiB) on fd 3 as it exits. */
-const RSS_PRELOAD =
+/**
+ * Reports on fd 3 the process's CPU time (µs, every thread: `process.cpuUsage`) when sent SIGUSR2
+ * (`cpu <µs>`), and its peak RSS (KiB) and CPU time as it exits (`exit <KiB> <µs>`).
+ */
+const USAGE_PRELOAD =
   'data:text/javascript,' +
   encodeURIComponent(
     "import { writeSync } from 'node:fs'; import { createRequire } from 'node:module';" +
       "const require = createRequire('file:///');" +
-      `process.on('exit', () => { try { writeSync(3, String(${PEAK_KIB})); } catch {} });`,
+      'const cpu = () => { const u = process.cpuUsage(); return u.user + u.system; };' +
+      "process.on('SIGUSR2', () => { try { writeSync(3, `cpu ${cpu()}\\n`); } catch {} });" +
+      `process.on('exit', () => { try { writeSync(3, \`exit \${${PEAK_KIB}} \${cpu()}\\n\`); } catch {} });`,
   );
 
 /**
@@ -1072,21 +1129,51 @@ c.on('error', (e) => { throw e; });
 
 /**
  * The destination: `dirtytrack serve --listen 127.0.0.1:0 --memory M --once --json` as a child
- * process (as `dirtytrack migrate` starts it), here with a preload that reports its peak RSS on
- * fd 3 as it exits — the migration blocks this thread, so its `/proc` could not be polled.
+ * process (as `dirtytrack migrate` starts it), here with a preload that reports its CPU time on
+ * fd 3 when asked, and its peak RSS and CPU time as it exits — the migration blocks this thread,
+ * so its `/proc` could not be polled.
  */
 async function spawnDestination(memory: number) {
-  const child = spawn(process.execPath, ['--import', RSS_PRELOAD, ...localServeArgs(memory)], {
+  const child = spawn(process.execPath, ['--import', USAGE_PRELOAD, ...localServeArgs(memory)], {
     stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
   });
   const [, , stderrPipe, fd3Pipe] = child.stdio as unknown as NodeJS.ReadableStream[];
   let stderr = '';
-  let usage = '';
   (stderrPipe as NodeJS.ReadableStream).setEncoding('utf8').on('data', (c: string) => (stderr += c));
-  (fd3Pipe as NodeJS.ReadableStream).setEncoding('utf8').on('data', (c: string) => (usage += c));
-  const exited = new Promise<{ code: number | null; peakKiB: number }>((resolve) =>
-    child.once('close', (code) => resolve({ code, peakKiB: Number(usage) || 0 })),
+  const usage = createInterface({ input: fd3Pipe as NodeJS.ReadableStream });
+  let last: { peakKiB: number; cpuUs: number } = { peakKiB: 0, cpuUs: 0 };
+  const cpuLines: ((us: number) => void)[] = [];
+  usage.on('line', (line) => {
+    const [kind, a, b] = line.split(' ');
+    if (kind === 'cpu') cpuLines.shift()?.(Number(a));
+    else if (kind === 'exit') last = { peakKiB: Number(a) || 0, cpuUs: Number(b) || 0 };
+  });
+  const exited = new Promise<{ code: number | null; peakKiB: number; cpuUs: number }>((resolve) =>
+    child.once('close', (code) => resolve({ code, ...last })),
   );
+  let closed = false;
+  child.once('close', () => {
+    closed = true;
+    for (const answer of cpuLines.splice(0)) answer(Number.NaN);
+  });
+  /**
+   * The destination's CPU time when it handles SIGUSR2, µs: its event loop answers between two
+   * reads, within a few ms. Asked for from the blocked migration thread, the answer is read once
+   * this thread is free; a destination that exits first rejects it.
+   */
+  const cpuNow = (): Promise<number> => {
+    const answer = new Promise<number>((resolve, reject) => {
+      if (closed) return reject(internal('the destination exited before it reported its CPU time'));
+      cpuLines.push((us) =>
+        Number.isNaN(us)
+          ? reject(internal('the destination exited before it reported its CPU time'))
+          : resolve(us),
+      );
+      child.kill('SIGUSR2');
+    });
+    answer.catch(() => {}); // awaited later; a rejection meanwhile is not unhandled
+    return answer;
+  };
   const lines = createInterface({ input: child.stdout as NonNullable<typeof child.stdout> });
   const { host, port } = await new Promise<{ host: string; port: number }>((resolve, reject) => {
     lines.once('line', (line) => {
@@ -1097,7 +1184,7 @@ async function spawnDestination(memory: number) {
     child.once('exit', (code) => reject(internal(`the destination exited (${code}): ${stderr.trim()}`)));
   });
   lines.on('line', () => {});
-  return { host, port, child, exited };
+  return { host, port, child, exited, cpuNow };
 }
 
 /**
