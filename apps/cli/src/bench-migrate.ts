@@ -98,19 +98,21 @@ export interface LiveRun {
   /** The destination process's peak RSS (its maxRSS, VmHWM), MiB. */
   'destination-peak-rss-mib': number;
   /**
-   * Milliseconds from the status `active` (setup done) to `completed` (or the run's last status):
-   * the pages' transfer, the stop-and-copy included — the window of the three CPU figures below.
+   * Milliseconds from the status `active` (setup done) to `completed` — or to where a run that did
+   * not complete stopped: the pages' transfer, the stop-and-copy included — the window of the
+   * three CPU figures below. These four are absent when the run failed in its setup, or the
+   * destination exited before it could say its CPU time.
    */
-  'cpu-window-ms': number;
+  'cpu-window-ms'?: number;
   /** CPU time of this (source) process over the window, ms: every thread (migration, sender, vCPUs, V8's own). */
-  'source-cpu-ms': number;
+  'source-cpu-ms'?: number;
   /** CPU time of the destination process over the window, ms (asked for by SIGUSR2 at each end). */
-  'destination-cpu-ms': number;
+  'destination-cpu-ms'?: number;
   /**
    * `(source-cpu-ms + destination-cpu-ms) / (cpu-window-ms × cores)`, four significant digits:
    * near 1, the two processes kept every core of this machine busy — the run was bound by CPU time.
    */
-  'cpu-load': number;
+  'cpu-load'?: number;
   /** The source's guest RAM was advised transparent huge pages (as QEMU's RAM blocks are). */
   'huge-pages': boolean;
   /** Page bytes handed to the kernel by reference (zero-copy-send; else 0). */
@@ -488,9 +490,10 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
       .map((c) => `${c.name} ${c['verify-time'] ?? '–'}`)
       .join(', ')}.`,
     `CPU time from setup done to completed (the middle repetition by total-time; each process's every thread; ${r.cores} cores), ms: ${r.cases
-      .map(
-        (c) =>
-          `${c.name} source ${c['source-cpu-ms']} + destination ${c['destination-cpu-ms']} in ${Math.round(c['cpu-window-ms'])} (load ${c['cpu-load']})`,
+      .map((c) =>
+        c['cpu-load'] === undefined
+          ? `${c.name} –`
+          : `${c.name} source ${c['source-cpu-ms']} + destination ${c['destination-cpu-ms']} in ${Math.round(c['cpu-window-ms'] as number)} (load ${c['cpu-load']})`,
       )
       .join(', ')}.`,
     `Downtime limit ${BENCH_DOWNTIME_LIMIT} ms. Peak RSS: this process ${r['peak-rss-mib']} MiB, ` +
@@ -575,6 +578,16 @@ async function liveRun(o: {
       ...(o.sendFrom === undefined ? {} : { sendFrom: o.sendFrom }),
     });
     wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    // A run that stopped short of a final status (QEMU's `active` at the time limit) ends its
+    // window where it stopped, while the destination still waits.
+    if (marks.length === 1) {
+      const u = process.cpuUsage();
+      marks.push({
+        atMs: outcome.info['total-time'],
+        sourceUs: u.user + u.system,
+        destinationUs: destination.cpuNow(),
+      });
+    }
     after = source.guest.stats();
   } finally {
     await source.guest.stop().catch(() => {});
@@ -595,11 +608,7 @@ async function liveRun(o: {
     ran += Math.max(1, wallMs - slept);
   }
   const { peakKiB } = await destination.exited;
-  const [from, to] = marks as [(typeof marks)[number], (typeof marks)[number]];
-  if (marks.length !== 2) throw internal(`the run reported ${marks.length} of its 2 CPU marks`);
-  const window = Math.round((to.atMs - from.atMs) * 1000) / 1000;
-  const sourceCpuMs = Math.round((to.sourceUs - from.sourceUs) / 1000);
-  const destinationCpuMs = Math.round(((await to.destinationUs) - (await from.destinationUs)) / 1000);
+  const cpu = await cpuFigures(marks);
   return {
     status: info.status,
     'total-time': info['total-time'],
@@ -615,10 +624,7 @@ async function liveRun(o: {
     'guest-writes-per-s-throttled': fourDigits((after.writes - before.writes) / o.vcpus / (wallMs / 1000)),
     'source-rss-mib': Math.round(process.memoryUsage().rss / 2 ** 20),
     'destination-peak-rss-mib': Math.round(peakKiB / 1024),
-    'cpu-window-ms': window,
-    'source-cpu-ms': sourceCpuMs,
-    'destination-cpu-ms': destinationCpuMs,
-    'cpu-load': cpuLoad(sourceCpuMs, destinationCpuMs, window),
+    ...cpu,
     'huge-pages': source.hugePages,
     'spliced-bytes': outcome.link['spliced-bytes'],
   };
@@ -674,6 +680,29 @@ function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): Mod
     scenario,
     ...run(scenario),
     'at-live-rate': { 'link-mbps': liveRate, ...run(scenarioAt(liveRate)) },
+  };
+}
+
+/** A run's CPU figures from its two marks (at `active` and at its end), or none without both. */
+async function cpuFigures(
+  marks: { atMs: number; sourceUs: number; destinationUs: Promise<number> }[],
+): Promise<Pick<LiveRun, 'cpu-window-ms' | 'source-cpu-ms' | 'destination-cpu-ms' | 'cpu-load'>> {
+  const [from, to] = marks;
+  if (from === undefined || to === undefined) return {};
+  let destinationUs: number;
+  try {
+    destinationUs = (await to.destinationUs) - (await from.destinationUs);
+  } catch {
+    return {};
+  }
+  const window = Math.round((to.atMs - from.atMs) * 1000) / 1000;
+  const sourceCpuMs = Math.round((to.sourceUs - from.sourceUs) / 1000);
+  const destinationCpuMs = Math.round(destinationUs / 1000);
+  return {
+    'cpu-window-ms': window,
+    'source-cpu-ms': sourceCpuMs,
+    'destination-cpu-ms': destinationCpuMs,
+    'cpu-load': cpuLoad(sourceCpuMs, destinationCpuMs, window),
   };
 }
 
