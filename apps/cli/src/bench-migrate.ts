@@ -106,7 +106,7 @@ export interface LiveRun {
   'cpu-window-ms'?: number;
   /** CPU time of this (source) process over the window, ms: every thread (migration, sender, vCPUs, V8's own). */
   'source-cpu-ms'?: number;
-  /** CPU time of the destination process over the window, ms (asked for by SIGUSR2 at each end). */
+  /** CPU time of the destination process over the window, ms (it reports its own, asked at each end). */
   'destination-cpu-ms'?: number;
   /**
    * `(source-cpu-ms + destination-cpu-ms) / (cpu-window-ms × cores)`, four significant digits:
@@ -729,16 +729,20 @@ export function errorPct(model: number, live: number): number {
 const PEAK_KIB = `(() => { try { return Number(/VmHWM:\\s+(\\d+)/.exec(require('node:fs').readFileSync('/proc/self/status', 'utf8'))[1]); } catch { return process.resourceUsage().maxRSS; } })()`;
 
 /**
- * Reports on fd 3 the process's CPU time (µs, every thread: `process.cpuUsage`) when sent SIGUSR2
- * (`cpu <µs>`), and its peak RSS (KiB) and CPU time as it exits (`exit <KiB> <µs>`).
+ * Reports on fd 3 (a socket pair with the bench) the process's CPU time (µs, every thread:
+ * `process.cpuUsage`) for each byte the bench writes to it (`cpu <µs>`: bytes, unlike signals,
+ * never merge), and its peak RSS (KiB) and CPU time as it exits (`exit <KiB> <µs>`). The reading
+ * end is unref'd: it never keeps the process alive.
  */
 const USAGE_PRELOAD =
   'data:text/javascript,' +
   encodeURIComponent(
-    "import { writeSync } from 'node:fs'; import { createRequire } from 'node:module';" +
+    "import { writeSync } from 'node:fs'; import { Socket } from 'node:net'; import { createRequire } from 'node:module';" +
       "const require = createRequire('file:///');" +
       'const cpu = () => { const u = process.cpuUsage(); return u.user + u.system; };' +
-      "process.on('SIGUSR2', () => { try { writeSync(3, `cpu ${cpu()}\\n`); } catch {} });" +
+      'const asks = new Socket({ fd: 3, readable: true, writable: false });' +
+      "asks.on('error', () => {}).unref();" +
+      "asks.on('data', (b) => { for (let i = 0; i < b.length; i++) try { writeSync(3, `cpu ${cpu()}\\n`); } catch {} });" +
       `process.on('exit', () => { try { writeSync(3, \`exit \${${PEAK_KIB}} \${cpu()}\\n\`); } catch {} });`,
   );
 
@@ -1186,9 +1190,10 @@ async function spawnDestination(memory: number) {
     for (const answer of cpuLines.splice(0)) answer(Number.NaN);
   });
   /**
-   * The destination's CPU time when it handles SIGUSR2, µs: its event loop answers between two
-   * reads, within a few ms. Asked for from the blocked migration thread, the answer is read once
-   * this thread is free; a destination that exits first rejects it.
+   * The destination's CPU time when it reads the byte this writes, µs: its event loop answers
+   * between two reads, within a few ms. Asked for from the blocked migration thread (the byte is
+   * written at once: nothing else is queued on that socket), the answer is read once this thread
+   * is free; a destination that exits first rejects it.
    */
   const cpuNow = (): Promise<number> => {
     const answer = new Promise<number>((resolve, reject) => {
@@ -1198,7 +1203,7 @@ async function spawnDestination(memory: number) {
           ? reject(internal('the destination exited before it reported its CPU time'))
           : resolve(us),
       );
-      child.kill('SIGUSR2');
+      (fd3Pipe as unknown as Socket).write('c');
     });
     answer.catch(() => {}); // awaited later; a rejection meanwhile is not unhandled
     return answer;
