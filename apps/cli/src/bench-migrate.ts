@@ -546,12 +546,14 @@ async function liveRun(o: {
    * At `active` and at the run's end: this process's CPU time (µs), the migration's time (ms) and
    * the destination's CPU time, asked for now and read once this thread is free again.
    */
-  const marks: { atMs: number; sourceUs: number; destinationUs: Promise<number> }[] = [];
+  const marks: CpuMark[] = [];
+  const takeMark = (atMs: number): void => {
+    const u = process.cpuUsage();
+    marks.push({ atMs, sourceUs: u.user + u.system, destinationUs: destination.cpuNow() });
+  };
   const mark = (e: StatusEvent): void => {
     const terminal = e.status === 'completed' || e.status === 'failed' || e.status === 'cancelled';
-    if (!(e.status === 'active' ? marks.length === 0 : terminal && marks.length === 1)) return;
-    const u = process.cpuUsage();
-    marks.push({ atMs: e.time, sourceUs: u.user + u.system, destinationUs: destination.cpuNow() });
+    if (e.status === 'active' ? marks.length === 0 : terminal && marks.length === 1) takeMark(e.time);
   };
   try {
     before = source.guest.stats();
@@ -580,14 +582,7 @@ async function liveRun(o: {
     wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
     // A run that stopped short of a final status (QEMU's `active` at the time limit) ends its
     // window where it stopped, while the destination still waits.
-    if (marks.length === 1) {
-      const u = process.cpuUsage();
-      marks.push({
-        atMs: outcome.info['total-time'],
-        sourceUs: u.user + u.system,
-        destinationUs: destination.cpuNow(),
-      });
-    }
+    if (marks.length === 1) takeMark(outcome.info['total-time']);
     after = source.guest.stats();
   } finally {
     await source.guest.stop().catch(() => {});
@@ -683,9 +678,16 @@ function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): Mod
   };
 }
 
+/** One end of a run's CPU window: the migration's time (ms), this process's and the destination's CPU time (µs). */
+interface CpuMark {
+  atMs: number;
+  sourceUs: number;
+  destinationUs: Promise<number>;
+}
+
 /** A run's CPU figures from its two marks (at `active` and at its end), or none without both. */
 async function cpuFigures(
-  marks: { atMs: number; sourceUs: number; destinationUs: Promise<number> }[],
+  marks: CpuMark[],
 ): Promise<Pick<LiveRun, 'cpu-window-ms' | 'source-cpu-ms' | 'destination-cpu-ms' | 'cpu-load'>> {
   const [from, to] = marks;
   if (from === undefined || to === undefined) return {};
@@ -731,7 +733,7 @@ const PEAK_KIB = `(() => { try { return Number(/VmHWM:\\s+(\\d+)/.exec(require('
 /**
  * Reports on fd 3 (a socket pair with the bench) the process's CPU time (µs, every thread:
  * `process.cpuUsage`) for each byte the bench writes to it (`cpu <µs>`: bytes, unlike signals,
- * never merge), and its peak RSS (KiB) and CPU time as it exits (`exit <KiB> <µs>`). The reading
+ * never merge), and its peak RSS (KiB) as it exits (`exit <KiB>`). The reading
  * end is unref'd: it never keeps the process alive.
  */
 const USAGE_PRELOAD =
@@ -743,7 +745,7 @@ const USAGE_PRELOAD =
       'const asks = new Socket({ fd: 3, readable: true, writable: false });' +
       "asks.on('error', () => {}).unref();" +
       "asks.on('data', (b) => { for (let i = 0; i < b.length; i++) try { writeSync(3, `cpu ${cpu()}\\n`); } catch {} });" +
-      `process.on('exit', () => { try { writeSync(3, \`exit \${${PEAK_KIB}} \${cpu()}\\n\`); } catch {} });`,
+      `process.on('exit', () => { try { writeSync(3, \`exit \${${PEAK_KIB}}\\n\`); } catch {} });`,
   );
 
 /**
@@ -1163,7 +1165,7 @@ c.on('error', (e) => { throw e; });
 /**
  * The destination: `dirtytrack serve --listen 127.0.0.1:0 --memory M --once --json` as a child
  * process (as `dirtytrack migrate` starts it), here with a preload that reports its CPU time on
- * fd 3 when asked, and its peak RSS and CPU time as it exits — the migration blocks this thread,
+ * fd 3 when asked, and its peak RSS as it exits — the migration blocks this thread,
  * so its `/proc` could not be polled.
  */
 async function spawnDestination(memory: number) {
@@ -1174,21 +1176,21 @@ async function spawnDestination(memory: number) {
   let stderr = '';
   (stderrPipe as NodeJS.ReadableStream).setEncoding('utf8').on('data', (c: string) => (stderr += c));
   const usage = createInterface({ input: fd3Pipe as NodeJS.ReadableStream });
-  let last: { peakKiB: number; cpuUs: number } = { peakKiB: 0, cpuUs: 0 };
+  let peakKiB = 0;
   const cpuLines: ((us: number) => void)[] = [];
   usage.on('line', (line) => {
-    const [kind, a, b] = line.split(' ');
-    if (kind === 'cpu') cpuLines.shift()?.(Number(a));
-    else if (kind === 'exit') last = { peakKiB: Number(a) || 0, cpuUs: Number(b) || 0 };
+    const [kind, value] = line.split(' ');
+    if (kind === 'cpu') cpuLines.shift()?.(Number(value));
+    else if (kind === 'exit') peakKiB = Number(value) || 0;
   });
-  const exited = new Promise<{ code: number | null; peakKiB: number; cpuUs: number }>((resolve) =>
-    child.once('close', (code) => resolve({ code, ...last })),
-  );
   let closed = false;
-  child.once('close', () => {
-    closed = true;
-    for (const answer of cpuLines.splice(0)) answer(Number.NaN);
-  });
+  const exited = new Promise<{ code: number | null; peakKiB: number }>((resolve) =>
+    child.once('close', (code) => {
+      closed = true;
+      for (const answer of cpuLines.splice(0)) answer(Number.NaN); // asked, never answered
+      resolve({ code, peakKiB });
+    }),
+  );
   /**
    * The destination's CPU time when it reads the byte this writes, µs: its event loop answers
    * between two reads, within a few ms. Asked for from the blocked migration thread (the byte is
