@@ -26,9 +26,11 @@ import {
 } from '@dirtytrack/guest';
 import {
   createDestination,
+  createRecordRam,
   fdWritesAvailable,
   GUEST_TRACE_MAX,
   GUEST_VCPUS_FROM_SOURCE_MAX,
+  ramBytesOf,
   ringReaps,
   runLiveMigration,
   SEND_FROM,
@@ -40,6 +42,7 @@ import {
   type VcpuStateMessage,
 } from '@dirtytrack/migration';
 import {
+  adviseHugePages,
   allocateGuestRam,
   createQemuLayers,
   createSwapDirtyLog,
@@ -146,7 +149,7 @@ async function bootGuest(
     standby?: VcpuStandby;
   },
 ) {
-  const pages = memory.byteLength / 4096;
+  const pages = ramBytesOf(memory) / 4096;
   const slot: MemslotInfo = { id: 0, asId: 0, baseGfn: 0, pages };
   const strategy = o.layers ?? 'xchg';
   const tracker = createMmuTracker({ vcpus: o.vcpus, slots: [slot], shared: true });
@@ -1249,6 +1252,24 @@ export function preallocate(bytes: number, hugePages: boolean): GuestRam {
   return ram;
 }
 
+/**
+ * A destination's guest RAM: a record RAM (@dirtytrack/migration's record-ram.ts: precopy's page
+ * records are copied into it by WebAssembly) where one can be made, else plain guest RAM; advised
+ * huge pages before the first touch when `hugePages`, and touched now when `touch` (see
+ * {@link preallocate}). Its buffer may be longer than `bytes` (`ramBytesOf` gives the RAM).
+ */
+export function destinationRam(bytes: number, hugePages: boolean, touch = true): GuestRam {
+  const ram = createRecordRam(bytes);
+  if (ram === undefined)
+    return touch ? preallocate(bytes, hugePages) : allocateGuestRam(bytes, { hugePages });
+  const advised = hugePages && adviseHugePages(ram.memory);
+  if (touch) {
+    const m = new Uint8Array(ram.memory);
+    for (let o = 0; o < m.length; o += 4096) m[o] = 0;
+  }
+  return { memory: ram.memory, hugePages: advised };
+}
+
 /** `--rate` of a guest running `workload`: a trace replays at its recorded times, so it caps one only when given. */
 export function workloadRate(workload: GuestWorkloadKind, text: string, given: boolean): number {
   return workload === 'trace' && !given ? 0 : intFlag('--rate', text, 0, 100_000_000);
@@ -1473,12 +1494,12 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
           runVcpus,
           memoryBytes === undefined ? undefined : memoryBytes / 4096,
         );
-        const prealloc = memoryBytes === undefined ? undefined : preallocate(memoryBytes, raw.hugePages);
+        const prealloc = memoryBytes === undefined ? undefined : destinationRam(memoryBytes, raw.hugePages);
         const memory = prealloc?.memory;
         // Whether the RAM of the (last) migration is on huge pages: known once it is allocated.
         let hugePages = prealloc?.hugePages;
         const allocate = (bytes: number): SharedArrayBuffer => {
-          const ram = allocateGuestRam(bytes, { hugePages: raw.hugePages });
+          const ram = destinationRam(bytes, raw.hugePages, false);
           hugePages = ram.hugePages;
           return ram.memory;
         };
@@ -1545,7 +1566,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 ...guestHere(
                   { program, rate: runRate, seed: runSeed, given },
                   vcpus,
-                  received.byteLength / 4096,
+                  ramBytesOf(received) / 4096,
                   state,
                   trace,
                 ),
@@ -1625,7 +1646,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
               const here = guestHere(
                 { program, rate: runRate, seed: runSeed, given },
                 vcpus,
-                ram.byteLength / 4096,
+                ramBytesOf(ram) / 4096,
                 vcpuState,
                 guestTrace,
               );
@@ -1639,7 +1660,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                   tracker: faults.tracker,
                   sink: faults.sink,
                   slot: 0,
-                  pages: ram.byteLength / 4096,
+                  pages: ramBytesOf(ram) / 4096,
                   seed: here.seed,
                   ...(here.rate > 0 ? { rate: here.rate } : {}),
                   workload: here.workload,

@@ -58,6 +58,13 @@ export { SEND_FROM, type SendFrom } from './live/link-layout.js';
 export { createFdWriter, fdWritesAvailable, type FdWriter, type Gather } from './live/fd-writer.js';
 export { MAIN_READ_BUFFER_BYTES, READ_BUFFER_BYTES } from './live/read-buffer.js';
 export {
+  createRecordRam,
+  ramBytesOf,
+  recordRamOf,
+  RECORD_RAM_MAX_BYTES,
+  type RecordRam,
+} from './live/record-ram.js';
+export {
   createDestination,
   type Destination,
   type DestinationOptions,

@@ -1,4 +1,5 @@
 export {
+  adviseHugePages,
   allocateGuestRam,
   anonHugePagesKiB,
   createHugePageAllocator,

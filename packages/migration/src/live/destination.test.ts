@@ -10,6 +10,7 @@ import {
   zeroRecord,
 } from './__fixtures__/wire-streams.js';
 import { createDestination, type Destination, type DestinationResult } from './destination.js';
+import { createRecordRam, type RecordRam } from './record-ram.js';
 import {
   encodeCommand,
   encodeEof,
@@ -428,6 +429,103 @@ describe('destination failures are clean', () => {
     const r = await d.result;
     expect(r.error?.message).toBe(
       '[dirtytrack] [destination] the destination was closed during the migration',
+    );
+  });
+});
+
+describe('destination into a record RAM (record-ram.ts: page records copied by WebAssembly)', () => {
+  /** A record RAM of `pages` (this engine has shared WebAssembly memory). */
+  const recordRam = (pages: number): RecordRam => {
+    const ram = createRecordRam(pages * PAGE);
+    if (ram === undefined) throw new Error('no record RAM on this engine');
+    return ram;
+  };
+
+  it('precopy over the main stream, written in random pieces: memory equal, counts exact, verified, read through its buffer', async () => {
+    const pages = 200;
+    const ram = pages * PAGE;
+    const src = new SharedArrayBuffer(ram);
+    const mem = new Uint8Array(src);
+    const rng = createRng(11);
+    const fill = (p: number): void => {
+      if (rng.nextFloat() < 0.2) mem.fill(0, p * PAGE, (p + 1) * PAGE);
+      else for (let i = 0; i < PAGE; i += 32) mem[p * PAGE + i] = 1 + Math.floor(rng.nextFloat() * 255);
+    };
+    for (let p = 0; p < pages; p++) fill(p);
+    const into = recordRam(pages);
+    const d = await destination({ memory: into.memory });
+    const s = await source(d, ram);
+    const data = (p: number): Uint8Array => mem.slice(p * PAGE, (p + 1) * PAGE);
+    let normal = 0;
+    let zero = 0;
+    const records = (list: readonly number[]): Uint8Array[] =>
+      list.map((p) =>
+        isZero(data(p)) ? (zero++, zeroRecord(p * PAGE)) : (normal++, pageRecord(p * PAGE, data(p))),
+      );
+    /** `bytes` in pieces of 1 byte to 3 records, so that records straddle the destination's reads. */
+    const send = async (bytes: Uint8Array): Promise<void> => {
+      for (let at = 0; at < bytes.length;) {
+        const n = 1 + Math.floor(rng.nextFloat() * 3 * (PAGE + 8));
+        await s.write(s.main, bytes.subarray(at, at + n));
+        at += n;
+      }
+    };
+    // Round 1 in a shuffled order; round 2 a few pages rewritten; the end, pages rewritten again.
+    const order = Array.from({ length: pages }, (_, p) => p);
+    for (let i = pages - 1; i > 0; i--) {
+      const j = Math.floor(rng.nextFloat() * (i + 1));
+      [order[i], order[j]] = [order[j] as number, order[i] as number];
+    }
+    await send(concat([setup(ram), encodeSection(VM_ITEM.SECTION_PART), ...records(order), encodeEos()]));
+    const dirty = order.slice(0, 30);
+    for (const p of dirty) fill(p);
+    await send(concat([encodeSection(VM_ITEM.SECTION_PART), ...records(dirty), encodeEos()]));
+    const last = [0, 1, 199];
+    for (const p of last) fill(p);
+    await send(concat([encodeSection(VM_ITEM.SECTION_END), ...records(last), encodeEos()]));
+    await s.write(s.main, verifyAll(src));
+    expect(await s.waitFor(/^verify/)).toBe(`verify ${pages} 0 -1`);
+    await s.write(s.main, encodeEof());
+    await s.closed;
+    const r = await d.result;
+    expect(Buffer.compare(new Uint8Array(into.memory, 0, ram), mem)).toBe(0);
+    expect(r).toMatchObject({ status: 'completed', 'ram-bytes': ram, memory: into.memory, verified: true });
+    expect([r.normal, r.duplicate]).toEqual([normal, zero]);
+    expect(normal + zero).toBe(pages + dirty.length + last.length);
+    expect(r['main-bytes']).toBe(s.written.main);
+    // The stream went through the record RAM's own read buffer, and WebAssembly placed pages.
+    expect(into.readBuffer.some((b) => b !== 0)).toBe(true);
+    expect(into.placed()).toBeGreaterThan(0);
+    expect(into.placed()).toBeLessThanOrEqual(normal);
+  });
+
+  it('a page record outside RAM fails as with plain memory, and no page is written', async () => {
+    const messages: string[] = [];
+    for (const memory of [recordRam(4).memory, new SharedArrayBuffer(4 * PAGE)]) {
+      const d = await destination({ memory });
+      const s = await source(d, 4 * PAGE);
+      await s.write(
+        s.main,
+        concat([
+          setup(4 * PAGE),
+          encodeSection(VM_ITEM.SECTION_PART),
+          pageRecord(4 * PAGE, new Uint8Array(PAGE).fill(9)),
+        ]),
+      );
+      const r = await d.result;
+      messages.push(r.error?.message ?? '');
+      expect(new Uint8Array(memory, 0, 4 * PAGE).every((b) => b === 0)).toBe(true);
+    }
+    expect(messages[0]).toBe(messages[1]);
+    expect(messages[0]).toMatch(/^\[dirtytrack\] \[wire\] /);
+  });
+
+  it('a RAM of another size than the source says is refused by its RAM size, not its buffer length', async () => {
+    const into = recordRam(4);
+    expect(into.memory.byteLength).toBeGreaterThan(4 * PAGE);
+    const d = await destination({ memory: into.memory });
+    await expect(startHandSource(d.port, { ramBytes: 8 * PAGE, channels: 0, flags: 0 })).rejects.toThrow(
+      `the source's RAM is ${8 * PAGE} bytes, this destination's memory is ${4 * PAGE}`,
     );
   });
 });

@@ -1,14 +1,9 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createRealClock, DirtytrackError, isDirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
 import { isLoopback, serverHandshake } from './handshake.js';
-import {
-  MAIN_READ_BUFFER_BYTES,
-  READ_BUFFER_BYTES,
-  stagePage,
-  withReadBuffer,
-  type BufferedSocket,
-  type InPlaceReads,
-} from './read-buffer.js';
+import { MAIN_READ_BUFFER_BYTES, READ_BUFFER_BYTES, stagePage, withReadBuffer } from './read-buffer.js';
+import { type BufferedSocket, type InPlaceReads } from './read-buffer.js';
+import { ramBytesOf, recordRamOf, recordsIn, type RecordRam } from './record-ram.js';
 import { createPostcopyFaults, type PostcopyFaults } from './postcopy-faults.js';
 import {
   CHANNEL_KIND,
@@ -236,6 +231,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
   const timeoutMs = options.timeoutMs ?? DEFAULT_DESTINATION_TIMEOUT_MS;
   const once = options.once ?? true;
   const fixedMemory = options.memory;
+  const fixedRamBytes = fixedMemory === undefined ? 0 : ramBytesOf(fixedMemory);
   const clock = options.clock ?? createRealClock();
   const guestVcpus = options.guestVcpus ?? 2;
   const vcpusFromSource = options.guestVcpus === undefined;
@@ -247,13 +243,10 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       { component: 'destination', field: 'token' },
     );
   }
-  if (
-    fixedMemory !== undefined &&
-    (fixedMemory.byteLength === 0 || fixedMemory.byteLength % PAGE_SIZE !== 0)
-  ) {
+  if (fixedMemory !== undefined && (fixedRamBytes === 0 || fixedRamBytes % PAGE_SIZE !== 0)) {
     throw new DirtytrackError(
       'invalid-argument',
-      `memory: ${fixedMemory.byteLength} bytes is not a non-zero multiple of ${PAGE_SIZE}`,
+      `memory: ${fixedRamBytes} bytes is not a non-zero multiple of ${PAGE_SIZE}`,
       {
         component: 'destination',
         field: 'memory',
@@ -317,11 +310,15 @@ export async function createDestination(options: DestinationOptions = {}): Promi
           socket.destroy();
           return;
         }
-        // From here the connection reads into one reused buffer (read-buffer.ts), when it can.
-        const buffered = withReadBuffer(
-          socket,
-          hello.kind === CHANNEL_KIND.MAIN ? MAIN_READ_BUFFER_BYTES : READ_BUFFER_BYTES,
-        );
+        // From here the connection reads into one reused buffer (read-buffer.ts), when it can: a
+        // main connection into its record RAM's (record-ram.ts), unless another one holds it.
+        const main = hello.kind === CHANNEL_KIND.MAIN;
+        const ram = main ? recordRamOf(m.memory) : undefined;
+        const into = ram !== undefined && !ram.readerTaken() ? ram.readBuffer : undefined;
+        const buffered = withReadBuffer(socket, main ? MAIN_READ_BUFFER_BYTES : READ_BUFFER_BYTES, into);
+        if (buffered !== undefined && into !== undefined) {
+          (ram as RecordRam).takeReader(buffered.socket);
+        }
         if (buffered !== undefined) {
           sockets.delete(socket);
           track(buffered.socket);
@@ -373,10 +370,10 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         return { code: RESULT_CODE.IDENTITY, message: 'this destination has already received its migration' };
       let memory: SharedArrayBuffer;
       if (fixedMemory !== undefined) {
-        if (fixedMemory.byteLength !== hello.ramBytes) {
+        if (fixedRamBytes !== hello.ramBytes) {
           return {
             code: RESULT_CODE.RAM_SIZE,
-            message: `the source's RAM is ${hello.ramBytes} bytes, this destination's memory is ${fixedMemory.byteLength}`,
+            message: `the source's RAM is ${hello.ramBytes} bytes, this destination's memory is ${fixedRamBytes}`,
           };
         }
         memory = fixedMemory;
@@ -389,8 +386,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         }
         try {
           memory = allocate(hello.ramBytes);
-          if (memory.byteLength !== hello.ramBytes)
-            throw new Error(`allocate gave ${memory.byteLength} bytes for ${hello.ramBytes}`);
+          if (ramBytesOf(memory) !== hello.ramBytes)
+            throw new Error(`allocate gave ${ramBytesOf(memory)} bytes for ${hello.ramBytes}`);
         } catch (error) {
           return {
             code: RESULT_CODE.RAM_SIZE,
@@ -465,7 +462,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       startedAt: clock.now(),
       lastProgress: 0,
       timer: setTimeout(() => idle(m), timeoutMs),
-      faults: postcopy ? createPostcopyFaults(memory, guestVcpus) : null,
+      faults: postcopy ? createPostcopyFaults(memory, guestVcpus, ramBytes) : null,
       running: false,
       paused: false,
       resuming: false,
@@ -527,10 +524,23 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     const onZero = (offset: number): void => {
       if (put(offset, ZERO_PAGE)) m.duplicate++;
     };
+    // A record RAM takes whole runs of page records from its read buffer (record-ram.ts). Only
+    // where a page is a plain copy: not once postcopy tracks received pages (`landed`).
+    const ram = recordRamOf(memory);
+    const onPageRun =
+      ram === undefined || received !== undefined
+        ? undefined
+        : (chunk: Uint8Array, at: number, end: number): number => {
+            if (m.running) return 0;
+            const n = ram.placePages(chunk, at, end);
+            m.normal += recordsIn(n);
+            return n;
+          };
     const mainOptions = {
       ramBytes,
       onPage,
       onPageAt,
+      onPageRun,
       onZero,
       onFlush: () => {
         const k = ++m.flushSeen;

@@ -24,6 +24,7 @@ import {
   zeroRecord,
 } from './__fixtures__/wire-streams.js';
 import { createDestination, type Destination, type DestinationResult } from './destination.js';
+import { createRecordRam, type RecordRam } from './record-ram.js';
 import { clientHandshake } from './handshake.js';
 import {
   CHANNEL_KIND,
@@ -409,6 +410,84 @@ describe(`fuzz: ${FRAMES} random and mutated frames to the decoders`, () => {
     );
     expect(total).toBeGreaterThanOrEqual(FRAMES - 2);
     expect(counts.protocol).toBeGreaterThan(total / 4);
+  });
+});
+
+describe('fuzz: a record RAM under the main decoder, against the decoded path (differential)', () => {
+  // A run of whole PAGE|CONTINUE records (the part WebAssembly takes), then the frames above.
+  const RUN_FRAME = concat([
+    setup,
+    encodeSection(VM_ITEM.SECTION_PART),
+    pageRecord(0, pageOf(1), false),
+    pageRecord(PAGE, pageOf(2)),
+    pageRecord(5 * PAGE, pageOf(3)),
+    zeroRecord(2 * PAGE),
+    pageRecord(7 * PAGE, pageOf(4)),
+    pageRecord(6 * PAGE, pageOf(5)),
+    encodeEos(),
+  ]);
+  const frames = [RUN_FRAME, RUN_FRAME, ...MAIN_FRAMES];
+  const ram = createRecordRam(RAM) as RecordRam;
+  const viaWasm = new Uint8Array(ram.memory, 0, RAM);
+  const decoded = new Uint8Array(RAM);
+  const decoder = (into: Uint8Array, onPageRun?: RecordRam['placePages']) =>
+    createMainDecoder({
+      ramBytes: RAM,
+      onPage: (o, data) => into.set(data, o),
+      onZero: (o) => into.fill(0, o, o + PAGE),
+      onPageRun,
+      onFlush: () => true,
+      onSection: () => {},
+      onEos: () => {},
+      onMemSize: () => {},
+      onCommand: () => {},
+      onEof: () => {},
+    });
+  /** `feed`, but each chunk copied into the record RAM's read buffer first, as a read puts it. */
+  const viaReadBuffer = (bytes: Uint8Array): Uint8Array => {
+    ram.readBuffer.set(bytes);
+    return ram.readBuffer.subarray(0, bytes.length);
+  };
+  const outcome = (
+    d: ReturnType<typeof decoder>,
+    bytes: Uint8Array,
+    cuts: readonly number[],
+    copy: boolean,
+  ) => {
+    try {
+      let at = 0;
+      for (const c of [...cuts, bytes.length]) {
+        const next = Math.min(bytes.length, at + c);
+        d.push(copy ? viaReadBuffer(bytes.subarray(at, next)) : bytes.subarray(at, next), copy);
+        at = next;
+      }
+      d.end();
+      return 'ok';
+    } catch (error) {
+      if (error instanceof DirtytrackError && error.code === 'protocol') return error.message;
+      throw error;
+    }
+  };
+
+  it('every frame: the same outcome, the same error byte for byte, the same RAM', async () => {
+    const placedBefore = ram.placed();
+    await assertProperty(
+      fc.property(fc.integer({ min: 0, max: 0xffffffff }), (caseSeed) => {
+        const bytes = frameFromSeed(frames, caseSeed);
+        const cuts = [caseSeed % 9000, (caseSeed >>> 13) % 9000];
+        viaWasm.fill(0);
+        decoded.fill(0);
+        const a = outcome(decoder(viaWasm, ram.placePages), bytes, cuts, true);
+        const b = outcome(decoder(decoded), bytes, cuts, false);
+        expect(a).toBe(b);
+        expect(Buffer.compare(viaWasm, decoded)).toBe(0);
+      }),
+      5_000,
+      { seed: SEED },
+      20_000,
+    );
+    // WebAssembly did take pages (each run frame's whole records after its first).
+    expect(ram.placed() - placedBefore).toBeGreaterThan(1000);
   });
 });
 

@@ -95,15 +95,26 @@ export interface PostcopyFaults {
   hashAsSent(page: number, out: Uint32Array, at: number): void;
 }
 
-/** The shared state of a destination's postcopy over `memory`, for a guest of `vcpus` vCPUs. */
-export function createPostcopyFaults(memory: SharedArrayBuffer, vcpusAtFirst: number): PostcopyFaults {
+/**
+ * The shared state of a destination's postcopy over the first `ramBytes` of `memory` (all of it
+ * by default; a record RAM's buffer goes on past its RAM), for a guest of `vcpus` vCPUs.
+ */
+export function createPostcopyFaults(
+  memory: SharedArrayBuffer,
+  vcpusAtFirst: number,
+  ramBytes = memory.byteLength,
+): PostcopyFaults {
   let vcpus = vcpusAtFirst;
-  const pages = memory.byteLength / 4096;
-  if (!Number.isInteger(pages) || pages === 0) {
-    throw new DirtytrackError('invalid-argument', `memory: ${memory.byteLength} bytes is not whole pages`, {
-      component: COMPONENT,
-      field: 'memory',
-    });
+  const pages = ramBytes / 4096;
+  if (!Number.isInteger(pages) || pages === 0 || ramBytes > memory.byteLength) {
+    throw new DirtytrackError(
+      'invalid-argument',
+      `memory: ${ramBytes} bytes is not whole pages of the buffer`,
+      {
+        component: COMPONENT,
+        field: 'memory',
+      },
+    );
   }
   checkVcpus(vcpus);
   const words = Math.ceil(pages / 32);

@@ -96,8 +96,16 @@ interface HandleHolder {
  * is dropped without closing the handle. Returns undefined — keep using `socket` with 'data'
  * events — when the handle cannot be moved: the socket ended, was destroyed or holds bytes already
  * (a peer that sent ahead of the handshake's answer), or this Node keeps its handle elsewhere.
+ * `into`: the buffer and its scratch page (`bytes` + 4 KiB) to read into — a record RAM's
+ * (record-ram.ts), inside guest memory's own buffer — instead of a new one.
  */
-export function withReadBuffer(socket: Socket, bytes = READ_BUFFER_BYTES): BufferedSocket | undefined {
+export function withReadBuffer(
+  socket: Socket,
+  bytes = READ_BUFFER_BYTES,
+  into?: Uint8Array,
+): BufferedSocket | undefined {
+  if (into !== undefined && into.length < bytes + PAGE_SIZE)
+    throw new RangeError(`withReadBuffer: into holds ${into.length} bytes, need ${bytes + PAGE_SIZE}`);
   const holder = socket as unknown as HandleHolder;
   const handle = holder._handle;
   if (
@@ -118,8 +126,8 @@ export function withReadBuffer(socket: Socket, bytes = READ_BUFFER_BYTES): Buffe
   // Not zero-filled: every byte a handler sees was read into it first. A zeroed 4 MiB buffer
   // cost each accepted connection ~2 ms (1,000 fuzzed connections: 3.8–4.3 s against 2.5–3.2).
   // A plain Uint8Array over the Buffer's memory, so that `slice()` copies, as callers expect.
-  const raw = Buffer.allocUnsafeSlow(bytes + PAGE_SIZE);
-  const whole = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+  const raw = into ?? Buffer.allocUnsafeSlow(bytes + PAGE_SIZE);
+  const whole = new Uint8Array(raw.buffer, raw.byteOffset, bytes + PAGE_SIZE);
   const buffer = whole.subarray(0, bytes);
   scratchOf.set(whole.buffer, { whole, page: whole.subarray(bytes) });
   let handler: ChunkHandler = () => false;
@@ -136,8 +144,12 @@ export function withReadBuffer(socket: Socket, bytes = READ_BUFFER_BYTES): Buffe
         const t = place?.target();
         return t === undefined ? buffer : typeof t === 'number' ? buffer.subarray(0, Math.min(t, bytes)) : t;
       },
+      // A main connection's reads all go to the buffer; a channel's in place ones elsewhere — into
+      // guest RAM, which may be the same memory as the buffer (a record RAM), so by offset too.
       callback: (n: number, buf: Uint8Array) =>
-        buf.buffer === buffer.buffer ? handler(buf.subarray(0, n)) : (place as InPlaceReads).landed(n),
+        place === undefined || (buf.byteOffset === buffer.byteOffset && buf.buffer === buffer.buffer)
+          ? handler(buf.subarray(0, n))
+          : place.landed(n),
     },
   } as ConstructorParameters<typeof Socket>[0]);
   fresh.once('close', () => {

@@ -951,6 +951,14 @@ export interface MainDecoderOptions {
    * called instead of `onPage` when given, so the handler can copy the page without a view of it.
    */
   onPageAt?(offsetBytes: number, chunk: Uint8Array, at: number): void;
+  /**
+   * Offered each run of whole records from a PAGE|CONTINUE record on, inside the pushed chunk:
+   * the handler places the pages of as many of them as it takes, from the first (a destination's
+   * record RAM, record-ram.ts, copies them in WebAssembly), and returns the bytes of the records
+   * taken — 0, or more than `end - at`, and the decoder goes on as without it. Each page it takes
+   * counts as `onPage`/`onPageAt` would have; its bounds are the handler's to check.
+   */
+  onPageRun?: ((chunk: Uint8Array, at: number, end: number) => number) | undefined;
   onZero(offsetBytes: number): void;
   /** MULTIFD_FLUSH: return false to stop before the next item until `resume()`. */
   onFlush(): boolean;
@@ -1235,6 +1243,14 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
       const kind = FAST_RECORD[flags] as number;
       if (kind === 0 || !(hi < HI_LIMIT && offset + PAGE_SIZE <= ramBytes)) return;
       if (kind === 1) {
+        if (options.onPageRun !== undefined) {
+          const n = options.onPageRun(chunk, p, len);
+          if (n > 0 && n <= len - p) {
+            itemAt = r.base + p + n - PAGE_RECORD_BYTES;
+            r.p = p + n;
+            continue;
+          }
+        }
         itemAt = r.base + p;
         r.p = p + PAGE_RECORD_BYTES;
         if (options.onPageAt === undefined)
