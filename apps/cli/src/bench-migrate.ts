@@ -740,12 +740,17 @@ const USAGE_PRELOAD =
   'data:text/javascript,' +
   encodeURIComponent(
     "import { writeSync } from 'node:fs'; import { Socket } from 'node:net'; import { createRequire } from 'node:module';" +
+      "import { isMainThread } from 'node:worker_threads';" +
       "const require = createRequire('file:///');" +
       'const cpu = () => { const u = process.cpuUsage(); return u.user + u.system; };' +
+      // The main thread only: a preload runs in every worker thread too (the destination's vCPUs),
+      // and a worker's socket over fd 3 closes the process's fd 3 as that worker exits.
+      'if (isMainThread) {' +
       'const asks = new Socket({ fd: 3, readable: true, writable: false });' +
       "asks.on('error', () => {}).unref();" +
       "asks.on('data', (b) => { for (let i = 0; i < b.length; i++) try { writeSync(3, `cpu ${cpu()}\\n`); } catch {} });" +
-      `process.on('exit', () => { try { writeSync(3, \`exit \${${PEAK_KIB}}\\n\`); } catch {} });`,
+      `process.on('exit', () => { try { writeSync(3, \`exit \${${PEAK_KIB}}\\n\`); } catch {} });` +
+      '}',
   );
 
 /**
