@@ -1,8 +1,14 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createRealClock, DirtytrackError, isDirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
 import { isLoopback, serverHandshake } from './handshake.js';
-import { MAIN_READ_BUFFER_BYTES, READ_BUFFER_BYTES, stagePage, withReadBuffer } from './read-buffer.js';
-import { type BufferedSocket, type InPlaceReads } from './read-buffer.js';
+import {
+  MAIN_READ_BUFFER_BYTES,
+  READ_BUFFER_BYTES,
+  stagePage,
+  withReadBuffer,
+  type BufferedSocket,
+  type InPlaceReads,
+} from './read-buffer.js';
 import { ramBytesOf, recordRamOf, recordsIn, type RecordRam } from './record-ram.js';
 import { createPostcopyFaults, type PostcopyFaults } from './postcopy-faults.js';
 import {
@@ -45,7 +51,11 @@ export interface DestinationOptions {
   port?: number;
   /** Shared secret for the HMAC handshake; when set, every connection must present it. */
   token?: string;
-  /** Receive into this memory (its size must equal the source's RAM); else one is allocated per migration. */
+  /**
+   * Receive into this memory (its size must equal the source's RAM); else one is allocated per
+   * migration (by `allocate`). A record RAM's buffer (`createRecordRam`) counts its RAM only, and
+   * the main connection then reads into its read buffer, the pages placed by WebAssembly.
+   */
   memory?: SharedArrayBuffer;
   /** Largest RAM to allocate when `memory` is not given (default 64 GiB). */
   maxMemory?: number;
@@ -102,6 +112,7 @@ export interface DestinationResult {
   status: 'completed' | 'failed';
   error?: { code: string; message: string };
   'ram-bytes': number;
+  /** The memory received into: its first `ram-bytes` are the guest's RAM (a record RAM's go on). */
   memory?: SharedArrayBuffer;
   /** Pages received with data (main PAGE records and multifd normal pages). */
   normal: number;

@@ -169,6 +169,16 @@ describe('record RAM (page records copied into guest RAM by WebAssembly)', () =>
     );
   });
 
+  it('past 2 GiB (addresses above the signed 32-bit range): the last page placed, the next refused', () => {
+    const bytes = 3 * 2 ** 30; // reserved, not touched: only the pages written here become resident
+    const ram = make(bytes / PAGE);
+    const stream = concat([pageRecord(bytes - PAGE, pageOf(7, 1)), pageRecord(bytes, pageOf(8, 1))]);
+    const chunk = intoReadBuffer(ram, stream);
+    expect(ram.readBuffer.byteOffset).toBe(bytes);
+    expect(ram.placePages(chunk, 0, chunk.length)).toBe(REC);
+    expect(Buffer.compare(new Uint8Array(ram.memory, bytes - PAGE, PAGE), pageOf(7, 1))).toBe(0);
+  });
+
   it('refuses RAM that is not whole pages (typed error), and does not make one past 4 GiB', () => {
     let caught: unknown;
     try {

@@ -9,7 +9,8 @@
  * header in JS. Here one call takes every whole `PAGE | CONTINUE` record of a read. Measured on
  * this project's 2-core test machine, 1 GiB of QEMU's records from a C sender: 19.6–25.0 Gbit/s
  * read and placed this way against 12.5–20.3 through the staged copy (4 alternating pairs); in
- * `bench migrate`, the idle precopy's destination CPU time fell from ~605 to ~470 ms per GiB.
+ * `bench migrate` runs alternated, the idle 1 GiB precopy's destination CPU time fell from a median
+ * of 614 to 450 ms and its `total-time` from 772 to 616 ms.
  *
  * The memory's buffer is longer than the RAM: whoever holds it takes the RAM's size from
  * {@link recordRamOf} (or the migration's `ram-bytes`), never from its `byteLength`.

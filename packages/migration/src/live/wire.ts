@@ -955,7 +955,8 @@ export interface MainDecoderOptions {
    * Offered each run of whole records from a PAGE|CONTINUE record on, inside the pushed chunk:
    * the handler places the pages of as many of them as it takes, from the first (a destination's
    * record RAM, record-ram.ts, copies them in WebAssembly), and returns the bytes of the records
-   * taken — 0, or more than `end - at`, and the decoder goes on as without it. Each page it takes
+   * taken — 0, more than `end - at` or not whole records, and the decoder goes on as without it.
+   * Each page it takes
    * counts as `onPage`/`onPageAt` would have; its bounds are the handler's to check.
    */
   onPageRun?: ((chunk: Uint8Array, at: number, end: number) => number) | undefined;
@@ -1245,7 +1246,7 @@ export function createMainDecoder(options: MainDecoderOptions): MainDecoder {
       if (kind === 1) {
         if (options.onPageRun !== undefined) {
           const n = options.onPageRun(chunk, p, len);
-          if (n > 0 && n <= len - p) {
+          if (n > 0 && n <= len - p && n % PAGE_RECORD_BYTES === 0) {
             itemAt = r.base + p + n - PAGE_RECORD_BYTES;
             r.p = p + n;
             continue;
