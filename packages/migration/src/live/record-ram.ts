@@ -13,7 +13,7 @@
  * of 614 to 450 ms and its `total-time` from 772 to 616 ms.
  *
  * The memory's buffer is longer than the RAM: whoever holds it takes the RAM's size from
- * {@link recordRamOf} (or the migration's `ram-bytes`), never from its `byteLength`.
+ * {@link ramBytesOf} (or the migration's `ram-bytes`), never from its `byteLength`.
  * WebAssembly memories stop at 4 GiB, so larger guests (and engines without shared WebAssembly
  * memory) keep a plain `SharedArrayBuffer` and the decoded path.
  */
