@@ -144,6 +144,11 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     // Guest RAM on both sides advised huge pages, as QEMU's RAM blocks are (where THP can be).
     expect(result.dirtytrack['huge-pages']).toBe(THP);
     expect(result.dirtytrack.destination?.['huge-pages']).toBe(THP);
+    // serve received into a record RAM: WebAssembly placed the main stream's page records, all
+    // but those a read cut in two (at most one per read).
+    const placed = result.dirtytrack.destination?.['record-ram-pages'] as number;
+    expect(placed).toBeGreaterThan(result.ram.normal / 2);
+    expect(placed).toBeLessThanOrEqual(result.ram.normal);
     // QEMU's own sync strategy, each sync timed.
     expectSyncs(result, 'xchg');
     // The README's `--json` sample has exactly these fields (where koffi writes the records: the

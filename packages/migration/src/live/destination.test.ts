@@ -497,6 +497,7 @@ describe('destination into a record RAM (record-ram.ts: page records copied by W
     expect(into.readBuffer.some((b) => b !== 0)).toBe(true);
     expect(into.placed()).toBeGreaterThan(0);
     expect(into.placed()).toBeLessThanOrEqual(normal);
+    expect(r['record-ram-pages']).toBe(into.placed());
   });
 
   it('a page record outside RAM fails as with plain memory, and no page is written', async () => {

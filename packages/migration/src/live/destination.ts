@@ -128,6 +128,12 @@ export interface DestinationResult {
    * through the read buffer: QEMU's multifd receive reads pages in place.
    */
   'in-place-bytes': number;
+  /**
+   * Received into a record RAM (record-ram.ts) only: the pages of `normal` that WebAssembly copied
+   * from the main connection's read buffer; the rest (records cut by a read, or any page once
+   * postcopy tracks them) went through the JS decoder.
+   */
+  'record-ram-pages'?: number;
   /** Multifd channel bytes after their handshakes. */
   'multifd-bytes': number;
   /** True only when VERIFY_END came, every page of RAM was compared and none mismatched. */
@@ -466,6 +472,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       packets: 0,
       bytes: 0,
       inPlaceBytes: 0,
+      recordRamPages: 0,
       compared: null,
       comparedCount: 0,
       mismatches: 0,
@@ -544,7 +551,9 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         : (chunk: Uint8Array, at: number, end: number): number => {
             if (m.running) return 0;
             const n = ram.placePages(chunk, at, end);
-            m.normal += recordsIn(n);
+            const pages = recordsIn(n);
+            m.normal += pages;
+            m.recordRamPages += pages;
             return n;
           };
     const mainOptions = {
@@ -1084,6 +1093,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       'multifd-packets': m.packets,
       'bytes-received': m.bytes,
       'in-place-bytes': m.inPlaceBytes,
+      ...(recordRamOf(m.memory) === undefined ? {} : { 'record-ram-pages': m.recordRamPages }),
       'main-bytes': m.mainDecoder.offset,
       'multifd-bytes': m.channels.reduce((sum, ch) => sum + ch.decoder.offset, 0),
       verified: error === null && m.verifyEnded && m.comparedCount === m.pages && m.mismatches === 0,
@@ -1288,6 +1298,8 @@ interface Migration {
   packets: number;
   bytes: number;
   inPlaceBytes: number;
+  /** Pages WebAssembly placed from a record RAM's read buffer. */
+  recordRamPages: number;
   /** Per page: 0 not compared, 1 matched, 2 mismatched. */
   compared: Uint8Array | null;
   comparedCount: number;
