@@ -1247,9 +1247,14 @@ function guestSize(flag: string, value: string): number {
  */
 export function preallocate(bytes: number, hugePages: boolean): GuestRam {
   const ram = allocateGuestRam(bytes, { hugePages });
-  const m = new Uint8Array(ram.memory);
-  for (let o = 0; o < bytes; o += 4096) m[o] = 0;
+  touchPages(ram.memory);
   return ram;
+}
+
+/** Writes one byte of every 4 KiB page of `memory`, so that each is faulted in now. */
+function touchPages(memory: SharedArrayBuffer): void {
+  const m = new Uint8Array(memory);
+  for (let o = 0; o < m.length; o += 4096) m[o] = 0;
 }
 
 /**
@@ -1259,15 +1264,13 @@ export function preallocate(bytes: number, hugePages: boolean): GuestRam {
  * {@link preallocate}). Its buffer may be longer than `bytes` (`ramBytesOf` gives the RAM).
  */
 export function destinationRam(bytes: number, hugePages: boolean, touch = true): GuestRam {
-  const ram = createRecordRam(bytes);
-  if (ram === undefined)
-    return touch ? preallocate(bytes, hugePages) : allocateGuestRam(bytes, { hugePages });
-  const advised = hugePages && adviseHugePages(ram.memory);
-  if (touch) {
-    const m = new Uint8Array(ram.memory);
-    for (let o = 0; o < m.length; o += 4096) m[o] = 0;
-  }
-  return { memory: ram.memory, hugePages: advised };
+  const record = createRecordRam(bytes);
+  const ram =
+    record === undefined
+      ? allocateGuestRam(bytes, { hugePages })
+      : { memory: record.memory, hugePages: hugePages && adviseHugePages(record.memory) };
+  if (touch) touchPages(ram.memory);
+  return ram;
 }
 
 /** `--rate` of a guest running `workload`: a trace replays at its recorded times, so it caps one only when given. */

@@ -9,7 +9,7 @@ import {
   type BufferedSocket,
   type InPlaceReads,
 } from './read-buffer.js';
-import { ramBytesOf, recordRamOf, recordsIn, type RecordRam } from './record-ram.js';
+import { ramBytesOf, recordRamOf, recordsIn } from './record-ram.js';
 import { createPostcopyFaults, type PostcopyFaults } from './postcopy-faults.js';
 import {
   CHANNEL_KIND,
@@ -333,9 +333,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         const ram = main ? recordRamOf(m.memory) : undefined;
         const into = ram !== undefined && !ram.readerTaken() ? ram.readBuffer : undefined;
         const buffered = withReadBuffer(socket, main ? MAIN_READ_BUFFER_BYTES : READ_BUFFER_BYTES, into);
-        if (buffered !== undefined && into !== undefined) {
-          (ram as RecordRam).takeReader(buffered.socket);
-        }
+        if (buffered !== undefined && into !== undefined) ram?.takeReader(buffered.socket);
         if (buffered !== undefined) {
           sockets.delete(socket);
           track(buffered.socket);
