@@ -11,6 +11,7 @@ import {
   ZERO_COPY_UNAVAILABLE,
   type MigrateBenchResult,
 } from './bench-migrate.js';
+import { C_CEILING_UNAVAILABLE } from './loopback-ceiling.js';
 
 // Real migrations (worker vCPUs, destination child processes, TCP on loopback) at 16 MiB: the
 // shape and the exact invariants only — no timing is asserted.
@@ -155,7 +156,37 @@ describe('dirtytrack bench migrate', () => {
       expect(r['loopback-zero-copy-mbps']).toBe(ZERO_COPY_UNAVAILABLE);
       expect(r['multifd-2-zero-copy-vs-loopback-zero-copy']).toBeUndefined();
     }
+    // The C ceiling, beside the rest in each repetition wherever cc builds it: raw TCP and the
+    // page records, every page of the receiving RAM compared (or the bench throws).
+    const cc = typeof r['c-loopback-mbps'] === 'number';
+    if (cc) {
+      expect(r['c-loopback-runs']).toEqual([r['c-loopback-mbps']]);
+      expect(r['c-records-runs']).toEqual([r['c-records-mbps']]);
+      expect(r['c-loopback-mbps']).toBeGreaterThan(0);
+      expect(r['c-records-mbps']).toBeGreaterThan(0);
+      expect(r['c-records-vs-loopback']).toBe(
+        fourDigits((r['c-records-mbps'] as number) / r['loopback-mbps']),
+      );
+      expect(r['precopy-vs-c-records']).toBe(fourDigits(r['precopy-mbps'] / (r['c-records-mbps'] as number)));
+    } else {
+      console.info(`the C ceiling not measured here: ${String(r['c-loopback-mbps'])}`);
+      expect(r['c-loopback-mbps']).toBe(C_CEILING_UNAVAILABLE);
+      expect([r['c-records-mbps'], r['precopy-vs-c-records']]).toEqual([undefined, undefined]);
+    }
     const table = formatMigrateBench(r).split('\n');
+    if (cc) {
+      expect(table).toContain(
+        `| C ceiling: raw TCP, 16.0 MiB to a discarding process | – | – | – | – | ${r['c-loopback-mbps']} | ` +
+          `${fourDigits((r['c-loopback-mbps'] as number) / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
+      );
+      expect(table).toContain(
+        `| C ceiling: 16.0 MiB as QEMU's page records, each page copied into guest RAM | – | – | – | – | ${r['c-records-mbps']} | ` +
+          `${r['c-records-vs-loopback']} | verified | – | – | – | – | – | – |`,
+      );
+      expect(table).toContain(
+        `The same page records between two C processes reach ${r['c-records-vs-loopback']} of raw loopback (runs ${r['c-records-mbps']} Mbit/s; raw TCP in C ${r['c-loopback-mbps']}); precopy reaches ${r['precopy-vs-c-records']} of them.`,
+      );
+    } else expect(table).toContain(`C ceiling: ${C_CEILING_UNAVAILABLE}.`);
     // One model prediction per live run, over the measured link and write rate, with its error.
     expect(r.model.map((m) => m.case)).toEqual(names);
     for (const [i, m] of r.model.entries()) {
@@ -203,7 +234,7 @@ describe('dirtytrack bench migrate', () => {
       `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node}), guest RAM ` +
         (r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'),
     );
-    expect(table.filter((l) => l.startsWith('| '))).toHaveLength(zeroCopy ? 11 : 9);
+    expect(table.filter((l) => l.startsWith('| '))).toHaveLength((zeroCopy ? 11 : 9) + (cc ? 2 : 1));
     expect(table).toContain(
       zeroCopy
         ? `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2']} (median ${r['zero-copy-vs-multifd-2']}).`

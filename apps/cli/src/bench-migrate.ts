@@ -25,6 +25,7 @@ import {
 import { allocateGuestRam } from '@dirtytrack/qemu-layers';
 import { fourDigits, medianOf } from './bench-timing.js';
 import { localServeArgs, preallocate, startLiveSource } from './live.js';
+import { C_CEILING_UNAVAILABLE, compileLoopbackCeiling } from './loopback-ceiling.js';
 import { liveScenario } from './live-scenario.js';
 import { simulate } from './pipeline.js';
 import { scenarioSchema, type ScenarioInput } from './scenario.js';
@@ -197,8 +198,8 @@ export interface MigrateBenchResult {
    * 4 KiB page after its 8-byte header, as precopy sends them) written from prebuilt buffers, and
    * a worker thread that reads them through `onread` into one reused buffer and copies each page
    * to its offset in a guest RAM, as the destination does. The ceiling of a destination that
-   * reads this way, not of the format: ends written in C reach ~0.95 of raw with the same copy
-   * (the migration README). Mbit/s of page bytes, median.
+   * reads this way, not of the format: the C ends of `c-records-mbps` make the same copy. Mbit/s
+   * of page bytes, median.
    */
   'loopback-records-mbps': number;
   'loopback-records-runs': number[];
@@ -216,6 +217,26 @@ export interface MigrateBenchResult {
   'loopback-zero-copy-runs'?: number[];
   /** `multifd-2-zero-copy-mbps / loopback-zero-copy-mbps`: how much of its data path's ceiling it reaches. */
   'multifd-2-zero-copy-vs-loopback-zero-copy'?: number;
+  /**
+   * The same machine's ceiling without any of this project's code: raw TCP written in C (4 MiB
+   * writes from one buffer to a discarding process, the C twin of `loopback-mbps`), measured
+   * beside the rest in every repetition where `cc` builds it (loopback-ceiling.ts). Mbit/s,
+   * median; {@link C_CEILING_UNAVAILABLE} where no `cc` runs.
+   */
+  'c-loopback-mbps': number | string;
+  'c-loopback-runs'?: number[];
+  /**
+   * Precopy's stream written in C: `memory` bytes of guest RAM as page records, 512 per `writev`
+   * straight from the RAM, read into a 4 MiB buffer and each page copied to its offset in another
+   * RAM, every page then compared — what this machine's kernel allows precopy's format and copy
+   * when the two ends cost nothing else. Mbit/s of page bytes, median.
+   */
+  'c-records-mbps'?: number;
+  'c-records-runs'?: number[];
+  /** `c-records-mbps / loopback-mbps`: how close to raw TCP an ideal precopy gets here. */
+  'c-records-vs-loopback'?: number;
+  /** `precopy-mbps / c-records-mbps`: how much of the C ends' throughput precopy reaches. */
+  'precopy-vs-c-records'?: number;
   /** Every run's guest RAM was advised transparent huge pages (source and destination, as QEMU does). */
   'huge-pages': boolean;
   'precopy-mbps': number;
@@ -275,8 +296,13 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
   const loopbackMemory: number[] = [];
   const loopbackRecords: number[] = [];
   const loopbackZeroCopy: number[] = [];
+  const cLoopback: number[] = [];
+  const cRecords: number[] = [];
   let receiverKiB = 0;
   const runs = new Map<LiveCaseName, LiveRun[]>(specs.map((s) => [s.name, []]));
+  step('C ceiling: building it with cc');
+  const ceiling = await compileLoopbackCeiling(RAM_FLAG.PAGE | RAM_FLAG.CONTINUE);
+  if (ceiling === undefined) step(`C ceiling: ${C_CEILING_UNAVAILABLE}`);
   const receiver = await spawnReceiver();
   try {
     for (let rep = 0; rep < o.reps; rep++) {
@@ -302,6 +328,13 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
         loopbackZeroCopy.push(await zeroCopyToMemory(o.memory));
         collectGarbage();
       }
+      if (ceiling !== undefined) {
+        step(
+          `C ceiling: ${o.memory} bytes of raw TCP, then as page records into guest RAM, two C processes (${of})`,
+        );
+        cLoopback.push(fourDigits((await ceiling.run('raw', o.memory)).mbps));
+        cRecords.push(fourDigits((await ceiling.run('records', o.memory)).mbps));
+      }
       for (const s of specs) {
         const memory = s.dirtying ? o.dirtyMemory : o.memory;
         step(
@@ -316,6 +349,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     }
   } finally {
     receiver.close();
+    await ceiling?.close();
   }
   const loopbackMbps = medianOf(loopback);
   const cases = specs.map((s): LiveCase => {
@@ -394,6 +428,16 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
           ),
         }
       : { 'loopback-zero-copy-mbps': ZERO_COPY_UNAVAILABLE }),
+    ...(ceiling === undefined
+      ? { 'c-loopback-mbps': C_CEILING_UNAVAILABLE }
+      : {
+          'c-loopback-mbps': medianOf(cLoopback),
+          'c-loopback-runs': cLoopback,
+          'c-records-mbps': medianOf(cRecords),
+          'c-records-runs': cRecords,
+          'c-records-vs-loopback': fourDigits(medianOf(cRecords) / loopbackMbps),
+          'precopy-vs-c-records': fourDigits(mbps('precopy') / medianOf(cRecords)),
+        }),
     'huge-pages': cases.every((c) => c.runs.every((run) => run['huge-pages'])),
     'precopy-mbps': mbps('precopy'),
     'precopy-vs-loopback': ratio('precopy'),
@@ -446,6 +490,14 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
             `${fourDigits(r['loopback-zero-copy-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
         ]
       : []),
+    ...(typeof r['c-loopback-mbps'] === 'number' && r['c-records-mbps'] !== undefined
+      ? [
+          `| C ceiling: raw TCP, ${mib(r.memory)} to a discarding process | – | – | – | – | ${r['c-loopback-mbps']} | ` +
+            `${fourDigits(r['c-loopback-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
+          `| C ceiling: ${mib(r.memory)} as QEMU's page records, each page copied into guest RAM | – | – | – | – | ${r['c-records-mbps']} | ` +
+            `${fourDigits(r['c-records-mbps'] / r['loopback-mbps'])} | verified | – | – | – | – | – | – |`,
+        ]
+      : [`| C ceiling: ${r['c-loopback-mbps']} | – | – | – | – | – | – | – | – | – | – | – | – | – |`]),
   ];
   for (const c of r.cases) {
     const m = r.model.find((x) => x.case === c.name) as ModelPrediction;
@@ -483,6 +535,9 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
     r['multifd-2-zero-copy-vs-loopback-zero-copy'] === undefined
       ? `TCP between memories with zero-copy-send: ${String(r['loopback-zero-copy-mbps'])}.`
       : `multifd-2 with zero-copy-send over TCP between memories in its own packets, zero-copy (its data path alone): ${r['multifd-2-zero-copy-vs-loopback-zero-copy']}.`,
+    r['precopy-vs-c-records'] === undefined
+      ? `C ceiling: ${String(r['c-loopback-mbps'])}.`
+      : `The same page records between two C processes reach ${r['c-records-vs-loopback']} of raw loopback (runs ${(r['c-records-runs'] ?? []).join(', ')} Mbit/s; raw TCP in C ${(r['c-loopback-runs'] ?? []).join(', ')}); precopy reaches ${r['precopy-vs-c-records']} of them.`,
     `Downtime of each repetition, ms (the live link is pipelined: when the last window queued the rest of RAM, almost nothing is pending at the stop): ${r.cases
       .map((c) => `${c.name} ${c.runs.map((run) => run.downtime ?? '–').join(', ')}`)
       .join('; ')}.`,
