@@ -1,4 +1,8 @@
-import { availableParallelism } from 'node:os';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import type { Socket } from 'node:net';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fdWritesAvailable } from '@dirtytrack/migration';
 import { createHugePageAllocator } from '@dirtytrack/qemu-layers';
 import { describe, expect, it } from 'vitest';
@@ -8,6 +12,7 @@ import {
   cpuLoad,
   errorPct,
   formatMigrateBench,
+  USAGE_PRELOAD,
   ZERO_COPY_UNAVAILABLE,
   type MigrateBenchResult,
 } from './bench-migrate.js';
@@ -315,5 +320,46 @@ describe('dirtytrack bench migrate', () => {
     expect(out.code).toBe(2);
     expect(out.stderr.trim().split('\n')).toHaveLength(1);
     expect(out.stderr).toContain(flag);
+  });
+});
+
+// The usage preload that reports a destination's CPU time and peak RSS on fd 3: with worker
+// threads that end before the process (a destination's vCPUs), the exit line must still arrive.
+// Until d53fc4c the preload ran in every worker too, and the first worker to exit closed fd 3:
+// `bench migrate` reported a peak RSS of 0 for every 1 GiB destination, and its 16 MiB test
+// could not see it.
+describe("bench migrate's usage preload", () => {
+  it('answers each CPU query and writes the peak RSS at exit, after worker threads have come and gone', async () => {
+    // Workers from a file, as the destination's vCPUs are (the preload runs in those, not in eval'd ones).
+    const dir = await mkdtemp(join(tmpdir(), 'dirtytrack-preload-'));
+    const worker = join(dir, 'worker.cjs');
+    await writeFile(worker, 'setTimeout(() => {}, 50);\n');
+    const script =
+      "const { Worker } = require('node:worker_threads');" +
+      // Two workers that end after 50 ms; then the main thread says so and lives 300 ms more.
+      `let n = 0; for (let i = 0; i < 2; i++) new Worker(${JSON.stringify(worker)}).on('exit', () => { if (++n === 2) { console.log('gone'); setTimeout(() => {}, 300); } });`;
+    const child = spawn(process.execPath, ['--import', USAGE_PRELOAD, '-e', script], {
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+    });
+    const gone = new Promise((r) => child.stdout?.setEncoding('utf8').once('data', r));
+    let stderr = '';
+    child.stderr?.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    const fd3 = child.stdio[3] as Socket;
+    let text = '';
+    fd3.setEncoding('utf8').on('data', (c: string) => (text += c));
+    // One query while it runs, once the workers are gone.
+    expect(await gone).toBe('gone\n');
+    fd3.write('c');
+    const code = await new Promise((r) => child.once('close', r));
+    await rm(dir, { recursive: true });
+    expect([code, stderr]).toEqual([0, '']);
+    const lines = text.trim().split('\n');
+    // The query answered by the main thread after the workers had gone, then its exit line (with
+    // the fault, fd 3 closed by the first worker: only that worker's exit line).
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatch(/^cpu [1-9]\d*$/);
+    expect(lines[1]).toMatch(/^exit [1-9]\d*$/);
+    // Peak RSS in KiB: more than any Node process's 16 MiB.
+    expect(Number(lines[1]?.split(' ')[1])).toBeGreaterThan(16384);
   });
 });

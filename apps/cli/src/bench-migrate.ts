@@ -791,7 +791,7 @@ const PEAK_KIB = `(() => { try { return Number(/VmHWM:\\s+(\\d+)/.exec(require('
  * never merge), and its peak RSS (KiB) as it exits (`exit <KiB>`). The reading
  * end is unref'd: it never keeps the process alive.
  */
-const USAGE_PRELOAD =
+export const USAGE_PRELOAD =
   'data:text/javascript,' +
   encodeURIComponent(
     "import { writeSync } from 'node:fs'; import { Socket } from 'node:net'; import { createRequire } from 'node:module';" +
