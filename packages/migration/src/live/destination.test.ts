@@ -500,6 +500,57 @@ describe('destination into a record RAM (record-ram.ts: page records copied by W
     expect(r['record-ram-pages']).toBe(into.placed());
   });
 
+  it('postcopy: pages placed by WebAssembly before the switch are received — after it, never overwritten; the others placed once', async () => {
+    const pages = 160;
+    const ram = pages * PAGE;
+    const rng = createRng(23);
+    const before = (p: number): Uint8Array => new Uint8Array(PAGE).fill(1 + (p % 200));
+    const after = (p: number): Uint8Array => new Uint8Array(PAGE).fill(201 + (p % 50));
+    // Not sent before the switch: a lone page, a run of two and the last page.
+    const missing = new Set([3, 50, 51, pages - 1]);
+    const into = recordRam(pages);
+    const d = await destination({ memory: into.memory, recoverTimeoutMs: 200 });
+    const s = await source(d, ram, 0, HELLO_FLAG.POSTCOPY);
+    const send = async (bytes: Uint8Array): Promise<void> => {
+      for (let at = 0; at < bytes.length;) {
+        const n = 1 + Math.floor(rng.nextFloat() * 5 * (PAGE + 8));
+        await s.write(s.main, bytes.subarray(at, at + n));
+        at += n;
+      }
+    };
+    const sent = Array.from({ length: pages }, (_, p) => p).filter((p) => !missing.has(p));
+    await send(
+      concat([
+        setup(ram),
+        encodeSection(VM_ITEM.SECTION_PART),
+        ...sent.map((p) => pageRecord(p * PAGE, before(p))),
+        encodeEos(),
+        encodeCommand(MIG_CMD.POSTCOPY_LISTEN, new Uint8Array(0)),
+        encodeCommand(MIG_CMD.POSTCOPY_RUN, new Uint8Array(0)),
+        // After the switch every page comes again (as a source's background copy would send what
+        // it still holds): only the pages never received may be placed.
+        encodeSection(VM_ITEM.SECTION_PART),
+        ...Array.from({ length: pages }, (_, p) => pageRecord(p * PAGE, after(p))),
+        encodeEos(),
+      ]),
+    );
+    await s.write(s.main, encodeEof());
+    await s.closed;
+    const r = await d.result;
+    const got = new Uint8Array(into.memory, 0, ram);
+    for (let p = 0; p < pages; p++)
+      expect(
+        Buffer.compare(got.subarray(p * PAGE, (p + 1) * PAGE), missing.has(p) ? after(p) : before(p)),
+      ).toBe(0);
+    expect(r.status).toBe('completed');
+    expect(r.postcopy).toMatchObject({ 'postcopy-placed': missing.size, 'postcopy-duplicates': sent.length });
+    expect(r.normal).toBe(sent.length + missing.size);
+    // Most of the first round went through WebAssembly (records cut by a write through JS).
+    expect(r['record-ram-pages']).toBe(into.placed());
+    expect(into.placed()).toBeGreaterThan(sent.length / 2);
+    expect(into.placed()).toBeLessThanOrEqual(sent.length);
+  });
+
   it('a page record outside RAM fails as with plain memory, and no page is written', async () => {
     const messages: string[] = [];
     for (const memory of [recordRam(4).memory, new SharedArrayBuffer(4 * PAGE)]) {

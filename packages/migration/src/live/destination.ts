@@ -24,6 +24,7 @@ import {
   encodeVerifyResult,
   HELLO_FLAG,
   MIG_CMD,
+  PAGE_RECORD_BYTES,
   pageHashes,
   RESULT_CODE,
   RP_MSG,
@@ -191,6 +192,23 @@ const PROGRESS_INTERVAL_MS = 100;
  * ~2 µs per 4 KiB here (Node 20), 6× a 4 KiB `set`.
  */
 const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
+
+/**
+ * Marks received the page of each record in `chunk[at, end)`: whole page records that a record
+ * RAM placed (so each header's high word is 0 and its low word `offset | flags`, big-endian).
+ */
+function markReceived(received: Int32Array, chunk: Uint8Array, at: number, end: number): void {
+  for (let p = at; p < end; p += PAGE_RECORD_BYTES) {
+    const low =
+      (((chunk[p + 4] as number) << 24) |
+        ((chunk[p + 5] as number) << 16) |
+        ((chunk[p + 6] as number) << 8) |
+        (chunk[p + 7] as number)) >>>
+      0;
+    const page = Math.floor(low / PAGE_SIZE);
+    received[page >>> 5] = (received[page >>> 5] as number) | (1 << (page & 31));
+  }
+}
 
 /** Zeroes `[start, start + length)` of `mem` a page at a time with {@link ZERO_PAGE}. */
 function zeroRange(mem: Uint8Array, start: number, length: number): void {
@@ -540,15 +558,18 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     const onZero = (offset: number): void => {
       if (put(offset, ZERO_PAGE)) m.duplicate++;
     };
-    // A record RAM takes whole runs of page records from its read buffer (record-ram.ts). Only
-    // where a page is a plain copy: not once postcopy tracks received pages (`landed`).
+    // A record RAM takes whole runs of page records from its read buffer (record-ram.ts) while a
+    // page is a plain copy: before the switch. With postcopy announced, each placed page is then
+    // marked received, as `landed` marks it (the pages a running guest here will not ask for);
+    // after the switch every page goes through `put` (placed once, never over one in place).
     const ram = recordRamOf(memory);
     const onPageRun =
-      ram === undefined || received !== undefined
+      ram === undefined
         ? undefined
         : (chunk: Uint8Array, at: number, end: number): number => {
             if (m.running) return 0;
             const n = ram.placePages(chunk, at, end);
+            if (received !== undefined) markReceived(received, chunk, at, at + n);
             const pages = recordsIn(n);
             m.normal += pages;
             m.recordRamPages += pages;
