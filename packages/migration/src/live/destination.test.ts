@@ -13,6 +13,7 @@ import { createDestination, type Destination, type DestinationResult } from './d
 import { createRecordRam, type RecordRam } from './record-ram.js';
 import {
   encodeCommand,
+  encodeDiscard,
   encodeEof,
   encodeEos,
   encodeFlush,
@@ -550,6 +551,51 @@ describe('destination into a record RAM (record-ram.ts: page records copied by W
     expect(r['record-ram-pages']).toBe(into.placed());
     expect(into.placed()).toBeGreaterThan(sent.length / 2);
     expect(into.placed()).toBeLessThanOrEqual(r.normal);
+  });
+
+  it('postcopy discard: received pages are zeroed and missing again, pages never received stay missing', async () => {
+    const pages = 64;
+    const ram = pages * PAGE;
+    const fill = (p: number, v: number): Uint8Array => new Uint8Array(PAGE).fill(v + (p % 7));
+    const into = recordRam(pages);
+    const d = await destination({ memory: into.memory, recoverTimeoutMs: 200 });
+    const s = await source(d, ram, 0, HELLO_FLAG.POSTCOPY);
+    const range = (a: number, b: number): number[] => Array.from({ length: b - a }, (_, i) => a + i);
+    // Before the switch pages 0-47 (48-63 never); discarded: 8-15 (received) and 40-55 (40-47
+    // received, 48-55 not).
+    // After it every page comes again but 12-15 and 52-55.
+    const again = range(0, pages).filter((p) => !(p >= 12 && p < 16) && !(p >= 52 && p < 56));
+    await s.write(
+      s.main,
+      concat([
+        setup(ram),
+        encodeSection(VM_ITEM.SECTION_PART),
+        ...range(0, 48).map((p) => pageRecord(p * PAGE, fill(p, 1))),
+        encodeEos(),
+        ...encodeDiscard([
+          [8 * PAGE, 8 * PAGE],
+          [40 * PAGE, 16 * PAGE],
+        ]),
+        encodeCommand(MIG_CMD.POSTCOPY_LISTEN, new Uint8Array(0)),
+        encodeCommand(MIG_CMD.POSTCOPY_RUN, new Uint8Array(0)),
+        encodeSection(VM_ITEM.SECTION_PART),
+        ...again.map((p) => pageRecord(p * PAGE, fill(p, 100))),
+        encodeEos(),
+        encodeEof(),
+      ]),
+    );
+    await s.closed;
+    const r = await d.result;
+    expect(r.status).toBe('completed');
+    const got = new Uint8Array(into.memory, 0, ram);
+    const expected = (p: number): Uint8Array => {
+      if ((p >= 12 && p < 16) || (p >= 52 && p < 56)) return new Uint8Array(PAGE); // a hole, never sent again
+      if ((p >= 8 && p < 12) || p >= 40) return fill(p, 100); // discarded or never received: placed
+      return fill(p, 1); // received and kept: the copy after the switch is a duplicate
+    };
+    for (let p = 0; p < pages; p++)
+      expect(Buffer.compare(got.subarray(p * PAGE, (p + 1) * PAGE), expected(p))).toBe(0);
+    expect(r.postcopy).toMatchObject({ 'postcopy-placed': 4 + 8 + 4 + 8, 'postcopy-duplicates': 8 + 24 });
   });
 
   it('a page record outside RAM fails as with plain memory, and no page is written', async () => {

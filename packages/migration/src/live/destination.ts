@@ -232,6 +232,26 @@ function isPageRecord(chunk: Uint8Array, at: number, offset: number): boolean {
   );
 }
 
+/**
+ * Pages `[first, end)` discarded in postcopy: each one `received` marks is zeroed and marked
+ * missing; a word of 32 pages none of which arrived is passed over whole.
+ */
+function discardReceived(mem: Uint8Array, received: Int32Array, first: number, end: number): void {
+  for (let p = first; p < end;) {
+    const w = p >>> 5;
+    if (received[w] === 0) {
+      p = (w + 1) * 32;
+      continue;
+    }
+    const bit = 1 << (p & 31);
+    if (((received[w] as number) & bit) !== 0) {
+      mem.set(ZERO_PAGE, p * PAGE_SIZE);
+      received[w] = (received[w] as number) & ~bit;
+    }
+    p++;
+  }
+}
+
 /** Zeroes `[start, start + length)` of `mem` a page at a time with {@link ZERO_PAGE}. */
 function zeroRange(mem: Uint8Array, start: number, length: number): void {
   let o = start;
@@ -757,16 +777,16 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       case MIG_CMD.POSTCOPY_RAM_DISCARD: {
         if (m.running) throw protocolFailure('POSTCOPY_RAM_DISCARD after POSTCOPY_RUN');
         // Discarded pages will be sent again; until then they read as zero (a punched hole) and,
-        // in postcopy, are missing: the guest's first touch faults.
+        // in postcopy, are missing: the guest's first touch faults. A page this migration has not
+        // received is missing already (nothing reads it before it arrives), so only received
+        // pages are zeroed: at a switch early in the first round, QEMU's discard names nearly all
+        // of RAM, and zeroing it all cost ~80 ms per GiB of the destination's time.
         const received = m.faults?.received;
         for (let o = 9; o < payload.length; o += 16) {
           const start = dv.getUint32(o) * 2 ** 32 + dv.getUint32(o + 4);
           const length = dv.getUint32(o + 8) * 2 ** 32 + dv.getUint32(o + 12);
-          zeroRange(m.mem, start, length);
-          if (received !== undefined) {
-            for (let p = start / PAGE_SIZE, e = (start + length) / PAGE_SIZE; p < e; p++)
-              received[p >>> 5] = (received[p >>> 5] as number) & ~(1 << (p & 31));
-          }
+          if (received === undefined) zeroRange(m.mem, start, length);
+          else discardReceived(m.mem, received, start / PAGE_SIZE, (start + length) / PAGE_SIZE);
         }
         return;
       }
