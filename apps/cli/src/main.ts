@@ -288,7 +288,7 @@ export async function main(argv: readonly string[], io: Io = defaultIo): Promise
       bench
         .command('migrate')
         .description(
-          'Live migrations on loopback (idle guest by precopy — from staging buffers and from guest memory — and multifd 2 (again with zero-copy-send where koffi loads) and 4, a dirtying guest) against raw TCP, TCP between two guest RAMs and TCP in QEMU’s page records into guest RAM, and the model plane’s prediction of each.',
+          'Live migrations on loopback (idle guest by precopy — from staging buffers and from guest memory — and multifd 2 (again with zero-copy-send where koffi loads) and 4, a dirtying guest) against raw TCP, TCP between two guest RAMs and TCP in QEMU’s page records into guest RAM (in Node, and in C where cc builds it), and the model plane’s prediction of each.',
         )
         .option('--memory <size>', 'idle guest RAM and loopback transfer (IEC size)', '1G')
         .option('--dirty-memory <size>', 'RAM of the guest dirtying at full speed', '512M')
