@@ -16,7 +16,6 @@ import {
   ZERO_COPY_UNAVAILABLE,
   type MigrateBenchResult,
 } from './bench-migrate.js';
-import { C_CEILING_UNAVAILABLE } from './loopback-ceiling.js';
 
 // Real migrations (worker vCPUs, destination child processes, TCP on loopback) at 16 MiB: the
 // shape and the exact invariants only — no timing is asserted.
@@ -175,7 +174,8 @@ describe('dirtytrack bench migrate', () => {
       expect(r['precopy-vs-c-records']).toBe(fourDigits(r['precopy-mbps'] / (r['c-records-mbps'] as number)));
     } else {
       console.info(`the C ceiling not measured here: ${String(r['c-loopback-mbps'])}`);
-      expect(r['c-loopback-mbps']).toBe(C_CEILING_UNAVAILABLE);
+      // No cc, or one that could not build it (its complaint then): the bench goes on.
+      expect(r['c-loopback-mbps']).toMatch(/^unavailable: /);
       expect([r['c-records-mbps'], r['precopy-vs-c-records']]).toEqual([undefined, undefined]);
     }
     const table = formatMigrateBench(r).split('\n');
@@ -191,7 +191,7 @@ describe('dirtytrack bench migrate', () => {
       expect(table).toContain(
         `The same page records between two C processes reach ${r['c-records-vs-loopback']} of raw loopback (runs ${r['c-records-mbps']} Mbit/s; raw TCP in C ${r['c-loopback-mbps']}); precopy reaches ${r['precopy-vs-c-records']} of them.`,
       );
-    } else expect(table).toContain(`C ceiling: ${C_CEILING_UNAVAILABLE}.`);
+    } else expect(table).toContain(`C ceiling: ${String(r['c-loopback-mbps'])}.`);
     // One model prediction per live run, over the measured link and write rate, with its error.
     expect(r.model.map((m) => m.case)).toEqual(names);
     for (const [i, m] of r.model.entries()) {

@@ -25,7 +25,7 @@ import {
 import { allocateGuestRam } from '@dirtytrack/qemu-layers';
 import { fourDigits, medianOf } from './bench-timing.js';
 import { localServeArgs, preallocate, startLiveSource } from './live.js';
-import { C_CEILING_UNAVAILABLE, compileLoopbackCeiling } from './loopback-ceiling.js';
+import { loopbackCeiling } from './loopback-ceiling.js';
 import { liveScenario } from './live-scenario.js';
 import { simulate } from './pipeline.js';
 import { scenarioSchema, type ScenarioInput } from './scenario.js';
@@ -221,7 +221,8 @@ export interface MigrateBenchResult {
    * The same machine's ceiling without any of this project's code: raw TCP written in C (4 MiB
    * writes from one buffer to a discarding process, the C twin of `loopback-mbps`), measured
    * beside the rest in every repetition where `cc` builds it (loopback-ceiling.ts). Mbit/s,
-   * median; {@link C_CEILING_UNAVAILABLE} where no `cc` runs.
+   * median; where not measured, why: `C_CEILING_UNAVAILABLE` where no `cc` runs, or the
+   * compiler's complaint where it could not build the program.
    */
   'c-loopback-mbps': number | string;
   'c-loopback-runs'?: number[];
@@ -301,8 +302,10 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
   let receiverKiB = 0;
   const runs = new Map<LiveCaseName, LiveRun[]>(specs.map((s) => [s.name, []]));
   step('C ceiling: building it with cc');
-  const ceiling = await compileLoopbackCeiling(RAM_FLAG.PAGE | RAM_FLAG.CONTINUE);
-  if (ceiling === undefined) step(`C ceiling: ${C_CEILING_UNAVAILABLE}`);
+  const built = await loopbackCeiling(RAM_FLAG.PAGE | RAM_FLAG.CONTINUE);
+  const ceiling = typeof built === 'string' ? undefined : built;
+  const cUnavailable = typeof built === 'string' ? built : '';
+  if (ceiling === undefined) step(`C ceiling: ${cUnavailable}`);
   const receiver = await spawnReceiver();
   try {
     for (let rep = 0; rep < o.reps; rep++) {
@@ -429,7 +432,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
         }
       : { 'loopback-zero-copy-mbps': ZERO_COPY_UNAVAILABLE }),
     ...(ceiling === undefined
-      ? { 'c-loopback-mbps': C_CEILING_UNAVAILABLE }
+      ? { 'c-loopback-mbps': cUnavailable }
       : {
           'c-loopback-mbps': medianOf(cLoopback),
           'c-loopback-runs': cLoopback,

@@ -4,7 +4,13 @@ import { join } from 'node:path';
 import { DirtytrackError } from '@dirtytrack/core';
 import { RAM_FLAG } from '@dirtytrack/migration';
 import { afterAll, describe, expect, it } from 'vitest';
-import { compileLoopbackCeiling, LOOPBACK_CEILING_C, type LoopbackCeiling } from './loopback-ceiling.js';
+import {
+  C_CEILING_UNAVAILABLE,
+  compileLoopbackCeiling,
+  LOOPBACK_CEILING_C,
+  loopbackCeiling,
+  type LoopbackCeiling,
+} from './loopback-ceiling.js';
 
 const FLAGS = RAM_FLAG.PAGE | RAM_FLAG.CONTINUE;
 const ceiling = await compileLoopbackCeiling(FLAGS);
@@ -59,6 +65,10 @@ describe('the C ceiling of bench migrate', () => {
         (x: unknown) => x,
       );
       expect((unbuilt as DirtytrackError).code).toBe('unsupported');
+      // The bench's form of it: not a failure, the reason it was not measured.
+      expect(await loopbackCeiling(FLAGS, 'int main(void) { return x; }')).toMatch(
+        /^unavailable: cc could not build the C ceiling: .*error: .*x/,
+      );
       expect((unbuilt as Error).message).toMatch(
         /^\[dirtytrack\] \[bench-migrate\] cc could not build the C ceiling: .*error: .*x/,
       );
@@ -71,6 +81,7 @@ describe('the C ceiling of bench migrate', () => {
     process.env['PATH'] = empty;
     try {
       expect(await compileLoopbackCeiling(FLAGS)).toBeUndefined();
+      expect(await loopbackCeiling(FLAGS)).toBe(C_CEILING_UNAVAILABLE);
     } finally {
       process.env['PATH'] = path;
       await rm(empty, { recursive: true });

@@ -234,6 +234,23 @@ export async function compileLoopbackCeiling(
   };
 }
 
+/**
+ * {@link compileLoopbackCeiling} for the bench: the built ceiling, or why there is none — no `cc`
+ * ({@link C_CEILING_UNAVAILABLE}), or the compiler's complaint where `cc` could not build it (no C
+ * library headers, say): the bench goes on without it, a yardstick and not one of its runs.
+ */
+export async function loopbackCeiling(
+  flags: number,
+  source = LOOPBACK_CEILING_C,
+): Promise<LoopbackCeiling | string> {
+  try {
+    return (await compileLoopbackCeiling(flags, source)) ?? C_CEILING_UNAVAILABLE;
+  } catch (error) {
+    if (!(error instanceof DirtytrackError && error.code === 'unsupported')) throw error;
+    return `unavailable: ${error.message.replace(/^\[dirtytrack\] \[[^\]]*\] /, '')}`;
+  }
+}
+
 function describe(e: unknown): string {
   const stderr = (e as { stderr?: unknown }).stderr;
   if (typeof stderr === 'string' && stderr.trim() !== '') {
