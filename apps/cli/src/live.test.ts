@@ -8,10 +8,12 @@ import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { run, spawnCliJob, spawnServe } from './__fixtures__/run.js';
 import {
   availableMemory,
+  destinationRam,
   fitsInMemory,
   formatProgress,
   formatReceived,
   localServeArgs,
+  optimizeWhileReceiving,
   syncSummary,
   timedSyncs,
   type MigrateResult,
@@ -394,6 +396,16 @@ describe('dirtytrack migrate --postcopy-after (local mode)', () => {
     },
     60_000,
   );
+});
+
+describe("serve's use of V8's optimizing compiler", () => {
+  it('off only while a record RAM receives precopy without multifd; on for plain RAM and multifd', () => {
+    const record = destinationRam(16 * 4096, false);
+    expect(record.memory.byteLength).toBeGreaterThan(16 * 4096); // a record RAM: RAM, then its read buffer
+    expect(optimizeWhileReceiving({ memory: record.memory, channels: 0 })).toBe(false);
+    expect(optimizeWhileReceiving({ memory: record.memory, channels: 2 })).toBe(true);
+    expect(optimizeWhileReceiving({ memory: new SharedArrayBuffer(16 * 4096), channels: 0 })).toBe(true);
+  });
 });
 
 describe('the destination runs the source guest’s own program after the switch', () => {

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
 import { createInterface } from 'node:readline';
+import { setFlagsFromString } from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import {
   createRng,
@@ -31,6 +32,7 @@ import {
   GUEST_TRACE_MAX,
   GUEST_VCPUS_FROM_SOURCE_MAX,
   ramBytesOf,
+  recordRamOf,
   ringReaps,
   runLiveMigration,
   SEND_FROM,
@@ -1263,6 +1265,26 @@ function touchPages(memory: SharedArrayBuffer): void {
  * huge pages before the first touch when `hugePages`, and touched now when `touch` (see
  * {@link preallocate}). Its buffer may be longer than `bytes` (`ramBytesOf` gives the RAM).
  */
+/**
+ * `serve`'s use of V8's optimizing compiler (TurboFan; process-wide): off while a migration only
+ * sends precopy's page records into a record RAM — WebAssembly places the pages, and the little
+ * JavaScript per read runs well enough unoptimized, where TurboFan compiled the decoder again and
+ * again on the same two cores as the transfer (~80 ms per GiB of its threads' time in `perf`);
+ * on for anything else (multifd's in-place reads, plain RAM) and before a guest runs here (its
+ * vCPUs' workload needs it: ~5× slower without). Idle 1 GiB precopies with the destination
+ * without TurboFan took 495–655 ms against 603–742 with it (4 alternating pairs), and with this
+ * policy 379–476 against 427–542 (6 pairs, paired median 0.85); multifd-2 took longer without it
+ * (504–670 against 455–532), so it keeps it.
+ */
+export function serveCompiler(optimize: boolean): void {
+  setFlagsFromString(optimize ? '--turbofan' : '--no-turbofan');
+}
+
+/** Whether `serve` keeps TurboFan for a migration starting now (see {@link serveCompiler}). */
+export function optimizeWhileReceiving(start: { memory: SharedArrayBuffer; channels: number }): boolean {
+  return recordRamOf(start.memory) === undefined || start.channels > 0;
+}
+
 export function destinationRam(bytes: number, hugePages: boolean, touch = true): GuestRam {
   const record = createRecordRam(bytes);
   const ram =
@@ -1559,6 +1581,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                 'booted-ahead': guest.bootedAhead,
               };
           } else if (ok && runAfter > 0 && received !== undefined) {
+            serveCompiler(true); // the guest runs here now
             const vcpus = vcpusHere(ownVcpus, runVcpus, state);
             const taken = takeStandby();
             try {
@@ -1628,6 +1651,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             // source's count.
             ...(ownVcpus ? { guestVcpus: runVcpus } : {}),
             onProgress,
+            onMigrationStart: (start) => serveCompiler(optimizeWhileReceiving(start)),
             ...(once
               ? {}
               : {
@@ -1643,6 +1667,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
                     )),
                 }),
             async onPostcopyRun({ memory: ram, faults, vcpuState, guestTrace }) {
+              serveCompiler(true); // the guest runs here from now on
               // The source's vCPU count (the destination sized the faults' counters for it),
               // program and vCPU state, where the flags leave them to it.
               const vcpus = faults.data.vcpus;

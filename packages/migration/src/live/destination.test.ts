@@ -173,6 +173,17 @@ describe('destination end to end (hand-driven source on loopback)', () => {
     expect(progress.at(-1)).toBe(normal + zero);
   });
 
+  it('onMigrationStart: once per migration, after its HELLO, with its memory, RAM size, channels and postcopy', async () => {
+    const starts: unknown[] = [];
+    const memory = new SharedArrayBuffer(4 * PAGE);
+    const d = await destination({ memory, onMigrationStart: (s) => starts.push(s) });
+    const s = await source(d, 4 * PAGE, 2, HELLO_FLAG.POSTCOPY);
+    expect(starts).toEqual([{ memory, ramBytes: 4 * PAGE, channels: 2, postcopy: true }]);
+    s.destroy();
+    await d.result;
+    expect(starts).toHaveLength(1);
+  });
+
   it('MULTIFD_FLUSH ordering: a round-1 copy arriving late on channel 0 never overwrites the round-2 copy from channel 1', async () => {
     const ram = 4 * PAGE;
     const old = new Uint8Array(PAGE).fill(0xaa);

@@ -84,6 +84,17 @@ export interface DestinationOptions {
    */
   onResult?: (r: DestinationResult) => unknown;
   /**
+   * A migration was accepted (its HELLO checked, its RAM ready), before any of its bytes: the
+   * memory it receives into, its RAM's size, its multifd channels (0: precopy's page records on
+   * the main connection) and whether postcopy may follow. Must not throw.
+   */
+  onMigrationStart?: (start: {
+    memory: SharedArrayBuffer;
+    ramBytes: number;
+    channels: number;
+    postcopy: boolean;
+  }) => void;
+  /**
    * Postcopy: POSTCOPY_RUN arrived, the guest runs here from now on — start its vCPUs over
    * `memory` writing through `faults.tracker` (and `faults.sink`), so that a write to a page not
    * received yet faults and is requested. Without it nobody runs the guest during postcopy and
@@ -471,6 +482,12 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         }
       }
       current = createMigration(hello, memory);
+      options.onMigrationStart?.({
+        memory,
+        ramBytes: hello.ramBytes,
+        channels: hello.channels,
+        postcopy: (hello.flags & HELLO_FLAG.POSTCOPY) !== 0,
+      });
       return current;
     }
     if (hello.kind === CHANNEL_KIND.MULTIFD) {
