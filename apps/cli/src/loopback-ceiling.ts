@@ -29,6 +29,7 @@ export const LOOPBACK_CEILING_C = String.raw`
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -103,6 +104,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s raw|records BYTES FLAGS\n", argv[0]);
     return 2;
   }
+  signal(SIGPIPE, SIG_IGN); /* a receiver that died: writev fails with EPIPE, said on stderr */
   const char *mode = argv[1];
   size_t bytes = strtoull(argv[2], 0, 10);
   uint64_t flags = strtoull(argv[3], 0, 10);
@@ -166,6 +168,9 @@ int main(int argc, char **argv) {
 }
 `;
 
+/** How long one C run may take (1 GiB takes well under a second here) before it is killed. */
+const RUN_TIMEOUT_MS = 120_000;
+
 /** What the C ceiling is where it cannot be measured: the reason, for the JSON and the table. */
 export const C_CEILING_UNAVAILABLE = 'unavailable: no C compiler (cc) on PATH';
 
@@ -214,7 +219,13 @@ export async function compileLoopbackCeiling(
     async run(mode, bytes) {
       let out: string;
       try {
-        out = (await run(binary, [mode, String(bytes), String(flags)], { maxBuffer: 1 << 16 })).stdout;
+        out = (
+          await run(binary, [mode, String(bytes), String(flags)], {
+            maxBuffer: 1 << 16,
+            timeout: RUN_TIMEOUT_MS,
+            killSignal: 'SIGKILL',
+          })
+        ).stdout;
       } catch (cause) {
         throw new DirtytrackError('internal', `the C ceiling (${mode}) failed: ${describe(cause)}`, {
           component: 'bench-migrate',
