@@ -60,6 +60,22 @@ describe('the C ceiling of bench migrate', () => {
       } finally {
         await broken?.close();
       }
+      // A program whose answer is not its JSON line: a typed error quoting what it printed.
+      const answer = 'printf("{\\"mbps\\":';
+      expect(LOOPBACK_CEILING_C).toContain(answer);
+      const chatty = await compileLoopbackCeiling(
+        FLAGS,
+        LOOPBACK_CEILING_C.replace(answer, 'printf("mbps ='),
+      );
+      try {
+        const e = await chatty?.run('raw', 2 ** 20).catch((x: unknown) => x);
+        expect((e as DirtytrackError).code).toBe('internal');
+        expect((e as Error).message).toMatch(
+          /^\[dirtytrack\] \[bench-migrate\] the C ceiling \(raw\) printed "mbps =/,
+        );
+      } finally {
+        await chatty?.close();
+      }
       // A program that does not build: a typed error naming the compiler's first complaint.
       const unbuilt = await compileLoopbackCeiling(FLAGS, 'int main(void) { return x; }').catch(
         (x: unknown) => x,

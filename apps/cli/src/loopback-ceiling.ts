@@ -202,14 +202,16 @@ export async function compileLoopbackCeiling(
   } catch {
     return undefined;
   }
-  const dir = await mkdtemp(join(tmpdir(), 'dirtytrack-ceiling-'));
-  const file = join(dir, 'loopback-ceiling.c');
-  const binary = join(dir, 'loopback-ceiling');
+  let dir: string | undefined;
+  let binary = '';
   try {
+    dir = await mkdtemp(join(tmpdir(), 'dirtytrack-ceiling-'));
+    const file = join(dir, 'loopback-ceiling.c');
+    binary = join(dir, 'loopback-ceiling');
     await writeFile(file, source);
     await run('cc', ['-O2', '-o', binary, file]);
   } catch (cause) {
-    await rm(dir, { recursive: true, force: true });
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
     throw new DirtytrackError('unsupported', `cc could not build the C ceiling: ${describe(cause)}`, {
       component: 'bench-migrate',
       cause,
@@ -232,7 +234,23 @@ export async function compileLoopbackCeiling(
           cause,
         });
       }
-      const r = JSON.parse(out) as CeilingRun;
+      let r: CeilingRun;
+      try {
+        r = JSON.parse(out) as CeilingRun;
+      } catch (cause) {
+        throw new DirtytrackError(
+          'internal',
+          `the C ceiling (${mode}) printed ${JSON.stringify(out.slice(0, 80))}`,
+          {
+            component: 'bench-migrate',
+            cause,
+          },
+        );
+      }
+      if (!(r.mbps > 0))
+        throw new DirtytrackError('internal', `the C ceiling (${mode}) measured ${String(r.mbps)} Mbit/s`, {
+          component: 'bench-migrate',
+        });
       if (mode === 'records' && (r.pages !== bytes / 4096 || !r.verified))
         throw new DirtytrackError(
           'internal',
@@ -241,7 +259,7 @@ export async function compileLoopbackCeiling(
         );
       return r;
     },
-    close: () => rm(dir, { recursive: true, force: true }),
+    close: () => rm(dir as string, { recursive: true, force: true }),
   };
 }
 
