@@ -1260,12 +1260,6 @@ function touchPages(memory: SharedArrayBuffer): void {
 }
 
 /**
- * A destination's guest RAM: a record RAM (@dirtytrack/migration's record-ram.ts: precopy's page
- * records are copied into it by WebAssembly) where one can be made, else plain guest RAM; advised
- * huge pages before the first touch when `hugePages`, and touched now when `touch` (see
- * {@link preallocate}). Its buffer may be longer than `bytes` (`ramBytesOf` gives the RAM).
- */
-/**
  * `serve`'s use of V8's optimizing compiler (TurboFan; process-wide): off while a migration only
  * sends precopy's page records into a record RAM — WebAssembly places the pages, and the little
  * JavaScript per read runs well enough unoptimized, where TurboFan compiled the decoder again and
@@ -1285,6 +1279,12 @@ export function optimizeWhileReceiving(start: { memory: SharedArrayBuffer; chann
   return recordRamOf(start.memory) === undefined || start.channels > 0;
 }
 
+/**
+ * A destination's guest RAM: a record RAM (@dirtytrack/migration's record-ram.ts: precopy's page
+ * records are copied into it by WebAssembly) where one can be made, else plain guest RAM; advised
+ * huge pages before the first touch when `hugePages`, and touched now when `touch` (see
+ * {@link preallocate}). Its buffer may be longer than `bytes` (`ramBytesOf` gives the RAM).
+ */
 export function destinationRam(bytes: number, hugePages: boolean, touch = true): GuestRam {
   const record = createRecordRam(bytes);
   const ram =

@@ -18,6 +18,28 @@ if (ceiling === undefined)
   console.warn('loopback-ceiling.test.ts: the C runs skipped: no C compiler (cc) on PATH');
 afterAll(() => ceiling?.close());
 
+/**
+ * The error of a 1 MiB `mode` run of the program with `from` (which it must contain) replaced by
+ * `to`: a program broken on purpose, built and removed again.
+ */
+async function failureOf(from: string, to: string, mode: 'raw' | 'records'): Promise<DirtytrackError> {
+  expect(LOOPBACK_CEILING_C).toContain(from);
+  const broken = (await compileLoopbackCeiling(
+    FLAGS,
+    LOOPBACK_CEILING_C.replace(from, to),
+  )) as LoopbackCeiling;
+  try {
+    const e = await broken.run(mode, 2 ** 20).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    expect(e).toBeInstanceOf(DirtytrackError);
+    return e as DirtytrackError;
+  } finally {
+    await broken.close();
+  }
+}
+
 describe('the C ceiling of bench migrate', () => {
   it.skipIf(ceiling === undefined)(
     'moves raw bytes and page records between two processes, every page compared',
@@ -46,36 +68,20 @@ describe('the C ceiling of bench migrate', () => {
       );
       // A receiver that places each page one byte off: its RAM differs from the sender's, and the
       // figure is refused.
-      const placing = 'memcpy(dst + at, buf + p + 8, PAGE);';
-      expect(LOOPBACK_CEILING_C).toContain(placing);
-      const broken = await compileLoopbackCeiling(
-        FLAGS,
-        LOOPBACK_CEILING_C.replace(placing, 'memcpy(dst + at, buf + p + 9, PAGE - 1);'),
+      const off = await failureOf(
+        'memcpy(dst + at, buf + p + 8, PAGE);',
+        'memcpy(dst + at, buf + p + 9, PAGE - 1);',
+        'records',
       );
-      try {
-        const e = await broken?.run('records', 2 ** 20).catch((x: unknown) => x);
-        expect((e as Error).message).toBe(
-          '[dirtytrack] [bench-migrate] the C ceiling placed 256 of 256 pages, not equal to the sender',
-        );
-      } finally {
-        await broken?.close();
-      }
+      expect(off.message).toBe(
+        '[dirtytrack] [bench-migrate] the C ceiling placed 256 of 256 pages, not equal to the sender',
+      );
       // A program whose answer is not its JSON line: a typed error quoting what it printed.
-      const answer = 'printf("{\\"mbps\\":';
-      expect(LOOPBACK_CEILING_C).toContain(answer);
-      const chatty = await compileLoopbackCeiling(
-        FLAGS,
-        LOOPBACK_CEILING_C.replace(answer, 'printf("mbps ='),
+      const chatty = await failureOf('printf("{\\"mbps\\":', 'printf("mbps =', 'raw');
+      expect(chatty.code).toBe('internal');
+      expect(chatty.message).toMatch(
+        /^\[dirtytrack\] \[bench-migrate\] the C ceiling \(raw\) printed "mbps =/,
       );
-      try {
-        const e = await chatty?.run('raw', 2 ** 20).catch((x: unknown) => x);
-        expect((e as DirtytrackError).code).toBe('internal');
-        expect((e as Error).message).toMatch(
-          /^\[dirtytrack\] \[bench-migrate\] the C ceiling \(raw\) printed "mbps =/,
-        );
-      } finally {
-        await chatty?.close();
-      }
       // A program that does not build: a typed error naming the compiler's first complaint.
       const unbuilt = await compileLoopbackCeiling(FLAGS, 'int main(void) { return x; }').catch(
         (x: unknown) => x,

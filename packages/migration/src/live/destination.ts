@@ -12,6 +12,7 @@ import {
 import { ramBytesOf, recordRamOf, recordsIn } from './record-ram.js';
 import { createPostcopyFaults, type PostcopyFaults } from './postcopy-faults.js';
 import {
+  be32,
   CHANNEL_KIND,
   createMainDecoder,
   createMultifdDecoder,
@@ -212,13 +213,7 @@ const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
  */
 function markReceived(received: Int32Array, chunk: Uint8Array, at: number, end: number): void {
   for (let p = at; p < end; p += PAGE_RECORD_BYTES) {
-    const low =
-      (((chunk[p + 4] as number) << 24) |
-        ((chunk[p + 5] as number) << 16) |
-        ((chunk[p + 6] as number) << 8) |
-        (chunk[p + 7] as number)) >>>
-      0;
-    const page = Math.floor(low / PAGE_SIZE);
+    const page = Math.floor(be32(chunk, p + 4) / PAGE_SIZE);
     received[page >>> 5] = (received[page >>> 5] as number) | (1 << (page & 31));
   }
 }
@@ -230,17 +225,7 @@ function markReceived(received: Int32Array, chunk: Uint8Array, at: number, end: 
 function isPageRecord(chunk: Uint8Array, at: number, offset: number): boolean {
   if (at < RAM_HEADER_BYTES || offset >= 2 ** 32) return false;
   const h = at - RAM_HEADER_BYTES;
-  const low = offset + RAM_FLAG.PAGE + RAM_FLAG.CONTINUE;
-  return (
-    chunk[h] === 0 &&
-    chunk[h + 1] === 0 &&
-    chunk[h + 2] === 0 &&
-    chunk[h + 3] === 0 &&
-    chunk[h + 4] === low >>> 24 &&
-    chunk[h + 5] === ((low >>> 16) & 0xff) &&
-    chunk[h + 6] === ((low >>> 8) & 0xff) &&
-    chunk[h + 7] === (low & 0xff)
-  );
+  return be32(chunk, h) === 0 && be32(chunk, h + 4) === offset + RAM_FLAG.PAGE + RAM_FLAG.CONTINUE;
 }
 
 /**
@@ -601,9 +586,13 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       }
       if (!landed(offset)) return false;
       copyIn(mem, data, offset, hot);
+      placedHere(offset);
+      return true;
+    };
+    /** After the switch: page `offset` is in place now (vCPUs waiting for it wake up). */
+    const placedHere = (offset: number): void => {
       m.faults?.place(offset / PAGE_SIZE);
       m.placed++;
-      return true;
     };
     const onPage = (offset: number, data: Uint8Array): void => {
       if (put(offset, data)) m.normal++;
@@ -618,8 +607,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       if (m.running && ram !== undefined && isPageRecord(chunk, at, offset)) {
         if (!landed(offset)) return;
         if (ram.placePages(chunk, at - RAM_HEADER_BYTES, at + PAGE_SIZE) === PAGE_RECORD_BYTES) {
-          m.faults?.place(offset / PAGE_SIZE);
-          m.placed++;
+          placedHere(offset);
           m.normal++;
           m.recordRamPages++;
           return;

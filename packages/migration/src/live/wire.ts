@@ -2007,7 +2007,8 @@ function createReader(capacity: number): Reader {
 
 const EMPTY = new Uint8Array(0);
 
-function be32(b: Uint8Array, at: number): number {
+/** The big-endian 32-bit word at `at` of `b`, as a number. */
+export function be32(b: Uint8Array, at: number): number {
   return (
     (((b[at] as number) << 24) |
       ((b[at + 1] as number) << 16) |
