@@ -158,6 +158,63 @@ describe.skipIf(!available).each([
     await expect(w.write(again)).rejects.toThrow('the connection closed while a batch was being written');
   });
 
+  it('records(first, n) sends what header and memory page by page send, 2 iovecs a page', async () => {
+    const PAGES = 3000; // 24,000 header bytes: the 16 KiB arena grows; 6,000 iovecs: so does the list
+    const memory = randomMemory(PAGES * 4096, SEED + 5);
+    const { client, received } = await pair();
+    const w = writer(client, memory, undefined, splice);
+    const list = w.gather();
+    const DATA = RAM_FLAG.PAGE | RAM_FLAG.CONTINUE;
+    list.copy(new Uint8Array([0x03, 0, 0, 0, 2]));
+    list.records(7, 1, DATA);
+    list.records(100, PAGES - 100, DATA);
+    list.header(0, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE, true);
+    list.records(0, 2, DATA);
+    // The marker alone, then 2 iovecs a record (none merged), then the zero record's 9 bytes.
+    expect(list.count).toBe(1 + 2 * (1 + PAGES - 100) + 1 + 2 * 2);
+    expect(list.bytes).toBe(5 + (1 + PAGES - 100 + 2) * 4104 + 9);
+    await w.write(list);
+    client.end();
+    const record = (page: number) => [
+      header(page * 4096, DATA),
+      memory.subarray(page * 4096, page * 4096 + 4096),
+    ];
+    const expected = Buffer.concat([
+      Buffer.from([0x03, 0, 0, 0, 2]),
+      ...record(7),
+      ...Array.from({ length: PAGES - 100 }, (_, i) => record(100 + i)).flat(),
+      header(0, RAM_FLAG.ZERO | RAM_FLAG.CONTINUE),
+      Buffer.from([0]),
+      ...record(0),
+      ...record(1),
+    ]);
+    expect((await received).equals(expected)).toBe(true);
+    expect(w.splicedBytes).toBe(splice ? (PAGES - 100 + 3) * 4096 : 0);
+  });
+
+  it('records(first, n): offsets of 4 GiB and more carry their high word; outside memory is refused', async () => {
+    const memory = randomMemory(4 * 4096, SEED + 6);
+    const { client } = await pair();
+    const list = writer(client, memory, undefined, splice).gather();
+    expect(() => list.records(3, 2, RAM_FLAG.PAGE)).toThrow(
+      '2 pages at 12288 outside guest memory (16384 bytes)',
+    );
+    expect(() => list.records(-1, 1, RAM_FLAG.PAGE)).toThrow('outside guest memory');
+    expect(() => list.records(0, 0, RAM_FLAG.PAGE)).toThrow('outside guest memory');
+    expect(list.count).toBe(0);
+    // The header bytes of a large guest, read back from the list's arena (never written here).
+    const big = list as unknown as { memoryBytes: number; arena: Uint8Array };
+    Object.defineProperty(big, 'memoryBytes', { value: 2 ** 40 });
+    list.records(2 ** 21 - 1, 2, RAM_FLAG.PAGE | RAM_FLAG.CONTINUE); // pages at 8 GiB - 4 KiB and 8 GiB
+    expect(Buffer.from(big.arena.subarray(0, 16))).toEqual(
+      Buffer.concat([
+        header(2 ** 33 - 4096, RAM_FLAG.PAGE | RAM_FLAG.CONTINUE),
+        header(2 ** 33, RAM_FLAG.PAGE | RAM_FLAG.CONTINUE),
+      ]),
+    );
+    list.reset();
+  });
+
   it('refuses a range outside guest memory: nothing past it may reach the wire', async () => {
     const memory = randomMemory(4 * 4096, SEED + 4);
     const { client } = await pair();

@@ -50,6 +50,8 @@ const IOV_MAX = 1024;
  */
 const POLL_MS = 1;
 const TWO32 = 0x1_0000_0000;
+/** Bytes of a guest page. */
+const PAGE_BYTES = 4096;
 
 /**
  * One flush's bytes as an iovec list: ranges of guest memory in place, everything else (record
@@ -62,6 +64,8 @@ export class Gather {
   iov = new Uint32Array(4 * 2 * IOV_MAX);
   count = 0;
   private arena = new Uint8Array(16 * 1024);
+  /** The arena, for big-endian header words. */
+  private view = new DataView(this.arena.buffer);
   private arenaBase: number;
   private used = 0;
   constructor(
@@ -91,6 +95,53 @@ export class Gather {
     if (fill) this.arena[at + RAM_HEADER_BYTES] = 0;
     this.used += n;
     this.add(this.arenaBase + at, n);
+  }
+  /**
+   * `n` page records of consecutive guest pages from `firstPage`, each an 8-byte header
+   * (`offset | flags`, big-endian, into the arena) and its page in place: what `header` and
+   * `memory` append page by page, in one loop (1,024 pages of an idle GiB's 262,144 per call
+   * instead of eight calls per page, and one shape of code for V8 to compile).
+   */
+  records(firstPage: number, n: number, flags: number): void {
+    const offset = firstPage * PAGE_BYTES;
+    if (!(n > 0 && offset >= 0 && offset + n * PAGE_BYTES <= this.memoryBytes))
+      throw new Error(`fd-writer: ${n} pages at ${offset} outside guest memory (${this.memoryBytes} bytes)`);
+    this.room(RAM_HEADER_BYTES * n);
+    const need = (this.count + 2 * n) * 4;
+    if (need > this.iov.length) {
+      const grown = new Uint32Array(Math.max(need, this.iov.length * 2));
+      grown.set(this.iov);
+      this.iov = grown;
+    }
+    // No merging with the iovec before (as `add` would): one loop without a branch that V8 could
+    // first meet after optimizing it; an unmerged header costs one iovec.
+    const iov = this.iov;
+    const view = this.view;
+    let at = this.used;
+    let c = this.count * 4;
+    let headerAddress = this.arenaBase + at;
+    let pageAddress = this.memoryBase + offset;
+    for (let i = 0, o = offset; i < n; i++) {
+      const hi = Math.floor(o / TWO32);
+      view.setUint32(at, hi);
+      view.setUint32(at + 4, ((o - hi * TWO32) | flags) >>> 0);
+      iov[c] = headerAddress % TWO32;
+      iov[c + 1] = Math.floor(headerAddress / TWO32);
+      iov[c + 2] = RAM_HEADER_BYTES;
+      iov[c + 3] = 0;
+      iov[c + 4] = pageAddress % TWO32;
+      iov[c + 5] = Math.floor(pageAddress / TWO32);
+      iov[c + 6] = PAGE_BYTES;
+      iov[c + 7] = 0;
+      c += 8;
+      at += RAM_HEADER_BYTES;
+      headerAddress += RAM_HEADER_BYTES;
+      o += PAGE_BYTES;
+      pageAddress += PAGE_BYTES;
+    }
+    this.count = c / 4;
+    this.used = at;
+    this.bytes += n * (RAM_HEADER_BYTES + PAGE_BYTES);
   }
   /** Any other bytes, copied. */
   copy(chunk: Uint8Array): void {
@@ -135,6 +186,7 @@ export class Gather {
     // The old arena's bytes are still referenced by earlier iovecs: keep it alive until reset.
     this.retired.push(this.arena);
     this.arena = new Uint8Array(Math.max(2 * this.arena.byteLength, n));
+    this.view = new DataView(this.arena.buffer);
     this.arenaBase = this.c.addressOf(this.arena);
     this.used = 0;
   }

@@ -301,6 +301,12 @@ class Out {
     }
     counters[COUNTER.STAGED_BYTES] = (counters[COUNTER.STAGED_BYTES] as number) + n * PAGE;
   }
+  /** Data page records of pages `first .. first + n - 1`, in one call of the `direct` writer's list. */
+  records(first: number, n: number): void {
+    (this.list ??= (this.direct as FdWriter).gather()).records(first, n, DATA_RECORD);
+    this.bytes += n * (RAM_HEADER_BYTES + PAGE);
+    counters[COUNTER.ZERO_COPY_BYTES] = (counters[COUNTER.ZERO_COPY_BYTES] as number) + n * PAGE;
+  }
   /** A RAM record's header (and a zero page's fill byte), written straight into the staging buffer. */
   ramHeader(offset: number, flags: number, fill: boolean): void {
     const n = fill ? ZERO_RECORD_BYTES : RAM_HEADER_BYTES;
@@ -481,20 +487,41 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
     for (const c of encodeDiscard(discards)) mainOut.push(c);
     discards.length = 0;
   };
+  /**
+   * The pages of one op's word as records on `out`: each run of consecutive data pages in one
+   * {@link Out.records} call, each zero page as its own record.
+   */
+  const recordsOf = (out: Out, word: number, mask: number, dataMask: number): void => {
+    if (mask === 0) return;
+    openSection(out);
+    const data = zeroPages === 'none' ? mask : mask & dataMask;
+    for (let rest = mask >>> 0; rest !== 0;) {
+      const shift = 31 - Math.clz32(rest & -rest);
+      const page = word * 32 + shift;
+      if (((data >>> shift) & 1) === 0) {
+        record(out, page * PAGE, ZERO_RECORD, true);
+        rest = (rest & (rest - 1)) >>> 0;
+        continue;
+      }
+      // The run: the data bits from `shift` up to the first bit that is not one.
+      const ones = ~(data >>> shift);
+      const n = ones === 0 ? 32 - shift : 31 - Math.clz32(ones & -ones);
+      if (out.direct !== undefined) out.records(page, n);
+      else for (let p = page; p < page + n; p++) pageRecord(out, p, true);
+      rest = shift + n === 32 ? 0 : (rest & ~(2 ** (shift + n) - 1)) >>> 0;
+    }
+  };
   /** The pages of the page op at `at` (PAGES or URGENT), as records or into multifd packets. */
   const encodePageOp = (at: number): void => {
     const word = ops[at + 1] as number;
     const mask = ops[at + 2] as number;
     const dataMask = ops[at + 3] as number;
     const urgentOut = ops[at] === URGENT_OP && preemptOut !== undefined ? preemptOut : mainOut;
+    if (outs.length === 0 || postcopyMode) return recordsOf(urgentOut, word, mask, dataMask);
     for (let rest = mask >>> 0; rest !== 0; rest = (rest & (rest - 1)) >>> 0) {
       const bit = rest & -rest;
       const page = word * 32 + 31 - Math.clz32(bit);
       const isData = (dataMask & bit) !== 0 || zeroPages === 'none';
-      if (outs.length === 0 || postcopyMode) {
-        pageRecord(urgentOut, page, isData);
-        continue;
-      }
       if (isData) normal[normalCount++] = page;
       else if (zeroPages === 'packet') zero[zeroCount++] = page;
       else {
