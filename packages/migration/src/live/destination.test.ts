@@ -378,6 +378,22 @@ describe('destination failures are clean', () => {
       message: '[dirtytrack] [destination] no bytes from the source for 150 ms',
     });
 
+    // Reads keep a migration alive: a PING every 50 ms for 0.6 s (four timeouts) does not time
+    // out; from the last one, it fails after no less than the 150 ms of quiet.
+    const kept = await destination({ timeoutMs: 150 });
+    const s0 = await source(kept, 4 * PAGE);
+    await s0.write(s0.main, setup(4 * PAGE));
+    let lastWrite = 0;
+    for (let i = 0; i < 12; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      await s0.write(s0.main, encodePing(i));
+      lastWrite = performance.now();
+    }
+    const r0 = await kept.result;
+    const quiet = performance.now() - lastWrite;
+    expect(r0.error?.message).toBe('[dirtytrack] [destination] no bytes from the source for 150 ms');
+    expect(quiet).toBeGreaterThanOrEqual(150);
+
     const reset = await destination();
     const s2 = await source(reset, 4 * PAGE);
     await s2.write(s2.main, setup(4 * PAGE));
