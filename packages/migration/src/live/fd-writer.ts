@@ -119,18 +119,22 @@ export class Gather {
     const view = this.view;
     let at = this.used;
     let c = this.count * 4;
+    // Each 64-bit value's low half as `x - hi * 2^32`: a double's `%` is a call into C, and a
+    // carry branch would be code first met after optimization (a deopt).
     let headerAddress = this.arenaBase + at;
     let pageAddress = this.memoryBase + offset;
     for (let i = 0, o = offset; i < n; i++) {
-      const hi = Math.floor(o / TWO32);
-      view.setUint32(at, hi);
-      view.setUint32(at + 4, ((o - hi * TWO32) | flags) >>> 0);
-      iov[c] = headerAddress % TWO32;
-      iov[c + 1] = Math.floor(headerAddress / TWO32);
+      const oHi = Math.floor(o / TWO32);
+      view.setUint32(at, oHi);
+      view.setUint32(at + 4, ((o - oHi * TWO32) | flags) >>> 0);
+      const hHi = Math.floor(headerAddress / TWO32);
+      const pHi = Math.floor(pageAddress / TWO32);
+      iov[c] = headerAddress - hHi * TWO32;
+      iov[c + 1] = hHi;
       iov[c + 2] = RAM_HEADER_BYTES;
       iov[c + 3] = 0;
-      iov[c + 4] = pageAddress % TWO32;
-      iov[c + 5] = Math.floor(pageAddress / TWO32);
+      iov[c + 4] = pageAddress - pHi * TWO32;
+      iov[c + 5] = pHi;
       iov[c + 6] = PAGE_BYTES;
       iov[c + 7] = 0;
       c += 8;
