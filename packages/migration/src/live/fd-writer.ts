@@ -107,15 +107,9 @@ export class Gather {
     if (!(n > 0 && offset >= 0 && offset + n * PAGE_BYTES <= this.memoryBytes))
       throw new Error(`fd-writer: ${n} pages at ${offset} outside guest memory (${this.memoryBytes} bytes)`);
     this.room(RAM_HEADER_BYTES * n);
-    const need = (this.count + 2 * n) * 4;
-    if (need > this.iov.length) {
-      const grown = new Uint32Array(Math.max(need, this.iov.length * 2));
-      grown.set(this.iov);
-      this.iov = grown;
-    }
     // No merging with the iovec before (as `add` would): one loop without a branch that V8 could
     // first meet after optimizing it; an unmerged header costs one iovec.
-    const iov = this.iov;
+    const iov = this.reserve(this.count + 2 * n);
     const view = this.view;
     let at = this.used;
     let c = this.count * 4;
@@ -174,15 +168,21 @@ export class Gather {
       iov[last + 2] = (iov[last + 2] as number) + length;
       return;
     }
-    if (this.count * 4 === iov.length) {
-      this.iov = new Uint32Array(iov.length * 2);
-      this.iov.set(iov);
-    }
+    const list = this.reserve(this.count + 1);
     const at = this.count++ * 4;
-    this.iov[at] = address % TWO32;
-    this.iov[at + 1] = Math.floor(address / TWO32);
-    this.iov[at + 2] = length;
-    this.iov[at + 3] = 0;
+    list[at] = address % TWO32;
+    list[at + 1] = Math.floor(address / TWO32);
+    list[at + 2] = length;
+    list[at + 3] = 0;
+  }
+  /** The iovec list, grown (at least doubled) to hold `iovecs` entries. */
+  private reserve(iovecs: number): Uint32Array {
+    if (iovecs * 4 > this.iov.length) {
+      const grown = new Uint32Array(Math.max(iovecs * 4, this.iov.length * 2));
+      grown.set(this.iov);
+      this.iov = grown;
+    }
+    return this.iov;
   }
   /** Makes room for `n` more bytes in the arena: a larger one (its earlier bytes stay where they are). */
   private room(n: number): void {
