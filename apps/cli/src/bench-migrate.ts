@@ -65,6 +65,16 @@ export interface MigrateBenchOptions {
 /** QEMU's `downtime-limit` (ms), the default every run keeps. */
 export const BENCH_DOWNTIME_LIMIT = 300;
 
+/**
+ * QEMU's `mbps` once a migration ends (`migration_calculate_complete`): the bytes over the time
+ * after setup, `bytes × 8 / (total − setup ms) / 1000` Mbit/s; 0 when no time was left after setup
+ * (QEMU then keeps its last value, which a run that ended in its setup never set).
+ */
+export function finalMbps(bytes: number, totalMs: number, setupMs: number): number {
+  const transferMs = totalMs - setupMs;
+  return transferMs > 0 ? (bytes * 8) / transferMs / 1000 : 0;
+}
+
 /** The loopback transfer's write size: large writes from one pre-filled buffer. */
 const CHUNK = 4 * 2 ** 20;
 
@@ -82,7 +92,11 @@ export interface LiveRun {
   'setup-time': number;
   downtime?: number;
   transferred: number;
-  /** `transferred × 8 / total-time`, Mbit/s (decimal), four significant digits. */
+  /**
+   * QEMU's final `mbps` (`migration_calculate_complete`): `transferred × 8 / (total-time −
+   * setup-time)`, Mbit/s (decimal), four significant digits — the rate once set up, as
+   * `query-migrate` reports it; for a completed run it is the live result's `ram.mbps`.
+   */
   mbps: number;
   verified: boolean;
   /** Milliseconds the byte-for-byte check took after completion (outside `total-time`). */
@@ -667,7 +681,7 @@ async function liveRun(o: {
     'setup-time': info['setup-time'],
     ...(info.downtime === undefined ? {} : { downtime: info.downtime }),
     transferred: info.ram.transferred,
-    mbps: fourDigits((info.ram.transferred * 8) / info['total-time'] / 1000),
+    mbps: fourDigits(finalMbps(info.ram.transferred, info['total-time'], info['setup-time'])),
     verified: info.verified,
     ...(info['verify-time'] === undefined ? {} : { 'verify-time': info['verify-time'] }),
     'dirty-sync-count': info.ram['dirty-sync-count'],
@@ -725,8 +739,8 @@ function predict(c: LiveCase, loopbackMbps: number, o: MigrateBenchOptions): Mod
     };
   };
   const scenario = scenarioAt(loopbackMbps);
-  // The live run's rate once set up: the model spends the setup itself (`setup-time`).
-  const liveRate = fourDigits((c.transferred * 8) / (c['total-time'] - c['setup-time']) / 1000);
+  // The live run's rate once set up (QEMU's final mbps): the model spends the setup itself (`setup-time`).
+  const liveRate = fourDigits(finalMbps(c.transferred, c['total-time'], c['setup-time']));
   return {
     case: c.name,
     scenario,
