@@ -34,15 +34,30 @@ export interface Libc {
 }
 
 let libc: Libc | null | undefined;
+let koffiLibc: { koffi: typeof Koffi; lib: Koffi.LibraryHandle } | null | undefined;
+
+/** koffi and libc loaded through it, once per thread; null where they cannot load (not Linux, koffi missing). */
+export function loadKoffiLibc(): { koffi: typeof Koffi; lib: Koffi.LibraryHandle } | null {
+  if (koffiLibc !== undefined) return koffiLibc;
+  koffiLibc = null;
+  if (process.platform !== 'linux') return koffiLibc;
+  try {
+    const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
+    koffiLibc = { koffi, lib: koffi.load('libc.so.6') };
+  } catch {
+    koffiLibc = null;
+  }
+  return koffiLibc;
+}
 
 /** libc through koffi, once per thread; null where it cannot load (not Linux, koffi missing). */
 export function loadLibc(): Libc | null {
   if (libc !== undefined) return libc;
   libc = null;
-  if (process.platform !== 'linux') return libc;
+  const loaded = loadKoffiLibc();
+  if (loaded === null) return libc;
   try {
-    const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
-    const lib = koffi.load('libc.so.6');
+    const { koffi, lib } = loaded;
     const writev = lib.func('long writev(int fd, void *iov, int iovcnt)') as Libc['writev'];
     const poll = lib.func('int poll(void *fds, unsigned long nfds, int timeout)') as Libc['poll'];
     // memmove(p, p, 0) returns p: koffi passes a typed array's memory itself, so this is its address.

@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { buildRecordCopy, OUT_PATH } from '../../scripts/build-record-copy.mjs';
 import { concat, PAGE, pageRecord, zeroRecord } from './__fixtures__/wire-streams.js';
 import { MAIN_READ_BUFFER_BYTES } from './read-buffer.js';
+import { loadNativePlacePages } from './native-place.js';
 import { RECORD_COPY_WASM_BASE64 } from './record-copy.wasm.js';
 import {
   createRecordRam,
@@ -35,13 +36,22 @@ function intoReadBuffer(ram: RecordRam, bytes: Uint8Array, skip = 0): Uint8Array
   return ram.readBuffer.subarray(0, skip + bytes.length);
 }
 
-const make = (pages: number): RecordRam => {
-  const ram = createRecordRam(pages * PAGE);
-  if (ram === undefined) throw new Error('this engine has shared WebAssembly memory; no record RAM');
-  return ram;
-};
+const nativeHere = loadNativePlacePages() !== null;
+if (!nativeHere)
+  console.log(
+    'record-ram.test: non-temporal copy not tested here: its machine code needs Linux on x86-64 and koffi',
+  );
+
+/** The copies this machine can test: WebAssembly everywhere, the machine code where it loads. */
+const COPIES = (['non-temporal', 'webassembly'] as const).filter((c) => c === 'webassembly' || nativeHere);
 
 describe('record RAM (page records copied into guest RAM by WebAssembly)', () => {
+  const make = (pages: number): RecordRam => {
+    const ram = createRecordRam(pages * PAGE);
+    if (ram === undefined) throw new Error('this engine has shared WebAssembly memory; no record RAM');
+    return ram;
+  };
+
   it('the committed wasm module equals a fresh build of record-copy.wat', async () => {
     const fresh = await buildRecordCopy();
     expect(RECORD_COPY_WASM_BASE64).toBe(fresh.base64);
@@ -60,10 +70,36 @@ describe('record RAM (page records copied into guest RAM by WebAssembly)', () =>
     );
     expect(recordRamOf(ram.memory)).toBe(ram);
     expect(ramBytesOf(ram.memory)).toBe(16 * PAGE);
+    // By default, the machine code's non-temporal copy wherever it loads.
+    expect(ram.copy).toBe(nativeHere ? 'non-temporal' : 'webassembly');
     const plain = new SharedArrayBuffer(3 * PAGE);
     expect(recordRamOf(plain)).toBeUndefined();
     expect(ramBytesOf(plain)).toBe(3 * PAGE);
   });
+
+  it('refuses RAM that is not whole pages (typed error), and does not make one past 4 GiB', () => {
+    let caught: unknown;
+    try {
+      createRecordRam(PAGE + 1);
+    } catch (error) {
+      caught = error;
+    }
+    expect(isDirtytrackError(caught)).toBe(true);
+    expect((caught as Error).message).toBe(
+      '[dirtytrack] [destination] record RAM: 4097 bytes is not whole pages',
+    );
+    expect(RECORD_RAM_MAX_BYTES).toBe(2 ** 32 - 65 * 65536);
+    expect(createRecordRam(RECORD_RAM_MAX_BYTES + PAGE)).toBeUndefined();
+  });
+});
+
+describe.each(COPIES)('record RAM placing pages with the %s copy', (copy) => {
+  const make = (pages: number): RecordRam => {
+    const ram = createRecordRam(pages * PAGE, { copy });
+    if (ram === undefined) throw new Error(`no record RAM with the ${copy} copy here`);
+    expect(ram.copy).toBe(copy);
+    return ram;
+  };
 
   it('places whole PAGE|CONTINUE records up to the first other thing, and returns their bytes', () => {
     const ram = make(16);
@@ -177,20 +213,5 @@ describe('record RAM (page records copied into guest RAM by WebAssembly)', () =>
     expect(ram.readBuffer.byteOffset).toBe(bytes);
     expect(ram.placePages(chunk, 0, chunk.length)).toBe(REC);
     expect(Buffer.compare(new Uint8Array(ram.memory, bytes - PAGE, PAGE), pageOf(7, 1))).toBe(0);
-  });
-
-  it('refuses RAM that is not whole pages (typed error), and does not make one past 4 GiB', () => {
-    let caught: unknown;
-    try {
-      createRecordRam(PAGE + 1);
-    } catch (error) {
-      caught = error;
-    }
-    expect(isDirtytrackError(caught)).toBe(true);
-    expect((caught as Error).message).toBe(
-      '[dirtytrack] [destination] record RAM: 4097 bytes is not whole pages',
-    );
-    expect(RECORD_RAM_MAX_BYTES).toBe(2 ** 32 - 65 * 65536);
-    expect(createRecordRam(RECORD_RAM_MAX_BYTES + PAGE)).toBeUndefined();
   });
 });
