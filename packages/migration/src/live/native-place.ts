@@ -127,12 +127,16 @@ export function loadNativePlacePages(): NativePlacePages | null {
     const mmap = lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)');
     const mprotect = lib.func('int mprotect(void *addr, size_t len, int prot)');
     const memcpy = lib.func('void *memcpy(void *dst, const void *src, size_t n)');
+    const munmap = lib.func('int munmap(void *addr, size_t len)');
     const code = Buffer.from(PLACE_PAGES_NT_HEX, 'hex');
     const at: unknown = mmap(null, CODE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     // MAP_FAILED is (void *) -1.
     if (at === null || koffi.address(at) === 2n ** 64n - 1n) return loaded;
     memcpy(at, code, code.length);
-    if (mprotect(at, CODE_BYTES, PROT_READ | PROT_EXEC) !== 0) return loaded;
+    if (mprotect(at, CODE_BYTES, PROT_READ | PROT_EXEC) !== 0) {
+      munmap(at, CODE_BYTES); // refused (no executable mappings here): nothing is left mapped
+      return loaded;
+    }
     const place = koffi.decode(
       at,
       koffi.proto('uint64_t place_pages_nt(uintptr_t base, uint64_t at, uint64_t len, uint64_t ram)'),
