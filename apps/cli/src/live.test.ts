@@ -151,6 +151,10 @@ describe('dirtytrack migrate (local mode: a destination process on loopback)', (
     const placed = result.dirtytrack.destination?.['record-ram-pages'] as number;
     expect(placed).toBeGreaterThan(result.ram.normal / 2);
     expect(placed).toBeLessThanOrEqual(result.ram.normal);
+    // By machine code with non-temporal stores where koffi loads on x86-64, else by WebAssembly.
+    expect(result.dirtytrack.destination?.['record-ram-copy']).toBe(
+      WRITEV && process.arch === 'x64' ? 'non-temporal' : 'webassembly',
+    );
     // QEMU's own sync strategy, each sync timed.
     expectSyncs(result, 'xchg');
     // The README's `--json` sample has exactly these fields (where koffi writes the records: the

@@ -526,6 +526,7 @@ describe('destination into a record RAM (record-ram.ts: page records copied by W
     expect(into.placed()).toBeGreaterThan(0);
     expect(into.placed()).toBeLessThanOrEqual(normal);
     expect(r['record-ram-pages']).toBe(into.placed());
+    expect(r['record-ram-copy']).toBe(into.copy);
   });
 
   it('postcopy: pages placed by WebAssembly before the switch are received — after it, never overwritten; the others placed once', async () => {

@@ -144,11 +144,16 @@ export interface DestinationResult {
    */
   'in-place-bytes': number;
   /**
-   * Received into a record RAM (record-ram.ts) only: the pages of `normal` that WebAssembly copied
-   * from the main connection's read buffer; the rest (records cut by a read, or any page once
-   * postcopy tracks them) went through the JS decoder.
+   * Received into a record RAM (record-ram.ts) only: the pages of `normal` it placed from the
+   * main connection's read buffer (`record-ram-copy` says how); the rest (records cut by a read,
+   * or any page once postcopy tracks them) went through the JS decoder.
    */
   'record-ram-pages'?: number;
+  /**
+   * Received into a record RAM only: what placed those pages — `'non-temporal'`, its machine code
+   * (Linux on x86-64, koffi), or `'webassembly'` (`RecordRam.copy`).
+   */
+  'record-ram-copy'?: 'non-temporal' | 'webassembly';
   /** Multifd channel bytes after their handshakes. */
   'multifd-bytes': number;
   /** True only when VERIFY_END came, every page of RAM was compared and none mismatched. */
@@ -1197,7 +1202,7 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       'multifd-packets': m.packets,
       'bytes-received': m.bytes,
       'in-place-bytes': m.inPlaceBytes,
-      ...(recordRamOf(m.memory) === undefined ? {} : { 'record-ram-pages': m.recordRamPages }),
+      ...recordRamFields(m),
       'main-bytes': m.mainDecoder.offset,
       'multifd-bytes': m.channels.reduce((sum, ch) => sum + ch.decoder.offset, 0),
       verified: error === null && m.verifyEnded && m.comparedCount === m.pages && m.mismatches === 0,
@@ -1254,6 +1259,12 @@ export async function createDestination(options: DestinationOptions = {}): Promi
     } catch {
       // a throwing callback must not take the destination down
     }
+  }
+
+  /** A record RAM's fields of the result (none for a plain `SharedArrayBuffer`). */
+  function recordRamFields(m: Migration): Pick<DestinationResult, 'record-ram-pages' | 'record-ram-copy'> {
+    const ram = recordRamOf(m.memory);
+    return ram === undefined ? {} : { 'record-ram-pages': m.recordRamPages, 'record-ram-copy': ram.copy };
   }
 
   function progress(m: Migration, force: boolean): void {
