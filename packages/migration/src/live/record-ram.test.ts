@@ -45,7 +45,7 @@ if (!nativeHere)
 /** The copies this machine can test: WebAssembly everywhere, the machine code where it loads. */
 const COPIES = (['non-temporal', 'webassembly'] as const).filter((c) => c === 'webassembly' || nativeHere);
 
-describe('record RAM (page records copied into guest RAM by WebAssembly)', () => {
+describe('record RAM (guest RAM and its read buffer in one shared WebAssembly memory)', () => {
   const make = (pages: number): RecordRam => {
     const ram = createRecordRam(pages * PAGE);
     if (ram === undefined) throw new Error('this engine has shared WebAssembly memory; no record RAM');
