@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { loadLibc } from './libc.js';
 import { loadNativePlacePages, PLACE_PAGES_NT_ASM, PLACE_PAGES_NT_HEX } from './native-place.js';
 
 /** GNU `as` and `objcopy` (binutils), where they run; the reason otherwise. */
@@ -39,8 +40,7 @@ describe('native-place: place_pages with non-temporal stores, in machine code', 
 
   it.skipIf(native === null)(
     'copies records exactly over a memory it is given the address of, and nothing else',
-    async () => {
-      const { loadLibc } = await import('./libc.js');
+    () => {
       const place = native as NonNullable<typeof native>;
       const memory = new SharedArrayBuffer(16 * 4096 + 4 * 4104);
       const bytes = new Uint8Array(memory);

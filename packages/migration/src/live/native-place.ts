@@ -9,78 +9,57 @@
  * time from a hot buffer into touched huge-page RAM: 60–64 ms with these stores against 112–127
  * with `memcpy` and 124–130 with `rep movsb` (C, four alternating rounds).
  *
- * The code is the assembly below, assembled by GNU `as` (`as pp.s && objcopy -O binary -j .text`);
- * native-place.test.ts assembles it again where `as` exists and compares the bytes. It is
- * position-independent (relative jumps only), touches only caller-saved registers (System V:
- * rax, rcx, rdx, rsi, rdi, r8–r11, xmm0–xmm3) and keeps the WebAssembly version's rules exactly:
- *
- * ```
- * place_pages_nt(base rdi, at rsi, len rdx, ram rcx) -> rax: bytes taken
- *   xor eax, eax                 ; taken = 0
- *   cmp rcx, 4096 ; jb done      ; a RAM of less than a page takes nothing
- *   sub rcx, 4096                ; rcx = the last page's offset
- *   add rsi, rdi                 ; rsi = the first record
- * next:
- *   mov r8, rdx ; sub r8, rax ; cmp r8, 4104 ; jb done   ; a whole record left
- *   mov r8, [rsi + rax] ; bswap r8                       ; its big-endian header
- *   mov r9, r8 ; shr r9, 32 ; jnz done                   ; high word 0
- *   mov r9d, r8d ; and r9d, 0xfff ; cmp r9d, 0x28 ; jne done   ; flags PAGE | CONTINUE only
- *   and r8, -4096 ; cmp r8, rcx ; ja done                ; the page inside RAM
- *   lea r9, [rdi + r8] ; lea r10, [rsi + rax + 8] ; mov r11d, 64
- * copy:                                                  ; 64 × 64 bytes
- *   movdqu xmm0..3, [r10 + 0, 16, 32, 48]
- *   movntdq [r9 + 0, 16, 32, 48], xmm0..3
- *   add r10, 64 ; add r9, 64 ; dec r11d ; jnz copy
- *   add rax, 4104 ; jmp next
- * done:
- *   sfence ; ret                 ; the stores are visible before the caller reads or hashes RAM
- * ```
+ * The code is {@link PLACE_PAGES_NT_ASM}, assembled by GNU `as` (then `objcopy -O binary -j
+ * .text`); native-place.test.ts assembles it again where `as` exists and compares the bytes. It
+ * is position-independent (relative jumps only), touches only caller-saved registers (System V:
+ * rax, rcx, rdx, rsi, rdi, r8–r11, xmm0–xmm3) and keeps the WebAssembly version's rules exactly.
  *
  * RAM starts at `base`, which is page-aligned (a WebAssembly memory's), so every store is to a
  * 16-byte-aligned address, as `movntdq` needs. SSE2 only: every x86-64 processor has it.
  */
 import { loadKoffiLibc } from './libc.js';
 
-/** The machine code of `place_pages_nt` (above), as GNU `as` assembles it. */
+/** The machine code of `place_pages_nt` ({@link PLACE_PAGES_NT_ASM}), as GNU `as` assembles it. */
 export const PLACE_PAGES_NT_HEX =
   '31c04881f9001000000f829e0000004881e9001000004801fe4989d04929c04981f8081000000f82810000004c8b04' +
   '06490fc84d89c149c1e92075714589c14181e1ff0f00004183f92875614981e000f0ffff4939c877554e8d0c074c8d' +
   '54060841bb40000000f3410f6f02f3410f6f4a10f3410f6f5220f3410f6f5a3066410fe70166410fe7491066410fe7' +
   '512066410fe759304983c2404983c14041ffcb75c5480508100000e96cffffff0faef8c3';
 
-/** The assembly of {@link PLACE_PAGES_NT_HEX}, for `as` (native-place.test.ts). */
+/** The assembly of {@link PLACE_PAGES_NT_HEX}, its only listing (native-place.test.ts assembles it). */
 export const PLACE_PAGES_NT_ASM = `.intel_syntax noprefix
-  xor eax, eax
-  cmp rcx, 4096
+# place_pages_nt(base rdi, at rsi, len rdx, ram rcx) -> rax: bytes taken
+  xor eax, eax              # taken = 0
+  cmp rcx, 4096             # a RAM of less than a page takes nothing
   jb 9f
-  sub rcx, 4096
-  add rsi, rdi
+  sub rcx, 4096             # rcx = the last page's offset
+  add rsi, rdi              # rsi = the first record
 1:
-  mov r8, rdx
+  mov r8, rdx               # a whole record left?
   sub r8, rax
   cmp r8, 4104
   jb 9f
-  mov r8, [rsi + rax]
+  mov r8, [rsi + rax]       # its big-endian header
   bswap r8
-  mov r9, r8
+  mov r9, r8                # high word 0
   shr r9, 32
   jnz 9f
-  mov r9d, r8d
+  mov r9d, r8d              # flags PAGE | CONTINUE, nothing else
   and r9d, 0xfff
   cmp r9d, 0x28
   jne 9f
-  and r8, -4096
+  and r8, -4096             # the page inside RAM
   cmp r8, rcx
   ja 9f
-  lea r9, [rdi + r8]
-  lea r10, [rsi + rax + 8]
-  mov r11d, 64
+  lea r9, [rdi + r8]        # to the page
+  lea r10, [rsi + rax + 8]  # from the record's page
+  mov r11d, 64              # 64 x 64 bytes
 2:
   movdqu xmm0, [r10]
   movdqu xmm1, [r10 + 16]
   movdqu xmm2, [r10 + 32]
   movdqu xmm3, [r10 + 48]
-  movntdq [r9], xmm0
+  movntdq [r9], xmm0        # non-temporal: the RAM line is not read first
   movntdq [r9 + 16], xmm1
   movntdq [r9 + 32], xmm2
   movntdq [r9 + 48], xmm3
@@ -91,7 +70,7 @@ export const PLACE_PAGES_NT_ASM = `.intel_syntax noprefix
   add rax, 4104
   jmp 1b
 9:
-  sfence
+  sfence                    # the stores are visible before the caller reads or hashes RAM
   ret
 `;
 
