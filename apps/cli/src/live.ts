@@ -1639,6 +1639,9 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         // Without --once, results are handled as they come, one migration after another.
         let handled: Promise<void> = Promise.resolve();
         standBy();
+        // Listening only once they have booted, as QEMU's destination listens only after its machine
+        // (vCPU threads included) is up: a postcopy switch finds them ready however loaded the host.
+        await standby?.ready;
         try {
           destination = await createDestination({
             host,
