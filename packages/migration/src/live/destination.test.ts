@@ -11,6 +11,8 @@ import {
 } from './__fixtures__/wire-streams.js';
 import { createDestination, type Destination, type DestinationResult } from './destination.js';
 import { createRecordRam, type RecordRam } from './record-ram.js';
+import { loadLibc } from './libc.js';
+import { MAIN_READ_BATCH_BYTES } from './read-buffer.js';
 import {
   encodeCommand,
   encodeDiscard,
@@ -160,6 +162,8 @@ describe('destination end to end (hand-driven source on loopback)', () => {
       'bytes-received':
         s.written.main + (s.written.channels[0] as number) + (s.written.channels[1] as number) + 3 * 96,
       'main-bytes': s.written.main,
+      'main-reads': r['main-reads'],
+      'main-read-batch': 0, // multifd: the main connection carries commands, read as they come
       'multifd-bytes': (s.written.channels[0] as number) + (s.written.channels[1] as number),
       // How much went straight into memory depends on where the reads split the packets.
       'in-place-bytes': r['in-place-bytes'],
@@ -527,6 +531,9 @@ describe('destination into a record RAM (record-ram.ts: page records copied by W
     expect(into.placed()).toBeLessThanOrEqual(normal);
     expect(r['record-ram-pages']).toBe(into.placed());
     expect(r['record-ram-copy']).toBe(into.copy);
+    // Precopy alone on the main connection: its reads waited for batches where setsockopt loads.
+    expect(r['main-read-batch']).toBe(loadLibc() === null ? 0 : MAIN_READ_BATCH_BYTES);
+    expect(r['main-reads']).toBeGreaterThan(0);
   });
 
   it('postcopy: pages placed by WebAssembly before the switch are received — after it, never overwritten; the others placed once', async () => {

@@ -2,6 +2,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { createRealClock, DirtytrackError, isDirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
 import { isLoopback, serverHandshake } from './handshake.js';
 import {
+  MAIN_READ_BATCH_BYTES,
   MAIN_READ_BUFFER_BYTES,
   READ_BUFFER_BYTES,
   stagePage,
@@ -154,6 +155,17 @@ export interface DestinationResult {
    * (Linux on x86-64, koffi), or `'webassembly'` (`RecordRam.copy`).
    */
   'record-ram-copy'?: 'non-temporal' | 'webassembly';
+  /**
+   * Reads of the main connection (from its reused read buffer; every connection it had, after a
+   * recovery), each a callback into JavaScript.
+   */
+  'main-reads': number;
+  /**
+   * The batch the main connection's reads waited for while precopy's page records came on it alone
+   * (`SO_RCVLOWAT`, {@link MAIN_READ_BATCH_BYTES}); 0 where they were not batched (multifd, no
+   * koffi, not Linux, a connection that could not read into a reused buffer).
+   */
+  'main-read-batch': number;
   /** Multifd channel bytes after their handshakes. */
   'multifd-bytes': number;
   /** True only when VERIFY_END came, every page of RAM was compared and none mismatched. */
@@ -540,6 +552,9 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       bytes: 0,
       inPlaceBytes: 0,
       recordRamPages: 0,
+      mainReader: undefined,
+      mainReadsBefore: 0,
+      mainReadBatch: 0,
       compared: null,
       comparedCount: 0,
       mismatches: 0,
@@ -808,6 +823,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       case MIG_CMD.POSTCOPY_LISTEN:
         if (m.faults === null) throw protocolFailure('POSTCOPY_LISTEN without postcopy in the HELLO flags');
         m.listening = true;
+        // Page requests' answers come on this connection from now on: each read as it arrives.
+        m.mainReader?.batchReads(0);
         return;
       case MIG_CMD.POSTCOPY_RUN:
         if (m.faults === null || m.listening !== true || m.running)
@@ -1011,6 +1028,18 @@ export async function createDestination(options: DestinationOptions = {}): Promi
         );
     };
     attach(m, conn, 'main connection');
+    m.mainReadsBefore += m.mainReader?.reads ?? 0;
+    m.mainReader = readers.get(socket);
+    // Precopy's page records stream in on this connection alone: its reads wait for a batch of
+    // them, not each segment. Not with multifd (the main connection carries only commands, whose
+    // answers would each wait for the idle timer) and not in postcopy (a requested page comes here).
+    if (
+      m.channels.length === 0 &&
+      m.listening !== true &&
+      !m.running &&
+      m.mainReader?.batchReads(MAIN_READ_BATCH_BYTES)
+    )
+      m.mainReadBatch = MAIN_READ_BATCH_BYTES;
   }
 
   function attachPreempt(m: Migration, socket: Socket): void {
@@ -1204,6 +1233,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       'in-place-bytes': m.inPlaceBytes,
       ...recordRamFields(m),
       'main-bytes': m.mainDecoder.offset,
+      'main-reads': m.mainReadsBefore + (m.mainReader?.reads ?? 0),
+      'main-read-batch': m.mainReadBatch,
       'multifd-bytes': m.channels.reduce((sum, ch) => sum + ch.decoder.offset, 0),
       verified: error === null && m.verifyEnded && m.comparedCount === m.pages && m.mismatches === 0,
       'verify-mismatches': m.mismatches,
@@ -1340,6 +1371,8 @@ export async function createDestination(options: DestinationOptions = {}): Promi
           'bytes-received': 0,
           'in-place-bytes': 0,
           'main-bytes': 0,
+          'main-reads': 0,
+          'main-read-batch': 0,
           'multifd-bytes': 0,
           verified: false,
           'verify-mismatches': 0,
@@ -1415,6 +1448,10 @@ interface Migration {
   inPlaceBytes: number;
   /** Pages WebAssembly placed from a record RAM's read buffer. */
   recordRamPages: number;
+  /** The main connection's reused-buffer reader, the reads of those before it, and its batch. */
+  mainReader: BufferedSocket | undefined;
+  mainReadsBefore: number;
+  mainReadBatch: number;
   /** Per page: 0 not compared, 1 matched, 2 mismatched. */
   compared: Uint8Array | null;
   comparedCount: number;

@@ -18,6 +18,8 @@ export const F_SETPIPE_SZ = 1031;
 export const SPLICE_F_MOVE = 1;
 export const SPLICE_F_NONBLOCK = 2;
 export const SPLICE_F_MORE = 4;
+export const SOL_SOCKET = 1;
+export const SO_RCVLOWAT = 18;
 
 export interface Libc {
   writev(fd: number, iov: Uint8Array, count: number): number | bigint;
@@ -31,6 +33,8 @@ export interface Libc {
   vmsplice(fd: number, iov: Uint8Array, count: number, flags: number): number | bigint;
   /** `splice(from, NULL, to, NULL, length, flags)` (no offsets: a pipe and a socket). */
   splice(from: number, to: number, length: number, flags: number): number | bigint;
+  /** `setsockopt(fd, level, name, &value, 4)` for an int option: 0, or -1 (see `errno()`). */
+  setsockoptInt(fd: number, level: number, name: number, value: number): number;
 }
 
 let libc: Libc | null | undefined;
@@ -69,6 +73,10 @@ export function loadLibc(): Libc | null {
     const splice = lib.func(
       'long splice(int from, void *fromOffset, int to, void *toOffset, unsigned long length, unsigned int flags)',
     ) as (from: number, fo: null, to: number, tof: null, length: number, flags: number) => number | bigint;
+    const setsockopt = lib.func(
+      'int setsockopt(int fd, int level, int name, void *value, uint32_t length)',
+    ) as (fd: number, level: number, name: number, value: Int32Array, length: number) => number;
+    const option = new Int32Array(1);
     libc = {
       writev,
       poll,
@@ -81,6 +89,10 @@ export function loadLibc(): Libc | null {
         'long vmsplice(int fd, void *iov, unsigned long count, unsigned int flags)',
       ) as Libc['vmsplice'],
       splice: (from, to, length, flags) => splice(from, null, to, null, length, flags),
+      setsockoptInt: (fd, level, name, value) => {
+        option[0] = value;
+        return setsockopt(fd, level, name, option, 4);
+      },
     };
   } catch {
     libc = null;

@@ -1,7 +1,8 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { createRng } from '@dirtytrack/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { stagePage, withReadBuffer } from './read-buffer.js';
+import { loadLibc } from './libc.js';
+import { READ_BATCH_RESUME_BYTES, stagePage, withReadBuffer, type BufferedSocket } from './read-buffer.js';
 
 let server: Server | undefined;
 afterEach(() => {
@@ -134,5 +135,114 @@ describe('withReadBuffer', () => {
     client.on('error', () => {});
     client.end(Uint8Array.of(1, 2, 3));
     expect(await verdict).toBe(true);
+  });
+
+  describe('batched reads (SO_RCVLOWAT)', () => {
+    const why = loadLibc() === null ? 'needs Linux and koffi (setsockopt)' : undefined;
+    if (why !== undefined) console.log(`read-buffer.test.ts: batched reads skipped: ${why}`);
+    const KiB = 1024;
+    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+    /** A reader on a loopback pair: its reads' sizes and bytes, and the client end. */
+    async function pair(): Promise<{
+      b: BufferedSocket;
+      sizes: number[];
+      bytes: () => Uint8Array;
+      client: Socket;
+      until: (total: number) => Promise<void>;
+      waters: number[];
+    }> {
+      const sizes: number[] = [];
+      const waters: number[] = [];
+      const got: Uint8Array[] = [];
+      let b!: BufferedSocket;
+      const ready = new Promise<void>((resolve) => {
+        void listen((socket) => {
+          b = withReadBuffer(socket, 1024 * KiB) as BufferedSocket;
+          b.start((chunk) => {
+            sizes.push(chunk.length);
+            waters.push(b.lowWater);
+            got.push(chunk.slice());
+            return true;
+          });
+          resolve();
+        }).then((port) => {
+          client = connect({ port, host: '127.0.0.1' });
+        });
+      });
+      let client!: Socket;
+      await ready;
+      const total = () => sizes.reduce((n, k) => n + k, 0);
+      return {
+        b,
+        sizes,
+        bytes: () => Buffer.concat(got),
+        client,
+        waters,
+        // Bounded: 200 looks 10 ms apart.
+        async until(want) {
+          for (let i = 0; i < 200 && total() < want; i++) await sleep(10);
+          expect(total()).toBe(want);
+        },
+      };
+    }
+
+    it.skipIf(why !== undefined)(
+      'the kernel holds bytes short of the batch; a read takes the whole batch; batchReads(0) reads the rest',
+      async () => {
+        const { b, sizes, bytes, client, until } = await pair();
+        // An idle time no test waits for: only the kernel's batching is seen.
+        expect(b.batchReads(256 * KiB, 60_000)).toBe(true);
+        const sent = pattern(310 * KiB + 12, 5);
+        client.write(sent.subarray(0, 100 * KiB));
+        await sleep(150);
+        expect(sizes).toEqual([]); // 100 KiB queued, under the batch: no read
+        client.write(sent.subarray(100 * KiB, 300 * KiB));
+        await until(300 * KiB);
+        expect(sizes[0]).toBeGreaterThanOrEqual(256 * KiB);
+        client.write(sent.subarray(300 * KiB));
+        await sleep(150);
+        expect(sizes.reduce((n, k) => n + k, 0)).toBe(300 * KiB); // 10 KiB + 12 bytes held
+        expect(b.batchReads(0)).toBe(true); // lowering the option wakes the reader
+        await until(sent.length);
+        expect(Buffer.from(bytes()).equals(Buffer.from(sent))).toBe(true);
+        expect(b.reads).toBe(sizes.length);
+        client.destroy();
+      },
+    );
+
+    it.skipIf(why !== undefined)(
+      'with no read for the idle time the reader takes what is queued; a bulk read batches again',
+      async () => {
+        const { b, sizes, bytes, client, until, waters } = await pair();
+        expect(b.batchReads(256 * KiB, 50)).toBe(true);
+        expect(b.lowWater).toBe(256 * KiB);
+        const sent = pattern(600 * KiB + 12, 9);
+        client.write(sent.subarray(0, 12)); // a command the source then waits on
+        await until(12); // read once the idle timer lowered the option
+        expect(waters).toEqual([1]);
+        client.write(sent.subarray(12)); // the stream goes on in bulk
+        await until(sent.length);
+        expect(Buffer.from(bytes()).equals(Buffer.from(sent))).toBe(true);
+        // Each read under 32 KiB came while lowered, and each of 32 KiB or more raised the
+        // option again before its handler ran (the rest of the stream waited for a batch, or
+        // for the timer).
+        expect(sizes.some((n) => n >= READ_BATCH_RESUME_BYTES)).toBe(true);
+        expect(waters).toEqual(sizes.map((n) => (n >= READ_BATCH_RESUME_BYTES ? 256 * KiB : 1)));
+        expect(b.batchReads(0)).toBe(true);
+        expect(b.lowWater).toBe(1);
+        client.destroy();
+      },
+    );
+
+    it.skipIf(why !== undefined)(
+      'refuses once the socket is closed (never a reused descriptor)',
+      async () => {
+        const { b, client } = await pair();
+        b.socket.destroy();
+        expect(b.batchReads(256 * KiB)).toBe(false);
+        client.destroy();
+      },
+    );
   });
 });

@@ -1,5 +1,6 @@
 import { Socket } from 'node:net';
 import { PAGE_SIZE } from '@dirtytrack/core';
+import { loadLibc, SO_RCVLOWAT, SOL_SOCKET } from './libc.js';
 
 /** Bytes of a connection's reused read buffer (multifd and preempt connections). */
 export const READ_BUFFER_BYTES = 2 ** 20;
@@ -16,6 +17,29 @@ export const READ_BUFFER_BYTES = 2 ** 20;
  * {@link READ_BUFFER_BYTES}.
  */
 export const MAIN_READ_BUFFER_BYTES = 4 * 2 ** 20;
+
+/**
+ * Bytes a main connection's reads wait for while precopy's page records stream in
+ * ({@link BufferedSocket.batchReads}). Woken at every segment, the destination read an idle 1 GiB
+ * precopy in ~6,500 reads, each a callback into JavaScript and a pass of the decoder; waiting for
+ * 512 KiB made the migration's `total-time` ~10 % shorter on this project's test machine (medians of
+ * 4 rounds: 502 ms against 563; 1 MiB 513, 2 MiB 514).
+ */
+export const MAIN_READ_BATCH_BYTES = 512 * 1024;
+
+/**
+ * While reads are batched, a connection with no read for this long reads what it has: the kernel
+ * wakes a reader only once the batch is queued, so the last bytes before a pause (a command the
+ * source then waits on) would wait for ever.
+ */
+export const READ_BATCH_IDLE_MS = 1;
+
+/**
+ * A read of this many bytes (or of the batch) while the idle timer has lowered the option: the
+ * stream goes on in bulk, so reads wait for a batch again. A command is a few bytes; on loopback a
+ * segment carries up to ~64 KiB.
+ */
+export const READ_BATCH_RESUME_BYTES = 32 * 1024;
 
 /** Gets each read's bytes (valid until it returns); return false to stop reading until `resume()`. */
 export type ChunkHandler = (chunk: Uint8Array) => boolean;
@@ -78,10 +102,23 @@ export interface BufferedSocket {
   readonly socket: Socket;
   /** Sets the handler (and, optionally, where reads may go in place) and starts reading. */
   start(onChunk: ChunkHandler, inPlace?: InPlaceReads): void;
+  /**
+   * Reads in batches: the kernel wakes the reader once `bytes` are queued (`SO_RCVLOWAT`) instead
+   * of at every segment, and a connection with no read for {@link READ_BATCH_IDLE_MS} reads what it
+   * has (the option is lowered to 1, which wakes it, and raised again at the next read of
+   * {@link READ_BATCH_RESUME_BYTES} or of the batch: the stream goes on in bulk). For a bulk stream only: each pause costs up to twice that idle time. `bytes` ≤ 1
+   * reads as the bytes come again. False where the option cannot be set (not Linux, no koffi, the
+   * socket closed): reads go on as they were. `idleMs`: the idle time (tests).
+   */
+  batchReads(bytes: number, idleMs?: number): boolean;
+  /** Reads so far (each one callback into JavaScript). */
+  readonly reads: number;
+  /** The `SO_RCVLOWAT` in effect: the batch, or 1 (not batching, or lowered by the idle timer). */
+  readonly lowWater: number;
 }
 
 interface HandleHolder {
-  _handle: { readStop(): number } | null;
+  _handle: { readStop(): number; fd?: unknown } | null;
 }
 
 /**
@@ -132,6 +169,26 @@ export function withReadBuffer(
   scratchOf.set(whole.buffer, { whole, page: whole.subarray(bytes) });
   let handler: ChunkHandler = () => false;
   let place: InPlaceReads | undefined;
+  let reads = 0;
+  // Batched reads: the batch asked for, whether the idle timer lowered the option to 1, the read
+  // count at the timer's last look.
+  let batch = 1;
+  let lowered = false;
+  let seen = 0;
+  let idle: NodeJS.Timeout | undefined;
+  /** SO_RCVLOWAT on the socket's descriptor, read now: a closed handle's is gone (never a stale number). */
+  const setLowat = (bytes: number): boolean => {
+    const fd = handle.fd;
+    const libc = loadLibc();
+    if (libc === null || typeof fd !== 'number' || fd < 0 || fresh.destroyed) return false;
+    return libc.setsockoptInt(fd, SOL_SOCKET, SO_RCVLOWAT, bytes) === 0;
+  };
+  const stopBatching = (): void => {
+    clearInterval(idle);
+    idle = undefined;
+    batch = 1;
+    lowered = false;
+  };
   const fresh = new Socket({
     handle,
     allowHalfOpen: true,
@@ -146,13 +203,20 @@ export function withReadBuffer(
       },
       // A main connection's reads all go to the buffer; a channel's in place ones elsewhere — into
       // guest RAM, which may be the same memory as the buffer (a record RAM), so by offset too.
-      callback: (n: number, buf: Uint8Array) =>
-        place === undefined || (buf.byteOffset === buffer.byteOffset && buf.buffer === buffer.buffer)
+      callback: (n: number, buf: Uint8Array) => {
+        reads++;
+        if (lowered && n >= Math.min(batch, READ_BATCH_RESUME_BYTES)) {
+          lowered = false;
+          setLowat(batch);
+        }
+        return place === undefined || (buf.byteOffset === buffer.byteOffset && buf.buffer === buffer.buffer)
           ? handler(buf.subarray(0, n))
-          : place.landed(n),
+          : place.landed(n);
+      },
     },
   } as ConstructorParameters<typeof Socket>[0]);
   fresh.once('close', () => {
+    stopBatching();
     if (staged.chunk?.buffer === whole.buffer) {
       staged.chunk = undefined;
       staged.scratch = undefined;
@@ -164,6 +228,31 @@ export function withReadBuffer(
       handler = onChunk;
       place = inPlace;
       fresh.resume();
+    },
+    batchReads(bytes, idleMs = READ_BATCH_IDLE_MS) {
+      if (bytes <= 1) {
+        const had = batch > 1;
+        stopBatching();
+        // Lowering the option wakes a reader whose queued bytes it now covers.
+        return had ? setLowat(1) : true;
+      }
+      if (!setLowat(bytes)) return false;
+      batch = bytes;
+      lowered = false;
+      clearInterval(idle);
+      seen = reads;
+      idle = setInterval(() => {
+        if (reads === seen && !lowered) lowered = setLowat(1);
+        seen = reads;
+      }, idleMs);
+      idle.unref();
+      return true;
+    },
+    get reads() {
+      return reads;
+    },
+    get lowWater() {
+      return lowered ? 1 : batch;
     },
   };
 }
