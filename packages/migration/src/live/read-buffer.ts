@@ -22,8 +22,9 @@ export const MAIN_READ_BUFFER_BYTES = 4 * 2 ** 20;
  * Bytes a main connection's reads wait for while precopy's page records stream in
  * ({@link BufferedSocket.batchReads}). Woken at every segment, the destination read an idle 1 GiB
  * precopy in ~6,500 reads, each a callback into JavaScript and a pass of the decoder; waiting for
- * 512 KiB made the migration's `total-time` ~10 % shorter on this project's test machine (medians of
- * 4 rounds: 502 ms against 563; 1 MiB 513, 2 MiB 514).
+ * 512 KiB it reads it in ~1,600, and the migration's `total-time` fell to 0.89× on this project's
+ * test machine (10 alternating pairs: median 498 ms against 581). 1 and 2 MiB did no better (4
+ * rounds: 513 and 514 ms against 502 for 512 KiB and 563 unbatched).
  */
 export const MAIN_READ_BATCH_BYTES = 512 * 1024;
 
@@ -106,9 +107,10 @@ export interface BufferedSocket {
    * Reads in batches: the kernel wakes the reader once `bytes` are queued (`SO_RCVLOWAT`) instead
    * of at every segment, and a connection with no read for {@link READ_BATCH_IDLE_MS} reads what it
    * has (the option is lowered to 1, which wakes it, and raised again at the next read of
-   * {@link READ_BATCH_RESUME_BYTES} or of the batch: the stream goes on in bulk). For a bulk stream only: each pause costs up to twice that idle time. `bytes` ≤ 1
-   * reads as the bytes come again. False where the option cannot be set (not Linux, no koffi, the
-   * socket closed): reads go on as they were. `idleMs`: the idle time (tests).
+   * {@link READ_BATCH_RESUME_BYTES} or of the batch: the stream goes on in bulk). For a bulk
+   * stream only: each pause costs up to twice that idle time. `bytes` ≤ 1 reads as the bytes come
+   * again. False where the option cannot be set (not Linux, no koffi, the socket closed): reads go
+   * on as they were. `idleMs`: the idle time (tests).
    */
   batchReads(bytes: number, idleMs?: number): boolean;
   /** Reads so far (each one callback into JavaScript). */
