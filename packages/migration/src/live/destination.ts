@@ -1,6 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createRealClock, DirtytrackError, isDirtytrackError, PAGE_SIZE, type Clock } from '@dirtytrack/core';
 import { isLoopback, serverHandshake } from './handshake.js';
+import { loadLibc } from './libc.js';
 import {
   MAIN_READ_BATCH_BYTES,
   MAIN_READ_BUFFER_BYTES,
@@ -358,6 +359,11 @@ export async function createDestination(options: DestinationOptions = {}): Promi
       });
     }
   }
+
+  // koffi loads now, before this listens, not at the first main connection's batched reads: a
+  // thread killed while koffi initializes takes the whole process with it (libc.ts), and the
+  // first read of a migration is no place for a dlopen either.
+  loadLibc();
 
   const sockets = new Set<Socket>();
   let current: Migration | null = null;

@@ -54,7 +54,19 @@ export function loadKoffiLibc(): { koffi: typeof Koffi; lib: Koffi.LibraryHandle
   return koffiLibc;
 }
 
-/** libc through koffi, once per thread; null where it cannot load (not Linux, koffi missing). */
+/** Whether this thread has loaded libc through koffi already ({@link loadLibc}). */
+export function libcLoaded(): boolean {
+  return libc != null;
+}
+
+/**
+ * libc through koffi, once per thread; null where it cannot load (not Linux, koffi missing).
+ *
+ * A thread terminated while koffi's native module initializes aborts the whole process (Node's
+ * `FATAL ERROR: Error::ThrowAsJavaScriptException napi_throw`; reproduced here about once in
+ * 3,000–7,000 workers terminated 0–40 ms into loading it). A component whose thread may be killed
+ * at any moment (a destination, in the fault tests) loads it when it starts.
+ */
 export function loadLibc(): Libc | null {
   if (libc !== undefined) return libc;
   libc = null;

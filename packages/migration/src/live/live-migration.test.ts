@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startDestinationThread, type DestinationThread } from './__fixtures__/destination-thread.js';
 import { ringReaps } from '../ring-reaps.js';
 import { runLiveMigration, type LiveMigrationOptions } from './run-live.js';
+import { loadLibc } from './libc.js';
 
 // Real migrations over loopback TCP: a software guest whose 2 worker vCPUs keep writing through
 // the software MMU (write-protect tracking), the bitmap reporter and QEMU's layers, migrated by
@@ -283,18 +284,25 @@ describe(`the destination dies in each phase (seed ${SEED})`, () => {
   for (const p of phases) {
     it(`killed at ${p.phase}: failed, the source guest runs on`, async () => {
       const statuses: string[] = [];
-      const { outcome, engine } = await migrate((d) => ({
-        capabilities: p.capabilities,
-        linkTimeoutMs: 5000,
-        onStatus: (e) => {
-          statuses.push(e.status);
-          if (e.status === p.at) {
-            d.kill();
-            // Give the kill a moment to land before the next bytes go out.
-            Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
-          }
-        },
-      }));
+      let libcBeforeListening: boolean | undefined;
+      const { outcome, engine } = await migrate((d) => {
+        libcBeforeListening = d.libcLoaded;
+        return {
+          capabilities: p.capabilities,
+          linkTimeoutMs: 5000,
+          onStatus: (e) => {
+            statuses.push(e.status);
+            if (e.status === p.at) {
+              d.kill();
+              // Give the kill a moment to land before the next bytes go out.
+              Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
+            }
+          },
+        };
+      });
+      // The destination loaded koffi before it listened: a kill while koffi initializes (the
+      // first main connection's batched reads, at setup) would abort this whole process.
+      expect(libcBeforeListening).toBe(loadLibc() !== null);
       expect(outcome.info.status).toBe('failed');
       expect(statuses.at(-1)).toBe('failed');
       expect(statuses).toContain(p.at);

@@ -9,6 +9,8 @@ export interface DestinationThread {
   /** The destination's result (its memory is the SharedArrayBuffer passed in). */
   readonly result: Promise<Omit<DestinationResult, 'memory'>>;
   readonly worker: Worker;
+  /** The thread had loaded libc through koffi when it began to listen. */
+  readonly libcLoaded: boolean;
   /** With `guest`: the destination guest's writes after it ran on (and its error, if any). */
   readonly guest: Promise<{ writes: number; error?: string }>;
   /** With `cut`: resolves when the relay cut the link. */
@@ -27,9 +29,9 @@ export async function startDestinationThread(
     memory,
     ...options,
   });
-  const listening = new Promise<{ host: string; port: number }>((resolve, reject) => {
+  const listening = new Promise<{ host: string; port: number; libcLoaded: boolean }>((resolve, reject) => {
     worker.once('error', reject);
-    worker.on('message', (m: { kind: string; host: string; port: number }) => {
+    worker.on('message', (m: { kind: string; host: string; port: number; libcLoaded: boolean }) => {
       if (m.kind === 'listening') resolve(m);
     });
   });
@@ -51,10 +53,11 @@ export async function startDestinationThread(
       if (m.kind === 'cut') resolve();
     });
   });
-  const { host, port } = await listening;
+  const { host, port, libcLoaded } = await listening;
   return {
     host,
     port,
+    libcLoaded,
     result,
     worker,
     guest,

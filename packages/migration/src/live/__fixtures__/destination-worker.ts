@@ -14,6 +14,7 @@ import { createServer, connect, type Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { createLiveGuest, createVcpuStandby, type LiveGuest } from '@dirtytrack/guest';
 import { createDestination, type DestinationOptions } from '../destination.js';
+import { libcLoaded } from '../libc.js';
 
 export interface DestinationWorkerData extends DestinationOptions {
   guest?: { vcpus: number; rate: number; seed: number; afterMs: number };
@@ -134,7 +135,7 @@ if (cut !== undefined) {
   });
 }
 
-port.postMessage({ kind: 'listening', ...address });
+port.postMessage({ kind: 'listening', ...address, libcLoaded: libcLoaded() });
 const result = await destination.result;
 const { memory: _memory, ...rest } = result;
 await standby?.close(); // what no guest took (a migration that never switched)
