@@ -1260,6 +1260,12 @@ function touchPages(memory: SharedArrayBuffer): void {
 }
 
 /**
+ * How long `serve` waits for its standing-by vCPU workers to boot before it listens: one hung in
+ * its imports is terminated then, and a guest run here boots its own.
+ */
+export const STANDBY_BOOT_TIMEOUT_MS = 30_000;
+
+/**
  * `serve`'s use of V8's optimizing compiler (TurboFan; process-wide): off while a migration only
  * sends precopy's page records into a record RAM — WebAssembly places the pages, and the little
  * JavaScript per read runs well enough unoptimized, where TurboFan compiled the decoder again and
@@ -1540,6 +1546,7 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
             // The modules of both guests' trackers and sinks: postcopy's faults, run-after's MMU.
             preload: ['@dirtytrack/migration', '@dirtytrack/mmu', '@dirtytrack/reporters'],
             resolveFrom: import.meta.url,
+            bootTimeoutMs: STANDBY_BOOT_TIMEOUT_MS,
           });
         };
         /** The standby for a guest starting now; its workers that guest does not take end when it has started. */
@@ -1642,6 +1649,12 @@ export function registerLive(program: Command, io: LiveIo, setCode: (code: numbe
         // Listening only once they have booted, as QEMU's destination listens only after its machine
         // (vCPU threads included) is up: a postcopy switch finds them ready however loaded the host.
         await standby?.ready;
+        const late = standby?.timedOut ?? 0;
+        if (late > 0)
+          io.stderr(
+            `serve: ${late} of ${runVcpus} vCPU workers did not boot within ${STANDBY_BOOT_TIMEOUT_MS / 1000} s; ` +
+              'listening without them (a guest run here boots its own)\n',
+          );
         try {
           destination = await createDestination({
             host,

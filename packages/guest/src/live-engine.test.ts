@@ -342,12 +342,42 @@ describe('vCPUs booted ahead of their guest (createVcpuStandby)', () => {
     }
   });
 
-  it('refuses a vCPU count out of 1..1024, and a standby it did not make', () => {
+  it('a worker that hangs in its imports is terminated after bootTimeoutMs: ready resolves, and a guest boots its own vCPUs', async () => {
+    // A module whose top-level await never settles (its interval keeps the worker alive).
+    const hang = 'data:text/javascript,await new Promise(() => setInterval(() => {}, 1000));';
+    const standby = createVcpuStandby({ vcpus: 2, preload: [hang], bootTimeoutMs: 300 });
+    onTestFinished(() => standby.close());
+    const t0 = performance.now();
+    let settled = false;
+    void standby.ready.then(() => (settled = true));
+    await new Promise((r) => setTimeout(r, 100));
+    // Still booting (hung) before the bound: ready waits, nothing is counted yet.
+    expect([settled, standby.size, standby.timedOut]).toEqual([false, 2, 0]);
+    await standby.ready;
+    const waited = performance.now() - t0;
+    expect(waited).toBeGreaterThanOrEqual(299);
+    expect(waited).toBeLessThan(5_000);
+    expect([standby.size, standby.timedOut]).toEqual([0, 2]);
+    const { guest } = guestOf({ standby });
+    await guest.start();
+    expect(guest.bootedAhead).toBe(0);
+    try {
+      await waitUntil(() => writesOf(guest).every((w) => w > 0), 10_000, 'writes of its own vCPUs');
+    } finally {
+      await guest.stop();
+    }
+  });
+
+  it('refuses a vCPU count out of 1..1024, a bootTimeoutMs that is not a positive number, and a standby it did not make', () => {
     for (const vcpus of [0, 1025, 1.5])
       expect(() => createVcpuStandby({ vcpus })).toThrow(
         expect.objectContaining({ code: 'invalid-argument', field: 'vcpus' }),
       );
-    const fake = { size: 2, ready: Promise.resolve(), close: async () => {} };
+    for (const bootTimeoutMs of [0, -1, Number.NaN, Infinity])
+      expect(() => createVcpuStandby({ vcpus: 1, bootTimeoutMs })).toThrow(
+        expect.objectContaining({ code: 'invalid-argument', field: 'bootTimeoutMs' }),
+      );
+    const fake = { size: 2, ready: Promise.resolve(), timedOut: 0, close: async () => {} };
     expect(() => guestOf({ standby: fake })).toThrow(
       expect.objectContaining({ code: 'invalid-argument', field: 'standby' }),
     );

@@ -520,14 +520,26 @@ export interface VcpuStandbyOptions {
   preload?: readonly string[];
   /** Where the workers resolve `preload` and, later, the guest's modules ({@link LiveGuestOptions.resolveFrom}). */
   resolveFrom?: string | URL | readonly (string | URL)[];
+  /**
+   * Longest a worker may take to boot and import `preload` (ms). One that has not stood by by then
+   * is terminated and counted in {@link VcpuStandby.timedOut}, and `ready` no longer waits for it: a
+   * guest given the standby boots what it lacks (under its own `timeoutMs`). Default 30 s, as
+   * {@link LiveGuestOptions.timeoutMs}.
+   */
+  bootTimeoutMs?: number;
 }
 
 /** vCPU workers booted ahead of their guest: see {@link createVcpuStandby}. */
 export interface VcpuStandby {
   /** Workers still standing by: booted or booting, not taken by a guest, not exited. */
   readonly size: number;
-  /** Resolves once every worker has booted and imported its modules (or exited). */
+  /**
+   * Resolves once every worker has booted and imported its modules, exited, or was terminated for
+   * not doing so within `bootTimeoutMs`: never later than that.
+   */
   readonly ready: Promise<void>;
+  /** Workers terminated because they had not stood by within `bootTimeoutMs`. */
+  readonly timedOut: number;
   /** Terminates the workers no guest took. */
   close(): Promise<void>;
 }
@@ -547,6 +559,10 @@ const standbys = new WeakMap<VcpuStandby, StandbyState>();
 export function createVcpuStandby(options: VcpuStandbyOptions): VcpuStandby {
   const { vcpus } = options;
   checkVcpuCount(vcpus);
+  const bootTimeoutMs = options.bootTimeoutMs ?? 30_000;
+  if (!(Number.isFinite(bootTimeoutMs) && bootTimeoutMs > 0))
+    throw bad('bootTimeoutMs', `must be a positive number of ms (got ${bootTimeoutMs})`);
+  let timedOut = 0;
   const data: LiveVcpuStandbyData = {
     standby: true,
     preload: [...(options.preload ?? [])],
@@ -560,15 +576,29 @@ export function createVcpuStandby(options: VcpuStandbyOptions): VcpuStandby {
     state.workers.push(worker);
     booted.push(
       new Promise<void>((resolve) => {
+        // A worker hung in its imports would hold `ready` (and `serve`, which listens after it)
+        // for ever: past the bound it is terminated, and a guest boots a vCPU of its own instead.
+        const late = setTimeout(() => {
+          if (!state.workers.includes(worker)) return resolve(); // Taken by a guest meanwhile.
+          timedOut++;
+          state.workers.splice(state.workers.indexOf(worker), 1);
+          void worker.terminate();
+          resolve();
+        }, bootTimeoutMs);
+        late.unref();
+        const done = (): void => {
+          clearTimeout(late);
+          resolve();
+        };
         worker.on('message', (m: LiveVcpuStandingBy | LiveVcpuFailure) => {
-          if (m.kind === 'standing-by') resolve();
+          if (m.kind === 'standing-by') done();
         });
-        worker.once('error', () => resolve());
+        worker.once('error', done);
         worker.once('exit', () => {
           // Gone before a guest took it (failed, or terminated): no guest gets it.
           const at = state.workers.indexOf(worker);
           if (at >= 0) state.workers.splice(at, 1);
-          resolve();
+          done();
         });
       }),
     );
@@ -578,6 +608,9 @@ export function createVcpuStandby(options: VcpuStandbyOptions): VcpuStandby {
       return state.workers.length;
     },
     ready: Promise.all(booted).then(() => {}),
+    get timedOut() {
+      return timedOut;
+    },
     async close() {
       const left = state.workers.splice(0);
       await Promise.all(left.map((w) => w.terminate()));
