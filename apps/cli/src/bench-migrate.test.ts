@@ -56,6 +56,10 @@ describe('dirtytrack bench migrate', () => {
     expect(r['huge-pages']).toBe(createHugePageAllocator().kind === 'huge-pages');
     for (const c of r.cases) for (const x of c.runs) expect(x['huge-pages']).toBe(r['huge-pages']);
     expect(r['loopback-mbps']).toBeGreaterThan(0);
+    // The same raw TCP written from guest RAM instead of the hot buffer, once per repetition.
+    expect(r['loopback-cold-runs']).toEqual([r['loopback-cold-mbps']]);
+    expect(r['loopback-cold-mbps']).toBeGreaterThan(0);
+    expect(r['precopy-vs-loopback-cold']).toBe(fourDigits(r['precopy-mbps'] / r['loopback-cold-mbps']));
     // TCP between two guest RAMs (read in place, its bytes spot-checked), once per repetition.
     expect(r['loopback-memory-runs']).toEqual([r['loopback-memory-mbps']]);
     expect(r['loopback-memory-mbps']).toBeGreaterThan(0);
@@ -241,7 +245,7 @@ describe('dirtytrack bench migrate', () => {
       `# migrate: live migration on loopback, 2 vCPUs per guest, medians of 1 (Node ${r.node}), guest RAM ` +
         (r['huge-pages'] ? 'on transparent huge pages' : 'on 4 KiB pages'),
     );
-    expect(table.filter((l) => l.startsWith('| '))).toHaveLength((zeroCopy ? 11 : 9) + (cc ? 2 : 1));
+    expect(table.filter((l) => l.startsWith('| '))).toHaveLength((zeroCopy ? 12 : 10) + (cc ? 2 : 1));
     expect(table).toContain(
       zeroCopy
         ? `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2']} (median ${r['zero-copy-vs-multifd-2']}).`
@@ -263,6 +267,13 @@ describe('dirtytrack bench migrate', () => {
           l.startsWith('| multifd-2-zero-copy: idle 16.0 MiB, zero-copy-send (16.0 MiB spliced) |'),
         ),
       ).toBe(true);
+    expect(table).toContain(
+      `| raw TCP from guest RAM: 16.0 MiB of cold guest RAM to the same process | – | – | – | – | ${r['loopback-cold-mbps']} | ` +
+        `${fourDigits(r['loopback-cold-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
+    );
+    expect(table).toContain(
+      `precopy over raw TCP from guest RAM (the sender's copy reading cold memory, as precopy's does): ${r['precopy-vs-loopback-cold']}.`,
+    );
     expect(table).toContain(
       `| TCP between memories: 16.0 MiB of guest RAM read in place into guest RAM | – | – | – | – | ${r['loopback-memory-mbps']} | ` +
         `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,

@@ -199,6 +199,16 @@ export interface MigrateBenchResult {
   'loopback-mbps': number;
   'loopback-runs': number[];
   /**
+   * The same raw TCP to the same discarding process, written from `memory` bytes of guest RAM
+   * (huge pages, filled with random bytes, as the runs' RAM) instead of one hot 4 MiB buffer: the
+   * sender's copy reads cold memory, as a migration's does, and nothing else differs. Mbit/s,
+   * median.
+   */
+  'loopback-cold-mbps': number;
+  'loopback-cold-runs': number[];
+  /** `precopy-mbps / loopback-cold-mbps`: precopy against raw TCP out of the same kind of memory. */
+  'precopy-vs-loopback-cold': number;
+  /**
    * The ceiling of a migration over one connection here: `memory` bytes of guest RAM (huge pages,
    * as the runs' RAM) written whole into the socket and read in place into another guest RAM — TCP
    * between two memories, no user-space copy and no records. Mbit/s, median.
@@ -308,6 +318,7 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     { name: 'dirtying', channels: 0, dirtying: true },
   ];
   const loopback: number[] = [];
+  const loopbackCold: number[] = [];
   const loopbackMemory: number[] = [];
   const loopbackRecords: number[] = [];
   const loopbackZeroCopy: number[] = [];
@@ -327,6 +338,9 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
       const l = await receiver.transfer(o.memory);
       loopback.push(l.mbps);
       receiverKiB = Math.max(receiverKiB, l.peakKiB);
+      step(`loopback from guest RAM: the same, written from ${o.memory} bytes of cold guest RAM (${of})`);
+      loopbackCold.push((await receiver.transfer(o.memory, filledGuestRam(o.memory))).mbps);
+      collectGarbage();
       step(
         `loopback between memories: ${o.memory} bytes of guest RAM into guest RAM over one connection (${of})`,
       );
@@ -429,6 +443,9 @@ export async function benchMigrate(o: MigrateBenchOptions): Promise<MigrateBench
     'time-limit': o.timeLimit,
     'loopback-mbps': loopbackMbps,
     'loopback-runs': loopback,
+    'loopback-cold-mbps': medianOf(loopbackCold),
+    'loopback-cold-runs': loopbackCold,
+    'precopy-vs-loopback-cold': fourDigits(mbps('precopy') / medianOf(loopbackCold)),
     'loopback-memory-mbps': medianOf(loopbackMemory),
     'loopback-memory-runs': loopbackMemory,
     'precopy-vs-loopback-memory': fourDigits(mbps('precopy') / medianOf(loopbackMemory)),
@@ -496,6 +513,8 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
     '| run | status | total-time ms | downtime ms | transferred | Mbit/s | vs loopback | verified | syncs | throttle % | model total-time ms (error) | model transferred (error) | model at the live rate: total-time ms (error) | model at the live rate: downtime ms (error) |',
     '|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|',
     `| raw TCP, ${mib(r.memory)} to a discarding process | – | – | – | – | ${r['loopback-mbps']} | 1 | – | – | – | – | – | – | – |`,
+    `| raw TCP from guest RAM: ${mib(r.memory)} of cold guest RAM to the same process | – | – | – | – | ${r['loopback-cold-mbps']} | ` +
+      `${fourDigits(r['loopback-cold-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
     `| TCP between memories: ${mib(r.memory)} of guest RAM read in place into guest RAM | – | – | – | – | ${r['loopback-memory-mbps']} | ` +
       `${fourDigits(r['loopback-memory-mbps'] / r['loopback-mbps'])} | – | – | – | – | – | – | – |`,
     `| TCP in QEMU's page records: ${mib(r.memory)}, each page copied from the read buffer into guest RAM | – | – | – | – | ${r['loopback-records-mbps']} | ` +
@@ -546,6 +565,7 @@ export function formatMigrateBench(r: MigrateBenchResult): string {
     r['zero-copy-vs-multifd-2-runs'] === undefined
       ? `multifd-2 with zero-copy-send: ${r['multifd-2-zero-copy-mbps']}.`
       : `multifd-2 with zero-copy-send over the plain multifd-2 run before it: ${r['zero-copy-vs-multifd-2-runs'].join(', ')} (median ${r['zero-copy-vs-multifd-2']}).`,
+    `precopy over raw TCP from guest RAM (the sender's copy reading cold memory, as precopy's does): ${r['precopy-vs-loopback-cold']}.`,
     `precopy over TCP between memories (one connection, no copy in user space): ${r['precopy-vs-loopback-memory']}; ` +
       `over TCP in its own page records (read as the bench's Node reader reads them): ${r['precopy-vs-loopback-records']}.`,
     r['multifd-2-zero-copy-vs-loopback-zero-copy'] === undefined
@@ -846,7 +866,7 @@ require('node:readline').createInterface({ input: process.stdin }).on('line', ()
 `;
 
 async function spawnReceiver(): Promise<{
-  transfer: (bytes: number) => Promise<{ mbps: number; peakKiB: number }>;
+  transfer: (bytes: number, from?: Uint8Array) => Promise<{ mbps: number; peakKiB: number }>;
   close: () => void;
 }> {
   const { server, port } = await listenLoopback();
@@ -857,7 +877,8 @@ async function spawnReceiver(): Promise<{
   );
   failed.catch(() => {});
   const buffer = randomFillSync(Buffer.allocUnsafe(CHUNK));
-  const transfer = (bytes: number) => {
+  /** `bytes` from the hot 4 MiB buffer over and over, or from `from` (at least `bytes` long) once. */
+  const transfer = (bytes: number, from?: Uint8Array) => {
     if (exited !== undefined) return Promise.reject(exited);
     const done = new Promise<{ mbps: number; peakKiB: number }>((resolve, reject) => {
       server.once('connection', (socket) => {
@@ -871,7 +892,13 @@ async function spawnReceiver(): Promise<{
           if (received !== bytes) reject(internal(`the loopback receiver got ${received} of ${bytes} bytes`));
           else resolve({ mbps: fourDigits((bytes * 8) / s / 1e6), peakKiB });
         });
-        writeAll(socket, bytes, (_at, n) => (n === CHUNK ? buffer : buffer.subarray(0, n)));
+        writeAll(
+          socket,
+          bytes,
+          from === undefined
+            ? (_at, n) => (n === CHUNK ? buffer : buffer.subarray(0, n))
+            : (at, n) => from.subarray(at, at + n),
+        );
       });
     });
     (child.stdin as NodeJS.WritableStream).write('\n');
@@ -922,11 +949,16 @@ function writeAll(socket: Socket, bytes: number, chunk: (at: number, n: number) 
  * bytes (a reused 4 MiB pattern), and a second guest RAM, touched, to read into.
  */
 function twoMemories(bytes: number): { from: Uint8Array; into: SharedArrayBuffer } {
+  return { from: filledGuestRam(bytes), into: preallocate(bytes, true).memory };
+}
+
+/** `bytes` of guest RAM, allocated as the runs' RAM is, filled with random bytes (a 4 MiB pattern repeated). */
+function filledGuestRam(bytes: number): Uint8Array {
   const from = new Uint8Array(allocateGuestRam(bytes).memory);
   const pattern = randomFillSync(Buffer.allocUnsafe(CHUNK));
   for (let o = 0; o < bytes; o += CHUNK)
     from.set(o + CHUNK <= bytes ? pattern : pattern.subarray(0, bytes - o), o);
-  return { from, into: preallocate(bytes, true).memory };
+  return from;
 }
 
 /** Compares one byte in every 61st page of `into` with `from`'s; throws naming `what` on the first difference. */
