@@ -32,6 +32,9 @@ export type { LiveVcpuProgress, LiveWorkload } from './live-layout.js';
 
 const COMPONENT = 'live-guest';
 
+/** The default bound of a guest's waits ({@link LiveGuestOptions.timeoutMs}) and of a standby's boot. */
+const DEFAULT_WAIT_MS = 30_000;
+
 export interface LiveGuestOptions {
   /** Guest memory backing the slot: page p of the slot is bytes `[p * 4096, (p + 1) * 4096)`. */
   memory: SharedArrayBuffer;
@@ -160,7 +163,7 @@ export interface LiveGuest extends VcpuThrottle {
  */
 export function createLiveGuest(options: LiveGuestOptions): LiveGuest {
   const { memory, vcpus, tracker, sink, slot, pages, seed } = options;
-  const timeoutMs = options.timeoutMs ?? 30_000;
+  const timeoutMs = options.timeoutMs ?? DEFAULT_WAIT_MS;
   checkVcpuCount(vcpus);
   if (!(Number.isInteger(pages) && pages >= 1)) throw bad('pages', 'must be a positive integer');
   if (!(memory instanceof SharedArrayBuffer) || memory.byteLength < pages * 4096) {
@@ -559,7 +562,7 @@ const standbys = new WeakMap<VcpuStandby, StandbyState>();
 export function createVcpuStandby(options: VcpuStandbyOptions): VcpuStandby {
   const { vcpus } = options;
   checkVcpuCount(vcpus);
-  const bootTimeoutMs = options.bootTimeoutMs ?? 30_000;
+  const bootTimeoutMs = options.bootTimeoutMs ?? DEFAULT_WAIT_MS;
   if (!(Number.isFinite(bootTimeoutMs) && bootTimeoutMs > 0))
     throw bad('bootTimeoutMs', `must be a positive number of ms (got ${bootTimeoutMs})`);
   let timedOut = 0;
@@ -579,9 +582,10 @@ export function createVcpuStandby(options: VcpuStandbyOptions): VcpuStandby {
         // A worker hung in its imports would hold `ready` (and `serve`, which listens after it)
         // for ever: past the bound it is terminated, and a guest boots a vCPU of its own instead.
         const late = setTimeout(() => {
-          if (!state.workers.includes(worker)) return resolve(); // Taken by a guest meanwhile.
+          const at = state.workers.indexOf(worker);
+          if (at < 0) return resolve(); // Taken by a guest meanwhile.
           timedOut++;
-          state.workers.splice(state.workers.indexOf(worker), 1);
+          state.workers.splice(at, 1);
           void worker.terminate();
           resolve();
         }, bootTimeoutMs);
