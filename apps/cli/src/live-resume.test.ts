@@ -2,8 +2,9 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { run, spawnServe } from './__fixtures__/run.js';
-import { vcpuStateJson } from './live.js';
+import { fileURLToPath } from 'node:url';
+import { run, spawnServe, spawnServeWith } from './__fixtures__/run.js';
+import { STANDBY_BOOT_TIMEOUT_MS, vcpuStateJson } from './live.js';
 
 // QEMU's conformance check 1, "the guest runs" on the destination: serve --run-after boots
 // worker vCPUs over the memory it received, once the migration completed and verified.
@@ -24,6 +25,35 @@ describe('serve --run-after', () => {
     });
     expect(destination.resumed.writes).toBeGreaterThan(0);
   }, 60_000);
+
+  it('vCPU workers that never boot: serve waits 30 s for them, says so in one line, listens without them, and the guest run there boots its own', async () => {
+    // Every standby worker of this serve hangs before its imports (the preload blocks it).
+    const hang = fileURLToPath(new URL('./__fixtures__/hang-standby.cjs', import.meta.url));
+    const env = {
+      ...process.env,
+      NODE_OPTIONS: `${process.env['NODE_OPTIONS'] ?? ''} --require ${JSON.stringify(hang)}`.trim(),
+    };
+    const spawned = Date.now();
+    const serve = await spawnServeWith(env, '--memory', '16M', '--once', '--run-after', '200', '--json');
+    // It listened only once the bound had passed.
+    expect(Date.now() - spawned).toBeGreaterThanOrEqual(STANDBY_BOOT_TIMEOUT_MS);
+    const r = await run('migrate', '--to', `127.0.0.1:${serve.port}`, '--memory', '16M', '--json');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ status: 'completed', verified: true });
+    const { code, stdout, stderr } = await serve.output;
+    expect(code).toBe(0);
+    expect(stderr).toBe(
+      'serve: 2 of 2 vCPU workers did not boot within 30 s; listening without them (a guest run here boots its own)\n',
+    );
+    const destination = JSON.parse(stdout) as { resumed: { ms: number; vcpus: number; writes: number } };
+    // None stood by: the guest booted both of its vCPUs itself, and they ran.
+    expect(destination).toMatchObject({
+      status: 'completed',
+      verified: true,
+      resumed: { ms: 200, vcpus: 2, 'booted-ahead': 0 },
+    });
+    expect(destination.resumed.writes).toBeGreaterThan(0);
+  }, 120_000);
 
   it('a trace program replays every record once and then idles: exactly the trace’s writes', async () => {
     // 2 vCPUs, 10 batches of 8 pages each over 100 ms, no loop: 160 writes, then nothing more.

@@ -115,7 +115,12 @@ export interface ServeProcess {
 }
 
 /** Spawns `dirtytrack serve` on a free loopback port (from the sources, like {@link spawnCli}). */
-export async function spawnServe(...args: string[]): Promise<ServeProcess> {
+export function spawnServe(...args: string[]): Promise<ServeProcess> {
+  return spawnServeWith(process.env, ...args);
+}
+
+/** {@link spawnServe} with the environment `env` (a `NODE_OPTIONS` preload, say). */
+export async function spawnServeWith(env: NodeJS.ProcessEnv, ...args: string[]): Promise<ServeProcess> {
   const child = spawn(
     process.execPath,
     [
@@ -128,7 +133,7 @@ export async function spawnServe(...args: string[]): Promise<ServeProcess> {
       '127.0.0.1:0',
       ...args,
     ],
-    { cwd: CLI_DIR, stdio: ['pipe', 'pipe', 'pipe'] },
+    { cwd: CLI_DIR, stdio: ['pipe', 'pipe', 'pipe'], env },
   );
   const lines = createInterface({ input: child.stdout });
   const port = await new Promise<number>((resolve, reject) => {
