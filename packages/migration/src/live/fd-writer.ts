@@ -198,7 +198,8 @@ export class Gather {
   private retired: Uint8Array[] = [];
   /** Drops the outgrown arenas (after the list was written). */
   release(): void {
-    this.retired.length = 0;
+    // Setting an array's length is a call into the runtime even when it is already 0.
+    if (this.retired.length !== 0) this.retired.length = 0;
   }
 }
 

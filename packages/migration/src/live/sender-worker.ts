@@ -56,7 +56,8 @@ const VERIFY_CHUNK = 4096;
 /**
  * Pages encoded per slice of a batch (2 MiB): small enough that a slow link still shows progress
  * every second or so (a slice's bytes count once its write completes), large enough that the
- * per-slice cost vanishes.
+ * per-slice cost is small: ~20 µs of JavaScript (mostly not yet optimized: ~500 slices per GiB)
+ * against ~0.7 ms of `writev` on loopback here.
  */
 const SLICE_PAGES = 512;
 
@@ -424,18 +425,21 @@ async function sendBatch(ops: Int32Array, count: number): Promise<number> {
   // two slices of page views are queued at once.
   let inflight: Promise<unknown> = Promise.resolve();
   let slicePages = 0;
+  // Run ~500 times per GiB, too few for V8 to optimize before the migration ends: indexed loops,
+  // and no Promise.all (an array and a promise per slice) for the one connection of precopy.
   const flushSlice = async (): Promise<void> => {
     const prev = inflight;
-    for (const o of all) written += o.bytes;
+    for (let i = 0; i < all.length; i++) written += (all[i] as Out).bytes;
     recordBytes();
-    inflight = Promise.all(all.map((o) => o.flush()));
+    if (all.length === 1) inflight = mainOut.flush() ?? prev;
+    else inflight = Promise.all(all.map((o) => o.flush()));
     slicePages = 0;
     await prev;
   };
   const recordBytes = (): void => {
     counters[COUNTER.MAIN_BYTES] = (counters[COUNTER.MAIN_BYTES] as number) + mainOut.bytes;
     let multifdBytes = 0;
-    for (const o of outs) multifdBytes += o.bytes;
+    for (let i = 0; i < outs.length; i++) multifdBytes += (outs[i] as Out).bytes;
     counters[COUNTER.MULTIFD_BYTES] = (counters[COUNTER.MULTIFD_BYTES] as number) + multifdBytes;
     if (preemptOut !== undefined)
       counters[COUNTER.PREEMPT_BYTES] = (counters[COUNTER.PREEMPT_BYTES] as number) + preemptOut.bytes;
