@@ -1,8 +1,8 @@
 import { rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it, onTestFinished } from 'vitest';
 import { fileURLToPath } from 'node:url';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { run, spawnServe, spawnServeWith } from './__fixtures__/run.js';
 import { STANDBY_BOOT_TIMEOUT_MS, vcpuStateJson } from './live.js';
 
